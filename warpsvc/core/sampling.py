@@ -1,0 +1,221 @@
+"""The one resampler: ``out(y) = in(S(y))`` for a source-from-destination map ``S``.
+
+Every warp comes here as ``S = T^{-1}`` (a :class:`Transform`). Matrix maps go to
+``cv2.warpAffine`` / ``cv2.warpPerspective`` (which compute the same coordinates in double
+precision internally); every other map is evaluated on the output grid, tile by tile, and
+handed to ``cv2.remap``.
+
+What this module adds to OpenCV:
+
+* **any size**: ``remap`` refuses sides >= 32767 px; larger images are processed in output
+  tiles, each reading only the source crop its coordinates need (a tile whose crop is
+  still too large is split again);
+* **any number of channels**: OpenCV's cubic/Lanczos stop at 4; channels go in groups of 4;
+* **float64 without quantisation**: OpenCV interpolates 64-bit images on a 1/32-px grid; a
+  float64 image is split into ``hi = float32(img)`` and ``lo = float32(img - hi)``, each
+  warped exactly in float32 (OpenCV 5 ``INTER_LINEAR`` on float32 is not quantised);
+* **deterministic borders**: coordinates are folded into the source range according to the
+  border rule before sampling (``wrap`` mod W, ``reflect`` about 0 and W-1, ``symmetric``
+  about -1/2 and W-1/2, ``constant``/``replicate`` clipped just outside), so huge or
+  non-finite coordinates (a homography's horizon) give the border value, never garbage;
+* **periodic rows** for polar images (``Transform.source_row_period``): rows wrap whatever
+  the column border rule is, as ``cv2.warpPolar`` does for its inverse map.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from .transforms import Transform
+
+INTERPOLATIONS = {
+    "nearest": cv2.INTER_NEAREST,
+    "linear": cv2.INTER_LINEAR,
+    "cubic": cv2.INTER_CUBIC,
+    "lanczos": cv2.INTER_LANCZOS4,
+}
+# Half-width (pixels) of each interpolation kernel's support, plus one for safety.
+KERNEL_RADIUS = {"nearest": 1, "linear": 2, "cubic": 3, "lanczos": 5}
+BORDERS = {
+    "constant": cv2.BORDER_CONSTANT,
+    "replicate": cv2.BORDER_REPLICATE,
+    "reflect": cv2.BORDER_REFLECT_101,
+    "symmetric": cv2.BORDER_REFLECT,
+    "wrap": cv2.BORDER_WRAP,
+}
+CV_MAX_SIDE = 32766  # remap / warpAffine / warpPolar refuse sides >= 32767
+TILE_PIXELS = 1 << 20  # output pixels per remap tile (bounds the float64 coordinate arrays)
+CHANNEL_GROUP = 4
+
+
+@dataclass(frozen=True)
+class SampleOptions:
+    """How to sample: interpolation name, border rule name and constant fill value."""
+
+    interpolation: str = "linear"
+    border: str = "constant"
+    border_value: float = 0.0
+
+
+def fold_coordinates(c: np.ndarray, size: int, border: str, radius: int) -> np.ndarray:
+    """Map coordinates ``c`` (float64) on an axis of ``size`` pixels into a bounded range.
+
+    The result samples the same value under the border rule and lies in
+    ``[-radius - 1, size + radius]``. Non-finite coordinates are sent outside (constant)
+    or to the first pixel.
+    """
+    c = np.where(np.isfinite(c), c, -radius - 1.0)
+    if border in ("constant", "replicate"):
+        return np.clip(c, -radius - 1.0, size + radius)
+    if border == "wrap":
+        return np.mod(c, size)
+    if border == "reflect":  # mirror about 0 and size - 1 (OpenCV REFLECT_101)
+        if size == 1:
+            return np.zeros_like(c)
+        period = 2.0 * (size - 1)
+        c = np.mod(c, period)
+        return np.where(c > size - 1, period - c, c)
+    period = 2.0 * size  # symmetric: mirror about -1/2 and size - 1/2 (OpenCV REFLECT)
+    c = np.mod(c + 0.5, period) - 0.5
+    return np.where(c > size - 0.5, period - 1.0 - c, c)
+
+
+def border_indices(idx: np.ndarray, size: int, border: str) -> np.ndarray:
+    """Integer source indices for ``idx`` under the border rule; ``-1`` means the fill value."""
+    if border == "constant":
+        return np.where((idx >= 0) & (idx < size), idx, -1)
+    if border == "replicate":
+        return np.clip(idx, 0, size - 1)
+    if border == "wrap":
+        return np.mod(idx, size)
+    if border == "reflect":
+        if size == 1:
+            return np.zeros_like(idx)
+        p = 2 * (size - 1)
+        m = np.mod(idx, p)
+        return np.where(m > size - 1, p - m, m)
+    m = np.mod(idx, 2 * size)
+    return np.where(m >= size, 2 * size - 1 - m, m)
+
+
+def _cv_value(v: float):
+    return (float(v),) * 4
+
+
+def _channel_groups(image: np.ndarray):
+    """Yield ``(start, stop, contiguous 2-D or 3-D chunk)`` of at most 4 channels."""
+    c = image.shape[2]
+    for start in range(0, c, CHANNEL_GROUP):
+        stop = min(c, start + CHANNEL_GROUP)
+        chunk = image[:, :, start] if stop - start == 1 else image[:, :, start:stop]
+        yield start, stop, np.ascontiguousarray(chunk)
+
+
+def _store(out, r0, r1, c0, c1, start, stop, res):
+    out[r0:r1, c0:c1, start:stop] = res.reshape(r1 - r0, c1 - c0, stop - start)
+
+
+def resample(image: np.ndarray, src_from_dst: Transform, out_shape, opts: SampleOptions, row_period=None):
+    """Sample ``image (H, W, C)`` at ``src_from_dst(y)`` for every pixel ``y`` of ``out_shape``.
+
+    Returns ``(Ho, Wo, C)`` of the image's dtype. ``row_period`` makes source rows periodic.
+    """
+    if image.dtype == np.float64 and opts.interpolation != "nearest":
+        hi = image.astype(np.float32)
+        lo = (image - hi).astype(np.float32)
+        bv_hi = float(np.float32(opts.border_value))
+        res = _resample(hi, src_from_dst, out_shape, SampleOptions(opts.interpolation, opts.border, bv_hi), row_period)
+        lo_opts = SampleOptions(opts.interpolation, opts.border, opts.border_value - bv_hi)
+        return res.astype(np.float64) + _resample(lo, src_from_dst, out_shape, lo_opts, row_period)
+    return _resample(image, src_from_dst, out_shape, opts, row_period)
+
+
+def _resample(image, src_from_dst, out_shape, opts, row_period):
+    ho, wo = out_shape
+    h, w, c = image.shape
+    out = np.empty((ho, wo, c), dtype=image.dtype)
+    fits = max(h, w, ho, wo) <= CV_MAX_SIDE
+    if src_from_dst.is_matrix() and fits and row_period is None:
+        _warp_matrix(image, src_from_dst, out, opts)
+    else:
+        _warp_remap(image, src_from_dst, out, opts, row_period)
+    return out
+
+
+def _warp_matrix(image, src_from_dst, out, opts):
+    """OpenCV's own warp with the ``dst -> src`` matrix (``WARP_INVERSE_MAP``)."""
+    ho, wo = out.shape[:2]
+    m = src_from_dst.matrix
+    is_affine = np.array_equal(m[2], [0.0, 0.0, 1.0])
+    flags = INTERPOLATIONS[opts.interpolation] | cv2.WARP_INVERSE_MAP
+    for start, stop, chunk in _channel_groups(image):
+        kwargs = dict(flags=flags, borderMode=BORDERS[opts.border], borderValue=_cv_value(opts.border_value))
+        if is_affine:
+            res = cv2.warpAffine(chunk, m[:2], (wo, ho), **kwargs)
+        else:
+            res = cv2.warpPerspective(chunk, m, (wo, ho), **kwargs)
+        _store(out, 0, ho, 0, wo, start, stop, res)
+
+
+def _tiles(ho, wo):
+    tw = min(wo, 8192)
+    th = max(1, min(ho, TILE_PIXELS // tw))
+    for r0 in range(0, ho, th):
+        for c0 in range(0, wo, tw):
+            yield r0, min(ho, r0 + th), c0, min(wo, c0 + tw)
+
+
+def _grid(r0, r1, c0, c1) -> np.ndarray:
+    xs, ys = np.meshgrid(np.arange(c0, c1, dtype=np.float64), np.arange(r0, r1, dtype=np.float64))
+    return np.column_stack([xs.ravel(), ys.ravel()])
+
+
+def _warp_remap(image, src_from_dst, out, opts, row_period):
+    h, w = image.shape[:2]
+    radius = KERNEL_RADIUS[opts.interpolation]
+    row_border = "wrap" if row_period is not None else opts.border
+    direct = row_period is None and max(h, w) <= CV_MAX_SIDE
+    for r0, r1, c0, c1 in _tiles(*out.shape[:2]):
+        xy = src_from_dst.sampling_map(_grid(r0, r1, c0, c1))
+        mx = fold_coordinates(xy[:, 0], w, opts.border, radius).reshape(r1 - r0, c1 - c0)
+        my = fold_coordinates(xy[:, 1], h, row_border, radius).reshape(r1 - r0, c1 - c0)
+        if direct:
+            _remap_into(out, (r0, r1, c0, c1), image, mx, my, opts, BORDERS[opts.border])
+        else:
+            _remap_cropped(out, (r0, r1, c0, c1), image, mx, my, opts, row_border, radius)
+
+
+def _remap_into(out, tile, src, mx, my, opts, border_mode):
+    r0, r1, c0, c1 = tile
+    mx32, my32 = mx.astype(np.float32), my.astype(np.float32)
+    for start, stop, chunk in _channel_groups(src):
+        res = cv2.remap(chunk, mx32, my32, INTERPOLATIONS[opts.interpolation],
+                        borderMode=border_mode, borderValue=_cv_value(opts.border_value))
+        _store(out, r0, r1, c0, c1, start, stop, res)
+
+
+def _remap_cropped(out, tile, image, mx, my, opts, row_border, radius):
+    """Remap one tile from the source crop its coordinates need (splitting if still too large)."""
+    r0, r1, c0, c1 = tile
+    x0, x1 = int(np.floor(mx.min())) - radius, int(np.ceil(mx.max())) + radius + 1
+    y0, y1 = int(np.floor(my.min())) - radius, int(np.ceil(my.max())) + radius + 1
+    if max(x1 - x0, y1 - y0) > CV_MAX_SIDE:
+        if r1 - r0 >= c1 - c0:
+            mid = (r0 + r1) // 2
+            parts = [((r0, mid, c0, c1), slice(0, mid - r0), slice(None)), ((mid, r1, c0, c1), slice(mid - r0, None), slice(None))]
+        else:
+            mid = (c0 + c1) // 2
+            parts = [((r0, r1, c0, mid), slice(None), slice(0, mid - c0)), ((r0, r1, mid, c1), slice(None), slice(mid - c0, None))]
+        for sub, rs, cs in parts:
+            _remap_cropped(out, sub, image, mx[rs, cs], my[rs, cs], opts, row_border, radius)
+        return
+    rows = border_indices(np.arange(y0, y1), image.shape[0], row_border)
+    cols = border_indices(np.arange(x0, x1), image.shape[1], opts.border)
+    crop = image[np.ix_(np.maximum(rows, 0), np.maximum(cols, 0))]
+    if (rows < 0).any() or (cols < 0).any():
+        crop[rows < 0] = opts.border_value
+        crop[:, cols < 0] = opts.border_value
+    _remap_into(out, tile, crop, mx - x0, my - y0, opts, cv2.BORDER_REPLICATE)

@@ -1,0 +1,88 @@
+"""The transform protocol shared by every warp.
+
+A transform ``T`` maps input-image coordinates to output-image coordinates
+(``dst_from_src``), points as ``(x, y)`` = (column, row), arrays ``(N, 2)``.
+Resampling uses its inverse: ``out(y) = in(T^{-1}(y))``.
+
+Every transform offers
+
+* ``map(xy) -> (N, 2)``: the forward map;
+* ``inverse() -> Transform``: exact inverse (analytic, not iterative);
+* ``jacobian(xy) -> (N, 2, 2)``: ``J[n, i, j] = d map(xy)_i / d xy_j`` at ``xy[n]``;
+* ``then(other)``: the composition ``other ∘ self`` (``self`` applied first), whose
+  Jacobian follows the chain rule ``J(G∘H)(x) = J_G(H(x)) · J_H(x)``.
+
+Two hooks let the single resampler treat every family alike:
+
+* ``sampling_map(xy)``: the coordinates the resampler reads (``map`` unless a family
+  reproduces OpenCV's own arithmetic, as polar does);
+* ``default_output_shape(input_shape)``: the output grid a warp uses when none is given;
+* ``source_row_period()``: the row period of the *input* image when its rows are an
+  angle axis (a polar image: row ``H`` is row ``0`` again), else ``None``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import InvalidArgumentError
+
+
+def as_points(xy, field: str = "xy") -> np.ndarray:
+    """Validate and convert points to a C-contiguous ``(N, 2) float64`` array.
+
+    A single point ``(x, y)`` is accepted and returned as shape ``(1, 2)``.
+    """
+    pts = np.asarray(xy, dtype=np.float64)
+    if pts.ndim == 1 and pts.shape[0] == 2:
+        pts = pts[None, :]
+    if pts.ndim != 2 or pts.shape[1] != 2:
+        raise InvalidArgumentError(f"{field} must have shape (N, 2), got {pts.shape}", field=field)
+    return np.ascontiguousarray(pts)
+
+
+class Transform:
+    """Abstract base: a smooth invertible map of the plane (see module docstring)."""
+
+    def map(self, xy) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def inverse(self) -> "Transform":  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def jacobian(self, xy) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def jacobian_determinant(self, xy) -> np.ndarray:
+        """``det J(xy)`` as ``(N,) float64`` (signed)."""
+        jac = self.jacobian(xy)
+        return jac[:, 0, 0] * jac[:, 1, 1] - jac[:, 0, 1] * jac[:, 1, 0]
+
+    def then(self, other: "Transform") -> "Transform":
+        """Composition ``other ∘ self``: apply ``self`` first, then ``other``."""
+        from .compose import compose
+
+        return compose(self, other)
+
+    def __matmul__(self, other: "Transform") -> "Transform":
+        """``g @ h`` is ``g ∘ h`` (``h`` first), as matrices named ``dst_from_src`` multiply."""
+        from .compose import compose
+
+        return compose(other, self)
+
+    def sampling_map(self, xy) -> np.ndarray:
+        """The coordinates the resampler reads for output points ``xy``: ``map(xy)`` unless a
+        family reproduces a reference implementation's arithmetic (see ``PolarTransform``)."""
+        return self.map(xy)
+
+    def default_output_shape(self, input_shape: tuple[int, int]) -> tuple[int, int]:
+        """Output ``(H, W)`` used by ``warp`` when none is given: the input's, by default."""
+        return (int(input_shape[0]), int(input_shape[1]))
+
+    def source_row_period(self) -> int | None:
+        """Row period of the input image if its rows are an angle axis, else ``None``."""
+        return None
+
+    def is_matrix(self) -> bool:
+        """True when the map is a 3x3 projective matrix (affine or homography)."""
+        return False
