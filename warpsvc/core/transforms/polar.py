@@ -157,11 +157,19 @@ class PolarTransform(Transform):
         return self._to_cartesian(pts) if self.is_inverse else self._to_polar(pts)
 
     def sampling_map(self, xy) -> np.ndarray:
-        """``map``, except Cartesian -> polar with ``opencv_sampling``: OpenCV's float32 path
-        (``cartToPolar`` of float32 offsets, ``log(mag + 1)`` in float32, then ``/ K``)."""
+        """``map``, or with ``opencv_sampling`` OpenCV's own arithmetic: polar -> Cartesian rounds
+        the radius and centre to float32 before ``r cos + c`` in double; Cartesian -> polar runs
+        ``cartToPolar`` on float32 offsets, ``log(mag + 1)`` in float32, then ``/ K``."""
         pts = as_points(xy)
-        if self.is_inverse or not self.opencv_sampling:
+        if not self.opencv_sampling:
             return self.map(pts)
+        if self.is_inverse:  # OpenCV: radius table in float32, the point in double
+            k = self._k
+            rho = np.expm1(pts[:, 0] * k) if self.log else pts[:, 0] * k
+            r = rho.astype(np.float32).astype(np.float64)
+            theta = pts[:, 1] * (TWO_PI / self.polar_shape[0])
+            cx, cy = (float(np.float32(c)) for c in self.center)  # OpenCV's centre is a Point2f
+            return np.column_stack([r * np.cos(theta) + cx, r * np.sin(theta) + cy])
         dx = (pts[:, 0].astype(np.float32) - np.float32(self.center[0]))[None, :]
         dy = (pts[:, 1].astype(np.float32) - np.float32(self.center[1]))[None, :]
         mag, ang = cv2.cartToPolar(dx, dy)
