@@ -1,9 +1,16 @@
 #!/usr/bin/env bash
-# Set up (a venv in .venv, with the test extras) and run the whole test suite.
-# Extra arguments go to pytest. Exit code 5 ("no tests collected") counts as failure.
+# Set up (a venv in .venv, with the test extras; node_modules via `npm ci` when node is available)
+# and run the whole test suite. Extra arguments go to pytest. Exit code 5 ("no tests collected")
+# counts as failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]' >/dev/null
+# buf lint and the Node interop test need node_modules (package-lock.json pins them).
+if [ -f package.json ] && command -v npm >/dev/null 2>&1; then
+  if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+    npm ci --no-audit --no-fund --loglevel=error >/dev/null
+  fi
+fi
 exec .venv/bin/python -m pytest "$@"

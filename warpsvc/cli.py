@@ -1,17 +1,26 @@
-"""The ``warpsvc`` command: ``warpsvc demo`` (library tour)."""
+"""The ``warpsvc`` command: ``warpsvc demo`` (library tour) and ``warpsvc serve`` (gRPC server)."""
 
 from __future__ import annotations
 
 import argparse
+import logging
 import pathlib
 import sys
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .server.settings import add_arguments
+
     parser = argparse.ArgumentParser(prog="warpsvc", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="warp a bundled image every way and write PNGs + Jacobian heatmaps")
     demo.add_argument("--out", type=pathlib.Path, default=pathlib.Path("out/demo"), help="output folder")
+    serve = sub.add_parser(
+        "serve", help="run the gRPC server (warpsvc.v1.WarpService + health + reflection)",
+        description="Run the gRPC server. Every flag also reads WARPSVC_<NAME> from the environment "
+                    "(e.g. WARPSVC_PORT); flags win. See docs/service.md.",
+    )
+    add_arguments(serve)
     return parser
 
 
@@ -23,6 +32,18 @@ def main(argv: list[str] | None = None) -> int:
         for line in run(args.out):
             print(line)
         return 0
+    if args.command == "serve":
+        from .server import serve
+        from .server.settings import from_args
+
+        try:
+            settings = from_args(args)
+        except (ValueError, OSError) as err:
+            print(f"warpsvc serve: {err}", file=sys.stderr)
+            return 2
+        logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
+                            format="%(asctime)s %(levelname)s %(name)s %(message)s")
+        return serve(settings)
     return 2  # pragma: no cover - argparse rejects unknown commands
 
 

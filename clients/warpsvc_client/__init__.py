@@ -1,0 +1,10 @@
+"""Python client of the warpsvc gRPC service: ``from warpsvc_client import WarpClient``.
+
+Same call signatures as the library (``warp``, ``jacobian_determinant``, ``align``); numpy in and
+out; the same ``warpsvc`` transform objects. See ``docs/service.md``.
+"""
+
+from .client import WarpClient
+from .convert import RemoteAlignResult
+
+__all__ = ["RemoteAlignResult", "WarpClient"]

@@ -1,0 +1,146 @@
+"""numpy arrays, warpsvc transforms and results <-> ``warpsvc.v1`` messages (client side).
+
+The client reuses the library's *public value classes* (``warpsvc.AffineTransform``,
+``HomographyTransform``, ``PolarTransform``, compositions, and the public error classes) so code
+moves between in-process and remote by changing one line: the same transform objects go to
+``warpsvc.warp`` or ``WarpClient.warp``, and the same exceptions come back. It only reads their
+parameters (``matrix``, ``center``, ``steps``, ...); it never calls the core's computations, and it
+imports nothing below the top-level ``warpsvc`` namespace (a test checks this).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+import warpsvc
+from warpsvc.v1 import warp_pb2 as pb
+
+DTYPES = {
+    np.dtype(np.uint8): pb.DTYPE_UINT8,
+    np.dtype(np.uint16): pb.DTYPE_UINT16,
+    np.dtype(np.float32): pb.DTYPE_FLOAT32,
+    np.dtype(np.float64): pb.DTYPE_FLOAT64,
+}
+NUMPY_DTYPES = {enum: dt.newbyteorder("<") for dt, enum in DTYPES.items()}
+FORMATS = {"png": pb.IMAGE_FORMAT_PNG, "jpeg": pb.IMAGE_FORMAT_JPEG, "tiff": pb.IMAGE_FORMAT_TIFF}
+RESPONSE_FORMS = {"tensor": pb.RESPONSE_FORM_TENSOR, "png": pb.RESPONSE_FORM_PNG,
+                  "jpeg": pb.RESPONSE_FORM_JPEG, "tiff": pb.RESPONSE_FORM_TIFF}
+INTERPOLATIONS = {"nearest": pb.INTERPOLATION_NEAREST, "linear": pb.INTERPOLATION_LINEAR,
+                  "cubic": pb.INTERPOLATION_CUBIC, "lanczos": pb.INTERPOLATION_LANCZOS}
+BORDERS = {"constant": pb.BORDER_CONSTANT, "replicate": pb.BORDER_REPLICATE, "reflect": pb.BORDER_REFLECT,
+           "symmetric": pb.BORDER_SYMMETRIC, "wrap": pb.BORDER_WRAP}
+INTENSITIES = {"plain": pb.INTENSITY_PLAIN, "conserve": pb.INTENSITY_CONSERVE}
+MODELS = {"translation": pb.MOTION_MODEL_TRANSLATION, "euclidean": pb.MOTION_MODEL_EUCLIDEAN,
+          "similarity": pb.MOTION_MODEL_SIMILARITY, "affine": pb.MOTION_MODEL_AFFINE,
+          "homography": pb.MOTION_MODEL_HOMOGRAPHY}
+ROBUST = {None: pb.ROBUST_LOSS_NONE, "huber": pb.ROBUST_LOSS_HUBER, "tukey": pb.ROBUST_LOSS_TUKEY}
+PHOTOMETRIC = {None: pb.PHOTOMETRIC_NONE, "gain_bias": pb.PHOTOMETRIC_GAIN_BIAS}
+
+
+def choice(table: dict, value, field: str):
+    """``table[value]``, or the library's own error for a bad option name."""
+    try:
+        return table[value]
+    except (KeyError, TypeError):
+        raise warpsvc.InvalidArgumentError(
+            f"{field} must be one of {tuple(table)}, got {value!r}", field=field) from None
+
+
+# -- images --------------------------------------------------------------------------------------
+def tensor(arr: np.ndarray) -> pb.Tensor:
+    a = np.asarray(arr)
+    enum = DTYPES.get(a.dtype.newbyteorder("="))
+    if enum is None:
+        raise warpsvc.InvalidImageError(f"image dtype {a.dtype} is not supported (uint8, uint16, float32, float64)",
+                                        field="image")
+    le = np.ascontiguousarray(a, dtype=NUMPY_DTYPES[enum])
+    return pb.Tensor(shape=le.shape, dtype=enum, data=le.tobytes())
+
+
+def image(value, field: str = "image") -> pb.Image:
+    """A numpy array becomes a raw tensor; ``bytes`` (a PNG/JPEG/TIFF file) is sent encoded."""
+    if isinstance(value, pb.Image):
+        return value
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return pb.Image(encoded=pb.EncodedImage(data=bytes(value)))
+    if not isinstance(value, np.ndarray):
+        raise warpsvc.InvalidImageError(
+            f"{field} must be a numpy array or encoded file bytes, got {type(value).__name__}", field=field)
+    return pb.Image(tensor=tensor(value))
+
+
+def array(msg: pb.Tensor) -> np.ndarray:
+    arr = np.frombuffer(msg.data, dtype=NUMPY_DTYPES[msg.dtype]).reshape(tuple(msg.shape))
+    return arr.astype(arr.dtype.newbyteorder("="), copy=False)
+
+
+def from_image(msg: pb.Image):
+    """A tensor response as a numpy array; an encoded response as the file's bytes."""
+    if msg.WhichOneof("kind") == "tensor":
+        return array(msg.tensor)
+    return msg.encoded.data
+
+
+def size(shape) -> pb.ImageSize:
+    h, w = shape
+    return pb.ImageSize(height=int(h), width=int(w))
+
+
+# -- transforms ----------------------------------------------------------------------------------
+def transforms(transform) -> list[pb.Transform]:
+    """The chain of ``pb.Transform`` for a warpsvc transform (compositions are flattened)."""
+    if isinstance(transform, pb.Transform):
+        return [transform]
+    if isinstance(transform, warpsvc.ComposedTransform):
+        return [t for step in transform.steps for t in transforms(step)]
+    if isinstance(transform, warpsvc.AffineTransform):
+        return [pb.Transform(affine=pb.AffineTransform(matrix=_values(transform.matrix)))]
+    if isinstance(transform, warpsvc.HomographyTransform):
+        return [pb.Transform(homography=pb.HomographyTransform(matrix=_values(transform.matrix)))]
+    if isinstance(transform, warpsvc.PolarTransform):
+        polar = pb.PolarTransform(
+            center=pb.Point(x=transform.center[0], y=transform.center[1]), max_radius=transform.max_radius,
+            polar_shape=size(transform.polar_shape), log=transform.log, inverse=transform.is_inverse,
+            opencv_sampling=transform.opencv_sampling,
+        )
+        if transform.cartesian_shape is not None:
+            polar.cartesian_shape.CopyFrom(size(transform.cartesian_shape))
+        return [pb.Transform(polar=polar)]
+    raise warpsvc.InvalidTransformError(
+        f"transform must be a warpsvc Transform, got {type(transform).__name__}", field="transform")
+
+
+def _values(matrix) -> list[float]:
+    return [float(v) for v in np.asarray(matrix, dtype=np.float64).reshape(-1)]
+
+
+# -- alignment results ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RemoteAlignResult:
+    """What ``Align`` returns, field for field as ``warpsvc.AlignResult``."""
+
+    matrix: np.ndarray
+    inverse: np.ndarray
+    converged: bool
+    reason: str
+    iterations: tuple[int, ...]
+    rms_error: float
+    zncc: float
+    cost_history: tuple[float, ...]
+    covariance: np.ndarray | None
+
+
+def align_result(resp: pb.AlignResponse) -> RemoteAlignResult:
+    return RemoteAlignResult(
+        matrix=np.asarray(resp.matrix, dtype=np.float64).reshape(3, 3),
+        inverse=np.asarray(resp.inverse, dtype=np.float64).reshape(3, 3),
+        converged=resp.converged,
+        reason=resp.reason,
+        iterations=tuple(resp.iterations),
+        rms_error=resp.rms_error,
+        zncc=resp.zncc,
+        cost_history=tuple(resp.cost_history),
+        covariance=array(resp.covariance) if resp.HasField("covariance") else None,
+    )

@@ -1,0 +1,87 @@
+"""Build one gRPC server: WarpService + standard health + reflection, limits and interceptors.
+
+``build_server(settings)`` returns a started-ready :class:`WarpServer`; ``serve`` in
+:mod:`.runner` adds signals and worker processes around it. Tests use it in-process::
+
+    srv = build_server(Settings(port=0)); srv.start(); ...; srv.stop(grace=1)
+"""
+
+from __future__ import annotations
+
+import logging
+import pathlib
+import threading
+from concurrent import futures
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from warpsvc.v1 import warp_pb2, warp_pb2_grpc
+
+from .interceptors import AccessLogInterceptor, BearerTokenInterceptor
+from .servicer import WarpServicer
+from .settings import Settings
+
+log = logging.getLogger("warpsvc.server")
+
+SERVICE_NAME = warp_pb2.DESCRIPTOR.services_by_name["WarpService"].full_name  # warpsvc.v1.WarpService
+
+
+def channel_options(settings: Settings) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        ("grpc.so_reuseport", 1),
+    ]
+
+
+@dataclass
+class WarpServer:
+    """A configured server, its health servicer and the port it is bound to."""
+
+    server: grpc.Server
+    health: health.HealthServicer
+    port: int
+    settings: Settings
+
+    def start(self) -> None:
+        self.server.start()
+        for name in ("", SERVICE_NAME):
+            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    def stop(self, grace: float | None = None) -> threading.Event:
+        """Drain: health NOT_SERVING at once, refuse new calls, let in-flight calls finish within
+        ``grace`` seconds (default ``settings.grace_seconds``). Returns an event set when done."""
+        self.health.enter_graceful_shutdown()
+        return self.server.stop(self.settings.grace_seconds if grace is None else grace)
+
+
+def build_server(settings: Settings) -> WarpServer:
+    interceptors = [AccessLogInterceptor()]
+    if settings.token:
+        interceptors.append(BearerTokenInterceptor(settings.token))
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=settings.threads, thread_name_prefix="warpsvc"),
+        interceptors=interceptors,
+        options=channel_options(settings),
+        maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
+    )
+    warp_pb2_grpc.add_WarpServiceServicer_to_server(WarpServicer(settings), server)
+    health_servicer = health.HealthServicer(experimental_non_blocking=True)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for name in ("", SERVICE_NAME):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    if settings.reflection:
+        names = (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)
+        reflection.enable_server_reflection(names, server)
+    if settings.tls_cert:
+        key = pathlib.Path(settings.tls_key).read_bytes()
+        cert = pathlib.Path(settings.tls_cert).read_bytes()
+        port = server.add_secure_port(settings.address, grpc.ssl_server_credentials([(key, cert)]))
+    else:
+        port = server.add_insecure_port(settings.address)
+    if port == 0:
+        raise OSError(f"could not bind {settings.address}")
+    return WarpServer(server=server, health=health_servicer, port=port, settings=settings)

@@ -1,0 +1,115 @@
+"""``warpsvc serve``: worker processes, signals and graceful shutdown.
+
+Python runs one core's worth of Python per process (the GIL), so ``--workers N`` forks N
+processes that each bind the same port with ``SO_REUSEPORT``; the kernel spreads *connections*
+across them (clients use ``round_robin`` over ``dns:///host:port`` to spread requests). The fork
+happens before any grpc object exists (gRPC's threads do not survive a fork), and each worker
+sets ``cv2.setNumThreads(settings.cv_threads)`` so N workers do not oversubscribe the cores.
+
+Shutdown (SIGTERM or SIGINT): health turns NOT_SERVING at once, new calls are refused, in-flight
+calls get up to ``grace_seconds`` to finish, then the process exits 0. The parent of several
+workers forwards the signal and exits 0 when every worker did.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+
+from .settings import Settings
+
+log = logging.getLogger("warpsvc.server")
+
+
+def run_worker(settings: Settings, index: int = 0) -> int:
+    """Run one server process until SIGTERM/SIGINT, then drain. Returns the exit code."""
+    import cv2
+
+    from .app import build_server  # first grpc import of a worker: after any fork
+
+    cv2.setNumThreads(settings.cv_threads)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    srv = build_server(settings)
+    srv.start()
+    scheme = "tls" if settings.tls_cert else "insecure"
+    print(f"warpsvc worker {index} (pid {os.getpid()}) serving on {settings.host}:{srv.port} "
+          f"({scheme}, auth={'token' if settings.token else 'off'})", flush=True)
+    while not stop.wait(0.2):
+        pass
+    log.info("worker %d draining: health NOT_SERVING, up to %.1f s for in-flight calls", index,
+             settings.grace_seconds)
+    srv.stop().wait()
+    log.info("worker %d stopped", index)
+    return 0
+
+
+def _reserve_port(host: str) -> socket.socket:
+    """Bind (not listen) a SO_REUSEPORT socket on a free port so every worker can share it."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host.strip("[]"), 0))
+    return sock
+
+
+def serve(settings: Settings) -> int:
+    """Serve until a signal; ``settings.workers`` processes (forked here) share the port."""
+    if settings.workers == 1:
+        return run_worker(settings)
+    reserved = None
+    if settings.port == 0:
+        reserved = _reserve_port(settings.host)
+        settings = dataclasses.replace(settings, port=reserved.getsockname()[1])
+    sys.stdout.flush()
+    sys.stderr.flush()
+    children: list[int] = []
+    for index in range(settings.workers):
+        pid = os.fork()
+        if pid == 0:  # the worker
+            code = 1
+            try:
+                code = run_worker(settings, index)
+            except BaseException:  # noqa: BLE001 - report and exit non-zero
+                log.exception("worker %d failed", index)
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        children.append(pid)
+
+    stopping = threading.Event()
+
+    def forward(signum, _frame):
+        stopping.set()
+        for pid in children:
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, forward)
+    ok = True
+    remaining = set(children)
+    while remaining:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:  # pragma: no cover
+            break
+        remaining.discard(pid)
+        code = os.waitstatus_to_exitcode(status)
+        if code != 0:
+            ok = False
+            if not stopping.is_set():
+                log.error("worker pid %d exited with %d; stopping the others", pid, code)
+                forward(signal.SIGTERM, None)
+    if reserved is not None:
+        reserved.close()
+    return 0 if ok else 1

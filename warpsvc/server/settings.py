@@ -1,0 +1,134 @@
+"""Server settings: one frozen dataclass, filled from ``WARPSVC_*`` environment variables and
+then from command-line flags (flags win). Importing this module imports no grpc, so the CLI can
+fork worker processes before any grpc object exists.
+
+=========================  ==============================  ===========  ================================
+setting                    environment variable            default      meaning
+=========================  ==============================  ===========  ================================
+host                       WARPSVC_HOST                    127.0.0.1    address to bind
+port                       WARPSVC_PORT                    50051        port (0: pick a free one)
+workers                    WARPSVC_WORKERS                 1            processes sharing the port
+threads                    WARPSVC_THREADS                 4            handler threads per worker
+max_concurrent_rpcs        WARPSVC_MAX_CONCURRENT_RPCS     16           per worker; excess answered
+                                                                        RESOURCE_EXHAUSTED
+max_message_bytes          WARPSVC_MAX_MESSAGE_BYTES       67108864     request and response limit
+max_input_pixels           WARPSVC_MAX_INPUT_PIXELS        33554432     per decoded input image (H*W)
+max_output_pixels          WARPSVC_MAX_OUTPUT_PIXELS       33554432     per output grid (H*W)
+grace_seconds              WARPSVC_GRACE_SECONDS           30           drain time on SIGTERM/SIGINT
+tls_cert / tls_key         WARPSVC_TLS_CERT / _TLS_KEY     (off)        PEM files; both or neither
+token                      WARPSVC_TOKEN (or --token-file) (off)        required bearer token
+cv_threads                 WARPSVC_CV_THREADS              1            cv2.setNumThreads per worker
+reflection                 WARPSVC_REFLECTION              true         server reflection service
+log_level                  WARPSVC_LOG_LEVEL               info         python logging level
+=========================  ==============================  ===========  ================================
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import pathlib
+from dataclasses import dataclass, field
+
+MIB = 1 << 20
+ENV_PREFIX = "WARPSVC_"
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 50051
+    workers: int = 1
+    threads: int = 4
+    max_concurrent_rpcs: int = 16
+    max_message_bytes: int = 64 * MIB
+    max_input_pixels: int = 1 << 25
+    max_output_pixels: int = 1 << 25
+    grace_seconds: float = 30.0
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    token: str | None = field(default=None, repr=False)  # never printed
+    cv_threads: int = 1
+    reflection: bool = True
+    log_level: str = "info"
+
+    def __post_init__(self):
+        positive = ("workers", "threads", "max_concurrent_rpcs", "max_message_bytes", "max_input_pixels",
+                    "max_output_pixels")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be in 0..65535, got {self.port}")
+        if self.grace_seconds < 0:
+            raise ValueError("grace_seconds must be >= 0")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together")
+        if self.token is not None and not self.token:
+            raise ValueError("token must not be empty")
+
+    @property
+    def address(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host and not self.host.startswith("[") else self.host
+        return f"{host}:{self.port}"
+
+    @classmethod
+    def from_env(cls, environ=None) -> "Settings":
+        return cls(**_env_values(os.environ if environ is None else environ))
+
+
+def _parse_bool(text: str) -> bool:
+    low = text.strip().lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"not a boolean: {text!r}")
+
+
+def _env_values(environ) -> dict:
+    values = {}
+    for f in dataclasses.fields(Settings):
+        raw = environ.get(ENV_PREFIX + f.name.upper())
+        if raw is None or raw == "":
+            continue
+        kind = type(f.default) if f.default is not None else str
+        try:
+            values[f.name] = _parse_bool(raw) if kind is bool else kind(raw)
+        except ValueError as err:
+            raise ValueError(f"{ENV_PREFIX}{f.name.upper()}: {err}") from None
+    return values
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags for every setting; unset flags keep the environment's (or the default) value."""
+    d = argparse.SUPPRESS
+    parser.add_argument("--host", default=d, help="address to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=d, help="port; 0 picks a free one (default 50051)")
+    parser.add_argument("--workers", type=int, default=d, help="server processes sharing the port (default 1)")
+    parser.add_argument("--threads", type=int, default=d, help="handler threads per worker (default 4)")
+    parser.add_argument("--max-concurrent-rpcs", type=int, default=d,
+                        help="RPCs in flight per worker before RESOURCE_EXHAUSTED (default 16)")
+    parser.add_argument("--max-message-bytes", type=int, default=d, help="message limit, both ways (64 MiB)")
+    parser.add_argument("--max-input-pixels", type=int, default=d, help="decoded input image limit, H*W")
+    parser.add_argument("--max-output-pixels", type=int, default=d, help="output grid limit, H*W")
+    parser.add_argument("--grace-seconds", type=float, default=d, help="drain time on SIGTERM (default 30)")
+    parser.add_argument("--tls-cert", default=d, help="PEM certificate chain (enables TLS with --tls-key)")
+    parser.add_argument("--tls-key", default=d, help="PEM private key")
+    parser.add_argument("--token-file", type=pathlib.Path, default=d,
+                        help="file holding the bearer token clients must send (or WARPSVC_TOKEN)")
+    parser.add_argument("--cv-threads", type=int, default=d, help="OpenCV threads per worker (default 1)")
+    parser.add_argument("--no-reflection", dest="reflection", action="store_false", default=d,
+                        help="disable server reflection")
+    parser.add_argument("--log-level", default=d, help="logging level (default info)")
+
+
+def from_args(args: argparse.Namespace, environ=None) -> Settings:
+    values = _env_values(os.environ if environ is None else environ)
+    names = {f.name for f in dataclasses.fields(Settings)}
+    values.update({k: v for k, v in vars(args).items() if k in names})
+    token_file = getattr(args, "token_file", None)
+    if token_file is not None:
+        values["token"] = token_file.read_text().strip()
+    return Settings(**values)
