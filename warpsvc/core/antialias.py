@@ -2,171 +2,147 @@
 
 Point sampling ``in(T^{-1}(y)) |det J_{T^{-1}}(y)|`` conserves the *total* but not the local
 flux when ``T`` shrinks the image: each output pixel reads one point of a source area several
-pixels wide (aliasing). Here every source pixel's flux is *scattered* with a footprint shaped
-by the local Jacobian, in the spirit of drizzle (Fruchter & Hook 2002) and of DeForest (2004):
+pixels wide (aliasing). Here the source is *scattered* instead, each piece with a footprint
+shaped by the local Jacobian, in the spirit of drizzle (Fruchter & Hook 2002) and of the
+Jacobian-sized kernels of DeForest (2004):
 
 1. **Continuous model.** The source is the bilinear (tent) interpolant
-   ``f(x) = sum_j I_j tent(x - j)``, zero outside the image, the same model the plain
-   ``linear`` warp samples. Each pixel's tent integrates to 1, so pixel ``j`` carries flux
-   ``I_j``.
-2. **Cells.** The source plane is cut into square cells of side ``1/m``, aligned with the pixel
-   grid (``m`` sub-cells per pixel per axis). The exact integral of ``f`` over each cell is a
-   3x3-tap combination of the pixel values (the tent's antiderivative is piecewise
-   quadratic), so the cell fluxes of pixel ``j`` sum to exactly ``I_j`` whatever ``m`` is.
-   ``m`` is chosen per 32x32-pixel block as ``ceil(2 * s)``, ``s`` the largest singular
-   value of ``J_T`` in the block, so a cell's image is at most ~half an output pixel wide.
-3. **Footprint.** Each cell's flux lands at ``T(cell centre)`` and is spread over the output
-   pixels by a separable triangle of half-widths ``a = (|J_T row 0|, |J_T row 1|) / m``: the
-   cell's Jacobian-image extent, box-convolved with itself. (A plain box leaves a 3 % moire on
-   rotated lattices; the triangle's squared-sinc spectrum suppresses the lattice's harmonics.)
-   The shares of the two pixels it touches per axis sum to exactly 1.
+   ``f(x) = sum_j I_j tent(x - j)``, zero outside the image: the model the plain ``linear``
+   warp samples. Pixel ``j`` carries flux ``I_j`` (its tent integrates to 1).
+2. **Nodes.** A tent of half-width 1 is exactly a sum of tents of half-width ``1/m`` on the
+   lattice ``j + k/m`` with coefficients ``tent(k/m)``; so ``f`` is the sum over lattice nodes
+   ``n`` of ``f(n) tent_m(x - n)``, and node ``n`` carries mass ``f(n) / m^2`` per axis pair.
+   ``m`` is chosen per 32x32-pixel block as ``ceil(1.5 s)``, ``s`` the largest singular value of
+   ``J_T`` on the block, so each node's footprint stays below one output pixel of half-width.
+   Where neighbouring blocks use different ``m`` the lattices meet unevenly; dividing the
+   image by ``S_j = sum_n tent(n - j) / m_n^2`` (1 elsewhere) makes every pixel's masses sum
+   to exactly ``I_j`` again.
+3. **Footprint.** The node's tent, pushed through the local Jacobian, is approximated by the
+   separable triangle of half-widths ``(|J_T row 0|, |J_T row 1|) / m`` centred at ``T(n)``
+   and integrated exactly over the output pixels it touches (at most 3 per axis). The shares
+   sum to exactly 1.
 
-Because every weight set sums to 1, the flux of each source pixel lands in full within about
-one output pixel of its image: conservation holds locally, not only in total. The coverage
-(the same scatter applied to an all-ones image) is returned too: it tells how much of each
-output pixel's preimage lies inside the source.
+So every source pixel's flux lands in full within about one output pixel of its image:
+conservation holds locally, not only in total. The coverage (the same scatter of an all-ones
+image) says how much of each output pixel's preimage lies inside the source.
 
-Cost: ``sum over blocks of (pixels * m^2)`` cells, i.e. about the source pixel count when
-shrinking and about the output pixel count when enlarging.
+Cost: about one node per source pixel when shrinking, one per output pixel when enlarging.
+The loops are compiled (:mod:`._splat_kernels`).
 """
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
+from . import _splat_kernels as k
 from .transforms import Transform
 
-BLOCK = 32  # source pixels per block side for the choice of m
-MAX_CELLS_PER_PIXEL_AXIS = 64
-CHUNK_CELLS = 1 << 21  # cells scattered per chunk (bounds memory)
+OVERSAMPLING = 1.5  # m = ceil(1.5 s): 1 node per pixel for shrinks >= 1.5x; moire < 0.3 % when rotating
+MAX_NODES_PER_PIXEL_AXIS = 64
+CHUNK_NODES = 1 << 21  # nodes per generic-path chunk (bounds memory)
 
 
-def _tent_cdf(t: np.ndarray) -> np.ndarray:
-    """Antiderivative of ``tent(t) = max(0, 1 - |t|)``, from 0 at t <= -1 to 1 at t >= 1."""
-    t = np.clip(t, -1.0, 1.0)
-    return np.where(t <= 0, 0.5 * (t + 1) ** 2, 1 - 0.5 * (1 - t) ** 2)
+def _block_grid(h: int, w: int):
+    """Block origins: pixels ``-1 .. h-1`` (the tent of pixel 0 reaches back to -1)."""
+    return np.arange(-1, h, k.BLOCK), np.arange(-1, w, k.BLOCK)
 
 
-def cell_taps(m: int) -> np.ndarray:
-    """``(m, 3)`` per-axis weights: mean of the tent model over sub-cell ``r`` of pixel ``j``
-    as a combination of pixels ``j-1, j, j+1``. Each column sums (over r, / m) to the pixel's
-    share: ``sum_r taps[r, k] / m`` is the integral of the tent of pixel ``j+k-1`` over pixel j's
-    cell."""
-    edges = -0.5 + np.arange(m + 1) / m  # cell edges relative to the pixel centre
-    taps = np.empty((m, 3))
-    for k, offset in enumerate((-1, 0, 1)):
-        cdf = _tent_cdf(edges - offset)
-        taps[:, k] = (cdf[1:] - cdf[:-1]) * m
-    return taps
-
-
-def _block_factors(dst_from_src: Transform, h: int, w: int):
-    """Oversampling factor ``m`` per block, and the block grid origins (rows, cols)."""
-    by = np.arange(-1, h + 1, BLOCK)
-    bx = np.arange(-1, w + 1, BLOCK)
-    # Sample J_T at the four corners and the centre of each block.
-    offs = np.array([[0, 0], [BLOCK, 0], [0, BLOCK], [BLOCK, BLOCK], [BLOCK / 2, BLOCK / 2]], float)
+def _block_samples(by, bx, n: int):
+    """``(nb * n * n, 2)`` points on an ``n x n`` grid over each block (row-major blocks)."""
+    t = np.linspace(0.0, k.BLOCK, n)
+    offs = np.stack(np.meshgrid(t, t), -1).reshape(-1, 2)
     gx, gy = np.meshgrid(bx.astype(float), by.astype(float))
-    pts = (np.stack([gx.ravel(), gy.ravel()], 1)[:, None, :] + offs[None]).reshape(-1, 2)
-    jac = dst_from_src.jacobian(pts)
-    sv = np.linalg.svd(np.nan_to_num(jac, nan=0.0, posinf=0.0, neginf=0.0), compute_uv=False)[:, 0]
-    stretch = sv.reshape(len(gx.ravel()), len(offs)).max(axis=1)
-    m = np.clip(np.ceil(2.0 * stretch), 1, MAX_CELLS_PER_PIXEL_AXIS).astype(int)
-    return m.reshape(gy.shape), by, bx
+    origins = np.stack([gx.ravel(), gy.ravel()], 1)
+    return (origins[:, None, :] + offs[None]).reshape(-1, 2), len(offs)
 
 
-def _block_maybe_visible(dst_from_src, by, bx, out_shape):
-    """Cheap cull: blocks whose sampled images all fall far outside the output."""
+def block_factors(dst_from_src: Transform, h: int, w: int, out_shape):
+    """``(blocks (nb, 3) int64, visible (nb,) bool)``: origin row, origin column and ``m`` of
+    every block, and whether its image can touch the output (``m`` is 1 where it cannot)."""
+    by, bx = _block_grid(h, w)
+    pts, per = _block_samples(by, bx, 3)
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        jac = dst_from_src.jacobian(pts)
+        y = dst_from_src.map(pts)
+    jac = np.nan_to_num(jac, nan=0.0, posinf=0.0, neginf=0.0)
+    stretch = np.linalg.svd(jac, compute_uv=False)[:, 0].reshape(-1, per).max(axis=1)
+    m = np.clip(np.ceil(OVERSAMPLING * stretch), 1, MAX_NODES_PER_PIXEL_AXIS).astype(np.int64)
     ho, wo = out_shape
-    offs = np.array([[x, y] for y in np.linspace(0, BLOCK, 5) for x in np.linspace(0, BLOCK, 5)])
-    gx, gy = np.meshgrid(bx.astype(float), by.astype(float))
-    pts = (np.stack([gx.ravel(), gy.ravel()], 1)[:, None, :] + offs[None]).reshape(-1, 2)
-    with np.errstate(invalid="ignore", over="ignore"):
-        y = dst_from_src.map(pts).reshape(-1, len(offs), 2)
-        lo = np.nanmin(np.where(np.isfinite(y), y, np.nan), axis=1)
-        hi = np.nanmax(np.where(np.isfinite(y), y, np.nan), axis=1)
-    margin = BLOCK * 4.0
-    ok = (hi[:, 0] >= -margin) & (lo[:, 0] <= wo + margin) & (hi[:, 1] >= -margin) & (lo[:, 1] <= ho + margin)
-    ok |= ~np.isfinite(lo).all(axis=1)  # unsure: keep
-    return ok.reshape(gx.shape)
+    y = y.reshape(-1, per, 2)
+    finite = np.isfinite(y).all(axis=2)
+    big = np.where(finite[..., None], y, np.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows: blocks beyond a horizon
+        lo, hi = np.nanmin(big, axis=1), np.nanmax(big, axis=1)
+    margin = 2.0 * k.BLOCK * np.maximum(stretch, 1.0)[:, None]
+    visible = ~((hi < -margin).any(1) | (lo[:, 0] > wo + margin[:, 0]) | (lo[:, 1] > ho + margin[:, 0]))
+    visible |= ~finite.all(axis=1)  # a horizon crosses the block: keep it
+    m = np.where(visible, m, 1)
+    gx, gy = np.meshgrid(bx, by)
+    blocks = np.stack([gy.ravel(), gx.ravel(), m], 1).astype(np.int64)
+    return blocks, visible
 
 
-def scatter(image: np.ndarray, dst_from_src: Transform, out_shape) -> tuple[np.ndarray, np.ndarray]:
+def scatter(image: np.ndarray, dst_from_src: Transform, out_shape, *, with_coverage: bool = True, row_period=None):
     """Scatter ``image (H, W, C)`` through ``dst_from_src`` onto ``out_shape``.
 
     Returns ``flux (Ho, Wo, C) float64`` (the integral of the source model over each output
-    pixel's preimage) and ``coverage (Ho, Wo) float64`` (the same for an all-ones image).
+    pixel's preimage) and ``coverage (Ho, Wo) float64`` (the same for an all-ones image; ``None``
+    unless ``with_coverage``). ``row_period`` (a polar output's angle axis) folds deposits that
+    fall beyond the first or last row back onto the other end.
     """
     h, w, c = image.shape
     ho, wo = out_shape
-    # Zero-padded source with an all-ones channel appended (for the coverage).
-    padded = np.zeros((h + 4, w + 4, c + 1), dtype=np.float64)
-    padded[2:-2, 2:-2, :c] = image
-    padded[2:-2, 2:-2, c] = 1.0
-    factors, by, bx = _block_factors(dst_from_src, h, w)
-    visible = _block_maybe_visible(dst_from_src, by, bx, out_shape)
-    acc = np.zeros(((ho + 2) * (wo + 2), c + 1))
-    for m in np.unique(factors[visible]):
-        rows, cols = np.nonzero((factors == m) & visible)
-        _scatter_blocks(padded, dst_from_src, by[rows], bx[cols], int(m), (h, w), (ho, wo), acc)
-    acc = acc.reshape(ho + 2, wo + 2, c + 1)[1:-1, 1:-1]
-    return acc[:, :, :c], acc[:, :, c]
+    pad = k.PAD
+    nch = c + 1 if with_coverage else c
+    src = np.zeros((h + 2 * pad, w + 2 * pad, nch), dtype=np.float64)
+    src[pad:pad + h, pad:pad + w, :c] = image
+    if with_coverage:
+        src[pad:pad + h, pad:pad + w, c] = 1.0
+    blocks, visible = block_factors(dst_from_src, h, w, out_shape)
+    if len(np.unique(blocks[:, 2])) > 1:
+        sums = np.zeros(src.shape[:2])
+        k.tent_sums(blocks, h, w, sums)
+        inside = sums > 0
+        src[inside] /= sums[inside][:, None]
+    blocks = np.ascontiguousarray(blocks[visible])
+    g = k.GUARD
+    acc = np.zeros((ho + 2 * g, wo + 2 * g, nch))
+    if dst_from_src.is_matrix():
+        mat = np.array(dst_from_src.matrix, dtype=np.float64)
+        centre = np.array([(w - 1) / 2, (h - 1) / 2, 1.0])
+        if mat[2] @ centre < 0:
+            mat = -mat  # the source's own side of the horizon has w > 0
+        k.scatter_matrix(src, blocks, h, w, mat, acc)
+    else:
+        _scatter_generic(src, blocks, h, w, dst_from_src, acc)
+    if row_period is not None and row_period == ho:
+        acc[ho:ho + g] += acc[:g]  # rows -g..-1 are rows ho-g..ho-1
+        acc[g:2 * g] += acc[ho + g:]  # rows ho..ho+g-1 are rows 0..g-1
+    acc = acc[g:-g, g:-g]
+    return acc[:, :, :c], (acc[:, :, c] if with_coverage else None)
 
 
-def _scatter_blocks(padded, dst_from_src, oy, ox, m, src_shape, out_shape, acc):
-    h, w = src_shape
-    ho, wo = out_shape
-    taps = cell_taps(m)  # (m, 3)
-    # (m*m, 9): weight of neighbour (dy, dx) for sub-cell (ry, rx)
-    weights = np.einsum("ya,xb->yxab", taps, taps).reshape(m * m, 9)
-    sub = (np.arange(m) + 0.5) / m - 0.5  # sub-cell centres relative to the pixel centre
-    local = np.arange(BLOCK)
-    pixels_per_chunk = max(1, CHUNK_CELLS // (m * m))
-    blocks_per_chunk = max(1, pixels_per_chunk // (BLOCK * BLOCK))
-    for b0 in range(0, len(oy), blocks_per_chunk):
-        py = (oy[b0:b0 + blocks_per_chunk, None, None] + local[None, :, None]).repeat(BLOCK, 2).ravel()
-        px = (ox[b0:b0 + blocks_per_chunk, None, None] + local[None, None, :]).repeat(BLOCK, 1).ravel()
-        keep = (py >= -1) & (py <= h) & (px >= -1) & (px <= w)
-        py, px = py[keep], px[keep]
-        # 3x3 neighbourhoods in the padded image (offset 2): (P, 9, C+1)
-        neigh = np.stack([padded[py + 2 + dy, px + 2 + dx] for dy in (-1, 0, 1) for dx in (-1, 0, 1)], 1)
-        cell_mean = np.einsum("kn,pnc->pkc", weights, neigh)  # (P, m*m, C+1)
-        cy = (py[:, None, None] + sub[None, :, None]).repeat(m, 2).reshape(len(py), m * m)
-        cx = (px[:, None, None] + sub[None, None, :]).repeat(m, 1).reshape(len(px), m * m)
-        flux = cell_mean.reshape(-1, cell_mean.shape[2]) / (m * m)
-        nonzero = np.any(flux != 0, axis=1)
-        centres = np.column_stack([cx.ravel()[nonzero], cy.ravel()[nonzero]])
-        _splat(dst_from_src, centres, flux[nonzero], m, ho, wo, acc)
-
-
-def _splat(dst_from_src, centres, flux, m, ho, wo, acc):
-    """Box-overlap splat of point fluxes ``flux (N, C)`` at ``T(centres)`` into ``acc``."""
-    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-        pos = dst_from_src.map(centres)
-        jac = dst_from_src.jacobian(centres)
-    half_x = np.minimum(np.hypot(jac[:, 0, 0], jac[:, 0, 1]) / m, 0.5)
-    half_y = np.minimum(np.hypot(jac[:, 1, 0], jac[:, 1, 1]) / m, 0.5)
-    ok = np.isfinite(pos).all(1) & np.isfinite(half_x) & np.isfinite(half_y)
-    ok &= (pos[:, 0] > -2) & (pos[:, 0] < wo + 1) & (pos[:, 1] > -2) & (pos[:, 1] < ho + 1)
-    pos, half_x, half_y, flux = pos[ok], half_x[ok], half_y[ok], flux[ok]
-    ix0, wx = _overlap(pos[:, 0], np.maximum(half_x, 1e-9))
-    iy0, wy = _overlap(pos[:, 1], np.maximum(half_y, 1e-9))
-    stride = wo + 2
-    idx, wgt = [], []
-    for dy in (0, 1):
-        for dx in (0, 1):
-            yy, xx = iy0 + dy + 1, ix0 + dx + 1  # +1: acc has a one-pixel guard ring
-            inside = (yy >= 0) & (yy < ho + 2) & (xx >= 0) & (xx < wo + 2)
-            idx.append(np.where(inside, yy * stride + xx, 0))
-            wgt.append(np.where(inside, wy[dy] * wx[dx], 0.0))
-    idx, wgt = np.concatenate(idx), np.concatenate(wgt)
-    for ch in range(flux.shape[1]):
-        acc[:, ch] += np.bincount(idx, weights=np.tile(flux[:, ch], 4) * wgt, minlength=acc.shape[0])
-
-
-def _overlap(p, half):
-    """Pixel ``i0`` and the shares of a unit-mass triangle centred at ``p`` with half-width
-    ``half <= 0.5`` falling in pixels ``i0`` and ``i0 + 1`` (cells ``[i - 1/2, i + 1/2]``)."""
-    i0 = np.floor(p - half + 0.5).astype(np.int64)
-    right = 1.0 - _tent_cdf((i0 + 0.5 - p) / half)
-    return i0, (1.0 - right, right)
+def _scatter_generic(src, blocks, h, w, dst_from_src, acc):
+    """Nodes listed in chunks, mapped by the transform in numpy, deposited by the kernel."""
+    nodes_per_block = (k.BLOCK * blocks[:, 2]) ** 2
+    start = 0
+    while start < len(blocks):
+        stop = start + 1
+        total = nodes_per_block[start]
+        while stop < len(blocks) and total + nodes_per_block[stop] <= CHUNK_NODES:
+            total += nodes_per_block[stop]
+            stop += 1
+        chunk = np.ascontiguousarray(blocks[start:stop])
+        xy = np.empty((int(total), 2))
+        node_m = np.empty(int(total), dtype=np.int64)
+        n = k.list_nodes(chunk, h, w, xy, node_m)
+        xy, node_m = xy[:n], node_m[:n]
+        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+            pos = dst_from_src.map(xy)
+            jac = dst_from_src.jacobian(xy)
+        rows = np.stack([np.hypot(jac[:, 0, 0], jac[:, 0, 1]), np.hypot(jac[:, 1, 0], jac[:, 1, 1])], 1)
+        k.scatter_points(src, xy, node_m, np.ascontiguousarray(pos), np.ascontiguousarray(rows), acc)
+        start = stop

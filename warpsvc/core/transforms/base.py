@@ -17,8 +17,8 @@ Two hooks let the single resampler treat every family alike:
 * ``sampling_map(xy)``: the coordinates the resampler reads (``map`` unless a family
   reproduces OpenCV's own arithmetic, as polar does);
 * ``default_output_shape(input_shape)``: the output grid a warp uses when none is given;
-* ``source_row_period()``: the row period of the *input* image when its rows are an
-  angle axis (a polar image: row ``H`` is row ``0`` again), else ``None``.
+* ``source_row_period()`` / ``output_row_period()``: the row period of the input / output
+  image when its rows are an angle axis (a polar image: row ``H`` is row ``0`` again).
 """
 
 from __future__ import annotations
@@ -81,6 +81,10 @@ class Transform:
 
     def source_row_period(self) -> int | None:
         """Row period of the input image if its rows are an angle axis, else ``None``."""
+        return None
+
+    def output_row_period(self) -> int | None:
+        """Row period of the *output* image if its rows are an angle axis, else ``None``."""
         return None
 
     def is_matrix(self) -> bool:

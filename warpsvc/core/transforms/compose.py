@@ -83,3 +83,6 @@ class ComposedTransform(Transform):
 
     def source_row_period(self):
         return self.steps[0].source_row_period()
+
+    def output_row_period(self):
+        return self.steps[-1].output_row_period()

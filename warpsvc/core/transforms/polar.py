@@ -204,3 +204,6 @@ class PolarTransform(Transform):
 
     def source_row_period(self):
         return self.polar_shape[0] if self.is_inverse else None
+
+    def output_row_period(self):
+        return None if self.is_inverse else self.polar_shape[0]

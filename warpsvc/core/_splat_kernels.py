@@ -1,0 +1,188 @@
+"""Compiled inner loops of the antialiased scatter (numba; see :mod:`.antialias` for the math).
+
+Why compiled: the scatter visits every source sub-node once and deposits into a 3x3 output
+window; in numpy that is ~50 array passes plus nine ``bincount`` calls (~10x slower). These
+loops are plain serial code (one server process per core), cached on disk after the first run.
+
+Arrays:
+* ``src (h + 2P, w + 2P, C) float64``: the source divided by the tent-sum normaliser, with
+  ``P = PAD`` zero rows/columns on every side;
+* ``blocks (nb, 3) int64``: ``(first row, first column, m)`` of each block of source pixels;
+* ``acc (Ho + 2G, Wo + 2G, C) float64``: output accumulator with a ``G = GUARD`` pixel ring
+  (deposits just outside the frame land there; periodic outputs fold it back).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+PAD = 2
+BLOCK = 32
+GUARD = 4
+
+
+@njit(cache=True, inline="always")
+def _tent_cdf(t):
+    if t <= -1.0:
+        return 0.0
+    if t >= 1.0:
+        return 1.0
+    if t <= 0.0:
+        return 0.5 * (t + 1.0) * (t + 1.0)
+    return 1.0 - 0.5 * (1.0 - t) * (1.0 - t)
+
+
+@njit(cache=True, inline="always")
+def _triangle_shares(p, half, shares):
+    """Integrals of a unit-mass triangle (centre ``p``, half-width ``half <= 1``) over pixels
+    ``i0, i0 + 1, i0 + 2`` (pixel ``i`` spans ``[i - 1/2, i + 1/2]``); returns ``i0``."""
+    i0 = math.floor(p - half + 0.5)
+    c0 = _tent_cdf((i0 + 0.5 - p) / half)
+    c1 = _tent_cdf((i0 + 1.5 - p) / half)
+    shares[0] = c0
+    shares[1] = c1 - c0
+    shares[2] = 1.0 - c1
+    return i0
+
+
+@njit(cache=True, inline="always")
+def _deposit(acc, px, py, hx, hy, value, scale, wx, wy):
+    """Add ``value * scale`` (per channel) at ``(px, py)`` with triangle footprints."""
+    ix0 = _triangle_shares(px, hx, wx)
+    iy0 = _triangle_shares(py, hy, wy)
+    ho, wo = acc.shape[0], acc.shape[1]
+    for dy in range(3):
+        yy = iy0 + dy + GUARD
+        if yy < 0 or yy >= ho or wy[dy] == 0.0:
+            continue
+        for dx in range(3):
+            xx = ix0 + dx + GUARD
+            if xx < 0 or xx >= wo or wx[dx] == 0.0:
+                continue
+            wgt = wx[dx] * wy[dy] * scale
+            for ch in range(acc.shape[2]):
+                acc[yy, xx, ch] += value[ch] * wgt
+
+
+@njit(cache=True, inline="always")
+def _node_value(src, sx, sy, value):
+    """Bilinear value of the padded source at source point ``(sx, sy)``; False if all zero."""
+    x0 = math.floor(sx)
+    y0 = math.floor(sy)
+    fx = sx - x0
+    fy = sy - y0
+    r = y0 + PAD
+    c = x0 + PAD
+    nonzero = False
+    for ch in range(src.shape[2]):
+        v = ((1 - fy) * ((1 - fx) * src[r, c, ch] + fx * src[r, c + 1, ch])
+             + fy * ((1 - fx) * src[r + 1, c, ch] + fx * src[r + 1, c + 1, ch]))
+        value[ch] = v
+        if v != 0.0:
+            nonzero = True
+    return nonzero
+
+
+@njit(cache=True)
+def tent_sums(blocks, h, w, sums):
+    """``sums[j] = sum over nodes n of tent(n - j) / m_n^2`` (padded layout); 1 where the lattice
+    is uniform, different only where neighbouring blocks use different ``m``."""
+    for b in range(blocks.shape[0]):
+        y0, x0, m = blocks[b, 0], blocks[b, 1], blocks[b, 2]
+        inv_m = 1.0 / m
+        area = inv_m * inv_m
+        for iy in range(y0, min(y0 + BLOCK, h)):
+            for ky in range(m):
+                fy = ky * inv_m
+                for ix in range(x0, min(x0 + BLOCK, w)):
+                    for kx in range(m):
+                        fx = kx * inv_m
+                        r, c = iy + PAD, ix + PAD
+                        sums[r, c] += (1 - fy) * (1 - fx) * area
+                        sums[r, c + 1] += (1 - fy) * fx * area
+                        sums[r + 1, c] += fy * (1 - fx) * area
+                        sums[r + 1, c + 1] += fy * fx * area
+
+
+@njit(cache=True)
+def scatter_matrix(src, blocks, h, w, mat, acc):
+    """Fused scatter for a projective ``dst_from_src`` matrix ``mat (3, 3)`` (``w > 0`` side).
+
+    Node ``(ix + kx/m, iy + ky/m)``: value by bilinear interpolation, position
+    ``y = (M[:2] x~) / w``, Jacobian rows ``(M_i: - y_i M_2:) / w``, footprint half-widths
+    ``|row| / m`` (capped at 1 px), mass ``value / m^2``.
+    """
+    value = np.empty(src.shape[2])
+    wx = np.empty(3)
+    wy = np.empty(3)
+    for b in range(blocks.shape[0]):
+        y0, x0, m = blocks[b, 0], blocks[b, 1], blocks[b, 2]
+        inv_m = 1.0 / m
+        area = inv_m * inv_m
+        for iy in range(y0, min(y0 + BLOCK, h)):
+            for ky in range(m):
+                sy = iy + ky * inv_m
+                for ix in range(x0, min(x0 + BLOCK, w)):
+                    for kx in range(m):
+                        sx = ix + kx * inv_m
+                        if not _node_value(src, sx, sy, value):
+                            continue
+                        ww = mat[2, 0] * sx + mat[2, 1] * sy + mat[2, 2]
+                        if ww <= 0.0:
+                            continue
+                        px = (mat[0, 0] * sx + mat[0, 1] * sy + mat[0, 2]) / ww
+                        py = (mat[1, 0] * sx + mat[1, 1] * sy + mat[1, 2]) / ww
+                        j00 = (mat[0, 0] - px * mat[2, 0]) / ww
+                        j01 = (mat[0, 1] - px * mat[2, 1]) / ww
+                        j10 = (mat[1, 0] - py * mat[2, 0]) / ww
+                        j11 = (mat[1, 1] - py * mat[2, 1]) / ww
+                        hx = min(max(math.sqrt(j00 * j00 + j01 * j01) * inv_m, 1e-9), 1.0)
+                        hy = min(max(math.sqrt(j10 * j10 + j11 * j11) * inv_m, 1e-9), 1.0)
+                        if px < -3.0 or py < -3.0 or px > acc.shape[1] - 6 or py > acc.shape[0] - 6:
+                            continue
+                        _deposit(acc, px, py, hx, hy, value, area, wx, wy)
+
+
+@njit(cache=True)
+def list_nodes(blocks, h, w, out_xy, out_m):
+    """Write the node coordinates of ``blocks`` (in scatter order) into ``out_xy (N, 2)``."""
+    n = 0
+    for b in range(blocks.shape[0]):
+        y0, x0, m = blocks[b, 0], blocks[b, 1], blocks[b, 2]
+        inv_m = 1.0 / m
+        for iy in range(y0, min(y0 + BLOCK, h)):
+            for ky in range(m):
+                for ix in range(x0, min(x0 + BLOCK, w)):
+                    for kx in range(m):
+                        out_xy[n, 0] = ix + kx * inv_m
+                        out_xy[n, 1] = iy + ky * inv_m
+                        out_m[n] = m
+                        n += 1
+    return n
+
+
+@njit(cache=True)
+def scatter_points(src, node_xy, node_m, pos, rows, acc):
+    """Generic scatter: node ``k`` at source ``node_xy[k]`` lands at ``pos[k]`` with Jacobian
+    row norms ``rows[k]`` (precomputed by the transform in numpy)."""
+    value = np.empty(src.shape[2])
+    wx = np.empty(3)
+    wy = np.empty(3)
+    for k in range(node_xy.shape[0]):
+        if not _node_value(src, node_xy[k, 0], node_xy[k, 1], value):
+            continue
+        px, py = pos[k, 0], pos[k, 1]
+        if not (px > -3.0 and py > -3.0 and px < acc.shape[1] - 6 and py < acc.shape[0] - 6):
+            continue  # also rejects NaN
+        inv_m = 1.0 / node_m[k]
+        hx, hy = rows[k, 0] * inv_m, rows[k, 1] * inv_m
+        if not (hx < math.inf):
+            hx = 1.0  # singular point (a polar pole): widest footprint, mass kept
+        if not (hy < math.inf):
+            hy = 1.0
+        hx = min(max(hx, 1e-9), 1.0)
+        hy = min(max(hy, 1e-9), 1.0)
+        _deposit(acc, px, py, hx, hy, value, inv_m * inv_m, wx, wy)
