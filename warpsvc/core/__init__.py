@@ -1,5 +1,6 @@
 """The domain core: transforms, Jacobians, resampling. numpy + OpenCV only (no transport)."""
 
+from .align import AlignOptions, AlignResult, align
 from .errors import (
     ImageTooLargeError, InvalidArgumentError, InvalidImageError, InvalidTransformError, WarpsvcError,
 )
@@ -10,6 +11,7 @@ from .transforms import (
 from .warp import jacobian_determinant, warp
 
 __all__ = [
+    "AlignOptions", "AlignResult", "align",
     "AffineTransform", "ComposedTransform", "HomographyTransform", "ImageTooLargeError",
     "InvalidArgumentError", "InvalidImageError", "InvalidTransformError", "MODELS", "MotionModel",
     "PolarTransform", "Transform", "WarpsvcError", "compose", "jacobian_determinant", "warp",

@@ -1,0 +1,335 @@
+"""Tests of warpsvc.align: recovery of synthesised warps, masks, channels, photometric and
+robust options, status reporting on degenerate inputs, argument guards, covariance.
+
+Oracle: the template is cut out of the image through a known ``image_from_template`` warp with
+the same bilinear sampling the aligner uses, so the true warp gives a zero residual and the
+recovered corners must match to far better than the 0.01 px tolerance we assert.
+"""
+
+import cv2
+import numpy as np
+import pytest
+from skimage import data
+
+import warpsvc
+from warpsvc import AlignOptions, AlignResult, HomographyTransform, align, warp
+from warpsvc.core.errors import InvalidArgumentError, InvalidImageError, InvalidTransformError
+
+# Tolerances (policy): recovered template-corner positions, in image pixels.
+CORNER_TOL = 0.01
+TEMPLATE = (100, 100)  # (h, w)
+ORIGIN = (180.0, 150.0)  # where the template's top-left corner sits in the camera image
+
+
+def corners(h=TEMPLATE[0], w=TEMPLATE[1]):
+    return np.array([[0, 0], [w - 1, 0], [w - 1, h - 1], [0, h - 1]], dtype=np.float64)
+
+
+def map_points(m, xy):
+    p = np.column_stack([xy, np.ones(len(xy))]) @ np.asarray(m).T
+    return p[:, :2] / p[:, 2:]
+
+
+def cut(image, image_from_template, shape=TEMPLATE):
+    """The template: image sampled through the warp (bilinear, as the aligner does)."""
+    h, w = shape
+    return cv2.warpPerspective(image, image_from_template, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
+
+
+@pytest.fixture(scope="module")
+def camera():
+    return data.camera().astype(np.float32)
+
+
+def true_warp(model):
+    """A well-conditioned member of each family, placed at ORIGIN (image_from_template)."""
+    tx, ty = ORIGIN
+    c, s = np.cos(0.06), np.sin(0.06)
+    if model == "translation":
+        m = np.array([[1, 0, tx + 3.3], [0, 1, ty - 2.7], [0, 0, 1.0]])
+    elif model == "euclidean":
+        m = np.array([[c, -s, tx + 2.2], [s, c, ty - 1.4], [0, 0, 1.0]])
+    elif model == "similarity":
+        m = np.array([[1.05 * c, -1.05 * s, tx + 1.5], [1.05 * s, 1.05 * c, ty + 2.5], [0, 0, 1.0]])
+    elif model == "affine":
+        m = np.array([[1.04, 0.05, tx - 2.0], [-0.03, 0.95, ty + 1.8], [0, 0, 1.0]])
+    else:
+        m = np.array([[1.03, 0.04, tx - 1.0], [-0.02, 0.97, ty + 2.0], [1.2e-4, -0.8e-4, 1.0]])
+    return m
+
+
+def start():
+    """``init`` in the result's meaning (template_from_image): the unperturbed placement."""
+    return np.linalg.inv(np.array([[1, 0, ORIGIN[0]], [0, 1, ORIGIN[1]], [0, 0, 1.0]]))
+
+
+def corner_error(result, truth, shape=TEMPLATE):
+    c = corners(*shape)
+    return float(np.abs(map_points(result.inverse, c) - map_points(truth, c)).max())
+
+
+@pytest.mark.parametrize("model", warpsvc.MODELS)
+def test_recovers_known_warp_for_every_model(camera, model):
+    truth = true_warp(model)
+    result = align(cut(camera, truth), camera, model, start())
+    assert isinstance(result, AlignResult)
+    assert result.converged and result.reason == "converged"
+    assert corner_error(result, truth) < CORNER_TOL
+    assert result.zncc > 0.999
+    product = result.matrix @ result.inverse  # identity up to the homogeneous scale
+    assert np.allclose(product / product[2, 2], np.eye(3), atol=1e-9)
+
+
+@pytest.mark.parametrize("model", ["euclidean", "similarity", "affine"])
+def test_result_stays_in_the_model_family(camera, model):
+    result = align(cut(camera, true_warp(model)), camera, model, start())
+    warpsvc.MotionModel(model).params(result.matrix)  # raises if the matrix left the family
+    assert isinstance(result.transform, warpsvc.AffineTransform)
+
+
+def test_matrix_plugs_into_warp(camera):
+    truth = true_warp("homography")
+    template = cut(camera, truth)
+    result = align(template, camera, "homography", start())
+    aligned = warp(camera, result.transform, template.shape)
+    inner = (slice(2, -2), slice(2, -2))
+    assert np.abs(aligned[inner] - template[inner]).max() < 0.05
+    assert isinstance(result.transform, HomographyTransform)
+
+
+def test_previous_result_seeds_the_next_call(camera):
+    template = cut(camera, true_warp("affine"))
+    first = align(template, camera, "affine", start())
+    again = align(template, camera, "affine", first.matrix, levels=1)  # tracking: no pyramid needed
+    assert again.converged
+    assert again.iterations == (1,)
+    assert np.allclose(again.matrix, first.matrix, atol=1e-4)
+
+
+def test_accepts_transform_and_2x3_init(camera):
+    template = cut(camera, true_warp("affine"))
+    a = align(template, camera, "affine", warpsvc.AffineTransform(start()))
+    b = align(template, camera, "affine", start()[:2])
+    assert a.converged and b.converged
+    assert np.allclose(a.matrix, b.matrix, atol=1e-9)
+
+
+def test_template_mask_is_honoured(camera):
+    truth = true_warp("homography")
+    template = cut(camera, truth)
+    mask = np.ones(TEMPLATE, bool)
+    template[10:50, 20:70] = 255.0  # corrupt a block ...
+    mask[10:50, 20:70] = False  # ... and exclude it
+    result = align(template, camera, "homography", start(), template_mask=mask)
+    assert result.converged
+    assert corner_error(result, truth) < CORNER_TOL
+
+
+def test_image_mask_is_honoured(camera):
+    truth = true_warp("affine")
+    template = cut(camera, truth)
+    image = camera.copy()
+    image[200:230, 190:260] = 0.0  # corrupt where the template lies ...
+    mask = np.ones(image.shape, np.uint8)
+    mask[195:235, 185:265] = 0  # ... and mask it (with a margin for the bilinear footprint)
+    result = align(template, image, "affine", start(), image_mask=mask)
+    assert corner_error(result, truth) < CORNER_TOL
+    unmasked = align(template, image, "affine", start())
+    assert corner_error(unmasked, truth) > corner_error(result, truth)
+
+
+def test_nan_pixels_count_as_missing(camera):
+    truth = true_warp("affine")
+    template = cut(camera, truth)
+    template[40:60, 40:60] = np.nan
+    image = camera.copy()
+    image[:, :20] = np.nan
+    result = align(template, image, "affine", start())
+    assert result.converged
+    assert corner_error(result, truth) < CORNER_TOL
+
+
+def test_multichannel(camera):
+    rgb = data.astronaut().astype(np.float32)
+    truth = true_warp("homography")
+    template = cut(rgb, truth)
+    assert template.shape == TEMPLATE + (3,)
+    result = align(template, rgb, "homography", start())
+    assert result.converged
+    assert corner_error(result, truth) < CORNER_TOL
+    assert len(result.gain) == 3
+
+
+def test_more_than_four_channels(camera):
+    stack = np.dstack([camera, 255 - camera, camera * 0.5, np.sqrt(camera), camera, camera[::-1]])
+    truth = true_warp("affine")
+    result = align(cut(stack, truth), stack, "affine", start())
+    assert corner_error(result, truth) < CORNER_TOL
+
+
+def test_gain_bias(camera):
+    truth = true_warp("homography")
+    template = cut(camera, truth) * 1.3 - 25.0
+    result = align(template, camera, "homography", start(), photometric="gain_bias")
+    assert result.converged
+    assert corner_error(result, truth) < CORNER_TOL
+    # image ~ gain * template + bias  =>  gain = 1/1.3, bias = 25/1.3
+    assert result.gain[0] == pytest.approx(1 / 1.3, rel=1e-3)
+    assert result.bias[0] == pytest.approx(25 / 1.3, abs=0.05)
+
+
+@pytest.mark.parametrize("loss", ["huber", "tukey"])
+def test_robust_loss_ignores_occlusion(camera, loss):
+    truth = true_warp("affine")
+    template = cut(camera, truth)
+    rng = np.random.default_rng(7)
+    template[5:55, 5:55] = rng.uniform(0, 255, (50, 50)).astype(np.float32)  # 25 % occluded
+    result = align(template, camera, "affine", start(), robust=loss)
+    assert corner_error(result, truth) < 0.05
+
+
+def test_uint8_and_uint16_inputs(camera):
+    truth = true_warp("translation")
+    template = cut(camera, truth)
+    r8 = align(np.round(template).astype(np.uint8), camera.astype(np.uint8), "translation", start())
+    r16 = align((template * 256).astype(np.uint16), (camera * 256).astype(np.uint16), "translation", start())
+    assert corner_error(r8, truth) < 0.05
+    assert corner_error(r16, truth) < 0.05
+
+
+# -- degenerate inputs: a clear reason or a typed error, never a hang ------------------------
+
+def test_flat_template_reports_reason(camera):
+    result = align(np.full(TEMPLATE, 90.0, np.float32), camera, "homography", start())
+    assert not result.converged
+    assert result.reason == "flat_template"
+    assert np.allclose(result.matrix, start())
+
+
+def test_all_nan_template(camera):
+    result = align(np.full(TEMPLATE, np.nan, np.float32), camera, "affine", start())
+    assert not result.converged
+    assert result.reason == "flat_template"
+
+
+def test_no_overlap_reports_reason(camera):
+    far = np.linalg.inv(np.array([[1, 0, 5000.0], [0, 1, 5000.0], [0, 0, 1]]))
+    result = align(cut(camera, true_warp("affine")), camera, "affine", far)
+    assert not result.converged
+    assert result.reason == "insufficient_overlap"
+    assert result.overlap == 0.0
+
+
+def test_template_larger_than_image(camera):
+    small = np.ascontiguousarray(camera[100:160, 100:170])
+    result = align(camera, small, "homography")
+    assert not result.converged
+    assert result.reason in ("insufficient_overlap", "low_correlation", "no_progress", "max_iterations")
+
+
+def test_template_larger_than_image_can_still_align(camera):
+    """Overlap, not size, decides: the image is a crop of the template."""
+    template = camera[100:300, 100:300]
+    image = np.ascontiguousarray(camera[140:260, 130:250])
+    init = np.array([[1, 0, -30.0], [0, 1, -40.0], [0, 0, 1]])  # template_from_image is a shift by (-30, -40)
+    result = align(template, image, "translation", np.linalg.inv(init) @ np.diag([1, 1, 1.0]) @ init @ np.linalg.inv(init))
+    assert result.converged
+    assert np.allclose(result.inverse[:2, 2], [-30.0, -40.0], atol=CORNER_TOL)
+
+
+def test_time_budget_is_checked_between_iterations(camera):
+    result = align(cut(camera, true_warp("homography")), camera, "homography", start(), time_budget=1e-9)
+    assert not result.converged
+    assert result.reason == "time_budget"
+
+
+def test_should_stop_cancels(camera):
+    calls = []
+
+    def stop():
+        calls.append(1)
+        return len(calls) > 3
+
+    result = align(cut(camera, true_warp("homography")), camera, "homography", start(), should_stop=stop)
+    assert result.reason == "cancelled"
+    assert not result.converged
+    assert len(calls) == 4
+
+
+def test_max_iterations_reason(camera):
+    truth = true_warp("homography")
+    result = align(cut(camera, truth), camera, "homography", start(), levels=1, max_iterations=1)
+    assert not result.converged
+    assert result.reason == "max_iterations"
+    assert result.iterations == (1,)
+
+
+def test_unrelated_images_do_not_claim_convergence(camera):
+    rng = np.random.default_rng(3)
+    noise = cv2.GaussianBlur(rng.uniform(0, 255, TEMPLATE).astype(np.float32), (0, 0), 2.0)
+    result = align(noise, camera, "homography", start())
+    assert not result.converged
+
+
+# -- argument guards -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("kwargs, field", [
+    (dict(model="projective"), "model"),
+    (dict(levels=0), "levels"),
+    (dict(levels="many"), "levels"),
+    (dict(robust="cauchy"), "robust"),
+    (dict(photometric="gain"), "photometric"),
+    (dict(max_iterations=0), "max_iterations"),
+    (dict(max_iterations=2.5), "max_iterations"),
+    (dict(tolerance=-1.0), "tolerance"),
+    (dict(tolerance=float("nan")), "tolerance"),
+    (dict(time_budget=0), "time_budget"),
+    (dict(should_stop=3), "should_stop"),
+    (dict(options="fast"), "options"),
+])
+def test_invalid_arguments_raise_with_field(camera, kwargs, field):
+    with pytest.raises(InvalidArgumentError) as info:
+        align(camera[:50, :50], camera, **kwargs)
+    assert info.value.field == field
+
+
+@pytest.mark.parametrize("init", [np.zeros((3, 3)), np.ones((2, 2)), np.full((3, 3), np.nan), "identity",
+                                  np.array([[1, 2, 0], [2, 4, 0], [0, 0, 1.0]])])
+def test_invalid_init(camera, init):
+    with pytest.raises(InvalidTransformError) as info:
+        align(camera[:50, :50], camera, init=init)
+    assert info.value.field == "init"
+
+
+def test_invalid_images(camera):
+    with pytest.raises(InvalidImageError) as info:
+        align(camera[:50, :50].astype(np.int32), camera)
+    assert info.value.field == "template"
+    with pytest.raises(InvalidImageError) as info:
+        align(camera[:50, :50], np.dstack([camera, camera]))
+    assert info.value.field == "image"
+    with pytest.raises(InvalidImageError) as info:
+        align(camera[:50, :50], camera, template_mask=np.ones((3, 3), bool))
+    assert info.value.field == "template_mask"
+    with pytest.raises(InvalidImageError) as info:
+        align(camera[:50, :50], camera, image_mask=np.ones((3, 3), bool))
+    assert info.value.field == "image_mask"
+
+
+def test_options_object_and_keyword_override(camera):
+    template = cut(camera, true_warp("affine"))
+    opts = AlignOptions(model="affine", robust="huber")
+    a = align(template, camera, init=start(), options=opts)
+    assert a.model == "affine"
+    b = align(template, camera, init=start(), options=opts, model="translation")
+    assert b.model == "translation"
+    with pytest.raises(InvalidArgumentError) as info:
+        opts.replace(speed=3)
+    assert info.value.field == "speed"
+
+
+def test_result_is_frozen(camera):
+    result = align(cut(camera, true_warp("translation")), camera, "translation", start())
+    with pytest.raises(AttributeError):
+        result.converged = False
+    assert len(result.cost_history) == len(result.iterations) == result.levels

@@ -1,0 +1,13 @@
+"""Image alignment: inverse-compositional Gauss-Newton on the warp Jacobians, coarse to fine.
+
+``align(template, image, model, init, ...) -> AlignResult``. Modules: :mod:`.api` (the entry
+point), :mod:`.gauss_newton` (the derivation and one level's iterations), :mod:`.pyramid`
+(inputs, levels, steepest-descent images), :mod:`.jacobians` (the normalised chart and warp
+Jacobians), :mod:`.covariance` (final statistics), :mod:`.options`, :mod:`.result`.
+"""
+
+from .api import align
+from .options import AlignOptions
+from .result import REASONS, AlignResult
+
+__all__ = ["AlignOptions", "AlignResult", "REASONS", "align"]

@@ -1,0 +1,213 @@
+"""``warpsvc.align``: validate, build the pyramid, run Gauss-Newton coarse to fine, report."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import InvalidArgumentError, InvalidImageError, InvalidTransformError
+from ..transforms import Transform
+from ..transforms.matrix import MAX_CONDITION
+from .covariance import final_statistics
+from .gauss_newton import Clock, solve_level
+from .jacobians import make_chart
+from .options import AlignOptions
+from .pyramid import auto_levels, build_level, build_pyramid, prepare
+from .result import (
+    CANCELLED, CONVERGED, FLAT_TEMPLATE, INSUFFICIENT_OVERLAP, LOW_CORRELATION, TIME_BUDGET, AlignResult,
+)
+
+_DEFAULTS = AlignOptions()
+# Relative size of the smallest Hessian eigenvalue below which the template cannot constrain
+# the motion (flat, or texture in one direction only).
+MIN_RELATIVE_EIGENVALUE = 1e-9
+# The warm start only has to bring the template within the full model's reach.
+WARM_START_ITERATIONS = 15
+
+
+def align(
+    template: np.ndarray,
+    image: np.ndarray,
+    model: str = "homography",
+    init=None,
+    *,
+    levels="auto",
+    template_mask=None,
+    image_mask=None,
+    robust=None,
+    photometric=None,
+    max_iterations: int = _DEFAULTS.max_iterations,
+    tolerance: float = _DEFAULTS.tolerance,
+    time_budget=None,
+    should_stop=None,
+    options: AlignOptions | None = None,
+) -> AlignResult:
+    """Find the warp that brings ``image`` onto ``template`` (Gauss-Newton, coarse to fine).
+
+    Parameters
+    ----------
+    template, image : ``(H, W)`` or ``(H, W, C)`` arrays (uint8, uint16, float32, float64) with
+        the same number of channels; all channels enter the cost. Non-finite pixels are
+        treated as missing.
+    model : ``translation``, ``euclidean``, ``similarity``, ``affine`` or ``homography``: the
+        family of the correction applied to ``init``.
+    init : ``None`` (identity), a 2x3/3x3 matrix or a matrix :class:`Transform`, with the
+        meaning of the result's ``matrix`` (``template_from_image``), so a previous result's
+        ``matrix`` seeds the next call.
+    levels : pyramid levels, or ``"auto"``.
+    template_mask, image_mask : optional ``(H, W)`` boolean (or 0/non-0) masks of usable pixels.
+    robust : ``None``, ``"huber"`` or ``"tukey"`` (iteratively reweighted least squares).
+    photometric : ``None`` or ``"gain_bias"`` (per channel ``image ~ gain * template + bias``).
+    max_iterations : per pyramid level.
+    tolerance : full-resolution pixels; the finest level stops when an update moves no
+        template corner further than this.
+    time_budget : seconds, checked between iterations (``reason="time_budget"``).
+    should_stop : zero-argument callable polled between iterations; true ends the call with
+        ``reason="cancelled"`` (for server deadlines and cancellation).
+    options : an :class:`AlignOptions` with further settings; keyword arguments given with
+        non-default values override its fields.
+
+    Returns
+    -------
+    :class:`AlignResult`. Non-convergence is reported (``converged=False`` and a ``reason``),
+    never raised; invalid arguments raise :class:`InvalidArgumentError` subclasses with ``field``.
+    """
+    opts = _merge_options(options, model=model, levels=levels, robust=robust, photometric=photometric,
+                          max_iterations=max_iterations, tolerance=tolerance, time_budget=time_budget,
+                          should_stop=should_stop).checked()
+    clock = Clock(opts.time_budget, opts.should_stop)
+    tmpl = prepare(template, template_mask, "template", "template_mask")
+    img = prepare(image, image_mask, "image", "image_mask")
+    if tmpl.shape[2] != img.shape[2]:
+        raise InvalidImageError(
+            f"image has {img.shape[2]} channels but template has {tmpl.shape[2]}", field="image"
+        )
+    W = _initial_warp(init)  # image_from_template, level-0 pixels
+    if opts.levels == "auto":
+        # A robust loss needs enough pixels per level to outvote the outliers: coarsest level twice as big.
+        min_side = opts.min_level_side * (2 if opts.robust else 1)
+        n_levels = auto_levels(tmpl.shape, min_side, opts.auto_max_levels)
+    else:
+        n_levels = int(opts.levels)
+    chart = make_chart(tmpl.shape)
+    chart_inv = np.linalg.inv(chart)
+    h, w = tmpl.shape[:2]
+    corners0 = np.array([[0, 0, 1], [w - 1, 0, 1], [w - 1, h - 1, 1], [0, h - 1, 1]], dtype=np.float64)
+    affine = opts.model != "homography" and W[2, 0] == 0.0 and W[2, 1] == 0.0
+    photometric_on = opts.photometric == "gain_bias"
+    t_pyr = build_pyramid(tmpl, n_levels)
+    i_pyr = build_pyramid(img, n_levels)
+    finite = tmpl[np.isfinite(tmpl)]
+    spread = float(finite.std()) if finite.size else 0.0
+    sigma_floor = max(1e-6 * spread, 1e-12)
+
+    iterations, histories = [], []
+    reason = CONVERGED
+    finest = None
+    for index in range(n_levels - 1, -1, -1):
+        lv = build_level(index, t_pyr[index], i_pyr[index], opts.model, chart, photometric_on)
+        if index == 0:
+            finest = lv
+        if not _well_posed(lv):
+            iterations.append(0)
+            histories.append(())
+            if index == 0:
+                reason = FLAT_TEMPLATE
+            continue
+        tol = opts.tolerance if index == 0 else opts.coarse_tolerance
+        if opts.warm_start is not None and index >= n_levels - opts.warm_start_levels and index > 0 \
+                and opts.warm_start != opts.model:
+            lw = build_level(index, t_pyr[index], i_pyr[index], opts.warm_start, chart, photometric_on)
+            if _well_posed(lw):
+                pre = solve_level(lw, W, model=opts.warm_start, chart=chart, chart_inv=chart_inv, corners0=corners0,
+                                  affine=affine, robust=opts.robust, photometric=photometric_on,
+                                  max_iterations=min(opts.max_iterations, WARM_START_ITERATIONS), tolerance=tol,
+                                  clock=clock, sigma_floor=sigma_floor, plateau=opts.coarse_plateau)
+                W = pre.W
+        out = solve_level(lv, W, model=opts.model, chart=chart, chart_inv=chart_inv, corners0=corners0,
+                          affine=affine, robust=opts.robust, photometric=photometric_on,
+                          max_iterations=opts.max_iterations, tolerance=tol, clock=clock, sigma_floor=sigma_floor,
+                          plateau=0.0 if index == 0 else opts.coarse_plateau)
+        W = out.W
+        iterations.append(out.iterations)
+        histories.append(tuple(out.costs))
+        if out.reason in (TIME_BUDGET, CANCELLED):
+            reason = out.reason
+            iterations.extend([0] * index)
+            histories.extend([()] * index)
+            break
+        if index == 0:
+            reason = out.reason
+    if finest is None:
+        finest = build_level(0, t_pyr[0], i_pyr[0], opts.model, chart, photometric_on)
+    stats = final_statistics(finest, W, opts, affine, chart, corners0, sigma_floor)
+    converged = reason == CONVERGED
+    if converged and stats.overlap < opts.min_overlap:
+        converged, reason = False, INSUFFICIENT_OVERLAP
+    if converged and not stats.zncc >= opts.min_zncc:
+        converged, reason = False, LOW_CORRELATION
+    inverse = W / W[2, 2]
+    matrix = np.linalg.inv(inverse)
+    matrix = matrix / matrix[2, 2]
+    if np.array_equal(inverse[2], [0.0, 0.0, 1.0]):
+        matrix[2] = (0.0, 0.0, 1.0)
+    return AlignResult(
+        matrix=matrix, inverse=inverse, converged=converged, reason=reason, iterations=tuple(iterations),
+        rms_error=stats.rms, zncc=stats.zncc, cost_history=tuple(histories), covariance=stats.covariance,
+        corner_covariance=stats.corner_covariance, overlap=stats.overlap, gain=tuple(stats.gain),
+        bias=tuple(stats.bias), model=opts.model, levels=n_levels, elapsed=clock.elapsed(), chart=chart,
+    )
+
+
+def _merge_options(options, **given) -> AlignOptions:
+    if options is None:
+        return AlignOptions(**given)
+    if not isinstance(options, AlignOptions):
+        raise InvalidArgumentError(f"options must be an AlignOptions, got {type(options).__name__}", field="options")
+    changed = {k: v for k, v in given.items() if v is not getattr(_DEFAULTS, k) and v != getattr(_DEFAULTS, k)}
+    return options.replace(**changed)
+
+
+def _initial_warp(init) -> np.ndarray:
+    """``image_from_template`` (3x3 float64) from ``init`` (``template_from_image``)."""
+    if init is None:
+        return np.eye(3)
+    if isinstance(init, Transform):
+        if not init.is_matrix():
+            raise InvalidTransformError("init must be a matrix transform (affine or homography)", field="init")
+        m = np.asarray(init.matrix, dtype=np.float64)
+    else:
+        try:
+            m = np.asarray(init, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise InvalidTransformError(f"init must be a 2x3 or 3x3 matrix, got {type(init).__name__}",
+                                        field="init") from None
+    if m.shape == (2, 3):
+        m = np.vstack([m, [0.0, 0.0, 1.0]])
+    if m.shape != (3, 3):
+        raise InvalidTransformError(f"init must be 2x3 or 3x3, got shape {m.shape}", field="init")
+    if not np.all(np.isfinite(m)):
+        raise InvalidTransformError("init has non-finite entries", field="init")
+    scale = np.abs(m).max()
+    cond = np.linalg.cond(m / scale) if scale > 0 else np.inf
+    if not np.isfinite(cond) or cond > MAX_CONDITION:
+        raise InvalidTransformError("init is singular", field="init")
+    inv = np.linalg.inv(m)
+    if inv[2, 2] == 0:
+        raise InvalidTransformError("init maps the template origin to infinity", field="init")
+    inv = inv / inv[2, 2]
+    if np.allclose(m[2], [0.0, 0.0, m[2, 2]], rtol=0, atol=0):
+        inv[2] = (0.0, 0.0, 1.0)
+    return inv
+
+
+def _well_posed(lv) -> bool:
+    """Enough usable pixels and a Hessian that constrains every parameter."""
+    k = lv.hessian.shape[0]
+    if lv.n_usable < 4 * k:
+        return False
+    h = lv.hessian
+    d = np.sqrt(np.maximum(np.diag(h), 0))
+    if np.any(d == 0):
+        return False
+    ev = np.linalg.eigvalsh(h / np.outer(d, d))
+    return bool(ev[0] > MIN_RELATIVE_EIGENVALUE * ev[-1])

@@ -1,0 +1,332 @@
+r"""Inverse-compositional Gauss-Newton on one pyramid level (Baker & Matthews 2004).
+
+Notation. ``T`` is the template (``h x w x C``), ``I`` the image, ``W`` the current estimate of
+``image_from_template`` (the result's ``inverse``), ``C`` the chart ``u = C x`` that normalises
+template pixels (:mod:`.jacobians`), ``M(d)`` the motion model's matrix with ``M(0) = I``.
+Sums run over the template elements ``x`` (pixel and channel) that are usable in ``T`` and land
+inside ``I``; everything else is NaN and dropped (:mod:`.pyramid`).
+
+Residual::
+
+    e(x) = I(W x) - T(x)                                   (bilinear ``cv2.warpPerspective``)
+
+Inverse compositional step. Instead of moving ``W`` we move the template by a small warp
+``V(d) = C^-1 M(d) C`` and ask ``T(V(d) x) ~ I(W x)``. Linearising at ``d = 0``::
+
+    T(V(d) x) ~ T(x) + grad T(x) . s . J(u) d              u = C x, s = pixels per chart unit
+
+with ``J(u) = d(M(d) u)/dd`` at ``d = 0`` (``(2, P)`` per pixel). The *steepest-descent images*
+``SD(x) = grad T(x) . s . J(u)`` (``(N, P)``) and the *Hessian* ``H = sum_x SD^T SD``
+(``(P, P)``) depend on the template only, so each level computes them once. Minimising
+``sum_x (T(x) + SD(x) d - I(W x))^2`` gives the normal equations::
+
+    H d = g,        g = sum_x SD(x)^T e(x)
+
+and the *compositional update* undoes the template's motion on the image side::
+
+    W <- W  V(d)^-1  =  W C^-1 M(d)^-1 C
+
+When some template pixels leave the image, their rows leave ``H`` too (a rank-k downdate of the
+precomputed Hessian, cheap when few pixels leave).
+
+Robust loss (IRLS). With ``rho`` Huber or Tukey and a scale ``sigma`` from the median absolute
+deviation of the residuals, each iteration weights the residuals by
+``w(x) = rho'(e/sigma) / (e/sigma)`` and solves ``(SD^T W SD) d = SD^T W e``.
+
+Gain and bias (Baker-Matthews part 3). The appearance model is ``I(W x) ~ a_c T_c(x) + b_c``
+per channel ``c``. Each iteration fits ``(a, b)`` in closed form (weighted least squares of the
+warped image on the template), forms the normalised residual ``e = (I(W x) - b) / a - T`` and
+solves the normal equations of the *augmented* Jacobian ``[SD | T_c | 1_c]``; the motion part of
+its solution is the Schur complement ``(H_pp - H_pa H_aa^-1 H_ap)^-1 (...)``, i.e. the step
+with the appearance directions projected out. Dividing by ``a`` keeps the Gauss-Newton step at
+the right length when the gain is far from 1.
+
+Levenberg-Marquardt safeguard. A step is accepted only if the cost at the new ``W`` (measured
+at the next iteration's warp, so acceptance costs nothing extra) does not exceed the last
+accepted cost; otherwise ``W`` goes back, ``lambda`` grows tenfold and
+``(H + lambda diag H) d = g`` is solved again from the stored ``H, g``. Accepted steps shrink
+``lambda`` back towards plain Gauss-Newton.
+
+Stopping. A level ends when the step moves no template corner by more than the level's
+tolerance (``converged``), after ``max_iterations``, when the shared clock says stop
+(``time_budget`` / ``should_stop``), when too few pixels overlap, or when the damping cannot
+find a descent step (``no_progress``).
+
+Covariance (:func:`covariance`). At the optimum the Gauss-Newton approximation gives
+``Cov(d) = sigma^2 H^-1`` with ``sigma^2 = sum w e^2 / (n - K)``; for bilinear-resampled noise the
+residuals of neighbouring pixels are correlated, so the middle of the sandwich
+``H^-1 (sum_x sum_k SD(x)^T SD(x+k) gamma(k)) H^-1`` uses the residual autocovariance
+``gamma(k)`` over the 3x3 neighbourhood ``k`` (a Newey-West style correction).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from .jacobians import chart_scale, update_matrix
+from .options import HUBER_K, MAD_TO_SIGMA, TUKEY_C
+from .pyramid import Level
+from .result import CANCELLED, CONVERGED, DEGENERATE_WARP, INSUFFICIENT_OVERLAP, MAX_ITERATIONS, NO_PROGRESS, TIME_BUDGET
+
+NAN = float("nan")
+MAX_DAMPING = 1e8
+# Fewer usable residuals than this many per unknown and a level is skipped / the call fails.
+MIN_RESIDUALS_PER_UNKNOWN = 4
+# Gain clamp when normalising the image by the photometric fit.
+GAIN_RANGE = (0.05, 20.0)
+
+
+class Clock:
+    """Shared stopping rule: a time budget and an optional cancellation callable."""
+
+    def __init__(self, budget, should_stop):
+        self.start = time.perf_counter()
+        self.deadline = None if budget is None else self.start + budget
+        self.should_stop = should_stop
+
+    def stop_reason(self):
+        if self.deadline is not None and time.perf_counter() > self.deadline:
+            return TIME_BUDGET
+        if self.should_stop is not None and self.should_stop():
+            return CANCELLED
+        return None
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+
+@dataclass
+class Evaluation:
+    """Residuals of one warp estimate at one level."""
+
+    e: np.ndarray            # (n,) float32 residuals, 0 where not valid
+    valid: np.ndarray        # (n,) bool
+    n_valid: int
+    weights: np.ndarray | None  # (n,) robust weights (None: all ones on valid)
+    sigma: float
+    cost: float
+    gain: np.ndarray
+    bias: np.ndarray
+    warped: np.ndarray       # (h, w, C) float32, NaN where not valid
+
+
+@dataclass
+class LevelOutcome:
+    W: np.ndarray
+    reason: str
+    iterations: int
+    costs: list = field(default_factory=list)
+
+
+def warp_to_template(image: np.ndarray, W: np.ndarray, shape, affine: bool) -> np.ndarray:
+    """``I(W x)`` on the template grid (h, w, C), NaN where the sample needs a missing pixel."""
+    h, w, c = shape
+    flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+    chans = [image] if c <= 4 else [image[:, :, i:i + 4] for i in range(0, c, 4)]
+    outs = []
+    for ch in chans:
+        src = ch if ch.shape[2] > 1 else ch[:, :, 0]
+        if affine:
+            o = cv2.warpAffine(src, W[:2], (w, h), flags=flags, borderMode=cv2.BORDER_CONSTANT, borderValue=(NAN,) * 4)
+        else:
+            o = cv2.warpPerspective(src, W, (w, h), flags=flags, borderMode=cv2.BORDER_CONSTANT,
+                                    borderValue=(NAN,) * 4)
+        outs.append(o.reshape(h, w, -1))
+    return outs[0] if len(outs) == 1 else np.concatenate(outs, axis=2)
+
+
+def robust_weights(e: np.ndarray, valid: np.ndarray, loss: str, sigma: float) -> np.ndarray:
+    z = np.abs(e) / sigma
+    if loss == "huber":
+        w = np.minimum(1.0, HUBER_K / np.maximum(z, 1e-12))
+    else:
+        w = np.square(np.maximum(0.0, 1.0 - np.square(z / TUKEY_C)))
+    return np.where(valid, w, 0.0).astype(np.float32)
+
+
+def robust_cost(e: np.ndarray, valid: np.ndarray, loss: str, sigma: float) -> float:
+    z = np.abs(e[valid]) / sigma
+    if loss == "huber":
+        rho = np.where(z <= HUBER_K, 0.5 * z * z, HUBER_K * (z - 0.5 * HUBER_K))
+    else:
+        c2 = TUKEY_C * TUKEY_C / 6.0
+        rho = np.where(z <= TUKEY_C, c2 * (1.0 - (1.0 - (z / TUKEY_C) ** 2) ** 3), c2)
+    return float(2.0 * sigma * sigma * rho.sum() / max(len(z), 1))
+
+
+def mad_sigma(e: np.ndarray, valid: np.ndarray, floor: float) -> float:
+    v = np.abs(e[valid])
+    if v.size == 0:
+        return floor
+    return max(MAD_TO_SIGMA * float(np.median(v)), floor)
+
+
+def evaluate(lv: Level, W0: np.ndarray, affine: bool, robust, photometric: bool,
+             prev_weights, sigma_for_cost, sigma_floor) -> Evaluation:
+    """Warp the image by ``W0`` (level-0 ``image_from_template``) and form the residuals."""
+    f = lv.factor
+    Wl = W0.copy()
+    Wl[:2, 2] /= f
+    Wl[2, :2] *= f
+    warped = warp_to_template(lv.image, Wl, lv.shape, affine)
+    c = lv.shape[2]
+    tflat = lv.tflat
+    wflat = warped.reshape(-1)
+    e = wflat - tflat  # NaN where either side is missing
+    valid = e == e
+    n_valid = int(np.count_nonzero(valid))
+    gain = np.ones(c)
+    bias = np.zeros(c)
+    if photometric and n_valid > 0:
+        gain, bias = fit_gain_bias(wflat.reshape(-1, c), tflat.reshape(-1, c), valid.reshape(-1, c),
+                                   None if prev_weights is None else prev_weights.reshape(-1, c))
+        e = ((wflat.reshape(-1, c) - bias.astype(np.float32)) / gain.astype(np.float32)
+             - tflat.reshape(-1, c)).reshape(-1)
+    e[~valid] = 0.0
+    if robust is None:
+        cost = float(np.dot(e, e)) / max(n_valid, 1)
+        return Evaluation(e, valid, n_valid, None, 0.0, cost, gain, bias, warped)
+    sigma = mad_sigma(e, valid, sigma_floor)
+    cost = robust_cost(e, valid, robust, sigma_for_cost if sigma_for_cost else sigma)
+    weights = robust_weights(e, valid, robust, sigma)
+    return Evaluation(e, valid, n_valid, weights, sigma, cost, gain, bias, warped)
+
+
+def fit_gain_bias(iw, t, valid, weights):
+    """Per-channel weighted least squares ``iw ~ a t + b`` over valid elements (N, C) -> (a, b)."""
+    wt = valid.astype(np.float64) if weights is None else np.where(valid, weights, 0.0).astype(np.float64)
+    iw = np.where(valid, iw, 0.0).astype(np.float64)
+    t = np.where(valid, t, 0.0).astype(np.float64)
+    sw = np.maximum(wt.sum(0), 1e-12)
+    mt = (wt * t).sum(0) / sw
+    mi = (wt * iw).sum(0) / sw
+    dt = t - mt
+    var_t = (wt * dt * dt).sum(0)
+    cov = (wt * dt * (iw - mi)).sum(0)
+    a = np.where(var_t > 0, cov / np.maximum(var_t, 1e-300), 1.0)
+    a = np.clip(a, *GAIN_RANGE)
+    return a, mi - a * mt
+
+
+def normal_equations(lv: Level, ev: Evaluation):
+    """``(H, g)`` over the valid residuals (with robust weights when present)."""
+    sd = lv.sd
+    if ev.weights is None:
+        g = sd.T @ ev.e
+        n_lost = lv.n_usable - ev.n_valid
+        if n_lost == 0:
+            H = lv.hessian
+        elif 3 * n_lost < lv.n_usable:
+            rows = sd[np.flatnonzero(lv.usable & ~ev.valid)]
+            H = lv.hessian - (rows.T @ rows).astype(np.float64)
+        else:
+            rows = sd[ev.valid]
+            H = (rows.T @ rows).astype(np.float64)
+    else:
+        g = sd.T @ (ev.weights * ev.e)
+        H = (sd.T @ (sd * ev.weights[:, None])).astype(np.float64)
+    return H, g.astype(np.float64)
+
+
+def solve_step(H: np.ndarray, g: np.ndarray, lam: float, n_params: int) -> np.ndarray | None:
+    A = H + lam * np.diag(np.diag(H)) if lam > 0 else H
+    try:
+        d = np.linalg.solve(A, g)
+    except np.linalg.LinAlgError:
+        d = np.linalg.lstsq(A, g, rcond=1e-12)[0]
+    d = d[:n_params]
+    return d if np.all(np.isfinite(d)) else None
+
+
+def compose_update(W0, chart, chart_inv, model, d):
+    """``W C^-1 M(d)^-1 C``, normalised to ``W[2, 2] = 1``."""
+    Wn = W0 @ chart_inv @ np.linalg.inv(update_matrix(model, d)) @ chart
+    if model != "homography" and W0[2, 0] == 0.0 and W0[2, 1] == 0.0:
+        Wn[2] = (0.0, 0.0, Wn[2, 2])
+    return Wn / Wn[2, 2] if Wn[2, 2] != 0 else Wn
+
+
+def warp_ok(W0: np.ndarray, corners0: np.ndarray) -> bool:
+    """Finite, orientation-preserving at every template corner (nothing folds or flips)."""
+    if not np.all(np.isfinite(W0)):
+        return False
+    wk = corners0 @ W0[2]
+    if np.any(wk <= 0):
+        return False
+    det = np.linalg.det(W0)
+    return bool(det > 0 and np.isfinite(det))
+
+
+def step_size(d, model, corners_u, scale) -> float:
+    """Largest motion (level pixels) of a template corner under ``M(d)``."""
+    m = update_matrix(model, d)
+    q = corners_u @ m.T
+    moved = q[:, :2] / q[:, 2:3]
+    return float(np.abs(moved - corners_u[:, :2]).max() * scale)
+
+
+def propose(base, H, g, lam, n_params, model, chart, chart_inv, corners0):
+    """Damped step from ``base``: raise ``lam`` until the warp stays valid. ``(W, d, lam)``."""
+    while True:
+        d = solve_step(H, g, lam, n_params)
+        if d is not None:
+            W = compose_update(base, chart, chart_inv, model, d)
+            if warp_ok(W, corners0):
+                return W, d, lam
+        lam = max(10.0 * lam, 1e-3)
+        if lam > MAX_DAMPING:
+            return None, None, lam
+
+
+def solve_level(lv: Level, W0: np.ndarray, *, model: str, chart: np.ndarray, chart_inv: np.ndarray,
+                corners0: np.ndarray, affine: bool, robust, photometric: bool, max_iterations: int,
+                tolerance: float, clock: Clock, sigma_floor: float, plateau: float = 0.0) -> LevelOutcome:
+    """Iterate inverse-compositional Gauss-Newton at one level from ``W0`` (level-0 pixels)."""
+    corners_u = corners0 @ chart.T  # (4, 3) chart coordinates of the template corners
+    scale = chart_scale(chart) / lv.factor
+    min_valid = MIN_RESIDUALS_PER_UNKNOWN * lv.sd.shape[1]
+    lam = 0.0
+    best = None  # (W, Evaluation, H, g) at the last accepted estimate
+    costs = []
+    it = 0
+    reason = MAX_ITERATIONS
+    W = W0
+    while it < max_iterations:
+        stop = clock.stop_reason()
+        if stop is not None:
+            reason = stop
+            break
+        it += 1
+        ev = evaluate(lv, W, affine, robust, photometric, None if best is None else best[1].weights,
+                      None if best is None else best[1].sigma, sigma_floor)
+        if ev.n_valid < min_valid:
+            reason = INSUFFICIENT_OVERLAP
+            break
+        costs.append(ev.cost)
+        accepted = best is None or ev.cost <= best[1].cost
+        if accepted:
+            lam = lam / 10.0 if lam > 1e-3 else 0.0
+            H, g = normal_equations(lv, ev)
+            best = (W, ev, H, g)
+        else:
+            lam = max(10.0 * lam, 1e-3)
+        base, H, g = best[0], best[2], best[3]
+        W, d, lam = propose(base, H, g, lam, lv.n_params, model, chart, chart_inv, corners0)
+        if W is None:
+            reason = DEGENERATE_WARP if accepted else NO_PROGRESS
+            break
+        if accepted and step_size(d, model, corners_u, scale) < tolerance:
+            reason = CONVERGED
+            break
+        if accepted and plateau and len(costs) > 1 and costs[-2] - ev.cost < plateau * costs[-2]:
+            reason = CONVERGED
+            break
+    if reason != CONVERGED and best is not None:
+        W = best[0]
+    elif W is None:
+        W = W0
+    return LevelOutcome(W, reason, it, costs)

@@ -1,0 +1,153 @@
+"""Input preparation and the per-level data of the coarse-to-fine solver.
+
+Missing data is NaN throughout: pixels outside a mask, non-finite input pixels and the border
+the pyramid cannot compute all become NaN in float32 copies of the images. Every later step
+lets NaN spread (``pyrDown``, central differences, bilinear warps with a NaN border), so "is
+this residual usable" is a single ``isnan`` test at the end instead of mask bookkeeping.
+
+Levels. Level ``l`` halves level ``l - 1`` with ``cv2.pyrDown`` (5x5 binomial blur, keep even
+pixels), so a level-``l`` pixel ``x_l`` sits at level-0 position ``2^l x_l`` in both images and
+``W_l = S_l W_0 S_l^-1`` with ``S_l = diag(2^-l, 2^-l, 1)``. Images are padded with two NaN
+pixels before each ``pyrDown`` so a coarse pixel whose blur footprint leaves the image is NaN
+(OpenCV would reflect the border, inventing content the other image does not have).
+
+Per level we precompute the inverse-compositional quantities that depend on the template
+only: gradients, steepest-descent images, and their Gauss-Newton Hessian (module
+:mod:`.gauss_newton` has the derivation).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+import cv2
+import numpy as np
+
+from ..errors import InvalidImageError
+from ..validate import check_image
+from .jacobians import chart_scale, warp_jacobian
+
+NAN = float("nan")
+
+
+def prepare(image, mask, field: str, mask_field: str) -> np.ndarray:
+    """``(H, W, C) float32`` copy of ``image`` with NaN where ``mask`` is false or not finite."""
+    img = check_image(image, field)
+    out = img.astype(np.float32)  # always a copy: we write NaNs into it
+    if mask is not None:
+        m = np.asarray(mask)
+        if m.shape != img.shape[:2]:
+            raise InvalidImageError(
+                f"{mask_field} must have shape {img.shape[:2]} (the {field}'s H, W), got {m.shape}", field=mask_field
+            )
+        if m.dtype != np.bool_:
+            if not np.issubdtype(m.dtype, np.number):
+                raise InvalidImageError(f"{mask_field} must be boolean or numeric, got {m.dtype}", field=mask_field)
+            m = m != 0
+        out[~m] = NAN
+    if img.dtype.kind == "f":
+        out[~np.isfinite(out)] = NAN
+    return out
+
+
+def auto_levels(template_shape, min_side: int, max_levels: int) -> int:
+    side = min(template_shape[:2])
+    if side < 2 * min_side:
+        return 1
+    return int(min(max_levels, 1 + math.floor(math.log2(side / min_side))))
+
+
+def pyr_down(img: np.ndarray) -> np.ndarray:
+    """``cv2.pyrDown`` that treats everything beyond the border as missing (NaN)."""
+    h, w, c = img.shape
+    if c > 4:
+        return np.concatenate([pyr_down(img[:, :, i:i + 4]) for i in range(0, c, 4)], axis=2)
+    padded = cv2.copyMakeBorder(img, 2, 2, 2, 2, cv2.BORDER_CONSTANT, value=(NAN,) * 4)
+    down = cv2.pyrDown(padded)
+    if down.ndim == 2:
+        down = down[:, :, None]
+    return down[1:1 + (h + 1) // 2, 1:1 + (w + 1) // 2]
+
+
+def build_pyramid(img: np.ndarray, levels: int) -> list:
+    pyr = [img]
+    for _ in range(1, levels):
+        pyr.append(pyr[-1] if min(pyr[-1].shape[:2]) < 2 else pyr_down(pyr[-1]))
+    return pyr
+
+
+@dataclass
+class Level:
+    """Template-side precomputation for one pyramid level (``K = P + 2C`` with gain/bias)."""
+
+    index: int
+    factor: float            # level-0 pixels per level pixel, 2**index
+    template: np.ndarray     # (h, w, C) float32, NaN where unusable
+    image: np.ndarray        # (H, W, C) float32, NaN where missing
+    usable: np.ndarray       # (h*w*C,) bool: template elements that enter the cost
+    sd: np.ndarray           # (h*w*C, K) float32 steepest-descent images, zero rows where unusable
+    hessian: np.ndarray      # (K, K) float64 = sd^T sd
+    n_params: int            # P (motion parameters; the rest are photometric)
+    tflat: np.ndarray        # (h*w*C,) float32 template, NaN where not usable
+    n_usable: int
+
+    @property
+    def shape(self):
+        return self.template.shape
+
+
+def central_gradients(t: np.ndarray):
+    """``(gx, gy)`` by central differences, NaN on the one-pixel border (H, W, C)."""
+    gx = np.full_like(t, NAN)
+    gy = np.full_like(t, NAN)
+    gx[:, 1:-1] = 0.5 * (t[:, 2:] - t[:, :-2])
+    gy[1:-1, :] = 0.5 * (t[2:, :] - t[:-2, :])
+    return gx, gy
+
+
+@lru_cache(maxsize=16)
+def _grid_jacobian(model: str, h: int, w: int, factor: float, chart_key: tuple):
+    """Warp Jacobian at every pixel of an ``h x w`` level grid (cached: it depends on shapes only)."""
+    chart = np.asarray(chart_key).reshape(3, 3)
+    ys, xs = np.mgrid[0:h, 0:w]
+    x0 = np.column_stack([xs.ravel(), ys.ravel()]).astype(np.float64) * factor  # (h*w, 2) level-0 px
+    u = x0 @ chart[:2, :2].T + chart[:2, 2]  # (h*w, 2) chart coordinates
+    jx, jy = warp_jacobian(model, u)  # (h*w, P) each
+    jx, jy = jx.astype(np.float32), jy.astype(np.float32)
+    jx.setflags(write=False)
+    jy.setflags(write=False)
+    return jx, jy
+
+
+def build_level(index: int, template: np.ndarray, image: np.ndarray, model: str, chart: np.ndarray,
+                photometric: bool) -> Level:
+    """Steepest-descent images and Hessian of one level.
+
+    ``chart`` is level-0 ``chart_from_template``; the level's pixels are ``x_l = x_0 / 2^l``.
+    """
+    factor = float(2 ** index)
+    h, w, c = template.shape
+    gx, gy = central_gradients(template)
+    usable = ~(np.isnan(template) | np.isnan(gx) | np.isnan(gy)).reshape(-1)  # (h*w*C,)
+    jx, jy = _grid_jacobian(model, h, w, factor, tuple(chart.ravel()))  # (h*w, P) each, float32
+    scale = float(chart_scale(chart) / factor)  # level pixels per chart unit
+    p = jx.shape[1]
+    gxs = np.nan_to_num(gx.reshape(h * w, c, 1)) * scale
+    gys = np.nan_to_num(gy.reshape(h * w, c, 1)) * scale
+    sd = gxs * jx[:, None, :] + gys * jy[:, None, :]  # (h*w, C, P)
+    if photometric:
+        tz = np.nan_to_num(template).reshape(h * w, c)
+        photo = np.zeros((h * w, c, 2 * c), np.float32)
+        ch = np.arange(c)
+        photo[:, ch, 2 * ch] = tz
+        photo[:, ch, 2 * ch + 1] = 1.0
+        sd = np.concatenate([sd, photo], axis=2)
+    sd = sd.reshape(h * w * c, -1).astype(np.float32, copy=False)
+    sd[~usable] = 0.0
+    sd = np.ascontiguousarray(sd)
+    hessian = (sd.T @ sd).astype(np.float64)
+    tflat = template.reshape(-1).copy()
+    tflat[~usable] = NAN
+    return Level(index, factor, template, image, usable, sd, hessian, p, tflat, int(usable.sum()))
