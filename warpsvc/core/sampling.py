@@ -140,28 +140,29 @@ def resample(image: np.ndarray, src_from_dst: Transform, out_shape, opts: Sample
 def _resample(image, src_from_dst, out_shape, opts, row_period):
     ho, wo = out_shape
     h, w, c = image.shape
-    out = np.empty((ho, wo, c), dtype=image.dtype)
     fits = max(h, w, ho, wo) <= CV_MAX_SIDE
     if src_from_dst.is_matrix() and fits and row_period is None:
-        _warp_matrix(image, src_from_dst, out, opts)
-    else:
-        _warp_remap(image, src_from_dst, out, opts, row_period)
+        return _warp_matrix(image, src_from_dst, out_shape, opts)
+    out = np.empty((ho, wo, c), dtype=image.dtype)
+    _warp_remap(image, src_from_dst, out, opts, row_period)
     return out
 
 
-def _warp_matrix(image, src_from_dst, out, opts):
+def _warp_matrix(image, src_from_dst, out_shape, opts):
     """OpenCV's own warp with the ``dst -> src`` matrix (``WARP_INVERSE_MAP``)."""
-    ho, wo = out.shape[:2]
+    ho, wo = out_shape
     m = src_from_dst.matrix
     is_affine = np.array_equal(m[2], [0.0, 0.0, 1.0])
     flags = INTERPOLATIONS[opts.interpolation] | cv2.WARP_INVERSE_MAP
-    for start, stop, chunk in _channel_groups(image):
-        kwargs = dict(flags=flags, borderMode=BORDERS[opts.border], borderValue=_cv_value(opts.border_value))
+    kwargs = dict(flags=flags, borderMode=BORDERS[opts.border], borderValue=_cv_value(opts.border_value))
+    parts = []
+    for _, stop, chunk in _channel_groups(image):
         if is_affine:
             res = cv2.warpAffine(chunk, m[:2], (wo, ho), **kwargs)
         else:
             res = cv2.warpPerspective(chunk, m, (wo, ho), **kwargs)
-        _store(out, 0, ho, 0, wo, start, stop, res)
+        parts.append(res.reshape(ho, wo, -1))
+    return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=2)
 
 
 def _tiles(ho, wo):
@@ -172,32 +173,40 @@ def _tiles(ho, wo):
             yield r0, min(ho, r0 + th), c0, min(wo, c0 + tw)
 
 
-def _grid(r0, r1, c0, c1) -> np.ndarray:
-    xs, ys = np.meshgrid(np.arange(c0, c1, dtype=np.float64), np.arange(r0, r1, dtype=np.float64))
-    return np.column_stack([xs.ravel(), ys.ravel()])
-
-
 def _warp_remap(image, src_from_dst, out, opts, row_period):
     h, w = image.shape[:2]
     radius = KERNEL_RADIUS[opts.interpolation]
     row_border = "wrap" if row_period is not None else opts.border
     direct = row_period is None and max(h, w) <= CV_MAX_SIDE
     for r0, r1, c0, c1 in _tiles(*out.shape[:2]):
-        xy = src_from_dst.sampling_map(_grid(r0, r1, c0, c1))
-        mx = fold_coordinates(xy[:, 0], w, opts.border, radius).reshape(r1 - r0, c1 - c0)
-        my = fold_coordinates(xy[:, 1], h, row_border, radius).reshape(r1 - r0, c1 - c0)
+        mx, my = src_from_dst.sampling_grid((r0, r1), (c0, c1), np.float32)
+        if not (direct and _moderate(mx) and _moderate(my)):  # else OpenCV's borders suffice
+            mx, my = src_from_dst.sampling_grid((r0, r1), (c0, c1))  # float64 to fold exactly
+            mx = fold_coordinates(mx, w, opts.border, radius)
+            my = fold_coordinates(my, h, row_border, radius)
         if direct:
             _remap_into(out, (r0, r1, c0, c1), image, mx, my, opts, BORDERS[opts.border])
         else:
             _remap_cropped(out, (r0, r1, c0, c1), image, mx, my, opts, row_border, radius)
 
 
+def _moderate(c: np.ndarray) -> bool:
+    """All coordinates finite and far from OpenCV's integer-conversion range."""
+    lo, hi = c.min(), c.max()  # NaN propagates and fails both comparisons
+    return bool(lo > -1e6 and hi < 1e6)
+
+
 def _remap_into(out, tile, src, mx, my, opts, border_mode):
     r0, r1, c0, c1 = tile
     mx32, my32 = mx.astype(np.float32), my.astype(np.float32)
-    for start, stop, chunk in _channel_groups(src):
-        res = cv2.remap(chunk, mx32, my32, INTERPOLATIONS[opts.interpolation],
-                        borderMode=border_mode, borderValue=_cv_value(opts.border_value))
+    groups = list(_channel_groups(src))
+    whole_rows = c0 == 0 and c1 == out.shape[1]
+    for start, stop, chunk in groups:
+        kwargs = dict(borderMode=border_mode, borderValue=_cv_value(opts.border_value))
+        if len(groups) == 1 and whole_rows and out.shape[2] > 1:
+            cv2.remap(chunk, mx32, my32, INTERPOLATIONS[opts.interpolation], dst=out[r0:r1], **kwargs)
+            continue
+        res = cv2.remap(chunk, mx32, my32, INTERPOLATIONS[opts.interpolation], **kwargs)
         _store(out, r0, r1, c0, c1, start, stop, res)
 
 
@@ -232,9 +241,9 @@ def _warp_bilinear64(image, src_from_dst, out_shape, opts, row_period):
     out = np.empty((ho, wo, c), dtype=np.float64)
     row_border = "wrap" if row_period is not None else opts.border
     for r0, r1, c0, c1 in _tiles(ho, wo):
-        xy = src_from_dst.sampling_map(_grid(r0, r1, c0, c1))
-        x = fold_coordinates(xy[:, 0], w, opts.border, 1)
-        y = fold_coordinates(xy[:, 1], h, row_border, 1)
+        gx, gy = src_from_dst.sampling_grid((r0, r1), (c0, c1))
+        x = fold_coordinates(gx.ravel(), w, opts.border, 1)
+        y = fold_coordinates(gy.ravel(), h, row_border, 1)
         x0, y0 = np.floor(x), np.floor(y)
         fx, fy = (x - x0)[:, None], (y - y0)[:, None]
         x0, y0 = x0.astype(np.int64), y0.astype(np.int64)

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import math
 
+import cv2
 import numpy as np
 
+from . import _scale_kernels as _scale
 from . import antialias as _aa
 from .errors import InvalidArgumentError, InvalidTransformError
 from .sampling import BORDERS, INTERPOLATIONS, SampleOptions, border_indices, resample
@@ -52,25 +54,19 @@ def jacobian_determinant(transform: Transform, output_shape, *, dtype=np.float64
     shape = check_shape(output_shape)
     if np.dtype(dtype) not in (np.dtype(np.float64), np.dtype(np.float32)):
         raise InvalidArgumentError(f"dtype must be float64 or float32, got {dtype!r}", field="dtype")
-    return _det_map(transform.inverse(), shape).astype(dtype, copy=False)
+    return np.ascontiguousarray(_det_map(transform.inverse(), shape), dtype=dtype)
 
 
 def _det_map(src_from_dst: Transform, shape) -> np.ndarray:
+    """``|det J|`` of ``src_from_dst`` on the grid (may be a read-only broadcast view)."""
     h, w = shape
-    if src_from_dst.is_matrix():
-        m = src_from_dst.matrix
-        xs, ys = np.arange(w, dtype=np.float64), np.arange(h, dtype=np.float64)
-        wgrid = (m[2, 0] * xs)[None, :] + (m[2, 1] * ys + m[2, 2])[:, None]
-        with np.errstate(divide="ignore"):
-            return np.abs(np.linalg.det(m)) / np.abs(wgrid) ** 3
+    step = max(1, (1 << 22) // w)
+    if step >= h:
+        return src_from_dst.determinant_grid((0, h), (0, w))
     out = np.empty(shape, dtype=np.float64)
-    xs = np.arange(w, dtype=np.float64)
-    for r0 in range(0, h, DET_TILE_ROWS):
-        r1 = min(h, r0 + DET_TILE_ROWS)
-        gx, gy = np.meshgrid(xs, np.arange(r0, r1, dtype=np.float64))
-        with np.errstate(divide="ignore", invalid="ignore"):
-            det = src_from_dst.jacobian_determinant(np.column_stack([gx.ravel(), gy.ravel()]))
-        out[r0:r1] = np.abs(det).reshape(r1 - r0, w)
+    for r0 in range(0, h, step):
+        r1 = min(h, r0 + step)
+        out[r0:r1] = src_from_dst.determinant_grid((r0, r1), (0, w))
     return out
 
 
@@ -80,6 +76,7 @@ def _finite_det_map(src_from_dst: Transform, shape) -> np.ndarray:
     det = _det_map(src_from_dst, shape)
     bad = ~np.isfinite(det)
     if bad.any():
+        det = np.array(det)
         ys, xs = np.nonzero(bad)
         acc = np.zeros(len(ys))
         for ox in (-0.25, 0.25):
@@ -88,6 +85,22 @@ def _finite_det_map(src_from_dst: Transform, shape) -> np.ndarray:
         det[bad] = acc / 4
         det[~np.isfinite(det)] = 0.0
     return det
+
+
+def _scale_by_map(out: np.ndarray, factor: np.ndarray) -> None:
+    """``out[..., c] *= factor`` in place for every channel (``out (H, W, C)``, ``factor (H, W)``)."""
+    c = out.shape[2]
+    if factor.strides[0] == 0:  # one row broadcast down the columns (polar): contiguous rows
+        row = np.repeat(factor[0].astype(out.dtype), c)
+        out.reshape(out.shape[0], -1)[...] *= row[None, :]
+        return
+    factor = factor.astype(out.dtype, copy=False)
+    if c == 1:
+        out[:, :, 0] *= factor
+    elif c <= 4:
+        cv2.multiply(out, cv2.merge([factor] * c), dst=out)
+    else:
+        out *= factor[:, :, None]
 
 
 def warp(
@@ -147,12 +160,29 @@ def warp(
     elif intensity == "plain":
         out = resample(img, src_from_dst, shape, opts, period)
     else:
-        out = resample(img.astype(_float_dtype(img.dtype), copy=False), src_from_dst, shape, opts, period)
-        if src_from_dst.is_matrix() and np.array_equal(src_from_dst.matrix[2], [0.0, 0.0, 1.0]):
-            out *= out.dtype.type(abs(np.linalg.det(src_from_dst.matrix[:2, :2])))
-        else:
-            out *= _finite_det_map(src_from_dst, shape).astype(out.dtype)[:, :, None]
+        out = _conserve(resample(img, src_from_dst, shape, opts, period), src_from_dst)
     return out if image.ndim == 3 else out[:, :, 0]
+
+
+def _conserve(sampled: np.ndarray, src_from_dst: Transform) -> np.ndarray:
+    """``sampled * |det J_{T^{-1}}|`` as float32 (float64 for float64 input).
+
+    The interpolation itself ran in the image's dtype, as OpenCV does (integer images: values
+    rounded to whole counts, <= 1/2 count before scaling); pass float32 for unrounded values.
+    """
+    dtype = _float_dtype(sampled.dtype)
+    if src_from_dst.is_matrix():
+        m = src_from_dst.matrix
+        if np.array_equal(m[2], [0.0, 0.0, 1.0]):
+            out = sampled.astype(dtype)
+            out *= dtype.type(abs(np.linalg.det(m[:2, :2])))
+            return out
+        out = np.empty(sampled.shape, dtype=dtype)
+        _scale.scale_by_projective_det(sampled, np.ascontiguousarray(m), abs(np.linalg.det(m)), out)
+        return out
+    out = sampled.astype(dtype)
+    _scale_by_map(out, _finite_det_map(src_from_dst, sampled.shape[:2]))
+    return out
 
 
 def _preimage_box(src_from_dst: Transform, shape, src_shape):

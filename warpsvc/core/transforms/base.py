@@ -12,7 +12,9 @@ Every transform offers
 * ``then(other)``: the composition ``other ∘ self`` (``self`` applied first), whose
   Jacobian follows the chain rule ``J(G∘H)(x) = J_G(H(x)) · J_H(x)``.
 
-Two hooks let the single resampler treat every family alike:
+Hooks let the single resampler treat every family alike (and fast where a family has
+structure: ``sampling_grid`` / ``determinant_grid`` evaluate the map and ``|det J|`` over a
+block of pixels, by outer products where the map is separable):
 
 * ``sampling_map(xy)``: the coordinates the resampler reads (``map`` unless a family
   reproduces OpenCV's own arithmetic, as polar does);
@@ -74,6 +76,22 @@ class Transform:
         """The coordinates the resampler reads for output points ``xy``: ``map(xy)`` unless a
         family reproduces a reference implementation's arithmetic (see ``PolarTransform``)."""
         return self.map(xy)
+
+    def sampling_grid(self, rows: tuple[int, int], cols: tuple[int, int], dtype=np.float64):
+        """``sampling_map`` over the pixel block ``rows x cols`` (half-open ranges) as two
+        ``(h, w)`` arrays ``(x, y)`` of ``dtype`` (computed in float64, rounded once);
+        families with separable maps override it."""
+        xs, ys = np.meshgrid(np.arange(*cols, dtype=np.float64), np.arange(*rows, dtype=np.float64))
+        xy = self.sampling_map(np.column_stack([xs.ravel(), ys.ravel()]))
+        return (xy[:, 0].reshape(xs.shape).astype(dtype, copy=False),
+                xy[:, 1].reshape(xs.shape).astype(dtype, copy=False))
+
+    def determinant_grid(self, rows: tuple[int, int], cols: tuple[int, int]) -> np.ndarray:
+        """``|det J(y)|`` over the pixel block ``rows x cols`` as ``(h, w) float64``."""
+        xs, ys = np.meshgrid(np.arange(*cols, dtype=np.float64), np.arange(*rows, dtype=np.float64))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            det = self.jacobian_determinant(np.column_stack([xs.ravel(), ys.ravel()]))
+        return np.abs(det).reshape(xs.shape)
 
     def default_output_shape(self, input_shape: tuple[int, int]) -> tuple[int, int]:
         """Output ``(H, W)`` used by ``warp`` when none is given: the input's, by default."""

@@ -123,6 +123,14 @@ class _MatrixTransform(Transform):
         w = pts @ m[2, :2] + m[2, 2]
         return np.linalg.det(m) / w**3
 
+    def determinant_grid(self, rows, cols) -> np.ndarray:
+        """``|det M| / |w|^3`` by broadcasting ``w = M20 x + M21 y + M22`` over the block."""
+        m = self._matrix
+        xs, ys = np.arange(*cols, dtype=np.float64), np.arange(*rows, dtype=np.float64)
+        w = (m[2, 0] * xs)[None, :] + (m[2, 1] * ys + m[2, 2])[:, None]
+        with np.errstate(divide="ignore"):
+            return abs(np.linalg.det(m)) / np.abs(w) ** 3
+
     @property
     def params(self) -> np.ndarray:
         """Parameters of this matrix in its motion model (raises if it is not a member)."""

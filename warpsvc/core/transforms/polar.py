@@ -30,6 +30,7 @@ import math
 import cv2
 import numpy as np
 
+from .._scale_kernels import outer_maps
 from ..errors import InvalidTransformError
 from .base import Transform, as_points
 
@@ -178,6 +179,30 @@ class PolarTransform(Transform):
         u = mag.astype(np.float64).ravel() / self._k
         v = ang.astype(np.float64).ravel() * (self.polar_shape[0] / TWO_PI)
         return np.column_stack([u, v])
+
+    def sampling_grid(self, rows, cols, dtype=np.float64):
+        """Polar -> Cartesian is separable: ``x = c_x + r(u) cos theta(v)`` (one fused pass)."""
+        if not self.is_inverse:
+            return super().sampling_grid(rows, cols, dtype)
+        u = np.arange(*cols, dtype=np.float64)
+        theta = np.arange(*rows, dtype=np.float64) * (TWO_PI / self.polar_shape[0])
+        r = self._radius(u)
+        cx, cy = self.center
+        if self.opencv_sampling:
+            r = r.astype(np.float32).astype(np.float64)
+            cx, cy = float(np.float32(cx)), float(np.float32(cy))
+        shape = (rows[1] - rows[0], cols[1] - cols[0])
+        mx, my = np.empty(shape, dtype), np.empty(shape, dtype)
+        outer_maps(np.cos(theta), np.sin(theta), r, cx, cy, mx, my)
+        return mx, my
+
+    def determinant_grid(self, rows, cols):
+        """Polar -> Cartesian: ``|det|`` depends on the column only, ``(dr/du) r 2 pi / H``."""
+        if not self.is_inverse:
+            return super().determinant_grid(rows, cols)
+        r = self._radius(np.arange(*cols, dtype=np.float64))
+        det = np.abs(self._dradius(r) * r * (TWO_PI / self.polar_shape[0]))
+        return np.broadcast_to(det[None, :], (rows[1] - rows[0], cols[1] - cols[0]))
 
     def jacobian(self, xy) -> np.ndarray:
         pts = as_points(xy)
