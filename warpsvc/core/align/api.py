@@ -8,7 +8,7 @@ from ..errors import InvalidArgumentError, InvalidImageError, InvalidTransformEr
 from ..transforms import Transform
 from ..transforms.matrix import MAX_CONDITION
 from .covariance import final_statistics
-from .gauss_newton import Clock, solve_level
+from .gauss_newton import Clock, solve_level, translation_search
 from .jacobians import make_chart
 from .options import AlignOptions
 from .pyramid import auto_levels, build_level, build_pyramid, prepare
@@ -107,29 +107,37 @@ def align(
         lv = build_level(index, t_pyr[index], i_pyr[index], opts.model, chart, photometric_on)
         if index == 0:
             finest = lv
-        if not _well_posed(lv):
+        if not _well_posed(lv, full_check=index == 0):
             iterations.append(0)
             histories.append(())
             if index == 0:
                 reason = FLAT_TEMPLATE
             continue
         tol = opts.tolerance if index == 0 else opts.coarse_tolerance
-        if opts.warm_start is not None and index >= n_levels - opts.warm_start_levels and index > 0 \
-                and opts.warm_start != opts.model:
-            lw = build_level(index, t_pyr[index], i_pyr[index], opts.warm_start, chart, photometric_on)
-            if _well_posed(lw):
-                pre = solve_level(lw, W, model=opts.warm_start, chart=chart, chart_inv=chart_inv, corners0=corners0,
-                                  affine=affine, robust=opts.robust, photometric=photometric_on,
-                                  max_iterations=min(opts.max_iterations, WARM_START_ITERATIONS), tolerance=tol,
-                                  clock=clock, sigma_floor=sigma_floor, plateau=opts.coarse_plateau)
-                W = pre.W
-        out = solve_level(lv, W, model=opts.model, chart=chart, chart_inv=chart_inv, corners0=corners0,
-                          affine=affine, robust=opts.robust, photometric=photometric_on,
-                          max_iterations=opts.max_iterations, tolerance=tol, clock=clock, sigma_floor=sigma_floor,
-                          plateau=0.0 if index == 0 else opts.coarse_plateau)
-        W = out.W
-        iterations.append(out.iterations)
-        histories.append(tuple(out.costs))
+        out = None
+        level_its, level_costs = 0, []
+        if index == n_levels - 1 and n_levels > 1 and opts.search_radius:
+            W = translation_search(lv, W, opts.search_radius, affine)
+        for step_model in _level_models(opts, index, n_levels):
+            lm = lv if step_model == opts.model else build_level(index, t_pyr[index], i_pyr[index], step_model,
+                                                                  chart, photometric_on)
+            if lm is not lv and not _well_posed(lm, full_check=False):
+                continue
+            out = solve_level(lm, W, model=step_model, chart=chart, chart_inv=chart_inv, corners0=corners0,
+                              affine=affine, robust=opts.robust, photometric=photometric_on,
+                              max_iterations=opts.max_iterations, tolerance=tol, clock=clock,
+                              sigma_floor=sigma_floor, coarse=index > 0)
+            W = out.W
+            level_its += out.iterations
+            level_costs += out.costs
+            if out.reason in (TIME_BUDGET, CANCELLED):
+                break
+        if out is None:
+            iterations.append(0)
+            histories.append(())
+            continue
+        iterations.append(level_its)
+        histories.append(tuple(level_costs))
         if out.reason in (TIME_BUDGET, CANCELLED):
             reason = out.reason
             iterations.extend([0] * index)
@@ -156,6 +164,17 @@ def align(
         corner_covariance=stats.corner_covariance, overlap=stats.overlap, gain=tuple(stats.gain),
         bias=tuple(stats.bias), model=opts.model, levels=n_levels, elapsed=clock.elapsed(), chart=chart,
     )
+
+
+def _level_models(opts, index, n_levels):
+    """Models solved at a level, in order. The coarsest level of a pyramid starts with a
+    translation and stops at an affine warp (a homography's perspective terms are not
+    determined by a template a dozen pixels wide and make the coarse steps diverge)."""
+    if index < n_levels - 1 or n_levels == 1 or opts.warm_start is None:
+        return [opts.model]
+    ladder = [opts.warm_start] if opts.warm_start != opts.model else []
+    top = opts.coarsest_model if opts.model == "homography" else opts.model
+    return ladder + [top]
 
 
 def _merge_options(options, **given) -> AlignOptions:
@@ -200,14 +219,17 @@ def _initial_warp(init) -> np.ndarray:
     return inv
 
 
-def _well_posed(lv) -> bool:
-    """Enough usable pixels and a Hessian that constrains every parameter."""
+def _well_posed(lv, full_check: bool = True) -> bool:
+    """Enough usable pixels and a Hessian that constrains every parameter (the eigenvalue test
+    only when ``full_check``; coarse levels rely on the damping instead)."""
     k = lv.hessian.shape[0]
     if lv.n_usable < 4 * k:
         return False
     h = lv.hessian
     d = np.sqrt(np.maximum(np.diag(h), 0))
-    if np.any(d == 0):
+    if np.any(d == 0) or not np.all(np.isfinite(d)):
         return False
+    if not full_check:
+        return True
     ev = np.linalg.eigvalsh(h / np.outer(d, d))
     return bool(ev[0] > MIN_RELATIVE_EIGENVALUE * ev[-1])

@@ -67,7 +67,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from .jacobians import chart_scale, update_matrix
+from .jacobians import chart_scale, det3, inv3, update_matrix
 from .options import HUBER_K, MAD_TO_SIGMA, TUKEY_C
 from .pyramid import Level
 from .result import CANCELLED, CONVERGED, DEGENERATE_WARP, INSUFFICIENT_OVERLAP, MAX_ITERATIONS, NO_PROGRESS, TIME_BUDGET
@@ -242,52 +242,62 @@ def solve_step(H: np.ndarray, g: np.ndarray, lam: float, n_params: int) -> np.nd
     return d if np.all(np.isfinite(d)) else None
 
 
-def compose_update(W0, chart, chart_inv, model, d):
-    """``W C^-1 M(d)^-1 C``, normalised to ``W[2, 2] = 1``."""
-    Wn = W0 @ chart_inv @ np.linalg.inv(update_matrix(model, d)) @ chart
-    if model != "homography" and W0[2, 0] == 0.0 and W0[2, 1] == 0.0:
-        Wn[2] = (0.0, 0.0, Wn[2, 2])
-    return Wn / Wn[2, 2] if Wn[2, 2] != 0 else Wn
+class Stepper:
+    """Applies chart-space updates to ``W`` (level-0 ``image_from_template``) and measures them."""
 
+    def __init__(self, model, chart, chart_inv, corners0, scale):
+        self.model, self.chart, self.chart_inv = model, chart, chart_inv
+        self.corners0 = corners0  # (4, 3) homogeneous template corners, level-0 pixels
+        self.corners_u = corners0 @ chart.T  # (4, 3) in the chart
+        self.scale = scale  # level pixels per chart unit
+        self.keep_affine = model != "homography"
 
-def warp_ok(W0: np.ndarray, corners0: np.ndarray) -> bool:
-    """Finite, orientation-preserving at every template corner (nothing folds or flips)."""
-    if not np.all(np.isfinite(W0)):
-        return False
-    wk = corners0 @ W0[2]
-    if np.any(wk <= 0):
-        return False
-    det = np.linalg.det(W0)
-    return bool(det > 0 and np.isfinite(det))
+    def compose(self, W, m):
+        """``W C^-1 M^-1 C``, normalised to ``W[2, 2] = 1``; ``None`` if ``M`` is singular."""
+        if det3(m) == 0.0:
+            return None
+        Wn = W @ (self.chart_inv @ inv3(m) @ self.chart)
+        if self.keep_affine and W[2, 0] == 0.0 and W[2, 1] == 0.0:
+            Wn[2] = (0.0, 0.0, Wn[2, 2])
+        return Wn / Wn[2, 2] if Wn[2, 2] != 0 else None
 
+    def ok(self, W) -> bool:
+        """Finite, orientation-preserving at every template corner (nothing folds or flips)."""
+        if W is None or not np.all(np.isfinite(W)):
+            return False
+        if np.any(self.corners0 @ W[2] <= 0):
+            return False
+        return det3(W) > 0
 
-def step_size(d, model, corners_u, scale) -> float:
-    """Largest motion (level pixels) of a template corner under ``M(d)``."""
-    m = update_matrix(model, d)
-    q = corners_u @ m.T
-    moved = q[:, :2] / q[:, 2:3]
-    return float(np.abs(moved - corners_u[:, :2]).max() * scale)
+    def size(self, m) -> float:
+        """Largest motion (level pixels) of a template corner under ``M``."""
+        q = self.corners_u @ m.T
+        moved = q[:, :2] / q[:, 2:3]
+        return float(np.abs(moved - self.corners_u[:, :2]).max() * self.scale)
 
-
-def propose(base, H, g, lam, n_params, model, chart, chart_inv, corners0):
-    """Damped step from ``base``: raise ``lam`` until the warp stays valid. ``(W, d, lam)``."""
-    while True:
-        d = solve_step(H, g, lam, n_params)
-        if d is not None:
-            W = compose_update(base, chart, chart_inv, model, d)
-            if warp_ok(W, corners0):
-                return W, d, lam
-        lam = max(10.0 * lam, 1e-3)
-        if lam > MAX_DAMPING:
-            return None, None, lam
+    def propose(self, base, H, g, lam, n_params):
+        """Damped step from ``base``: raise ``lam`` until the warp stays valid. ``(W, size, lam)``."""
+        while True:
+            d = solve_step(H, g, lam, n_params)
+            if d is not None:
+                m = update_matrix(self.model, d)
+                W = self.compose(base, m)
+                if self.ok(W):
+                    return W, self.size(m), lam
+            lam = max(10.0 * lam, 1e-3)
+            if lam > MAX_DAMPING:
+                return None, None, lam
 
 
 def solve_level(lv: Level, W0: np.ndarray, *, model: str, chart: np.ndarray, chart_inv: np.ndarray,
                 corners0: np.ndarray, affine: bool, robust, photometric: bool, max_iterations: int,
-                tolerance: float, clock: Clock, sigma_floor: float, plateau: float = 0.0) -> LevelOutcome:
-    """Iterate inverse-compositional Gauss-Newton at one level from ``W0`` (level-0 pixels)."""
-    corners_u = corners0 @ chart.T  # (4, 3) chart coordinates of the template corners
-    scale = chart_scale(chart) / lv.factor
+                tolerance: float, clock: Clock, sigma_floor: float, coarse: bool = False) -> LevelOutcome:
+    """Iterate inverse-compositional Gauss-Newton at one level from ``W0`` (level-0 pixels).
+
+    ``coarse``: the level only has to hand a good start to the next one, so it also stops at
+    the first step that does not lower the cost (the coarse approximation's noise floor).
+    """
+    stepper = Stepper(model, chart, chart_inv, corners0, chart_scale(chart) / lv.factor)
     min_valid = MIN_RESIDUALS_PER_UNKNOWN * lv.sd.shape[1]
     lam = 0.0
     best = None  # (W, Evaluation, H, g) at the last accepted estimate
@@ -312,17 +322,16 @@ def solve_level(lv: Level, W0: np.ndarray, *, model: str, chart: np.ndarray, cha
             lam = lam / 10.0 if lam > 1e-3 else 0.0
             H, g = normal_equations(lv, ev)
             best = (W, ev, H, g)
+        elif coarse:
+            reason = CONVERGED
+            break
         else:
             lam = max(10.0 * lam, 1e-3)
-        base, H, g = best[0], best[2], best[3]
-        W, d, lam = propose(base, H, g, lam, lv.n_params, model, chart, chart_inv, corners0)
+        W, size, lam = stepper.propose(best[0], best[2], best[3], lam, lv.n_params)
         if W is None:
             reason = DEGENERATE_WARP if accepted else NO_PROGRESS
             break
-        if accepted and step_size(d, model, corners_u, scale) < tolerance:
-            reason = CONVERGED
-            break
-        if accepted and plateau and len(costs) > 1 and costs[-2] - ev.cost < plateau * costs[-2]:
+        if accepted and size < tolerance:
             reason = CONVERGED
             break
     if reason != CONVERGED and best is not None:
@@ -330,3 +339,42 @@ def solve_level(lv: Level, W0: np.ndarray, *, model: str, chart: np.ndarray, cha
     elif W is None:
         W = W0
     return LevelOutcome(W, reason, it, costs)
+
+
+def translation_search(lv: Level, W: np.ndarray, radius: int, affine: bool) -> np.ndarray:
+    """Exhaustive translation search at one (coarse) level: the shift of the template, within
+    ``radius`` level pixels, that maximises the zero-normalised correlation with the warped
+    image (``cv2.matchTemplate``, ``TM_CCOEFF_NORMED``). Returns the updated ``W`` (level 0).
+
+    Gauss-Newton only sees the local slope; at the coarsest level a global search over a small
+    window finds the right basin even when the start is a few coarse pixels away.
+    """
+    h, w, c = lv.shape
+    t = lv.template
+    ok = ~np.isnan(t).any(axis=2)
+    rows, cols = np.flatnonzero(ok.any(axis=1)), np.flatnonzero(ok.any(axis=0))
+    if len(rows) < 4 or len(cols) < 4:
+        return W
+    r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    tc = t[r0:r1, c0:c1]
+    if np.isnan(tc).any():
+        return W
+    f = lv.factor
+    # extended grid: template pixel (x - radius, y - radius) for x in [0, w + 2 radius)
+    shift = np.array([[1.0, 0, -radius], [0, 1.0, -radius], [0, 0, 1.0]])
+    Wl = W.copy()
+    Wl[:2, 2] /= f
+    Wl[2, :2] *= f
+    ext = warp_to_template(lv.image, Wl @ shift, (h + 2 * radius, w + 2 * radius, c), affine)
+    region = ext[r0:r1 + 2 * radius, c0:c1 + 2 * radius]
+    if np.isnan(region).any():
+        region = np.where(np.isnan(region), np.nanmean(region) if np.isfinite(region).any() else 0.0, region)
+    score = cv2.matchTemplate(region.astype(np.float32), tc.astype(np.float32), cv2.TM_CCOEFF_NORMED)
+    if score.ndim == 3:
+        score = score.sum(axis=2)
+    if not np.isfinite(score).all():
+        return W
+    dy, dx = np.unravel_index(int(np.argmax(score)), score.shape)
+    dx, dy = (dx - radius) * f, (dy - radius) * f  # level-0 template pixels
+    # the template pixel x matches image W(x + d): W <- W T(d)
+    return W @ np.array([[1.0, 0, dx], [0, 1.0, dy], [0, 0, 1.0]])

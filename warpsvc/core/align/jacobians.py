@@ -16,6 +16,8 @@ template pixel of every level.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ..transforms.models import N_PARAMS, dmatrix_dparams, matrix_from_params
@@ -42,9 +44,36 @@ def warp_jacobian(model: str, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return a0 - u[:, :1] * a2, a1 - u[:, 1:2] * a2
 
 
-def update_matrix(model: str, delta: np.ndarray) -> np.ndarray:
-    """``M(d)`` (3, 3) in the chart."""
+def update_matrix(model: str, delta) -> np.ndarray:
+    """``M(d)`` (3, 3) in the chart: :func:`matrix_from_params` without its guards (hot loop)."""
+    d = [float(v) for v in delta]
+    if model == "translation":
+        return np.array([[1.0, 0.0, d[0]], [0.0, 1.0, d[1]], [0.0, 0.0, 1.0]])
+    if model == "euclidean":
+        c, s = math.cos(d[0]), math.sin(d[0])
+        return np.array([[c, -s, d[1]], [s, c, d[2]], [0.0, 0.0, 1.0]])
+    if model == "similarity":
+        return np.array([[1 + d[0], -d[1], d[2]], [d[1], 1 + d[0], d[3]], [0.0, 0.0, 1.0]])
+    if model == "affine":
+        return np.array([[1 + d[0], d[1], d[2]], [d[3], 1 + d[4], d[5]], [0.0, 0.0, 1.0]])
+    if model == "homography":
+        return np.array([[1 + d[0], d[1], d[2]], [d[3], 1 + d[4], d[5]], [d[6], d[7], 1.0]])
     return matrix_from_params(model, delta)
+
+
+def inv3(m: np.ndarray) -> np.ndarray:
+    """Inverse of a 3x3 matrix by the adjugate (no LAPACK call overhead); caller checks ``det``."""
+    (a, b, c), (d, e, f), (g, h, i) = m.tolist()
+    co = [e * i - f * h, f * g - d * i, d * h - e * g]
+    det = a * co[0] + b * co[1] + c * co[2]
+    return np.array([[co[0], c * h - b * i, b * f - c * e],
+                     [co[1], a * i - c * g, c * d - a * f],
+                     [co[2], b * g - a * h, a * e - b * d]]) / det
+
+
+def det3(m: np.ndarray) -> float:
+    (a, b, c), (d, e, f), (g, h, i) = m.tolist()
+    return a * (e * i - f * h) - b * (d * i - f * g) + c * (d * h - e * g)
 
 
 def point_covariance(image_from_template, chart, model, covariance, xy) -> np.ndarray:

@@ -61,11 +61,11 @@ class AlignOptions:
     min_zncc: float = 0.5
     min_overlap: float = 0.25
     coarse_tolerance: float = 0.1
-    coarse_plateau: float = 0.01
     min_level_side: int = 12
     auto_max_levels: int = 5
     warm_start: Optional[str] = "translation"
-    warm_start_levels: int = 1
+    coarsest_model: str = "affine"
+    search_radius: int = 3
 
     def checked(self) -> "AlignOptions":
         """Return ``self`` after validating every field (raises ``InvalidArgumentError``)."""

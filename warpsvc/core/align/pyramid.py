@@ -134,19 +134,21 @@ def build_level(index: int, template: np.ndarray, image: np.ndarray, model: str,
     jx, jy = _grid_jacobian(model, h, w, factor, tuple(chart.ravel()))  # (h*w, P) each, float32
     scale = float(chart_scale(chart) / factor)  # level pixels per chart unit
     p = jx.shape[1]
-    gxs = np.nan_to_num(gx.reshape(h * w, c, 1)) * scale
-    gys = np.nan_to_num(gy.reshape(h * w, c, 1)) * scale
-    sd = gxs * jx[:, None, :] + gys * jy[:, None, :]  # (h*w, C, P)
+    # NaN gradients only occur on unusable elements, whose rows are zeroed below.
+    if c == 1:
+        sd = (gx.reshape(h * w, 1) * scale) * jx + (gy.reshape(h * w, 1) * scale) * jy  # (h*w, P)
+        sd = sd.reshape(h * w, 1, p)
+    else:
+        sd = (gx.reshape(h * w, c, 1) * scale) * jx[:, None, :] + (gy.reshape(h * w, c, 1) * scale) * jy[:, None, :]
     if photometric:
-        tz = np.nan_to_num(template).reshape(h * w, c)
+        tz = template.reshape(h * w, c)
         photo = np.zeros((h * w, c, 2 * c), np.float32)
         ch = np.arange(c)
         photo[:, ch, 2 * ch] = tz
         photo[:, ch, 2 * ch + 1] = 1.0
         sd = np.concatenate([sd, photo], axis=2)
-    sd = sd.reshape(h * w * c, -1).astype(np.float32, copy=False)
+    sd = np.ascontiguousarray(sd.reshape(h * w * c, -1), dtype=np.float32)
     sd[~usable] = 0.0
-    sd = np.ascontiguousarray(sd)
     hessian = (sd.T @ sd).astype(np.float64)
     tflat = template.reshape(-1).copy()
     tflat[~usable] = NAN
