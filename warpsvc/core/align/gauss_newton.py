@@ -369,9 +369,12 @@ def translation_search(lv: Level, W: np.ndarray, radius: int, affine: bool) -> n
     region = ext[r0:r1 + 2 * radius, c0:c1 + 2 * radius]
     if np.isnan(region).any():
         region = np.where(np.isnan(region), np.nanmean(region) if np.isfinite(region).any() else 0.0, region)
-    score = cv2.matchTemplate(region.astype(np.float32), tc.astype(np.float32), cv2.TM_CCOEFF_NORMED)
-    if score.ndim == 3:
-        score = score.sum(axis=2)
+    region, tc = region.astype(np.float32), tc.astype(np.float32)
+    if c <= 4:
+        score = cv2.matchTemplate(region, tc, cv2.TM_CCOEFF_NORMED)
+    else:  # OpenCV takes at most 4 channels: add the per-channel correlations
+        score = sum(cv2.matchTemplate(np.ascontiguousarray(region[:, :, i]), np.ascontiguousarray(tc[:, :, i]),
+                                      cv2.TM_CCOEFF_NORMED) for i in range(c))
     if not np.isfinite(score).all():
         return W
     dy, dx = np.unravel_index(int(np.argmax(score)), score.shape)
