@@ -77,6 +77,13 @@ def _node_value(src, sx, sy, value):
     r = y0 + PAD
     c = x0 + PAD
     nonzero = False
+    if fx == 0.0 and fy == 0.0:  # a pixel centre (always so when m = 1)
+        for ch in range(src.shape[2]):
+            v = src[r, c, ch]
+            value[ch] = v
+            if v != 0.0:
+                nonzero = True
+        return nonzero
     for ch in range(src.shape[2]):
         v = ((1 - fy) * ((1 - fx) * src[r, c, ch] + fx * src[r, c + 1, ch])
              + fy * ((1 - fx) * src[r + 1, c, ch] + fx * src[r + 1, c + 1, ch]))
@@ -107,7 +114,7 @@ def tent_sums(blocks, h, w, sums):
                         sums[r + 1, c + 1] += fy * fx * area
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=True)
 def scatter_matrix(src, blocks, h, w, mat, acc):
     """Fused scatter for a projective ``dst_from_src`` matrix ``mat (3, 3)`` (``w > 0`` side).
 
@@ -164,7 +171,7 @@ def list_nodes(blocks, h, w, out_xy, out_m):
     return n
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=True)
 def scatter_points(src, node_xy, node_m, pos, rows, acc):
     """Generic scatter: node ``k`` at source ``node_xy[k]`` lands at ``pos[k]`` with Jacobian
     row norms ``rows[k]`` (precomputed by the transform in numpy)."""
