@@ -5,6 +5,4 @@ out; the same ``warpsvc`` transform objects. See ``docs/service.md``.
 """
 
 from .client import WarpClient
-from .convert import RemoteAlignResult
-
-__all__ = ["RemoteAlignResult", "WarpClient"]
+__all__ = ["WarpClient"]

@@ -173,8 +173,9 @@ class WarpClient:
     def align(self, template, image, model: str = "homography", init=None, *, levels="auto",
               template_mask=None, image_mask=None, robust=None, photometric=None, max_iterations=None,
               tolerance=None, time_budget=None, timeout: float | None = None):
-        """``warpsvc.align`` on the server; returns an ``AlignResult``-shaped value. The call's
-        deadline also stops the server's iterations."""
+        """``warpsvc.align`` on the server; returns a ``warpsvc.AlignResult``. The call's deadline
+        also stops the server's iterations (``reason="cancelled"`` reaches no one: the client
+        gets DEADLINE_EXCEEDED)."""
         request = pb.AlignRequest(
             template=convert.image(template, "template"), image=convert.image(image),
             model=convert.choice(convert.MODELS, model, "model"),
@@ -187,7 +188,7 @@ class WarpClient:
         if init is not None:
             request.init.extend(float(v) for v in np.asarray(getattr(init, "matrix", init), np.float64).ravel())
         if template_mask is not None:
-            request.template_mask.CopyFrom(convert.image(np.asarray(template_mask), "template_mask"))
+            request.template_mask.CopyFrom(convert.mask(template_mask, "template_mask"))
         if image_mask is not None:
-            request.image_mask.CopyFrom(convert.image(np.asarray(image_mask), "image_mask"))
+            request.image_mask.CopyFrom(convert.mask(image_mask, "image_mask"))
         return convert.align_result(self._call(self._stub.Align, request, timeout))

@@ -10,8 +10,6 @@ imports nothing below the top-level ``warpsvc`` namespace (a test checks this).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 import warpsvc
@@ -71,6 +69,11 @@ def image(value, field: str = "image") -> pb.Image:
     return pb.Image(tensor=tensor(value))
 
 
+def mask(value, field: str) -> pb.Image:
+    """A 0/non-0 (or boolean) mask as a uint8 tensor of 0 and 1."""
+    return pb.Image(tensor=tensor((np.asarray(value) != 0).astype(np.uint8)))
+
+
 def array(msg: pb.Tensor) -> np.ndarray:
     arr = np.frombuffer(msg.data, dtype=NUMPY_DTYPES[msg.dtype]).reshape(tuple(msg.shape))
     return arr.astype(arr.dtype.newbyteorder("="), copy=False)
@@ -117,23 +120,16 @@ def _values(matrix) -> list[float]:
 
 
 # -- alignment results ---------------------------------------------------------------------------
-@dataclass(frozen=True)
-class RemoteAlignResult:
-    """What ``Align`` returns, field for field as ``warpsvc.AlignResult``."""
-
-    matrix: np.ndarray
-    inverse: np.ndarray
-    converged: bool
-    reason: str
-    iterations: tuple[int, ...]
-    rms_error: float
-    zncc: float
-    cost_history: tuple[float, ...]
-    covariance: np.ndarray | None
+MODEL_NAMES = {enum: name for name, enum in MODELS.items()}
 
 
-def align_result(resp: pb.AlignResponse) -> RemoteAlignResult:
-    return RemoteAlignResult(
+def _optional(resp, name: str):
+    return array(getattr(resp, name)) if resp.HasField(name) else None
+
+
+def align_result(resp: pb.AlignResponse):
+    """The library's own ``warpsvc.AlignResult``, rebuilt field for field from the response."""
+    return warpsvc.AlignResult(
         matrix=np.asarray(resp.matrix, dtype=np.float64).reshape(3, 3),
         inverse=np.asarray(resp.inverse, dtype=np.float64).reshape(3, 3),
         converged=resp.converged,
@@ -141,6 +137,14 @@ def align_result(resp: pb.AlignResponse) -> RemoteAlignResult:
         iterations=tuple(resp.iterations),
         rms_error=resp.rms_error,
         zncc=resp.zncc,
-        cost_history=tuple(resp.cost_history),
-        covariance=array(resp.covariance) if resp.HasField("covariance") else None,
+        cost_history=tuple(tuple(level.costs) for level in resp.cost_history),
+        covariance=_optional(resp, "covariance"),
+        corner_covariance=_optional(resp, "corner_covariance"),
+        overlap=resp.overlap,
+        gain=tuple(resp.gain),
+        bias=tuple(resp.bias),
+        model=MODEL_NAMES.get(resp.model, "homography"),
+        levels=resp.levels,
+        elapsed=resp.elapsed_seconds,
+        chart=np.asarray(resp.chart, dtype=np.float64).reshape(3, 3) if len(resp.chart) else None,
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import pathlib
 import threading
+import time
 from concurrent import futures
 from dataclasses import dataclass
 
@@ -20,7 +21,7 @@ from grpc_reflection.v1alpha import reflection
 
 from warpsvc.v1 import warp_pb2, warp_pb2_grpc
 
-from .interceptors import AccessLogInterceptor, BearerTokenInterceptor
+from .interceptors import AccessLogInterceptor, BearerTokenInterceptor, DrainGate
 from .servicer import WarpServicer
 from .settings import Settings
 
@@ -43,6 +44,7 @@ class WarpServer:
 
     server: grpc.Server
     health: health.HealthServicer
+    gate: DrainGate
     port: int
     settings: Settings
 
@@ -52,16 +54,23 @@ class WarpServer:
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
     def stop(self, grace: float | None = None) -> threading.Event:
-        """Drain: health NOT_SERVING at once, refuse new calls, let in-flight calls finish within
-        ``grace`` seconds (default ``settings.grace_seconds``). Returns an event set when done."""
+        """Drain, then stop: health NOT_SERVING at once; new calls answered UNAVAILABLE (retry
+        elsewhere); calls already accepted finish within ``grace`` seconds (default
+        ``settings.grace_seconds``); then gRPC stops. Returns an event set when stopped."""
+        grace = self.settings.grace_seconds if grace is None else grace
         self.health.enter_graceful_shutdown()
-        return self.server.stop(self.settings.grace_seconds if grace is None else grace)
+        t0 = time.monotonic()
+        if not self.gate.drain(grace):
+            log.warning("grace period over with %d calls still running: cancelling them", self.gate.active)
+        return self.server.stop(max(0.0, grace - (time.monotonic() - t0)))
 
 
 def build_server(settings: Settings) -> WarpServer:
+    gate = DrainGate()
     interceptors = [AccessLogInterceptor()]
     if settings.token:
         interceptors.append(BearerTokenInterceptor(settings.token))
+    interceptors.append(gate)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=settings.threads, thread_name_prefix="warpsvc"),
         interceptors=interceptors,
@@ -84,4 +93,4 @@ def build_server(settings: Settings) -> WarpServer:
         port = server.add_insecure_port(settings.address)
     if port == 0:
         raise OSError(f"could not bind {settings.address}")
-    return WarpServer(server=server, health=health_servicer, port=port, settings=settings)
+    return WarpServer(server=server, health=health_servicer, gate=gate, port=port, settings=settings)

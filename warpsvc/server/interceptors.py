@@ -1,4 +1,5 @@
-"""Server interceptors: one structured access-log line per call, and optional bearer-token auth.
+"""Server interceptors: one structured access-log line per call, optional bearer-token auth, and
+the drain gate of graceful shutdown.
 
 The access log is one JSON object per line on the ``warpsvc.access`` logger::
 
@@ -16,6 +17,7 @@ import contextvars
 import hmac
 import json
 import logging
+import threading
 import time
 
 import grpc
@@ -116,3 +118,60 @@ class BearerTokenInterceptor(grpc.ServerInterceptor):
                                                         response_serializer=handler.response_serializer)
         return grpc.stream_stream_rpc_method_handler(deny, request_deserializer=handler.request_deserializer,
                                                      response_serializer=handler.response_serializer)
+
+
+class DrainGate(grpc.ServerInterceptor):
+    """Counts calls from arrival to completion and, once :meth:`drain` is called, answers new
+    calls UNAVAILABLE ("draining": safe to retry elsewhere) while the accepted ones finish.
+
+    Why: gRPC's own ``server.stop(grace)`` lets running handlers finish, but calls the transport
+    has accepted and Python has not yet picked up are cancelled at that instant. Draining first,
+    and stopping only when nothing accepted is left, loses no call that reached the server.
+    Health checks are never gated.
+    """
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._active = 0
+        self._draining = False
+
+    @property
+    def active(self) -> int:
+        return self._active
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        if (handler is None or handler.unary_unary is None
+                or handler_call_details.method.startswith(PUBLIC_METHOD_PREFIXES)):
+            return handler
+        with self._cond:  # runs when the call arrives, before it waits for a handler thread
+            if self._draining:
+                return _refusal(handler)
+            self._active += 1
+
+        def wrap(behavior):
+            def counted(request, context):
+                try:
+                    return behavior(request, context)
+                finally:
+                    with self._cond:
+                        self._active -= 1
+                        self._cond.notify_all()
+
+            return counted
+
+        return _wrap_unary(handler, wrap)
+
+    def drain(self, timeout: float) -> bool:
+        """Refuse new calls; wait up to ``timeout`` s for accepted ones. True if none is left."""
+        with self._cond:
+            self._draining = True
+            return self._cond.wait_for(lambda: self._active <= 0, timeout=timeout)
+
+
+def _refusal(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    def refuse(request, context):
+        context.abort(grpc.StatusCode.UNAVAILABLE, "server is draining (shutting down); retry another instance")
+
+    return grpc.unary_unary_rpc_method_handler(refuse, request_deserializer=handler.request_deserializer,
+                                               response_serializer=handler.response_serializer)

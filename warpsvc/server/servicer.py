@@ -8,8 +8,6 @@ in one place (:mod:`.errors`).
 
 from __future__ import annotations
 
-import inspect
-
 import numpy as np
 
 import warpsvc
@@ -35,6 +33,7 @@ ROBUST = {pb.ROBUST_LOSS_UNSPECIFIED: None, pb.ROBUST_LOSS_NONE: None, pb.ROBUST
           pb.ROBUST_LOSS_TUKEY: "tukey"}
 PHOTOMETRIC = {pb.PHOTOMETRIC_UNSPECIFIED: None, pb.PHOTOMETRIC_NONE: None,
                pb.PHOTOMETRIC_GAIN_BIAS: "gain_bias"}
+MODEL_ENUMS = {name: enum for enum, name in MODELS.items() if enum != pb.MOTION_MODEL_UNSPECIFIED}
 DET_DTYPES = {pb.DTYPE_UNSPECIFIED: np.float64, pb.DTYPE_FLOAT64: np.float64, pb.DTYPE_FLOAT32: np.float32}
 # Library argument name -> request field, where they differ.
 WARP_FIELDS = {"transform": "transforms"}
@@ -66,25 +65,12 @@ def _align_function():
     return getattr(warpsvc, "align", None)
 
 
-def _stop_parameter(fn) -> str | None:
-    """Name of the alignment's stop-callback keyword, if it has one."""
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):  # pragma: no cover
-        return None
-    for name in ("stop", "should_stop", "stop_callback", "cancel"):
-        if name in params:
-            return name
-    return None
-
-
 class WarpServicer(warp_pb2_grpc.WarpServiceServicer):
     """The three RPCs of ``warpsvc.v1.WarpService`` (see ``protos/warpsvc/v1/warp.proto``)."""
 
     def __init__(self, settings: Settings):
         self.settings = settings
         self._align = _align_function()
-        self._stop_kw = _stop_parameter(self._align) if self._align else None
 
     # -- Warp -------------------------------------------------------------------------------------
     def Warp(self, request: pb.WarpRequest, context) -> pb.WarpResponse:
@@ -198,50 +184,61 @@ class WarpServicer(warp_pb2_grpc.WarpServiceServicer):
                                            field="time_budget_seconds")
             if request.time_budget_seconds:
                 kwargs["time_budget"] = float(request.time_budget_seconds)
-            if self._stop_kw:
-                kwargs[self._stop_kw] = _deadline_stop(context)
+            stop = _DeadlineStop(context)
+            kwargs["should_stop"] = stop
             record_pixels(inp=_pixels(template.shape) + _pixels(image.shape))
             try:
                 result = self._align(template, image, **kwargs)
             except WarpsvcError as err:
                 raise _renamed(err, ALIGN_FIELDS) from err
             remaining = context.time_remaining()
-            if remaining is not None and remaining <= 0:
-                raise DeadlineExceededError("the call's deadline passed during the alignment")
+            if stop.fired or (remaining is not None and remaining <= 0):
+                raise DeadlineExceededError("the call's deadline (or cancellation) stopped the alignment")
             return _align_response(result)
         except Exception as exc:  # noqa: BLE001
             abort(context, exc)
 
 
-def _deadline_stop(context):
-    """A stop callback for the alignment loop: true once the call is cancelled or its deadline is
-    within :data:`DEADLINE_MARGIN_S`."""
+class _DeadlineStop:
+    """The alignment's ``should_stop``: true once the call is cancelled or its deadline is within
+    :data:`DEADLINE_MARGIN_S`; remembers that it fired."""
 
-    def stop() -> bool:
-        remaining = context.time_remaining()
-        return (remaining is not None and remaining < DEADLINE_MARGIN_S) or not context.is_active()
+    def __init__(self, context):
+        self._context = context
+        self.fired = False
 
-    return stop
+    def __call__(self) -> bool:
+        remaining = self._context.time_remaining()
+        if (remaining is not None and remaining < DEADLINE_MARGIN_S) or not self._context.is_active():
+            self.fired = True
+        return self.fired
 
 
-def _matrix_values(m) -> list[float]:
-    return [float(v) for v in np.asarray(getattr(m, "matrix", m), dtype=np.float64).reshape(-1)]
+def _values(m) -> list[float]:
+    return [float(v) for v in np.asarray(m, dtype=np.float64).reshape(-1)]
 
 
 def _align_response(result) -> pb.AlignResponse:
-    iterations = result.iterations
-    iterations = [int(i) for i in (iterations if np.ndim(iterations) else [iterations])]
+    """``AlignResult`` -> ``AlignResponse``, field for field."""
     resp = pb.AlignResponse(
-        matrix=_matrix_values(result.matrix),
-        inverse=_matrix_values(result.inverse),
+        matrix=_values(result.matrix),
+        inverse=_values(result.inverse),
         converged=bool(result.converged),
         reason=str(result.reason),
-        iterations=iterations,
+        iterations=[int(i) for i in result.iterations],
         rms_error=float(result.rms_error),
-        zncc=float(getattr(result, "zncc", float("nan"))),
-        cost_history=[float(c) for c in getattr(result, "cost_history", ())],
+        zncc=float(result.zncc),
+        cost_history=[pb.LevelCosts(costs=_values(level)) for level in result.cost_history],
+        overlap=float(result.overlap),
+        gain=_values(result.gain),
+        bias=_values(result.bias),
+        model=MODEL_ENUMS[result.model],
+        levels=int(result.levels),
+        elapsed_seconds=float(result.elapsed),
+        chart=_values(result.chart) if result.chart is not None else [],
     )
-    cov = getattr(result, "covariance", None)
-    if cov is not None:
-        resp.covariance.CopyFrom(codecs.encode_tensor(np.asarray(cov, dtype=np.float64)))
+    if result.covariance is not None:
+        resp.covariance.CopyFrom(codecs.encode_tensor(np.asarray(result.covariance, dtype=np.float64)))
+    if result.corner_covariance is not None:
+        resp.corner_covariance.CopyFrom(codecs.encode_tensor(np.asarray(result.corner_covariance, np.float64)))
     return resp

@@ -272,8 +272,14 @@ class AlignRequest(_message.Message):
     time_budget_seconds: float
     def __init__(self, template: _Optional[_Union[Image, _Mapping]] = ..., image: _Optional[_Union[Image, _Mapping]] = ..., model: _Optional[_Union[MotionModel, str]] = ..., init: _Optional[_Iterable[float]] = ..., levels: _Optional[int] = ..., template_mask: _Optional[_Union[Image, _Mapping]] = ..., image_mask: _Optional[_Union[Image, _Mapping]] = ..., robust: _Optional[_Union[RobustLoss, str]] = ..., photometric: _Optional[_Union[Photometric, str]] = ..., max_iterations: _Optional[int] = ..., tolerance: _Optional[float] = ..., time_budget_seconds: _Optional[float] = ...) -> None: ...
 
+class LevelCosts(_message.Message):
+    __slots__ = ("costs",)
+    COSTS_FIELD_NUMBER: _ClassVar[int]
+    costs: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, costs: _Optional[_Iterable[float]] = ...) -> None: ...
+
 class AlignResponse(_message.Message):
-    __slots__ = ("matrix", "inverse", "converged", "reason", "iterations", "rms_error", "zncc", "cost_history", "covariance")
+    __slots__ = ("matrix", "inverse", "converged", "reason", "iterations", "rms_error", "zncc", "cost_history", "covariance", "corner_covariance", "overlap", "gain", "bias", "model", "levels", "elapsed_seconds", "chart")
     MATRIX_FIELD_NUMBER: _ClassVar[int]
     INVERSE_FIELD_NUMBER: _ClassVar[int]
     CONVERGED_FIELD_NUMBER: _ClassVar[int]
@@ -283,6 +289,14 @@ class AlignResponse(_message.Message):
     ZNCC_FIELD_NUMBER: _ClassVar[int]
     COST_HISTORY_FIELD_NUMBER: _ClassVar[int]
     COVARIANCE_FIELD_NUMBER: _ClassVar[int]
+    CORNER_COVARIANCE_FIELD_NUMBER: _ClassVar[int]
+    OVERLAP_FIELD_NUMBER: _ClassVar[int]
+    GAIN_FIELD_NUMBER: _ClassVar[int]
+    BIAS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    LEVELS_FIELD_NUMBER: _ClassVar[int]
+    ELAPSED_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    CHART_FIELD_NUMBER: _ClassVar[int]
     matrix: _containers.RepeatedScalarFieldContainer[float]
     inverse: _containers.RepeatedScalarFieldContainer[float]
     converged: bool
@@ -290,6 +304,14 @@ class AlignResponse(_message.Message):
     iterations: _containers.RepeatedScalarFieldContainer[int]
     rms_error: float
     zncc: float
-    cost_history: _containers.RepeatedScalarFieldContainer[float]
+    cost_history: _containers.RepeatedCompositeFieldContainer[LevelCosts]
     covariance: Tensor
-    def __init__(self, matrix: _Optional[_Iterable[float]] = ..., inverse: _Optional[_Iterable[float]] = ..., converged: _Optional[bool] = ..., reason: _Optional[str] = ..., iterations: _Optional[_Iterable[int]] = ..., rms_error: _Optional[float] = ..., zncc: _Optional[float] = ..., cost_history: _Optional[_Iterable[float]] = ..., covariance: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+    corner_covariance: Tensor
+    overlap: float
+    gain: _containers.RepeatedScalarFieldContainer[float]
+    bias: _containers.RepeatedScalarFieldContainer[float]
+    model: MotionModel
+    levels: int
+    elapsed_seconds: float
+    chart: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, matrix: _Optional[_Iterable[float]] = ..., inverse: _Optional[_Iterable[float]] = ..., converged: _Optional[bool] = ..., reason: _Optional[str] = ..., iterations: _Optional[_Iterable[int]] = ..., rms_error: _Optional[float] = ..., zncc: _Optional[float] = ..., cost_history: _Optional[_Iterable[_Union[LevelCosts, _Mapping]]] = ..., covariance: _Optional[_Union[Tensor, _Mapping]] = ..., corner_covariance: _Optional[_Union[Tensor, _Mapping]] = ..., overlap: _Optional[float] = ..., gain: _Optional[_Iterable[float]] = ..., bias: _Optional[_Iterable[float]] = ..., model: _Optional[_Union[MotionModel, str]] = ..., levels: _Optional[int] = ..., elapsed_seconds: _Optional[float] = ..., chart: _Optional[_Iterable[float]] = ...) -> None: ...

@@ -1,0 +1,139 @@
+"""The Align RPC: equal to ``warpsvc.align`` in-process, deadlines stop the iterations, bad
+requests name their field. Skipped only while the library has no ``warpsvc.align``."""
+
+from __future__ import annotations
+
+import time
+
+import cv2
+import grpc
+import numpy as np
+import pytest
+
+import warpsvc
+from warpsvc.v1 import warp_pb2 as pb
+from warpsvc.v1 import warp_pb2_grpc
+from warpsvc_client import WarpClient, convert
+
+from interop.harness import inprocess_server
+
+pytestmark = pytest.mark.skipif(not hasattr(warpsvc, "align"), reason="warpsvc.align does not exist yet")
+
+
+def scene(seed: int, shape=(120, 160)) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    img = cv2.GaussianBlur(rng.random(shape), (0, 0), 3.0)
+    return ((img - img.min()) / (img.max() - img.min()) * 255).astype(np.float32)
+
+
+IMAGE = scene(21)
+TEMPLATE = np.ascontiguousarray(IMAGE[20:100, 30:130])
+INIT = np.array([[1.0, 0.0, -28.0], [0.0, 1.0, -18.5], [0.0, 0.0, 1.0]])
+
+
+@pytest.fixture(scope="module")
+def server():
+    with inprocess_server() as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    with WarpClient(f"127.0.0.1:{server.port}", timeout=30) as c:
+        yield c
+
+
+def _same(remote, local):
+    np.testing.assert_array_equal(remote.matrix, local.matrix)
+    np.testing.assert_array_equal(remote.inverse, local.inverse)
+    assert (remote.converged, remote.reason, remote.iterations) == (local.converged, local.reason, local.iterations)
+    assert remote.rms_error == local.rms_error and remote.zncc == local.zncc
+    assert remote.cost_history == tuple(tuple(float(c) for c in lv) for lv in local.cost_history)
+    assert (remote.model, remote.levels, remote.overlap) == (local.model, local.levels, local.overlap)
+    for name in ("covariance", "corner_covariance", "chart"):
+        a, b = getattr(remote, name), getattr(local, name)
+        assert (a is None) == (b is None)
+        if a is not None:
+            np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("model", ["translation", "euclidean", "similarity", "affine", "homography"])
+def test_align_equals_library(client, model):
+    remote = client.align(TEMPLATE, IMAGE, model, init=INIT)
+    local = warpsvc.align(TEMPLATE, IMAGE, model, init=INIT)
+    assert isinstance(remote, type(local))
+    _same(remote, local)
+    assert remote.converged
+    np.testing.assert_allclose(remote.matrix[:2, 2], [-30.0, -20.0], atol=0.01)
+
+
+def test_align_options_and_encoded_inputs(client):
+    tmpl8 = np.clip(TEMPLATE, 0, 255).astype(np.uint8)
+    img8 = np.clip(IMAGE, 0, 255).astype(np.uint8)
+    mask = np.ones(TEMPLATE.shape, bool)
+    mask[:10] = False
+    kwargs = dict(init=INIT, levels=2, template_mask=mask, robust="huber", photometric="gain_bias",
+                  max_iterations=30, tolerance=1e-3)
+    remote = client.align(cv2.imencode(".png", tmpl8)[1].tobytes(), cv2.imencode(".png", img8)[1].tobytes(),
+                          "affine", **kwargs)
+    local = warpsvc.align(tmpl8, img8, "affine", **{**kwargs, "template_mask": mask.astype(np.uint8)})
+    _same(remote, local)
+    assert len(remote.gain) == 1 and remote.levels == 2
+
+
+def test_deadline_reaches_the_alignment_as_should_stop(monkeypatch):
+    """The servicer hands the library a ``should_stop`` built from the call's deadline: a slow
+    alignment ends soon after the deadline and frees its handler thread."""
+    real = warpsvc.align
+    polls = []
+
+    def slow_align(template, image, *args, should_stop=None, **kwargs):
+        t0 = time.perf_counter()
+        while not should_stop():  # what the Gauss-Newton loop does between iterations
+            polls.append(time.perf_counter() - t0)
+            assert polls[-1] < 10, "should_stop never turned true"
+            time.sleep(0.01)
+        return real(template, image, *args, max_iterations=1, **kwargs)
+
+    monkeypatch.setattr(warpsvc, "align", slow_align)
+    with inprocess_server(threads=1) as srv, WarpClient(f"127.0.0.1:{srv.port}", retries=1) as client:
+        t0 = time.perf_counter()
+        with pytest.raises(grpc.RpcError) as info:
+            client.align(TEMPLATE, IMAGE, "affine", init=INIT, timeout=0.3)
+        assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        # The only handler thread is free again right after: the alignment stopped.
+        out = client.warp(TEMPLATE, warpsvc.AffineTransform.identity(), timeout=5)
+        assert out.shape == TEMPLATE.shape
+        assert time.perf_counter() - t0 < 3
+    assert 0.15 < polls[-1] < 1.0
+
+
+def _tensor(arr) -> pb.Image:
+    return convert.image(arr)
+
+
+BAD = [
+    ("no-template", dict(template=None), "template"),
+    ("no-image", dict(image=None), "image"),
+    ("model-unknown", dict(model=42), "model"),
+    ("robust-unknown", dict(robust=9), "robust"),
+    ("photometric-unknown", dict(photometric=9), "photometric"),
+    ("init-7-values", dict(init=[1.0] * 7), "init"),
+    ("init-singular", dict(init=[0.0] * 9), "init"),
+    ("levels-negative", dict(levels=-1), "levels"),
+    ("iterations-negative", dict(max_iterations=-5), "max_iterations"),
+    ("tolerance-negative", dict(tolerance=-1.0), "tolerance"),
+    ("budget-nan", dict(time_budget_seconds=float("nan")), "time_budget_seconds"),
+    ("channels-differ", dict(image=_tensor(np.dstack([IMAGE, IMAGE]))), "image"),
+    ("mask-shape", dict(template_mask=_tensor(np.ones((5, 5), np.uint8))), "template_mask"),
+]
+
+
+@pytest.mark.parametrize("fields,field", [b[1:] for b in BAD], ids=[b[0] for b in BAD])
+def test_align_bad_request(server, fields, field):
+    request = pb.AlignRequest(**{"template": _tensor(TEMPLATE), "image": _tensor(IMAGE), **fields})
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        with pytest.raises(grpc.RpcError) as info:
+            warp_pb2_grpc.WarpServiceStub(channel).Align(request, timeout=10)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, info.value.details()
+    assert info.value.details().startswith(field + ":"), info.value.details()

@@ -1,0 +1,142 @@
+"""The server the way a user starts it: ``warpsvc serve`` as a subprocess."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import cv2
+import grpc
+import numpy as np
+import pytest
+
+import warpsvc
+from warpsvc import AffineTransform, HomographyTransform, PolarTransform
+from warpsvc_client import WarpClient
+
+from interop.harness import REPO, ServerProcess, wait_serving
+
+
+def healthcheck(target: str) -> int:
+    return subprocess.run([sys.executable, "-m", "warpsvc.healthcheck", target, "--timeout", "2"], cwd=REPO,
+                          capture_output=True, text=True).returncode
+
+
+@pytest.fixture(scope="module")
+def server():
+    with ServerProcess("--port", "0") as srv:
+        wait_serving(srv.target)
+        yield srv
+
+
+def test_every_rpc_over_the_cli_server_equals_library(server):
+    rng = np.random.default_rng(31)
+    img = cv2.GaussianBlur(rng.random((90, 120, 3)), (0, 0), 2).astype(np.float32)
+    t = HomographyTransform([[0.95, 0.05, 4.0], [-0.03, 1.02, 2.0], [2e-4, -1e-4, 1.0]])
+    polar = PolarTransform((60, 45), 40.0, (120, 60))
+    with WarpClient(server.target, timeout=20) as client:
+        np.testing.assert_array_equal(client.warp(img, t), warpsvc.warp(img, t))
+        png = cv2.imencode(".png", (img * 255).astype(np.uint8))[1].tobytes()
+        decoded = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_UNCHANGED)
+        np.testing.assert_array_equal(client.warp(png, polar), warpsvc.warp(decoded, polar))
+        np.testing.assert_array_equal(client.jacobian_determinant(polar.inverse(), (90, 120)),
+                                      warpsvc.jacobian_determinant(polar.inverse(), (90, 120)))
+        if hasattr(warpsvc, "align"):
+            tmpl = np.ascontiguousarray(img[10:80, 15:105])
+            init = np.array([[1, 0, -14.0], [0, 1, -9.0], [0, 0, 1]])
+            remote = client.align(tmpl, img, "affine", init=init)
+            np.testing.assert_array_equal(remote.matrix, warpsvc.align(tmpl, img, "affine", init=init).matrix)
+
+
+def test_healthcheck_module_exit_codes(server):
+    assert healthcheck(server.target) == 0
+    assert healthcheck("127.0.0.1:1") == 1  # nothing listens there
+
+
+def test_access_log_lines_are_structured(server):
+    with WarpClient(server.target) as client:
+        client.jacobian_determinant(AffineTransform.identity(), (4, 5))
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and not any('"out_px": 20,' in line for line in server.stderr):
+        time.sleep(0.05)
+    line = next(line for line in server.stderr if '"out_px": 20,' in line)
+    assert "warpsvc.access" in line and "/warpsvc.v1.WarpService/JacobianDeterminant" in line
+    assert '"status": "OK"' in line and '"in_px": 0' in line and '"ms":' in line
+
+
+def test_settings_from_environment_and_bad_flags():
+    with ServerProcess("--port", "0", env={"WARPSVC_MAX_OUTPUT_PIXELS": "100"}) as srv:
+        wait_serving(srv.target)
+        with WarpClient(srv.target) as client, pytest.raises(warpsvc.ImageTooLargeError) as info:
+            client.jacobian_determinant(AffineTransform.identity(), (11, 10))
+        assert info.value.field == "output_shape"
+    bad = subprocess.run([sys.executable, "-m", "warpsvc.cli", "serve", "--workers", "0"], cwd=REPO,
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "workers must be >= 1" in bad.stderr
+
+
+EXTRA = ()
+
+
+def _load(target: str, stop: threading.Event, results: list, image, transform) -> None:
+    with WarpClient(target, timeout=30, retries=1) as client:
+        while not stop.is_set():
+            t0 = time.monotonic()
+            try:
+                out = client.warp(image, transform, antialias=True)
+                results.append((t0, time.monotonic(), "OK", out.shape))
+            except grpc.RpcError as err:
+                results.append((t0, time.monotonic(), err.code().name, None))
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sigterm_under_load_loses_no_in_flight_call(workers):
+    """SIGTERM while 6 clients keep calls in flight: every call sent before the signal completes
+    OK (including those queued for a handler thread), the process exits 0."""
+    image = np.random.default_rng(32).random((500, 600)).astype(np.float32)
+    transform = AffineTransform.from_components(scale=(0.7, 0.8), rotation=0.3, translation=(20, 10))
+    with ServerProcess("--port", "0", "--workers", str(workers), "--grace-seconds", "20", *EXTRA) as srv:
+        wait_serving(srv.target)
+        stop, results = threading.Event(), []
+        threads = [threading.Thread(target=_load, args=(srv.target, stop, results, image, transform))
+                   for _ in range(6)]
+        for t in threads:
+            t.start()
+        while len([r for r in results if r[2] == "OK"]) < 6:
+            time.sleep(0.02)
+        t_signal = time.monotonic()
+        srv.signal(signal.SIGTERM)
+        assert srv.wait(30) == 0
+        stop.set()
+        for t in threads:
+            t.join(30)
+    before = [r for r in results if r[0] < t_signal - 0.05]
+    in_flight = [r for r in before if r[1] > t_signal]
+    assert before and all(r[2] == "OK" for r in before), [r[2] for r in before]
+    assert in_flight, "no call was in flight at SIGTERM: the test proved nothing"
+    # Calls sent after the signal are refused: UNAVAILABLE by the drain gate (retriable), or
+    # CANCELLED if one arrives at the instant gRPC stops (grpc/grpc#41785); never anything else.
+    odd = [(r[2], round(r[0] - t_signal, 3)) for r in results
+           if r[2] not in ("OK", "UNAVAILABLE") and not (r[2] == "CANCELLED" and r[0] > t_signal)]
+    assert not odd, odd
+    assert any("draining" in line for line in srv.stderr)
+
+
+def test_two_workers_share_the_port():
+    with ServerProcess("--port", "0", "--workers", "2") as srv:
+        wait_serving(srv.target)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and sum("serving on" in line for line in srv.stdout) < 2:
+            time.sleep(0.05)
+        lines = [line for line in srv.stdout if "serving on" in line]
+        assert len(lines) == 2 and len({line.split("pid ")[1].split(")")[0] for line in lines}) == 2
+        assert len({line.rsplit(":", 1)[1].split()[0] for line in lines}) == 1  # one port
+        with WarpClient(f"dns:///localhost:{srv.port}") as client:
+            img = np.arange(30 * 40, dtype=np.uint16).reshape(30, 40)
+            for _ in range(4):
+                np.testing.assert_array_equal(client.warp(img, AffineTransform.identity()), img)
+        srv.signal(signal.SIGINT)
+        assert srv.wait(30) == 0
