@@ -20,6 +20,14 @@ _DEFAULTS = AlignOptions()
 # Relative size of the smallest Hessian eigenvalue below which the template cannot constrain
 # the motion (flat, or texture in one direction only).
 MIN_RELATIVE_EIGENVALUE = 1e-9
+# Parameters of a sub-model as columns of a model's Jacobian at d = 0 (the charts agree there).
+SUBMODEL_COLUMNS = {
+    "translation": {},
+    "euclidean": {"translation": (1, 2)},
+    "similarity": {"translation": (2, 3)},
+    "affine": {"translation": (2, 5)},
+    "homography": {"translation": (2, 5), "affine": (0, 1, 2, 3, 4, 5)},
+}
 # The warm start only has to bring the template within the full model's reach.
 WARM_START_ITERATIONS = 15
 
@@ -102,16 +110,18 @@ def align(
 
     iterations, histories = [], []
     reason = CONVERGED
-    finest = None
+    finest = last = None
+    finest = build_level(0, t_pyr[0], i_pyr[0], opts.model, chart, photometric_on)
+    if not _well_posed(finest):
+        n_levels = 0  # nothing to solve: report the start
+        reason = FLAT_TEMPLATE
+        iterations, histories = [0] * len(t_pyr), [()] * len(t_pyr)
     for index in range(n_levels - 1, -1, -1):
-        lv = build_level(index, t_pyr[index], i_pyr[index], opts.model, chart, photometric_on)
-        if index == 0:
-            finest = lv
-        if not _well_posed(lv, full_check=index == 0):
+        lv = finest if index == 0 else build_level(index, t_pyr[index], i_pyr[index], opts.model, chart,
+                                                   photometric_on)
+        if lv.n_usable < 4 * lv.sd.shape[1]:
             iterations.append(0)
             histories.append(())
-            if index == 0:
-                reason = FLAT_TEMPLATE
             continue
         tol = opts.tolerance if index == 0 else opts.coarse_tolerance
         out = None
@@ -119,10 +129,7 @@ def align(
         if index == n_levels - 1 and n_levels > 1 and opts.search_radius:
             W = translation_search(lv, W, opts.search_radius, affine)
         for step_model in _level_models(opts, index, n_levels):
-            lm = lv if step_model == opts.model else build_level(index, t_pyr[index], i_pyr[index], step_model,
-                                                                  chart, photometric_on)
-            if lm is not lv and not _well_posed(lm, full_check=False):
-                continue
+            lm = lv if step_model == opts.model else lv.restrict(SUBMODEL_COLUMNS[opts.model][step_model])
             out = solve_level(lm, W, model=step_model, chart=chart, chart_inv=chart_inv, corners0=corners0,
                               affine=affine, robust=opts.robust, photometric=photometric_on,
                               max_iterations=opts.max_iterations, tolerance=tol, clock=clock,
@@ -145,9 +152,9 @@ def align(
             break
         if index == 0:
             reason = out.reason
-    if finest is None:
-        finest = build_level(0, t_pyr[0], i_pyr[0], opts.model, chart, photometric_on)
-    stats = final_statistics(finest, W, opts, affine, chart, corners0, sigma_floor)
+            last = out.last
+    stats = final_statistics(finest, W, opts, affine, chart, corners0, sigma_floor,
+                             last=last if reason == CONVERGED else None)
     converged = reason == CONVERGED
     if converged and stats.overlap < opts.min_overlap:
         converged, reason = False, INSUFFICIENT_OVERLAP
@@ -162,7 +169,7 @@ def align(
         matrix=matrix, inverse=inverse, converged=converged, reason=reason, iterations=tuple(iterations),
         rms_error=stats.rms, zncc=stats.zncc, cost_history=tuple(histories), covariance=stats.covariance,
         corner_covariance=stats.corner_covariance, overlap=stats.overlap, gain=tuple(stats.gain),
-        bias=tuple(stats.bias), model=opts.model, levels=n_levels, elapsed=clock.elapsed(), chart=chart,
+        bias=tuple(stats.bias), model=opts.model, levels=len(t_pyr), elapsed=clock.elapsed(), chart=chart,
     )
 
 

@@ -38,18 +38,22 @@ class FinalStats:
     corner_covariance: np.ndarray | None
 
 
-def final_statistics(lv: Level, W, opts, affine: bool, chart, corners0, sigma_floor) -> FinalStats:
+def final_statistics(lv: Level, W, opts, affine: bool, chart, corners0, sigma_floor, last=None) -> FinalStats:
+    """Statistics at ``W``; ``last`` (the residuals of the finest level's last accepted estimate,
+    which a converged level leaves within ``tolerance`` of ``W``) saves one more warp."""
     photometric = opts.photometric == "gain_bias"
-    ev = evaluate(lv, W, affine, opts.robust, photometric, None, None, sigma_floor)
-    if opts.robust is not None and ev.n_valid > 0:
-        ev = evaluate(lv, W, affine, opts.robust, photometric, ev.weights, None, sigma_floor)
+    ev = last
+    if ev is None:
+        ev = evaluate(lv, W, affine, opts.robust, photometric, None, None, sigma_floor)
+        if opts.robust is not None and ev.n_valid > 0:
+            ev = evaluate(lv, W, affine, opts.robust, photometric, ev.weights, None, sigma_floor)
     n_usable = lv.n_usable
     overlap = ev.n_valid / n_usable if n_usable else 0.0
     if ev.n_valid == 0:
         return FinalStats(float("nan"), float("nan"), overlap, ev.gain, ev.bias, None, None)
     e = ev.e.astype(np.float64)
     rms = float(np.sqrt(np.dot(e, e) / ev.n_valid))
-    zncc = _zncc(lv.template, ev.warped, ev.valid)
+    zncc = _zncc(lv, ev)
     cov = corner_cov = None
     k = lv.sd.shape[1]
     if ev.n_valid > k:
@@ -61,16 +65,22 @@ def final_statistics(lv: Level, W, opts, affine: bool, chart, corners0, sigma_fl
     return FinalStats(rms, zncc, overlap, ev.gain, ev.bias, cov, corner_cov)
 
 
-def _zncc(template, warped, valid) -> float:
-    c = template.shape[2]
-    v = valid.reshape(-1, c)
-    t = np.where(v, template.reshape(-1, c), 0.0).astype(np.float64)
-    iw = np.where(v, warped.reshape(-1, c), 0.0).astype(np.float64)
-    n = np.maximum(v.sum(0), 1)
-    t = np.where(v, t - t.sum(0) / n, 0.0)
-    iw = np.where(v, iw - iw.sum(0) / n, 0.0)
-    den = np.sqrt((t * t).sum() * (iw * iw).sum())
-    return float((t * iw).sum() / den) if den > 0 else float("nan")
+def _zncc(lv: Level, ev) -> float:
+    """Zero-normalised correlation of template and aligned image over the valid elements, with
+    per-channel means removed (from the residuals: the aligned image is ``T + e`` there, up to
+    the gain/bias map, which the correlation ignores)."""
+    c = lv.shape[2]
+    t0 = np.where(ev.valid, lv.tflat, np.float32(0)).reshape(-1, c).astype(np.float64)
+    i0 = t0 + ev.e.reshape(-1, c)
+    n = ev.valid.reshape(-1, c).sum(0)
+    st, si = t0.sum(0), i0.sum(0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mt, mi = np.where(n > 0, st / np.maximum(n, 1), 0.0), np.where(n > 0, si / np.maximum(n, 1), 0.0)
+    num = float((t0 * i0).sum() - (n * mt * mi).sum())
+    vt = float((t0 * t0).sum() - (n * mt * mt).sum())
+    vi = float((i0 * i0).sum() - (n * mi * mi).sum())
+    den = np.sqrt(max(vt, 0.0) * max(vi, 0.0))
+    return float(num / den) if den > 0 else float("nan")
 
 
 def _sandwich(lv: Level, ev, H, k):

@@ -61,6 +61,7 @@ residuals of neighbouring pixels are correlated, so the middle of the sandwich
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -120,6 +121,7 @@ class LevelOutcome:
     reason: str
     iterations: int
     costs: list = field(default_factory=list)
+    last: "Evaluation | None" = None  # residuals at the last accepted estimate
 
 
 def warp_to_template(image: np.ndarray, W: np.ndarray, shape, affine: bool) -> np.ndarray:
@@ -249,6 +251,8 @@ class Stepper:
         self.model, self.chart, self.chart_inv = model, chart, chart_inv
         self.corners0 = corners0  # (4, 3) homogeneous template corners, level-0 pixels
         self.corners_u = corners0 @ chart.T  # (4, 3) in the chart
+        self.corner_list = corners0.tolist()
+        self.corner_u_list = [(u / w, v / w) for u, v, w in self.corners_u.tolist()]
         self.scale = scale  # level pixels per chart unit
         self.keep_affine = model != "homography"
 
@@ -263,17 +267,24 @@ class Stepper:
 
     def ok(self, W) -> bool:
         """Finite, orientation-preserving at every template corner (nothing folds or flips)."""
-        if W is None or not np.all(np.isfinite(W)):
+        if W is None:
             return False
-        if np.any(self.corners0 @ W[2] <= 0):
-            return False
-        return det3(W) > 0
+        a, b, c = W[2].tolist()
+        for x, y, _ in self.corner_list:
+            w = a * x + b * y + c
+            if not w > 0:  # also catches NaN
+                return False
+        det = det3(W)
+        return det > 0 and math.isfinite(det)
 
     def size(self, m) -> float:
         """Largest motion (level pixels) of a template corner under ``M``."""
-        q = self.corners_u @ m.T
-        moved = q[:, :2] / q[:, 2:3]
-        return float(np.abs(moved - self.corners_u[:, :2]).max() * self.scale)
+        (m00, m01, m02), (m10, m11, m12), (m20, m21, m22) = m.tolist()
+        worst = 0.0
+        for u, v in self.corner_u_list:
+            w = m20 * u + m21 * v + m22
+            worst = max(worst, abs((m00 * u + m01 * v + m02) / w - u), abs((m10 * u + m11 * v + m12) / w - v))
+        return worst * self.scale
 
     def propose(self, base, H, g, lam, n_params):
         """Damped step from ``base``: raise ``lam`` until the warp stays valid. ``(W, size, lam)``."""
@@ -305,6 +316,7 @@ def solve_level(lv: Level, W0: np.ndarray, *, model: str, chart: np.ndarray, cha
     it = 0
     reason = MAX_ITERATIONS
     W = W0
+    prev_size = None
     while it < max_iterations:
         stop = clock.stop_reason()
         if stop is not None:
@@ -331,14 +343,24 @@ def solve_level(lv: Level, W0: np.ndarray, *, model: str, chart: np.ndarray, cha
         if W is None:
             reason = DEGENERATE_WARP if accepted else NO_PROGRESS
             break
-        if accepted and size < tolerance:
+        if accepted and (size < tolerance or _remaining(size, prev_size, lam) < tolerance):
             reason = CONVERGED
             break
+        prev_size = size if accepted and lam == 0.0 else None
     if reason != CONVERGED and best is not None:
         W = best[0]
     elif W is None:
         W = W0
-    return LevelOutcome(W, reason, it, costs)
+    return LevelOutcome(W, reason, it, costs, None if best is None else best[1])
+
+
+def _remaining(size, prev_size, lam) -> float:
+    """Distance left to the fixed point if the steps keep shrinking at their last ratio (a
+    geometric tail ``size * r / (1 - r)``); ``inf`` when that cannot be judged yet."""
+    if prev_size is None or lam != 0.0 or prev_size <= 0:
+        return float("inf")
+    r = size / prev_size
+    return size * r / (1.0 - r) if r < 0.5 else float("inf")
 
 
 def translation_search(lv: Level, W: np.ndarray, radius: int, affine: bool) -> np.ndarray:

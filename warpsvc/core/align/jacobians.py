@@ -87,5 +87,5 @@ def point_covariance(image_from_template, chart, model, covariance, xy) -> np.nd
     dwdx = (m[None, :2, :2] - y[:, :, None] * m[None, None, 2, :2]) / w[:, None, None]
     u = pts @ chart[:2, :2].T + chart[:2, 2]
     jx, jy = warp_jacobian(model, u)
-    g = chart_scale(chart) * np.einsum("nij,njp->nip", dwdx, np.stack([jx, jy], axis=1))  # (N, 2, P)
-    return np.einsum("nip,pq,njq->nij", g, covariance, g)
+    g = chart_scale(chart) * np.matmul(dwdx, np.stack([jx, jy], axis=1))  # (N, 2, P)
+    return np.matmul(np.matmul(g, covariance), np.swapaxes(g, 1, 2))  # (N, 2, 2)

@@ -48,6 +48,15 @@ class AlignOptions:
     min_zncc : a result is ``converged`` only if the aligned images correlate at least this much.
     min_overlap : a result is ``converged`` only if at least this fraction of the usable
         template pixels lands inside the image.
+    coarse_tolerance : level pixels; coarse levels also stop at the first step that does not
+        lower the cost.
+    min_level_side, auto_max_levels : how ``levels="auto"`` picks the pyramid depth (the
+        minimum side doubles with a robust loss).
+    warm_start : ``"translation"`` (or ``None``): solve a translation first at the coarsest level.
+    coarsest_model : for ``model="homography"``, the model solved at the coarsest level
+        (``"affine"``: a dozen-pixel template does not determine perspective terms).
+    search_radius : coarsest-level pixels of the exhaustive ZNCC translation search that
+        starts the pyramid (0 = off).
     """
 
     model: str = "homography"
@@ -90,6 +99,13 @@ class AlignOptions:
         _number_in(self.min_overlap, 0.0, 1.0, "min_overlap")
         _int_in(self.min_level_side, 4, 1 << 20, "min_level_side")
         _int_in(self.auto_max_levels, 1, MAX_LEVELS, "auto_max_levels")
+        if self.warm_start not in (None, "translation"):
+            raise InvalidArgumentError(f"warm_start must be None or 'translation', got {self.warm_start!r}",
+                                       field="warm_start")
+        if self.coarsest_model not in ("affine", "homography"):
+            raise InvalidArgumentError(
+                f"coarsest_model must be 'affine' or 'homography', got {self.coarsest_model!r}", field="coarsest_model")
+        _int_in(self.search_radius, 0, 64, "search_radius")
         return self
 
     def replace(self, **changes) -> "AlignOptions":

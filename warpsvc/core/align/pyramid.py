@@ -93,6 +93,15 @@ class Level:
     tflat: np.ndarray        # (h*w*C,) float32 template, NaN where not usable
     n_usable: int
 
+    def restrict(self, cols) -> "Level":
+        """The same level for a sub-model whose parameters are the columns ``cols`` of this
+        one's (e.g. translation = homography columns 2 and 5 at ``d = 0``); photometric
+        columns are kept."""
+        keep = list(cols) + list(range(self.n_params, self.sd.shape[1]))
+        sd = np.ascontiguousarray(self.sd[:, keep])
+        return Level(self.index, self.factor, self.template, self.image, self.usable, sd,
+                     self.hessian[np.ix_(keep, keep)], len(cols), self.tflat, self.n_usable)
+
     @property
     def shape(self):
         return self.template.shape
