@@ -94,6 +94,7 @@ def test_bad_images_are_rejected(image, fragment):
     (dict(antialias="yes"), "antialias"),
     (dict(border_value=float("nan")), "border_value"),
     (dict(border_value="x"), "border_value"),
+    (dict(antialias=True, interpolation="cubic"), "interpolation"),
 ])
 def test_bad_options_are_rejected(kwargs, field):
     with pytest.raises(InvalidArgumentError) as exc:

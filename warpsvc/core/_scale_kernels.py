@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import math
 
-from numba import njit
+from ._compiled import compiled
 
 
-@njit(cache=True, fastmath=True)
+@compiled(fastmath=True)
 def scale_by_projective_det(src, m, det_m, out):
     """``out[y, x, c] = src[y, x, c] * |det M| / |w(x, y)|^3``; 0 where ``w = 0``."""
     h, w, c = src.shape
@@ -29,7 +29,7 @@ def scale_by_projective_det(src, m, det_m, out):
                 out[i, j, ch] = src[i, j, ch] * f
 
 
-@njit(cache=True)
+@compiled()
 def outer_maps(row_cos, row_sin, radius, cx, cy, mx, my):
     """``mx[i, j] = float32(radius[j] * row_cos[i] + cx)`` (and ``my`` with ``row_sin``, ``cy``):
     the polar -> Cartesian sampling maps, computed in double and rounded once, as OpenCV does."""

@@ -17,14 +17,14 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit
+from ._compiled import compiled
 
 PAD = 2
 BLOCK = 32
 GUARD = 4
 
 
-@njit(cache=True, inline="always")
+@compiled(inline="always")
 def _tent_cdf(t):
     if t <= -1.0:
         return 0.0
@@ -35,7 +35,7 @@ def _tent_cdf(t):
     return 1.0 - 0.5 * (1.0 - t) * (1.0 - t)
 
 
-@njit(cache=True, inline="always")
+@compiled(inline="always")
 def _triangle_shares(p, half, shares):
     """Integrals of a unit-mass triangle (centre ``p``, half-width ``half <= 1``) over pixels
     ``i0, i0 + 1, i0 + 2`` (pixel ``i`` spans ``[i - 1/2, i + 1/2]``); returns ``i0``."""
@@ -48,7 +48,7 @@ def _triangle_shares(p, half, shares):
     return i0
 
 
-@njit(cache=True, inline="always")
+@compiled(inline="always")
 def _deposit(acc, px, py, hx, hy, value, scale, wx, wy):
     """Add ``value * scale`` (per channel) at ``(px, py)`` with triangle footprints."""
     ix0 = _triangle_shares(px, hx, wx)
@@ -67,7 +67,7 @@ def _deposit(acc, px, py, hx, hy, value, scale, wx, wy):
                 acc[yy, xx, ch] += value[ch] * wgt
 
 
-@njit(cache=True, inline="always")
+@compiled(inline="always")
 def _node_value(src, sx, sy, value):
     """Bilinear value of the padded source at source point ``(sx, sy)``; False if all zero."""
     x0 = math.floor(sx)
@@ -93,7 +93,7 @@ def _node_value(src, sx, sy, value):
     return nonzero
 
 
-@njit(cache=True)
+@compiled()
 def tent_sums(blocks, h, w, sums):
     """``sums[j] = sum over nodes n of tent(n - j) / m_n^2`` (padded layout); 1 where the lattice
     is uniform, different only where neighbouring blocks use different ``m``."""
@@ -114,7 +114,7 @@ def tent_sums(blocks, h, w, sums):
                         sums[r + 1, c + 1] += fy * fx * area
 
 
-@njit(cache=True, fastmath=True)
+@compiled(fastmath=True)
 def scatter_matrix(src, blocks, h, w, mat, acc):
     """Fused scatter for a projective ``dst_from_src`` matrix ``mat (3, 3)`` (``w > 0`` side).
 
@@ -153,7 +153,7 @@ def scatter_matrix(src, blocks, h, w, mat, acc):
                         _deposit(acc, px, py, hx, hy, value, area, wx, wy)
 
 
-@njit(cache=True)
+@compiled()
 def list_nodes(blocks, h, w, out_xy, out_m):
     """Write the node coordinates of ``blocks`` (in scatter order) into ``out_xy (N, 2)``."""
     n = 0
@@ -171,7 +171,7 @@ def list_nodes(blocks, h, w, out_xy, out_m):
     return n
 
 
-@njit(cache=True, fastmath=True)
+@compiled(fastmath=True)
 def scatter_points(src, node_xy, node_m, pos, rows, acc):
     """Generic scatter: node ``k`` at source ``node_xy[k]`` lands at ``pos[k]`` with Jacobian
     row norms ``rows[k]`` (precomputed by the transform in numpy)."""

@@ -142,6 +142,10 @@ def warp(
     check_choice(intensity, INTENSITIES, "intensity")
     if not isinstance(antialias, (bool, np.bool_)):
         raise InvalidArgumentError(f"antialias must be a bool, got {antialias!r}", field="antialias")
+    if antialias and interpolation != "linear":
+        raise InvalidArgumentError(
+            f"antialias integrates the linear (tent) source model; interpolation must be 'linear', "
+            f"got {interpolation!r}", field="interpolation")
     try:
         bv = float(border_value)
     except (TypeError, ValueError):
