@@ -7,6 +7,7 @@ import pytest
 from scipy import ndimage as ndi
 from skimage import data
 
+from tests.oracles import point_field, shrink3_homography, supersampled_reference, window_flux
 from tests.test_warp_opencv import NotAMatrix
 from tests.tolerances import LOCAL_CONSERVATION_RTOL, SUPERSAMPLED_RMSE_FRACTION, TOTAL_CONSERVATION_RTOL
 from warpsvc import AffineTransform, HomographyTransform, PolarTransform, compose, jacobian_determinant, warp
@@ -62,26 +63,6 @@ def test_antialiased_total_is_conserved(name):
     assert abs(out.sum() / img.sum() - 1) <= 1e-9
 
 
-def point_field(shape=(600, 600), step=24, margin=20, flux=1000.0):
-    img = np.zeros(shape)
-    ys, xs = np.mgrid[margin:shape[0] - margin:step, margin:shape[1] - margin:step]
-    img[ys, xs] = flux
-    return img, np.column_stack([xs.ravel(), ys.ravel()]).astype(np.float64)
-
-
-def shrink3_homography(n=600):
-    corners = np.array([[0, 0], [n - 1, 0], [n - 1, n - 1], [0, n - 1]], float)
-    return HomographyTransform.from_points(corners, [[10, 20], [190, 10], [200, 215], [5, 190]])
-
-
-def window_flux(out, pos, half=3):
-    sums = []
-    for px, py in pos:
-        ix, iy = int(round(px)), int(round(py))
-        sums.append(out[iy - half:iy + half + 1, ix - half:ix + half + 1].sum())
-    return np.asarray(sums)
-
-
 def test_local_conservation_point_sources_homography_shrinking_3x():
     img, src_pts = point_field()
     t = shrink3_homography()
@@ -113,23 +94,6 @@ def test_matrix_and_generic_paths_agree():
     fast = warp(img, t, (230, 230), intensity="conserve", antialias=True)
     generic = warp(img, NotAMatrix(t), (230, 230), intensity="conserve", antialias=True)
     np.testing.assert_allclose(fast, generic, rtol=1e-9, atol=1e-9)
-
-
-def supersampled_reference(img, t, shape, n=16):
-    """Oracle: mean over n x n sub-positions z of each output pixel of f(T^-1 z) |det J_T^-1(z)|,
-    f the bilinear model with zeros outside (scipy ``grid-constant``)."""
-    inv = t.inverse()
-    ho, wo = shape
-    out = np.zeros(shape)
-    sub = (np.arange(n) + 0.5) / n - 0.5
-    for r in range(ho):
-        ys, xs = np.meshgrid(r + sub, np.arange(wo)[:, None] + sub[None, :], indexing="ij")
-        pts = np.column_stack([xs.ravel(), ys.ravel()])
-        src = inv.map(pts)
-        det = np.abs(inv.jacobian_determinant(pts))
-        v = ndi.map_coordinates(img, [src[:, 1], src[:, 0]], order=1, mode="grid-constant", cval=0.0)
-        out[r] = (v * det).reshape(n, wo, n).mean(axis=(0, 2))
-    return out
 
 
 @pytest.mark.parametrize("content", ["points", "camera"])
