@@ -37,11 +37,12 @@ import warnings
 import numpy as np
 
 from . import _splat_kernels as k
-from .transforms import Transform
+from .transforms import AffineTransform, Transform, compose
 
 OVERSAMPLING = 1.5  # m = ceil(1.5 s): 1 node per pixel for shrinks >= 1.5x; moire < 0.3 % when rotating
 MAX_NODES_PER_PIXEL_AXIS = 64
 CHUNK_NODES = 1 << 21  # nodes per generic-path chunk (bounds memory)
+STRIP_ELEMENTS = 1 << 24  # accumulator elements per output strip (128 MiB of float64)
 
 
 def _block_grid(h: int, w: int):
@@ -58,9 +59,9 @@ def _block_samples(by, bx, n: int):
     return (origins[:, None, :] + offs[None]).reshape(-1, 2), len(offs)
 
 
-def block_factors(dst_from_src: Transform, h: int, w: int, out_shape):
-    """``(blocks (nb, 3) int64, visible (nb,) bool)``: origin row, origin column and ``m`` of
-    every block, and whether its image can touch the output (``m`` is 1 where it cannot)."""
+def block_layout(dst_from_src: Transform, h: int, w: int) -> dict:
+    """Blocks of source pixels: origins, node factor ``m`` and the bounding box of each block's
+    image (sampled on a 3x3 grid; ``finite`` is False where a horizon crosses the block)."""
     by, bx = _block_grid(h, w)
     pts, per = _block_samples(by, bx, 3)
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
@@ -69,20 +70,24 @@ def block_factors(dst_from_src: Transform, h: int, w: int, out_shape):
     jac = np.nan_to_num(jac, nan=0.0, posinf=0.0, neginf=0.0)
     stretch = np.linalg.svd(jac, compute_uv=False)[:, 0].reshape(-1, per).max(axis=1)
     m = np.clip(np.ceil(OVERSAMPLING * stretch), 1, MAX_NODES_PER_PIXEL_AXIS).astype(np.int64)
-    ho, wo = out_shape
     y = y.reshape(-1, per, 2)
     finite = np.isfinite(y).all(axis=2)
-    big = np.where(finite[..., None], y, np.nan)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows: blocks beyond a horizon
-        lo, hi = np.nanmin(big, axis=1), np.nanmax(big, axis=1)
-    margin = 2.0 * k.BLOCK * np.maximum(stretch, 1.0)[:, None]
-    visible = ~((hi < -margin).any(1) | (lo[:, 0] > wo + margin[:, 0]) | (lo[:, 1] > ho + margin[:, 0]))
-    visible |= ~finite.all(axis=1)  # a horizon crosses the block: keep it
-    m = np.where(visible, m, 1)
+        lo = np.nanmin(np.where(finite[..., None], y, np.nan), axis=1)
+        hi = np.nanmax(np.where(finite[..., None], y, np.nan), axis=1)
     gx, gy = np.meshgrid(bx, by)
-    blocks = np.stack([gy.ravel(), gx.ravel(), m], 1).astype(np.int64)
-    return blocks, visible
+    return {"origins": np.stack([gy.ravel(), gx.ravel()], 1).astype(np.int64), "m": m, "lo": lo, "hi": hi,
+            "finite": finite.all(axis=1), "margin": 2.0 * k.BLOCK * np.maximum(stretch, 1.0)}
+
+
+def blocks_visible(layout: dict, rows: tuple[int, int], cols: tuple[int, int]) -> np.ndarray:
+    """Blocks whose image can touch output rows ``[r0, r1)`` x columns ``[c0, c1)``."""
+    lo, hi, margin = layout["lo"], layout["hi"], layout["margin"]
+    with np.errstate(invalid="ignore"):
+        far = ((hi[:, 0] < cols[0] - margin) | (lo[:, 0] > cols[1] + margin)
+               | (hi[:, 1] < rows[0] - margin) | (lo[:, 1] > rows[1] + margin))
+    return ~far | ~layout["finite"]  # a horizon crosses the block: keep it
 
 
 def scatter(image: np.ndarray, dst_from_src: Transform, out_shape, *, with_coverage: bool = True, row_period=None):
@@ -91,7 +96,8 @@ def scatter(image: np.ndarray, dst_from_src: Transform, out_shape, *, with_cover
     Returns ``flux (Ho, Wo, C) float64`` (the integral of the source model over each output
     pixel's preimage) and ``coverage (Ho, Wo) float64`` (the same for an all-ones image; ``None``
     unless ``with_coverage``). ``row_period`` (a polar output's angle axis) folds deposits that
-    fall beyond the first or last row back onto the other end.
+    fall beyond the first or last row back onto the other end. Large outputs are accumulated
+    in row strips (each reading the blocks whose image can reach it) to bound memory.
     """
     h, w, c = image.shape
     ho, wo = out_shape
@@ -101,15 +107,32 @@ def scatter(image: np.ndarray, dst_from_src: Transform, out_shape, *, with_cover
     src[pad:pad + h, pad:pad + w, :c] = image
     if with_coverage:
         src[pad:pad + h, pad:pad + w, c] = 1.0
-    blocks, visible = block_factors(dst_from_src, h, w, out_shape)
+    layout = block_layout(dst_from_src, h, w)
+    visible = blocks_visible(layout, (0, ho), (0, wo))
+    blocks = np.column_stack([layout["origins"], np.where(visible, layout["m"], 1)])
     if len(np.unique(blocks[:, 2])) > 1:
         sums = np.zeros(src.shape[:2])
         k.tent_sums(blocks, h, w, sums)
         inside = sums > 0
         src[inside] /= sums[inside][:, None]
-    blocks = np.ascontiguousarray(blocks[visible])
     g = k.GUARD
-    acc = np.zeros((ho + 2 * g, wo + 2 * g, nch))
+    periodic = row_period is not None and row_period == ho
+    strip = ho if periodic else max(64, STRIP_ELEMENTS // ((wo + 2 * g) * nch))
+    out = np.empty((ho, wo, nch))
+    for r0 in range(0, ho, strip):
+        r1 = min(ho, r0 + strip)
+        in_strip = visible if (r0, r1) == (0, ho) else visible & blocks_visible(layout, (r0, r1), (0, wo))
+        strip_from_src = dst_from_src if r0 == 0 else compose(dst_from_src, AffineTransform([[1, 0, 0], [0, 1, -r0]]))
+        acc = np.zeros((r1 - r0 + 2 * g, wo + 2 * g, nch))
+        _scatter_blocks(src, np.ascontiguousarray(blocks[in_strip]), h, w, strip_from_src, acc)
+        if periodic:
+            acc[ho:ho + g] += acc[:g]  # rows -g..-1 are rows ho-g..ho-1
+            acc[g:2 * g] += acc[ho + g:]  # rows ho..ho+g-1 are rows 0..g-1
+        out[r0:r1] = acc[g:-g, g:-g]
+    return out[:, :, :c], (out[:, :, c] if with_coverage else None)
+
+
+def _scatter_blocks(src, blocks, h, w, dst_from_src, acc):
     if dst_from_src.is_matrix():
         mat = np.array(dst_from_src.matrix, dtype=np.float64)
         centre = np.array([(w - 1) / 2, (h - 1) / 2, 1.0])
@@ -118,11 +141,6 @@ def scatter(image: np.ndarray, dst_from_src: Transform, out_shape, *, with_cover
         k.scatter_matrix(src, blocks, h, w, mat, acc)
     else:
         _scatter_generic(src, blocks, h, w, dst_from_src, acc)
-    if row_period is not None and row_period == ho:
-        acc[ho:ho + g] += acc[:g]  # rows -g..-1 are rows ho-g..ho-1
-        acc[g:2 * g] += acc[ho + g:]  # rows ho..ho+g-1 are rows 0..g-1
-    acc = acc[g:-g, g:-g]
-    return acc[:, :, :c], (acc[:, :, c] if with_coverage else None)
 
 
 def _scatter_generic(src, blocks, h, w, dst_from_src, acc):
