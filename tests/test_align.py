@@ -333,3 +333,63 @@ def test_result_is_frozen(camera):
     with pytest.raises(AttributeError):
         result.converged = False
     assert len(result.cost_history) == len(result.iterations) == result.levels
+
+
+# -- covariance ------------------------------------------------------------------------------
+
+def test_covariance_is_symmetric_positive_definite(camera):
+    rng = np.random.default_rng(11)
+    truth = true_warp("homography")
+    template = cut(camera, truth) + rng.normal(0, 4, TEMPLATE).astype(np.float32)
+    result = align(template, camera, "homography", start())
+    cov = result.covariance
+    assert cov.shape == (8, 8)
+    assert np.allclose(cov, cov.T)
+    assert np.all(np.linalg.eigvalsh(cov) > 0)
+    assert result.corner_covariance.shape == (4, 2, 2)
+    assert np.allclose(result.point_covariance(corners()), result.corner_covariance)
+
+
+def test_covariance_matches_the_scatter_of_noisy_estimates(camera):
+    """Monte Carlo: 40 noisy trials; the squared Mahalanobis distance of the true corners has
+    mean 2 (chi-square, 2 dof) when the covariance is right. Accept [1.2, 3.2]."""
+    rng = np.random.default_rng(5)
+    truth = true_warp("affine")
+    clean = cut(camera, truth)
+    c = corners()
+    d2 = []
+    for _ in range(40):
+        template = clean + rng.normal(0, 8, TEMPLATE).astype(np.float32)
+        image = camera + rng.normal(0, 8, camera.shape).astype(np.float32)
+        result = align(template, image, "affine", start())
+        err = map_points(result.inverse, c) - map_points(truth, c)
+        cov = result.corner_covariance
+        d2.extend(np.einsum("ni,nij,nj->n", err, np.linalg.inv(cov), err))
+    assert 1.2 < float(np.mean(d2)) < 3.2
+
+
+def test_covariance_shrinks_with_less_noise(camera):
+    truth = true_warp("affine")
+    clean = cut(camera, truth)
+    spreads = []
+    for sigma in (2.0, 8.0):
+        rng = np.random.default_rng(9)
+        result = align(clean + rng.normal(0, sigma, TEMPLATE).astype(np.float32), camera, "affine", start())
+        spreads.append(np.trace(result.covariance))
+    assert spreads[0] < spreads[1] / 4
+
+
+def test_sub_model_jacobian_columns_match_motion_model():
+    """The hot loop's chart Jacobians equal MotionModel.jacobian_params at d = 0, and the
+    sub-model columns used by the coarse schedule are the sub-model's Jacobian."""
+    from warpsvc.core.align.api import SUBMODEL_COLUMNS
+    from warpsvc.core.align.jacobians import warp_jacobian
+
+    u = np.random.default_rng(2).uniform(-1, 1, (50, 2))
+    for model in warpsvc.MODELS:
+        jx, jy = warp_jacobian(model, u)
+        ref = warpsvc.MotionModel(model).jacobian_params(np.zeros(jx.shape[1]), u)
+        assert np.allclose(np.stack([jx, jy], axis=1), ref, atol=1e-12)
+        for sub, cols in SUBMODEL_COLUMNS[model].items():
+            sx, sy = warp_jacobian(sub, u)
+            assert np.allclose(jx[:, list(cols)], sx, atol=1e-12) and np.allclose(jy[:, list(cols)], sy, atol=1e-12)
