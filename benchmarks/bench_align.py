@@ -34,7 +34,8 @@ failure at the start point.
 sigma = 4 px, start at the identity: warpsvc vs ECC multi-scale time and error.
 
 Timing: ``cv2.setNumThreads(--threads)`` (1 by default: the server runs one single-threaded
-OpenCV per process), a warm-up of 5 trials per method, then every trial timed with
+OpenCV per process) and ``OPENBLAS_NUM_THREADS=1`` (set before numpy loads; multi-threaded BLAS
+on 8x8 systems and 10^4-row products only adds hand-off cost), a warm-up of 5 trials per method, then every trial timed with
 ``perf_counter`` around the single call; methods alternate trial by trial so load changes hit
 all equally. Means and medians are reported; ratios are warpsvc / anchor in the same run.
 Output: JSON (``--json``) and a markdown table on stdout (also saved next to the JSON).
@@ -44,15 +45,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import pathlib
 import platform
 import sys
 import time
 
-import cv2
-import numpy as np
-import scipy.io as sio
-from skimage import data
+# Single-threaded BLAS, like OpenCV below (cv2.setNumThreads): both sides get one core. Must be
+# set before numpy loads OpenBLAS; an explicit environment setting wins.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", os.environ.get("BENCH_BLAS_THREADS", "1"))
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+import scipy.io as sio  # noqa: E402
+from skimage import data  # noqa: E402
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 import warpsvc  # noqa: E402

@@ -111,14 +111,14 @@ def align(
     iterations, histories = [], []
     reason = CONVERGED
     finest = last = None
-    finest = build_level(0, t_pyr[0], i_pyr[0], opts.model, chart, photometric_on)
+    finest = build_level(0, t_pyr[0], i_pyr[0], opts.model, chart, photometric_on, opts.max_pixels)
     if not _well_posed(finest):
         n_levels = 0  # nothing to solve: report the start
         reason = FLAT_TEMPLATE
         iterations, histories = [0] * len(t_pyr), [()] * len(t_pyr)
     for index in range(n_levels - 1, -1, -1):
         lv = finest if index == 0 else build_level(index, t_pyr[index], i_pyr[index], opts.model, chart,
-                                                   photometric_on)
+                                                   photometric_on, opts.max_pixels)
         if lv.n_usable < 4 * lv.sd.shape[1]:
             iterations.append(0)
             histories.append(())

@@ -25,7 +25,7 @@ import numpy as np
 
 from .gauss_newton import evaluate, normal_equations
 from .jacobians import chart_scale, point_covariance
-from .pyramid import Level, _grid_jacobian
+from .pyramid import Level
 
 
 
@@ -101,10 +101,10 @@ def _debiased_hessian(lv: Level, ev, H, model, chart):
     var_t = template_noise_variance(lv.template)
     if var_t <= 0:
         return H, None
-    h, w, c = lv.shape
+    c = lv.shape[2]
     p = lv.n_params
-    jx, jy = _grid_jacobian(model, h, w, lv.factor, tuple(chart.ravel()))
-    pix = ev.valid.reshape(h * w, c).sum(axis=1).astype(np.float32)  # valid channels per pixel
+    jx, jy = lv.jx, lv.jy
+    pix = ev.valid.reshape(-1, c).sum(axis=1).astype(np.float32)  # valid channels per pixel
     scale = chart_scale(chart) / lv.factor
     energy = (jx.T @ (jx * pix[:, None]) + jy.T @ (jy * pix[:, None])).astype(np.float64)
     noise = np.zeros_like(H)

@@ -141,6 +141,30 @@ def warp_to_template(image: np.ndarray, W: np.ndarray, shape, affine: bool) -> n
     return outs[0] if len(outs) == 1 else np.concatenate(outs, axis=2)
 
 
+REMAP_ROW = 4096  # cv2.remap maps stay far below its 32767-pixel side limit
+
+
+def sample_points(image: np.ndarray, W: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """``I(W x)`` at homogeneous points ``(n, 3)``: ``(n, C)`` float32, NaN where missing."""
+    q = points @ W.T  # (n, 3)
+    n = len(points)
+    rows = -(-n // REMAP_ROW)
+    mx = np.full(rows * REMAP_ROW, -1e6, np.float32)
+    my = np.full(rows * REMAP_ROW, -1e6, np.float32)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mx[:n] = q[:, 0] / q[:, 2]
+        my[:n] = q[:, 1] / q[:, 2]
+    mx, my = mx.reshape(rows, REMAP_ROW), my.reshape(rows, REMAP_ROW)
+    c = image.shape[2]
+    outs = []
+    for i in range(0, c, 4):
+        ch = image[:, :, i:i + 4]
+        src = ch if ch.shape[2] > 1 else ch[:, :, 0]
+        o = cv2.remap(src, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=(NAN,) * 4)
+        outs.append(o.reshape(rows * REMAP_ROW, -1)[:n])
+    return outs[0] if len(outs) == 1 else np.concatenate(outs, axis=1)
+
+
 def robust_weights(e: np.ndarray, valid: np.ndarray, loss: str, sigma: float) -> np.ndarray:
     z = np.abs(e) / sigma
     if loss == "huber":
@@ -174,7 +198,10 @@ def evaluate(lv: Level, W0: np.ndarray, affine: bool, robust, photometric: bool,
     Wl = W0.copy()
     Wl[:2, 2] /= f
     Wl[2, :2] *= f
-    warped = warp_to_template(lv.image, Wl, lv.shape, affine)
+    if lv.points is None:
+        warped = warp_to_template(lv.image, Wl, lv.shape, affine)
+    else:
+        warped = sample_points(lv.image, Wl, lv.points)
     c = lv.shape[2]
     tflat = lv.tflat
     wflat = warped.reshape(-1)

@@ -57,6 +57,9 @@ class AlignOptions:
         (``"affine"``: a dozen-pixel template does not determine perspective terms).
     search_radius : coarsest-level pixels of the exhaustive ZNCC translation search that
         starts the pyramid (0 = off).
+    max_pixels : per level, use at most this many template pixels (those with the strongest
+        gradient) and sample the image only there; ``None`` = every pixel. Large templates
+        (a 640x480 frame) then cost about as much as a 140x140 one.
     """
 
     model: str = "homography"
@@ -75,6 +78,7 @@ class AlignOptions:
     warm_start: Optional[str] = "translation"
     coarsest_model: str = "affine"
     search_radius: int = 3
+    max_pixels: Optional[int] = 20_000
 
     def checked(self) -> "AlignOptions":
         """Return ``self`` after validating every field (raises ``InvalidArgumentError``)."""
@@ -106,6 +110,8 @@ class AlignOptions:
             raise InvalidArgumentError(
                 f"coarsest_model must be 'affine' or 'homography', got {self.coarsest_model!r}", field="coarsest_model")
         _int_in(self.search_radius, 0, 64, "search_radius")
+        if self.max_pixels is not None:
+            _int_in(self.max_pixels, 64, 1 << 31, "max_pixels", extra=" or None")
         return self
 
     def replace(self, **changes) -> "AlignOptions":

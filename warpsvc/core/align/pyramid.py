@@ -92,6 +92,9 @@ class Level:
     n_params: int            # P (motion parameters; the rest are photometric)
     tflat: np.ndarray        # (h*w*C,) float32 template, NaN where not usable
     n_usable: int
+    jx: np.ndarray = None    # (n, P) float32 chart Jacobians of the level's pixels (x and y rows)
+    jy: np.ndarray = None
+    points: np.ndarray = None  # (n, 3) homogeneous level pixels when only a subset is used, else None
 
     def restrict(self, cols) -> "Level":
         """The same level for a sub-model whose parameters are the columns ``cols`` of this
@@ -100,7 +103,8 @@ class Level:
         keep = list(cols) + list(range(self.n_params, self.sd.shape[1]))
         sd = np.ascontiguousarray(self.sd[:, keep])
         return Level(self.index, self.factor, self.template, self.image, self.usable, sd,
-                     self.hessian[np.ix_(keep, keep)], len(cols), self.tflat, self.n_usable)
+                     self.hessian[np.ix_(keep, keep)], len(cols), self.tflat, self.n_usable,
+                     self.jx[:, list(cols)], self.jy[:, list(cols)], self.points)
 
     @property
     def shape(self):
@@ -130,35 +134,67 @@ def _grid_jacobian(model: str, h: int, w: int, factor: float, chart_key: tuple):
     return jx, jy
 
 
+def _strongest_pixels(gx, gy, tz, k):
+    """Indices (sorted) of about ``k`` pixels with the largest squared gradient, all channels
+    usable; the threshold comes from a strided sample (no full sort of the grid)."""
+    score = (gx * gx + gy * gy).sum(axis=1)  # (n,), NaN where a gradient is missing
+    score[np.isnan(tz).any(axis=1)] = np.nan
+    stride = max(1, score.size // (8 * k))
+    sample = score[::stride]
+    sample = sample[np.isfinite(sample)]
+    if sample.size == 0:
+        return None
+    n_usable = sample.size * stride
+    if n_usable <= k:
+        return None
+    q = int(sample.size * (1.0 - k / n_usable))
+    thr = np.partition(sample, q)[q]
+    with np.errstate(invalid="ignore"):
+        sel = np.flatnonzero(score >= thr)
+    if len(sel) > 2 * k:  # ties (flat regions): thin evenly
+        sel = sel[:: -(-len(sel) // k)]
+    return sel if len(sel) >= 16 else None
+
+
 def build_level(index: int, template: np.ndarray, image: np.ndarray, model: str, chart: np.ndarray,
-                photometric: bool) -> Level:
+                photometric: bool, max_pixels: int | None = None) -> Level:
     """Steepest-descent images and Hessian of one level.
 
     ``chart`` is level-0 ``chart_from_template``; the level's pixels are ``x_l = x_0 / 2^l``.
+    With more than ``max_pixels`` usable pixels, only the ``max_pixels`` with the strongest
+    gradient take part (they carry most of the information; flat pixels add cost, not
+    constraint) and the image is sampled at those points only (``cv2.remap``).
     """
     factor = float(2 ** index)
     h, w, c = template.shape
     gx, gy = central_gradients(template)
-    usable = ~(np.isnan(template) | np.isnan(gx) | np.isnan(gy)).reshape(-1)  # (h*w*C,)
     jx, jy = _grid_jacobian(model, h, w, factor, tuple(chart.ravel()))  # (h*w, P) each, float32
     scale = float(chart_scale(chart) / factor)  # level pixels per chart unit
     p = jx.shape[1]
+    gx, gy, tz = gx.reshape(h * w, c), gy.reshape(h * w, c), template.reshape(h * w, c)
+    points = None
+    sel = _strongest_pixels(gx, gy, tz, max_pixels) if max_pixels is not None and h * w > max_pixels else None
+    if sel is not None:
+        gx, gy, tz, jx, jy = gx[sel], gy[sel], tz[sel], jx[sel], jy[sel]
+        usable = np.ones(len(sel) * c, bool)
+        points = np.column_stack([sel % w, sel // w, np.ones(len(sel))]).astype(np.float64)
+    else:
+        usable = ~(np.isnan(tz) | np.isnan(gx) | np.isnan(gy)).reshape(-1)  # (h*w*C,)
+    n = len(jx)
     # NaN gradients only occur on unusable elements, whose rows are zeroed below.
     if c == 1:
-        sd = (gx.reshape(h * w, 1) * scale) * jx + (gy.reshape(h * w, 1) * scale) * jy  # (h*w, P)
-        sd = sd.reshape(h * w, 1, p)
+        sd = ((gx * scale) * jx + (gy * scale) * jy).reshape(n, 1, p)
     else:
-        sd = (gx.reshape(h * w, c, 1) * scale) * jx[:, None, :] + (gy.reshape(h * w, c, 1) * scale) * jy[:, None, :]
+        sd = (gx[:, :, None] * scale) * jx[:, None, :] + (gy[:, :, None] * scale) * jy[:, None, :]
     if photometric:
-        tz = template.reshape(h * w, c)
-        photo = np.zeros((h * w, c, 2 * c), np.float32)
+        photo = np.zeros((n, c, 2 * c), np.float32)
         ch = np.arange(c)
         photo[:, ch, 2 * ch] = tz
         photo[:, ch, 2 * ch + 1] = 1.0
         sd = np.concatenate([sd, photo], axis=2)
-    sd = np.ascontiguousarray(sd.reshape(h * w * c, -1), dtype=np.float32)
+    sd = np.ascontiguousarray(sd.reshape(n * c, -1), dtype=np.float32)
     sd[~usable] = 0.0
     hessian = (sd.T @ sd).astype(np.float64)
-    tflat = template.reshape(-1).copy()
+    tflat = tz.reshape(-1).copy()
     tflat[~usable] = NAN
-    return Level(index, factor, template, image, usable, sd, hessian, p, tflat, int(usable.sum()))
+    return Level(index, factor, template, image, usable, sd, hessian, p, tflat, int(usable.sum()), jx, jy, points)
