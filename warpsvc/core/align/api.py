@@ -158,7 +158,7 @@ def align(
     converged = reason == CONVERGED
     if converged and stats.overlap < opts.min_overlap:
         converged, reason = False, INSUFFICIENT_OVERLAP
-    if converged and not stats.zncc >= opts.min_zncc:
+    if converged and not stats.zncc_check >= opts.min_zncc:
         converged, reason = False, LOW_CORRELATION
     inverse = W / W[2, 2]
     matrix = np.linalg.inv(inverse)

@@ -38,6 +38,7 @@ class FinalStats:
     bias: np.ndarray
     covariance: np.ndarray | None
     corner_covariance: np.ndarray | None
+    zncc_check: float
 
 
 def final_statistics(lv: Level, W, opts, affine: bool, chart, corners0, sigma_floor, last=None) -> FinalStats:
@@ -52,10 +53,12 @@ def final_statistics(lv: Level, W, opts, affine: bool, chart, corners0, sigma_fl
     n_usable = lv.n_usable
     overlap = ev.n_valid / n_usable if n_usable else 0.0
     if ev.n_valid == 0:
-        return FinalStats(float("nan"), float("nan"), overlap, ev.gain, ev.bias, None, None)
+        return FinalStats(float("nan"), float("nan"), overlap, ev.gain, ev.bias, None, None, float("nan"))
     e = ev.e.astype(np.float64)
     rms = float(np.sqrt(np.dot(e, e) / ev.n_valid))
     zncc = _zncc(lv, ev)
+    # the convergence check looks at the inliers when a robust loss was asked for
+    zncc_check = _zncc(lv, ev, ev.weights) if ev.weights is not None else zncc
     cov = corner_cov = None
     k = lv.sd.shape[1]
     if ev.n_valid > k:
@@ -65,7 +68,7 @@ def final_statistics(lv: Level, W, opts, affine: bool, chart, corners0, sigma_fl
         if cov_full is not None:
             cov = cov_full[:lv.n_params, :lv.n_params]
             corner_cov = point_covariance(W, chart, opts.model, cov, corners0[:, :2])
-    return FinalStats(rms, zncc, overlap, ev.gain, ev.bias, cov, corner_cov)
+    return FinalStats(rms, zncc, overlap, ev.gain, ev.bias, cov, corner_cov, zncc_check)
 
 
 def template_noise_variance(template: np.ndarray) -> float:
@@ -117,21 +120,21 @@ def _debiased_hessian(lv: Level, ev, H, model, chart):
     return corrected, var_t * noise
 
 
-def _zncc(lv: Level, ev) -> float:
+def _zncc(lv: Level, ev, weights=None) -> float:
     """Zero-normalised correlation of template and aligned image over the valid elements, with
     per-channel means removed (from the residuals: the aligned image is ``T + e`` there, up to
-    the gain/bias map, which the correlation ignores)."""
+    the gain/bias map, which the correlation ignores). ``weights`` (robust IRLS weights) turn it
+    into the correlation of the inliers."""
     c = lv.shape[2]
+    wt = (ev.valid if weights is None else np.where(ev.valid, weights, 0)).reshape(-1, c).astype(np.float64)
     t0 = np.where(ev.valid, lv.tflat, np.float32(0)).reshape(-1, c).astype(np.float64)
     i0 = t0 + ev.e.reshape(-1, c)
-    n = ev.valid.reshape(-1, c).sum(0)
-    st, si = t0.sum(0), i0.sum(0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mt, mi = np.where(n > 0, st / np.maximum(n, 1), 0.0), np.where(n > 0, si / np.maximum(n, 1), 0.0)
-    num = float((t0 * i0).sum() - (n * mt * mi).sum())
-    vt = float((t0 * t0).sum() - (n * mt * mt).sum())
-    vi = float((i0 * i0).sum() - (n * mi * mi).sum())
-    den = np.sqrt(max(vt, 0.0) * max(vi, 0.0))
+    n = wt.sum(0)
+    safe = np.maximum(n, 1e-300)
+    mt, mi = (wt * t0).sum(0) / safe, (wt * i0).sum(0) / safe
+    dt, di = t0 - mt, i0 - mi
+    num = float((wt * dt * di).sum())
+    den = np.sqrt(float((wt * dt * dt).sum()) * float((wt * di * di).sum()))
     return float(num / den) if den > 0 else float("nan")
 
 

@@ -185,7 +185,8 @@ def robust_cost(e: np.ndarray, valid: np.ndarray, loss: str, sigma: float) -> fl
 
 
 def mad_sigma(e: np.ndarray, valid: np.ndarray, floor: float) -> float:
-    v = np.abs(e[valid])
+    step = max(1, len(e) // 20000)  # a strided sample is plenty for a median
+    v = np.abs(e[::step][valid[::step]])
     if v.size == 0:
         return floor
     return max(MAD_TO_SIGMA * float(np.median(v)), floor)
@@ -219,8 +220,10 @@ def evaluate(lv: Level, W0: np.ndarray, affine: bool, robust, photometric: bool,
     if robust is None:
         cost = float(np.dot(e, e)) / max(n_valid, 1)
         return Evaluation(e, valid, n_valid, None, 0.0, cost, gain, bias, warped)
-    sigma = mad_sigma(e, valid, sigma_floor)
-    cost = robust_cost(e, valid, robust, sigma_for_cost if sigma_for_cost else sigma)
+    # The scale is estimated once per level (``sigma_for_cost`` carries it on), so the costs of
+    # successive iterations are comparable and the median is not recomputed every time.
+    sigma = sigma_for_cost if sigma_for_cost else mad_sigma(e, valid, sigma_floor)
+    cost = robust_cost(e, valid, robust, sigma)
     weights = robust_weights(e, valid, robust, sigma)
     return Evaluation(e, valid, n_valid, weights, sigma, cost, gain, bias, warped)
 
@@ -343,7 +346,7 @@ def solve_level(lv: Level, W0: np.ndarray, *, model: str, chart: np.ndarray, cha
     it = 0
     reason = MAX_ITERATIONS
     W = W0
-    prev_size = None
+    prev_size = size_last = None
     while it < max_iterations:
         stop = clock.stop_reason()
         if stop is not None:
@@ -361,8 +364,11 @@ def solve_level(lv: Level, W0: np.ndarray, *, model: str, chart: np.ndarray, cha
             lam = lam / 10.0 if lam > 1e-3 else 0.0
             H, g = normal_equations(lv, ev)
             best = (W, ev, H, g)
-        elif coarse:
+        elif coarse or size_last is not None and size_last < 10 * tolerance:
+            # a coarse level's noise floor, or the finest level's: the last step was already
+            # tiny and the cost no longer falls (noise); keep the best estimate
             reason = CONVERGED
+            W = best[0]
             break
         else:
             lam = max(10.0 * lam, 1e-3)
@@ -373,6 +379,7 @@ def solve_level(lv: Level, W0: np.ndarray, *, model: str, chart: np.ndarray, cha
         if accepted and (size < tolerance or _remaining(size, prev_size, lam) < tolerance):
             reason = CONVERGED
             break
+        size_last = size
         prev_size = size if accepted and lam == 0.0 else None
     if reason != CONVERGED and best is not None:
         W = best[0]
@@ -426,7 +433,17 @@ def translation_search(lv: Level, W: np.ndarray, radius: int, affine: bool) -> n
                                       cv2.TM_CCOEFF_NORMED) for i in range(c))
     if not np.isfinite(score).all():
         return W
-    dy, dx = np.unravel_index(int(np.argmax(score)), score.shape)
+    iy, ix = np.unravel_index(int(np.argmax(score)), score.shape)
+    dx, dy = float(ix), float(iy)
+    # sub-pixel peak: a parabola through the peak and its neighbours, per axis
+    if 0 < ix < score.shape[1] - 1:
+        a, b, cc = score[iy, ix - 1], score[iy, ix], score[iy, ix + 1]
+        den = a - 2 * b + cc
+        dx += 0.5 * (a - cc) / den if den < 0 else 0.0
+    if 0 < iy < score.shape[0] - 1:
+        a, b, cc = score[iy - 1, ix], score[iy, ix], score[iy + 1, ix]
+        den = a - 2 * b + cc
+        dy += 0.5 * (a - cc) / den if den < 0 else 0.0
     dx, dy = (dx - radius) * f, (dy - radius) * f  # level-0 template pixels
     # the template pixel x matches image W(x + d): W <- W T(d)
     return W @ np.array([[1.0, 0, dx], [0, 1.0, dy], [0, 0, 1.0]])
