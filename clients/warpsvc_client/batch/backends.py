@@ -1,0 +1,211 @@
+"""Engines: where an image's pixels are computed. Both have the same four methods
+(``image_shape``, ``warp``, ``align``, ``jacobian``) so :func:`.jobs.process` does not care.
+
+* :class:`LocalEngine`: the in-process library (``--target local``); the pipeline runs it in a
+  pool of processes (one per core: the GIL makes one process about one core).
+* :class:`GrpcEngine`: one :class:`~warpsvc_client.WarpClient` per ``--target`` (``host:port`` or
+  ``dns:///name:port``, whose channel balances calls round robin over every address). Images
+  travel as their encoded file bytes and come back encoded in the output's format, so the
+  server's workers do the decoding and encoding and the client stays light. At most
+  ``inflight`` RPCs are outstanding (a semaphore); UNAVAILABLE, DEADLINE_EXCEEDED (of one
+  attempt), load shedding (RESOURCE_EXHAUSTED without a field) and ABORTED are retried with
+  exponential backoff and jitter, preferring another target after a failure, within the
+  image's deadline.
+"""
+
+from __future__ import annotations
+
+import random
+import socket
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+import warpsvc
+
+from .jobs import CallContext, decode, encode
+
+LOCAL = "local"
+
+
+class ImageDeadlineError(TimeoutError):
+    """The per-image deadline (``--deadline``) ran out, retries included."""
+
+
+class LocalEngine:
+    """The library, in this process."""
+
+    name = LOCAL
+
+    def __init__(self):
+        self._last = (None, None)  # (bytes, decoded): align decodes once for its two calls
+
+    def _decode(self, data: bytes) -> np.ndarray:
+        if self._last[0] is data:
+            return self._last[1]
+        img = decode(data)
+        self._last = (data, img)
+        return img
+
+    def image_shape(self, data: bytes):
+        return self._decode(data).shape[:2]
+
+    def warp(self, data: bytes, transform, opts, fmt: str, ctx: CallContext) -> bytes:
+        ctx.attempts += 1
+        out = warpsvc.warp(self._decode(data), transform, opts.output_shape, **opts.kwargs())
+        self._last = (None, None)
+        return encode(out, fmt, opts.jpeg_quality)
+
+    def align(self, reference: np.ndarray, data: bytes, opts, ctx: CallContext):
+        ctx.attempts += 1
+        return warpsvc.align(reference, self._decode(data), **opts.kwargs())
+
+    def jacobian(self, transform, shape, ctx: CallContext) -> np.ndarray:
+        ctx.attempts += 1
+        return warpsvc.jacobian_determinant(transform, shape, dtype=np.float32)
+
+
+@dataclass
+class RetryPolicy:
+    retries: int = 5              # extra attempts after the first
+    backoff: float = 0.2          # seconds before the first retry, doubled each time
+    max_backoff: float = 5.0
+    rpc_timeout: float = 120.0    # deadline of one attempt (the image's deadline caps it)
+    cooldown: float = 2.0         # seconds a target that answered UNAVAILABLE is avoided
+
+
+@dataclass
+class _Target:
+    """One connection (a channel with its own subchannel pool) to one ``--target``."""
+
+    name: str
+    client: object
+    inflight: int = 0
+    down_until: float = 0.0
+    latency: float = 0.0  # moving average of successful call times, seconds (0: untried)
+
+    def score(self) -> float:
+        # Expected wait if one more call joins: connections that land on a busy worker answer
+        # slower and get fewer calls (the client cannot see which worker a connection reached).
+        return self.latency * (self.inflight + 1)
+
+
+def _retryable_codes():
+    import grpc
+
+    return {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED,
+            grpc.StatusCode.ABORTED}
+
+
+def address_count(target: str) -> int:
+    """How many servers a target names: the addresses ``dns:///name:port`` resolves to, else 1."""
+    if not target.startswith("dns:"):
+        return 1
+    hostport = target.split("/")[-1]
+    host, _, port = hostport.rpartition(":")
+    try:
+        infos = socket.getaddrinfo(host.strip("[]"), int(port or 0), type=socket.SOCK_STREAM)
+    except (OSError, ValueError):
+        return 1
+    return max(1, len({info[4][:2] for info in infos}))
+
+
+class GrpcEngine:
+    """Calls spread over ``targets`` (least outstanding first), bounded, retried (see module doc)."""
+
+    def __init__(self, targets: list[str], *, inflight: int, connections: int = 1,
+                 policy: RetryPolicy | None = None, client_kwargs: dict | None = None):
+        import grpc
+
+        from .. import WarpClient
+
+        self._grpc = grpc
+        self.policy = policy or RetryPolicy()
+        kw = {"retries": 2, "timeout": self.policy.rpc_timeout, **(client_kwargs or {})}
+        # A local subchannel pool per channel: without it gRPC shares one TCP connection between
+        # channels with equal arguments, and every call would reach the same server worker.
+        opts = [("grpc.use_local_subchannel_pool", 1)]
+        self.targets = [_Target(t, WarpClient(t, options=opts, **kw)) for t in targets for _ in range(connections)]
+        self.name = ",".join(targets)
+        self.inflight = inflight
+        self._slots = threading.BoundedSemaphore(inflight)
+        self._lock = threading.Lock()
+        self._turn = 0
+        self._retryable = _retryable_codes()
+
+    def close(self) -> None:
+        for t in self.targets:
+            t.client.close()
+
+    def _pick(self, avoid: str | None) -> _Target:
+        now = time.monotonic()
+        with self._lock:
+            up = [t for t in self.targets if t.down_until <= now] or self.targets
+            if avoid is not None and len(up) > 1:
+                up = [t for t in up if t.name != avoid] or up
+            self._turn += 1
+            n = len(up)
+            best = min(range(n), key=lambda i: (up[(i + self._turn) % n].score(), i))
+            target = up[(best + self._turn) % n]
+            target.inflight += 1
+            return target
+
+    def _call(self, ctx: CallContext, fn):
+        policy = self.policy
+        avoid = None
+        for attempt in range(policy.retries + 1):
+            remaining = ctx.remaining()
+            if remaining is not None and remaining <= 0:
+                raise ImageDeadlineError(f"per-image deadline exceeded after {ctx.attempts} attempt(s)"
+                                         + (f" ({'; '.join(ctx.retried)})" if ctx.retried else ""))
+            timeout = policy.rpc_timeout if remaining is None else min(policy.rpc_timeout, remaining)
+            with self._slots:
+                target = self._pick(avoid)
+                ctx.attempts += 1
+                ctx.target = target.name
+                t0 = time.monotonic()
+                try:
+                    result = fn(target.client, timeout)
+                    took = time.monotonic() - t0
+                    with self._lock:
+                        target.latency = took if target.latency == 0 else 0.8 * target.latency + 0.2 * took
+                    return result
+                except self._grpc.RpcError as err:
+                    code = err.code() if callable(getattr(err, "code", None)) else None
+                    if code not in self._retryable or attempt == policy.retries:
+                        raise
+                    ctx.retried.append(f"{target.name}: {code.name}")
+                    if code is self._grpc.StatusCode.UNAVAILABLE:
+                        target.down_until = time.monotonic() + policy.cooldown
+                    avoid = target.name
+                finally:
+                    with self._lock:
+                        target.inflight -= 1
+            pause = min(policy.max_backoff, policy.backoff * 2 ** attempt) * (0.5 + random.random() / 2)
+            remaining = ctx.remaining()
+            time.sleep(max(0.0, pause if remaining is None else min(pause, remaining)))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # -- the engine interface -------------------------------------------------------------------
+    def image_shape(self, data: bytes):
+        return decode(data).shape[:2]
+
+    def warp(self, data: bytes, transform, opts, fmt: str, ctx: CallContext) -> bytes:
+        kw = dict(opts.kwargs(), jpeg_quality=opts.jpeg_quality)
+        if fmt == "npy":  # pragma: no cover - warp outputs are images
+            raise warpsvc.InvalidArgumentError("warp outputs are images", field="output")
+        return self._call(ctx, lambda c, t: c.warp(data, transform, opts.output_shape, response_form=fmt,
+                                                   timeout=t, **kw))
+
+    def align(self, reference: np.ndarray, data: bytes, opts, ctx: CallContext):
+        kw = opts.kwargs()
+        model = kw.pop("model")
+        return self._call(ctx, lambda c, t: c.align(reference, data, model, timeout=t, **kw))
+
+    def jacobian(self, transform, shape, ctx: CallContext) -> np.ndarray:
+        return self._call(ctx, lambda c, t: c.jacobian_determinant(transform, shape, dtype=np.float32, timeout=t))
+
+
+__all__ = ["GrpcEngine", "LocalEngine", "RetryPolicy", "address_count", "encode", "LOCAL"]

@@ -1,0 +1,243 @@
+"""What one job does to one image, independent of where the pixels are computed.
+
+:class:`JobSpec` holds every option of a run (grouped: :class:`WarpOptions`,
+:class:`AlignOptions`); :func:`process` reads one input, asks an *engine* (see
+:mod:`.backends`: the gRPC service or the in-process library) for the result, writes the output
+atomically and returns the manifest record. Failures become records with ``status="failed"``
+and the error, never exceptions (one bad file must not stop a run of thousands).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import math
+import pathlib
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+import warpsvc
+
+from . import files
+from .paths import image_format, with_suffix
+
+JOBS = ("warp", "align", "jacobian")
+# Output formats able to hold each result dtype (the server's response forms agree).
+FORMAT_DTYPES = {"png": ("uint8", "uint16"), "jpeg": ("uint8",), "tiff": ("uint8", "uint16", "float32", "float64")}
+
+
+@dataclass(frozen=True)
+class WarpOptions:
+    """Pass-through options of ``warp`` (library names and defaults)."""
+
+    interpolation: str = "linear"
+    border: str = "constant"
+    border_value: float = 0.0
+    intensity: str = "plain"
+    antialias: bool = False
+    output_shape: tuple[int, int] | None = None
+    jpeg_quality: int = 95
+
+    @property
+    def float_output(self) -> bool:
+        """The library returns float32/float64 for these options, whatever the input dtype."""
+        return self.intensity == "conserve" or self.antialias
+
+    def kwargs(self) -> dict:
+        return dict(interpolation=self.interpolation, border=self.border, border_value=self.border_value,
+                    intensity=self.intensity, antialias=self.antialias)
+
+
+@dataclass(frozen=True)
+class AlignOptions:
+    """Pass-through options of ``align`` (``None``: the library's default)."""
+
+    model: str = "homography"
+    robust: str | None = None
+    photometric: str | None = None
+    levels: object = "auto"
+    max_iterations: int | None = None
+    tolerance: float | None = None
+    time_budget: float | None = None
+    fail_unconverged: bool = False
+
+    def kwargs(self) -> dict:
+        kw = dict(model=self.model, robust=self.robust, photometric=self.photometric, levels=self.levels)
+        for name in ("max_iterations", "tolerance", "time_budget"):
+            if getattr(self, name) is not None:
+                kw[name] = getattr(self, name)
+        return kw
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    job: str
+    input_dir: pathlib.Path
+    output_dir: pathlib.Path
+    warp: WarpOptions = WarpOptions()
+    align: AlignOptions = AlignOptions()
+    transform: object = None            # one warpsvc transform for every image (warp, jacobian)
+    reference: np.ndarray | None = None  # align: the decoded reference image
+    jacobian_format: str = "tiff"       # jacobian: "tiff" (float32) or "npy"
+    fsync: bool = True
+
+
+@dataclass
+class Task:
+    """One image to do. ``transform`` overrides the spec's (``--transforms`` manifests)."""
+
+    index: int
+    input: str
+    output: str
+    transform: object = None
+
+
+@dataclass
+class CallContext:
+    """What an engine reports about the calls made for one image, and its deadline."""
+
+    deadline: float | None = None          # time.monotonic() value, or None
+    attempts: int = 0
+    target: str | None = None
+    retried: list = field(default_factory=list)
+
+    def remaining(self) -> float | None:
+        return None if self.deadline is None else self.deadline - time.monotonic()
+
+
+def output_name(job: str, rel_input: str, spec_warp: WarpOptions, jacobian_format: str = "tiff") -> str:
+    """Where an image's output goes, relative to OUTPUT_DIR: the same name, except that float
+    results of a PNG/JPEG input become ``.tif`` and Jacobian maps are ``.tif`` or ``.npy``."""
+    if job == "jacobian":
+        return with_suffix(rel_input, ".npy" if jacobian_format == "npy" else ".tif")
+    if spec_warp.float_output and image_format(rel_input) != "tiff":
+        return with_suffix(rel_input, ".tif")
+    return rel_input
+
+
+def output_format(rel_output: str) -> str:
+    if rel_output.lower().endswith(".npy"):
+        return "npy"
+    fmt = image_format(rel_output)
+    if fmt is None:
+        raise warpsvc.InvalidArgumentError(f"output {rel_output!r}: unknown extension (png, jpg, tif, npy)",
+                                           field="output")
+    return fmt
+
+
+def encode(arr: np.ndarray, fmt: str, jpeg_quality: int = 95) -> bytes:
+    """``arr`` as the bytes of a ``png``/``jpeg``/``tiff`` file (OpenCV, as the server does) or ``npy``."""
+    import cv2
+
+    if fmt == "npy":
+        buf = io.BytesIO()
+        np.save(buf, arr, allow_pickle=False)
+        return buf.getvalue()
+    if arr.dtype.name not in FORMAT_DTYPES[fmt]:
+        raise warpsvc.InvalidArgumentError(f"a {fmt.upper()} file cannot hold {arr.dtype} pixels; use a .tif output",
+                                           field="output")
+    params = [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality] if fmt == "jpeg" else []
+    ok, buf = cv2.imencode({"png": ".png", "jpeg": ".jpg", "tiff": ".tiff"}[fmt], arr, params)
+    if not ok:
+        raise warpsvc.InvalidImageError(f"OpenCV could not encode the result as {fmt}", field="output")
+    return buf.tobytes()
+
+
+def decode(data: bytes) -> np.ndarray:
+    """A PNG/JPEG/TIFF file's pixels at their stored bit depth (``IMREAD_UNCHANGED``)."""
+    import cv2
+
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) if data else None
+    if img is None:
+        raise warpsvc.InvalidImageError("input: not a decodable PNG, JPEG or TIFF file", field="image")
+    return img
+
+
+def transform_record(transform) -> dict:
+    """The manifest's description of a transform: its matrix, or the polar parameters."""
+    if hasattr(transform, "matrix"):
+        return {"matrix": np.asarray(transform.matrix, np.float64).tolist()}
+    if isinstance(transform, warpsvc.PolarTransform):
+        return {"polar": {"center": list(transform.center), "max_radius": transform.max_radius,
+                          "polar_shape": list(transform.polar_shape), "log": transform.log,
+                          "inverse": transform.is_inverse,
+                          "cartesian_shape": list(transform.cartesian_shape) if transform.cartesian_shape else None}}
+    if isinstance(transform, warpsvc.ComposedTransform):
+        return {"chain": [transform_record(t) for t in transform.steps]}
+    return {}
+
+
+def _finite(x):
+    return None if x is None or (isinstance(x, float) and not math.isfinite(x)) else x
+
+
+def convergence(result) -> dict:
+    return {"converged": bool(result.converged), "reason": result.reason, "iterations": list(result.iterations),
+            "rms_error": _finite(float(result.rms_error)), "zncc": _finite(float(result.zncc)),
+            "overlap": _finite(float(result.overlap)), "levels": int(result.levels), "model": result.model,
+            "elapsed": _finite(float(result.elapsed))}
+
+
+def _error_text(err: BaseException) -> str:
+    name = type(err).__name__
+    code = getattr(err, "code", None)
+    if callable(code):  # grpc.RpcError
+        try:
+            return f"{code().name}: {err.details()}"
+        except Exception:  # noqa: BLE001 - a non-call RpcError
+            pass
+    return f"{name}: {err}"
+
+
+def process(task: Task, spec: JobSpec, engine, deadline_seconds: float | None = None,
+            dirsync: files.DirSync | None = None) -> dict:
+    """Do ``spec.job`` for one image with ``engine``; returns its manifest record."""
+    t0 = time.monotonic()
+    ctx = CallContext(deadline=None if deadline_seconds is None else t0 + deadline_seconds)
+    rec = {"input": task.input, "output": task.output, "status": "failed", "error": None, "job": spec.job,
+           "target": getattr(engine, "name", None), "attempts": 0, "bytes": None, "sha256": None, "matrix": None, "inverse": None, "convergence": None, "timings": {}}
+    timings = rec["timings"]
+    try:
+        data = files.read_input(spec.input_dir / task.input)
+        t1 = time.monotonic()
+        timings["read"] = t1 - t0
+        fmt = output_format(task.output)
+        transform = task.transform if task.transform is not None else spec.transform
+        if spec.job == "warp":
+            out = engine.warp(data, transform, spec.warp, fmt, ctx)
+            rec.update(transform_record(transform))
+        elif spec.job == "align":
+            result = engine.align(spec.reference, data, spec.align, ctx)
+            rec["matrix"], rec["inverse"] = result.matrix.tolist(), result.inverse.tolist()
+            rec["convergence"] = convergence(result)
+            if spec.align.fail_unconverged and not result.converged:
+                raise warpsvc.WarpsvcError(f"alignment did not converge ({result.reason})")
+            opts = dataclasses.replace(spec.warp, output_shape=spec.reference.shape[:2])
+            out = engine.warp(data, result.transform, opts, fmt, ctx)
+        elif spec.job == "jacobian":
+            shape = spec.warp.output_shape or transform.default_output_shape(engine.image_shape(data))
+            det = engine.jacobian(transform, tuple(shape), ctx)
+            out = encode(np.ascontiguousarray(det, np.float32), fmt)
+            rec["shape"], rec["dtype"] = list(det.shape), "float32"
+            rec.update(transform_record(transform))
+        else:  # pragma: no cover - argparse limits the choices
+            raise ValueError(f"unknown job {spec.job!r}")
+        t2 = time.monotonic()
+        timings["compute"] = t2 - t1
+        files.atomic_write(spec.output_dir / task.output, out, fsync=spec.fsync)
+        if dirsync is not None:
+            dirsync.add(spec.output_dir / task.output)
+        timings["write"] = time.monotonic() - t2
+        rec.update(status="ok", bytes=len(out), sha256=files.sha256(out))
+    except Exception as err:  # noqa: BLE001 - every failure becomes the image's record
+        rec["error"] = _error_text(err)
+    rec["attempts"] = ctx.attempts
+    if ctx.target:
+        rec["target"] = ctx.target
+    if ctx.retried:
+        rec["retried"] = ctx.retried
+    timings["total"] = time.monotonic() - t0
+    return rec
+

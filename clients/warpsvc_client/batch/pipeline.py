@@ -1,0 +1,164 @@
+"""Run the tasks: a bounded window of work, records appended as images finish, progress, summary.
+
+* gRPC targets: a thread pool of ``inflight + io`` threads runs :func:`.jobs.process`; the
+  engine's semaphore keeps at most ``inflight`` RPCs outstanding while the other threads read
+  and write files (file I/O and OpenCV release the GIL), so disk work overlaps the RPCs.
+* ``local``: a process pool (``jobs`` processes, each ``cv2.setNumThreads(1)``) runs the same
+  function with the in-process library; at most ``2 * jobs`` tasks are queued. A worker that
+  dies (a crash in native code) breaks the pool: its pending tasks are re-run in a fresh pool,
+  and a task present at two breakdowns is recorded as failed.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import multiprocessing
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+
+from . import jobs as jobs_mod
+from .files import DirSync
+
+
+@dataclass
+class Counts:
+    total: int = 0
+    ok: int = 0
+    failed: int = 0
+    skipped: int = 0
+    unconverged: int = 0
+    elapsed: float = 0.0
+    failures: list = field(default_factory=list)
+
+    @property
+    def done(self) -> int:
+        return self.ok + self.failed
+
+    def rate(self) -> float:
+        return self.done / self.elapsed if self.elapsed > 0 else 0.0
+
+
+@dataclass
+class RunOptions:
+    inflight: int = 4            # gRPC: outstanding RPCs
+    jobs: int = 0                # local: processes (0: os.cpu_count())
+    deadline: float | None = 600.0
+    progress: bool = True
+
+
+def _progress_bar(total: int, enabled: bool, desc: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="img", desc=desc, disable=not enabled, dynamic_ncols=True, smoothing=0.05,
+                mininterval=0.5)
+
+
+# -- local process pool ----------------------------------------------------------------------------
+_WORKER: dict = {}
+
+
+def _init_worker(spec, deadline, parent_pid) -> None:
+    import cv2
+
+    from .backends import LocalEngine
+
+    cv2.setNumThreads(1)
+    _WORKER.update(spec=spec, deadline=deadline, engine=LocalEngine())
+
+    def watchdog():  # the parent was killed (SIGKILL): stop instead of writing on as an orphan
+        while True:
+            time.sleep(0.2)
+            if os.getppid() != parent_pid:
+                os._exit(1)
+
+    threading.Thread(target=watchdog, daemon=True).start()
+
+
+def _run_local_task(task):
+    return jobs_mod.process(task, _WORKER["spec"], _WORKER["engine"], _WORKER["deadline"])
+
+
+def _pool_context():
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+
+
+def local_processes(jobs: int) -> int:
+    return jobs if jobs > 0 else (os.cpu_count() or 1)
+
+
+# -- the loop --------------------------------------------------------------------------------------
+def run(tasks, spec, engine, opts: RunOptions, on_record, counts: Counts, dirsync: DirSync) -> Counts:
+    """Process every task; ``on_record(record)`` is called in this thread as each one finishes."""
+    tasks = list(tasks)
+    bar = None
+    start = time.monotonic()
+
+    def finished(rec):
+        if rec["status"] == "ok":
+            counts.ok += 1
+            dirsync.add(spec.output_dir / rec["output"])
+            conv = rec.get("convergence")
+            if conv and not conv.get("converged"):
+                counts.unconverged += 1
+        else:
+            counts.failed += 1
+            counts.failures.append(rec)
+            bar.set_postfix_str(f"failed={counts.failed}", refresh=False)
+        on_record(rec)
+        bar.update(1)
+
+    local = engine is None
+    if local:
+        n = local_processes(opts.jobs)
+        make = lambda: cf.ProcessPoolExecutor(n, mp_context=_pool_context(), initializer=_init_worker,  # noqa: E731
+                                              initargs=(spec, opts.deadline, os.getpid()))
+        fn, window = _run_local_task, 2 * n
+    else:
+        n = engine.inflight + max(2, engine.inflight // 2)
+        make = lambda: cf.ThreadPoolExecutor(n, thread_name_prefix="warpsvc-batch")  # noqa: E731
+        fn = lambda t: jobs_mod.process(t, spec, engine, opts.deadline)  # noqa: E731
+        window = 2 * n
+    executor = make()  # before the progress bar's thread exists (the pool forks)
+    bar = _progress_bar(len(tasks), opts.progress, spec.job)
+    crashes: dict[int, int] = {}
+    queue = list(reversed(tasks))
+    pending: dict = {}
+    try:
+        while queue or pending:
+            while queue and len(pending) < window:
+                task = queue.pop()
+                pending[executor.submit(fn, task)] = task
+            done, _ = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
+            broken = []
+            for fut in done:
+                task = pending.pop(fut)
+                try:
+                    finished(fut.result())
+                except cf.process.BrokenProcessPool:
+                    broken.append(task)
+            if broken:  # a worker died: retry everything it took down, once
+                broken += list(pending.values())
+                pending.clear()
+                executor.shutdown(wait=False, cancel_futures=True)
+                executor = make()
+                for task in broken:
+                    crashes[task.index] = crashes.get(task.index, 0) + 1
+                    if crashes[task.index] >= 2:
+                        finished(_crash_record(task, spec))
+                    else:
+                        queue.append(task)
+    finally:
+        counts.elapsed = time.monotonic() - start
+        executor.shutdown(wait=True, cancel_futures=True)
+        bar.close()
+    return counts
+
+
+def _crash_record(task, spec) -> dict:
+    return {"input": task.input, "output": task.output, "status": "failed", "job": spec.job, "target": "local",
+            "error": "BrokenProcessPool: the worker process died twice while this image was in progress",
+            "attempts": 2, "bytes": None, "sha256": None, "matrix": None, "inverse": None, "convergence": None,
+            "timings": {}}
