@@ -265,13 +265,15 @@ def normal_equations(lv: Level, ev: Evaluation):
 
 
 def solve_step(H: np.ndarray, g: np.ndarray, lam: float, n_params: int) -> np.ndarray | None:
+    """``(H + lam diag H) d = g`` for the motion part of ``d`` (``cv2.solve``: Cholesky, SVD
+    if that fails; numpy's ``linalg.solve`` costs more in call overhead than in arithmetic
+    at this size)."""
     A = H + lam * np.diag(np.diag(H)) if lam > 0 else H
-    try:
-        d = np.linalg.solve(A, g)
-    except np.linalg.LinAlgError:
-        d = np.linalg.lstsq(A, g, rcond=1e-12)[0]
-    d = d[:n_params]
-    return d if np.all(np.isfinite(d)) else None
+    ok, d = cv2.solve(A, g.reshape(-1, 1), flags=cv2.DECOMP_CHOLESKY)
+    if not ok:
+        ok, d = cv2.solve(A, g.reshape(-1, 1), flags=cv2.DECOMP_SVD)
+    d = d[:n_params, 0]
+    return d if math.isfinite(float(d @ d)) else None
 
 
 class Stepper:
@@ -423,8 +425,12 @@ def translation_search(lv: Level, W: np.ndarray, radius: int, affine: bool) -> n
     Wl[2, :2] *= f
     ext = warp_to_template(lv.image, Wl @ shift, (h + 2 * radius, w + 2 * radius, c), affine)
     region = ext[r0:r1 + 2 * radius, c0:c1 + 2 * radius]
-    if np.isnan(region).any():
-        region = np.where(np.isnan(region), np.nanmean(region) if np.isfinite(region).any() else 0.0, region)
+    missing = np.isnan(region)
+    if missing.any():
+        if missing.all():
+            return W
+        region = region.copy()
+        region[missing] = region[~missing].mean()
     region, tc = region.astype(np.float32), tc.astype(np.float32)
     if c <= 4:
         score = cv2.matchTemplate(region, tc, cv2.TM_CCOEFF_NORMED)
