@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 from ..errors import InvalidArgumentError, InvalidImageError, InvalidTransformError
@@ -9,7 +10,7 @@ from ..transforms import Transform
 from ..transforms.matrix import MAX_CONDITION
 from .covariance import final_statistics
 from .gauss_newton import Clock, solve_level, translation_search
-from .jacobians import make_chart
+from .jacobians import inv3, make_chart
 from .options import AlignOptions
 from .pyramid import auto_levels, build_level, build_pyramid, prepare
 from .result import (
@@ -161,7 +162,7 @@ def align(
     if converged and not stats.zncc_check >= opts.min_zncc:
         converged, reason = False, LOW_CORRELATION
     inverse = W / W[2, 2]
-    matrix = np.linalg.inv(inverse)
+    matrix = inv3(inverse)
     matrix = matrix / matrix[2, 2]
     if np.array_equal(inverse[2], [0.0, 0.0, 1.0]):
         matrix[2] = (0.0, 0.0, 1.0)
@@ -214,14 +215,14 @@ def _initial_warp(init) -> np.ndarray:
     if not np.all(np.isfinite(m)):
         raise InvalidTransformError("init has non-finite entries", field="init")
     scale = np.abs(m).max()
-    cond = np.linalg.cond(m / scale) if scale > 0 else np.inf
-    if not np.isfinite(cond) or cond > MAX_CONDITION:
+    rcond, inv = cv2.invert(m / scale, flags=cv2.DECOMP_SVD) if scale > 0 else (0.0, None)
+    if not rcond > 1.0 / MAX_CONDITION:  # DECOMP_SVD returns the inverse condition number
         raise InvalidTransformError("init is singular", field="init")
-    inv = np.linalg.inv(m)
+    inv = inv / scale
     if inv[2, 2] == 0:
         raise InvalidTransformError("init maps the template origin to infinity", field="init")
     inv = inv / inv[2, 2]
-    if np.allclose(m[2], [0.0, 0.0, m[2, 2]], rtol=0, atol=0):
+    if m[2, 0] == 0.0 and m[2, 1] == 0.0:
         inv[2] = (0.0, 0.0, 1.0)
     return inv
 
@@ -238,5 +239,5 @@ def _well_posed(lv, full_check: bool = True) -> bool:
         return False
     if not full_check:
         return True
-    ev = np.linalg.eigvalsh(h / np.outer(d, d))
-    return bool(ev[0] > MIN_RELATIVE_EIGENVALUE * ev[-1])
+    ok, ev, _ = cv2.eigen(h / np.outer(d, d))  # descending eigenvalues of a symmetric matrix
+    return bool(ok) and bool(ev[-1, 0] > MIN_RELATIVE_EIGENVALUE * ev[0, 0])

@@ -113,11 +113,14 @@ def _debiased_hessian(lv: Level, ev, H, model, chart):
     noise = np.zeros_like(H)
     noise[:p, :p] = 0.5 * var_t * scale * scale * energy
     corrected = H - noise
-    try:
-        np.linalg.cholesky(corrected)
-    except np.linalg.LinAlgError:
+    if not _positive_definite(corrected):
         return H, None
     return corrected, var_t * noise
+
+
+def _positive_definite(m) -> bool:
+    ok, ev, _ = cv2.eigen(0.5 * (m + m.T))  # descending eigenvalues
+    return bool(ok) and bool(ev[-1, 0] > 0)
 
 
 def _zncc(lv: Level, ev, weights=None) -> float:
@@ -140,22 +143,14 @@ def _zncc(lv: Level, ev, weights=None) -> float:
 
 def _sandwich(lv: Level, ev, H, k, meat_fix=None):
     """``H^-1 B H^-1`` with ``B = gamma_0 sum_x SD^T SD`` minus the errors-in-variables term."""
-    try:
-        h_inv = np.linalg.inv(H)
-    except np.linalg.LinAlgError:
-        return None
-    if not np.all(np.isfinite(h_inv)):
+    ok, h_inv = cv2.invert(H, flags=cv2.DECOMP_SVD)
+    if not ok or not np.all(np.isfinite(h_inv)):
         return None
     psi = ev.e if ev.weights is None else ev.weights * ev.e  # (n,) zero where not valid
     sdv = lv.sd if ev.n_valid == lv.n_usable else lv.sd * ev.valid[:, None].astype(np.float32)  # (n, K)
     gamma0 = float(np.dot(psi, psi)) / max(ev.n_valid - k, 1)  # residual variance, dof-corrected
     meat = gamma0 * (sdv.T @ sdv).astype(np.float64)
-    if meat_fix is not None:
-        fixed = meat - meat_fix
-        try:
-            np.linalg.cholesky(fixed)
-            meat = fixed
-        except np.linalg.LinAlgError:
-            pass
+    if meat_fix is not None and _positive_definite(meat - meat_fix):
+        meat = meat - meat_fix
     cov = h_inv @ meat @ h_inv
     return 0.5 * (cov + cov.T)
