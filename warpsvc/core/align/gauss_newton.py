@@ -214,8 +214,11 @@ def evaluate(lv: Level, W0: np.ndarray, affine: bool, robust, photometric: bool,
     if photometric and n_valid > 0:
         gain, bias = fit_gain_bias(wflat.reshape(-1, c), tflat.reshape(-1, c), valid.reshape(-1, c),
                                    None if prev_weights is None else prev_weights.reshape(-1, c))
-        e = ((wflat.reshape(-1, c) - bias.astype(np.float32)) / gain.astype(np.float32)
-             - tflat.reshape(-1, c)).reshape(-1)
+        if c == 1:
+            e = (wflat - np.float32(bias[0])) * np.float32(1.0 / gain[0]) - tflat
+        else:
+            e = ((wflat.reshape(-1, c) - bias.astype(np.float32)) * (1.0 / gain).astype(np.float32)
+                 - tflat.reshape(-1, c)).reshape(-1)
     e[~valid] = 0.0
     if robust is None:
         cost = float(np.dot(e, e)) / max(n_valid, 1)
@@ -230,18 +233,44 @@ def evaluate(lv: Level, W0: np.ndarray, affine: bool, robust, photometric: bool,
 
 def fit_gain_bias(iw, t, valid, weights):
     """Per-channel weighted least squares ``iw ~ a t + b`` over valid elements (N, C) -> (a, b)."""
-    wt = valid.astype(np.float64) if weights is None else np.where(valid, weights, 0.0).astype(np.float64)
-    iw = np.where(valid, iw, 0.0).astype(np.float64)
-    t = np.where(valid, t, 0.0).astype(np.float64)
-    sw = np.maximum(wt.sum(0), 1e-12)
-    mt = (wt * t).sum(0) / sw
-    mi = (wt * iw).sum(0) / sw
-    dt = t - mt
-    var_t = (wt * dt * dt).sum(0)
-    cov = (wt * dt * (iw - mi)).sum(0)
-    a = np.where(var_t > 0, cov / np.maximum(var_t, 1e-300), 1.0)
-    a = np.clip(a, *GAIN_RANGE)
-    return a, mi - a * mt
+    c = t.shape[1]
+    a, b = np.ones(c), np.zeros(c)
+    if c == 1 and weights is None:  # fast path: four float32 reductions over masked arrays
+        v = valid[:, 0]
+        n = int(np.count_nonzero(v))
+        if n < 2:
+            return a, b
+        t0 = np.where(v, t[:, 0], np.float32(0))
+        i0 = np.where(v, iw[:, 0], np.float32(0))
+        st, si = float(t0.sum(dtype=np.float64)), float(i0.sum(dtype=np.float64))
+        var_t = float(np.dot(t0, t0)) - st * st / n
+        cov = float(np.dot(t0, i0)) - st * si / n
+        if var_t > 0:
+            a[0] = min(max(cov / var_t, GAIN_RANGE[0]), GAIN_RANGE[1])
+        b[0] = si / n - a[0] * st / n
+        return a, b
+    for ch in range(c):
+        v = valid[:, ch]
+        tv, iv = t[v, ch].astype(np.float64), iw[v, ch].astype(np.float64)
+        if tv.size < 2:
+            continue
+        if weights is None:
+            mt, mi = tv.mean(), iv.mean()
+            dt = tv - mt
+            var_t, cov = float(dt @ dt), float(dt @ (iv - mi))
+        else:
+            wv = weights[v, ch].astype(np.float64)
+            sw = wv.sum()
+            if sw <= 0:
+                continue
+            mt, mi = float(wv @ tv) / sw, float(wv @ iv) / sw
+            dt = tv - mt
+            wdt = wv * dt
+            var_t, cov = float(wdt @ dt), float(wdt @ (iv - mi))
+        if var_t > 0:
+            a[ch] = min(max(cov / var_t, GAIN_RANGE[0]), GAIN_RANGE[1])
+        b[ch] = mi - a[ch] * mt
+    return a, b
 
 
 def normal_equations(lv: Level, ev: Evaluation):
