@@ -19,13 +19,14 @@ also correlates neighbouring image-noise residuals; a 3x3 Newey-West term for it
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import cv2
 import numpy as np
 
 from .gauss_newton import evaluate, normal_equations
 from .jacobians import chart_scale, point_covariance
-from .pyramid import Level
+from .pyramid import Level, _grid_jacobian
 
 
 
@@ -104,18 +105,33 @@ def _debiased_hessian(lv: Level, ev, H, model, chart):
     var_t = template_noise_variance(lv.template)
     if var_t <= 0:
         return H, None
-    c = lv.shape[2]
+    h, w, c = lv.shape
     p = lv.n_params
-    jx, jy = lv.jx, lv.jy
-    pix = ev.valid.reshape(-1, c).sum(axis=1).astype(np.float32)  # valid channels per pixel
     scale = chart_scale(chart) / lv.factor
-    energy = (jx.T @ (jx * pix[:, None]) + jy.T @ (jy * pix[:, None])).astype(np.float64)
+    interior = (h - 2) * (w - 2) * c
+    if lv.points is None and ev.n_valid == lv.n_usable == interior and p == lv.jx.shape[1]:
+        # the usual case (everything but the gradient-less border): cached per grid
+        energy = c * _interior_energy(model, h, w, lv.factor, tuple(chart.ravel()))
+    else:
+        jx, jy = lv.jx, lv.jy
+        pix = ev.valid.reshape(-1, c).sum(axis=1).astype(np.float32)  # valid channels per pixel
+        energy = (jx.T @ (jx * pix[:, None]) + jy.T @ (jy * pix[:, None])).astype(np.float64)
     noise = np.zeros_like(H)
     noise[:p, :p] = 0.5 * var_t * scale * scale * energy
     corrected = H - noise
     if not _positive_definite(corrected):
         return H, None
     return corrected, var_t * noise
+
+
+@lru_cache(maxsize=16)
+def _interior_energy(model, h, w, factor, chart_key):
+    """``sum_x (Jx^T Jx + Jy^T Jy)`` over the grid without its one-pixel border."""
+    jx, jy = _grid_jacobian(model, h, w, factor, chart_key)
+    inner = np.zeros((h, w), np.float32)
+    inner[1:-1, 1:-1] = 1.0
+    inner = inner.reshape(-1, 1)
+    return (jx.T @ (jx * inner) + jy.T @ (jy * inner)).astype(np.float64)
 
 
 def _positive_definite(m) -> bool:
@@ -129,6 +145,18 @@ def _zncc(lv: Level, ev, weights=None) -> float:
     the gain/bias map, which the correlation ignores). ``weights`` (robust IRLS weights) turn it
     into the correlation of the inliers."""
     c = lv.shape[2]
+    if weights is None and c == 1:  # fast path: float32 reductions over the masked arrays
+        n = ev.n_valid
+        if n < 2:
+            return float("nan")
+        t0 = np.where(ev.valid, lv.tflat, np.float32(0))
+        i0 = t0 + ev.e
+        st, si = float(t0.sum(dtype=np.float64)), float(i0.sum(dtype=np.float64))
+        vt = float(np.dot(t0, t0)) - st * st / n
+        vi = float(np.dot(i0, i0)) - si * si / n
+        num = float(np.dot(t0, i0)) - st * si / n
+        den = np.sqrt(max(vt, 0.0) * max(vi, 0.0))
+        return float(min(1.0, num / den)) if den > 0 else float("nan")
     wt = (ev.valid if weights is None else np.where(ev.valid, weights, 0)).reshape(-1, c).astype(np.float64)
     t0 = np.where(ev.valid, lv.tflat, np.float32(0)).reshape(-1, c).astype(np.float64)
     i0 = t0 + ev.e.reshape(-1, c)
@@ -147,9 +175,12 @@ def _sandwich(lv: Level, ev, H, k, meat_fix=None):
     if not ok or not np.all(np.isfinite(h_inv)):
         return None
     psi = ev.e if ev.weights is None else ev.weights * ev.e  # (n,) zero where not valid
-    sdv = lv.sd if ev.n_valid == lv.n_usable else lv.sd * ev.valid[:, None].astype(np.float32)  # (n, K)
     gamma0 = float(np.dot(psi, psi)) / max(ev.n_valid - k, 1)  # residual variance, dof-corrected
-    meat = gamma0 * (sdv.T @ sdv).astype(np.float64)
+    if ev.weights is None and ev.n_valid == lv.n_usable:
+        meat = gamma0 * lv.hessian  # every usable row is valid: sd^T sd is the level's Hessian
+    else:
+        sdv = lv.sd * ev.valid[:, None].astype(np.float32)  # (n, K) rows of valid residuals
+        meat = gamma0 * (sdv.T @ sdv).astype(np.float64)
     if meat_fix is not None and _positive_definite(meat - meat_fix):
         meat = meat - meat_fix
     cov = h_inv @ meat @ h_inv
