@@ -1,0 +1,96 @@
+# warpsvc gRPC server image: one server process per container (scale with replicas), configured
+# by WARPSVC_* environment variables (see warpsvc/server/settings.py), run as a non-root user.
+#
+#   docker build --network host -t warpsvc:latest .
+#   docker build --network host --build-arg BASE_IMAGE=warpsvc-base:bookworm -t warpsvc:latest .
+#
+# BASE_IMAGE: the official slim Python image by default; any Debian-like image with python3 >= 3.11
+# works, e.g. the local base from scripts/build_base_image.sh (debootstrap + docker import) on
+# networks without registry access. Such a base lacks ensurepip/venv: the build stage then
+# installs python3-venv with apt. `--network host` lets apt and pip reach their mirrors where the
+# default bridge network has no route out; it is harmless elsewhere.
+#
+# Package indexes and TLS: pip uses the base image's system CA store (PIP_CERT below), so a CA
+# that the base trusts (build_base_image.sh adds the host's bundle) works for pip too.
+# PIP_INDEX_URL / PIP_EXTRA_INDEX_URL / PIP_CERT can be given as --build-arg; none of them lands
+# in the final image.
+ARG BASE_IMAGE=python:3.11-slim
+
+# ---- requirements: the dependency list of pyproject.toml, alone in a file, so that the layer
+# installing them is reused until that list changes (not on every pyproject.toml edit) ---------
+FROM ${BASE_IMAGE} AS requirements
+WORKDIR /src
+COPY pyproject.toml ./
+RUN python3 -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))' \
+        > requirements.txt
+
+# ---- build: a virtual environment in /opt/venv with the project and its dependencies ----------
+FROM ${BASE_IMAGE} AS build
+ARG PIP_INDEX_URL
+ARG PIP_EXTRA_INDEX_URL
+ARG PIP_CERT=/etc/ssl/certs/ca-certificates.crt
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_ROOT_USER_ACTION=ignore \
+    DEBIAN_FRONTEND=noninteractive
+RUN set -eu; \
+    if ! python3 -c 'import ensurepip, venv' 2>/dev/null; then \
+        apt-get update -q; \
+        apt-get install -y -q --no-install-recommends python3-venv; \
+        rm -rf /var/lib/apt/lists/*; \
+    fi; \
+    python3 -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+WORKDIR /src
+# Dependencies first (their own layer: source edits do not reinstall numba/OpenCV/grpc).
+COPY --from=requirements /src/requirements.txt /tmp/requirements.txt
+RUN pip install -r /tmp/requirements.txt
+COPY pyproject.toml README.md ./
+COPY warpsvc ./warpsvc
+COPY clients ./clients
+RUN pip install --no-deps . && pip check
+
+# ---- runtime ----------------------------------------------------------------------------------
+FROM ${BASE_IMAGE}
+ARG BASE_IMAGE
+LABEL org.opencontainers.image.title="warpsvc" \
+      org.opencontainers.image.description="Image warps, Jacobian-determinant maps and alignment over gRPC" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.base.name="${BASE_IMAGE}"
+RUN groupadd --system --gid 10001 warpsvc \
+    && useradd --system --uid 10001 --gid warpsvc --home-dir /home/warpsvc --create-home \
+               --shell /usr/sbin/nologin warpsvc \
+    && install -d -o warpsvc -g warpsvc /var/cache/warpsvc/numba
+COPY --from=build /opt/venv /opt/venv
+# One worker process per container (WARPSVC_WORKERS); listen on every interface of the
+# container; numba's compiled kernels are cached in a folder the user can write.
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    NUMBA_CACHE_DIR=/var/cache/warpsvc/numba \
+    WARPSVC_HOST=0.0.0.0 \
+    WARPSVC_PORT=50051 \
+    WARPSVC_WORKERS=1
+USER warpsvc:warpsvc
+WORKDIR /home/warpsvc
+# Compile numba's kernels now (every warp family, with and without antialias/conserve) into
+# NUMBA_CACHE_DIR, so a new replica answers its first antialiased call in milliseconds, not after
+# ~5 s of JIT. NUMBA_WARMUP=0 skips it; a failure only costs that JIT later, so it is not fatal.
+ARG NUMBA_WARMUP=1
+RUN if [ "$NUMBA_WARMUP" = 1 ]; then python -c 'import numpy as np, warpsvc as w; \
+ts = [w.AffineTransform.from_components(rotation=0.3, scale=(0.5, 0.6)), \
+      w.HomographyTransform.from_matrix([[1, 0.1, 2], [0.05, 0.9, 1], [1e-3, 2e-3, 1]])]; \
+ps = [w.PolarTransform((16, 16), 16, (32, 32), log=g) for g in (False, True)]; \
+ts += ps + [p.inverse() for p in ps]; \
+[w.warp(i, t, intensity=s, antialias=a) for i in (np.ones((32, 32), np.uint8), np.ones((32, 32, 3), np.float32)) \
+ for t in ts for s in ("plain", "conserve") for a in (False, True)]' \
+    || echo "WARNING: numba warm-up failed; kernels will compile on first use" >&2; fi
+EXPOSE 50051
+# SERVING -> healthy. The probe checks 127.0.0.1:$WARPSVC_PORT inside the container.
+HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
+    CMD ["python", "-m", "warpsvc.healthcheck", "--timeout", "3"]
+# SIGTERM: health NOT_SERVING, new calls refused, in-flight calls get WARPSVC_GRACE_SECONDS
+# (default 30 s) to finish; give the container a longer stop timeout than that.
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["warpsvc"]
+CMD ["serve"]
