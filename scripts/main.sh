@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# Set up (a venv in .venv) and run the main job. Usage: bash scripts/main.sh [args for `warpsvc`]
+# Set up (a venv in .venv) and run the main job: the gRPC server.
+# Usage: bash scripts/main.sh                 -> `warpsvc serve` (127.0.0.1:50051; WARPSVC_* env vars apply)
+#        bash scripts/main.sh serve [flags]   -> the server with flags (see `warpsvc serve --help`)
+#        bash scripts/main.sh demo            -> the library tour (PNGs + Jacobian heatmaps in out/demo)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check -e . >/dev/null
-if [ $# -eq 0 ]; then set -- demo; fi
+if [ $# -eq 0 ]; then set -- serve; fi
 exec .venv/bin/warpsvc "$@"

@@ -15,7 +15,7 @@ import pytest
 import warpsvc
 from warpsvc import AffineTransform
 from warpsvc.server import Settings
-from warpsvc.server.servicer import WarpServicer
+from warpsvc.server.servicer import WarpServicer, add_to_server
 from warpsvc.v1 import warp_pb2_grpc
 from warpsvc_client import WarpClient
 from warpsvc_client.client import channel_options, service_config
@@ -47,7 +47,7 @@ class FlakyServicer(WarpServicer):
 def flaky():
     servicer = FlakyServicer(failures=2)
     server = grpc.server(futures.ThreadPoolExecutor(2), options=[("grpc.max_receive_message_length", 64 << 20)])
-    warp_pb2_grpc.add_WarpServiceServicer_to_server(servicer, server)
+    add_to_server(servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     yield servicer, f"127.0.0.1:{port}"

@@ -35,12 +35,12 @@ from grpc_status import rpc_status
 
 import warpsvc
 from warpsvc.v1 import warp_pb2 as pb
-from warpsvc.v1 import warp_pb2_grpc
 
-from . import convert
+from . import convert, wire
 
 MIB = 1 << 20
-SERVICE = "warpsvc.v1.WarpService"
+SERVICE = pb.DESCRIPTOR.services_by_name["WarpService"].full_name
+IMAGE_FIELD = pb.WarpRequest.DESCRIPTOR.fields_by_name["image"].number
 
 
 def service_config(retries: int) -> str:
@@ -115,7 +115,13 @@ class WarpClient:
             self._channel = grpc.secure_channel(target, creds, options=opts)
         else:
             self._channel = grpc.insecure_channel(target, options=opts)
-        self._stub = warp_pb2_grpc.WarpServiceStub(self._channel)
+        # The stub's methods, with a request serializer that also takes pre-serialised chunks.
+        self._rpc = {
+            m.name: self._channel.unary_unary(
+                f"/{SERVICE}/{m.name}", request_serializer=wire.serialize,
+                response_deserializer=getattr(pb, m.output_type.name).FromString, _registered_method=True)
+            for m in pb.DESCRIPTOR.services_by_name["WarpService"].methods
+        }
         self._timeout = timeout
         self._metadata = (("authorization", f"Bearer {token}"),) if token else None
         self._wait_for_ready = wait_for_ready
@@ -149,8 +155,8 @@ class WarpClient:
         """``warpsvc.warp`` on the server. ``image`` is a numpy array (sent raw) or the bytes of a
         PNG/JPEG/TIFF file (sent encoded). Returns a numpy array, or the encoded file's bytes when
         ``response_form`` is ``"png"``, ``"jpeg"`` or ``"tiff"``."""
-        request = pb.WarpRequest(
-            image=convert.image(image), transforms=convert.transforms(transform),
+        fields = pb.WarpRequest(
+            transforms=convert.transforms(transform),
             interpolation=convert.choice(convert.INTERPOLATIONS, interpolation, "interpolation"),
             border=convert.choice(convert.BORDERS, border, "border"), border_value=float(border_value),
             intensity=convert.choice(convert.INTENSITIES, intensity, "intensity"), antialias=bool(antialias),
@@ -158,8 +164,9 @@ class WarpClient:
             jpeg_quality=int(jpeg_quality),
         )
         if output_shape is not None:
-            request.output_shape.CopyFrom(convert.size(output_shape))
-        return convert.from_image(self._call(self._stub.Warp, request, timeout).image)
+            fields.output_shape.CopyFrom(convert.size(output_shape))
+        request = wire.Message([fields.SerializeToString(), *convert.image_field(image, IMAGE_FIELD).chunks])
+        return convert.from_image(self._call(self._rpc["Warp"], request, timeout).image)
 
     def jacobian_determinant(self, transform, output_shape, *, dtype=np.float64,
                              timeout: float | None = None) -> np.ndarray:
@@ -168,7 +175,7 @@ class WarpClient:
                             np.dtype(dtype), "dtype")
         request = pb.JacobianDeterminantRequest(transforms=convert.transforms(transform),
                                                 output_shape=convert.size(output_shape), dtype=dt)
-        return convert.array(self._call(self._stub.JacobianDeterminant, request, timeout).determinant)
+        return convert.array(self._call(self._rpc["JacobianDeterminant"], request, timeout).determinant)
 
     def align(self, template, image, model: str = "homography", init=None, *, levels="auto",
               template_mask=None, image_mask=None, robust=None, photometric=None, max_iterations=None,
@@ -177,7 +184,6 @@ class WarpClient:
         also stops the server's iterations (``reason="cancelled"`` reaches no one: the client
         gets DEADLINE_EXCEEDED)."""
         request = pb.AlignRequest(
-            template=convert.image(template, "template"), image=convert.image(image),
             model=convert.choice(convert.MODELS, model, "model"),
             robust=convert.choice(convert.ROBUST, robust, "robust"),
             photometric=convert.choice(convert.PHOTOMETRIC, photometric, "photometric"),
@@ -188,7 +194,11 @@ class WarpClient:
         if init is not None:
             request.init.extend(float(v) for v in np.asarray(getattr(init, "matrix", init), np.float64).ravel())
         if template_mask is not None:
-            request.template_mask.CopyFrom(convert.mask(template_mask, "template_mask"))
+            convert.fill_mask(request.template_mask, template_mask, "template_mask")
         if image_mask is not None:
-            request.image_mask.CopyFrom(convert.mask(image_mask, "image_mask"))
-        return convert.align_result(self._call(self._stub.Align, request, timeout))
+            convert.fill_mask(request.image_mask, image_mask, "image_mask")
+        chunks = [request.SerializeToString()]
+        for name, value in (("template", template), ("image", image)):
+            number = pb.AlignRequest.DESCRIPTOR.fields_by_name[name].number
+            chunks += convert.image_field(value, number, name).chunks
+        return convert.align_result(self._call(self._rpc["Align"], wire.Message(chunks), timeout))

@@ -15,6 +15,8 @@ import numpy as np
 import warpsvc
 from warpsvc.v1 import warp_pb2 as pb
 
+from . import wire
+
 DTYPES = {
     np.dtype(np.uint8): pb.DTYPE_UINT8,
     np.dtype(np.uint16): pb.DTYPE_UINT16,
@@ -47,31 +49,66 @@ def choice(table: dict, value, field: str):
 
 
 # -- images --------------------------------------------------------------------------------------
-def tensor(arr: np.ndarray) -> pb.Tensor:
+def tensor(arr: np.ndarray, out: pb.Tensor | None = None) -> pb.Tensor:
+    """``arr`` as a raw tensor, written into ``out`` in place when given (assigning or copying a
+    nested message copies its payload in upb: ~6 ms for a 6 MB image)."""
     a = np.asarray(arr)
     enum = DTYPES.get(a.dtype.newbyteorder("="))
     if enum is None:
         raise warpsvc.InvalidImageError(f"image dtype {a.dtype} is not supported (uint8, uint16, float32, float64)",
                                         field="image")
     le = np.ascontiguousarray(a, dtype=NUMPY_DTYPES[enum])
-    return pb.Tensor(shape=le.shape, dtype=enum, data=le.tobytes())
+    out = pb.Tensor() if out is None else out
+    out.shape[:] = le.shape
+    out.dtype = enum
+    out.data = le.tobytes()
+    return out
+
+
+def image_field(value, number: int, field: str = "image"):
+    """Field ``number`` of a request holding an image, as serialised chunks (:mod:`.wire`); a
+    numpy array's bytes are copied once, when the request is joined."""
+    if isinstance(value, np.ndarray):
+        a = value
+        enum = DTYPES.get(a.dtype.newbyteorder("="))
+        if enum is None:
+            raise warpsvc.InvalidImageError(
+                f"{field} dtype {a.dtype} is not supported (uint8, uint16, float32, float64)", field=field)
+        le = np.ascontiguousarray(a, dtype=NUMPY_DTYPES[enum])
+        tensor_number = pb.Image.DESCRIPTOR.fields_by_name["tensor"].number
+        return wire.tensor(pb.Tensor(shape=le.shape, dtype=enum), le).nested(tensor_number).nested(number)
+    return wire.Message([field_header_for(number, fill_image(pb.Image(), value, field))])
+
+
+def field_header_for(number: int, msg: pb.Image) -> bytes:
+    body = msg.SerializeToString()
+    return wire.field_header(number, len(body)) + body
+
+
+def fill_image(out: pb.Image, value, field: str = "image") -> pb.Image:
+    """Write an image into ``out``: a numpy array as a raw tensor, ``bytes`` (a PNG/JPEG/TIFF
+    file) as an encoded image."""
+    if isinstance(value, pb.Image):
+        out.CopyFrom(value)
+    elif isinstance(value, (bytes, bytearray, memoryview)):
+        out.encoded.data = bytes(value)
+    elif isinstance(value, np.ndarray):
+        tensor(value, out.tensor)
+    else:
+        raise warpsvc.InvalidImageError(
+            f"{field} must be a numpy array or encoded file bytes, got {type(value).__name__}", field=field)
+    return out
 
 
 def image(value, field: str = "image") -> pb.Image:
-    """A numpy array becomes a raw tensor; ``bytes`` (a PNG/JPEG/TIFF file) is sent encoded."""
-    if isinstance(value, pb.Image):
-        return value
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return pb.Image(encoded=pb.EncodedImage(data=bytes(value)))
-    if not isinstance(value, np.ndarray):
-        raise warpsvc.InvalidImageError(
-            f"{field} must be a numpy array or encoded file bytes, got {type(value).__name__}", field=field)
-    return pb.Image(tensor=tensor(value))
+    """A new ``pb.Image`` holding ``value`` (see :func:`fill_image`)."""
+    return fill_image(pb.Image(), value, field)
 
 
-def mask(value, field: str) -> pb.Image:
+def fill_mask(out: pb.Image, value, field: str) -> pb.Image:
     """A 0/non-0 (or boolean) mask as a uint8 tensor of 0 and 1."""
-    return pb.Image(tensor=tensor((np.asarray(value) != 0).astype(np.uint8)))
+    tensor((np.asarray(value) != 0).astype(np.uint8), out.tensor)
+    return out
 
 
 def array(msg: pb.Tensor) -> np.ndarray:

@@ -19,10 +19,10 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from warpsvc.v1 import warp_pb2, warp_pb2_grpc
+from warpsvc.v1 import warp_pb2
 
 from .interceptors import AccessLogInterceptor, BearerTokenInterceptor, DrainGate
-from .servicer import WarpServicer
+from .servicer import WarpServicer, add_to_server
 from .settings import Settings
 
 log = logging.getLogger("warpsvc.server")
@@ -77,7 +77,7 @@ def build_server(settings: Settings) -> WarpServer:
         options=channel_options(settings),
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
     )
-    warp_pb2_grpc.add_WarpServiceServicer_to_server(WarpServicer(settings), server)
+    add_to_server(WarpServicer(settings), server)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", SERVICE_NAME):

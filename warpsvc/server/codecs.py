@@ -25,6 +25,8 @@ from warpsvc import AffineTransform, HomographyTransform, PolarTransform, compos
 from warpsvc.core.errors import ImageTooLargeError, InvalidArgumentError, InvalidImageError, WarpsvcError
 from warpsvc.v1 import warp_pb2 as pb
 
+from . import wire
+
 DTYPES = {
     pb.DTYPE_UINT8: np.dtype("<u1"),
     pb.DTYPE_UINT16: np.dtype("<u2"),
@@ -83,21 +85,37 @@ def decode_tensor(msg: pb.Tensor, field: str, *, ndims=(2, 3)) -> np.ndarray:
         want = " or ".join(f"{n} positive dimensions" for n in ndims)
         raise InvalidImageError(f"{field}.shape: must have {want}, got {list(shape)}", field=f"{field}.shape")
     expected = int(np.prod(shape, dtype=object)) * dtype.itemsize
-    if expected != len(msg.data):
+    data = msg.data  # each access copies the payload out of upb: read it once
+    if expected != len(data):
         raise InvalidImageError(
-            f"{field}.data: shape {list(shape)} of {dtype.name} needs {expected} bytes, got {len(msg.data)}",
+            f"{field}.data: shape {list(shape)} of {dtype.name} needs {expected} bytes, got {len(data)}",
             field=f"{field}.data",
         )
-    arr = np.frombuffer(msg.data, dtype=dtype).reshape(shape)
+    arr = np.frombuffer(data, dtype=dtype).reshape(shape)
     return arr if dtype.isnative else arr.astype(dtype.newbyteorder("="))
 
 
-def encode_tensor(arr: np.ndarray) -> pb.Tensor:
+def _little_endian(arr: np.ndarray) -> tuple[np.ndarray, int]:
     enum = DTYPE_ENUMS.get(arr.dtype)
     if enum is None:  # pragma: no cover - the core only returns supported dtypes
         raise TypeError(f"cannot send dtype {arr.dtype}")
-    le = arr.astype(DTYPES[enum], copy=False)
-    return pb.Tensor(shape=le.shape, dtype=enum, data=np.ascontiguousarray(le).tobytes())
+    return arr.astype(DTYPES[enum], copy=False), enum
+
+
+def encode_tensor(arr: np.ndarray, out: pb.Tensor) -> pb.Tensor:
+    """Write ``arr`` into ``out`` in place (assigning or copying a nested message copies its
+    payload in upb). Large payloads go through :func:`tensor_parts` instead."""
+    le, enum = _little_endian(arr)
+    out.shape[:] = le.shape
+    out.dtype = enum
+    out.data = np.ascontiguousarray(le).tobytes()
+    return out
+
+
+def tensor_parts(arr: np.ndarray) -> wire.Parts:
+    """``arr`` as a serialised ``Tensor`` (one copy of the payload, see :mod:`.wire`)."""
+    le, enum = _little_endian(arr)
+    return wire.tensor_parts(pb.Tensor(shape=le.shape, dtype=enum), le)
 
 
 # -- encoded images ------------------------------------------------------------------------------
@@ -215,11 +233,12 @@ def decode_image(msg: pb.Image, field: str, max_pixels: int, *, required: bool =
     return decode_encoded(msg.encoded, f"{field}.encoded", max_pixels)
 
 
-def encode_image(arr: np.ndarray, form: int, *, jpeg_quality: int = 0) -> pb.Image:
-    """``arr`` in the form the caller asked for (``form`` validated by :func:`check_response_form`)."""
+def encode_image(arr: np.ndarray, form: int, *, jpeg_quality: int = 0) -> wire.Parts:
+    """``arr`` as a serialised ``Image`` in the form the caller asked for (``form`` validated by
+    :func:`check_response_form`)."""
     fmt = RESPONSE_FORMATS.get(form)
     if fmt is None:
-        return pb.Image(tensor=encode_tensor(arr))
+        return tensor_parts(arr).nested(pb.Image.DESCRIPTOR.fields_by_name["tensor"].number)
     channels = 1 if arr.ndim == 2 else arr.shape[2]
     name = pb.ResponseForm.Name(form)
     if arr.dtype.type not in FORMAT_DTYPES[fmt] or channels not in FORMAT_CHANNELS[fmt]:
@@ -233,7 +252,7 @@ def encode_image(arr: np.ndarray, form: int, *, jpeg_quality: int = 0) -> pb.Ima
     ok, buf = cv2.imencode(FORMAT_EXT[fmt], arr, params)
     if not ok:  # pragma: no cover - dtype and channels were checked above
         raise RuntimeError(f"OpenCV could not encode the result as {name}")
-    return pb.Image(encoded=pb.EncodedImage(format=fmt, data=buf.tobytes()))
+    return wire.Parts([pb.Image(encoded=pb.EncodedImage(format=fmt, data=buf.tobytes())).SerializeToString()])
 
 
 def check_response_form(form: int, jpeg_quality: int) -> None:

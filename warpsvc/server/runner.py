@@ -26,6 +26,32 @@ from .settings import Settings
 log = logging.getLogger("warpsvc.server")
 
 
+# glibc mallopt parameters (malloc.h).
+M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
+
+
+def tune_allocator() -> bool:
+    """Keep multi-megabyte message buffers in the malloc heap instead of fresh ``mmap`` pages.
+
+    Every request and response is a new multi-MB buffer (gRPC's bytes, the parsed message, the
+    warped array). glibc serves blocks above its mmap threshold with fresh pages and returns them
+    on free, so each call pays page faults and kernel zeroing for every buffer: measured here,
+    parsing a 6 MB WarpRequest took 3-9 ms instead of 0.4 ms and receiving it ~2x longer. Raising
+    the mmap and trim thresholds above the message limit lets the heap recycle those blocks (the
+    price: the process keeps its peak heap). No-op where glibc is absent. Returns True if applied.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # pragma: no cover - not glibc
+        return False
+    return bool(mallopt(M_MMAP_THRESHOLD, 256 << 20) and mallopt(M_TRIM_THRESHOLD, 1 << 30)
+                and mallopt(M_TOP_PAD, 64 << 20))
+
+
 def run_worker(settings: Settings, index: int = 0) -> int:
     """Run one server process until SIGTERM/SIGINT, then drain. Returns the exit code."""
     import cv2
@@ -33,6 +59,8 @@ def run_worker(settings: Settings, index: int = 0) -> int:
     from .app import build_server  # first grpc import of a worker: after any fork
 
     cv2.setNumThreads(settings.cv_threads)
+    if settings.tune_malloc:
+        tune_allocator()
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

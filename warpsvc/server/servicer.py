@@ -15,7 +15,7 @@ from warpsvc.core.errors import ImageTooLargeError, InvalidArgumentError, Warpsv
 from warpsvc.v1 import warp_pb2 as pb
 from warpsvc.v1 import warp_pb2_grpc
 
-from . import codecs
+from . import codecs, wire
 from .errors import DeadlineExceededError, UnimplementedError, abort
 from .interceptors import record_pixels
 from .settings import Settings
@@ -38,6 +38,8 @@ DET_DTYPES = {pb.DTYPE_UNSPECIFIED: np.float64, pb.DTYPE_FLOAT64: np.float64, pb
 # Library argument name -> request field, where they differ.
 WARP_FIELDS = {"transform": "transforms"}
 ALIGN_FIELDS = {"time_budget": "time_budget_seconds"}
+WARP_RESPONSE_IMAGE = pb.WarpResponse.DESCRIPTOR.fields_by_name["image"].number
+DET_RESPONSE_TENSOR = pb.JacobianDeterminantResponse.DESCRIPTOR.fields_by_name["determinant"].number
 # Stop the alignment this long before the deadline, so the answer can still be sent.
 DEADLINE_MARGIN_S = 0.05
 
@@ -73,7 +75,9 @@ class WarpServicer(warp_pb2_grpc.WarpServiceServicer):
         self._align = _align_function()
 
     # -- Warp -------------------------------------------------------------------------------------
-    def Warp(self, request: pb.WarpRequest, context) -> pb.WarpResponse:
+    def Warp(self, request: pb.WarpRequest, context) -> wire.Parts:
+        """Returns the response already serialised (:mod:`.wire`: one copy of the image instead
+        of four); register with :func:`add_to_server`, whose serializer joins it."""
         try:
             image = codecs.decode_image(request.image, "image", self.settings.max_input_pixels)
             transform = codecs.decode_transforms(request.transforms)
@@ -96,8 +100,8 @@ class WarpServicer(warp_pb2_grpc.WarpServiceServicer):
             except WarpsvcError as err:
                 raise _renamed(err, WARP_FIELDS) from err
             record_pixels(out=_pixels(out.shape))
-            return pb.WarpResponse(image=codecs.encode_image(out, request.response_form,
-                                                             jpeg_quality=request.jpeg_quality))
+            image = codecs.encode_image(out, request.response_form, jpeg_quality=request.jpeg_quality)
+            return image.nested(WARP_RESPONSE_IMAGE)
         except Exception as exc:  # noqa: BLE001 - every failure goes through the one table
             abort(context, exc)
 
@@ -119,7 +123,7 @@ class WarpServicer(warp_pb2_grpc.WarpServiceServicer):
             )
 
     # -- JacobianDeterminant ----------------------------------------------------------------------
-    def JacobianDeterminant(self, request: pb.JacobianDeterminantRequest, context):
+    def JacobianDeterminant(self, request: pb.JacobianDeterminantRequest, context) -> wire.Parts:
         try:
             transform = codecs.decode_transforms(request.transforms)
             if not request.HasField("output_shape"):
@@ -140,7 +144,7 @@ class WarpServicer(warp_pb2_grpc.WarpServiceServicer):
             except WarpsvcError as err:
                 raise _renamed(err, WARP_FIELDS) from err
             record_pixels(out=_pixels(det.shape))
-            return pb.JacobianDeterminantResponse(determinant=codecs.encode_tensor(det))
+            return codecs.tensor_parts(det).nested(DET_RESPONSE_TENSOR)
         except Exception as exc:  # noqa: BLE001
             abort(context, exc)
 
@@ -199,6 +203,23 @@ class WarpServicer(warp_pb2_grpc.WarpServiceServicer):
             abort(context, exc)
 
 
+def add_to_server(servicer: WarpServicer, server) -> None:
+    """Register ``servicer`` like the generated ``add_WarpServiceServicer_to_server``, with a
+    response serializer that also takes pre-serialised :class:`wire.Parts`."""
+    import grpc
+
+    handlers = {}
+    for method in pb.DESCRIPTOR.services_by_name["WarpService"].methods:
+        handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+            getattr(servicer, method.name),
+            request_deserializer=getattr(pb, method.input_type.name).FromString,
+            response_serializer=wire.serialize,
+        )
+    name = pb.DESCRIPTOR.services_by_name["WarpService"].full_name
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
+    server.add_registered_method_handlers(name, handlers)
+
+
 class _DeadlineStop:
     """The alignment's ``should_stop``: true once the call is cancelled or its deadline is within
     :data:`DEADLINE_MARGIN_S`; remembers that it fired."""
@@ -238,7 +259,7 @@ def _align_response(result) -> pb.AlignResponse:
         chart=_values(result.chart) if result.chart is not None else [],
     )
     if result.covariance is not None:
-        resp.covariance.CopyFrom(codecs.encode_tensor(np.asarray(result.covariance, dtype=np.float64)))
+        codecs.encode_tensor(np.asarray(result.covariance, dtype=np.float64), resp.covariance)
     if result.corner_covariance is not None:
-        resp.corner_covariance.CopyFrom(codecs.encode_tensor(np.asarray(result.corner_covariance, np.float64)))
+        codecs.encode_tensor(np.asarray(result.corner_covariance, np.float64), resp.corner_covariance)
     return resp

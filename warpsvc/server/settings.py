@@ -19,6 +19,8 @@ tls_cert / tls_key         WARPSVC_TLS_CERT / _TLS_KEY     (off)        PEM file
 token                      WARPSVC_TOKEN (or --token-file) (off)        required bearer token
 cv_threads                 WARPSVC_CV_THREADS              1            cv2.setNumThreads per worker
 reflection                 WARPSVC_REFLECTION              true         server reflection service
+tune_malloc                WARPSVC_TUNE_MALLOC             true         keep big buffers in the heap
+                                                                        (runner.tune_allocator)
 log_level                  WARPSVC_LOG_LEVEL               info         python logging level
 =========================  ==============================  ===========  ================================
 """
@@ -51,6 +53,7 @@ class Settings:
     token: str | None = field(default=None, repr=False)  # never printed
     cv_threads: int = 1
     reflection: bool = True
+    tune_malloc: bool = True
     log_level: str = "info"
 
     def __post_init__(self):
@@ -121,6 +124,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cv-threads", type=int, default=d, help="OpenCV threads per worker (default 1)")
     parser.add_argument("--no-reflection", dest="reflection", action="store_false", default=d,
                         help="disable server reflection")
+    parser.add_argument("--no-tune-malloc", dest="tune_malloc", action="store_false", default=d,
+                        help="leave glibc's mmap/trim thresholds alone (see docs/service.md)")
     parser.add_argument("--log-level", default=d, help="logging level (default info)")
 
 

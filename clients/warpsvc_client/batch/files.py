@@ -80,6 +80,44 @@ def atomic_write(path: pathlib.Path, data: bytes, *, fsync: bool = True) -> None
         raise
 
 
+def write_temp(path: pathlib.Path, data: bytes) -> str:
+    """First half of :func:`atomic_write`: ``data`` in a new temporary file next to ``path``
+    (not yet synced); returns its name for :func:`commit_temp`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_MARK)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.chmod(tmp, 0o644)
+    except BaseException:
+        discard_temp(tmp)
+        raise
+    return tmp
+
+
+def commit_temp(tmp: str, path: pathlib.Path, *, fsync: bool = True) -> None:
+    """Second half: fsync the temporary file (any process may have written it) and rename it
+    over ``path``."""
+    try:
+        if fsync:
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        discard_temp(tmp)
+        raise
+
+
+def discard_temp(tmp: str) -> None:
+    try:
+        os.unlink(tmp)
+    except FileNotFoundError:
+        pass
+
+
 def fsync_dir(path: pathlib.Path) -> None:
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     try:

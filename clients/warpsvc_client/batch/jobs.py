@@ -191,14 +191,32 @@ def _error_text(err: BaseException) -> str:
     return f"{name}: {err}"
 
 
-def process(task: Task, spec: JobSpec, engine, deadline_seconds: float | None = None,
-            dirsync: files.DirSync | None = None) -> dict:
-    """Do ``spec.job`` for one image with ``engine``; returns its manifest record."""
+@dataclass(frozen=True)
+class Staged:
+    """An output already written to a temporary file (by a pool process), awaiting :func:`store`."""
+
+    tmp: str
+    size: int
+    sha256: str
+
+
+def compute(task: Task, spec: JobSpec, engine, deadline_seconds: float | None = None, *,
+            stage: bool = False) -> tuple[dict, bytes | Staged | None]:
+    """Read one input and compute its output file's bytes with ``engine``.
+
+    Returns the manifest record so far and the bytes to write (``None`` when the image failed:
+    the record then says why), or with ``stage=True`` a :class:`Staged` temporary file holding
+    them (pool processes write it themselves rather than pickle the bytes back). Syncing and
+    renaming are :func:`store`'s job, so that a slow disk (``fsync``) never holds a compute
+    process or an RPC slot.
+    """
     t0 = time.monotonic()
     ctx = CallContext(deadline=None if deadline_seconds is None else t0 + deadline_seconds)
     rec = {"input": task.input, "output": task.output, "status": "failed", "error": None, "job": spec.job,
-           "target": getattr(engine, "name", None), "attempts": 0, "bytes": None, "sha256": None, "matrix": None, "inverse": None, "convergence": None, "timings": {}}
+           "target": getattr(engine, "name", None), "attempts": 0, "bytes": None, "sha256": None, "matrix": None,
+           "inverse": None, "convergence": None, "timings": {}}
     timings = rec["timings"]
+    out = None
     try:
         data = files.read_input(spec.input_dir / task.input)
         t1 = time.monotonic()
@@ -224,20 +242,41 @@ def process(task: Task, spec: JobSpec, engine, deadline_seconds: float | None = 
             rec.update(transform_record(transform))
         else:  # pragma: no cover - argparse limits the choices
             raise ValueError(f"unknown job {spec.job!r}")
-        t2 = time.monotonic()
-        timings["compute"] = t2 - t1
-        files.atomic_write(spec.output_dir / task.output, out, fsync=spec.fsync)
-        if dirsync is not None:
-            dirsync.add(spec.output_dir / task.output)
-        timings["write"] = time.monotonic() - t2
-        rec.update(status="ok", bytes=len(out), sha256=files.sha256(out))
+        timings["compute"] = time.monotonic() - t1
+        if stage:
+            out = Staged(files.write_temp(spec.output_dir / task.output, out), len(out), files.sha256(out))
     except Exception as err:  # noqa: BLE001 - every failure becomes the image's record
         rec["error"] = _error_text(err)
+        out = None
     rec["attempts"] = ctx.attempts
     if ctx.target:
         rec["target"] = ctx.target
     if ctx.retried:
         rec["retried"] = ctx.retried
     timings["total"] = time.monotonic() - t0
+    return rec, out
+
+
+def store(rec: dict, out: bytes | Staged, spec: JobSpec) -> dict:
+    """Write ``out`` atomically to the record's output (or commit the staged temporary file);
+    the record becomes ``ok`` (or says why not)."""
+    t0 = time.monotonic()
+    try:
+        if isinstance(out, Staged):
+            files.commit_temp(out.tmp, spec.output_dir / rec["output"], fsync=spec.fsync)
+            rec.update(status="ok", bytes=out.size, sha256=out.sha256)
+        else:
+            files.atomic_write(spec.output_dir / rec["output"], out, fsync=spec.fsync)
+            rec.update(status="ok", bytes=len(out), sha256=files.sha256(out))
+    except Exception as err:  # noqa: BLE001
+        rec["error"] = _error_text(err)
+    took = time.monotonic() - t0
+    rec["timings"]["write"] = took
+    rec["timings"]["total"] = rec["timings"].get("total", 0.0) + took
     return rec
 
+
+def process(task: Task, spec: JobSpec, engine, deadline_seconds: float | None = None) -> dict:
+    """:func:`compute` then :func:`store`: one image, start to finish; returns its record."""
+    rec, out = compute(task, spec, engine, deadline_seconds)
+    return rec if out is None else store(rec, out, spec)

@@ -1,10 +1,13 @@
 """Run the tasks: a bounded window of work, records appended as images finish, progress, summary.
 
-* gRPC targets: a thread pool of ``inflight + io`` threads runs :func:`.jobs.process`; the
+* gRPC targets: a thread pool of ``inflight + io`` threads runs :func:`.jobs.compute`; the
   engine's semaphore keeps at most ``inflight`` RPCs outstanding while the other threads read
-  and write files (file I/O and OpenCV release the GIL), so disk work overlaps the RPCs.
+  input files (file I/O and OpenCV release the GIL), so disk work overlaps the RPCs.
 * ``local``: a process pool (``jobs`` processes, each ``cv2.setNumThreads(1)``) runs the same
-  function with the in-process library; at most ``2 * jobs`` tasks are queued. A worker that
+  function with the in-process library; at most ``2 * jobs`` tasks are queued.
+* Either way 4 writer threads of this process finish each output (:func:`.jobs.store`: temp
+  file, fsync, rename), off the compute path; pool processes write the temporary file
+  themselves (no pickling of the bytes back). A worker that
   dies (a crash in native code) breaks the pool: its pending tasks are re-run in a fresh pool,
   and a task present at two breakdowns is recorded as failed.
 """
@@ -76,8 +79,8 @@ def _init_worker(spec, deadline, parent_pid) -> None:
     threading.Thread(target=watchdog, daemon=True).start()
 
 
-def _run_local_task(task):
-    return jobs_mod.process(task, _WORKER["spec"], _WORKER["engine"], _WORKER["deadline"])
+def _compute_local_task(task):
+    return jobs_mod.compute(task, _WORKER["spec"], _WORKER["engine"], _WORKER["deadline"], stage=True)
 
 
 def _pool_context():
@@ -91,7 +94,12 @@ def local_processes(jobs: int) -> int:
 
 # -- the loop --------------------------------------------------------------------------------------
 def run(tasks, spec, engine, opts: RunOptions, on_record, counts: Counts, dirsync: DirSync) -> Counts:
-    """Process every task; ``on_record(record)`` is called in this thread as each one finishes."""
+    """Process every task; ``on_record(record)`` is called in this thread as each one finishes.
+
+    Two stages: *compute* (read, compute, encode: the process pool, or threads making RPCs) and
+    *store* (atomic write with fsync: a few threads of this process), so a slow disk never
+    idles a core or an RPC slot. ``window`` bounds the images held in either stage.
+    """
     tasks = list(tasks)
     bar = None
     start = time.monotonic()
@@ -115,33 +123,45 @@ def run(tasks, spec, engine, opts: RunOptions, on_record, counts: Counts, dirsyn
         n = local_processes(opts.jobs)
         make = lambda: cf.ProcessPoolExecutor(n, mp_context=_pool_context(), initializer=_init_worker,  # noqa: E731
                                               initargs=(spec, opts.deadline, os.getpid()))
-        fn, window = _run_local_task, 2 * n
+        fn, slots = _compute_local_task, 2 * n
     else:
         n = engine.inflight + max(2, engine.inflight // 2)
         make = lambda: cf.ThreadPoolExecutor(n, thread_name_prefix="warpsvc-batch")  # noqa: E731
-        fn = lambda t: jobs_mod.process(t, spec, engine, opts.deadline)  # noqa: E731
-        window = 2 * n
-    executor = make()  # before the progress bar's thread exists (the pool forks)
+        fn = lambda t: jobs_mod.compute(t, spec, engine, opts.deadline)  # noqa: E731
+        slots = n
+    executor = make()  # before any other thread exists here (the pool forks)
+    writers = cf.ThreadPoolExecutor(4, thread_name_prefix="warpsvc-batch-write")
+    window = 2 * slots
     bar = _progress_bar(len(tasks), opts.progress, spec.job)
     crashes: dict[int, int] = {}
     queue = list(reversed(tasks))
-    pending: dict = {}
+    computing: dict = {}
+    storing: dict = {}
     try:
-        while queue or pending:
-            while queue and len(pending) < window:
+        while queue or computing or storing:
+            while queue and len(computing) < slots and len(computing) + len(storing) < window:
                 task = queue.pop()
-                pending[executor.submit(fn, task)] = task
-            done, _ = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
+                computing[executor.submit(fn, task)] = task
+            done, _ = cf.wait(list(computing) + list(storing), return_when=cf.FIRST_COMPLETED)
             broken = []
             for fut in done:
-                task = pending.pop(fut)
-                try:
+                if fut in storing:
+                    storing.pop(fut)
                     finished(fut.result())
+                    continue
+                task = computing.pop(fut)
+                try:
+                    rec, out = fut.result()
                 except cf.process.BrokenProcessPool:
                     broken.append(task)
+                    continue
+                if out is None:
+                    finished(rec)
+                else:
+                    storing[writers.submit(jobs_mod.store, rec, out, spec)] = task
             if broken:  # a worker died: retry everything it took down, once
-                broken += list(pending.values())
-                pending.clear()
+                broken += list(computing.values())
+                computing.clear()
                 executor.shutdown(wait=False, cancel_futures=True)
                 executor = make()
                 for task in broken:
@@ -153,6 +173,7 @@ def run(tasks, spec, engine, opts: RunOptions, on_record, counts: Counts, dirsyn
     finally:
         counts.elapsed = time.monotonic() - start
         executor.shutdown(wait=True, cancel_futures=True)
+        writers.shutdown(wait=True)
         bar.close()
     return counts
 

@@ -99,6 +99,27 @@ def _png(img: np.ndarray) -> bytes:
     return cv2.imencode(".png", img)[1].tobytes()
 
 
+class _Det:
+    """A determinant map waiting for the run's common colour scale."""
+
+    def __init__(self, det):
+        self.det = np.asarray(det, np.float64)
+
+    def span(self) -> float:
+        d = self.det[np.isfinite(self.det) & (self.det > 0)]
+        return float(np.abs(np.log2(d)).max()) if d.size else 0.0
+
+
+def _colour(rows):
+    """Replace every :class:`_Det` by its heatmap on one scale: +-max(1, largest |log2 det|)."""
+    span = max([1.0] + [img.span() for _, panels in rows for _, img in panels if isinstance(img, _Det)])
+    for _, panels in rows:
+        for i, (label, img) in enumerate(panels):
+            if isinstance(img, _Det):
+                panels[i] = (f"{label} +-{span:.2g}", heatmap(img.det, span)[0])
+    return span
+
+
 def _panels(rec: dict, spec, engine, ref_u8) -> list[tuple[str, np.ndarray]]:
     """The pictures of one successful image, as (label, BGR uint8) pairs."""
     import warpsvc
@@ -109,7 +130,7 @@ def _panels(rec: dict, spec, engine, ref_u8) -> list[tuple[str, np.ndarray]]:
     ctx = CallContext(deadline=None)
     panels = [("input", to_u8(inp))]
     if spec.job == "jacobian":
-        panels.append(("|det J| map (output)", heatmap(out)[0]))
+        panels.append(("|det J| (log2)", _Det(out)))
         return panels
     panels.append(("output", to_u8(out)))
     if spec.job == "align":
@@ -117,7 +138,7 @@ def _panels(rec: dict, spec, engine, ref_u8) -> list[tuple[str, np.ndarray]]:
     else:
         transform = from_record(rec)  # the record says which transform was used
     det = engine.jacobian(transform, tuple(out.shape[:2]), ctx)
-    panels.append(("|det J| (log2)", heatmap(det)[0]))
+    panels.append(("|det J| (log2)", _Det(det)))
     if spec.job == "align":
         before = residual(inp, spec.reference)
         after = residual(out, spec.reference)
@@ -164,6 +185,7 @@ def write(spec, engine, records: list[dict], counts, *, limit: int = 24, command
             shown.append(rec)
         except Exception as err:  # noqa: BLE001 - a picture that cannot be made is noted, not fatal
             rec.setdefault("report", {})["error"] = f"{type(err).__name__}: {err}"
+    _colour(rows)
     sheet = contact_sheet(rows)
     sheet_path = spec.output_dir / "contact_sheet.png"
     files.atomic_write(sheet_path, _png(sheet), fsync=spec.fsync)
@@ -190,8 +212,9 @@ def _html(spec, records, shown, rows, failed, counts, command) -> str:
         f"<p><b>{counts.ok} ok</b>, <b>{counts.failed} failed</b>, {counts.skipped} skipped (resume)"
         + (f", {counts.unconverged} not converged" if spec.job == "align" else "")
         + f"; {counts.elapsed:.1f} s, {counts.rate():.1f} images/s.</p>",
-        "<p>Jacobian heatmaps show log2 |det J| of the inverse map on the output grid: blue where an output "
-        "pixel covers less input area than 1 px&sup2;, white where area is kept, red where it covers more. "
+        "<p>Jacobian heatmaps show log2 |det J| of the inverse map on the output grid, on one scale for the "
+        "run (the header gives its range): blue where an output pixel covers less input area than 1 px&sup2;, "
+        "white where area is kept, red where it covers more; grey where it is undefined. "
         "Residuals are |image &minus; reference| on one scale per row (before: the raw image; after: the "
         "aligned output).</p>",
         '<p>Contact sheet: <a href="contact_sheet.png">contact_sheet.png</a></p>',
