@@ -128,6 +128,11 @@ def warp_to_template(image: np.ndarray, W: np.ndarray, shape, affine: bool) -> n
     """``I(W x)`` on the template grid (h, w, C), NaN where the sample needs a missing pixel."""
     h, w, c = shape
     flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+    if c == 1:  # the common case, without the channel bookkeeping
+        src = image[:, :, 0]
+        if affine:
+            return cv2.warpAffine(src, W[:2], (w, h), flags=flags, borderMode=cv2.BORDER_CONSTANT, borderValue=NAN)
+        return cv2.warpPerspective(src, W, (w, h), flags=flags, borderMode=cv2.BORDER_CONSTANT, borderValue=NAN)
     chans = [image] if c <= 4 else [image[:, :, i:i + 4] for i in range(0, c, 4)]
     outs = []
     for ch in chans:
