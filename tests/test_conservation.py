@@ -149,3 +149,17 @@ def test_antialiased_output_strips_match_a_single_pass(monkeypatch):
     strips = warp(img, t, (230, 230), intensity="conserve", antialias=True)
     np.testing.assert_allclose(strips, single, rtol=0, atol=1e-9)
     assert abs(strips.sum() - img.sum()) <= 1e-9 * img.sum()
+
+
+@pytest.mark.parametrize("dtype,channels", [(np.uint8, 3), (np.uint16, 1), (np.float32, 7), (np.float64, 2)])
+def test_antialiased_dtypes_and_channels(dtype, channels):
+    rng = np.random.default_rng(31)
+    img = (rng.random((90, 110, channels)) * (200 if dtype != np.float32 else 1)).astype(dtype)
+    t = AffineTransform.from_components(scale=(0.4, 0.5), rotation=0.3, translation=(30, 10))
+    out = warp(img, t, (70, 90), intensity="conserve", antialias=True)
+    assert out.dtype == (np.float64 if dtype == np.float64 else np.float32)
+    assert out.shape == (70, 90, channels)
+    for ch in range(channels):  # each channel is its own scatter, as a single-channel call
+        single = warp(np.ascontiguousarray(img[:, :, ch]), t, (70, 90), intensity="conserve", antialias=True)
+        np.testing.assert_allclose(out[:, :, ch], single, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(out.sum(axis=(0, 1), dtype=np.float64), img.sum(axis=(0, 1), dtype=np.float64), rtol=1e-6)
