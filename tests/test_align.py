@@ -393,3 +393,28 @@ def test_sub_model_jacobian_columns_match_motion_model():
         for sub, cols in SUBMODEL_COLUMNS[model].items():
             sx, sy = warp_jacobian(sub, u)
             assert np.allclose(jx[:, list(cols)], sx, atol=1e-12) and np.allclose(jy[:, list(cols)], sy, atol=1e-12)
+
+
+# -- large templates and retries -------------------------------------------------------------
+
+def test_pixel_selection_recovers_large_template(camera):
+    """Above max_pixels the strongest-gradient pixels are sampled with cv2.remap."""
+    truth = true_warp("homography")
+    template = cut(camera, truth, shape=(200, 240))
+    full = align(template, camera, "homography", start(), options=AlignOptions(max_pixels=None))
+    sparse = align(template, camera, "homography", start(), options=AlignOptions(max_pixels=3000))
+    assert full.converged and sparse.converged
+    assert corner_error(sparse, truth, (200, 240)) < CORNER_TOL
+    assert corner_error(full, truth, (200, 240)) < CORNER_TOL
+    assert sparse.covariance is not None
+
+
+def test_retry_can_be_disabled(camera):
+    rng = np.random.default_rng(3)
+    noise = cv2.GaussianBlur(rng.uniform(0, 255, TEMPLATE).astype(np.float32), (0, 0), 2.0)
+    once = align(noise, camera, "affine", start(), options=AlignOptions(retry=False))
+    again = align(noise, camera, "affine", start())
+    assert not once.converged and not again.converged
+    with pytest.raises(InvalidArgumentError) as info:
+        AlignOptions(retry="yes").checked()
+    assert info.value.field == "retry"

@@ -14,7 +14,8 @@ from .jacobians import inv3, make_chart
 from .options import AlignOptions
 from .pyramid import auto_levels, build_level, build_pyramid, prepare
 from .result import (
-    CANCELLED, CONVERGED, FLAT_TEMPLATE, INSUFFICIENT_OVERLAP, LOW_CORRELATION, TIME_BUDGET, AlignResult,
+    CANCELLED, CONVERGED, DEGENERATE_WARP, FLAT_TEMPLATE, INSUFFICIENT_OVERLAP, LOW_CORRELATION, MAX_ITERATIONS,
+    NO_PROGRESS, TIME_BUDGET, AlignResult,
 )
 
 _DEFAULTS = AlignOptions()
@@ -29,8 +30,14 @@ SUBMODEL_COLUMNS = {
     "affine": {"translation": (2, 5)},
     "homography": {"translation": (2, 5), "affine": (0, 1, 2, 3, 4, 5)},
 }
-# The warm start only has to bring the template within the full model's reach.
-WARM_START_ITERATIONS = 15
+# Alternative schedules tried, in order, when an attempt ends unconverged for a reason a
+# different start might fix (measured on the benchmark: the translation warm start and the
+# fourth level each lose a few of the sigma = 15 trials the other schedule wins).
+RETRIES = (
+    {"warm_start": None},
+    {"levels": lambda problem, opts: max(1, problem.n_levels(opts) - 1) if opts.levels == "auto" else opts.levels},
+)
+RETRYABLE = (LOW_CORRELATION, MAX_ITERATIONS, NO_PROGRESS, DEGENERATE_WARP)
 
 
 def align(
@@ -90,28 +97,95 @@ def align(
         raise InvalidImageError(
             f"image has {img.shape[2]} channels but template has {tmpl.shape[2]}", field="image"
         )
-    W = _initial_warp(init)  # image_from_template, level-0 pixels
-    if opts.levels == "auto":
+    W0 = _initial_warp(init)  # image_from_template, level-0 pixels
+    problem = _Problem(tmpl, img, W0, opts)
+    result = _attempt(problem, opts, clock)
+    # Restart on a detected failure with the alternative schedules (costs time only when the
+    # first attempt failed; `converged` is reliable enough to decide).
+    for change in RETRIES if opts.retry else ():
+        if result.converged or result.reason not in RETRYABLE or clock.stop_reason() is not None:
+            break
+        alt = opts.replace(**{k: (v(problem, opts) if callable(v) else v) for k, v in change.items()})
+        if alt == opts:
+            continue
+        again = _attempt(problem, alt, clock)
+        if again.converged or (again.zncc_check > result.zncc_check and again.reason not in (TIME_BUDGET, CANCELLED)):
+            result = again
+    return result.to_result(opts, problem, clock)
+
+
+class _Problem:
+    """What every attempt shares: prepared images, chart, corners, pyramids by depth."""
+
+    def __init__(self, tmpl, img, W0, opts):
+        self.tmpl, self.img, self.W0 = tmpl, img, W0
+        self.chart = make_chart(tmpl.shape)
+        self.chart_inv = np.linalg.inv(self.chart)
+        h, w = tmpl.shape[:2]
+        self.corners0 = np.array([[0, 0, 1], [w - 1, 0, 1], [w - 1, h - 1, 1], [0, h - 1, 1]], dtype=np.float64)
+        self.affine = opts.model != "homography" and W0[2, 0] == 0.0 and W0[2, 1] == 0.0
+        self.sigma_floor = 1e-12
+        if opts.robust is not None:  # a floor for the MAD scale, relative to the template's contrast
+            finite = tmpl[np.isfinite(tmpl)]
+            self.sigma_floor = max(1e-6 * float(finite.std()) if finite.size else 0.0, 1e-12)
+        self._pyramids = {}
+
+    def n_levels(self, opts) -> int:
+        if opts.levels != "auto":
+            return int(opts.levels)
         # A robust loss needs enough pixels per level to outvote the outliers: coarsest level twice as big.
         min_side = opts.min_level_side * (2 if opts.robust else 1)
-        n_levels = auto_levels(tmpl.shape, min_side, opts.auto_max_levels)
-    else:
-        n_levels = int(opts.levels)
-    chart = make_chart(tmpl.shape)
-    chart_inv = np.linalg.inv(chart)
-    h, w = tmpl.shape[:2]
-    corners0 = np.array([[0, 0, 1], [w - 1, 0, 1], [w - 1, h - 1, 1], [0, h - 1, 1]], dtype=np.float64)
-    affine = opts.model != "homography" and W[2, 0] == 0.0 and W[2, 1] == 0.0
-    photometric_on = opts.photometric == "gain_bias"
-    t_pyr = build_pyramid(tmpl, n_levels)
-    i_pyr = build_pyramid(img, n_levels)
-    finite = tmpl[np.isfinite(tmpl)]
-    spread = float(finite.std()) if finite.size else 0.0
-    sigma_floor = max(1e-6 * spread, 1e-12)
+        return auto_levels(self.tmpl.shape, min_side, opts.auto_max_levels)
 
+    def pyramids(self, n_levels):
+        if n_levels not in self._pyramids:
+            self._pyramids[n_levels] = (build_pyramid(self.tmpl, n_levels), build_pyramid(self.img, n_levels))
+        return self._pyramids[n_levels]
+
+
+class _Outcome:
+    """One attempt's estimate and statistics (turned into an AlignResult at the end)."""
+
+    def __init__(self, W, reason, iterations, histories, stats, n_levels):
+        self.W, self.iterations, self.histories, self.stats, self.n_levels = W, iterations, histories, stats, n_levels
+        self.converged = reason == CONVERGED
+        self.reason = reason
+        self.zncc_check = stats.zncc_check if np.isfinite(stats.zncc_check) else -np.inf
+
+    def check(self, opts):
+        if self.converged and self.stats.overlap < opts.min_overlap:
+            self.converged, self.reason = False, INSUFFICIENT_OVERLAP
+        if self.converged and not self.stats.zncc_check >= opts.min_zncc:
+            self.converged, self.reason = False, LOW_CORRELATION
+        return self
+
+    def to_result(self, opts, problem, clock) -> AlignResult:
+        W, stats = self.W, self.stats
+        inverse = W / W[2, 2]
+        matrix = inv3(inverse)
+        matrix = matrix / matrix[2, 2]
+        if np.array_equal(inverse[2], [0.0, 0.0, 1.0]):
+            matrix[2] = (0.0, 0.0, 1.0)
+        return AlignResult(
+            matrix=matrix, inverse=inverse, converged=self.converged, reason=self.reason,
+            iterations=tuple(self.iterations), rms_error=stats.rms, zncc=stats.zncc,
+            cost_history=tuple(self.histories), covariance=stats.covariance,
+            corner_covariance=stats.corner_covariance, overlap=stats.overlap, gain=tuple(stats.gain),
+            bias=tuple(stats.bias), model=opts.model, levels=self.n_levels, elapsed=clock.elapsed(),
+            chart=problem.chart,
+        )
+
+
+def _attempt(problem: _Problem, opts: AlignOptions, clock: Clock) -> _Outcome:
+    """Coarse to fine from ``problem.W0`` with the schedule of ``opts``."""
+    n_levels = problem.n_levels(opts)
+    t_pyr, i_pyr = problem.pyramids(n_levels)
+    chart, chart_inv, corners0, affine = problem.chart, problem.chart_inv, problem.corners0, problem.affine
+    photometric_on = opts.photometric == "gain_bias"
+    W = problem.W0
     iterations, histories = [], []
     reason = CONVERGED
-    finest = last = None
+    last = None
     finest = build_level(0, t_pyr[0], i_pyr[0], opts.model, chart, photometric_on, opts.max_pixels)
     if not _well_posed(finest):
         n_levels = 0  # nothing to solve: report the start
@@ -134,7 +208,7 @@ def align(
             out = solve_level(lm, W, model=step_model, chart=chart, chart_inv=chart_inv, corners0=corners0,
                               affine=affine, robust=opts.robust, photometric=photometric_on,
                               max_iterations=opts.max_iterations, tolerance=tol, clock=clock,
-                              sigma_floor=sigma_floor, coarse=index > 0)
+                              sigma_floor=problem.sigma_floor, coarse=index > 0)
             W = out.W
             level_its += out.iterations
             level_costs += out.costs
@@ -154,24 +228,9 @@ def align(
         if index == 0:
             reason = out.reason
             last = out.last
-    stats = final_statistics(finest, W, opts, affine, chart, corners0, sigma_floor,
+    stats = final_statistics(finest, W, opts, affine, chart, corners0, problem.sigma_floor,
                              last=last if reason == CONVERGED else None)
-    converged = reason == CONVERGED
-    if converged and stats.overlap < opts.min_overlap:
-        converged, reason = False, INSUFFICIENT_OVERLAP
-    if converged and not stats.zncc_check >= opts.min_zncc:
-        converged, reason = False, LOW_CORRELATION
-    inverse = W / W[2, 2]
-    matrix = inv3(inverse)
-    matrix = matrix / matrix[2, 2]
-    if np.array_equal(inverse[2], [0.0, 0.0, 1.0]):
-        matrix[2] = (0.0, 0.0, 1.0)
-    return AlignResult(
-        matrix=matrix, inverse=inverse, converged=converged, reason=reason, iterations=tuple(iterations),
-        rms_error=stats.rms, zncc=stats.zncc, cost_history=tuple(histories), covariance=stats.covariance,
-        corner_covariance=stats.corner_covariance, overlap=stats.overlap, gain=tuple(stats.gain),
-        bias=tuple(stats.bias), model=opts.model, levels=len(t_pyr), elapsed=clock.elapsed(), chart=chart,
-    )
+    return _Outcome(W, reason, iterations, histories, stats, len(t_pyr)).check(opts)
 
 
 def _level_models(opts, index, n_levels):

@@ -17,6 +17,7 @@ template pixel of every level.
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import numpy as np
 
@@ -36,9 +37,16 @@ def chart_scale(chart: np.ndarray) -> float:
     return float(1.0 / chart[0, 0])
 
 
+@lru_cache(maxsize=None)
+def _dm_at_identity(model: str) -> np.ndarray:
+    dm = dmatrix_dparams(model, np.zeros(N_PARAMS[model]))
+    dm.setflags(write=False)
+    return dm
+
+
 def warp_jacobian(model: str, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``(Jx, Jy)``, each ``(N, P)``: derivative of the mapped chart point at ``d = 0``."""
-    dm = dmatrix_dparams(model, np.zeros(N_PARAMS[model]))  # (3, 3, P)
+    dm = _dm_at_identity(model)  # (3, 3, P)
     ut = np.column_stack([u, np.ones(len(u))])  # (N, 3)
     a0, a1, a2 = ut @ dm[0], ut @ dm[1], ut @ dm[2]  # (N, P) each
     return a0 - u[:, :1] * a2, a1 - u[:, 1:2] * a2

@@ -62,6 +62,10 @@ class AlignOptions:
     max_pixels : per level, use at most this many template pixels (those with the strongest
         gradient) and sample the image only there; ``None`` = every pixel. Large templates
         (a 640x480 frame) then cost about as much as a 140x140 one.
+    retry : when an attempt ends unconverged for a reason another schedule might fix
+        (``low_correlation``, ``max_iterations``, ``no_progress``, ``degenerate_warp``), try
+        again without the translation warm start, then with one level fewer; keep the first
+        converged attempt (else the best-correlated one). Costs time only on failures.
     """
 
     model: str = "homography"
@@ -81,6 +85,7 @@ class AlignOptions:
     coarsest_model: str = "affine"
     search_radius: int = 3
     max_pixels: Optional[int] = 20_000
+    retry: bool = True
 
     def checked(self) -> "AlignOptions":
         """Return ``self`` after validating every field (raises ``InvalidArgumentError``)."""
@@ -112,6 +117,8 @@ class AlignOptions:
             raise InvalidArgumentError(
                 f"coarsest_model must be 'affine' or 'homography', got {self.coarsest_model!r}", field="coarsest_model")
         _int_in(self.search_radius, 0, 64, "search_radius")
+        if not isinstance(self.retry, bool):
+            raise InvalidArgumentError(f"retry must be a bool, got {self.retry!r}", field="retry")
         if self.max_pixels is not None:
             _int_in(self.max_pixels, 64, 1 << 31, "max_pixels", extra=" or None")
         return self
