@@ -40,3 +40,36 @@ def test_client_request_bytes_equal_protobuf(value):
     theirs = pb.WarpRequest(transforms=t, border_value=2.5, image=convert.image(value)).SerializeToString()
     assert pb.WarpRequest.FromString(ours) == pb.WarpRequest.FromString(theirs)
     assert sorted(ours) == sorted(theirs) and len(ours) == len(theirs)  # same fields, order may differ
+
+
+def _owner(arr):
+    base = arr
+    while isinstance(base, np.ndarray):
+        base = base.base
+    return base.obj if isinstance(base, memoryview) else base
+
+
+def test_request_payload_is_read_in_place():
+    arr = (np.arange(30 * 40 * 3) % 256).astype(np.uint8).reshape(30, 40, 3)
+    raw = pb.WarpRequest(image=convert.image(arr), transforms=convert.transforms(AffineTransform.identity()),
+                         border_value=1.0).SerializeToString()
+    msg = pb.WarpRequest.FromString(raw)
+    token = codecs.RAW_REQUEST.set((raw, pb.WarpRequest.DESCRIPTOR))
+    try:
+        got = codecs.decode_tensor(msg.image.tensor, "image.tensor")
+    finally:
+        codecs.RAW_REQUEST.reset(token)
+    np.testing.assert_array_equal(got, arr)
+    assert _owner(got) is raw  # a view of the received bytes, not a copy
+    # Outside a call (or for odd encodings) the parsed message is read instead.
+    np.testing.assert_array_equal(codecs.decode_tensor(msg.image.tensor, "image.tensor"), arr)
+    assert wire.payload_view(raw + raw, (1, 1, 3)) is None  # repeated field: protobuf merges, so do not guess
+
+
+def test_client_response_payload_is_read_in_place():
+    arr = np.linspace(0, 1, 24 * 5).reshape(24, 5)
+    raw = pb.JacobianDeterminantResponse(determinant=codecs.encode_tensor(arr, pb.Tensor())).SerializeToString()
+    response = client_wire.deserializer(pb.JacobianDeterminantResponse)(raw)
+    got = convert.array(response.message.determinant, response.payload(1))
+    np.testing.assert_array_equal(got, arr)
+    assert _owner(got) is raw

@@ -41,6 +41,9 @@ from . import convert, wire
 MIB = 1 << 20
 SERVICE = pb.DESCRIPTOR.services_by_name["WarpService"].full_name
 IMAGE_FIELD = pb.WarpRequest.DESCRIPTOR.fields_by_name["image"].number
+WARP_IMAGE = pb.WarpResponse.DESCRIPTOR.fields_by_name["image"].number
+IMAGE_TENSOR = pb.Image.DESCRIPTOR.fields_by_name["tensor"].number
+DET_TENSOR = pb.JacobianDeterminantResponse.DESCRIPTOR.fields_by_name["determinant"].number
 
 
 def service_config(retries: int) -> str:
@@ -119,7 +122,8 @@ class WarpClient:
         self._rpc = {
             m.name: self._channel.unary_unary(
                 f"/{SERVICE}/{m.name}", request_serializer=wire.serialize,
-                response_deserializer=getattr(pb, m.output_type.name).FromString, _registered_method=True)
+                response_deserializer=wire.deserializer(getattr(pb, m.output_type.name)),
+                _registered_method=True)
             for m in pb.DESCRIPTOR.services_by_name["WarpService"].methods
         }
         self._timeout = timeout
@@ -166,7 +170,8 @@ class WarpClient:
         if output_shape is not None:
             fields.output_shape.CopyFrom(convert.size(output_shape))
         request = wire.Message([fields.SerializeToString(), *convert.image_field(image, IMAGE_FIELD).chunks])
-        return convert.from_image(self._call(self._rpc["Warp"], request, timeout).image)
+        response = self._call(self._rpc["Warp"], request, timeout)
+        return convert.from_image(response.message.image, response.payload(WARP_IMAGE, IMAGE_TENSOR))
 
     def jacobian_determinant(self, transform, output_shape, *, dtype=np.float64,
                              timeout: float | None = None) -> np.ndarray:
@@ -175,7 +180,8 @@ class WarpClient:
                             np.dtype(dtype), "dtype")
         request = pb.JacobianDeterminantRequest(transforms=convert.transforms(transform),
                                                 output_shape=convert.size(output_shape), dtype=dt)
-        return convert.array(self._call(self._rpc["JacobianDeterminant"], request, timeout).determinant)
+        response = self._call(self._rpc["JacobianDeterminant"], request, timeout)
+        return convert.array(response.message.determinant, response.payload(DET_TENSOR))
 
     def align(self, template, image, model: str = "homography", init=None, *, levels="auto",
               template_mask=None, image_mask=None, robust=None, photometric=None, max_iterations=None,
@@ -201,4 +207,4 @@ class WarpClient:
         for name, value in (("template", template), ("image", image)):
             number = pb.AlignRequest.DESCRIPTOR.fields_by_name[name].number
             chunks += convert.image_field(value, number, name).chunks
-        return convert.align_result(self._call(self._rpc["Align"], wire.Message(chunks), timeout))
+        return convert.align_result(self._call(self._rpc["Align"], wire.Message(chunks), timeout).message)

@@ -111,15 +111,18 @@ def fill_mask(out: pb.Image, value, field: str) -> pb.Image:
     return out
 
 
-def array(msg: pb.Tensor) -> np.ndarray:
-    arr = np.frombuffer(msg.data, dtype=NUMPY_DTYPES[msg.dtype]).reshape(tuple(msg.shape))
+def array(msg: pb.Tensor, data=None) -> np.ndarray:
+    """The tensor as a read-only array over ``data`` (its payload viewed in the raw response,
+    see :mod:`.wire`) or, when ``None``, over a copy of ``msg.data``."""
+    arr = np.frombuffer(msg.data if data is None else data, dtype=NUMPY_DTYPES[msg.dtype])
+    arr = arr.reshape(tuple(msg.shape))
     return arr.astype(arr.dtype.newbyteorder("="), copy=False)
 
 
-def from_image(msg: pb.Image):
+def from_image(msg: pb.Image, data=None):
     """A tensor response as a numpy array; an encoded response as the file's bytes."""
     if msg.WhichOneof("kind") == "tensor":
-        return array(msg.tensor)
+        return array(msg.tensor, data)
     return msg.encoded.data
 
 

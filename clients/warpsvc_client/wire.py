@@ -52,3 +52,75 @@ def tensor(header: pb.Tensor, array: np.ndarray) -> Message:
 
 def serialize(message) -> bytes:
     return b"".join(message.chunks) if isinstance(message, Message) else message.SerializeToString()
+
+
+# -- reading payloads in place (twin of warpsvc/server/wire.py) ------------------------------------
+def _read_varint(buf, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = buf[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+        if shift > 63:
+            raise ValueError("varint too long")
+
+
+def _find(buf, start: int, end: int, number: int):
+    found = None
+    pos = start
+    while pos < end:
+        key, pos = _read_varint(buf, pos)
+        kind, field = key & 7, key >> 3
+        if kind == 0:
+            _, pos = _read_varint(buf, pos)
+        elif kind == 1:
+            pos += 8
+        elif kind == 5:
+            pos += 4
+        elif kind == 2:
+            length, pos = _read_varint(buf, pos)
+            if field == number:
+                if found is not None:
+                    return None
+                found = (pos, length)
+            pos += length
+        else:
+            return None
+    return found if pos == end else None
+
+
+def payload_view(raw: bytes, numbers: tuple[int, ...]):
+    """Zero-copy view of the bytes field reached through field ``numbers``, or ``None``."""
+    try:
+        start, end = 0, len(raw)
+        for number in numbers:
+            hit = _find(raw, start, end, number)
+            if hit is None:
+                return None
+            start, end = hit[0], hit[0] + hit[1]
+    except (IndexError, ValueError):
+        return None
+    return memoryview(raw)[start:end]
+
+
+class Response:
+    """A parsed response with its serialised bytes, to read tensor payloads in place."""
+
+    __slots__ = ("message", "raw")
+
+    def __init__(self, message, raw: bytes):
+        self.message, self.raw = message, raw
+
+    def payload(self, *numbers: int):
+        data = pb.Tensor.DESCRIPTOR.fields_by_name["data"].number
+        return payload_view(self.raw, (*numbers, data))
+
+
+def deserializer(message_type):
+    def deserialize(raw: bytes) -> Response:
+        return Response(message_type.FromString(raw), raw)
+
+    return deserialize

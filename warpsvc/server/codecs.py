@@ -16,6 +16,7 @@ Images
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import struct
 
 import cv2
@@ -85,7 +86,9 @@ def decode_tensor(msg: pb.Tensor, field: str, *, ndims=(2, 3)) -> np.ndarray:
         want = " or ".join(f"{n} positive dimensions" for n in ndims)
         raise InvalidImageError(f"{field}.shape: must have {want}, got {list(shape)}", field=f"{field}.shape")
     expected = int(np.prod(shape, dtype=object)) * dtype.itemsize
-    data = msg.data  # each access copies the payload out of upb: read it once
+    data = _raw_payload(field)
+    if data is None:
+        data = msg.data  # each access copies the payload out of upb: read it once
     if expected != len(data):
         raise InvalidImageError(
             f"{field}.data: shape {list(shape)} of {dtype.name} needs {expected} bytes, got {len(data)}",
@@ -100,6 +103,28 @@ def _little_endian(arr: np.ndarray) -> tuple[np.ndarray, int]:
     if enum is None:  # pragma: no cover - the core only returns supported dtypes
         raise TypeError(f"cannot send dtype {arr.dtype}")
     return arr.astype(DTYPES[enum], copy=False), enum
+
+
+# The serialised request being handled and its descriptor (set by servicer.add_to_server), so
+# tensor payloads are viewed in place instead of copied out of the parsed message.
+RAW_REQUEST: contextvars.ContextVar[tuple | None] = contextvars.ContextVar("warpsvc_raw_request", default=None)
+
+
+def _raw_payload(field: str) -> memoryview | None:
+    """The bytes of tensor ``field`` (``"image.tensor"``) viewed in the raw request, or ``None``."""
+    current = RAW_REQUEST.get()
+    if current is None:
+        return None
+    raw, descriptor = current
+    numbers = []
+    for name in field.split("."):
+        f = descriptor.fields_by_name.get(name)
+        if f is None or f.message_type is None:
+            return None
+        numbers.append(f.number)
+        descriptor = f.message_type
+    numbers.append(wire.TENSOR_DATA_FIELD)
+    return wire.payload_view(raw, tuple(numbers))
 
 
 def encode_tensor(arr: np.ndarray, out: pb.Tensor) -> pb.Tensor:

@@ -210,14 +210,30 @@ def add_to_server(servicer: WarpServicer, server) -> None:
 
     handlers = {}
     for method in pb.DESCRIPTOR.services_by_name["WarpService"].methods:
+        behavior, deserialize = _with_raw_request(getattr(servicer, method.name), getattr(pb, method.input_type.name))
         handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-            getattr(servicer, method.name),
-            request_deserializer=getattr(pb, method.input_type.name).FromString,
-            response_serializer=wire.serialize,
-        )
+            behavior, request_deserializer=deserialize, response_serializer=wire.serialize)
     name = pb.DESCRIPTOR.services_by_name["WarpService"].full_name
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
     server.add_registered_method_handlers(name, handlers)
+
+
+def _with_raw_request(method, message_type):
+    """Deserialize to ``(message, raw bytes)`` and run ``method(message, context)`` with the raw
+    bytes in :data:`codecs.RAW_REQUEST`, so image payloads are read in place (zero copies)."""
+
+    def deserialize(raw: bytes):
+        return message_type.FromString(raw), raw
+
+    def behavior(request_and_raw, context):
+        message, raw = request_and_raw
+        token = codecs.RAW_REQUEST.set((raw, message_type.DESCRIPTOR))
+        try:
+            return method(message, context)
+        finally:
+            codecs.RAW_REQUEST.reset(token)
+
+    return behavior, deserialize
 
 
 class _DeadlineStop:

@@ -68,3 +68,59 @@ def tensor_parts(header: pb.Tensor, array: np.ndarray) -> Parts:
 def serialize(message) -> bytes:
     """Response serializer: protobuf messages as usual, :class:`Parts` joined."""
     return message.join() if isinstance(message, Parts) else message.SerializeToString()
+
+
+# -- reading payloads in place ---------------------------------------------------------------------
+def _read_varint(buf, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = buf[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+        if shift > 63:
+            raise ValueError("varint too long")
+
+
+def _find(buf, start: int, end: int, number: int) -> tuple[int, int] | None:
+    """(offset, length) of the single length-delimited field ``number`` in ``buf[start:end]``;
+    ``None`` if absent, repeated (protobuf would merge), or the bytes are not plain wire format."""
+    found = None
+    pos = start
+    while pos < end:
+        key, pos = _read_varint(buf, pos)
+        kind, field = key & 7, key >> 3
+        if kind == 0:
+            _, pos = _read_varint(buf, pos)
+        elif kind == 1:
+            pos += 8
+        elif kind == 5:
+            pos += 4
+        elif kind == 2:
+            length, pos = _read_varint(buf, pos)
+            if field == number:
+                if found is not None:
+                    return None
+                found = (pos, length)
+            pos += length
+        else:
+            return None  # groups: let protobuf handle it
+    return found if pos == end else None
+
+
+def payload_view(raw: bytes, numbers: tuple[int, ...]) -> memoryview | None:
+    """A zero-copy view of the bytes field reached through field ``numbers`` (e.g. WarpRequest
+    image(1) -> tensor(1) -> data(3)) of the serialised message ``raw``, or ``None`` (then read the
+    parsed message instead). ``msg.data`` on a parsed message copies the payload each time."""
+    try:
+        start, end = 0, len(raw)
+        for number in numbers:
+            hit = _find(raw, start, end, number)
+            if hit is None:
+                return None
+            start, end = hit[0], hit[0] + hit[1]
+    except (IndexError, ValueError):
+        return None
+    return memoryview(raw)[start:end]

@@ -10,7 +10,8 @@
   ``inflight`` RPCs are outstanding (a semaphore); UNAVAILABLE, DEADLINE_EXCEEDED (of one
   attempt), load shedding (RESOURCE_EXHAUSTED without a field) and ABORTED are retried with
   exponential backoff and jitter, preferring another target after a failure, within the
-  image's deadline.
+  image's deadline. A target answering UNAVAILABLE is avoided for ``cooldown`` seconds,
+  doubling while it keeps failing (used again only when no other target is up).
 """
 
 from __future__ import annotations
@@ -133,11 +134,23 @@ class GrpcEngine:
         self._slots = threading.BoundedSemaphore(inflight)
         self._lock = threading.Lock()
         self._turn = 0
+        self._streak: dict[str, int] = {}
         self._retryable = _retryable_codes()
 
     def close(self) -> None:
         for t in self.targets:
             t.client.close()
+
+    def _mark_down(self, name: str) -> None:
+        """Avoid every connection to ``name`` for a while: ``cooldown`` seconds, doubling with
+        each consecutive UNAVAILABLE (at most 16x), so a dead server costs few attempts."""
+        with self._lock:
+            streak = self._streak.get(name, 0)
+            self._streak[name] = streak + 1
+            until = time.monotonic() + self.policy.cooldown * 2 ** min(streak, 4)
+            for t in self.targets:
+                if t.name == name:
+                    t.down_until = max(t.down_until, until)
 
     def _pick(self, avoid: str | None) -> _Target:
         now = time.monotonic()
@@ -171,6 +184,7 @@ class GrpcEngine:
                     took = time.monotonic() - t0
                     with self._lock:
                         target.latency = took if target.latency == 0 else 0.8 * target.latency + 0.2 * took
+                        self._streak[target.name] = 0
                     return result
                 except self._grpc.RpcError as err:
                     code = err.code() if callable(getattr(err, "code", None)) else None
@@ -178,7 +192,7 @@ class GrpcEngine:
                         raise
                     ctx.retried.append(f"{target.name}: {code.name}")
                     if code is self._grpc.StatusCode.UNAVAILABLE:
-                        target.down_until = time.monotonic() + policy.cooldown
+                        self._mark_down(target.name)
                     avoid = target.name
                 finally:
                     with self._lock:

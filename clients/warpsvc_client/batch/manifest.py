@@ -4,7 +4,7 @@ Record fields (``docs/batch.md`` has the full table)::
 
     {"input": "a/b.png", "output": "a/b.png", "status": "ok" | "failed", "error": null | "...",
      "job": "warp", "target": "127.0.0.1:50051", "attempts": 1, "bytes": 1234, "sha256": "...",
-     "shape": [64, 64], "dtype": "uint8", "matrix": [[...]] | null, "inverse": [[...]] | null,
+     "matrix": [[...]] | null, "inverse": [[...]] | null,
      "convergence": {...} | null, "timings": {"read": s, "compute": s, "write": s, "total": s},
      "finished": "2026-01-01T00:00:00.000000+00:00"}
 
@@ -19,6 +19,7 @@ exists with the recorded size and SHA-256 (complete and recorded). Everything el
 from __future__ import annotations
 
 import json
+import math
 import os
 import pathlib
 import threading
@@ -79,7 +80,11 @@ class Writer:
         self._lock = threading.Lock()
 
     def write(self, record: dict) -> None:
-        line = (json.dumps(record, separators=(",", ":"), allow_nan=False, default=_jsonable) + "\n").encode()
+        try:
+            text = json.dumps(record, separators=(",", ":"), allow_nan=False, default=_jsonable)
+        except ValueError:  # NaN/inf somewhere: strict JSON has no such numbers, write null
+            text = json.dumps(_finite(record), separators=(",", ":"), allow_nan=False, default=_jsonable)
+        line = (text + "\n").encode()
         with self._lock:
             self._fh.write(line)
             self._fh.flush()
@@ -96,6 +101,18 @@ class Writer:
             if self._fsync:
                 self._sync()
             self._fh.close()
+
+
+def _finite(value):
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    if hasattr(value, "tolist"):
+        return _finite(value.tolist())
+    return value
 
 
 def _jsonable(value):

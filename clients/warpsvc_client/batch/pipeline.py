@@ -54,8 +54,9 @@ class RunOptions:
 def _progress_bar(total: int, enabled: bool, desc: str):
     from tqdm import tqdm
 
-    return tqdm(total=total, unit="img", desc=desc, disable=not enabled, dynamic_ncols=True, smoothing=0.05,
-                mininterval=0.5)
+    # disable=None: tqdm turns itself off when stderr is not a terminal (logs stay clean)
+    return tqdm(total=total, unit="img", desc=desc, disable=True if not enabled else None, dynamic_ncols=True,
+                smoothing=0.05, mininterval=0.5)
 
 
 # -- local process pool ----------------------------------------------------------------------------
