@@ -8,6 +8,7 @@ import numpy as np
 from ..errors import InvalidArgumentError, InvalidImageError, InvalidTransformError
 from ..transforms import Transform
 from ..transforms.matrix import MAX_CONDITION
+from ..validate import check_image
 from .covariance import final_statistics
 from .gauss_newton import Clock, solve_level, translation_search
 from .jacobians import inv3, make_chart
@@ -92,13 +93,24 @@ def align(
                           should_stop=should_stop).checked()
     clock = Clock(opts.time_budget, opts.should_stop)
     tmpl = prepare(template, template_mask, "template", "template_mask")
-    img = prepare(image, image_mask, "image", "image_mask")
-    if tmpl.shape[2] != img.shape[2]:
+    full = check_image(image, "image")
+    if image_mask is not None and np.shape(image_mask) != full.shape[:2]:
         raise InvalidImageError(
-            f"image has {img.shape[2]} channels but template has {tmpl.shape[2]}", field="image"
+            f"image_mask must have shape {full.shape[:2]} (the image's H, W), got {np.shape(image_mask)}",
+            field="image_mask")
+    if tmpl.shape[2] != full.shape[2]:
+        raise InvalidImageError(
+            f"image has {full.shape[2]} channels but template has {tmpl.shape[2]}", field="image"
         )
     W0 = _initial_warp(init)  # image_from_template, level-0 pixels
+    # Work on the part of the image the template can reach (see _region): large images then
+    # cost no more than small ones.
+    x0, y0, x1, y1 = _region(full.shape, tmpl.shape, W0, 2 ** (_Problem.levels_for(tmpl.shape, opts) - 1))
+    img = prepare(image[y0:y1, x0:x1], None if image_mask is None else np.asarray(image_mask)[y0:y1, x0:x1],
+                  "image", "image_mask")
+    W0 = np.array([[1.0, 0, -x0], [0, 1.0, -y0], [0, 0, 1.0]]) @ W0
     problem = _Problem(tmpl, img, W0, opts)
+    problem.offset = (x0, y0)
     result = _attempt(problem, opts, clock)
     # Restart on a detected failure with the alternative schedules (costs time only when the
     # first attempt failed; `converged` is reliable enough to decide).
@@ -129,13 +141,18 @@ class _Problem:
             finite = tmpl[np.isfinite(tmpl)]
             self.sigma_floor = max(1e-6 * float(finite.std()) if finite.size else 0.0, 1e-12)
         self._pyramids = {}
+        self.offset = (0, 0)
 
     def n_levels(self, opts) -> int:
+        return self.levels_for(self.tmpl.shape, opts)
+
+    @staticmethod
+    def levels_for(template_shape, opts) -> int:
         if opts.levels != "auto":
             return int(opts.levels)
         # A robust loss needs enough pixels per level to outvote the outliers: coarsest level twice as big.
         min_side = opts.min_level_side * (2 if opts.robust else 1)
-        return auto_levels(self.tmpl.shape, min_side, opts.auto_max_levels)
+        return auto_levels(template_shape, min_side, opts.auto_max_levels)
 
     def pyramids(self, n_levels):
         if n_levels not in self._pyramids:
@@ -160,7 +177,9 @@ class _Outcome:
         return self
 
     def to_result(self, opts, problem, clock) -> AlignResult:
-        W, stats = self.W, self.stats
+        stats = self.stats
+        x0, y0 = problem.offset
+        W = np.array([[1.0, 0, x0], [0, 1.0, y0], [0, 0, 1.0]]) @ self.W  # back to full-image pixels
         inverse = W / W[2, 2]
         matrix = inv3(inverse)
         matrix = matrix / matrix[2, 2]
@@ -231,6 +250,30 @@ def _attempt(problem: _Problem, opts: AlignOptions, clock: Clock) -> _Outcome:
     stats = final_statistics(finest, W, opts, affine, chart, corners0, problem.sigma_floor,
                              last=last if reason == CONVERGED else None)
     return _Outcome(W, reason, iterations, histories, stats, len(t_pyr)).check(opts)
+
+
+def _region(image_shape, template_shape, W, align: int):
+    """``(x0, y0, x1, y1)``: the image part that can matter, the template's footprint under ``W``
+    grown by the template's size on every side (the coarse search and the steps never reach
+    further), with ``x0, y0`` multiples of ``align`` so the pyramid keeps the full image's pixel
+    grid. The whole image when the footprint is not finite or the saving would be small."""
+    H, Wd = image_shape[:2]
+    everything = (0, 0, Wd, H)
+    h, w = template_shape[:2]
+    c = np.array([[0, 0, 1], [w - 1, 0, 1], [w - 1, h - 1, 1], [0, h - 1, 1]], dtype=np.float64) @ W.T
+    if not np.all(c[:, 2] > 0):
+        return everything
+    xy = c[:, :2] / c[:, 2:]
+    if not np.all(np.isfinite(xy)):
+        return everything
+    margin = max(h, w) + 8
+    x0 = int(np.clip(np.floor(xy[:, 0].min()) - margin, 0, Wd)) // align * align
+    y0 = int(np.clip(np.floor(xy[:, 1].min()) - margin, 0, H)) // align * align
+    x1 = int(np.clip(np.ceil(xy[:, 0].max()) + margin + 1, 0, Wd))
+    y1 = int(np.clip(np.ceil(xy[:, 1].max()) + margin + 1, 0, H))
+    if x1 - x0 < 2 or y1 - y0 < 2 or (x1 - x0) * (y1 - y0) > 0.7 * H * Wd:
+        return everything
+    return x0, y0, x1, y1
 
 
 def _level_models(opts, index, n_levels):
