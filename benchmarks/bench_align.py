@@ -56,13 +56,13 @@ import time
 os.environ.setdefault("OPENBLAS_NUM_THREADS", os.environ.get("BENCH_BLAS_THREADS", "1"))
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-import scipy.io as sio  # noqa: E402
-from skimage import data  # noqa: E402
+import cv2
+import numpy as np
+import scipy.io as sio
+from skimage import data
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-import warpsvc  # noqa: E402
+import warpsvc
 
 LK20 = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data" / "lk20"
 PHOTOS = ("camera", "astronaut", "coffee", "chelsea", "rocket", "coins", "moon")
@@ -167,8 +167,8 @@ class Trials:
             template = template.copy()
             template[oy:oy + 50, ox:ox + 50] = self.texture[ty:ty + 50, tx:tx + 50]
         start = np.array([[1, 0, rect[0] + 0.5], [0, 1, rect[1] + 0.5], [0, 0, 1.0]])  # image_from_template
-        return dict(template=np.ascontiguousarray(template, np.float32), image=np.ascontiguousarray(image, np.float32),
-                    tp=tp, truth_pts=truth_pts, start=start)
+        return {"template": np.ascontiguousarray(template, np.float32), "image": np.ascontiguousarray(image, np.float32),
+                    "tp": tp, "truth_pts": truth_pts, "start": start}
 
 
 # -- methods ----------------------------------------------------------------------------------
@@ -228,7 +228,7 @@ def coverage(result, t):
 
 def measure(trials, sigma, condition, methods, n, warmup=5):
     model = trials.model
-    stats = {m: dict(err=[], time=[], cpu=[], exc=0, agree=[], cover=[], conv_flag=[]) for m in methods}
+    stats = {m: {"err": [], "time": [], "cpu": [], "exc": 0, "agree": [], "cover": [], "conv_flag": []} for m in methods}
     for k in range(min(warmup, n)):  # warm-up, not recorded
         t = trials.trial(k, sigma, condition)
         for m in methods:
@@ -267,13 +267,13 @@ def measure(trials, sigma, condition, methods, n, warmup=5):
     for m, s in stats.items():
         e = np.array(s["err"])
         conv = e <= 1.0
-        out[m] = dict(
-            n=len(e), converged_pct=100 * conv.mean(), within_0_1_pct=100 * (e <= 0.1).mean(),
-            mean_ms=1e3 * float(np.mean(s["time"])), median_ms=1e3 * float(np.median(s["time"])),
-            mean_cpu_ms=1e3 * float(np.mean(s["cpu"])),
-            median_error_converged=float(np.median(e[conv])) if conv.any() else None,
-            median_error=float(np.median(e)), exceptions=s["exc"],
-        )
+        out[m] = {
+            "n": len(e), "converged_pct": 100 * conv.mean(), "within_0_1_pct": 100 * (e <= 0.1).mean(),
+            "mean_ms": 1e3 * float(np.mean(s["time"])), "median_ms": 1e3 * float(np.median(s["time"])),
+            "mean_cpu_ms": 1e3 * float(np.mean(s["cpu"])),
+            "median_error_converged": float(np.median(e[conv])) if conv.any() else None,
+            "median_error": float(np.median(e)), "exceptions": s["exc"],
+        }
         if s["agree"]:
             out[m]["status_agreement_pct"] = 100 * float(np.mean(s["agree"]))
             out[m]["reported_converged_pct"] = 100 * float(np.mean(s["conv_flag"]))
@@ -287,14 +287,14 @@ def frame_case(n, sigma=4.0, seed=0, warmup=2):
     frame = cv2.resize(grey(data.coffee()), (640, 480), interpolation=cv2.INTER_AREA)
     h, w = frame.shape
     corners = np.array([[0, 0], [w - 1, 0], [w - 1, h - 1], [0, h - 1]], np.float64)
-    res = {m: dict(err=[], time=[], cpu=[], exc=0) for m in ("warpsvc", "ecc_ms3", "ecc_ms4")}
+    res = {m: {"err": [], "time": [], "cpu": [], "exc": 0} for m in ("warpsvc", "ecc_ms3", "ecc_ms4")}
     for k in range(-warmup, n):
         rng = np.random.default_rng([seed, k + 100])
         moved = corners + rng.normal(0, sigma, corners.shape)
         truth = warpsvc.HomographyTransform.from_points(corners, moved).matrix  # image_from_template
         image = cv2.warpPerspective(frame, truth, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
-        t = dict(template=frame, image=image, start=np.eye(3), tp=corners, truth_pts=moved)
-        for m in res:
+        t = {"template": frame, "image": image, "start": np.eye(3), "tp": corners, "truth_pts": moved}
+        for m, acc in res.items():
             c0 = time.process_time()
             t0 = time.perf_counter()
             try:
@@ -309,15 +309,15 @@ def frame_case(n, sigma=4.0, seed=0, warmup=2):
             dc = time.process_time() - c0
             if k < 0:
                 continue
-            res[m]["cpu"].append(dc)
+            acc["cpu"].append(dc)
             # interior error: the frame's border is reflected content, so score the corners
-            res[m]["err"].append(float(np.sqrt(np.mean((map_pts(wm, corners) - moved) ** 2))))
-            res[m]["time"].append(dt)
-            res[m]["exc"] += exc
-    return {m: dict(n=len(s["err"]), mean_ms=1e3 * float(np.mean(s["time"])),
-                    mean_cpu_ms=1e3 * float(np.mean(s["cpu"])),
-                    median_ms=1e3 * float(np.median(s["time"])), median_error=float(np.median(s["err"])),
-                    converged_pct=100 * float(np.mean(np.array(s["err"]) <= 1.0)), exceptions=s["exc"])
+            acc["err"].append(float(np.sqrt(np.mean((map_pts(wm, corners) - moved) ** 2))))
+            acc["time"].append(dt)
+            acc["exc"] += exc
+    return {m: {"n": len(s["err"]), "mean_ms": 1e3 * float(np.mean(s["time"])),
+                    "mean_cpu_ms": 1e3 * float(np.mean(s["cpu"])),
+                    "median_ms": 1e3 * float(np.median(s["time"])), "median_error": float(np.median(s["err"])),
+                    "converged_pct": 100 * float(np.mean(np.array(s["err"]) <= 1.0)), "exceptions": s["exc"]}
             for m, s in res.items()}
 
 
@@ -345,9 +345,9 @@ def summary(results):
                 t_anchor += a["mean_ms"] * a["n"]
                 c_ours += o["mean_cpu_ms"] * o["n"]
                 c_anchor += a["mean_cpu_ms"] * a["n"]
-    return dict(trials=n, exceptions=exc, status_agreement_pct=100 * agree / n if n else None,
-                mean_time_ratio_vs_ecc_ms3=t_ours / t_anchor if t_anchor else None,
-                cpu_time_ratio_vs_ecc_ms3=c_ours / c_anchor if c_anchor else None)
+    return {"trials": n, "exceptions": exc, "status_agreement_pct": 100 * agree / n if n else None,
+                "mean_time_ratio_vs_ecc_ms3": t_ours / t_anchor if t_anchor else None,
+                "cpu_time_ratio_vs_ecc_ms3": c_ours / c_anchor if c_anchor else None}
 
 
 def markdown(results):
@@ -416,11 +416,11 @@ def main(argv=None):
     for part in filter(None, args.condition_sigmas.split(";")):
         c, s = part.split(":")
         cond_sigmas[c] = [float(v) for v in s.split(",")]
-    results = dict(
-        command=" ".join(["python", "benchmarks/bench_align.py"] + (argv if argv is not None else sys.argv[1:])),
-        python=platform.python_version(), opencv=cv2.__version__, numpy=np.__version__, threads=args.threads,
-        machine=platform.machine(), cpus=__import__("os").cpu_count(), blocks=[],
-    )
+    results = {
+        "command": " ".join(["python", "benchmarks/bench_align.py"] + (argv if argv is not None else sys.argv[1:])),
+        "python": platform.python_version(), "opencv": cv2.__version__, "numpy": np.__version__, "threads": args.threads,
+        "machine": platform.machine(), "cpus": __import__("os").cpu_count(), "blocks": [],
+    }
     t_start = time.time()
     for dataset in datasets:
         for model in args.models.split(","):
@@ -429,9 +429,9 @@ def main(argv=None):
                 # the noise / gain-bias / occlusion conditions run on the first dataset only
                 if dataset != datasets[0] and condition != "noise_free":
                     continue
-                block = dict(dataset=dataset, model=model, condition=condition, trials=args.trials, rows=[])
+                block = {"dataset": dataset, "model": model, "condition": condition, "trials": args.trials, "rows": []}
                 for sigma in cond_sigmas.get(condition, []):
-                    row = dict(sigma=sigma, methods=measure(trials, sigma, condition, methods, args.trials))
+                    row = {"sigma": sigma, "methods": measure(trials, sigma, condition, methods, args.trials)}
                     block["rows"].append(row)
                     s = row["methods"]
                     print(f"[{time.time() - t_start:7.0f}s] {dataset} {model} {condition} sigma={sigma:g} " + " ".join(

@@ -274,18 +274,18 @@ def test_unrelated_images_do_not_claim_convergence(camera):
 # -- argument guards -----------------------------------------------------------------------
 
 @pytest.mark.parametrize("kwargs, field", [
-    (dict(model="projective"), "model"),
-    (dict(levels=0), "levels"),
-    (dict(levels="many"), "levels"),
-    (dict(robust="cauchy"), "robust"),
-    (dict(photometric="gain"), "photometric"),
-    (dict(max_iterations=0), "max_iterations"),
-    (dict(max_iterations=2.5), "max_iterations"),
-    (dict(tolerance=-1.0), "tolerance"),
-    (dict(tolerance=float("nan")), "tolerance"),
-    (dict(time_budget=0), "time_budget"),
-    (dict(should_stop=3), "should_stop"),
-    (dict(options="fast"), "options"),
+    ({"model": "projective"}, "model"),
+    ({"levels": 0}, "levels"),
+    ({"levels": "many"}, "levels"),
+    ({"robust": "cauchy"}, "robust"),
+    ({"photometric": "gain"}, "photometric"),
+    ({"max_iterations": 0}, "max_iterations"),
+    ({"max_iterations": 2.5}, "max_iterations"),
+    ({"tolerance": -1.0}, "tolerance"),
+    ({"tolerance": float("nan")}, "tolerance"),
+    ({"time_budget": 0}, "time_budget"),
+    ({"should_stop": 3}, "should_stop"),
+    ({"options": "fast"}, "options"),
 ])
 def test_invalid_arguments_raise_with_field(camera, kwargs, field):
     with pytest.raises(InvalidArgumentError) as info:

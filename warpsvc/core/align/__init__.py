@@ -10,4 +10,4 @@ from .api import align
 from .options import AlignOptions
 from .result import REASONS, AlignResult
 
-__all__ = ["AlignOptions", "AlignResult", "REASONS", "align"]
+__all__ = ["REASONS", "AlignOptions", "AlignResult", "align"]

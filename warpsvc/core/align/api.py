@@ -15,8 +15,16 @@ from .jacobians import inv3, make_chart
 from .options import AlignOptions
 from .pyramid import auto_levels, build_level, build_pyramid, prepare
 from .result import (
-    CANCELLED, CONVERGED, DEGENERATE_WARP, FLAT_TEMPLATE, INSUFFICIENT_OVERLAP, LOW_CORRELATION, MAX_ITERATIONS,
-    NO_PROGRESS, TIME_BUDGET, AlignResult,
+    CANCELLED,
+    CONVERGED,
+    DEGENERATE_WARP,
+    FLAT_TEMPLATE,
+    INSUFFICIENT_OVERLAP,
+    LOW_CORRELATION,
+    MAX_ITERATIONS,
+    NO_PROGRESS,
+    TIME_BUDGET,
+    AlignResult,
 )
 
 _DEFAULTS = AlignOptions()

@@ -29,7 +29,6 @@ from .jacobians import chart_scale, point_covariance
 from .pyramid import Level, _grid_jacobian
 
 
-
 @dataclass
 class FinalStats:
     rms: float

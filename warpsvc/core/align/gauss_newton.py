@@ -71,7 +71,15 @@ import numpy as np
 from .jacobians import chart_scale, det3, inv3, update_matrix
 from .options import HUBER_K, MAD_TO_SIGMA, TUKEY_C
 from .pyramid import Level
-from .result import CANCELLED, CONVERGED, DEGENERATE_WARP, INSUFFICIENT_OVERLAP, MAX_ITERATIONS, NO_PROGRESS, TIME_BUDGET
+from .result import (
+    CANCELLED,
+    CONVERGED,
+    DEGENERATE_WARP,
+    INSUFFICIENT_OVERLAP,
+    MAX_ITERATIONS,
+    NO_PROGRESS,
+    TIME_BUDGET,
+)
 
 NAN = float("nan")
 MAX_DAMPING = 1e8
@@ -121,7 +129,7 @@ class LevelOutcome:
     reason: str
     iterations: int
     costs: list = field(default_factory=list)
-    last: "Evaluation | None" = None  # residuals at the last accepted estimate
+    last: Evaluation | None = None  # residuals at the last accepted estimate
 
 
 def warp_to_template(image: np.ndarray, W: np.ndarray, shape, affine: bool) -> np.ndarray:
@@ -212,7 +220,7 @@ def evaluate(lv: Level, W0: np.ndarray, affine: bool, robust, photometric: bool,
     tflat = lv.tflat
     wflat = warped.reshape(-1)
     e = wflat - tflat  # NaN where either side is missing
-    valid = e == e
+    valid = ~np.isnan(e)
     n_valid = int(np.count_nonzero(valid))
     gain = np.ones(c)
     bias = np.zeros(c)

@@ -17,7 +17,7 @@ template pixel of every level.
 from __future__ import annotations
 
 import math
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 
@@ -37,7 +37,7 @@ def chart_scale(chart: np.ndarray) -> float:
     return float(1.0 / chart[0, 0])
 
 
-@lru_cache(maxsize=None)
+@cache
 def _dm_at_identity(model: str) -> np.ndarray:
     dm = dmatrix_dparams(model, np.zeros(N_PARAMS[model]))
     dm.setflags(write=False)

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
-from typing import Callable, Optional
 
 from ..errors import InvalidArgumentError
 from ..transforms.models import MODELS
@@ -70,24 +70,24 @@ class AlignOptions:
 
     model: str = "homography"
     levels: object = "auto"
-    robust: Optional[str] = None
-    photometric: Optional[str] = None
+    robust: str | None = None
+    photometric: str | None = None
     max_iterations: int = 50
     tolerance: float = 1e-3
-    time_budget: Optional[float] = None
-    should_stop: Optional[Callable[[], bool]] = None
+    time_budget: float | None = None
+    should_stop: Callable[[], bool] | None = None
     min_zncc: float = 0.9
     min_overlap: float = 0.25
     coarse_tolerance: float = 0.1
     min_level_side: int = 12
     auto_max_levels: int = 5
-    warm_start: Optional[str] = "translation"
+    warm_start: str | None = "translation"
     coarsest_model: str = "affine"
     search_radius: int = 3
-    max_pixels: Optional[int] = 20_000
+    max_pixels: int | None = 20_000
     retry: bool = True
 
-    def checked(self) -> "AlignOptions":
+    def checked(self) -> AlignOptions:
         """Return ``self`` after validating every field (raises ``InvalidArgumentError``)."""
         if self.model not in MODELS:
             raise InvalidArgumentError(f"model must be one of {MODELS}, got {self.model!r}", field="model")
@@ -123,7 +123,7 @@ class AlignOptions:
             _int_in(self.max_pixels, 64, 1 << 31, "max_pixels", extra=" or None")
         return self
 
-    def replace(self, **changes) -> "AlignOptions":
+    def replace(self, **changes) -> AlignOptions:
         known = {f.name for f in fields(self)}
         for name in changes:
             if name not in known:

@@ -96,7 +96,7 @@ class Level:
     jy: np.ndarray = None
     points: np.ndarray = None  # (n, 3) homogeneous level pixels when only a subset is used, else None
 
-    def restrict(self, cols) -> "Level":
+    def restrict(self, cols) -> Level:
         """The same level for a sub-model whose parameters are the columns ``cols`` of this
         one's (e.g. translation = homography columns 2 and 5 at ``d = 0``); photometric
         columns are kept."""
