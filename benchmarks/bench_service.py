@@ -102,9 +102,9 @@ def median_ms(fn, reps: int, warmup: int) -> float:
 # -- part 1 ---------------------------------------------------------------------------------------
 def transport_floor(reps: int, warmup: int, tune: bool = True) -> dict:
     import grpc
+    from warpsvc_client import WarpClient
 
     import warpsvc
-    from warpsvc_client import WarpClient
 
     cv2.setNumThreads(1)
     if tune:

@@ -7,12 +7,11 @@ import inspect
 import cv2
 import numpy as np
 import pytest
+from interop.harness import inprocess_server
+from warpsvc_client import WarpClient
 
 import warpsvc
 from warpsvc import AffineTransform, HomographyTransform, PolarTransform, compose
-from warpsvc_client import WarpClient
-
-from interop.harness import inprocess_server
 
 DTYPES = (np.uint8, np.uint16, np.float32, np.float64)
 T = compose(HomographyTransform([[1.02, 0.04, 3.0], [-0.02, 0.97, 1.0], [1e-4, 2e-4, 1.0]]),

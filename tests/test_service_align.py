@@ -9,13 +9,12 @@ import cv2
 import grpc
 import numpy as np
 import pytest
+from interop.harness import inprocess_server
+from warpsvc_client import WarpClient, convert
 
 import warpsvc
 from warpsvc.v1 import warp_pb2 as pb
 from warpsvc.v1 import warp_pb2_grpc
-from warpsvc_client import WarpClient, convert
-
-from interop.harness import inprocess_server
 
 pytestmark = pytest.mark.skipif(not hasattr(warpsvc, "align"), reason="warpsvc.align does not exist yet")
 
@@ -132,8 +131,7 @@ BAD = [
 @pytest.mark.parametrize("fields,field", [b[1:] for b in BAD], ids=[b[0] for b in BAD])
 def test_align_bad_request(server, fields, field):
     request = pb.AlignRequest(**{"template": _tensor(TEMPLATE), "image": _tensor(IMAGE), **fields})
-    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-        with pytest.raises(grpc.RpcError) as info:
-            warp_pb2_grpc.WarpServiceStub(channel).Align(request, timeout=10)
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel, pytest.raises(grpc.RpcError) as info:
+        warp_pb2_grpc.WarpServiceStub(channel).Align(request, timeout=10)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, info.value.details()
     assert info.value.details().startswith(field + ":"), info.value.details()

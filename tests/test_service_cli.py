@@ -12,12 +12,11 @@ import cv2
 import grpc
 import numpy as np
 import pytest
+from interop.harness import REPO, ServerProcess, wait_serving
+from warpsvc_client import WarpClient
 
 import warpsvc
 from warpsvc import AffineTransform, HomographyTransform, PolarTransform
-from warpsvc_client import WarpClient
-
-from interop.harness import REPO, ServerProcess, wait_serving
 
 
 def healthcheck(target: str) -> int:

@@ -11,14 +11,13 @@ import numpy as np
 import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+from interop.harness import inprocess_server
+from warpsvc_client import convert
 
 import warpsvc
 from warpsvc import AffineTransform, PolarTransform
 from warpsvc.v1 import warp_pb2 as pb
 from warpsvc.v1 import warp_pb2_grpc
-from warpsvc_client import convert
-
-from interop.harness import inprocess_server
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED

@@ -9,11 +9,10 @@ import subprocess
 
 import numpy as np
 import pytest
+from interop.harness import REPO, ServerProcess, buf_binary, node_ready, wait_serving
 
 import warpsvc
 from warpsvc import AffineTransform, PolarTransform
-
-from interop.harness import REPO, ServerProcess, buf_binary, node_ready, wait_serving
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ import subprocess
 import sys
 
 import pytest
-
 from interop.harness import REPO, buf_binary
 
 GENERATED = ("__init__.py", "warp_pb2.py", "warp_pb2.pyi", "warp_pb2_grpc.py")

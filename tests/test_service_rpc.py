@@ -7,14 +7,13 @@ import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from interop.harness import inprocess_server
+from warpsvc_client import convert
 
 import warpsvc
 from warpsvc import AffineTransform, HomographyTransform, PolarTransform, compose
 from warpsvc.v1 import warp_pb2 as pb
 from warpsvc.v1 import warp_pb2_grpc
-from warpsvc_client import convert
-
-from interop.harness import inprocess_server
 
 DTYPES = (np.uint8, np.uint16, np.float32, np.float64)
 
@@ -70,7 +69,8 @@ def test_warp_raw_tensor_equals_library(stub, name, dtype):
     dict(interpolation=pb.INTERPOLATION_NEAREST, border=pb.BORDER_WRAP),
     dict(border=pb.BORDER_CONSTANT, border_value=7.5, intensity=pb.INTENSITY_CONSERVE),
     dict(antialias=True, border=pb.BORDER_SYMMETRIC),
-    dict(interpolation=pb.INTERPOLATION_LANCZOS, border=pb.BORDER_REPLICATE, output_shape=pb.ImageSize(height=33, width=47)),
+    dict(interpolation=pb.INTERPOLATION_LANCZOS, border=pb.BORDER_REPLICATE,
+         output_shape=pb.ImageSize(height=33, width=47)),
 ], ids=["cubic-reflect", "nearest-wrap", "conserve", "antialias", "lanczos-shape"])
 def test_warp_options_equal_library(stub, options):
     img = make_image((60, 80), np.float32, seed=12)
@@ -155,12 +155,11 @@ def test_health_and_reflection(server):
 
 
 def test_health_not_serving_while_draining():
-    with inprocess_server() as srv:
-        with grpc.insecure_channel(f"127.0.0.1:{srv.port}") as channel:
-            health = health_pb2_grpc.HealthStub(channel)
-            srv.health.enter_graceful_shutdown()
-            resp = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
-            assert resp.status == health_pb2.HealthCheckResponse.NOT_SERVING
+    with inprocess_server() as srv, grpc.insecure_channel(f"127.0.0.1:{srv.port}") as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        srv.health.enter_graceful_shutdown()
+        resp = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
+        assert resp.status == health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 def test_access_log_one_line_per_call(stub, caplog):

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from warpsvc_client import convert
+from warpsvc_client import wire as client_wire
 
 from warpsvc import AffineTransform
 from warpsvc.server import codecs, wire
 from warpsvc.server.servicer import DET_RESPONSE_TENSOR, WARP_RESPONSE_IMAGE
 from warpsvc.v1 import warp_pb2 as pb
-from warpsvc_client import convert
-from warpsvc_client import wire as client_wire
 
 
 @pytest.mark.parametrize("value", [0, 1, 127, 128, 300, 16383, 16384, 6220800, 2**35 + 5])

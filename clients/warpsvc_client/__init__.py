@@ -5,4 +5,5 @@ out; the same ``warpsvc`` transform objects. See ``docs/service.md``.
 """
 
 from .client import WarpClient
+
 __all__ = ["WarpClient"]

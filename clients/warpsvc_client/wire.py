@@ -40,7 +40,7 @@ class Message:
     def size(self) -> int:
         return sum(memoryview(c).nbytes for c in self.chunks)
 
-    def nested(self, number: int) -> "Message":
+    def nested(self, number: int) -> Message:
         return Message([field_header(number, self.size), *self.chunks])
 
 

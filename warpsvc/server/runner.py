@@ -104,7 +104,7 @@ def serve(settings: Settings) -> int:
             code = 1
             try:
                 code = run_worker(settings, index)
-            except BaseException:  # noqa: BLE001 - report and exit non-zero
+            except BaseException:
                 log.exception("worker %d failed", index)
             finally:
                 sys.stdout.flush()

@@ -77,7 +77,7 @@ class Settings:
         return f"{host}:{self.port}"
 
     @classmethod
-    def from_env(cls, environ=None) -> "Settings":
+    def from_env(cls, environ=None) -> Settings:
         return cls(**_env_values(os.environ if environ is None else environ))
 
 

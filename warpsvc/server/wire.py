@@ -47,11 +47,11 @@ class Parts:
         self.chunks = chunks
         self.size = sum(memoryview(c).nbytes for c in chunks)
 
-    def nested(self, number: int) -> "Parts":
+    def nested(self, number: int) -> Parts:
         """These bytes as field ``number`` of an enclosing message."""
         return Parts([field_header(number, self.size), *self.chunks])
 
-    def then(self, other: "Parts | bytes") -> "Parts":
+    def then(self, other: Parts | bytes) -> Parts:
         extra = other.chunks if isinstance(other, Parts) else [other]
         return Parts([*self.chunks, *extra])
 
