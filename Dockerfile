@@ -24,8 +24,10 @@ COPY pyproject.toml ./
 RUN python3 -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))' \
         > requirements.txt
 
-# ---- build: a virtual environment in /opt/venv with the project and its dependencies ----------
-FROM ${BASE_IMAGE} AS build
+# ---- deps: a virtual environment in /opt/venv with the dependencies only -----------------------
+# (Its own stage and layer: a source edit neither reinstalls numba/OpenCV/grpc nor copies them
+# into a new image layer.)
+FROM ${BASE_IMAGE} AS deps
 ARG PIP_INDEX_URL
 ARG PIP_EXTRA_INDEX_URL
 ARG PIP_CERT=/etc/ssl/certs/ca-certificates.crt
@@ -41,14 +43,16 @@ RUN set -eu; \
     fi; \
     python3 -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
-WORKDIR /src
-# Dependencies first (their own layer: source edits do not reinstall numba/OpenCV/grpc).
 COPY --from=requirements /src/requirements.txt /tmp/requirements.txt
 RUN pip install -r /tmp/requirements.txt
+
+# ---- wheel: the project (warpsvc + warpsvc_client) as a wheel ------------------------------------
+FROM deps AS wheel
+WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY warpsvc ./warpsvc
 COPY clients ./clients
-RUN pip install --no-deps . && pip check
+RUN pip wheel --no-deps --wheel-dir /dist .
 
 # ---- runtime ----------------------------------------------------------------------------------
 FROM ${BASE_IMAGE}
@@ -61,7 +65,12 @@ RUN groupadd --system --gid 10001 warpsvc \
     && useradd --system --uid 10001 --gid warpsvc --home-dir /home/warpsvc --create-home \
                --shell /usr/sbin/nologin warpsvc \
     && install -d -o warpsvc -g warpsvc /var/cache/warpsvc/numba
-COPY --from=build /opt/venv /opt/venv
+COPY --from=deps /opt/venv /opt/venv
+COPY --from=wheel /dist /tmp/dist
+RUN PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore \
+        /opt/venv/bin/pip install --no-deps --no-index --no-cache-dir /tmp/dist/*.whl \
+    && /opt/venv/bin/pip check \
+    && rm -rf /tmp/dist
 # One worker process per container (WARPSVC_WORKERS); listen on every interface of the
 # container; numba's compiled kernels are cached in a folder the user can write.
 ENV PATH=/opt/venv/bin:$PATH \
