@@ -155,8 +155,25 @@ def align_inputs():
     return template, scene, init
 
 
-def _window(conns, template, scene, init, seconds: float) -> float:
-    """Calls per second completed by ``conns`` (one closed-loop thread each) over ``seconds``."""
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` and its children (the workers), from /proc."""
+    total = 0.0
+    try:
+        kids = [int(k) for k in pathlib.Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        kids = []
+    for p in (pid, *kids):
+        try:
+            fields = pathlib.Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def _window(conns, template, scene, init, seconds: float, pid: int) -> tuple[float, float]:
+    """(calls per second, server CPU cores used) for ``conns`` (one closed-loop thread each)
+    over ``seconds``."""
     start, stop = threading.Event(), threading.Event()
     counts = [0] * len(conns)
 
@@ -171,13 +188,13 @@ def _window(conns, template, scene, init, seconds: float) -> float:
         t.start()
     start.set()
     time.sleep(0.3)  # ramp-up, not counted
-    base, t0 = sum(counts), time.perf_counter()
+    base, t0, cpu0 = sum(counts), time.perf_counter(), cpu_seconds(pid)
     time.sleep(seconds)
-    done, elapsed = sum(counts) - base, time.perf_counter() - t0
+    done, elapsed, cpu = sum(counts) - base, time.perf_counter() - t0, cpu_seconds(pid) - cpu0
     stop.set()
     for t in threads:
         t.join()
-    return done / elapsed
+    return done / elapsed, cpu / elapsed
 
 
 def throughput(clients: int, seconds: float, rounds: int) -> dict:
@@ -188,6 +205,7 @@ def throughput(clients: int, seconds: float, rounds: int) -> dict:
     template, scene, init = align_inputs()
     servers = {w: Server(["-m", "warpsvc.cli", "serve", "--port", "0", "--workers", str(w)]) for w in (1, 2)}
     rates = {1: [], 2: []}
+    cores = {1: [], 2: []}
     try:
         conns = {}
         for w, server in servers.items():
@@ -200,7 +218,9 @@ def throughput(clients: int, seconds: float, rounds: int) -> dict:
                 assert c.align(template, scene, "homography", init=init).converged
         for _ in range(rounds):
             for w in (1, 2):
-                rates[w].append(_window(conns[w], template, scene, init, seconds))
+                rate, used = _window(conns[w], template, scene, init, seconds, servers[w].proc.pid)
+                rates[w].append(rate)
+                cores[w].append(used)
         for cs in conns.values():
             for c in cs:
                 c.close()
@@ -208,9 +228,12 @@ def throughput(clients: int, seconds: float, rounds: int) -> dict:
         for server in servers.values():
             server.close()
     med = {w: statistics.median(r) for w, r in rates.items()}
+    med_cores = {w: statistics.median(c) for w, c in cores.items()}
     return {"clients": clients, "window_s": seconds, "rounds": rounds,
             "calls_per_s": {f"workers_{w}": [round(x, 2) for x in r] for w, r in rates.items()},
             "median_calls_per_s": {f"workers_{w}": round(m, 2) for w, m in med.items()},
+            "median_server_cores_used": {f"workers_{w}": round(c, 2) for w, c in med_cores.items()},
+            "calls_per_cpu_second": {f"workers_{w}": round(med[w] / max(med_cores[w], 1e-9), 2) for w in med},
             "scaling": round(med[2] / med[1], 3), "target": 1.6}
 
 
@@ -239,8 +262,9 @@ def main() -> int:
     scale = throughput(8, seconds, rounds)
     med = scale["median_calls_per_s"]
     print(f"Align throughput, 8 concurrent clients, median of {rounds} alternating {seconds:g} s windows:")
-    print(f"  --workers 1: {med['workers_1']:8.2f} calls/s")
-    print(f"  --workers 2: {med['workers_2']:8.2f} calls/s")
+    used = scale["median_server_cores_used"]
+    print(f"  --workers 1: {med['workers_1']:8.2f} calls/s  ({used['workers_1']:.2f} cores busy)")
+    print(f"  --workers 2: {med['workers_2']:8.2f} calls/s  ({used['workers_2']:.2f} cores busy)")
     print(f"  scaling = {scale['scaling']:.3f}  (target >= 1.6)")
 
     result = {
