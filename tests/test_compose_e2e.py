@@ -81,7 +81,7 @@ def free_port_range(count: int) -> tuple[int, int]:
     """``count`` consecutive free loopback ports (published ports of the replicas)."""
     rng = np.random.default_rng(os.getpid())
     for _ in range(200):
-        first = int(rng.integers(20000, 60000))
+        first = int(rng.integers(20000, 32000))  # below the ephemeral range
         socks = []
         try:
             for port in range(first, first + count):
