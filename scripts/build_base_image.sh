@@ -36,6 +36,7 @@ command -v debootstrap >/dev/null || { echo "build_base_image: debootstrap is mi
 
 if [ -z "${MIRROR:-}" ]; then
   # The host's own apt source for this suite, when it has one (apt-get indextargets lists them).
+  # shellcheck disable=SC2016  # $(SITE) is apt's format syntax, not the shell's
   MIRROR=$(apt-get indextargets --format '$(SITE)|$(RELEASE)' 2>/dev/null \
              | awk -F'|' -v s="$SUITE" '$2 == s { print $1; exit }' || true)
   MIRROR=${MIRROR:-http://deb.debian.org/debian}
