@@ -418,3 +418,22 @@ def test_retry_can_be_disabled(camera):
     with pytest.raises(InvalidArgumentError) as info:
         AlignOptions(retry="yes").checked()
     assert info.value.field == "retry"
+
+
+def test_all_nan_image_reports_no_overlap(camera):
+    image = np.full(camera.shape, np.nan, np.float32)
+    result = align(cut(camera, true_warp("affine")), image, "affine", start())
+    assert not result.converged
+    assert result.reason == "insufficient_overlap"
+
+
+def test_large_image_region_does_not_change_the_answer(camera):
+    """The solver works on the image part the template can reach; padding the image far away
+    from it must not change the result."""
+    truth = true_warp("homography")
+    template = cut(camera, truth)
+    padded = np.pad(camera, ((0, 700), (0, 900)), mode="reflect")
+    a = align(template, camera, "homography", start())
+    b = align(template, padded, "homography", start())
+    assert a.converged and b.converged
+    assert np.allclose(a.inverse, b.inverse, atol=1e-6)
