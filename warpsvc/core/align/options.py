@@ -54,7 +54,8 @@ class AlignOptions:
         lower the cost.
     min_level_side, auto_max_levels : how ``levels="auto"`` picks the pyramid depth (the
         minimum side doubles with a robust loss).
-    warm_start : ``"translation"`` (or ``None``): solve a translation first at the coarsest level.
+    warm_start : ``None`` or ``"translation"``: solve a translation first at the coarsest level
+        (after the search). Off by default; the first restart turns it on.
     coarsest_model : for ``model="homography"``, the model solved at the coarsest level
         (``"affine"``: a dozen-pixel template does not determine perspective terms).
     search_radius : coarsest-level pixels of the exhaustive ZNCC translation search that
@@ -64,7 +65,7 @@ class AlignOptions:
         (a 640x480 frame) then cost about as much as a 140x140 one.
     retry : when an attempt ends unconverged for a reason another schedule might fix
         (``low_correlation``, ``max_iterations``, ``no_progress``, ``degenerate_warp``), try
-        again without the translation warm start, then with one level fewer; keep the first
+        again with the translation warm start toggled, then with one level fewer; keep the first
         converged attempt (else the best-correlated one). Costs time only on failures.
     """
 
@@ -81,7 +82,7 @@ class AlignOptions:
     coarse_tolerance: float = 0.1
     min_level_side: int = 12
     auto_max_levels: int = 5
-    warm_start: str | None = "translation"
+    warm_start: str | None = None
     coarsest_model: str = "affine"
     search_radius: int = 3
     max_pixels: int | None = 20_000
