@@ -61,7 +61,10 @@ class LocalEngine:
 
     def align(self, reference: np.ndarray, data: bytes, opts, ctx: CallContext):
         ctx.attempts += 1
-        return warpsvc.align(reference, self._decode(data), **opts.kwargs())
+        kw = opts.kwargs()
+        if ctx.deadline is not None:  # the image's deadline stops the iterations (reason "cancelled")
+            kw["should_stop"] = lambda: ctx.remaining() <= 0
+        return warpsvc.align(reference, self._decode(data), **kw)
 
     def jacobian(self, transform, shape, ctx: CallContext) -> np.ndarray:
         ctx.attempts += 1
