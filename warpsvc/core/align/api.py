@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import cv2
 import numpy as np
 
@@ -269,17 +271,21 @@ def _region(image_shape, template_shape, W, align: int):
     H, Wd = image_shape[:2]
     everything = (0, 0, Wd, H)
     h, w = template_shape[:2]
-    c = np.array([[0, 0, 1], [w - 1, 0, 1], [w - 1, h - 1, 1], [0, h - 1, 1]], dtype=np.float64) @ W.T
-    if not np.all(c[:, 2] > 0):
-        return everything
-    xy = c[:, :2] / c[:, 2:]
-    if not np.all(np.isfinite(xy)):
+    (a, b, c), (d, e, f), (g, k, m) = W.tolist()
+    xs, ys = [], []
+    for x, y in ((0.0, 0.0), (w - 1.0, 0.0), (w - 1.0, h - 1.0), (0.0, h - 1.0)):
+        q = g * x + k * y + m
+        if not q > 0:
+            return everything
+        xs.append((a * x + b * y + c) / q)
+        ys.append((d * x + e * y + f) / q)
+    if not all(math.isfinite(v) for v in xs + ys):
         return everything
     margin = max(h, w) + 8
-    x0 = int(np.clip(np.floor(xy[:, 0].min()) - margin, 0, Wd)) // align * align
-    y0 = int(np.clip(np.floor(xy[:, 1].min()) - margin, 0, H)) // align * align
-    x1 = int(np.clip(np.ceil(xy[:, 0].max()) + margin + 1, 0, Wd))
-    y1 = int(np.clip(np.ceil(xy[:, 1].max()) + margin + 1, 0, H))
+    x0 = int(min(max(math.floor(min(xs)) - margin, 0), Wd)) // align * align
+    y0 = int(min(max(math.floor(min(ys)) - margin, 0), H)) // align * align
+    x1 = int(min(max(math.ceil(max(xs)) + margin + 1, 0), Wd))
+    y1 = int(min(max(math.ceil(max(ys)) + margin + 1, 0), H))
     if x1 - x0 < 2 or y1 - y0 < 2 or (x1 - x0) * (y1 - y0) > 0.7 * H * Wd:
         return everything
     return x0, y0, x1, y1

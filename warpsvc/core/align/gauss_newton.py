@@ -290,7 +290,7 @@ def normal_equations(lv: Level, ev: Evaluation):
     """``(H, g)`` over the valid residuals (with robust weights when present)."""
     sd = lv.sd
     if ev.weights is None:
-        g = sd.T @ ev.e
+        g = lv.sdT @ ev.e
         n_lost = lv.n_usable - ev.n_valid
         if n_lost == 0:
             H = lv.hessian
@@ -301,8 +301,8 @@ def normal_equations(lv: Level, ev: Evaluation):
             rows = sd[ev.valid]
             H = (rows.T @ rows).astype(np.float64)
     else:
-        g = sd.T @ (ev.weights * ev.e)
-        H = (sd.T @ (sd * ev.weights[:, None])).astype(np.float64)
+        g = lv.sdT @ (ev.weights * ev.e)
+        H = ((lv.sdT * ev.weights) @ sd).astype(np.float64)
     return H, g.astype(np.float64)
 
 

@@ -17,7 +17,7 @@ template pixel of every level.
 from __future__ import annotations
 
 import math
-from functools import cache
+from functools import cache, lru_cache
 
 import numpy as np
 
@@ -84,6 +84,18 @@ def det3(m: np.ndarray) -> float:
     return a * (e * i - f * h) - b * (d * i - f * g) + c * (d * h - e * g)
 
 
+@lru_cache(maxsize=64)
+def _chart_jacobian(model, chart_key, pts_key):
+    """``(N, 2, P)`` chart Jacobian at template points (cached: the corners recur every call)."""
+    chart = np.asarray(chart_key).reshape(3, 3)
+    pts = np.asarray(pts_key).reshape(-1, 2)
+    u = pts @ chart[:2, :2].T + chart[:2, 2]
+    jx, jy = warp_jacobian(model, u)
+    j = np.stack([jx, jy], axis=1)
+    j.setflags(write=False)
+    return j
+
+
 def point_covariance(image_from_template, chart, model, covariance, xy) -> np.ndarray:
     """``(N, 2, 2)`` covariance of ``W(xy)`` for ``W = image_from_template`` (see AlignResult)."""
     pts = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
@@ -93,7 +105,6 @@ def point_covariance(image_from_template, chart, model, covariance, xy) -> np.nd
     w = xt @ m[2]
     y = (xt @ m[:2].T) / w[:, None]
     dwdx = (m[None, :2, :2] - y[:, :, None] * m[None, None, 2, :2]) / w[:, None, None]
-    u = pts @ chart[:2, :2].T + chart[:2, 2]
-    jx, jy = warp_jacobian(model, u)
-    g = chart_scale(chart) * np.matmul(dwdx, np.stack([jx, jy], axis=1))  # (N, 2, P)
+    j = _chart_jacobian(model, tuple(chart.ravel()), tuple(pts.ravel()))  # (N, 2, P)
+    g = chart_scale(chart) * np.matmul(dwdx, j)  # (N, 2, P)
     return np.matmul(np.matmul(g, covariance), np.swapaxes(g, 1, 2))  # (N, 2, 2)

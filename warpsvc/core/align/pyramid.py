@@ -95,6 +95,7 @@ class Level:
     jx: np.ndarray = None    # (n, P) float32 chart Jacobians of the level's pixels (x and y rows)
     jy: np.ndarray = None
     points: np.ndarray = None  # (n, 3) homogeneous level pixels when only a subset is used, else None
+    sdT: np.ndarray = None   # (K, h*w*C) float32, the transpose of ``sd`` (fast g = sdT e)
 
     def restrict(self, cols) -> Level:
         """The same level for a sub-model whose parameters are the columns ``cols`` of this
@@ -104,7 +105,7 @@ class Level:
         sd = np.ascontiguousarray(self.sd[:, keep])
         return Level(self.index, self.factor, self.template, self.image, self.usable, sd,
                      self.hessian[np.ix_(keep, keep)], len(cols), self.tflat, self.n_usable,
-                     self.jx[:, list(cols)], self.jy[:, list(cols)], self.points)
+                     self.jx[:, list(cols)], self.jy[:, list(cols)], self.points, self.sdT[keep])
 
     @property
     def shape(self):
@@ -132,6 +133,24 @@ def _grid_jacobian(model: str, h: int, w: int, factor: float, chart_key: tuple):
     jx.setflags(write=False)
     jy.setflags(write=False)
     return jx, jy
+
+
+_TRANSPOSED = {}
+
+
+def _transposed(j: np.ndarray) -> np.ndarray:
+    """``j.T`` as a contiguous array; cached for the (read-only, cached) grid Jacobians."""
+    if not j.flags.writeable:
+        key = id(j)
+        hit = _TRANSPOSED.get(key)
+        if hit is not None and hit[0] is j:
+            return hit[1]
+        t = np.ascontiguousarray(j.T)
+        if len(_TRANSPOSED) > 64:
+            _TRANSPOSED.clear()
+        _TRANSPOSED[key] = (j, t)
+        return t
+    return np.ascontiguousarray(j.T)
 
 
 def _strongest_pixels(gx, gy, tz, k):
@@ -181,20 +200,30 @@ def build_level(index: int, template: np.ndarray, image: np.ndarray, model: str,
     else:
         usable = ~(np.isnan(tz) | np.isnan(gx) | np.isnan(gy)).reshape(-1)  # (h*w*C,)
     n = len(jx)
-    # NaN gradients only occur on unusable elements, whose rows are zeroed below.
     if c == 1:
-        sd = ((gx * scale) * jx + (gy * scale) * jy).reshape(n, 1, p)
+        # (P, n) layout: broadcasting a row over contiguous rows is several times faster than
+        # an (n, 1) column over (n, P), and the per-iteration g = sdT e is a contiguous gemv.
+        u = usable
+        sdT = _transposed(jx) * np.where(u, gx[:, 0] * np.float32(scale), np.float32(0)) \
+            + _transposed(jy) * np.where(u, gy[:, 0] * np.float32(scale), np.float32(0))
+        if photometric:
+            sdT = np.vstack([sdT, np.where(u, tz[:, 0], np.float32(0))[None], u.astype(np.float32)[None]])
+        sdT = np.ascontiguousarray(sdT, dtype=np.float32)
+        sd = np.ascontiguousarray(sdT.T)
     else:
+        # NaN gradients only occur on unusable elements, whose rows are zeroed below.
         sd = (gx[:, :, None] * scale) * jx[:, None, :] + (gy[:, :, None] * scale) * jy[:, None, :]
-    if photometric:
-        photo = np.zeros((n, c, 2 * c), np.float32)
-        ch = np.arange(c)
-        photo[:, ch, 2 * ch] = tz
-        photo[:, ch, 2 * ch + 1] = 1.0
-        sd = np.concatenate([sd, photo], axis=2)
-    sd = np.ascontiguousarray(sd.reshape(n * c, -1), dtype=np.float32)
-    sd[~usable] = 0.0
-    hessian = (sd.T @ sd).astype(np.float64)
+        if photometric:
+            photo = np.zeros((n, c, 2 * c), np.float32)
+            ch = np.arange(c)
+            photo[:, ch, 2 * ch] = tz
+            photo[:, ch, 2 * ch + 1] = 1.0
+            sd = np.concatenate([sd, photo], axis=2)
+        sd = np.ascontiguousarray(sd.reshape(n * c, -1), dtype=np.float32)
+        sd[~usable] = 0.0
+        sdT = np.ascontiguousarray(sd.T)
+    hessian = (sdT @ sd).astype(np.float64)
     tflat = tz.reshape(-1).copy()
     tflat[~usable] = NAN
-    return Level(index, factor, template, image, usable, sd, hessian, p, tflat, int(usable.sum()), jx, jy, points)
+    return Level(index, factor, template, image, usable, sd, hessian, p, tflat, int(usable.sum()), jx, jy, points,
+                 sdT)
