@@ -48,15 +48,15 @@ accepted cost; otherwise ``W`` goes back, ``lambda`` grows tenfold and
 ``lambda`` back towards plain Gauss-Newton.
 
 Stopping. A level ends when the step moves no template corner by more than the level's
-tolerance (``converged``), after ``max_iterations``, when the shared clock says stop
-(``time_budget`` / ``should_stop``), when too few pixels overlap, or when the damping cannot
-find a descent step (``no_progress``).
+tolerance, or the geometric tail ``s r / (1 - r)`` of the shrinking steps (``r`` the ratio of
+the last two) is below it, or -- at the noise floor -- the cost stops falling once the steps
+are below ten tolerances (all ``converged``); after ``max_iterations``; when the shared clock
+says stop (``time_budget`` / ``should_stop``); when too few pixels overlap; or when the damping
+cannot find a descent step (``no_progress``). Coarse levels also stop at the first step that
+does not lower the cost: they only hand a start to the next level.
 
-Covariance (:func:`covariance`). At the optimum the Gauss-Newton approximation gives
-``Cov(d) = sigma^2 H^-1`` with ``sigma^2 = sum w e^2 / (n - K)``; for bilinear-resampled noise the
-residuals of neighbouring pixels are correlated, so the middle of the sandwich
-``H^-1 (sum_x sum_k SD(x)^T SD(x+k) gamma(k)) H^-1`` uses the residual autocovariance
-``gamma(k)`` over the 3x3 neighbourhood ``k`` (a Newey-West style correction).
+Covariance: :mod:`.covariance` (the Gauss-Newton sandwich at the solution, corrected for the
+noise in the template's gradients).
 """
 
 from __future__ import annotations
