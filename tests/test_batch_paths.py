@@ -139,3 +139,8 @@ def test_float_results_go_to_tiff_and_usage_errors_exit_2(tmp_path):
     assert run_batch("warp", src, out, "--matrix", "1,2,3").returncode == 2
     assert run_batch("warp", src, out).returncode == 2  # no transform
     assert run_batch("warp", tmp_path / "missing", out, "--matrix", SHIFT).returncode == 2
+    victim = src / "d0" / "k000.png"
+    before = victim.read_bytes()
+    res = run_batch("warp", src, tmp_path / "o2", "--matrix", SHIFT, "--manifest", victim)
+    assert res.returncode == 2 and "inside INPUT_DIR" in res.stderr
+    assert victim.read_bytes() == before

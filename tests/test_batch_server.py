@@ -86,6 +86,22 @@ def test_local_target_matches_the_server(server, tmp_path, job_args):
     assert loc == rem and len(loc) == len(names)
 
 
+def test_local_target_matches_the_server_for_align(server, tmp_path):
+    src = tmp_path / "in"
+    tmpl, _ = make_align_folder(src, 12, seed=3)
+    ref = tmp_path / "reference.png"
+    cv2.imwrite(str(ref), tmpl)
+    args = ("align", src, "--reference", ref, "--model", "homography")
+    remote = run_batch(args[0], src, tmp_path / "remote", *args[2:], "--target", server.target, "--no-report")
+    local = run_batch(args[0], src, tmp_path / "local", *args[2:], "--no-report")
+    assert remote.returncode == 0 and local.returncode == 0, remote.stderr + local.stderr
+    loc = sorted(map(_strip, read_manifest(tmp_path / "local" / "manifest.jsonl")), key=lambda r: r["input"])
+    rem = sorted(map(_strip, read_manifest(tmp_path / "remote" / "manifest.jsonl")), key=lambda r: r["input"])
+    for a, b in zip(loc, rem, strict=True):  # same matrices, same outputs (elapsed times differ)
+        a["convergence"].pop("elapsed"), b["convergence"].pop("elapsed")
+        assert a == b
+
+
 def test_bit_depth_and_format_preserved_and_equal_to_the_library(server, tmp_path):
     src, out = tmp_path / "in", tmp_path / "out"
     names = make_mixed_folder(src, 5)

@@ -223,6 +223,8 @@ def run(args, command: str) -> int:
         raise UsageError(str(err)) from None
     planned = make_tasks(args, spec)
     manifest_path = args.manifest or args.output_dir / "manifest.jsonl"
+    if paths.is_within(manifest_path, args.input_dir) and not paths.is_within(manifest_path, args.output_dir):
+        raise UsageError(f"--manifest {manifest_path} is inside INPUT_DIR: inputs are never overwritten")
     previous = manifest.load(manifest_path) if args.resume else {}
     todo, skipped, invalid = [], [], []
     for p in planned:
