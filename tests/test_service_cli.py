@@ -139,3 +139,18 @@ def test_two_workers_share_the_port():
                 np.testing.assert_array_equal(client.warp(img, AffineTransform.identity()), img)
         srv.signal(signal.SIGINT)
         assert srv.wait(30) == 0
+
+
+def test_workers_cap_opencv_and_blas_threads():
+    """Each worker runs one OpenCV thread and one BLAS thread (N workers = N cores, no spinning
+    BLAS threads oversubscribing them)."""
+    code = ("import cv2, threadpoolctl, numpy; from warpsvc.server.runner import run_worker; "
+            "import warpsvc.server.app as app; "
+            "orig = app.build_server\n"
+            "def probe(settings):\n"
+            "    blas = [p['num_threads'] for p in threadpoolctl.threadpool_info() if p['user_api'] == 'blas']\n"
+            "    print('THREADS', cv2.getNumThreads(), sorted(set(blas)), flush=True); raise SystemExit(0)\n"
+            "app.build_server = probe\n"
+            "from warpsvc.server import Settings; run_worker(Settings(port=0))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert "THREADS 1 [1]" in out.stdout, out.stdout + out.stderr

@@ -4,10 +4,12 @@ Python runs one core's worth of Python per process (the GIL), so ``--workers N``
 processes that each bind the same port with ``SO_REUSEPORT``; the kernel spreads *connections*
 across them (clients use ``round_robin`` over ``dns:///host:port`` to spread requests). The fork
 happens before any grpc object exists (gRPC's threads do not survive a fork), and each worker
-sets ``cv2.setNumThreads(settings.cv_threads)`` so N workers do not oversubscribe the cores.
+sets ``cv2.setNumThreads(settings.cv_threads)`` and caps BLAS threads (``settings.blas_threads``,
+through threadpoolctl) so N workers do not oversubscribe the cores.
 
-Shutdown (SIGTERM or SIGINT): health turns NOT_SERVING at once, new calls are refused, in-flight
-calls get up to ``grace_seconds`` to finish, then the process exits 0. The parent of several
+Shutdown (SIGTERM or SIGINT): health turns NOT_SERVING at once, new calls are answered
+UNAVAILABLE (the drain gate), accepted calls get up to ``grace_seconds`` to finish, then the
+process exits 0. The parent of several
 workers forwards the signal and exits 0 when every worker did.
 """
 
@@ -55,10 +57,14 @@ def tune_allocator() -> bool:
 def run_worker(settings: Settings, index: int = 0) -> int:
     """Run one server process until SIGTERM/SIGINT, then drain. Returns the exit code."""
     import cv2
+    from threadpoolctl import threadpool_limits
 
     from .app import build_server  # first grpc import of a worker: after any fork
 
     cv2.setNumThreads(settings.cv_threads)
+    # numpy's OpenBLAS starts one spinning thread per core in every process: with N workers the
+    # cores are oversubscribed, and alignment throughput per CPU-second halves (measured).
+    threadpool_limits(limits=settings.blas_threads, user_api="blas")
     if settings.tune_malloc:
         tune_allocator()
     stop = threading.Event()

@@ -18,6 +18,8 @@ grace_seconds              WARPSVC_GRACE_SECONDS           30           drain ti
 tls_cert / tls_key         WARPSVC_TLS_CERT / _TLS_KEY     (off)        PEM files; both or neither
 token                      WARPSVC_TOKEN (or --token-file) (off)        required bearer token
 cv_threads                 WARPSVC_CV_THREADS              1            cv2.setNumThreads per worker
+blas_threads               WARPSVC_BLAS_THREADS            1            BLAS threads per worker
+                                                                        (threadpoolctl)
 reflection                 WARPSVC_REFLECTION              true         server reflection service
 tune_malloc                WARPSVC_TUNE_MALLOC             true         keep big buffers in the heap
                                                                         (runner.tune_allocator)
@@ -52,12 +54,13 @@ class Settings:
     tls_key: str | None = None
     token: str | None = field(default=None, repr=False)  # never printed
     cv_threads: int = 1
+    blas_threads: int = 1
     reflection: bool = True
     tune_malloc: bool = True
     log_level: str = "info"
 
     def __post_init__(self):
-        positive = ("workers", "threads", "max_concurrent_rpcs", "max_message_bytes", "max_input_pixels",
+        positive = ("workers", "threads", "blas_threads", "max_concurrent_rpcs", "max_message_bytes", "max_input_pixels",
                     "max_output_pixels")
         for name in positive:
             if getattr(self, name) < 1:
@@ -122,6 +125,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--token-file", type=pathlib.Path, default=d,
                         help="file holding the bearer token clients must send (or WARPSVC_TOKEN)")
     parser.add_argument("--cv-threads", type=int, default=d, help="OpenCV threads per worker (default 1)")
+    parser.add_argument("--blas-threads", type=int, default=d,
+                        help="BLAS (OpenBLAS/MKL) threads per worker (default 1)")
     parser.add_argument("--no-reflection", dest="reflection", action="store_false", default=d,
                         help="disable server reflection")
     parser.add_argument("--no-tune-malloc", dest="tune_malloc", action="store_false", default=d,
