@@ -3,7 +3,7 @@
 * gRPC targets: a thread pool of ``inflight + io`` threads runs :func:`.jobs.compute`; the
   engine's semaphore keeps at most ``inflight`` RPCs outstanding while the other threads read
   input files (file I/O and OpenCV release the GIL), so disk work overlaps the RPCs.
-* ``local``: a process pool (``jobs`` processes, each ``cv2.setNumThreads(1)``) runs the same
+* ``local``: a process pool (``jobs`` processes, each with one OpenCV and one BLAS thread) runs the same
   function with the in-process library; at most ``2 * jobs`` tasks are queued.
 * Either way 4 writer threads of this process finish each output (:func:`.jobs.store`: temp
   file, fsync, rename), off the compute path; pool processes write the temporary file
@@ -69,6 +69,12 @@ def _init_worker(spec, deadline, parent_pid) -> None:
     from .backends import LocalEngine
 
     cv2.setNumThreads(1)
+    try:  # one BLAS thread per process too (as the server's workers): spinning BLAS threads of N
+        from threadpoolctl import threadpool_limits  # processes would fight over the same cores
+
+        threadpool_limits(limits=1, user_api="blas")
+    except ImportError:  # pragma: no cover - threadpoolctl is a dependency of warpsvc
+        pass
     _WORKER.update(spec=spec, deadline=deadline, engine=LocalEngine())
 
     def watchdog():  # the parent was killed (SIGKILL): stop instead of writing on as an orphan
