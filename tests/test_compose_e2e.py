@@ -44,6 +44,7 @@ HEALTHY_TIMEOUT = 180.0
 # The affine matrix of the batch job (dst_from_src, row-major 2x3): rotate 0.2 rad, shrink 0.8.
 BATCH_MATRIX = (0.8 * np.cos(0.2), -0.8 * np.sin(0.2), 20.0, 0.8 * np.sin(0.2), 0.8 * np.cos(0.2), 5.0)
 WARP_LOG_KEY = '"method": "/warpsvc.v1.WarpService/Warp"'
+TARGET_WORK_S = 6.0  # seconds of queued work per replica when SIGTERM arrives in test 3
 
 
 def _skip_reason() -> str | None:
@@ -312,12 +313,23 @@ def test_stop_with_calls_in_flight_loses_none(stack):
     expected = warpsvc.warp(image, transform, antialias=True)
     ids = stack.replica_ids()
     ports = {cid: stack.published_port(cid) for cid in ids}
-    per_replica = 6  # ~0.5 s each on one CPU: several seconds of queued work per replica
     clients = {cid: WarpClient(f"127.0.0.1:{port}", timeout=120, retries=1) for cid, port in ports.items()}
     try:
-        # Connect first, so the calls below are on the wire at once.
+        # Calibrate on this machine, now (it is shared, its load varies tenfold): one call per
+        # replica, connected and warm (the second of two). Each replica has one CPU, so n queued calls take about
+        # n * one_call; aim at ~6 s of work per replica and SIGTERM after ~30 % of it, leaving
+        # ~4 s in flight: long enough to be in flight on a quiet machine, well inside the
+        # server's 30 s grace when the machine is several times busier.
+        one_call = 0.0
         for client in clients.values():
-            client.jacobian_determinant(transform, (8, 8))
+            client.warp(image, transform, antialias=True)  # connects; loads the compiled kernels
+            t = time.perf_counter()
+            client.warp(image, transform, antialias=True)
+            one_call = max(one_call, time.perf_counter() - t)
+        per_replica = int(np.clip(np.ceil(TARGET_WORK_S / one_call), 3, 12))
+        wait_s = float(np.clip(0.3 * per_replica * one_call, 1.0, 3.0))
+        stack.notes["inflight_calibration"] = {"one_call_s": round(one_call, 2), "calls_per_replica": per_replica,
+                                               "sigterm_after_s": round(wait_s, 2)}
 
         def call(cid):
             out = clients[cid].warp(image, transform, antialias=True)
@@ -325,7 +337,7 @@ def test_stop_with_calls_in_flight_loses_none(stack):
 
         with concurrent.futures.ThreadPoolExecutor(per_replica * len(ids)) as pool:
             futures = [pool.submit(call, cid) for cid in ids for _ in range(per_replica)]
-            time.sleep(2.0)  # the calls have reached the servers (sent, queued or running)
+            time.sleep(wait_s)  # the calls have reached the servers (sent, queued or running)
             t_stop = time.perf_counter()
             assert not all(f.done() for f in futures), "calls finished before the stop: make them longer"
             stop = stack.compose("stop", "warpsvc", timeout=300, check=False)
