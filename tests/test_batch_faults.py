@@ -125,10 +125,12 @@ def test_kill_one_of_two_servers_mid_run(tmp_path):
     assert "200 ok, 0 failed" in stdout
     records = read_manifest(out / "manifest.jsonl")
     assert sorted(r["input"] for r in records) == sorted(truth)  # each image recorded exactly once
-    # The survivor took over: past the images already in the pipeline at the kill (at most
-    # 2 x (inflight + io threads) = 16 here), every record names it.
-    after = records[killed_at + 16:]
-    assert after and all(r["target"] == b.target for r in after), [r["target"] for r in after]
+    # The survivor took over. The kill comes once ~50 records are visible; what was in the
+    # pipeline then (<= 16 images) plus the manifest's write lag on a loaded machine stays well
+    # under 50 more, so the second half of the run is the survivor's alone.
+    assert killed_at < 100
+    after = records[100:]
+    assert all(r["target"] == b.target for r in after), [r["target"] for r in after]
     for r in records:
         assert r["status"] == "ok" and corner_error(np.array(r["matrix"]), truth[r["input"]]) < CORNER_TOL_PX
         assert cv2.imread(str(out / r["output"]), cv2.IMREAD_UNCHANGED).shape == (64, 64)

@@ -73,8 +73,10 @@ def run_worker(settings: Settings, index: int = 0) -> int:
     srv = build_server(settings)
     srv.start()
     scheme = "tls" if settings.tls_cert else "insecure"
-    print(f"warpsvc worker {index} (pid {os.getpid()}) serving on {settings.host}:{srv.port} "
-          f"({scheme}, auth={'token' if settings.token else 'off'})", flush=True)
+    line = (f"warpsvc worker {index} (pid {os.getpid()}) serving on {settings.host}:{srv.port} "
+            f"({scheme}, auth={'token' if settings.token else 'off'})\n")
+    sys.stdout.flush()
+    os.write(sys.stdout.fileno(), line.encode())  # one write(2): workers' lines never interleave
     while not stop.wait(0.2):
         pass
     log.info("worker %d draining: health NOT_SERVING, up to %.1f s for in-flight calls", index,
