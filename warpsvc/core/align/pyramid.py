@@ -153,12 +153,17 @@ def _transposed(j: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(j.T)
 
 
+# Pixels sampled (evenly strided) to estimate the gradient threshold: the quantile of ~32k values
+# is within a few percent of the exact one, at a tenth of the cost of partitioning a full frame.
+THRESHOLD_SAMPLE = 1 << 15
+
+
 def _strongest_pixels(gx, gy, tz, k):
     """Indices (sorted) of about ``k`` pixels with the largest squared gradient, all channels
     usable; the threshold comes from a strided sample (no full sort of the grid)."""
     score = (gx * gx + gy * gy).sum(axis=1)  # (n,), NaN where a gradient is missing
     score[np.isnan(tz).any(axis=1)] = np.nan
-    stride = max(1, score.size // (8 * k))
+    stride = max(1, score.size // THRESHOLD_SAMPLE)
     sample = score[::stride]
     sample = sample[np.isfinite(sample)]
     if sample.size == 0:
