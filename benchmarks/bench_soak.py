@@ -55,8 +55,10 @@ class Server:
                 break
         else:
             raise RuntimeError("server did not start: " + self.proc.stderr.read())
-        threading.Thread(target=lambda: [None for _ in self.proc.stdout], daemon=True).start()
-        threading.Thread(target=lambda: [self.stderr.append(x) for x in self.proc.stderr], daemon=True).start()
+        self._pumps = [threading.Thread(target=lambda: [None for _ in self.proc.stdout], daemon=True),
+                       threading.Thread(target=lambda: [self.stderr.append(x) for x in self.proc.stderr], daemon=True)]
+        for t in self._pumps:
+            t.start()
 
     @property
     def target(self) -> str:
@@ -64,7 +66,12 @@ class Server:
 
     def close(self) -> int:
         self.proc.terminate()
-        return self.proc.wait(60)
+        code = self.proc.wait(60)
+        for t in self._pumps:
+            t.join(10)  # EOF once the process is gone
+        self.proc.stdout.close()
+        self.proc.stderr.close()
+        return code
 
 
 def proc_status(pid: int) -> dict[str, int]:
@@ -155,10 +162,10 @@ def client_process(target: str, threads: int, seconds: float, start_at: float, m
     queue.put(records)
 
 
-def run_clients(target: str, clients: int, procs: int, seconds: float, mix, seed: int) -> list:
+def run_clients(target: str, clients: int, procs: int, seconds: float, mix, seed: int, ramp: float = 8.0) -> list:
     ctx = mp.get_context("spawn")  # the parent holds grpc objects: never fork it
     queue = ctx.Queue()
-    start_at = time.time() + 8.0  # time for the spawned processes to import and connect
+    start_at = time.time() + ramp  # time for the spawned processes to import and connect
     per = [clients // procs + (1 if k < clients % procs else 0) for k in range(procs)]
     ps = [ctx.Process(target=client_process, args=(target, n, seconds, start_at, mix, seed + k, queue))
           for k, n in enumerate(per) if n]
@@ -192,7 +199,7 @@ def summarise(records, seconds: float) -> dict:
 
 
 def soak(args) -> dict:
-    srv = Server("--workers", "1", "--max-concurrent-rpcs", str(args.clients + 8))
+    srv = Server("--workers", "1", "--max-concurrent-rpcs", str(args.clients + 8), "--grace-seconds", str(args.grace))
     try:
         wait_serving(srv.target)
         pid = srv.proc.pid
@@ -207,18 +214,21 @@ def soak(args) -> dict:
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
-        records, t0 = run_clients(srv.target, args.clients, args.procs, args.seconds, RPCS, seed=1)
+        records, t0 = run_clients(srv.target, args.clients, args.procs, args.seconds, RPCS, seed=1, ramp=args.ramp)
         soak_rss = [(t - t0, rss, hwm) for t, rss, hwm in samples]
         # Overload: far more concurrent Align callers than the server's limit.
         o_records, _o_t0 = run_clients(srv.target, args.overload_clients, args.procs, args.overload_seconds,
-                                      ("Align",), seed=100)
+                                      ("Align",), seed=100, ramp=args.ramp)
         stop.set()
         sampler.join()
         final = proc_status(pid)
-        code = srv.close()
+        t_stop = time.monotonic()
+        code = srv.close()  # SIGTERM: drain, then exit
+        shutdown_s = time.monotonic() - t_stop
     finally:
         if srv.proc.poll() is None:
             srv.proc.kill()
+            srv.close()
     during = [s for s in soak_rss if 0 <= s[0] <= args.seconds]
     minute = min(60.0, args.seconds / 2)
     at_minute = min(during, key=lambda s: abs(s[0] - minute))
@@ -230,8 +240,10 @@ def soak(args) -> dict:
     return {
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "load_average_at_end": [round(x, 2) for x in os.getloadavg()]},
-        "server": {"args": f"--workers 1 --max-concurrent-rpcs {args.clients + 8} (threads 4)",
-                   "exit_code": code},
+        "server": {"args": f"--workers 1 --max-concurrent-rpcs {args.clients + 8} --grace-seconds {args.grace} "
+                           "(threads 4)",
+                   "exit_code": code, "shutdown_s_after_sigterm": round(shutdown_s, 2),
+                   "drain_warnings": [line.strip() for line in srv.stderr if "grace period over" in line]},
         "soak": {
             "seconds": args.seconds, "clients": args.clients, "client_processes": args.procs,
             "workload": {"Warp": "256x256x3 uint8 raw tensor, affine, linear",
@@ -278,7 +290,9 @@ def table(res: dict) -> str:
               (f"Overload: {o['callers']} Align callers vs limit {o['limit']} for {o['seconds']} s: "
               f"{o['ok']} OK, {o['resource_exhausted']} RESOURCE_EXHAUSTED, {o['unexpected']} other; "
               f"shed latency p50 {o['shed_latency_ms']['p50']} ms, p99 {o['shed_latency_ms']['p99']} ms "
-              f"(target p50 < 100 ms); OK latency p50 {o['ok_latency_ms']['p50']} ms")]
+              f"(target p50 < 100 ms); OK latency p50 {o['ok_latency_ms']['p50']} ms"), "",
+              (f"Shutdown (SIGTERM) after the run: {res['server']['shutdown_s_after_sigterm']} s, exit code "
+               f"{res['server']['exit_code']}; drain warnings: {res['server']['drain_warnings'] or 'none'}")]
     return "\n".join(lines)
 
 
@@ -289,6 +303,9 @@ def main(argv=None) -> int:
     p.add_argument("--procs", type=int, default=4, help="client processes the clients are spread over")
     p.add_argument("--overload-clients", type=int, default=128)
     p.add_argument("--overload-seconds", type=float, default=15.0)
+    p.add_argument("--grace", type=float, default=30.0, help="the server's --grace-seconds (default 30)")
+    p.add_argument("--ramp", type=float, default=8.0,
+                   help="seconds for client processes to start and connect before the clock starts")
     p.add_argument("--out", type=pathlib.Path, default=RESULTS)
     args = p.parse_args(argv)
     res = soak(args)

@@ -148,3 +148,27 @@ def test_sigkill_one_of_two_servers_every_output_written_exactly_once(tmp_path):
         assert got is not None and got.shape == want.shape and got.dtype == want.dtype, rel
         if not rel.endswith(".jpg"):
             np.testing.assert_array_equal(got, want, err_msg=rel)
+
+
+def test_short_soak_and_overload_without_unexpected_errors(tmp_path):
+    """``benchmarks/bench_soak.py`` for a few seconds: no soak call fails, overload is answered
+    RESOURCE_EXHAUSTED (never a timeout or anything else), the server exits 0. No timing asserts:
+    the figures belong to the benchmark (docs/reliability.md)."""
+    import importlib
+    import json
+    import sys
+
+    sys.path.insert(0, str(REPO / "benchmarks"))  # spawned client processes import bench_soak too
+    try:
+        bench = importlib.import_module("bench_soak")
+        t0 = time.monotonic()
+        assert bench.main(["--seconds", "6", "--clients", "16", "--procs", "1", "--overload-clients", "96",
+                           "--overload-seconds", "3", "--ramp", "4", "--grace", "3", "--out", str(tmp_path / "soak.json")]) in (0, 1)
+        print(f"short soak: {time.monotonic() - t0:.1f} s")
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    res = json.loads((tmp_path / "soak.json").read_text())
+    assert res["soak"]["unexpected_errors"] == 0, res["soak"]["unexpected_examples"]
+    assert all(res["soak"]["rpc"][rpc]["calls"] > 0 for rpc in ("Warp", "JacobianDeterminant", "Align"))
+    assert res["overload"]["unexpected"] == 0, res["overload"]["unexpected_examples"]
+    assert res["overload"]["resource_exhausted"] > 0 and res["server"]["exit_code"] == 0
