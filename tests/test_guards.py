@@ -43,6 +43,8 @@ def test_affine_requires_affine_last_row():
     (dict(center=(0, 0), max_radius=np.nan, polar_shape=(10, 10)), "max_radius"),
     (dict(center=(0, 0), max_radius=1.0, polar_shape=(10, 10), log=True), "max_radius"),
     (dict(center=(np.inf, 0), max_radius=5, polar_shape=(10, 10)), "center"),
+    (dict(center=(0, 0), max_radius=1e300, polar_shape=(10, 10)), "max_radius"),
+    (dict(center=(1e300, 0), max_radius=5, polar_shape=(10, 10)), "center"),
     (dict(center=(0, 0, 0), max_radius=5, polar_shape=(10, 10)), "center"),
     (dict(center=(0, 0), max_radius=5, polar_shape=(0, 10)), "polar_shape"),
     (dict(center=(0, 0), max_radius=5, polar_shape=(10.5, 10)), "polar_shape"),

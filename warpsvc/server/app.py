@@ -67,10 +67,11 @@ class WarpServer:
 
 def build_server(settings: Settings) -> WarpServer:
     gate = DrainGate()
-    interceptors = [AccessLogInterceptor()]
+    # The gate sits before the token check, so refused calls are counted out as well as in
+    # (a token refusal that skipped the gate's decrement kept SIGTERM waiting the full grace).
+    interceptors = [AccessLogInterceptor(), gate]
     if settings.token:
         interceptors.append(BearerTokenInterceptor(settings.token))
-    interceptors.append(gate)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=settings.threads, thread_name_prefix="warpsvc"),
         interceptors=interceptors,

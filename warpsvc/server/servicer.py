@@ -9,6 +9,7 @@ in one place (:mod:`.errors`).
 from __future__ import annotations
 
 import numpy as np
+from google.protobuf.message import DecodeError
 
 import warpsvc
 from warpsvc.core.errors import ImageTooLargeError, InvalidArgumentError, WarpsvcError
@@ -223,10 +224,16 @@ def _with_raw_request(method, message_type):
     bytes in :data:`codecs.RAW_REQUEST`, so image payloads are read in place (zero copies)."""
 
     def deserialize(raw: bytes):
-        return message_type.FromString(raw), raw
+        try:
+            return message_type.FromString(raw), raw
+        except DecodeError as err:  # answered INVALID_ARGUMENT by ``behavior``, not INTERNAL by gRPC
+            return err, raw
 
     def behavior(request_and_raw, context):
         message, raw = request_and_raw
+        if isinstance(message, DecodeError):
+            abort(context, InvalidArgumentError(
+                f"request: not a valid {message_type.DESCRIPTOR.full_name} message ({message})", field="request"))
         token = codecs.RAW_REQUEST.set((raw, message_type.DESCRIPTOR))
         try:
             return method(message, context)

@@ -35,6 +35,8 @@ from ..errors import InvalidTransformError
 from .base import Transform, as_points
 
 TWO_PI = 2.0 * math.pi
+# Largest radius / centre coordinate accepted (pixels): far beyond any image, still exact in float32.
+MAX_COORDINATE = 1e8
 
 
 def _positive_shape(shape, field: str) -> tuple[int, int]:
@@ -71,8 +73,11 @@ class PolarTransform(Transform):
         if c.shape != (2,) or not np.all(np.isfinite(c)):
             raise InvalidTransformError(f"center must be two finite numbers, got {center!r}", field="center")
         r = float(max_radius)
-        if not math.isfinite(r) or r <= 0:
-            raise InvalidTransformError(f"max_radius must be finite and > 0, got {max_radius!r}", field="max_radius")
+        if not math.isfinite(r) or r <= 0 or r > MAX_COORDINATE:
+            raise InvalidTransformError(f"max_radius must be in (0, {MAX_COORDINATE:g}], got {max_radius!r}",
+                                        field="max_radius")
+        if np.abs(c).max() > MAX_COORDINATE:
+            raise InvalidTransformError(f"center must lie within +-{MAX_COORDINATE:g} px, got {center!r}", field="center")
         if log and r <= 1.0:
             raise InvalidTransformError("log-polar needs max_radius > 1 (K = ln R / W)", field="max_radius")
         self.center = (float(c[0]), float(c[1]))

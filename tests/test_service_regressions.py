@@ -1,0 +1,36 @@
+"""Regressions found by the hostile-input and security work (docs/reliability.md, findings)."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from interop.harness import inprocess_server
+
+from warpsvc.v1 import warp_pb2 as pb
+from warpsvc.v1 import warp_pb2_grpc
+
+
+@pytest.mark.parametrize("rpc", ["Warp", "JacobianDeterminant", "Align"])
+def test_unparseable_request_bytes_are_invalid_argument(rpc):
+    with inprocess_server() as srv, grpc.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+        with pytest.raises(grpc.RpcError) as exc:
+            ch.unary_unary(f"/warpsvc.v1.WarpService/{rpc}")(b"\xff\xff\xff", timeout=10)
+        assert exc.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert exc.value.details().startswith("request:"), exc.value.details()
+        # and the server keeps serving
+        det = warp_pb2_grpc.WarpServiceStub(ch).JacobianDeterminant(
+            pb.JacobianDeterminantRequest(
+                transforms=[pb.Transform(affine=pb.AffineTransform(matrix=[1, 0, 0, 0, 1, 0]))],
+                output_shape=pb.ImageSize(height=2, width=2)), timeout=10)
+        assert list(det.determinant.shape) == [2, 2]
+
+
+def test_token_refusals_are_not_counted_as_running_calls():
+    """A refused call used to stay counted in the drain gate, so SIGTERM waited the full grace."""
+    with inprocess_server(token="s3cret", grace_seconds=5) as srv:
+        with grpc.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+            for _ in range(3):
+                with pytest.raises(grpc.RpcError) as exc:
+                    warp_pb2_grpc.WarpServiceStub(ch).Warp(pb.WarpRequest(), timeout=10)
+                assert exc.value.code() is grpc.StatusCode.UNAUTHENTICATED
+        assert srv.gate.active == 0
