@@ -34,3 +34,43 @@ def test_token_refusals_are_not_counted_as_running_calls():
                     warp_pb2_grpc.WarpServiceStub(ch).Warp(pb.WarpRequest(), timeout=10)
                 assert exc.value.code() is grpc.StatusCode.UNAUTHENTICATED
         assert srv.gate.active == 0
+
+
+def test_shed_calls_do_not_stall_shutdown():
+    """gRPC sheds calls over ``max_concurrent_rpcs`` after the interceptors ran (the gate counted
+    them, no handler ever runs): draining must still end once nothing accepted is left, not
+    wait out the whole grace period."""
+    import threading
+    import time
+
+    import numpy as np
+    from warpsvc_client import convert
+
+    from warpsvc import AffineTransform
+
+    image = np.random.default_rng(5).random((600, 600)).astype(np.float32)
+    request = pb.WarpRequest(
+        image=pb.Image(tensor=pb.Tensor(shape=[600, 600], dtype=pb.DTYPE_FLOAT32, data=image.tobytes())),
+        transforms=convert.transforms(AffineTransform([[0.5, 0.1, 0], [0.0, 0.5, 0]])),
+        antialias=True, intensity=pb.INTENSITY_CONSERVE)
+    codes = []
+    with inprocess_server(max_concurrent_rpcs=1, threads=1, grace_seconds=20) as srv:
+        with grpc.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+            stub = warp_pb2_grpc.WarpServiceStub(ch)
+
+            def call():
+                try:
+                    stub.Warp(request, timeout=60)
+                    codes.append(grpc.StatusCode.OK)
+                except grpc.RpcError as err:
+                    codes.append(err.code())
+
+            threads = [threading.Thread(target=call) for _ in range(8)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(90)
+        assert grpc.StatusCode.RESOURCE_EXHAUSTED in codes and grpc.StatusCode.OK in codes, codes
+        t0 = time.monotonic()
+        assert srv.gate.drain(20.0)
+        assert time.monotonic() - t0 < 5.0  # far below the 20 s grace

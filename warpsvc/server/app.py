@@ -66,14 +66,15 @@ class WarpServer:
 
 
 def build_server(settings: Settings) -> WarpServer:
-    gate = DrainGate()
+    executor = futures.ThreadPoolExecutor(max_workers=settings.threads, thread_name_prefix="warpsvc")
+    gate = DrainGate(executor)
     # The gate sits before the token check, so refused calls are counted out as well as in
     # (a token refusal that skipped the gate's decrement kept SIGTERM waiting the full grace).
     interceptors = [AccessLogInterceptor(), gate]
     if settings.token:
         interceptors.append(BearerTokenInterceptor(settings.token))
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=settings.threads, thread_name_prefix="warpsvc"),
+        executor,
         interceptors=interceptors,
         options=channel_options(settings),
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,

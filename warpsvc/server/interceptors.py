@@ -120,6 +120,10 @@ class BearerTokenInterceptor(grpc.ServerInterceptor):
                                                      response_serializer=handler.response_serializer)
 
 
+# Pause after raising the drain flag before trusting the pool's queue (see DrainGate.drain).
+DRAIN_SETTLE_S = 0.05
+
+
 class DrainGate(grpc.ServerInterceptor):
     """Counts calls from arrival to completion and, once :meth:`drain` is called, answers new
     calls UNAVAILABLE ("draining": safe to retry elsewhere) while the accepted ones finish.
@@ -130,10 +134,12 @@ class DrainGate(grpc.ServerInterceptor):
     Health checks are never gated.
     """
 
-    def __init__(self):
+    def __init__(self, executor=None):
         self._cond = threading.Condition()
-        self._active = 0
+        self._active = 0  # intercepted, not finished (over-counts calls gRPC then sheds)
+        self._running = 0  # handler running right now
         self._draining = False
+        self._executor = executor  # the server's handler pool: its queue holds accepted calls
 
     @property
     def active(self) -> int:
@@ -151,11 +157,14 @@ class DrainGate(grpc.ServerInterceptor):
 
         def wrap(behavior):
             def counted(request, context):
+                with self._cond:
+                    self._running += 1
                 try:
                     return behavior(request, context)
                 finally:
                     with self._cond:
                         self._active -= 1
+                        self._running -= 1
                         self._cond.notify_all()
 
             return counted
@@ -163,10 +172,29 @@ class DrainGate(grpc.ServerInterceptor):
         return _wrap_unary(handler, wrap)
 
     def drain(self, timeout: float) -> bool:
-        """Refuse new calls; wait up to ``timeout`` s for accepted ones. True if none is left."""
+        """Refuse new calls; wait up to ``timeout`` s for accepted ones. True if none is left.
+
+        A call gRPC sheds for its concurrency limit has passed the interceptors but never runs, so
+        ``active`` over-counts after an overload. Accepted calls are either running or waiting in
+        the handler pool's queue: once neither holds any (checked after a short settle, so calls
+        intercepted just before the flag reach the queue), nothing accepted is left."""
+        deadline = time.monotonic() + timeout
         with self._cond:
             self._draining = True
-            return self._cond.wait_for(lambda: self._active <= 0, timeout=timeout)
+        time.sleep(min(DRAIN_SETTLE_S, timeout))
+        with self._cond:
+            while True:
+                if self._active <= 0 or (self._running == 0 and self._queued() == 0):
+                    return True
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._cond.wait(min(remaining, 0.02))
+
+    def _queued(self) -> int:
+        """Calls accepted and waiting for a handler thread (unknown without the pool: assume some)."""
+        queue = getattr(self._executor, "_work_queue", None)
+        return queue.qsize() if queue is not None else 1
 
 
 def _refusal(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
