@@ -32,6 +32,13 @@ def test_bad_matrices_are_rejected(matrix, fragment):
         assert exc.value.field == "matrix"
 
 
+def test_large_translations_are_not_mistaken_for_singular_matrices():
+    for t in (1e6, -3e7):
+        a = AffineTransform([[1, 0, t], [0, 1, 5.0]])
+        assert abs(a.inverse().map(a.map([[10.0, 20.0]]))[0, 0] - 10.0) < 1e-6
+        HomographyTransform([[1, 0, t], [0, 1, 0], [1e-4, 0, 1]])
+
+
 def test_affine_requires_affine_last_row():
     with pytest.raises(InvalidTransformError, match="last row"):
         AffineTransform([[1, 0, 0], [0, 1, 0], [1e-3, 0, 1]])

@@ -24,6 +24,8 @@ from .models import MotionModel, check_model
 
 # Matrices with a condition number above this are treated as singular.
 MAX_CONDITION = 1e12
+# Largest unit change used when balancing a matrix's translation against its linear part.
+MAX_BALANCE = 1e12
 
 
 def _check_matrix(matrix, field: str) -> np.ndarray:
@@ -36,7 +38,17 @@ def _check_matrix(matrix, field: str) -> np.ndarray:
         raise InvalidTransformError(f"{field} has non-finite entries", field=field)
     if not np.any(m):
         raise InvalidTransformError(f"{field} is all zeros", field=field)
-    cond = np.linalg.cond(m / np.abs(m).max())
+    # Conditioning in balanced units: D M D^-1 with D = diag(1, 1, s), s the translation's size,
+    # is the same map in pixels of size s (similar matrix, same invertibility), so a large but
+    # harmless translation does not read as singular.
+    s = min(max(1.0, abs(m[0, 2]), abs(m[1, 2])), MAX_BALANCE)
+    with np.errstate(over="ignore", invalid="ignore"):
+        balanced = m * np.array([[1.0, 1.0, 1.0 / s], [1.0, 1.0, 1.0 / s], [s, s, 1.0]])
+        balanced = balanced / np.abs(balanced).max()
+    try:
+        cond = np.linalg.cond(balanced) if np.all(np.isfinite(balanced)) else np.inf
+    except np.linalg.LinAlgError:  # SVD did not converge: extreme entries
+        cond = np.inf
     if not np.isfinite(cond) or cond > MAX_CONDITION:
         raise InvalidTransformError(
             f"{field} is singular or too ill-conditioned (condition number {cond:.3g})", field=field
