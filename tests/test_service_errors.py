@@ -164,17 +164,6 @@ def test_message_over_limit_is_resource_exhausted(stub):
     assert info.value.code() == EXHAUSTED
 
 
-def test_align_unimplemented_without_the_library_function(monkeypatch):
-    """A build without ``warpsvc.align`` answers UNIMPLEMENTED with a clear message."""
-    monkeypatch.delattr(warpsvc, "align", raising=False)
-    with inprocess_server() as srv, grpc.insecure_channel(f"127.0.0.1:{srv.port}") as channel:
-        with pytest.raises(grpc.RpcError) as info:
-            warp_pb2_grpc.WarpServiceStub(channel).Align(pb.AlignRequest(template=_tensor(), image=_tensor()),
-                                                         timeout=10)
-    assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "warpsvc.align" in info.value.details()
-
-
 def test_concurrent_rpc_cap_answers_resource_exhausted(monkeypatch):
     release = threading.Event()
     entered = threading.Event()
