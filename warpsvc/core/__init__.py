@@ -24,6 +24,8 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
+# What the resampling and alignment import beyond numpy (the `compute` extra).
+_COMPUTE_DEPENDENCIES = ("cv2", "numba")
 # Public functions named like the submodule defining them (warpsvc.core.warp.warp, ...align.align).
 _SHADOWED = frozenset(name for name, module in _EXPORTS.items() if name == module)
 
@@ -32,7 +34,13 @@ def __getattr__(name: str):
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    try:
+        value = getattr(importlib.import_module(f".{module}", __name__), name)
+    except ModuleNotFoundError as err:
+        if err.name not in _COMPUTE_DEPENDENCIES:
+            raise
+        raise ModuleNotFoundError(f"warpsvc.{name} needs {err.name}, which is not installed: "
+                                  "pip install 'warpsvc[compute]'", name=err.name) from err
     globals()[name] = value  # later look-ups skip this hook
     return value
 
