@@ -12,12 +12,12 @@ import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from interop.harness import inprocess_server
-from warpsvc_client import convert
 
 import warpsvc
 from warpsvc import AffineTransform, PolarTransform
-from warpsvc.v1 import warp_pb2 as pb
-from warpsvc.v1 import warp_pb2_grpc
+from warpsvc_api import convert
+from warpsvc_api.v1 import warp_pb2 as pb
+from warpsvc_api.v1 import warp_pb2_grpc
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -160,7 +160,7 @@ def test_bad_request(stub, call, code, field):
 def test_message_over_limit_is_resource_exhausted(stub):
     big = np.zeros((800, 800, 3), np.uint8)  # 1.9 MB > the 1 MiB limit of this server
     with pytest.raises(grpc.RpcError) as info:
-        stub.Warp(pb.WarpRequest(image=convert.image(big), transforms=SHIFT), timeout=10)
+        stub.Warp(pb.WarpRequest(image=convert.image_message(big), transforms=SHIFT), timeout=10)
     assert info.value.code() == EXHAUSTED
 
 

@@ -21,8 +21,13 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from warpsvc.core.errors import (
-    CancelledError, DeadlineExceededError, ImageTooLargeError, InvalidArgumentError, ResourceExhaustedError,
-    WarpsvcError, describe,
+    CancelledError,
+    DeadlineExceededError,
+    ImageTooLargeError,
+    InvalidArgumentError,
+    ResourceExhaustedError,
+    WarpsvcError,
+    describe,
 )
 
 log = logging.getLogger("warpsvc.server")

@@ -2,5 +2,5 @@
 client). This alias keeps ``from warpsvc_client import convert`` working; new code imports
 ``warpsvc_api.convert``."""
 
-from warpsvc_api.convert import *  # noqa: F401,F403
+from warpsvc_api.convert import *  # noqa: F403
 from warpsvc_api.convert import image_message as image  # noqa: F401 - the old name

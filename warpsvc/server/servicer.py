@@ -43,7 +43,7 @@ def rpc(method):
                 if err.field not in convert.REQUEST_FIELDS:
                     raise
                 raise err.relabelled(convert.REQUEST_FIELDS[err.field]) from err
-        except Exception as exc:  # noqa: BLE001 - every failure goes through the one table
+        except Exception as exc:
             context.abort_with_status(status.to_status(exc))
 
     return handler

@@ -1,3 +1,3 @@
 """Deprecated alias: ``from warpsvc_api.v1 import warp_pb2_grpc`` (the same objects)."""
 
-from warpsvc_api.v1.warp_pb2_grpc import *  # noqa: F401,F403
+from warpsvc_api.v1.warp_pb2_grpc import *  # noqa: F403
