@@ -45,7 +45,7 @@ def little_endian(arr: np.ndarray, field: str = "image") -> tuple[np.ndarray, in
     enum = _DTYPE_ENUMS.get(arr.dtype.newbyteorder("<"))
     if enum is None:
         names = ", ".join(vocab.DTYPE)
-        raise InvalidImageError(f"dtype {arr.dtype} is not supported (use {names})", field=field)
+        raise InvalidImageError(f"{field} dtype {arr.dtype} is not supported (use {names})", field=field)
     return np.ascontiguousarray(arr, dtype=DTYPES[enum]), enum
 
 
@@ -108,7 +108,7 @@ def image_message(value, field: str = "image", out: pb.Image | None = None) -> p
     elif isinstance(value, np.ndarray):
         fill_tensor(out.tensor, value, field)
     else:
-        raise InvalidImageError(f"must be a numpy array or encoded file bytes, got {type(value).__name__}",
+        raise InvalidImageError(f"{field} must be a numpy array or encoded file bytes, got {type(value).__name__}",
                                 field=field)
     return out
 
@@ -164,7 +164,7 @@ def transforms(t) -> list[pb.Transform]:
         if t.cartesian_shape is not None:
             polar.cartesian_shape.CopyFrom(size(t.cartesian_shape))
         return [pb.Transform(polar=polar)]
-    raise InvalidTransformError(f"must be a warpsvc Transform, got {type(t).__name__}", field="transform")
+    raise InvalidTransformError(f"transform must be a warpsvc Transform, got {type(t).__name__}", field="transform")
 
 
 def _values(matrix) -> list[float]:

@@ -45,7 +45,8 @@ class Vocabulary:
             return self.values[option]
         except (KeyError, TypeError):
             field = field or self.field
-            raise InvalidArgumentError(f"must be one of {tuple(self.values)}, got {option!r}", field=field) from None
+            raise InvalidArgumentError(f"{field} must be one of {tuple(self.values)}, got {option!r}",
+                                       field=field) from None
 
     def from_wire(self, value: int, field: str | None = None):
         """The library option of enum value ``value``; :data:`DEFAULT` for the zero value."""

@@ -62,9 +62,13 @@ class CancelledError(WarpsvcError):
 
 
 def describe(err: BaseException) -> str:
-    """``"field: message"`` for an error naming a field (once, never doubled), else the message."""
+    """``"field: message"`` for an error naming a field, else the message. The field is said
+    once: a message already starting with it (``"levels must be ..."``, the library's style, or
+    ``"levels: ..."``) is not prefixed again (``"levels: must be ..."``)."""
     message = getattr(err, "message", None) or str(err)
     field = getattr(err, "field", None)
-    if field and not message.startswith(field + ":"):
-        return f"{field}: {message}"
-    return message
+    if not field or message.startswith(field + ":"):
+        return message
+    if message.startswith(field + " "):
+        message = message[len(field) + 1:]
+    return f"{field}: {message}"
