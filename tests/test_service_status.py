@@ -45,8 +45,10 @@ def test_status_table(exc, code):
 
 def test_the_field_prefix_is_never_doubled():
     for text in ("levels: must be >= 1", "levels must be >= 1", "must be >= 1"):
-        assert status.status_message(errors.InvalidArgumentError(text, field="levels")).message == "levels: must be >= 1"
-    relabelled = errors.InvalidTransformError("matrix is singular", field="matrix").relabelled("transforms[0].affine.matrix")
+        err = errors.InvalidArgumentError(text, field="levels")
+        assert status.status_message(err).message == "levels: must be >= 1"
+    singular = errors.InvalidTransformError("matrix is singular", field="matrix")
+    relabelled = singular.relabelled("transforms[0].affine.matrix")
     assert errors.describe(relabelled) == "transforms[0].affine.matrix: matrix is singular"
     relabelled = errors.InvalidArgumentError("must be positive", field="time_budget").relabelled("time_budget_seconds")
     assert type(relabelled) is errors.InvalidArgumentError
