@@ -4,7 +4,8 @@ server (started from the main environment, on loopback).
 
 The venv is built once per run in a temp dir from a wheel of this tree (``pip wheel`` of a copy,
 so the work tree gets no ``build/``); dependencies come through the machine's pip configuration
-and its cache, so the module costs ~20-40 s. ``WARPSVC_SKIP_VENV_TEST=1`` skips it.
+and its cache, so the module costs ~20-40 s (marked ``venv``: ``-m 'not venv'`` deselects it;
+``WARPSVC_SKIP_VENV_TEST=1`` skips it).
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from interop.harness import REPO, ServerProcess
 import warpsvc
 from warpsvc import AffineTransform, PolarTransform, compose
 
-pytestmark = pytest.mark.skipif(os.environ.get("WARPSVC_SKIP_VENV_TEST") == "1", reason="WARPSVC_SKIP_VENV_TEST=1")
+pytestmark = [pytest.mark.venv,
+              pytest.mark.skipif(os.environ.get("WARPSVC_SKIP_VENV_TEST") == "1", reason="WARPSVC_SKIP_VENV_TEST=1")]
 SOURCES = ("pyproject.toml", "README.md", "warpsvc", "warpsvc_api", "clients")
 IMG = (np.arange(48 * 64 * 3) % 251).astype(np.uint8).reshape(48, 64, 3)
 SHIFT = AffineTransform.from_components(rotation=0.1, translation=(3.0, -2.0))
