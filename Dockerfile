@@ -16,13 +16,18 @@
 # in the final image.
 ARG BASE_IMAGE=python:3.11-slim
 
-# ---- requirements: the dependency list of pyproject.toml, alone in a file, so that the layer
-# installing them is reused until that list changes (not on every pyproject.toml edit) ---------
+# ---- requirements: the image's dependency list (pyproject.toml: the base dependencies plus the
+# `server` and `client` extras -- warpsvc-batch runs from this image too -- with their
+# `warpsvc[...]` self-references expanded), alone in a file, so that the layer installing them
+# is reused until that list changes (not on every pyproject.toml edit) --------------------------
 FROM ${BASE_IMAGE} AS requirements
 WORKDIR /src
 COPY pyproject.toml ./
-RUN python3 -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))' \
-        > requirements.txt
+RUN python3 -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; \
+x = p["optional-dependencies"]; \
+E = lambda extra: [d for r in x[extra] for d in (sum((E(n) for n in r[8:-1].split(",")), []) \
+                   if r.startswith("warpsvc[") else [r])]; \
+print("\n".join(dict.fromkeys(p["dependencies"] + E("server") + E("client"))))' > requirements.txt
 
 # ---- deps: a virtual environment in /opt/venv with the dependencies only -----------------------
 # (Its own stage and layer: a source edit neither reinstalls numba/OpenCV/grpc nor copies them
@@ -46,11 +51,12 @@ ENV PATH=/opt/venv/bin:$PATH
 COPY --from=requirements /src/requirements.txt /tmp/requirements.txt
 RUN pip install -r /tmp/requirements.txt
 
-# ---- wheel: the project (warpsvc + warpsvc_client) as a wheel ------------------------------------
+# ---- wheel: the project (warpsvc + warpsvc_api + warpsvc_client) as a wheel ------------------------------------
 FROM deps AS wheel
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY warpsvc ./warpsvc
+COPY warpsvc_api ./warpsvc_api
 COPY clients ./clients
 RUN pip wheel --no-deps --wheel-dir /dist .
 

@@ -7,6 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/python -m pip install -q --disable-pip-version-check -e . >/dev/null
+# The server and the demo (extras of pyproject.toml: compute + api + health/reflection, scikit-image).
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[server,demo]' >/dev/null
 if [ $# -eq 0 ]; then set -- serve; fi
 exec .venv/bin/warpsvc "$@"

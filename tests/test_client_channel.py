@@ -19,7 +19,7 @@ import warpsvc
 from warpsvc import AffineTransform
 from warpsvc.server import Settings
 from warpsvc.server.servicer import WarpServicer, add_to_server
-from warpsvc.v1 import warp_pb2_grpc
+from warpsvc_api.v1 import warp_pb2_grpc
 
 IMG = np.random.default_rng(41).random((400, 400, 3)).astype(np.float32)  # 1.9 MB request
 SHIFT = AffineTransform([[1, 0, 3.0], [0, 1, -2.0]])
@@ -77,11 +77,10 @@ def test_without_the_raised_buffer_a_large_request_is_not_retried(flaky):
     servicer, target = flaky
     opts = [o for o in channel_options(64 << 20, 5) if o[0] != "grpc.per_rpc_retry_buffer_size"]
     with grpc.insecure_channel(target, options=opts) as channel:
-        from warpsvc_client import convert
+        from warpsvc_api import convert
+        from warpsvc_api.v1 import warp_pb2 as pb
 
-        from warpsvc.v1 import warp_pb2 as pb
-
-        request = pb.WarpRequest(image=convert.image(IMG), transforms=convert.transforms(SHIFT))
+        request = pb.WarpRequest(image=convert.image_message(IMG), transforms=convert.transforms(SHIFT))
         with pytest.raises(grpc.RpcError) as info:
             warp_pb2_grpc.WarpServiceStub(channel).Warp(request, timeout=20)
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE and servicer.calls == 1

@@ -1,5 +1,5 @@
 """The Align RPC: equal to ``warpsvc.align`` in-process, deadlines stop the iterations, bad
-requests name their field. Skipped only while the library has no ``warpsvc.align``."""
+requests name their field."""
 
 from __future__ import annotations
 
@@ -10,13 +10,12 @@ import grpc
 import numpy as np
 import pytest
 from interop.harness import inprocess_server
-from warpsvc_client import WarpClient, convert
+from warpsvc_client import WarpClient
 
 import warpsvc
-from warpsvc.v1 import warp_pb2 as pb
-from warpsvc.v1 import warp_pb2_grpc
-
-pytestmark = pytest.mark.skipif(not hasattr(warpsvc, "align"), reason="warpsvc.align does not exist yet")
+from warpsvc_api import convert
+from warpsvc_api.v1 import warp_pb2 as pb
+from warpsvc_api.v1 import warp_pb2_grpc
 
 
 def scene(seed: int, shape=(120, 160)) -> np.ndarray:
@@ -108,7 +107,7 @@ def test_deadline_reaches_the_alignment_as_should_stop(monkeypatch):
 
 
 def _tensor(arr) -> pb.Image:
-    return convert.image(arr)
+    return convert.image_message(arr)
 
 
 BAD = [

@@ -12,12 +12,12 @@ import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from interop.harness import inprocess_server
-from warpsvc_client import convert
 
 import warpsvc
 from warpsvc import AffineTransform, PolarTransform
-from warpsvc.v1 import warp_pb2 as pb
-from warpsvc.v1 import warp_pb2_grpc
+from warpsvc_api import convert
+from warpsvc_api.v1 import warp_pb2 as pb
+from warpsvc_api.v1 import warp_pb2_grpc
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -160,19 +160,8 @@ def test_bad_request(stub, call, code, field):
 def test_message_over_limit_is_resource_exhausted(stub):
     big = np.zeros((800, 800, 3), np.uint8)  # 1.9 MB > the 1 MiB limit of this server
     with pytest.raises(grpc.RpcError) as info:
-        stub.Warp(pb.WarpRequest(image=convert.image(big), transforms=SHIFT), timeout=10)
+        stub.Warp(pb.WarpRequest(image=convert.image_message(big), transforms=SHIFT), timeout=10)
     assert info.value.code() == EXHAUSTED
-
-
-def test_align_unimplemented_without_the_library_function(monkeypatch):
-    """A build without ``warpsvc.align`` answers UNIMPLEMENTED with a clear message."""
-    monkeypatch.delattr(warpsvc, "align", raising=False)
-    with inprocess_server() as srv, grpc.insecure_channel(f"127.0.0.1:{srv.port}") as channel:
-        with pytest.raises(grpc.RpcError) as info:
-            warp_pb2_grpc.WarpServiceStub(channel).Align(pb.AlignRequest(template=_tensor(), image=_tensor()),
-                                                         timeout=10)
-    assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "warpsvc.align" in info.value.details()
 
 
 def test_concurrent_rpc_cap_answers_resource_exhausted(monkeypatch):

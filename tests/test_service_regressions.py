@@ -6,8 +6,8 @@ import grpc
 import pytest
 from interop.harness import inprocess_server
 
-from warpsvc.v1 import warp_pb2 as pb
-from warpsvc.v1 import warp_pb2_grpc
+from warpsvc_api.v1 import warp_pb2 as pb
+from warpsvc_api.v1 import warp_pb2_grpc
 
 
 @pytest.mark.parametrize("rpc", ["Warp", "JacobianDeterminant", "Align"])
@@ -44,9 +44,9 @@ def test_shed_calls_do_not_stall_shutdown():
     import time
 
     import numpy as np
-    from warpsvc_client import convert
 
     from warpsvc import AffineTransform
+    from warpsvc_api import convert
 
     image = np.random.default_rng(5).random((600, 600)).astype(np.float32)
     request = pb.WarpRequest(

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from interop.harness import inprocess_server
-from warpsvc_client import convert
 
 import warpsvc
 from warpsvc import AffineTransform, HomographyTransform, PolarTransform, compose
-from warpsvc.v1 import warp_pb2 as pb
-from warpsvc.v1 import warp_pb2_grpc
+from warpsvc_api import convert
+from warpsvc_api.v1 import warp_pb2 as pb
+from warpsvc_api.v1 import warp_pb2_grpc
 
 DTYPES = (np.uint8, np.uint16, np.float32, np.float64)
 
@@ -49,7 +49,7 @@ TRANSFORMS = {
 
 
 def warp_request(image, transform, **kw) -> pb.WarpRequest:
-    return pb.WarpRequest(image=convert.image(image), transforms=convert.transforms(transform), **kw)
+    return pb.WarpRequest(image=convert.image_message(image), transforms=convert.transforms(transform), **kw)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)

@@ -30,24 +30,18 @@ import json
 
 import grpc
 import numpy as np
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
-import warpsvc
-from warpsvc.v1 import warp_pb2 as pb
-
-from . import convert, wire
+from warpsvc_api import convert, status, vocab, wire
+from warpsvc_api.v1 import warp_pb2 as pb
 
 MIB = 1 << 20
-SERVICE = pb.DESCRIPTOR.services_by_name["WarpService"].full_name
-IMAGE_FIELD = pb.WarpRequest.DESCRIPTOR.fields_by_name["image"].number
-WARP_IMAGE = pb.WarpResponse.DESCRIPTOR.fields_by_name["image"].number
-IMAGE_TENSOR = pb.Image.DESCRIPTOR.fields_by_name["tensor"].number
-DET_TENSOR = pb.JacobianDeterminantResponse.DESCRIPTOR.fields_by_name["determinant"].number
+SERVICE = pb.DESCRIPTOR.services_by_name["WarpService"]
+WARP_IMAGE = (wire.number(pb.WarpResponse, "image"), wire.IMAGE_TENSOR)
+DET_TENSOR = (wire.number(pb.JacobianDeterminantResponse, "determinant"),)
 
 
 def service_config(retries: int) -> str:
-    method = {"name": [{"service": SERVICE}]}
+    method = {"name": [{"service": SERVICE.full_name}]}
     if retries > 1:
         method["retryPolicy"] = {
             "maxAttempts": retries, "initialBackoff": "0.1s", "maxBackoff": "2s", "backoffMultiplier": 2,
@@ -65,27 +59,6 @@ def channel_options(max_message_bytes: int, retries: int) -> list[tuple[str, obj
         ("grpc.per_rpc_retry_buffer_size", max_message_bytes),
         ("grpc.retry_buffer_size", max(256 * MIB, 2 * max_message_bytes)),
     ]
-
-
-def _field_of(err: grpc.RpcError) -> str | None:
-    status = rpc_status.from_call(err)
-    for detail in status.details if status else ():
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            if bad.field_violations:
-                return bad.field_violations[0].field
-    return None
-
-
-def _translate(err: grpc.RpcError) -> BaseException:
-    code = err.code()
-    field = _field_of(err) if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED) else None
-    if code is grpc.StatusCode.INVALID_ARGUMENT:
-        return warpsvc.InvalidArgumentError(err.details(), field=field)
-    if code is grpc.StatusCode.RESOURCE_EXHAUSTED and field is not None:
-        return warpsvc.ImageTooLargeError(err.details(), field=field)
-    return err
 
 
 class WarpClient:
@@ -121,10 +94,10 @@ class WarpClient:
         # The stub's methods, with a request serializer that also takes pre-serialised chunks.
         self._rpc = {
             m.name: self._channel.unary_unary(
-                f"/{SERVICE}/{m.name}", request_serializer=wire.serialize,
+                f"/{SERVICE.full_name}/{m.name}", request_serializer=wire.serialize,
                 response_deserializer=wire.deserializer(getattr(pb, m.output_type.name)),
                 _registered_method=True)
-            for m in pb.DESCRIPTOR.services_by_name["WarpService"].methods
+            for m in SERVICE.methods
         }
         self._timeout = timeout
         self._metadata = (("authorization", f"Bearer {token}"),) if token else None
@@ -146,7 +119,7 @@ class WarpClient:
             return rpc(request, timeout=self._timeout if timeout is None else timeout, metadata=self._metadata,
                        wait_for_ready=self._wait_for_ready)
         except grpc.RpcError as err:
-            translated = _translate(err)
+            translated = status.from_rpc_error(err)
             if translated is err:
                 raise
             raise translated from err
@@ -159,29 +132,21 @@ class WarpClient:
         """``warpsvc.warp`` on the server. ``image`` is a numpy array (sent raw) or the bytes of a
         PNG/JPEG/TIFF file (sent encoded). Returns a numpy array, or the encoded file's bytes when
         ``response_form`` is ``"png"``, ``"jpeg"`` or ``"tiff"``."""
-        fields = pb.WarpRequest(
-            transforms=convert.transforms(transform),
-            interpolation=convert.choice(convert.INTERPOLATIONS, interpolation, "interpolation"),
-            border=convert.choice(convert.BORDERS, border, "border"), border_value=float(border_value),
-            intensity=convert.choice(convert.INTENSITIES, intensity, "intensity"), antialias=bool(antialias),
-            response_form=convert.choice(convert.RESPONSE_FORMS, response_form, "response_form"),
-            jpeg_quality=int(jpeg_quality),
-        )
-        if output_shape is not None:
-            fields.output_shape.CopyFrom(convert.size(output_shape))
-        request = wire.Message([fields.SerializeToString(), *convert.image_field(image, IMAGE_FIELD).chunks])
+        fields = convert.warp_request(
+            transform, output_shape, interpolation=interpolation, border=border, border_value=border_value,
+            intensity=intensity, antialias=antialias, response_form=response_form, jpeg_quality=jpeg_quality)
+        request = wire.Parts.of(fields).then(convert.image_field(image, wire.number(pb.WarpRequest, "image")))
         response = self._call(self._rpc["Warp"], request, timeout)
-        return convert.from_image(response.message.image, response.payload(WARP_IMAGE, IMAGE_TENSOR))
+        return convert.image_value(response.message.image, response.payload(*WARP_IMAGE))
 
     def jacobian_determinant(self, transform, output_shape, *, dtype=np.float64,
                              timeout: float | None = None) -> np.ndarray:
         """``warpsvc.jacobian_determinant`` on the server: ``(H, W)`` float64 or float32."""
-        dt = convert.choice({np.dtype(np.float64): pb.DTYPE_FLOAT64, np.dtype(np.float32): pb.DTYPE_FLOAT32},
-                            np.dtype(dtype), "dtype")
         request = pb.JacobianDeterminantRequest(transforms=convert.transforms(transform),
-                                                output_shape=convert.size(output_shape), dtype=dt)
+                                                output_shape=convert.size(output_shape),
+                                                dtype=vocab.DTYPE.to_wire(np.dtype(dtype).name, "dtype"))
         response = self._call(self._rpc["JacobianDeterminant"], request, timeout)
-        return convert.array(response.message.determinant, response.payload(DET_TENSOR))
+        return convert.array(response.message.determinant, response.payload(*DET_TENSOR), "determinant")
 
     def align(self, template, image, model: str = "homography", init=None, *, levels="auto",
               template_mask=None, image_mask=None, robust=None, photometric=None, max_iterations=None,
@@ -189,22 +154,9 @@ class WarpClient:
         """``warpsvc.align`` on the server; returns a ``warpsvc.AlignResult``. The call's deadline
         also stops the server's iterations (``reason="cancelled"`` reaches no one: the client
         gets DEADLINE_EXCEEDED)."""
-        request = pb.AlignRequest(
-            model=convert.choice(convert.MODELS, model, "model"),
-            robust=convert.choice(convert.ROBUST, robust, "robust"),
-            photometric=convert.choice(convert.PHOTOMETRIC, photometric, "photometric"),
-            levels=0 if levels == "auto" else int(levels),
-            max_iterations=int(max_iterations or 0), tolerance=float(tolerance or 0.0),
-            time_budget_seconds=float(time_budget or 0.0),
-        )
-        if init is not None:
-            request.init.extend(float(v) for v in np.asarray(getattr(init, "matrix", init), np.float64).ravel())
-        if template_mask is not None:
-            convert.fill_mask(request.template_mask, template_mask, "template_mask")
-        if image_mask is not None:
-            convert.fill_mask(request.image_mask, image_mask, "image_mask")
-        chunks = [request.SerializeToString()]
-        for name, value in (("template", template), ("image", image)):
-            number = pb.AlignRequest.DESCRIPTOR.fields_by_name[name].number
-            chunks += convert.image_field(value, number, name).chunks
-        return convert.align_result(self._call(self._rpc["Align"], wire.Message(chunks), timeout).message)
+        fields = convert.align_request(
+            model, init, levels=levels, robust=robust, photometric=photometric, max_iterations=max_iterations,
+            tolerance=tolerance, time_budget=time_budget, template_mask=template_mask, image_mask=image_mask)
+        request = wire.Parts.of(fields).then(*(convert.image_field(value, wire.number(pb.AlignRequest, name), name)
+                                              for name, value in (("template", template), ("image", image))))
+        return convert.align_result(self._call(self._rpc["Align"], request, timeout).message)

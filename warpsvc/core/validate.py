@@ -52,3 +52,14 @@ def check_choice(value, choices, field: str):
     if value not in choices:
         raise InvalidArgumentError(f"{field} must be one of {tuple(choices)}, got {value!r}", field=field)
     return value
+
+
+def output_dtype(input_dtype, *, intensity: str = "plain", antialias: bool = False) -> np.dtype:
+    """The dtype :func:`warpsvc.warp` returns for an image of ``input_dtype`` (a server sizes its
+    response with it before warping): plain point samples keep the input dtype; conserved or
+    antialiased values are float32, float64 for float64 input. Same defaults as ``warp``
+    (tests/test_service_wire.py checks it against ``warp`` itself)."""
+    dtype = np.dtype(input_dtype)
+    if intensity == "plain" and not antialias:
+        return dtype
+    return np.dtype(np.float64) if dtype == np.float64 else np.dtype(np.float32)

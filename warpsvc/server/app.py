@@ -19,7 +19,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from warpsvc.v1 import warp_pb2
+from warpsvc_api.v1 import warp_pb2
 
 from .interceptors import AccessLogInterceptor, BearerTokenInterceptor, DrainGate
 from .servicer import WarpServicer, add_to_server

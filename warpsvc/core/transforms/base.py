@@ -46,6 +46,7 @@ def as_points(xy, field: str = "xy") -> np.ndarray:
 class Transform:
     """Abstract base: a smooth invertible map of the plane (see module docstring)."""
 
+
     def map(self, xy) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -108,3 +109,31 @@ class Transform:
     def is_matrix(self) -> bool:
         """True when the map is a 3x3 projective matrix (affine or homography)."""
         return False
+
+
+class FrozenTransform(Transform):
+    """A transform that is a value: immutable after ``__init__``, equal (and hashing alike) when
+    its :meth:`_key` is, so ``==`` and ``hash`` agree for every family (usable as dict keys).
+
+    Subclasses set their fields once with :meth:`_freeze` and define ``_key()``.
+    """
+
+
+    def _freeze(self, **fields) -> None:
+        for name, value in fields.items():
+            object.__setattr__(self, name, value)
+
+    def __setattr__(self, name, value):
+        raise AttributeError(f"{type(self).__name__} is immutable (build a new one instead)")
+
+    def __delattr__(self, name):
+        raise AttributeError(f"{type(self).__name__} is immutable")
+
+    def _key(self) -> tuple:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __eq__(self, other):
+        return type(other) is type(self) and self._key() == other._key()
+
+    def __hash__(self):
+        return hash((type(self).__name__, self._key()))

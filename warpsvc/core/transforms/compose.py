@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import InvalidArgumentError
-from .base import Transform, as_points
+from .base import FrozenTransform, Transform, as_points
 from .matrix import AffineTransform, HomographyTransform
 
 
@@ -44,16 +44,14 @@ def compose(*transforms: Transform) -> Transform:
     return steps[0] if len(steps) == 1 else ComposedTransform(tuple(steps))
 
 
-class ComposedTransform(Transform):
+class ComposedTransform(FrozenTransform):
     """A chain of transforms (build it with :func:`compose` or ``Transform.then``)."""
 
     def __init__(self, steps: tuple[Transform, ...]):
-        self.steps = tuple(steps)
+        self._freeze(steps=tuple(steps))
 
-    def __eq__(self, other):
-        return type(other) is type(self) and self.steps == other.steps
-
-    __hash__ = None
+    def _key(self) -> tuple:
+        return self.steps
 
     def __repr__(self):
         return "compose(" + ", ".join(repr(s) for s in self.steps) + ")"

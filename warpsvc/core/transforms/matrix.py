@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import InvalidArgumentError, InvalidTransformError
-from .base import Transform, as_points
+from .base import FrozenTransform, as_points
 from .models import MotionModel, check_model
 
 # Matrices with a condition number above this are treated as singular.
@@ -58,14 +58,14 @@ def _check_matrix(matrix, field: str) -> np.ndarray:
     return m
 
 
-class _MatrixTransform(Transform):
+class _MatrixTransform(FrozenTransform):
     """Shared machinery of :class:`AffineTransform` and :class:`HomographyTransform`."""
 
     _default_model = "homography"
 
     def __init__(self, matrix, *, model: str | None = None, _checked: bool = False):
-        self._matrix = matrix if _checked else _check_matrix(matrix, "matrix")
-        self._model = check_model(model or self._default_model)
+        self._freeze(_matrix=matrix if _checked else _check_matrix(matrix, "matrix"),
+                     _model=check_model(model or self._default_model))
 
     # -- construction ---------------------------------------------------------------
     @classmethod
@@ -95,14 +95,9 @@ class _MatrixTransform(Transform):
     def with_model(self, model: str):
         return type(self)(self._matrix, model=model, _checked=True)
 
-    def __eq__(self, other):
-        return (
-            type(other) is type(self)
-            and np.array_equal(self._matrix, other._matrix)
-            and self._model == other._model
-        )
-
-    __hash__ = None
+    def _key(self) -> tuple:
+        """Entries as floats (``-0.0 == 0.0`` in ``==`` and ``hash`` alike) and the model."""
+        return (tuple(float(v) for v in self._matrix.ravel()), self._model)
 
     def __repr__(self):
         rows = ", ".join(np.array2string(r, precision=6, separator=", ") for r in self._matrix)

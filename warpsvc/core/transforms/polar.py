@@ -27,12 +27,10 @@ from __future__ import annotations
 
 import math
 
-import cv2
 import numpy as np
 
-from .._scale_kernels import outer_maps
 from ..errors import InvalidTransformError
-from .base import Transform, as_points
+from .base import FrozenTransform, as_points
 
 TWO_PI = 2.0 * math.pi
 # Largest radius / centre coordinate accepted (pixels): far beyond any image, still exact in float32.
@@ -49,7 +47,7 @@ def _positive_shape(shape, field: str) -> tuple[int, int]:
     return h, w
 
 
-class PolarTransform(Transform):
+class PolarTransform(FrozenTransform):
     """Cartesian <-> (log-)polar; see the module docstring for the formulas.
 
     Parameters
@@ -80,24 +78,17 @@ class PolarTransform(Transform):
             raise InvalidTransformError(f"center must lie within +-{MAX_COORDINATE:g} px, got {center!r}", field="center")
         if log and r <= 1.0:
             raise InvalidTransformError("log-polar needs max_radius > 1 (K = ln R / W)", field="max_radius")
-        self.center = (float(c[0]), float(c[1]))
-        self.max_radius = r
-        self.polar_shape = _positive_shape(polar_shape, "polar_shape")
-        self.log = bool(log)
-        self.is_inverse = bool(inverse)
-        self.cartesian_shape = None if cartesian_shape is None else _positive_shape(cartesian_shape, "cartesian_shape")
-        self.opencv_sampling = bool(opencv_sampling)
+        self._freeze(
+            center=(float(c[0]), float(c[1])), max_radius=r, polar_shape=_positive_shape(polar_shape, "polar_shape"),
+            log=bool(log), is_inverse=bool(inverse),
+            cartesian_shape=None if cartesian_shape is None else _positive_shape(cartesian_shape, "cartesian_shape"),
+            opencv_sampling=bool(opencv_sampling),
+        )
 
     # -- value semantics ---------------------------------------------------------------
     def _key(self):
         return (self.center, self.max_radius, self.polar_shape, self.log, self.is_inverse, self.cartesian_shape,
                 self.opencv_sampling)
-
-    def __eq__(self, other):
-        return type(other) is type(self) and self._key() == other._key()
-
-    def __hash__(self):
-        return hash(self._key())
 
     def __repr__(self):
         return (
@@ -176,6 +167,8 @@ class PolarTransform(Transform):
             theta = pts[:, 1] * (TWO_PI / self.polar_shape[0])
             cx, cy = (float(np.float32(c)) for c in self.center)  # OpenCV's centre is a Point2f
             return np.column_stack([r * np.cos(theta) + cx, r * np.sin(theta) + cy])
+        import cv2  # resampling only: the geometry imports numpy alone
+
         dx = (pts[:, 0].astype(np.float32) - np.float32(self.center[0]))[None, :]
         dy = (pts[:, 1].astype(np.float32) - np.float32(self.center[1]))[None, :]
         mag, ang = cv2.cartToPolar(dx, dy)
@@ -196,6 +189,8 @@ class PolarTransform(Transform):
         if self.opencv_sampling:
             r = r.astype(np.float32).astype(np.float64)
             cx, cy = float(np.float32(cx)), float(np.float32(cy))
+        from .._scale_kernels import outer_maps  # compiled (numba): resampling only
+
         shape = (rows[1] - rows[0], cols[1] - cols[0])
         mx, my = np.empty(shape, dtype), np.empty(shape, dtype)
         outer_maps(np.cos(theta), np.sin(theta), r, cx, cy, mx, my)
