@@ -48,6 +48,8 @@ from dataclasses import dataclass
 EXPORTERS = ("otlp", "console", "none")
 PROTOCOLS = ("grpc", "http/protobuf")
 DEFAULT_SERVICE_NAME = "warpsvc"
+DEFAULT_OTLP_GRPC_ENDPOINT = "http://localhost:4317"
+DEFAULT_OTLP_HTTP_ENDPOINT = "http://localhost:4318/v1/traces"
 INSTRUMENTATION_NAME = "warpsvc.server"
 _NULL = contextlib.nullcontext()  # reusable and reentrant: the whole cost of a stage when off
 
@@ -173,16 +175,18 @@ def setup_tracing(config: TracingConfig | None = None, *, exporters: tuple = (),
 
 
 def _otlp_exporter(config: TracingConfig):
+    # Pass the endpoint always: the exporter would read an empty OTEL_EXPORTER_OTLP_ENDPOINT (as
+    # docker-compose passes an unset one) as the endpoint itself.
     if config.protocol == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
-        return OTLPSpanExporter(endpoint=config.endpoint)
+        return OTLPSpanExporter(endpoint=config.endpoint or DEFAULT_OTLP_GRPC_ENDPOINT)
     try:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     except ImportError:
         raise ValueError("OTEL_EXPORTER_OTLP_PROTOCOL: http/protobuf needs the package "
                          "opentelemetry-exporter-otlp-proto-http") from None
-    return OTLPSpanExporter(endpoint=config.endpoint)
+    return OTLPSpanExporter(endpoint=config.endpoint or DEFAULT_OTLP_HTTP_ENDPOINT)
 
 
 def current_trace_id() -> str | None:
