@@ -69,6 +69,17 @@ def value(samples, name: str, **labels) -> float:
     return found[0] if found else 0.0
 
 
+def status_of(call, request: bytes):
+    """The status code a unary call ends with (OK when it returns)."""
+    import grpc
+
+    try:
+        call(request, timeout=10)
+        return grpc.StatusCode.OK
+    except grpc.RpcError as err:
+        return err.code()
+
+
 def total(samples, name: str, **labels) -> float:
     return sum(v for lab, v in samples.get(name, []) if all(lab.get(k) == x for k, x in labels.items()))
 

@@ -11,7 +11,7 @@ from concurrent import futures
 import grpc
 import pytest
 
-from test_metrics import scrape, total, value
+from test_metrics import scrape, status_of, total, value
 from warpsvc.server import metrics as wm
 
 SERVICE = "test.Echo"
@@ -74,12 +74,6 @@ def served():
         server.stop(None).wait()
 
 
-def _code(call, request: bytes) -> grpc.StatusCode:
-    try:
-        call(request, timeout=10)
-        return grpc.StatusCode.OK
-    except grpc.RpcError as err:
-        return err.code()
 
 
 def test_every_outcome_is_counted_exactly(served):
@@ -87,10 +81,10 @@ def test_every_outcome_is_counted_exactly(served):
     unary = channel.unary_unary(f"/{SERVICE}/Unary")
     stream = channel.unary_stream(f"/{SERVICE}/Stream")
     oks = [b"a", b"bc", b"def"]
-    assert [_code(unary, r) for r in oks] == [grpc.StatusCode.OK] * 3
-    assert _code(unary, b"bad") == grpc.StatusCode.INVALID_ARGUMENT
-    assert _code(unary, b"boom") == grpc.StatusCode.UNKNOWN
-    assert _code(channel.unary_unary(f"/{SERVICE}/Missing"), b"x") == grpc.StatusCode.UNIMPLEMENTED
+    assert [status_of(unary, r) for r in oks] == [grpc.StatusCode.OK] * 3
+    assert status_of(unary, b"bad") == grpc.StatusCode.INVALID_ARGUMENT
+    assert status_of(unary, b"boom") == grpc.StatusCode.UNKNOWN
+    assert status_of(channel.unary_unary(f"/{SERVICE}/Missing"), b"x") == grpc.StatusCode.UNIMPLEMENTED
     assert [len(m) for m in stream(b"4", timeout=10)] == [1, 2, 3, 4]
 
     # Fill both handler threads (== the concurrency limit), then one call more is shed.
@@ -98,7 +92,7 @@ def test_every_outcome_is_counted_exactly(served):
     for _ in blocked:
         assert handler.blocked.acquire(timeout=10)
     t_blocked = time.perf_counter()
-    assert _code(unary, b"shed-me") == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert status_of(unary, b"shed-me") == grpc.StatusCode.RESOURCE_EXHAUSTED
     busy = scrape(endpoint.port)  # answered with every RPC thread busy
     while time.perf_counter() - t_blocked < BLOCK_SECONDS:
         time.sleep(0.02)

@@ -18,7 +18,7 @@ import time
 
 import grpc
 
-from test_metrics import scrape, total, value
+from test_metrics import scrape, status_of, total, value
 
 SERVER = textwrap.dedent("""
     import os, pathlib, signal, sys, threading
@@ -107,12 +107,6 @@ def _until(predicate, timeout=20.0):
         time.sleep(0.02)
 
 
-def _code(call, request):
-    try:
-        call(request, timeout=10)
-        return grpc.StatusCode.OK
-    except grpc.RpcError as err:
-        return err.code()
 
 
 def test_two_forked_workers_report_as_one_server(tmp_path):
@@ -136,7 +130,7 @@ def test_two_forked_workers_report_as_one_server(tmp_path):
             owner = int(call(b"ok", timeout=10))
             oks += 1
             assert owner in workers
-            assert _code(call, b"bad") == grpc.StatusCode.INVALID_ARGUMENT
+            assert status_of(call, b"bad") == grpc.StatusCode.INVALID_ARGUMENT
             bads += 1
             served_by.setdefault(owner, channel)
             if len(served_by) == 2:
@@ -150,7 +144,7 @@ def test_two_forked_workers_report_as_one_server(tmp_path):
         call = shed_channel.unary_unary("/test.Echo/Unary")
         blocked = call.future(b"block", timeout=20)
         _until(lambda: any(tmp_path.glob("running-*")))
-        assert _code(call, b"shed") == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert status_of(call, b"shed") == grpc.StatusCode.RESOURCE_EXHAUSTED
         busy = scrape(metrics_port)
         release.touch()
         assert int(blocked.result()) == next(iter(served_by))
