@@ -116,10 +116,10 @@ def mp_dir(tmp_path, monkeypatch):
 
 def test_two_processes_report_as_one_server(mp_dir):
     env = dict(os.environ, **{wm.MULTIPROC_ENV: mp_dir})
-    a_spec = dict(method=WARP, finished={"OK": 3, "INVALID_ARGUMENT": 1}, shed=0, open=1, req_bytes=1000,
-                  resp_bytes=700, pixels=1200, reasons=["converged", "converged"])
-    b_spec = dict(method=WARP, finished={"OK": 2}, shed=1, open=0, req_bytes=10, resp_bytes=20, pixels=300,
-                  reasons=["max_iterations"])
+    a_spec = {"method": WARP, "finished": {"OK": 3, "INVALID_ARGUMENT": 1}, "shed": 0, "open": 1, "req_bytes": 1000,
+                  "resp_bytes": 700, "pixels": 1200, "reasons": ["converged", "converged"]}
+    b_spec = {"method": WARP, "finished": {"OK": 2}, "shed": 1, "open": 0, "req_bytes": 10, "resp_bytes": 20, "pixels": 300,
+                  "reasons": ["max_iterations"]}
     a = _start_driver(a_spec, env)
     b = _start_driver(b_spec, env)
     endpoint = wm.MetricsEndpoint.start("127.0.0.1", 0, multiproc_dir=mp_dir)
@@ -127,7 +127,7 @@ def test_two_processes_report_as_one_server(mp_dir):
         endpoint.add_worker(0, a.pid)
         endpoint.add_worker(1, b.pid)
         s = scrape(endpoint.port)
-        rpc = dict(grpc_type="unary", grpc_service="warpsvc.v1.WarpService", grpc_method="Warp")
+        rpc = {"grpc_type": "unary", "grpc_service": "warpsvc.v1.WarpService", "grpc_method": "Warp"}
         # 4 finished + 1 open in A, 2 finished + 1 shed in B
         assert value(s, "grpc_server_started_total", **rpc) == 8
         assert value(s, "grpc_server_handled_total", grpc_code="OK", **rpc) == 5
@@ -154,7 +154,7 @@ def test_two_processes_report_as_one_server(mp_dir):
         assert value(s, "warpsvc_align_outcomes_total", reason="max_iterations") == 1
         # per-worker process metrics, one series per live worker
         for index, proc in ((0, a), (1, b)):
-            who = dict(worker=str(index), pid=str(proc.pid))
+            who = {"worker": str(index), "pid": str(proc.pid)}
             rss = value(s, "warpsvc_worker_resident_memory_bytes", **who)
             assert rss == pytest.approx(_vm_rss(proc.pid), rel=0.05)
             cpu = value(s, "warpsvc_worker_cpu_seconds_total", **who)

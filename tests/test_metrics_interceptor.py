@@ -10,8 +10,8 @@ from concurrent import futures
 
 import grpc
 import pytest
-
 from test_metrics import scrape, status_of, total, value
+
 from warpsvc.server import metrics as wm
 
 SERVICE = "test.Echo"
@@ -100,7 +100,7 @@ def test_every_outcome_is_counted_exactly(served):
     assert [f.result() for f in blocked] == [b"kcolb"] * POOL_THREADS
     s = scrape(endpoint.port)
 
-    u = dict(grpc_type="unary", grpc_service=SERVICE, grpc_method="Unary")
+    u = {"grpc_type": "unary", "grpc_service": SERVICE, "grpc_method": "Unary"}
     assert value(busy, "warpsvc_rpcs_in_flight", grpc_method="Unary") == POOL_THREADS
     assert value(busy, "warpsvc_rpcs_shed_total", grpc_method="Unary") == 1
     assert value(s, "warpsvc_rpcs_in_flight", grpc_method="Unary") == 0
@@ -128,7 +128,7 @@ def test_every_outcome_is_counted_exactly(served):
     assert value(s, "warpsvc_stage_seconds_count", grpc_method="Unary", stage="compute") == 7
     assert value(s, "warpsvc_pixels_total", grpc_method="Unary", kind="input") == sum(map(len, sent_requests))
     # server streaming: one call, 4 messages of 1+2+3+4 bytes
-    st = dict(grpc_type="server_stream", grpc_service=SERVICE, grpc_method="Stream")
+    st = {"grpc_type": "server_stream", "grpc_service": SERVICE, "grpc_method": "Stream"}
     assert value(s, "grpc_server_started_total", **st) == 1
     assert value(s, "grpc_server_handled_total", grpc_code="OK", **st) == 1
     assert value(s, "grpc_server_msg_received_total", **st) == 1

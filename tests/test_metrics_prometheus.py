@@ -41,7 +41,7 @@ def _query(port: int, expr: str) -> list:
 
 @needs_prometheus
 def test_compose_scrape_config_is_valid():
-    out = subprocess.run([PROMTOOL, "check", "config", str(COMPOSE_CONFIG)], capture_output=True, text=True)
+    out = subprocess.run([PROMTOOL, "check", "config", str(COMPOSE_CONFIG)], capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stdout + out.stderr
     import yaml
 

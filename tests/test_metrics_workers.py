@@ -17,7 +17,6 @@ import textwrap
 import time
 
 import grpc
-
 from test_metrics import scrape, status_of, total, value
 
 SERVER = textwrap.dedent("""
@@ -150,7 +149,7 @@ def test_two_forked_workers_report_as_one_server(tmp_path):
         assert int(blocked.result()) == next(iter(served_by))
 
         s = scrape(metrics_port)
-        u = dict(grpc_type="unary", grpc_service="test.Echo", grpc_method="Unary")
+        u = {"grpc_type": "unary", "grpc_service": "test.Echo", "grpc_method": "Unary"}
         assert value(busy, "warpsvc_rpcs_in_flight", grpc_method="Unary") == 1
         assert value(s, "warpsvc_rpcs_in_flight", grpc_method="Unary") == 0
         assert value(s, "grpc_server_started_total", **u) == oks + bads + 2

@@ -50,6 +50,7 @@ import shutil
 import tempfile
 import threading
 import time
+from typing import Self
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 DEFAULT_METRICS_PORT = 9464
@@ -122,7 +123,7 @@ class MultiprocessDir:
         else:
             _wipe(self.path)
 
-    def __enter__(self) -> MultiprocessDir:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -137,8 +138,19 @@ def _wipe(path: str) -> None:
 class _MethodChildren:
     """The label-bound metric children of one (type, method): ``labels()`` looked up once."""
 
-    __slots__ = ("started", "handling", "received", "sent", "request_bytes", "response_bytes", "in_flight",
-                 "shed", "handled", "_handled_parent", "_rpc_labels")
+    __slots__ = (
+        "_handled_parent",
+        "_rpc_labels",
+        "handled",
+        "handling",
+        "in_flight",
+        "received",
+        "request_bytes",
+        "response_bytes",
+        "sent",
+        "shed",
+        "started",
+    )
 
     def __init__(self, m: Metrics, grpc_type: str, full_method: str):
         service, method = split_method(full_method)
@@ -257,21 +269,20 @@ class Metrics:
             self.stage_observe(name, time.perf_counter() - t0)
 
     def stage_observe(self, name: str, seconds: float) -> None:
-        key = (_CURRENT_METHOD.get(), name)
-        child = self._stage_children.get(key)
-        if child is None:
-            child = self._stage_children[key] = self.stage_seconds.labels(split_method(key[0])[1] if key[0] else "",
-                                                                          name)
-        child.observe(seconds)
+        self._for_current_method(self._stage_children, self.stage_seconds, name).observe(seconds)
 
     def pixels(self, kind: str, n: int) -> None:
         """Add ``n`` pixels (H*W) of ``kind`` (``"input"`` decoded, ``"output"`` produced)."""
-        key = (_CURRENT_METHOD.get(), kind)
-        child = self._pixel_children.get(key)
+        self._for_current_method(self._pixel_children, self.pixels_total, kind).inc(n)
+
+    @staticmethod
+    def _for_current_method(cache: dict, family, label: str):
+        """The child of ``family`` labelled (method of the current call, ``label``), cached."""
+        key = (_CURRENT_METHOD.get(), label)
+        child = cache.get(key)
         if child is None:
-            child = self._pixel_children[key] = self.pixels_total.labels(split_method(key[0])[1] if key[0] else "",
-                                                                         kind)
-        child.inc(n)
+            child = cache[key] = family.labels(split_method(key[0])[1] if key[0] else "", label)
+        return child
 
     def align_outcome(self, reason: str) -> None:
         self.align_outcomes.labels(reason).inc()
