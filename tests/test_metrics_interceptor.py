@@ -66,7 +66,7 @@ def served():
     endpoint = wm.MetricsEndpoint.start("127.0.0.1", 0, registry=metrics.registry)
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     try:
-        yield handler, channel, endpoint
+        yield handler, channel, endpoint, server
     finally:
         handler.release.set()
         channel.close()
@@ -77,7 +77,7 @@ def served():
 
 
 def test_every_outcome_is_counted_exactly(served):
-    handler, channel, endpoint = served
+    handler, channel, endpoint, server = served
     unary = channel.unary_unary(f"/{SERVICE}/Unary")
     stream = channel.unary_stream(f"/{SERVICE}/Stream")
     oks = [b"a", b"bc", b"def"]
@@ -87,7 +87,12 @@ def test_every_outcome_is_counted_exactly(served):
     assert status_of(channel.unary_unary(f"/{SERVICE}/Missing"), b"x") == grpc.StatusCode.UNIMPLEMENTED
     assert [len(m) for m in stream(b"4", timeout=10)] == [1, 2, 3, 4]
 
-    # Fill both handler threads (== the concurrency limit), then one call more is shed.
+    # Fill both handler threads (== the concurrency limit), then one call more is shed. gRPC
+    # counts a call out in a callback after its response went: wait for the last to settle.
+    deadline = time.monotonic() + 10
+    while server._state.active_rpc_count:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
     blocked = [unary.future(b"block", timeout=20) for _ in range(POOL_THREADS)]
     for _ in blocked:
         assert handler.blocked.acquire(timeout=10)

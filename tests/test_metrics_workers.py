@@ -25,6 +25,7 @@ SERVER = textwrap.dedent("""
     from warpsvc.server.runner import _reserve_port
 
     release = pathlib.Path(sys.argv[1])
+    LIMIT = 2
     mp_dir = wm.MultiprocessDir.prepare()            # 1. before any fork
     reserved = _reserve_port("127.0.0.1")
     port = reserved.getsockname()[1]
@@ -38,8 +39,8 @@ SERVER = textwrap.dedent("""
         def unary(request, context):
             if request == b"bad":
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, "bad")
-            if request == b"block":
-                (release.parent / f"running-{os.getpid()}").touch()
+            if request.startswith(b"block"):
+                (release.parent / f"running-{os.getpid()}-{request.decode()}").touch()
                 while not release.exists():
                     threading.Event().wait(0.01)
             return str(os.getpid()).encode()  # tells the test which worker served the call
@@ -51,7 +52,7 @@ SERVER = textwrap.dedent("""
 
         interceptor = wm.MetricsInterceptor(metrics)
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=2), handlers=[Generic()],
-                             interceptors=[interceptor], maximum_concurrent_rpcs=1,
+                             interceptors=[interceptor], maximum_concurrent_rpcs=LIMIT,
                              options=[("grpc.so_reuseport", 1)])
         interceptor.attach(server)
         server.add_insecure_port(f"127.0.0.1:{port}")
@@ -138,34 +139,37 @@ def test_two_forked_workers_report_as_one_server(tmp_path):
         s = scrape(metrics_port)
         assert {lab["pid"] for lab, _ in s["warpsvc_worker_cpu_seconds_total"]} == {str(p) for p in workers}
 
-        # On one connection (one worker, limit 1): a blocking call, then a call that is shed.
+        # On one connection (one worker, limit 2): two blocking calls, then a call that is shed.
+        # gRPC counts a call out in a callback after its response went: let the last ones settle
+        # first, or the worker may still count one and shed a blocking call.
+        time.sleep(0.3)
         shed_channel = next(iter(served_by.values()))
         call = shed_channel.unary_unary("/test.Echo/Unary")
-        blocked = call.future(b"block", timeout=20)
-        _until(lambda: any(tmp_path.glob("running-*")))
+        blocked = [call.future(f"block{i}".encode(), timeout=20) for i in range(2)]
+        _until(lambda: len(list(tmp_path.glob("running-*"))) == 2)
         assert status_of(call, b"shed") == grpc.StatusCode.RESOURCE_EXHAUSTED
         busy = scrape(metrics_port)
         release.touch()
-        assert int(blocked.result()) == next(iter(served_by))
+        assert [int(f.result()) for f in blocked] == [next(iter(served_by))] * 2
 
         s = scrape(metrics_port)
         u = {"grpc_type": "unary", "grpc_service": "test.Echo", "grpc_method": "Unary"}
-        assert value(busy, "warpsvc_rpcs_in_flight", grpc_method="Unary") == 1
+        assert value(busy, "warpsvc_rpcs_in_flight", grpc_method="Unary") == 2
         assert value(s, "warpsvc_rpcs_in_flight", grpc_method="Unary") == 0
-        assert value(s, "grpc_server_started_total", **u) == oks + bads + 2
-        assert value(s, "grpc_server_handled_total", grpc_code="OK", **u) == oks + 1
+        assert value(s, "grpc_server_started_total", **u) == oks + bads + 3
+        assert value(s, "grpc_server_handled_total", grpc_code="OK", **u) == oks + 2
         assert value(s, "grpc_server_handled_total", grpc_code="INVALID_ARGUMENT", **u) == bads
         assert value(s, "grpc_server_handled_total", grpc_code="RESOURCE_EXHAUSTED", **u) == 1
         assert value(s, "warpsvc_rpcs_shed_total", grpc_method="Unary") == 1
         assert total(s, "grpc_server_handled_total", **u) == value(s, "grpc_server_started_total", **u)
-        assert value(s, "grpc_server_handling_seconds_count", **u) == oks + bads + 1
+        assert value(s, "grpc_server_handling_seconds_count", **u) == oks + bads + 2
 
         # One worker ends: its counts stay, its process series goes.
         gone = workers[0]
         os.kill(gone, signal.SIGTERM)
         assert proc.stdout.readline().split() == ["exited", str(gone)]
         s = scrape(metrics_port)
-        assert value(s, "grpc_server_started_total", **u) == oks + bads + 2
+        assert value(s, "grpc_server_started_total", **u) == oks + bads + 3
         assert {lab["pid"] for lab, _ in s["warpsvc_worker_cpu_seconds_total"]} == {str(workers[1])}
 
         proc.send_signal(signal.SIGTERM)  # the parent forwards it to the other worker

@@ -89,8 +89,9 @@ class MultiprocessDir:
 
     ``prepare()`` uses ``$PROMETHEUS_MULTIPROC_DIR`` if the operator set it (its stale ``*.db``
     files from an earlier run are removed: they would be summed into this run), otherwise makes a
-    private temporary folder and exports it. ``close()`` removes what ``prepare`` made (or wipes the
-    operator's folder) and restores the environment. Safe to call twice.
+    private temporary folder and exports it. ``close()``, at exit, closes this process's metric
+    files, removes what ``prepare`` made (or wipes the operator's folder) and restores the
+    environment. Safe to call twice.
     """
 
     def __init__(self, path: str, owned: bool):
@@ -115,6 +116,9 @@ class MultiprocessDir:
         if self._closed:
             return
         self._closed = True
+        from prometheus_client import values
+
+        values.close_all_multiprocess_files()  # this process's mmap files (at exit: no metric is used after)
         if self.owned:
             shutil.rmtree(self.path, ignore_errors=True)
             if os.environ.get(MULTIPROC_ENV) == self.path:
