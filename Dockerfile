@@ -100,7 +100,7 @@ ts += ps + [p.inverse() for p in ps]; \
 [w.warp(i, t, intensity=s, antialias=a) for i in (np.ones((32, 32), np.uint8), np.ones((32, 32, 3), np.float32)) \
  for t in ts for s in ("plain", "conserve") for a in (False, True)]' \
     || echo "WARNING: numba warm-up failed; kernels will compile on first use" >&2; fi
-EXPOSE 50051
+EXPOSE 50051 9464
 # SERVING -> healthy. The probe checks 127.0.0.1:$WARPSVC_PORT inside the container.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
     CMD ["python", "-m", "warpsvc.healthcheck", "--timeout", "3"]
