@@ -9,12 +9,13 @@ import numpy as np
 
 from ..errors import InvalidArgumentError, InvalidImageError, InvalidTransformError
 from ..transforms import Transform
-from ..transforms.matrix import MAX_CONDITION
+from ..transforms.matrix import _check_matrix
+from ..transforms.models import submodel_columns
 from ..validate import check_image
 from .covariance import final_statistics
 from .gauss_newton import Clock, solve_level, translation_search
-from .jacobians import inv3, make_chart
-from .options import AlignOptions
+from .chart import make_chart
+from .options import DEFAULT, AlignOptions, merge_options
 from .pyramid import auto_levels, build_level, build_pyramid, prepare
 from .result import (
     CANCELLED,
@@ -29,18 +30,9 @@ from .result import (
     AlignResult,
 )
 
-_DEFAULTS = AlignOptions()
 # Relative size of the smallest Hessian eigenvalue below which the template cannot constrain
 # the motion (flat, or texture in one direction only).
 MIN_RELATIVE_EIGENVALUE = 1e-9
-# Parameters of a sub-model as columns of a model's Jacobian at d = 0 (the charts agree there).
-SUBMODEL_COLUMNS = {
-    "translation": {},
-    "euclidean": {"translation": (1, 2)},
-    "similarity": {"translation": (2, 3)},
-    "affine": {"translation": (2, 5)},
-    "homography": {"translation": (2, 5), "affine": (0, 1, 2, 3, 4, 5)},
-}
 # Alternative schedules tried, in order, when an attempt ends unconverged for a reason a
 # different start might fix (measured on the benchmark: with and without a translation warm
 # start, and with the fourth level or without, each schedule wins a few of the sigma = 15 trials
@@ -55,18 +47,19 @@ RETRYABLE = (LOW_CORRELATION, MAX_ITERATIONS, NO_PROGRESS, DEGENERATE_WARP)
 def align(
     template: np.ndarray,
     image: np.ndarray,
-    model: str = "homography",
+    model: str = DEFAULT,
     init=None,
     *,
-    levels="auto",
+    search: str = DEFAULT,
+    levels=DEFAULT,
     template_mask=None,
     image_mask=None,
-    robust=None,
-    photometric=None,
-    max_iterations: int = _DEFAULTS.max_iterations,
-    tolerance: float = _DEFAULTS.tolerance,
-    time_budget=None,
-    should_stop=None,
+    robust=DEFAULT,
+    photometric=DEFAULT,
+    max_iterations: int = DEFAULT,
+    tolerance: float = DEFAULT,
+    time_budget=DEFAULT,
+    should_stop=DEFAULT,
     options: AlignOptions | None = None,
 ) -> AlignResult:
     """Find the warp that brings ``image`` onto ``template`` (Gauss-Newton, coarse to fine).
@@ -99,9 +92,9 @@ def align(
     :class:`AlignResult`. Non-convergence is reported (``converged=False`` and a ``reason``),
     never raised; invalid arguments raise :class:`InvalidArgumentError` subclasses with ``field``.
     """
-    opts = _merge_options(options, model=model, levels=levels, robust=robust, photometric=photometric,
-                          max_iterations=max_iterations, tolerance=tolerance, time_budget=time_budget,
-                          should_stop=should_stop).checked()
+    opts = merge_options(options, model=model, search=search, levels=levels, robust=robust,
+                         photometric=photometric, max_iterations=max_iterations, tolerance=tolerance,
+                         time_budget=time_budget, should_stop=should_stop).checked()
     clock = Clock(opts.time_budget, opts.should_stop)
     tmpl = prepare(template, template_mask, "template", "template_mask")
     full = check_image(image, "image")
@@ -192,7 +185,7 @@ class _Outcome:
         x0, y0 = problem.offset
         W = np.array([[1.0, 0, x0], [0, 1.0, y0], [0, 0, 1.0]]) @ self.W  # back to full-image pixels
         inverse = W / W[2, 2]
-        matrix = inv3(inverse)
+        matrix = np.linalg.inv(inverse)
         matrix = matrix / matrix[2, 2]
         if np.array_equal(inverse[2], [0.0, 0.0, 1.0]):
             matrix[2] = (0.0, 0.0, 1.0)
@@ -234,7 +227,7 @@ def _attempt(problem: _Problem, opts: AlignOptions, clock: Clock) -> _Outcome:
         if index == n_levels - 1 and n_levels > 1 and opts.search_radius:
             W = translation_search(lv, W, opts.search_radius, affine)
         for step_model in _level_models(opts, index, n_levels):
-            lm = lv if step_model == opts.model else lv.restrict(SUBMODEL_COLUMNS[opts.model][step_model])
+            lm = lv if step_model == opts.model else lv.restrict(submodel_columns(opts.model, step_model))
             out = solve_level(lm, W, model=step_model, chart=chart, chart_inv=chart_inv, corners0=corners0,
                               affine=affine, robust=opts.robust, photometric=photometric_on,
                               max_iterations=opts.max_iterations, tolerance=tol, clock=clock,
@@ -303,15 +296,6 @@ def _level_models(opts, index, n_levels):
     return ladder + [top]
 
 
-def _merge_options(options, **given) -> AlignOptions:
-    if options is None:
-        return AlignOptions(**given)
-    if not isinstance(options, AlignOptions):
-        raise InvalidArgumentError(f"options must be an AlignOptions, got {type(options).__name__}", field="options")
-    changed = {k: v for k, v in given.items() if v is not getattr(_DEFAULTS, k) and v != getattr(_DEFAULTS, k)}
-    return options.replace(**changed)
-
-
 def _initial_warp(init) -> np.ndarray:
     """``image_from_template`` (3x3 float64) from ``init`` (``template_from_image``)."""
     if init is None:
@@ -326,17 +310,8 @@ def _initial_warp(init) -> np.ndarray:
         except (TypeError, ValueError):
             raise InvalidTransformError(f"init must be a 2x3 or 3x3 matrix, got {type(init).__name__}",
                                         field="init") from None
-    if m.shape == (2, 3):
-        m = np.vstack([m, [0.0, 0.0, 1.0]])
-    if m.shape != (3, 3):
-        raise InvalidTransformError(f"init must be 2x3 or 3x3, got shape {m.shape}", field="init")
-    if not np.all(np.isfinite(m)):
-        raise InvalidTransformError("init has non-finite entries", field="init")
-    scale = np.abs(m).max()
-    rcond, inv = cv2.invert(m / scale, flags=cv2.DECOMP_SVD) if scale > 0 else (0.0, None)
-    if not rcond > 1.0 / MAX_CONDITION:  # DECOMP_SVD returns the inverse condition number
-        raise InvalidTransformError("init is singular", field="init")
-    inv = inv / scale
+    m = _check_matrix(m, "init")  # the transforms' guard: same shapes, finiteness, conditioning
+    inv = np.linalg.inv(m)
     if inv[2, 2] == 0:
         raise InvalidTransformError("init maps the template origin to infinity", field="init")
     inv = inv / inv[2, 2]

@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 
 from .gauss_newton import evaluate, normal_equations
-from .jacobians import chart_scale, point_covariance
+from .chart import chart_scale, point_covariance
 from .pyramid import Level, _grid_jacobian
 
 

@@ -20,6 +20,28 @@ from ..transforms.models import MODELS
 ROBUST_LOSSES = (None, "huber", "tukey")
 PHOTOMETRIC_MODELS = (None, "gain_bias")
 MAX_LEVELS = 12
+SEARCHES = ("auto", "local", "global")
+
+
+class _Default:
+    """The default of an ``align`` keyword: "not given" (distinct from every real value, so an
+    explicit ``robust=None`` or ``model="homography"`` overrides an ``options`` object)."""
+
+    _instance = None
+
+    def __new__(cls):
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self):
+        return "<default>"
+
+    def __reduce__(self):
+        return (_Default, ())
+
+
+DEFAULT = _Default()
 
 # Tuning constants (policy, one place). Robust-loss constants give 95 % efficiency under
 # Gaussian noise; the scale comes from the median absolute deviation.
@@ -70,6 +92,7 @@ class AlignOptions:
     """
 
     model: str = "homography"
+    search: str = "auto"
     levels: object = "auto"
     robust: str | None = None
     photometric: str | None = None
@@ -92,6 +115,8 @@ class AlignOptions:
         """Return ``self`` after validating every field (raises ``InvalidArgumentError``)."""
         if self.model not in MODELS:
             raise InvalidArgumentError(f"model must be one of {MODELS}, got {self.model!r}", field="model")
+        if self.search not in SEARCHES:
+            raise InvalidArgumentError(f"search must be one of {SEARCHES}, got {self.search!r}", field="search")
         if self.levels != "auto":
             _int_in(self.levels, 1, MAX_LEVELS, "levels", extra=' or "auto"')
         if self.robust not in ROBUST_LOSSES:
@@ -125,6 +150,7 @@ class AlignOptions:
         return self
 
     def replace(self, **changes) -> AlignOptions:
+        """A copy with ``changes`` (unknown names raise ``InvalidArgumentError`` naming them)."""
         known = {f.name for f in fields(self)}
         for name in changes:
             if name not in known:
@@ -155,3 +181,14 @@ def _positive(value, field):
 def _number_in(value, lo, hi, field):
     if not lo <= _number(value, field) <= hi:
         raise InvalidArgumentError(f"{field} must be in [{lo}, {hi}], got {value!r}", field=field)
+
+
+def merge_options(options: AlignOptions | None, **given) -> AlignOptions:
+    """``options`` (or the defaults) with every keyword that was actually passed, i.e. is not
+    :data:`DEFAULT`, even when its value equals the dataclass default."""
+    explicit = {k: v for k, v in given.items() if v is not DEFAULT}
+    if options is None:
+        return AlignOptions().replace(**explicit)
+    if not isinstance(options, AlignOptions):
+        raise InvalidArgumentError(f"options must be an AlignOptions, got {type(options).__name__}", field="options")
+    return options.replace(**explicit)
