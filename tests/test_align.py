@@ -157,7 +157,10 @@ def test_multichannel(camera):
     result = align(template, rgb, "homography", start())
     assert result.converged
     assert corner_error(result, truth) < CORNER_TOL
-    assert len(result.gain) == 3
+    assert len(result.gain) == 1  # default channels="mean": one grey channel is solved
+    every = align(template, rgb, "homography", start(), options=AlignOptions(channels="all"))
+    assert every.converged and corner_error(every, truth) < CORNER_TOL
+    assert len(every.gain) == 3
 
 
 def test_more_than_four_channels(camera):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import cv2
@@ -12,7 +13,8 @@ from ..transforms import Transform
 from ..transforms.matrix import _check_matrix
 from ..transforms.models import submodel_columns
 from ..validate import check_image
-from .covariance import final_statistics
+from .features import feature_start
+from .covariance import final_statistics, template_noise_variance, zncc
 from .gauss_newton import Clock, solve_level, translation_search
 from .chart import make_chart
 from .options import DEFAULT, AlignOptions, merge_options
@@ -28,6 +30,7 @@ from .result import (
     NO_PROGRESS,
     TIME_BUDGET,
     AlignResult,
+    Start,
 )
 
 # Relative size of the smallest Hessian eigenvalue below which the template cannot constrain
@@ -41,6 +44,9 @@ RETRIES = (
     {"warm_start": lambda problem, opts: None if opts.warm_start else "translation"},
     {"levels": lambda problem, opts: max(1, problem.n_levels(opts) - 1) if opts.levels == "auto" else opts.levels},
 )
+# search="auto": the local solve from the identity gives up when its coarsest level ends with
+# a correlation below this (a large motion: go global at once instead of refining a wrong basin).
+COARSE_GATE = 0.5
 RETRYABLE = (LOW_CORRELATION, MAX_ITERATIONS, NO_PROGRESS, DEGENERATE_WARP)
 
 
@@ -77,7 +83,11 @@ def align(
     levels : pyramid levels, or ``"auto"``.
     template_mask, image_mask : optional ``(H, W)`` boolean (or 0/non-0) masks of usable pixels.
     robust : ``None``, ``"huber"`` or ``"tukey"`` (iteratively reweighted least squares).
-    photometric : ``None`` or ``"gain_bias"`` (per channel ``image ~ gain * template + bias``).
+    photometric : ``"auto"`` (default: ``"gain_bias"`` unless a robust loss is asked for),
+        ``"gain_bias"`` (per channel ``image ~ gain * template + bias``) or ``None`` (identical
+        exposure assumed).
+    search : ``"auto"`` (default), ``"local"`` or ``"global"``: how a start is found when
+        ``init`` is ``None`` (see :class:`AlignOptions`); ``result.start`` says which was used.
     max_iterations : per pyramid level.
     tolerance : full-resolution pixels; the finest level stops when an update moves no
         template corner further than this.
@@ -106,16 +116,76 @@ def align(
         raise InvalidImageError(
             f"image has {full.shape[2]} channels but template has {tmpl.shape[2]}", field="image"
         )
-    W0 = _initial_warp(init)  # image_from_template, level-0 pixels
+    if opts.channels == "mean" and tmpl.shape[2] > 1:
+        # One grey channel (the channel mean, NaN where any channel is missing): C-channel
+        # steepest-descent images cost C times the grey ones; the mean also averages the
+        # channels' independent noise.
+        tmpl = tmpl.mean(axis=2, keepdims=True)
+    if init is not None:
+        if opts.search == "global":
+            raise InvalidArgumentError("search='global' finds its own start: pass init=None", field="search")
+        return _solve(tmpl, image, image_mask, _initial_warp(init), opts, clock, Start.INIT)
+    if opts.search == "global":
+        found = _feature_start(tmpl, image, image_mask, opts)
+        if found is not None:
+            return _refine(tmpl, image, image_mask, found, opts, clock)
+        return _solve(tmpl, image, image_mask, np.eye(3), opts, clock, Start.IDENTITY)
+    auto = opts.search == "auto"
+    result = _solve(tmpl, image, image_mask, np.eye(3), opts.replace(retry=False) if auto else opts, clock,
+                    Start.IDENTITY, COARSE_GATE if auto else None)
+    if result.converged or opts.search == "local" or clock.stop_reason() is not None:
+        return result
+    # auto: the local solve from the identity failed; a global start, else the local retries
+    found = _feature_start(tmpl, image, image_mask, opts)
+    if found is not None:
+        again = _refine(tmpl, image, image_mask, found, opts, clock)
+        if again.converged:
+            return again
+    if opts.retry:
+        return _solve(tmpl, image, image_mask, np.eye(3), opts, clock, Start.IDENTITY)
+    return result
+
+
+def _refine(tmpl, image, image_mask, W0, opts, clock) -> AlignResult:
+    """Gauss-Newton from a feature start. Most are within a pixel or two, which two pyramid
+    levels refine; a start from a handful of matches can be tens of pixels off, which the
+    full pyramid often still brings in (tried when the two levels fail and the levels are
+    automatic)."""
+    if opts.levels != "auto":
+        return _solve(tmpl, image, image_mask, W0, opts, clock, Start.FEATURES)
+    result = _solve(tmpl, image, image_mask, W0, opts.replace(levels=2, retry=False), clock, Start.FEATURES)
+    if result.converged or clock.stop_reason() is not None:
+        return result
+    again = _solve(tmpl, image, image_mask, W0, opts, clock, Start.FEATURES)
+    return again if again.converged or not result.zncc >= again.zncc else result
+
+
+def _feature_start(tmpl, image, image_mask, opts):
+    """``image_from_template`` from feature matches (:mod:`.features`) or ``None``."""
+    if image_mask is None and np.asarray(image).dtype == np.uint8 and np.ndim(image) == 2:
+        img = image  # already what the detector takes
+    else:
+        img = prepare(image, image_mask, "image", "image_mask")
+        if opts.channels == "mean" and img.shape[2] > 1:
+            img = img.mean(axis=2, keepdims=True)
+    found = feature_start(tmpl, img, opts.model)
+    return None if found is None else found[0]
+
+
+def _solve(tmpl, image, image_mask, W0, opts, clock, start, coarse_gate=None) -> AlignResult:
+    """Coarse-to-fine Gauss-Newton from ``W0`` (level-0 ``image_from_template``), with the
+    restarts of ``opts.retry`` (``coarse_gate``: see :func:`_attempt`)."""
     # Work on the part of the image the template can reach (see _region): large images then
     # cost no more than small ones.
-    x0, y0, x1, y1 = _region(full.shape, tmpl.shape, W0, 2 ** (_Problem.levels_for(tmpl.shape, opts) - 1))
+    x0, y0, x1, y1 = _region(image.shape, tmpl.shape, W0, 2 ** (_Problem.levels_for(tmpl.shape, opts) - 1))
     img = prepare(image[y0:y1, x0:x1], None if image_mask is None else np.asarray(image_mask)[y0:y1, x0:x1],
                   "image", "image_mask")
+    if opts.channels == "mean" and img.shape[2] > 1:
+        img = img.mean(axis=2, keepdims=True)
     W0 = np.array([[1.0, 0, -x0], [0, 1.0, -y0], [0, 0, 1.0]]) @ W0
     problem = _Problem(tmpl, img, W0, opts)
     problem.offset = (x0, y0)
-    result = _attempt(problem, opts, clock)
+    result = _attempt(problem, opts, clock, coarse_gate)
     # Restart on a detected failure with the alternative schedules (costs time only when the
     # first attempt failed; `converged` is reliable enough to decide).
     for change in RETRIES if opts.retry else ():
@@ -127,7 +197,7 @@ def align(
         again = _attempt(problem, alt, clock)
         if again.converged or (again.zncc_check > result.zncc_check and again.reason not in (TIME_BUDGET, CANCELLED)):
             result = again
-    return result.to_result(opts, problem, clock)
+    return result.to_result(opts, problem, clock, start)
 
 
 class _Problem:
@@ -146,6 +216,11 @@ class _Problem:
             self.sigma_floor = max(1e-6 * float(finite.std()) if finite.size else 0.0, 1e-12)
         self._pyramids = {}
         self.offset = (0, 0)
+
+    @functools.cached_property
+    def image_noise(self) -> float:
+        """White-noise variance of the image part in use (Immerkaer), for the final check."""
+        return template_noise_variance(self.img, robust=True)
 
     def n_levels(self, opts) -> int:
         return self.levels_for(self.tmpl.shape, opts)
@@ -180,7 +255,7 @@ class _Outcome:
             self.converged, self.reason = False, LOW_CORRELATION
         return self
 
-    def to_result(self, opts, problem, clock) -> AlignResult:
+    def to_result(self, opts, problem, clock, start) -> AlignResult:
         stats = self.stats
         x0, y0 = problem.offset
         W = np.array([[1.0, 0, x0], [0, 1.0, y0], [0, 0, 1.0]]) @ self.W  # back to full-image pixels
@@ -195,16 +270,18 @@ class _Outcome:
             cost_history=tuple(self.histories), covariance=stats.covariance,
             corner_covariance=stats.corner_covariance, overlap=stats.overlap, gain=tuple(stats.gain),
             bias=tuple(stats.bias), model=opts.model, levels=self.n_levels, elapsed=clock.elapsed(),
-            chart=problem.chart,
+            chart=problem.chart, start=start,
         )
 
 
-def _attempt(problem: _Problem, opts: AlignOptions, clock: Clock) -> _Outcome:
-    """Coarse to fine from ``problem.W0`` with the schedule of ``opts``."""
+def _attempt(problem: _Problem, opts: AlignOptions, clock: Clock, coarse_gate: float | None = None) -> _Outcome:
+    """Coarse to fine from ``problem.W0`` with the schedule of ``opts``. ``coarse_gate``: give
+    up (``low_correlation``) when the coarsest level ends correlating less than this -- the
+    cheap decision of ``search="auto"`` that the motion is not local."""
     n_levels = problem.n_levels(opts)
     t_pyr, i_pyr = problem.pyramids(n_levels)
     chart, chart_inv, corners0, affine = problem.chart, problem.chart_inv, problem.corners0, problem.affine
-    photometric_on = opts.photometric == "gain_bias"
+    photometric_on = opts.gain_bias
     W = problem.W0
     iterations, histories = [], []
     reason = CONVERGED
@@ -248,10 +325,16 @@ def _attempt(problem: _Problem, opts: AlignOptions, clock: Clock) -> _Outcome:
             iterations.extend([0] * index)
             histories.extend([()] * index)
             break
+        if coarse_gate is not None and index == n_levels - 1 and index > 0 and out.last is not None \
+                and not zncc(lv, out.last) >= coarse_gate:
+            reason = LOW_CORRELATION
+            iterations.extend([0] * index)
+            histories.extend([()] * index)
+            break
         if index == 0:
             reason = out.reason
             last = out.last
-    stats = final_statistics(finest, W, opts, affine, chart, corners0, problem.sigma_floor,
+    stats = final_statistics(finest, W, opts, affine, chart, corners0, problem.sigma_floor, image_noise=problem.image_noise,
                              last=last if reason == CONVERGED else None)
     return _Outcome(W, reason, iterations, histories, stats, len(t_pyr)).check(opts)
 

@@ -231,13 +231,20 @@ def evaluate(lv: Level, W0: np.ndarray, affine: bool, robust, photometric: bool,
     gain = np.ones(c)
     bias = np.zeros(c)
     if photometric and n_valid > 0:
-        gain, bias = fit_gain_bias(wflat.reshape(-1, c), tflat.reshape(-1, c), valid.reshape(-1, c),
-                                   None if prev_weights is None else prev_weights.reshape(-1, c))
-        if c == 1:
-            e = (wflat - np.float32(bias[0])) * np.float32(1.0 / gain[0]) - tflat
-        else:
-            e = ((wflat.reshape(-1, c) - bias.astype(np.float32)) * (1.0 / gain).astype(np.float32)
-                 - tflat.reshape(-1, c)).reshape(-1)
+        weights = prev_weights
+        # With a robust loss and no weights yet (a level's first evaluation), the outliers
+        # would bias the first gain/bias fit: fit, weight by the loss, fit again.
+        for _ in range(2 if robust is not None and weights is None else 1):
+            gain, bias = fit_gain_bias(wflat.reshape(-1, c), tflat.reshape(-1, c), valid.reshape(-1, c),
+                                       None if weights is None else weights.reshape(-1, c))
+            if c == 1:
+                e = (wflat - np.float32(bias[0])) * np.float32(1.0 / gain[0]) - tflat
+            else:
+                e = ((wflat.reshape(-1, c) - bias.astype(np.float32)) * (1.0 / gain).astype(np.float32)
+                     - tflat.reshape(-1, c)).reshape(-1)
+            if robust is not None:
+                e[~valid] = 0.0
+                weights = robust_weights(e, valid, robust, sigma_for_cost or mad_sigma(e, valid, sigma_floor))
     e[~valid] = 0.0
     if robust is None:
         cost = float(np.dot(e, e)) / max(n_valid, 1)

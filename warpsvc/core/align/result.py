@@ -65,6 +65,9 @@ class AlignResult:
     model : the motion model of the update.
     levels : number of pyramid levels used.
     elapsed : wall-clock seconds spent in the call.
+    start : how the final refinement's start was found, a :class:`Start`: ``"init"`` (the
+        caller's ``init``), ``"identity"`` (``init=None``, local solve from the identity) or
+        ``"features"`` (global search: SIFT + MAGSAC, see :mod:`.features`).
     """
 
     matrix: np.ndarray
@@ -85,6 +88,8 @@ class AlignResult:
     elapsed: float
     # Chart of ``covariance``: template pixels -> normalised coordinates, and template shape.
     chart: np.ndarray | None = None
+    # How the start of the final refinement was found (see :class:`Start`).
+    start: Start = Start.IDENTITY
 
     @property
     def transform(self):
