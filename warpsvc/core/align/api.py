@@ -13,12 +13,12 @@ from ..transforms import Transform
 from ..transforms.matrix import _check_matrix
 from ..transforms.models import submodel_columns
 from ..validate import check_image
-from .features import feature_start
+from .features import IMAGE_SCALE, feature_start
 from .covariance import final_statistics, template_noise_variance, zncc
 from .gauss_newton import Clock, solve_level, translation_search
 from .chart import make_chart
 from .options import DEFAULT, AlignOptions, merge_options
-from .pyramid import auto_levels, build_level, build_pyramid, prepare
+from .pyramid import auto_levels, channel_mean, build_level, build_pyramid, prepare
 from .result import (
     CANCELLED,
     CONVERGED,
@@ -119,29 +119,27 @@ def align(
     if opts.channels == "mean" and tmpl.shape[2] > 1:
         # One grey channel (the channel mean, NaN where any channel is missing): C-channel
         # steepest-descent images cost C times the grey ones; the mean also averages the
-        # channels' independent noise.
-        tmpl = tmpl.mean(axis=2, keepdims=True)
+        # channels' independent noise. The image's mask then travels as NaN.
+        tmpl = channel_mean(tmpl)
+        image = channel_mean(prepare(image, image_mask, "image", "image_mask"))[:, :, 0]
+        image_mask = None
     if init is not None:
         if opts.search == "global":
             raise InvalidArgumentError("search='global' finds its own start: pass init=None", field="search")
         return _solve(tmpl, image, image_mask, _initial_warp(init), opts, clock, Start.INIT)
     if opts.search == "global":
-        found = _feature_start(tmpl, image, image_mask, opts)
-        if found is not None:
-            return _refine(tmpl, image, image_mask, found, opts, clock)
-        return _solve(tmpl, image, image_mask, np.eye(3), opts, clock, Start.IDENTITY)
+        found = _global(tmpl, image, image_mask, opts, clock)
+        return found if found is not None else _solve(tmpl, image, image_mask, np.eye(3), opts, clock, Start.IDENTITY)
     auto = opts.search == "auto"
     result = _solve(tmpl, image, image_mask, np.eye(3), opts.replace(retry=False) if auto else opts, clock,
                     Start.IDENTITY, COARSE_GATE if auto else None)
     if result.converged or opts.search == "local" or clock.stop_reason() is not None:
         return result
     # auto: the local solve from the identity failed; a global start, else the local retries
-    found = _feature_start(tmpl, image, image_mask, opts)
-    if found is not None:
-        again = _refine(tmpl, image, image_mask, found, opts, clock)
-        if again.converged:
-            return again
-    if opts.retry:
+    found = _global(tmpl, image, image_mask, opts, clock)
+    if found is not None and found.converged:
+        return found
+    if opts.retry and clock.stop_reason() is None:
         return _solve(tmpl, image, image_mask, np.eye(3), opts, clock, Start.IDENTITY)
     return result
 
@@ -160,15 +158,30 @@ def _refine(tmpl, image, image_mask, W0, opts, clock) -> AlignResult:
     return again if again.converged or not result.zncc >= again.zncc else result
 
 
-def _feature_start(tmpl, image, image_mask, opts):
+def _global(tmpl, image, image_mask, opts, clock) -> AlignResult | None:
+    """A feature start (:mod:`.features`) refined by Gauss-Newton: the image searched at 3/4
+    resolution first, at full resolution when that finds no start or its refinement fails
+    (extra cost only on such failures). ``None`` when no start was found."""
+    best = None
+    for scale in (IMAGE_SCALE, 1.0):
+        found = _feature_start(tmpl, image, image_mask, opts, scale)
+        if found is not None:
+            result = _refine(tmpl, image, image_mask, found, opts, clock)
+            if result.converged:
+                return result
+            best = result if best is None or result.zncc > best.zncc else best
+        if clock.stop_reason() is not None:
+            break
+    return best
+
+
+def _feature_start(tmpl, image, image_mask, opts, scale):
     """``image_from_template`` from feature matches (:mod:`.features`) or ``None``."""
     if image_mask is None and np.asarray(image).dtype == np.uint8 and np.ndim(image) == 2:
         img = image  # already what the detector takes
     else:
         img = prepare(image, image_mask, "image", "image_mask")
-        if opts.channels == "mean" and img.shape[2] > 1:
-            img = img.mean(axis=2, keepdims=True)
-    found = feature_start(tmpl, img, opts.model)
+    found = feature_start(tmpl, img, opts.model, scale)
     return None if found is None else found[0]
 
 
@@ -180,8 +193,6 @@ def _solve(tmpl, image, image_mask, W0, opts, clock, start, coarse_gate=None) ->
     x0, y0, x1, y1 = _region(image.shape, tmpl.shape, W0, 2 ** (_Problem.levels_for(tmpl.shape, opts) - 1))
     img = prepare(image[y0:y1, x0:x1], None if image_mask is None else np.asarray(image_mask)[y0:y1, x0:x1],
                   "image", "image_mask")
-    if opts.channels == "mean" and img.shape[2] > 1:
-        img = img.mean(axis=2, keepdims=True)
     W0 = np.array([[1.0, 0, -x0], [0, 1.0, -y0], [0, 0, 1.0]]) @ W0
     problem = _Problem(tmpl, img, W0, opts)
     problem.offset = (x0, y0)

@@ -53,6 +53,15 @@ def prepare(image, mask, field: str, mask_field: str) -> np.ndarray:
     return out
 
 
+def channel_mean(img: np.ndarray) -> np.ndarray:
+    """``(H, W, 1) float32`` mean of the channels of an ``(H, W, C) float32`` image (NaN where
+    any channel is NaN); ``cv2.transform`` for up to 4 channels (one pass, no temporaries)."""
+    c = img.shape[2]
+    if c <= 4:
+        return cv2.transform(img, np.full((1, c), 1.0 / c, np.float32))[:, :, None]
+    return img.mean(axis=2, keepdims=True, dtype=np.float32)
+
+
 def auto_levels(template_shape, min_side: int, max_levels: int) -> int:
     side = min(template_shape[:2])
     if side < 2 * min_side:
