@@ -47,6 +47,9 @@ RETRIES = (
 # search="auto": the local solve from the identity gives up when its coarsest level ends with
 # a correlation below this (a large motion: go global at once instead of refining a wrong basin).
 COARSE_GATE = 0.5
+# photometric="auto": a coarse level's gain/bias fit this close to (1, 0) means "same exposure".
+SAME_GAIN = 0.03
+SAME_BIAS = 0.05
 RETRYABLE = (LOW_CORRELATION, MAX_ITERATIONS, NO_PROGRESS, DEGENERATE_WARP)
 
 
@@ -230,8 +233,13 @@ class _Problem:
 
     @functools.cached_property
     def image_noise(self) -> float:
-        """White-noise variance of the image part in use (Immerkaer), for the final check."""
-        return template_noise_variance(self.img, robust=True)
+        """White-noise variance of the image (Immerkaer, median form), for the final check:
+        estimated on a window of about the template's size at the centre of the image part in
+        use (the sensor's noise is the same everywhere; the window bounds the cost)."""
+        H, W = self.img.shape[:2]
+        h, w = min(H, self.tmpl.shape[0] + 2), min(W, self.tmpl.shape[1] + 2)
+        y0, x0 = (H - h) // 2, (W - w) // 2
+        return template_noise_variance(self.img[y0:y0 + h, x0:x0 + w], robust=True)
 
     def n_levels(self, opts) -> int:
         return self.levels_for(self.tmpl.shape, opts)
@@ -345,9 +353,24 @@ def _attempt(problem: _Problem, opts: AlignOptions, clock: Clock, coarse_gate: f
         if index == 0:
             reason = out.reason
             last = out.last
-    stats = final_statistics(finest, W, opts, affine, chart, corners0, problem.sigma_floor, image_noise=problem.image_noise,
-                             last=last if reason == CONVERGED else None)
+        elif photometric_on and opts.photometric == "auto" and _same_exposure(out.last, lv):
+            photometric_on = False  # the cheap decision: finer levels without the gain/bias columns
+            finest = finest.without_photometric()
+    stats = final_statistics(finest, W, opts, affine, chart, corners0, problem.sigma_floor,
+                             image_noise=problem.image_noise, last=last if reason == CONVERGED else None,
+                             photometric=photometric_on)
     return _Outcome(W, reason, iterations, histories, stats, len(t_pyr)).check(opts)
+
+
+def _same_exposure(ev, lv) -> bool:
+    """Whether a level's gain/bias fit says the exposures agree (``photometric="auto"`` then
+    drops the model for the finer levels, which cost most: identical-exposure pairs keep the
+    plain least-squares speed). Tolerances: gain within :data:`SAME_GAIN` of 1, bias within
+    :data:`SAME_BIAS` of the template's mean intensity."""
+    if ev is None:
+        return False
+    scale = float(np.nanmean(np.abs(lv.tflat))) if lv.n_usable else 0.0
+    return bool(np.all(np.abs(ev.gain - 1.0) <= SAME_GAIN) and np.all(np.abs(ev.bias) <= SAME_BIAS * scale))
 
 
 def _region(image_shape, template_shape, W, align: int):

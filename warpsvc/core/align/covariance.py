@@ -34,6 +34,8 @@ from .pyramid import Level, _grid_jacobian
 RESAMPLED_NOISE = 4.0 / 9.0
 
 
+# Responses sampled (evenly strided) for the median form of the noise estimate.
+MEDIAN_SAMPLE = 8192
 # With a robust loss the check correlates the inliers only: residuals whose IRLS weight is at
 # least this (|e| <= ~2.6 sigma for both Huber and Tukey).
 INLIER_WEIGHT = 0.5
@@ -52,12 +54,13 @@ class FinalStats:
 
 
 def final_statistics(lv: Level, W, opts, affine: bool, chart, corners0, sigma_floor, last=None,
-                     image_noise: float = 0.0) -> FinalStats:
+                     image_noise: float = 0.0, photometric: bool | None = None) -> FinalStats:
     """Statistics at ``W``; ``last`` (the residuals of the finest level's last accepted estimate,
     which a converged level leaves within ``tolerance`` of ``W``) saves one more warp.
     ``image_noise``: white-noise variance of the image (:func:`template_noise_variance` of the
-    image), for the noise-corrected correlation that decides ``converged``."""
-    photometric = opts.gain_bias
+    image), for the noise-corrected correlation that decides ``converged``. ``photometric``:
+    whether the gain/bias model was solved (default: as ``opts`` says)."""
+    photometric = opts.gain_bias if photometric is None else photometric
     ev = last
     if ev is None:
         ev = evaluate(lv, W, affine, opts.robust, photometric, None, None, sigma_floor)
@@ -100,13 +103,15 @@ def template_noise_variance(template: np.ndarray, robust: bool = False) -> float
     parts = []
     for ch in range(template.shape[2]):
         r = cv2.filter2D(template[:, :, ch], cv2.CV_32F, kernel, borderType=cv2.BORDER_REPLICATE)[1:-1, 1:-1]
+        if robust:  # a strided sample is plenty for a median (and the partition is the cost)
+            r = r.reshape(-1)[:: max(1, r.size // MEDIAN_SAMPLE)]
         parts.append(np.abs(r[np.isfinite(r)]))
     r = np.concatenate(parts) if len(parts) > 1 else parts[0]
     if r.size == 0:
         return 0.0
     if robust:
-        step = max(1, r.size // 65536)  # a strided sample is plenty for a median
-        sigma = float(np.median(r[::step])) / (6.0 * 0.6745)
+        k = r.size // 2
+        sigma = float(np.partition(r, k)[k]) / (6.0 * 0.6745)
     else:
         sigma = np.sqrt(np.pi / 2) / 6.0 * float(r.sum()) / r.size
     return float(sigma * sigma)

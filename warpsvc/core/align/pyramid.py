@@ -117,6 +117,15 @@ class Level:
                      self.hessian[np.ix_(keep, keep)], len(cols), self.tflat, self.n_usable,
                      self.jx[:, list(cols)], self.jy[:, list(cols)], self.points, self.sdT[keep])
 
+    def without_photometric(self) -> Level:
+        """The same level without the gain/bias columns (the motion columns only)."""
+        p = self.n_params
+        if self.sd.shape[1] == p:
+            return self
+        return Level(self.index, self.factor, self.template, self.image, self.usable,
+                     np.ascontiguousarray(self.sd[:, :p]), self.hessian[:p, :p].copy(), p, self.tflat,
+                     self.n_usable, self.jx, self.jy, self.points, np.ascontiguousarray(self.sdT[:p]))
+
     @property
     def shape(self):
         return self.template.shape
