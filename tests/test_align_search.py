@@ -161,3 +161,17 @@ def test_unrelated_images_never_claim_convergence(frame, search):
     assert result.reason != "converged"
     noise = np.random.default_rng(1).uniform(0, 255, frame.shape).astype(np.float32)
     assert not align(template, noise, "homography", search=search).converged
+
+
+def test_auto_photometric_switches_off_for_identical_exposure():
+    """photometric='auto': with identical exposure a coarse gain/bias fit of ~(1, 0) drops the
+    model for the finer levels (plain least squares: gain 1, bias 0 exactly); with a real
+    exposure change the fit stays and is reported."""
+    camera = data.camera().astype(np.float32)
+    W = np.array([[1.02, 0.03, 181.0], [-0.02, 0.98, 148.0], [1e-4, -5e-5, 1.0]])
+    start = np.linalg.inv(np.array([[1, 0, 180.0], [0, 1, 150.0], [0, 0, 1.0]]))
+    same = align(cut(camera, W, n=100), camera, "homography", start)
+    assert same.converged and same.gain == (1.0,) and same.bias == (0.0,)
+    changed = align(cut(camera, W, n=100) * 0.8 + 10.0, camera, "homography", start)
+    assert changed.converged
+    assert changed.gain[0] == pytest.approx(1 / 0.8, rel=1e-3) and changed.bias[0] == pytest.approx(-12.5, abs=0.1)
