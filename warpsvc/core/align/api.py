@@ -15,7 +15,7 @@ from ..transforms.models import submodel_columns
 from ..validate import check_image
 from .features import IMAGE_SCALE, feature_start
 from .covariance import final_statistics, template_noise_variance, zncc
-from .gauss_newton import Clock, solve_level, translation_search
+from .gauss_newton import Clock, solve_level, translation_search, warp_to_template
 from .chart import make_chart
 from .options import DEFAULT, AlignOptions, merge_options
 from .pyramid import auto_levels, channel_mean, build_level, build_pyramid, prepare
@@ -47,7 +47,9 @@ RETRIES = (
 # search="auto": the local solve from the identity gives up when its coarsest level ends with
 # a correlation below this (a large motion: go global at once instead of refining a wrong basin).
 COARSE_GATE = 0.5
-# photometric="auto": a coarse level's gain/bias fit this close to (1, 0) means "same exposure".
+# photometric="auto": "same exposure" when a gain/bias fit is this close to (1, 0) -- gain within
+# SAME_GAIN of 1, bias within SAME_BIAS of the template's mean (before the solve: the contrast
+# ratio and the mean difference at the coarsest level; after a coarse level: its fit).
 SAME_GAIN = 0.03
 SAME_BIAS = 0.05
 RETRYABLE = (LOW_CORRELATION, MAX_ITERATIONS, NO_PROGRESS, DEGENERATE_WARP)
@@ -229,6 +231,7 @@ class _Problem:
             finite = tmpl[np.isfinite(tmpl)]
             self.sigma_floor = max(1e-6 * float(finite.std()) if finite.size else 0.0, 1e-12)
         self._pyramids = {}
+        self._same_exposure = {}
         self.offset = (0, 0)
 
     @functools.cached_property
@@ -240,6 +243,29 @@ class _Problem:
         h, w = min(H, self.tmpl.shape[0] + 2), min(W, self.tmpl.shape[1] + 2)
         y0, x0 = (H - h) // 2, (W - w) // 2
         return template_noise_variance(self.img[y0:y0 + h, x0:x0 + w], robust=True)
+
+    def same_exposure(self, n_levels) -> bool:
+        """The cheap decision of ``photometric="auto"``: at the coarsest level (blurred, so a
+        few pixels of misalignment barely matter), template and image under the start warp
+        have the same mean and contrast to within :data:`SAME_GAIN` / :data:`SAME_BIAS` --
+        identical exposure: the gain/bias model would only cost time."""
+        if n_levels not in self._same_exposure:
+            t_pyr, i_pyr = self.pyramids(n_levels)
+            f = float(2 ** (len(t_pyr) - 1))
+            Wl = self.W0.copy()
+            Wl[:2, 2] /= f
+            Wl[2, :2] *= f
+            t = t_pyr[-1]
+            warped = warp_to_template(i_pyr[-1], Wl, t.shape, self.affine).reshape(t.shape)
+            ok = np.isfinite(t) & np.isfinite(warped)
+            same = False
+            if np.count_nonzero(ok) >= 16:
+                tv, iv = t[ok].astype(np.float64), warped[ok].astype(np.float64)
+                st, si = tv.std(), iv.std()
+                same = bool(st > 0 and abs(si / st - 1.0) <= SAME_GAIN
+                            and abs(iv.mean() - tv.mean()) <= SAME_BIAS * abs(tv.mean()))
+            self._same_exposure[n_levels] = same
+        return self._same_exposure[n_levels]
 
     def n_levels(self, opts) -> int:
         return self.levels_for(self.tmpl.shape, opts)
@@ -300,7 +326,7 @@ def _attempt(problem: _Problem, opts: AlignOptions, clock: Clock, coarse_gate: f
     n_levels = problem.n_levels(opts)
     t_pyr, i_pyr = problem.pyramids(n_levels)
     chart, chart_inv, corners0, affine = problem.chart, problem.chart_inv, problem.corners0, problem.affine
-    photometric_on = opts.gain_bias
+    photometric_on = opts.gain_bias and not (opts.photometric == "auto" and problem.same_exposure(n_levels))
     W = problem.W0
     iterations, histories = [], []
     reason = CONVERGED
