@@ -11,7 +11,9 @@ import warpsvc
 from warpsvc import AffineTransform, AlignOptions, align
 from warpsvc.core.align import REASONS, Reason, Start
 from warpsvc.core.align.losses import Huber, Tukey
-from warpsvc.core.align.options import DEFAULT, merge_options
+import inspect
+
+from warpsvc.core.align.options import merge_options
 from warpsvc.core.errors import InvalidTransformError
 from warpsvc.core.transforms.models import identity_jacobian, submodel_columns
 
@@ -72,15 +74,27 @@ def test_init_is_refused_where_the_transforms_refuse(bad):
 
 def test_explicit_keyword_equal_to_default_overrides_options():
     opts = AlignOptions(model="affine", robust="huber", max_iterations=7, search="local")
-    merged = merge_options(opts, model="homography", robust=None, max_iterations=50, search=DEFAULT)
+    merged = merge_options(opts, {"model", "robust", "max_iterations"}, model="homography", robust=None,
+                           max_iterations=50, search="auto")
     assert merged.model == "homography" and merged.robust is None and merged.max_iterations == 50
     assert merged.search == "local"  # not passed: the options object's value stays
-    assert merge_options(None, model=DEFAULT) == AlignOptions()
+    assert merge_options(None, set(), model="affine") == AlignOptions()
+    # the signature shows the real defaults, and no trace of the bookkeeping argument
+    params = inspect.signature(align).parameters
+    assert params["photometric"].default == "auto" and params["search"].default == "auto"
+    assert params["robust"].default is None and "_given" not in params
     camera = data.camera().astype(np.float32)
     result = align(camera[150:250, 180:280], camera, model="homography", init=np.eye(3),
                    options=AlignOptions(model="affine"))
     assert result.model == "homography"
-
+    # robust=None passed explicitly beats the options object's "huber"
+    plain = align(camera[150:250, 180:280], camera, "affine", np.eye(3), robust=None,
+                  options=AlignOptions(robust="huber"))
+    huber = align(camera[150:250, 180:280], camera, "affine", np.eye(3), options=AlignOptions(robust="huber"))
+    # a robust loss doubles the coarsest level's minimum side: 3 levels instead of 4 for 100x100
+    assert (plain.levels, huber.levels) == (4, 3)
+    with pytest.raises(TypeError):
+        align(camera, camera, nonsense=1)
 
 def test_reasons_are_a_str_enum_with_unchanged_values():
     assert REASONS[:9] == ("converged", "max_iterations", "time_budget", "cancelled", "no_progress",

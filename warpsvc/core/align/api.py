@@ -17,7 +17,7 @@ from .features import IMAGE_SCALE, feature_start
 from .covariance import final_statistics, template_noise_variance, zncc
 from .gauss_newton import Clock, solve_level, translation_search, warp_to_template
 from .chart import make_chart
-from .options import DEFAULT, AlignOptions, merge_options
+from .options import AlignOptions, explicit_keywords, merge_options
 from .pyramid import auto_levels, channel_mean, build_level, build_pyramid, prepare
 from .result import (
     CANCELLED,
@@ -55,23 +55,25 @@ SAME_BIAS = 0.05
 RETRYABLE = (LOW_CORRELATION, MAX_ITERATIONS, NO_PROGRESS, DEGENERATE_WARP)
 
 
+@explicit_keywords
 def align(
     template: np.ndarray,
     image: np.ndarray,
-    model: str = DEFAULT,
+    model: str = "homography",
     init=None,
     *,
-    search: str = DEFAULT,
-    levels=DEFAULT,
+    search: str = "auto",
+    levels="auto",
     template_mask=None,
     image_mask=None,
-    robust=DEFAULT,
-    photometric=DEFAULT,
-    max_iterations: int = DEFAULT,
-    tolerance: float = DEFAULT,
-    time_budget=DEFAULT,
-    should_stop=DEFAULT,
+    robust=None,
+    photometric="auto",
+    max_iterations: int = 50,
+    tolerance: float = 1e-3,
+    time_budget=None,
+    should_stop=None,
     options: AlignOptions | None = None,
+    _given: frozenset = frozenset(),
 ) -> AlignResult:
     """Find the warp that brings ``image`` onto ``template`` (Gauss-Newton, coarse to fine).
 
@@ -107,7 +109,7 @@ def align(
     :class:`AlignResult`. Non-convergence is reported (``converged=False`` and a ``reason``),
     never raised; invalid arguments raise :class:`InvalidArgumentError` subclasses with ``field``.
     """
-    opts = merge_options(options, model=model, search=search, levels=levels, robust=robust,
+    opts = merge_options(options, _given, model=model, search=search, levels=levels, robust=robust,
                          photometric=photometric, max_iterations=max_iterations, tolerance=tolerance,
                          time_budget=time_budget, should_stop=should_stop).checked()
     clock = Clock(opts.time_budget, opts.should_stop)

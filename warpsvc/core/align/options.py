@@ -9,6 +9,8 @@ with ``field=`` naming the argument.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 import numbers
 from collections.abc import Callable
@@ -24,25 +26,6 @@ SEARCHES = ("auto", "local", "global")
 CHANNELS = ("mean", "all")
 
 
-class _Default:
-    """The default of an ``align`` keyword: "not given" (distinct from every real value, so an
-    explicit ``robust=None`` or ``model="homography"`` overrides an ``options`` object)."""
-
-    _instance = None
-
-    def __new__(cls):
-        if cls._instance is None:
-            cls._instance = super().__new__(cls)
-        return cls._instance
-
-    def __repr__(self):
-        return "<default>"
-
-    def __reduce__(self):
-        return (_Default, ())
-
-
-DEFAULT = _Default()
 
 # Tuning constants (policy, one place). Robust-loss constants give 95 % efficiency under
 # Gaussian noise; the scale comes from the median absolute deviation.
@@ -213,10 +196,26 @@ def _number_in(value, lo, hi, field):
         raise InvalidArgumentError(f"{field} must be in [{lo}, {hi}], got {value!r}", field=field)
 
 
-def merge_options(options: AlignOptions | None, **given) -> AlignOptions:
-    """``options`` (or the defaults) with every keyword that was actually passed, i.e. is not
-    :data:`DEFAULT`, even when its value equals the dataclass default."""
-    explicit = {k: v for k, v in given.items() if v is not DEFAULT}
+def explicit_keywords(func):
+    """Decorator: call ``func`` with ``_given``, the names of the arguments the caller actually
+    passed (so an explicit keyword equal to its default still overrides an ``options``
+    object), while ``inspect.signature`` shows the real defaults (``_given`` hidden)."""
+    sig = inspect.signature(func)
+    public = sig.replace(parameters=[p for p in sig.parameters.values() if p.name != "_given"])
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        given = frozenset(public.bind(*args, **kwargs).arguments)  # raises TypeError like func would
+        return func(*args, _given=given, **kwargs)
+
+    wrapper.__signature__ = public
+    return wrapper
+
+
+def merge_options(options: AlignOptions | None, given, **values) -> AlignOptions:
+    """``options`` (or the defaults) with every keyword in ``given`` (the ones the caller
+    passed), even when its value equals the dataclass default."""
+    explicit = {k: v for k, v in values.items() if k in given}
     if options is None:
         return AlignOptions().replace(**explicit)
     if not isinstance(options, AlignOptions):
