@@ -238,13 +238,13 @@ class _Problem:
 
     @functools.cached_property
     def image_noise(self) -> float:
-        """White-noise variance of the image (Immerkaer, median form), for the final check:
+        """White-noise variance of the image (Immerkaer), for the final check:
         estimated on a window of about the template's size at the centre of the image part in
         use (the sensor's noise is the same everywhere; the window bounds the cost)."""
         H, W = self.img.shape[:2]
         h, w = min(H, self.tmpl.shape[0] + 2), min(W, self.tmpl.shape[1] + 2)
         y0, x0 = (H - h) // 2, (W - w) // 2
-        return template_noise_variance(self.img[y0:y0 + h, x0:x0 + w], robust=True)
+        return template_noise_variance(self.img[y0:y0 + h, x0:x0 + w])
 
     def same_exposure(self, n_levels) -> bool:
         """The cheap decision of ``photometric="auto"``: at the coarsest level (blurred, so a

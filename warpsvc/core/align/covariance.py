@@ -34,8 +34,6 @@ from .pyramid import Level, _grid_jacobian
 RESAMPLED_NOISE = 4.0 / 9.0
 
 
-# Responses sampled (evenly strided) for the median form of the noise estimate.
-MEDIAN_SAMPLE = 8192
 # With a robust loss the check correlates the inliers only: residuals whose IRLS weight is at
 # least this (|e| <= ~2.6 sigma for both Huber and Tukey).
 INLIER_WEIGHT = 0.5
@@ -78,7 +76,7 @@ def final_statistics(lv: Level, W, opts, affine: bool, chart, corners0, sigma_fl
     # image (bilinear resampling keeps on average (2/3)^2 of its variance; divided by the gain^2
     # to template units).
     gain2 = float(np.mean(np.square(ev.gain)))
-    noise = (template_noise_variance(lv.template, robust=True), RESAMPLED_NOISE * image_noise / max(gain2, 1e-12))
+    noise = (level_noise_variance(lv), RESAMPLED_NOISE * image_noise / max(gain2, 1e-12))
     inliers = None if ev.weights is None else (ev.weights >= INLIER_WEIGHT).astype(np.float32)
     zncc_check = zncc(lv, ev, inliers, noise)
     cov = corner_cov = None
@@ -93,28 +91,28 @@ def final_statistics(lv: Level, W, opts, affine: bool, chart, corners0, sigma_fl
     return FinalStats(rms, raw, overlap, ev.gain, ev.bias, cov, corner_cov, zncc_check)
 
 
-def template_noise_variance(template: np.ndarray, robust: bool = False) -> float:
-    """Immerkaer's (1996) estimate of white-noise variance from the response ``r`` to the
-    Laplacian-difference kernel ``N`` (``sum N^2 = 36``, so white noise of std ``sigma`` gives
-    ``r ~ N(0, 36 sigma^2)``): ``sigma = sqrt(pi / 2) / 6 * mean |r|`` over pixels whose 3x3
-    neighbourhood is usable (texture biases it upwards). ``robust``: ``sigma = median |r| /
-    (6 * 0.6745)`` instead, which edges and texture -- a minority of pixels -- bias far less."""
+def template_noise_variance(template: np.ndarray) -> float:
+    """Immerkaer's (1996) estimate of white-noise variance: the mean absolute response to the
+    Laplacian-difference kernel, ``sigma = sqrt(pi / 2) / 6 * mean |T * N|``, over pixels whose
+    3x3 neighbourhood is usable (texture biases it slightly upwards)."""
     kernel = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
-    parts = []
+    total, count = 0.0, 0
     for ch in range(template.shape[2]):
         r = cv2.filter2D(template[:, :, ch], cv2.CV_32F, kernel, borderType=cv2.BORDER_REPLICATE)[1:-1, 1:-1]
-        if robust:  # a strided sample is plenty for a median (and the partition is the cost)
-            r = r.reshape(-1)[:: max(1, r.size // MEDIAN_SAMPLE)]
-        parts.append(np.abs(r[np.isfinite(r)]))
-    r = np.concatenate(parts) if len(parts) > 1 else parts[0]
-    if r.size == 0:
+        r = np.abs(r[np.isfinite(r)])
+        total += float(r.sum())
+        count += r.size
+    if count == 0:
         return 0.0
-    if robust:
-        k = r.size // 2
-        sigma = float(np.partition(r, k)[k]) / (6.0 * 0.6745)
-    else:
-        sigma = np.sqrt(np.pi / 2) / 6.0 * float(r.sum()) / r.size
+    sigma = np.sqrt(np.pi / 2) / 6.0 * total / count
     return float(sigma * sigma)
+
+
+def level_noise_variance(lv: Level) -> float:
+    """:func:`template_noise_variance` of a level's template, computed once per level."""
+    if lv.noise_variance is None:
+        lv.noise_variance = template_noise_variance(lv.template)
+    return lv.noise_variance
 
 
 def _debiased_hessian(lv: Level, ev, H, model, chart):
@@ -130,7 +128,7 @@ def _debiased_hessian(lv: Level, ev, H, model, chart):
     ``-sigma_T^2`` times the noise energy above, returned as the correction of the sandwich's
     middle (so only the image's share of the residual noise multiplies the gradient noise).
     """
-    var_t = template_noise_variance(lv.template)
+    var_t = level_noise_variance(lv)
     if var_t <= 0:
         return H, None
     h, w, c = lv.shape

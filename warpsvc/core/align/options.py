@@ -20,7 +20,10 @@ from ..errors import InvalidArgumentError
 from ..transforms.models import MODELS
 
 ROBUST_LOSSES = (None, "huber", "tukey")
-PHOTOMETRIC_MODELS = (None, "gain_bias", "auto")
+PHOTOMETRIC_MODELS = (None, "gain_bias")  # the appearance models (the proto's Photometric values)
+# Accepted ``photometric`` values: a model, or "auto" (the default: decided per call, see
+# AlignOptions; on the wire it is the enum's zero value, "the library default").
+PHOTOMETRIC_OPTIONS = PHOTOMETRIC_MODELS + ("auto",)
 MAX_LEVELS = 12
 SEARCHES = ("auto", "local", "global")
 CHANNELS = ("mean", "all")
@@ -60,7 +63,7 @@ class AlignOptions:
     min_zncc : a result is ``converged`` only if the *noise-corrected* correlation of the
         aligned images reaches this (over the inliers, weighted by the robust loss, when
         ``robust`` is set): ``cov / sqrt((var_T - n_T)(var_I - n_I))`` with ``n_T, n_I`` the
-        white-noise variances estimated from each image (Immerkaer, median form), which is
+        white-noise variances estimated from each image (Immerkaer), which is
         about 1 at the right warp whatever the noise. Measured on photographs: right warps
         0.995+ at noise 0, 8 and 16 and 0.986+ under JPEG + gamma; wrong noise-free minima
         0.83-0.98 (the 0.98 ones slip through: ``docs/alignment.md`` has the rates).
@@ -125,9 +128,9 @@ class AlignOptions:
             _int_in(self.levels, 1, MAX_LEVELS, "levels", extra=' or "auto"')
         if self.robust not in ROBUST_LOSSES:
             raise InvalidArgumentError(f"robust must be one of {ROBUST_LOSSES}, got {self.robust!r}", field="robust")
-        if self.photometric not in PHOTOMETRIC_MODELS:
+        if self.photometric not in PHOTOMETRIC_OPTIONS:
             raise InvalidArgumentError(
-                f"photometric must be one of {PHOTOMETRIC_MODELS}, got {self.photometric!r}", field="photometric"
+                f"photometric must be one of {PHOTOMETRIC_OPTIONS}, got {self.photometric!r}", field="photometric"
             )
         _int_in(self.max_iterations, 1, 100_000, "max_iterations")
         _positive(self.tolerance, "tolerance")

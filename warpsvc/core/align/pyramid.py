@@ -106,6 +106,7 @@ class Level:
     jy: np.ndarray = None
     points: np.ndarray = None  # (n, 3) homogeneous level pixels when only a subset is used, else None
     sdT: np.ndarray = None   # (K, h*w*C) float32, the transpose of ``sd`` (fast g = sdT e)
+    noise_variance: float | None = None  # the template's white-noise variance, once computed
 
     def restrict(self, cols) -> Level:
         """The same level for a sub-model whose parameters are the columns ``cols`` of this
