@@ -36,3 +36,7 @@ class InvalidImageError(InvalidArgumentError):
 
 class ImageTooLargeError(WarpsvcError, MemoryError):
     """An input or requested output exceeds a configured size limit (RESOURCE_EXHAUSTED)."""
+
+
+class ResourceExhaustedError(WarpsvcError):
+    """A request would cost more work or memory than a configured budget allows (RESOURCE_EXHAUSTED)."""
