@@ -12,7 +12,9 @@ released, and an explicit fast-math flag set.
   assume values are finite: the kernels' ``isfinite`` / ``x < inf`` / NaN guards stay code.
 * **Threads.** Parallel kernels use numba's thread-safe layer (``tbb`` or ``omp``; the
   ``workqueue`` fallback aborts when two Python threads launch kernels at once) unless
-  ``NUMBA_THREADING_LAYER`` says otherwise; the count comes from :mod:`.threads`.
+  ``NUMBA_THREADING_LAYER`` says otherwise; the count comes from :mod:`.threads`. Idle OpenMP
+  threads sleep (``OMP_WAIT_POLICY=PASSIVE`` unless set): spinning ones slowed the OpenCV warp
+  that follows a kernel by 1.5-2x on two cores.
 * **Lazy.** :func:`lazy_compiled` defers importing numba and compiling to the first call
   (kernels called from Python only), so importing the library does not import numba. Such
   modules write ``prange = range`` at module level; the real ``numba.prange`` is put in place
@@ -35,6 +37,9 @@ def _njit(fn, options):
 
     if "NUMBA_THREADING_LAYER" not in os.environ:
         numba.config.THREADING_LAYER = "threadsafe"
+    # Idle OpenMP threads sleep instead of spinning (read when libgomp loads, at the first
+    # parallel launch): spinning threads would take the cores from OpenCV's own pool.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     opts = _DEFAULTS | options
     if "prange" in fn.__code__.co_names:  # modules written for lazy numba name ``prange = range``
         fn.__globals__["prange"] = numba.prange

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from ._compiled import FASTMATH, lazy_compiled
 
 prange = range  # numba.prange once compiled (see ._compiled.lazy_compiled): numba imports lazily
@@ -38,17 +40,20 @@ def scale_by_constant(src, factor, out):
 @lazy_compiled(parallel=True, fastmath=FASTMATH)
 def scale_by_projective_det(src, m, det_m, row0, out):
     """``out[y, x, c] = src[y, x, c] * |det M| / |w(x, row0 + y)|^3``; 0 where ``w = 0`` or the
-    factor is not finite (computed in float64). ``row0``: output row of ``src[0]`` (bands)."""
+    factor is not finite (computed in float64). ``row0``: output row of ``src[0]`` (bands).
+    Per row, the factors first (a vectorisable loop), then the products."""
     h, w, c = src.shape
     for i in prange(h):
         base = m[2, 1] * (i + row0) + m[2, 2]
+        f = np.empty(w)
         for j in range(w):
             ww = abs(m[2, 0] * j + base)
-            f = det_m / (ww * ww * ww) if ww > 0.0 else 0.0
-            if not math.isfinite(f):
-                f = 0.0
+            fj = det_m / (ww * ww * ww)
+            f[j] = fj if (ww > 0.0 and math.isfinite(fj)) else 0.0
+        for j in range(w):
+            fj = f[j]
             for ch in range(c):
-                out[i, j, ch] = src[i, j, ch] * f
+                out[i, j, ch] = src[i, j, ch] * fj
 
 
 @lazy_compiled(parallel=True)
