@@ -73,12 +73,14 @@ def check_transform_steps(transform, limits: WarpLimits) -> None:
             "(adjacent matrices count as one)", field="transform")
 
 
-def check_antialias_cost(nodes: int, working_bytes: int, pixels: int, channels: int, extension_pixels: int,
-                         limits: WarpLimits) -> None:
+def check_antialias_cost(cost, limits: WarpLimits) -> None:
     """Refuse an antialiased warp whose node count or working memory exceeds the budget.
 
-    ``pixels``: the larger of input and output pixel counts; ``extension_pixels``: pixels of the
-    border-extended source (0 when the source is not extended)."""
+    ``cost``: a :class:`~.warp.AntialiasCost` (``nodes``, ``working_bytes``, ``pixels`` = the
+    larger of input and output pixel counts, ``channels``, ``extension_pixels`` = pixels of the
+    border-extended source, 0 when the source is not extended)."""
+    nodes, working_bytes, pixels = cost.nodes, cost.working_bytes, cost.pixels
+    channels, extension_pixels = cost.channels, cost.extension_pixels
     max_nodes = limits.max_nodes_per_pixel * pixels
     if nodes > max_nodes:
         raise ResourceExhaustedError(

@@ -20,6 +20,7 @@ deadline or cancellation), and the exception propagates unchanged.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -235,7 +236,36 @@ def _preimage_box(src_from_dst: Transform, shape, src_shape):
     return x0, x1, y0, y1
 
 
-def _warp_antialiased(img, transform, src_from_dst, shape, opts, intensity, period, limits, poll):
+@dataclass(frozen=True)
+class AntialiasCost:
+    """What an antialiased warp will cost, known before it allocates (see :mod:`.budget`):
+    footprint ``nodes``, ``working_bytes``, ``pixels`` (the larger of input and output pixel
+    counts) and ``extension_pixels`` (pixels of the border-extended source, 0 if none)."""
+
+    nodes: int
+    working_bytes: int
+    pixels: int
+    channels: int
+    extension_pixels: int
+
+
+def antialias_cost(image, transform, output_shape=None, *, border: str = "constant", border_value: float = 0.0,
+                   intensity: str = "plain") -> AntialiasCost:
+    """The :class:`AntialiasCost` of ``warp(image, transform, output_shape, antialias=True, ...)``
+    (only ``image.shape`` and ``image.dtype`` are read)."""
+    img = check_image(image)
+    _check_transform(transform)
+    check_choice(border, BORDERS, "border")
+    check_choice(intensity, INTENSITIES, "intensity")
+    shape = check_shape(transform.default_output_shape(img.shape[:2]) if output_shape is None else output_shape)
+    opts = SampleOptions("linear", border, float(border_value))
+    return _antialias_setup(img, transform, transform.inverse(), shape, opts, intensity,
+                            transform.source_row_period())[-1]
+
+
+def _antialias_setup(img, transform, src_from_dst, shape, opts, intensity, period):
+    """The scatter's plan and cost: ``(plan, rows, cols, dst_from_src, need_coverage, cost)``;
+    ``rows``/``cols`` index the border extension of the source (``None``: no extension)."""
     from . import antialias as _aa  # imports numba: only antialiased warps need the scatter kernels
 
     dst_from_src = transform
@@ -256,7 +286,17 @@ def _warp_antialiased(img, transform, src_from_dst, shape, opts, intensity, peri
     extension = 0 if rows is None else src_shape[0] * src_shape[1]
     if extension:
         working += extension * c * img.dtype.itemsize  # gathered extension before conversion
-    check_antialias_cost(plan.nodes, working, max(img.shape[0] * img.shape[1], ho * wo), c, extension, limits)
+    cost = AntialiasCost(plan.nodes, int(working), max(img.shape[0] * img.shape[1], ho * wo), c, extension)
+    return plan, rows, cols, dst_from_src, need_coverage, cost
+
+
+def _warp_antialiased(img, transform, src_from_dst, shape, opts, intensity, period, limits, poll):
+    from . import antialias as _aa
+
+    c = img.shape[2]
+    plan, rows, cols, dst_from_src, need_coverage, cost = _antialias_setup(
+        img, transform, src_from_dst, shape, opts, intensity, period)
+    check_antialias_cost(cost, limits)
     src = _aa.padded_source(img, need_coverage, rows, cols, opts.border_value)
     acc = _aa.scatter(src, plan, dst_from_src, shape, row_period=transform.output_row_period(), poll=poll)
     del src
