@@ -70,6 +70,18 @@ def _block_samples(by, bx, n: int):
     return (origins[:, None, :] + offs[None]).reshape(-1, 2), len(offs)
 
 
+def _largest_singular_value(jac: np.ndarray) -> np.ndarray:
+    """``s_max`` of each ``(2, 2)`` matrix in closed form (10x faster than ``np.linalg.svd``):
+    ``s_max^2 = (F + sqrt(F^2 - 4 det^2)) / 2`` with ``F = ||J||_F^2`` (the eigenvalues of
+    ``J^T J`` have sum ``F`` and product ``det^2``)."""
+    a, b, c, d = jac[:, 0, 0], jac[:, 0, 1], jac[:, 1, 0], jac[:, 1, 1]
+    with np.errstate(over="ignore", invalid="ignore"):
+        fro = a * a + b * b + c * c + d * d
+        det = a * d - b * c
+        s2 = 0.5 * (fro + np.sqrt(np.maximum(fro * fro - 4.0 * det * det, 0.0)))
+    return np.sqrt(np.where(np.isfinite(s2), s2, np.inf))
+
+
 def source_side_matrix(dst_from_src, h: int, w: int) -> np.ndarray:
     """The ``dst_from_src`` matrix scaled so the source centre has ``w > 0`` (the kernel keeps
     nodes with ``w > 0``: the source's own side of the horizon)."""
@@ -92,7 +104,7 @@ def block_layout(dst_from_src, h: int, w: int) -> dict:
         jac = dst_from_src.jacobian(pts)
         y = dst_from_src.map(pts)
     jac = np.nan_to_num(jac, nan=0.0, posinf=0.0, neginf=0.0)
-    stretch = np.linalg.svd(jac, compute_uv=False)[:, 0].reshape(-1, per).max(axis=1)
+    stretch = _largest_singular_value(jac).reshape(-1, per).max(axis=1)
     m = np.clip(np.ceil(OVERSAMPLING * stretch), 1, MAX_NODES_PER_PIXEL_AXIS).astype(np.int64)
     y = y.reshape(-1, per, 2)
     finite = np.isfinite(y).all(axis=2)
