@@ -81,6 +81,13 @@ def _reaches(py, row_lo, row_hi):
 
 
 @compiled(inline="always")
+def _strip_scratch(src, strip_rows, s):
+    """Strip ``s``'s accumulator rows ``[lo, hi)`` and its scratch arrays (node value per
+    channel, footprint shares per axis)."""
+    return strip_rows[s, 0], strip_rows[s, 1], np.empty(src.shape[2]), np.empty(3), np.empty(3)
+
+
+@compiled(inline="always")
 def _node_value(src, sx, sy, value):
     """Bilinear value of the padded source at source point ``(sx, sy)``; False if all zero."""
     x0 = math.floor(sx)
@@ -148,10 +155,7 @@ def scatter_matrix(src, blocks, strip_rows, strip_ptr, strip_blocks, h, w, mat, 
     """
     ho, wo = acc.shape[0] - 2 * GUARD, acc.shape[1] - 2 * GUARD
     for s in prange(strip_rows.shape[0]):
-        row_lo, row_hi = strip_rows[s, 0], strip_rows[s, 1]
-        value = np.empty(src.shape[2])
-        wx = np.empty(3)
-        wy = np.empty(3)
+        row_lo, row_hi, value, wx, wy = _strip_scratch(src, strip_rows, s)
         for q in range(strip_ptr[s], strip_ptr[s + 1]):
             b = strip_blocks[q]
             y0, x0, m = blocks[b, 0], blocks[b, 1], blocks[b, 2]
@@ -209,10 +213,7 @@ def scatter_points(src, node_xy, node_m, pos, rows, strip_rows, acc):
     by the transform in numpy)."""
     ho, wo = acc.shape[0] - 2 * GUARD, acc.shape[1] - 2 * GUARD
     for s in prange(strip_rows.shape[0]):
-        row_lo, row_hi = strip_rows[s, 0], strip_rows[s, 1]
-        value = np.empty(src.shape[2])
-        wx = np.empty(3)
-        wy = np.empty(3)
+        row_lo, row_hi, value, wx, wy = _strip_scratch(src, strip_rows, s)
         for k in range(node_xy.shape[0]):
             px, py = pos[k, 0], pos[k, 1]
             if not _reaches(py, row_lo, row_hi):
