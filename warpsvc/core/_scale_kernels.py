@@ -11,7 +11,8 @@ Scaling ``out = sampled * |det J_{T^{-1}}(y)|`` comes in the shapes the determin
 * anything else: a full ``(H, W)`` map (:func:`scale_by_map`).
 
 Arrays are ``(H, W, C)``; ``out`` is float32 or float64. Where the factor is passed in the output
-dtype, the product is formed in that dtype (as numpy's ``out *= factor`` does), so results are
+dtype, the product is formed in that dtype (numba promotes uint8/uint16/float32 x float32 to
+float32, as numpy's ``out = src.astype(float32); out *= factor`` does), so results are
 bit-identical to the numpy formulation and independent of the thread count (elementwise work).
 """
 
@@ -28,13 +29,14 @@ prange = range  # numba.prange once compiled (see ._compiled.lazy_compiled): num
 
 @lazy_compiled(parallel=True)
 def scale_by_constant(src, factor, out):
-    """``out[y, x, c] = out.dtype(src[y, x, c]) * factor`` (``factor`` in ``out``'s dtype)."""
+    """``out[y, x, c] = out.dtype(src[y, x, c]) * factor`` (``factor`` in ``out``'s dtype); rows
+    flattened to ``W C`` values (C-contiguous arrays) so the loop vectorises."""
     h, w, c = src.shape
+    flat_src = src.reshape(h, w * c)
+    flat_out = out.reshape(h, w * c)
     for i in prange(h):
-        for j in range(w):
-            for ch in range(c):
-                out[i, j, ch] = src[i, j, ch]
-                out[i, j, ch] *= factor
+        for k in range(w * c):
+            flat_out[i, k] = flat_src[i, k] * factor
 
 
 @lazy_compiled(parallel=True, fastmath=FASTMATH)
@@ -57,15 +59,16 @@ def scale_by_projective_det(src, m, det_m, row0, out):
 
 
 @lazy_compiled(parallel=True)
-def scale_by_columns(src, col_factor, out):
-    """``out[y, x, c] = out.dtype(src[y, x, c]) * col_factor[x]`` (factor in ``out``'s dtype)."""
+def scale_by_columns(src, flat_factor, out):
+    """``out[y, x, c] = out.dtype(src[y, x, c]) * flat_factor[x C + c]``: a factor per column,
+    repeated for each channel by the caller (rows flattened to ``W C`` values so the loop
+    vectorises; factor in ``out``'s dtype)."""
     h, w, c = src.shape
+    flat_src = src.reshape(h, w * c)
+    flat_out = out.reshape(h, w * c)
     for i in prange(h):
-        for j in range(w):
-            f = col_factor[j]
-            for ch in range(c):
-                out[i, j, ch] = src[i, j, ch]
-                out[i, j, ch] *= f
+        for k in range(w * c):
+            flat_out[i, k] = flat_src[i, k] * flat_factor[k]
 
 
 @lazy_compiled(parallel=True)
@@ -76,8 +79,7 @@ def scale_by_map(src, factor, out):
         for j in range(w):
             f = factor[i, j]
             for ch in range(c):
-                out[i, j, ch] = src[i, j, ch]
-                out[i, j, ch] *= f
+                out[i, j, ch] = src[i, j, ch] * f
 
 
 @lazy_compiled(parallel=True)

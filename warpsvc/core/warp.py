@@ -204,7 +204,7 @@ def _conserve(sampled: np.ndarray, src_from_dst: Transform, poll=None) -> np.nda
     else:
         det = _finite_det_map(src_from_dst, sampled.shape[:2], poll)
         if det.strides[0] == 0:  # one row broadcast down the columns (polar)
-            cols = np.ascontiguousarray(det[0], dtype=dtype)
+            cols = np.repeat(det[0].astype(dtype), sampled.shape[2])
             kernel = lambda r0, r1: _scale.scale_by_columns(sampled[r0:r1], cols, out[r0:r1])  # noqa: E731
         else:
             factor = np.ascontiguousarray(det, dtype=dtype)
