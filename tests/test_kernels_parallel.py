@@ -165,7 +165,7 @@ def test_results_bit_identical_for_1_and_n_threads(case, restore_threads, monkey
     threads.set_threads(threads.available_cpus(), opencv=False)
     many = fn()
     real = antialias.kernel_threads
-    monkeypatch.setattr(antialias, "kernel_threads", lambda: (real(), 7)[1])
+    monkeypatch.setattr(antialias, "kernel_threads", lambda work=None: (real(), 7)[1])
     seven_strips = fn()
     np.testing.assert_array_equal(one, many)
     np.testing.assert_array_equal(one, seven_strips)
@@ -241,6 +241,11 @@ def test_environment_and_explicit_setting(monkeypatch, restore_threads):
     monkeypatch.delenv("WARPSVC_THREADS")
     assert threads.set_threads(None, opencv=False) == threads.available_cpus()
     assert threads.set_threads(1, opencv=False) == 1 and threads.kernel_threads() == 1
+    threads.set_threads(2, opencv=False)
+    assert threads.kernel_threads(10) == 1  # a small launch stays on the calling thread
+    import numba
+
+    assert threads.kernel_threads(1 << 30) == min(2, numba.config.NUMBA_NUM_THREADS)
     for bad in (0, -2, 1.5, True, "x"):
         with pytest.raises(InvalidArgumentError) as exc:
             threads.set_threads(bad, opencv=False)

@@ -76,7 +76,7 @@ class LazyKernel:
 
     def __call__(self, *args):
         if self._options.get("parallel"):
-            kernel_threads()
+            kernel_threads(max(getattr(a, "size", 0) for a in args))  # the largest array: the work
         return (self._dispatcher or self.dispatcher())(*args)
 
 

@@ -207,7 +207,7 @@ def _normalise_tent_sums(src, p: ScatterPlan, h: int, w: int, poll) -> None:
     for parity in (0, 1):
         todo = np.arange(parity, n_rows, 2, dtype=np.int64)
         for group in _groups(todo, row_nodes[todo], NODES_PER_BAND):
-            kernel_threads()
+            kernel_threads(int(row_nodes[group].sum()))
             k.tent_sums(p.blocks, row_ptr, group, h, w, sums)
             _poll(poll)
     np.divide(src, sums[:, :, None], out=src, where=(sums > 0)[:, :, None])
@@ -307,12 +307,11 @@ def _scatter_matrix(src, p: ScatterPlan, mat, h, w, acc, poll):
     with np.errstate(invalid="ignore"):
         top, bottom = lay["lo"][live, 1] - lay["margin"][live], lay["hi"][live, 1] + lay["margin"][live]
     anywhere = ~lay["finite"][live]
-    threads = kernel_threads()
     for b0, b1 in _bands(work):
+        threads = kernel_threads(int(work[b0:b1].sum()))
         edges = _split_rows(work, b0, b1, threads)
         lists = [live[anywhere | ((bottom >= r0) & (top <= r1))] for r0, r1 in zip(edges[:-1], edges[1:])]
         ptr = np.concatenate([[0], np.cumsum([len(x) for x in lists])]).astype(np.int64)
-        kernel_threads()
         k.scatter_matrix(src, p.blocks, _strip_rows(edges, ho), ptr, np.concatenate(lists).astype(np.int64),
                          h, w, mat, acc)
         _poll(poll)
@@ -345,14 +344,14 @@ def _scatter_generic(src, p: ScatterPlan, h, w, dst_from_src, acc, poll):
         total = int(counts[chunk].sum())
         xy = np.empty((total, 2))
         node_m = np.empty(total, dtype=np.int64)
-        kernel_threads()
+        kernel_threads(total)
         k.list_nodes(np.ascontiguousarray(pieces[chunk]), first, h, w, xy, node_m)
         with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
             pos = np.ascontiguousarray(dst_from_src.map(xy))
             jac = dst_from_src.jacobian(xy)
         rows = np.stack([np.hypot(jac[:, 0, 0], jac[:, 0, 1]), np.hypot(jac[:, 1, 0], jac[:, 1, 1])], 1)
         del jac
-        threads = kernel_threads()
+        threads = kernel_threads(total)
         work = np.bincount(np.clip(np.nan_to_num(pos[:, 1], nan=-1.0), 0, ho - 1).astype(np.int64),
                            minlength=ho) + 1.0
         edges = _split_rows(work, 0, ho, threads)

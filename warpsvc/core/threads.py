@@ -92,11 +92,19 @@ def set_threads(n: int | None, *, opencv: bool = True) -> int:
     return n_eff
 
 
-def kernel_threads() -> int:
-    """Apply the setting to numba in the calling thread (thread-local there); returns it."""
+MIN_WORK_PER_THREAD = 1 << 16  # elements / nodes (~50 us of work): below, waking a thread costs more
+
+
+def kernel_threads(work: int | None = None) -> int:
+    """Apply the setting to numba in the calling thread (thread-local there) and return it;
+    with a ``work`` size (elements or nodes), at most one thread per ``MIN_WORK_PER_THREAD``
+    (a small launch runs on the calling thread alone: waking pool threads would cost more,
+    and on a busy machine a woken thread may wait for a core)."""
     import numba
 
     n = min(get_threads(), numba.config.NUMBA_NUM_THREADS)
+    if work is not None:
+        n = max(1, min(n, int(work) // MIN_WORK_PER_THREAD))
     if numba.get_num_threads() != n:
         numba.set_num_threads(n)
     return n
