@@ -114,6 +114,14 @@ def test_estimate_bounds_the_memory_really_used():
         assert peak >= 0.3 * cost.working_bytes  # and it is not wildly pessimistic
 
 
+def test_antialias_cost_validates_its_arguments():
+    for kwargs, field in [({"border": "mirror"}, "border"), ({"border_value": "x"}, "border_value"),
+                          ({"intensity": "sum"}, "intensity")]:
+        with pytest.raises(InvalidArgumentError) as exc:
+            antialias_cost(np.ones((5, 5)), AffineTransform.identity(), **kwargs)
+        assert exc.value.field == field
+
+
 def test_bad_limits_are_rejected():
     for kwargs in ({"max_transform_steps": 0}, {"max_nodes_per_pixel": -1.0}, {"max_bytes_per_sample": "x"}):
         with pytest.raises(InvalidArgumentError) as exc:

@@ -57,6 +57,16 @@ def _poll(poll) -> None:
         poll()
 
 
+def _check_border_value(border_value) -> float:
+    try:
+        bv = float(border_value)
+    except (TypeError, ValueError):
+        raise InvalidArgumentError(f"border_value must be a number, got {border_value!r}", field="border_value") from None
+    if not math.isfinite(bv):
+        raise InvalidArgumentError("border_value must be finite", field="border_value")
+    return bv
+
+
 def _float_dtype(dtype) -> np.dtype:
     return np.dtype(np.float64) if dtype == np.float64 else np.dtype(np.float32)
 
@@ -158,12 +168,7 @@ def warp(
         raise InvalidArgumentError(
             f"antialias integrates the linear (tent) source model; interpolation must be 'linear', "
             f"got {interpolation!r}", field="interpolation")
-    try:
-        bv = float(border_value)
-    except (TypeError, ValueError):
-        raise InvalidArgumentError(f"border_value must be a number, got {border_value!r}", field="border_value") from None
-    if not math.isfinite(bv):
-        raise InvalidArgumentError("border_value must be finite", field="border_value")
+    bv = _check_border_value(border_value)
     if output_shape is None:
         output_shape = transform.default_output_shape(img.shape[:2])
     shape = check_shape(output_shape)
@@ -258,7 +263,7 @@ def antialias_cost(image, transform, output_shape=None, *, border: str = "consta
     check_choice(border, BORDERS, "border")
     check_choice(intensity, INTENSITIES, "intensity")
     shape = check_shape(transform.default_output_shape(img.shape[:2]) if output_shape is None else output_shape)
-    opts = SampleOptions("linear", border, float(border_value))
+    opts = SampleOptions("linear", border, _check_border_value(border_value))
     return _antialias_setup(img, transform, transform.inverse(), shape, opts, intensity,
                             transform.source_row_period())[-1]
 
