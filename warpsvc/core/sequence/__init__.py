@@ -11,5 +11,7 @@ from .aligner import SequenceAligner
 from .api import align_sequence
 from .options import SequenceOptions
 from .result import METHODS, FrameResult
+from .stack import StackOptions, StackResult, Stacker, stack
 
-__all__ = ["METHODS", "FrameResult", "SequenceAligner", "SequenceOptions", "align_sequence"]
+__all__ = ["METHODS", "FrameResult", "SequenceAligner", "SequenceOptions", "StackOptions", "StackResult", "Stacker",
+           "align_sequence", "stack"]

@@ -7,7 +7,7 @@ Per frame ``k`` (``p`` the previous registered frame, ``ref_from_p`` its registr
 
     step     = align(template=p, image=k, init=prior)          # p_from_k, small motion
     chained  = ref_from_p @ step                                # the chain rule
-    for anchor in [reference, keyframes by predicted overlap]:  # re-anchoring
+    for anchor in [reference, keyframes] by predicted overlap:  # re-anchoring
         if overlap(anchor, k | chained) >= anchor_min_overlap:
             direct = align(template=anchor crop, image=k, init=anchor_from_ref @ chained)
             if direct converged: ref_from_k = ref_from_anchor @ direct; stop
@@ -201,13 +201,16 @@ class SequenceAligner:
             cov_at=lambda pts: joint_point_covariance(result, pts, offset))
 
     def _anchor_candidates(self, ref_from_frame: np.ndarray, frame_shape) -> list[_Node]:
-        """Anchors worth a direct alignment: the reference first, then keyframes by predicted
-        overlap, those whose predicted overlap is at least ``anchor_min_overlap``."""
+        """Anchors worth a direct alignment (predicted overlap >= ``anchor_min_overlap``), best
+        first: the reference when it sees at least ``keyframe_overlap`` of the frame (no hop
+        error), otherwise by predicted overlap (a small overlap makes a less accurate alignment,
+        more than a keyframe hop costs)."""
         scored = []
         for node in [self._reference] + self.keyframes:
             overlap = predicted_overlap(node.from_ref @ ref_from_frame, frame_shape, node.image.shape)
             if overlap >= self.options.anchor_min_overlap:
-                scored.append((0 if node.is_reference else 1, -overlap, len(scored), node))
+                preferred = node.is_reference and overlap >= self.options.keyframe_overlap
+                scored.append((0 if preferred else 1, -overlap, len(scored), node))
         scored.sort(key=lambda t: t[:3])
         return [t[3] for t in scored[:self.options.max_anchor_attempts]]
 

@@ -34,8 +34,9 @@ class SequenceOptions:
         reference still anchor within one keyframe hop.
     max_keyframes : keyframes kept (memory: one frame each); beyond it the one the current frame
         overlaps least is dropped.
-    max_anchor_attempts : direct alignments tried per frame (the reference first, then keyframes
-        by predicted overlap); the first that converges wins.
+    max_anchor_attempts : direct alignments tried per frame (the reference first when it sees
+        at least ``keyframe_overlap`` of the frame, then the anchors by predicted overlap); the
+        first that converges wins.
     anchor_margin : pixels added around the frame's predicted footprint when the anchor is
         cropped to it (the anchor image is cut to that box before aligning, which keeps the
         strongest-gradient pixels inside the overlap and the cost independent of its size).
