@@ -3,10 +3,11 @@
     python benchmarks/bench_sequence.py                 # 300 frames (the issue's figure)
     python benchmarks/bench_sequence.py --frames 60     # smoke run
 
-Data. ``skimage.data.astronaut()`` (grey, 512x512, Gaussian blur sigma = 1 px for the optics)
-seen by a 192x256 camera whose ``photo_from_frame`` homography does a bounded random walk: a
-drift whose velocity is itself a random walk (per frame N(0, 0.25 px) per axis, N(0, 0.03 deg)
-of roll, N(0, 0.05 %) of zoom; damped 0.99; reflected at +-90 / +-60 px, +-12 deg, +-6 %), plus
+Data. ``skimage.data.astronaut()`` (grey, enlarged 1.5x to 768x768 with bicubic interpolation
+to leave room for the drift, Gaussian blur sigma = 1 px for the optics) seen by a 192x256
+camera whose ``photo_from_frame`` homography does a bounded random walk: a drift whose
+velocity is itself a random walk (per frame N(0, 0.35 px) per axis, N(0, 0.05 deg) of roll,
+N(0, 0.05 %) of zoom; damped 0.99; reflected at +-150 / +-100 px, +-20 deg, +-6 %), plus
 per-frame shake (N(0, 1.5 px) per axis, N(0, 0.15 deg), N(0, 0.1 %)) and perspective terms
 walking by N(0, 5e-6) within +-1e-4. Frames are rendered with the
 antialiased warp (each pixel integrates the photograph over its footprint: a shift-invariant
@@ -68,6 +69,7 @@ from warpsvc.core.sequence import SequenceOptions, align_sequence, stack  # noqa
 from warpsvc.core.sequence.options import default_align_options  # noqa: E402
 
 FRAME = (192, 256)  # (h, w)
+PHOTO_SCALE = 1.5
 CHI2_2DOF_95 = 5.991464547107979
 BLOCK = 30
 NOISE_COUNTS = (1, 4, 16, 64, 300)
@@ -75,8 +77,10 @@ NOISE_COUNTS = (1, 4, 16, 64, 300)
 
 # -- the sequence ------------------------------------------------------------------------------
 def photograph() -> np.ndarray:
-    grey = color.rgb2gray(data.astronaut()) * 255.0
-    return ndi.gaussian_filter(grey.astype(np.float32), 1.0)
+    """The astronaut, grey, enlarged 1.5x (room for the drift) and blurred by 1 px (optics)."""
+    grey = (color.rgb2gray(data.astronaut()) * 255.0).astype(np.float32)
+    grey = cv2.resize(grey, None, fx=PHOTO_SCALE, fy=PHOTO_SCALE, interpolation=cv2.INTER_CUBIC)
+    return ndi.gaussian_filter(grey, 1.0)
 
 
 def reflect(value, velocity, bound):
@@ -99,8 +103,8 @@ def trajectory(n: int, seed: int, photo_shape) -> list[np.ndarray]:
     # state: drift (tx, ty, roll, zoom) and its velocity; shake is added on top per frame
     pos = np.zeros(4)
     vel = np.zeros(4)
-    bounds = np.array([90.0, 60.0, np.deg2rad(12.0), 0.06])
-    accel = np.array([0.25, 0.25, np.deg2rad(0.03), 0.0005])
+    bounds = np.array([150.0, 100.0, np.deg2rad(20.0), 0.06])
+    accel = np.array([0.35, 0.35, np.deg2rad(0.05), 0.0005])
     shake = np.array([1.5, 1.5, np.deg2rad(0.15), 0.001])
     persp = np.zeros(2)
     out = []

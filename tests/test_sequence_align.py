@@ -21,7 +21,7 @@ import warpsvc
 from warpsvc.core.errors import InvalidArgumentError, InvalidImageError
 from warpsvc.core.sequence import FrameResult, SequenceAligner, SequenceOptions, align_sequence
 from warpsvc.core.sequence.geometry import (
-    chain_covariance, corner_chart_point_covariance, corners_of, joint_point_covariance,
+    chain_covariance, corner_chart_point_covariance, corners_of, fuse, joint_point_covariance,
 )
 
 # Tolerances (policy). Registered frames: corner error in reference pixels (issue 15 asks 0.1 px;
@@ -290,6 +290,20 @@ def test_four_corner_chart_point_covariance_matches_monte_carlo():
         assert np.linalg.norm(emp - predicted[i]) < MC_RTOL * np.linalg.norm(predicted[i])
 
 
+def test_fusion_is_the_information_weighted_mean_of_the_corners():
+    x_ref = corners_of(FRAME)
+    a = np.array([[1.0, 0.01, 3.0], [0.0, 1.0, -2.0], [1e-5, 0.0, 1.0]])  # reference_from_frame estimates
+    b = np.array([[1.0, 0.01, 3.2], [0.0, 1.0, -2.1], [1e-5, 0.0, 1.0]])
+    ca, cb = (warpsvc.HomographyTransform(np.linalg.inv(m)).map(x_ref) for m in (a, b))
+    s = np.eye(8) * 0.01
+    fused, cov = fuse(x_ref, [(a, s), (b, 3 * s)])  # weights 3/4 and 1/4
+    got = warpsvc.HomographyTransform(np.linalg.inv(fused)).map(x_ref)
+    np.testing.assert_allclose(got, 0.75 * ca + 0.25 * cb, atol=1e-9)
+    np.testing.assert_allclose(cov, s)  # the best single estimate's (conservative)
+    only, only_cov = fuse(x_ref, [(a, s), (b, None)])
+    assert only is a and only_cov is s
+
+
 def test_anchored_result_covariance_is_the_direct_alignment_covariance():
     truth = walk(3, seed=47, step_px=2.0)
     ref, frame = render(truth[0], 1, noise=3.0), render(truth[2], 3, noise=3.0)
@@ -321,7 +335,7 @@ def test_bad_arguments_name_their_field():
         align_sequence(frames, options={"reanchor": False})
     assert e.value.field == "options"
     for name, value in (("anchor_min_overlap", 0.0), ("max_keyframes", -1), ("motion_prior", "fast"),
-                        ("reanchor", 1), ("align", "gain_bias")):
+                        ("reanchor", 1), ("align", "gain_bias"), ("trust_overlap", 1.5), ("fuse", "yes")):
         with pytest.raises(InvalidArgumentError) as e:
             align_sequence(frames, options=SequenceOptions(**{name: value}))
         assert e.value.field == name

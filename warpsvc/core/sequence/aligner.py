@@ -10,7 +10,8 @@ Per frame ``k`` (``p`` the previous registered frame, ``ref_from_p`` its registr
     for anchor in [reference, keyframes] by predicted overlap:  # re-anchoring
         if overlap(anchor, k | chained) >= anchor_min_overlap:
             direct = align(template=anchor crop, image=k, init=anchor_from_ref @ chained)
-            if direct converged: ref_from_k = ref_from_anchor @ direct; stop
+    ref_from_k = ref_from_anchor @ direct  # the converged one of least propagated covariance
+                                           # (the reference at once when it sees most of k)
 
 so the chained estimate only seeds a direct alignment whose error does not depend on how many
 frames came before; it is the result only when no anchor can be reached (``method="chained"``).
@@ -28,7 +29,7 @@ from ..align import align
 from ..errors import InvalidArgumentError, InvalidImageError
 from ..validate import check_image
 from .geometry import (
-    apply, chain_covariance, corners_of, footprint_box, joint_point_covariance, normalised,
+    apply, chain_covariance, fuse, corners_of, footprint_box, joint_point_covariance, normalised,
     predicted_overlap, translation,
 )
 from .options import SequenceOptions
@@ -135,29 +136,28 @@ class SequenceAligner:
             chained_cov = None
         method, chosen, anchor_node = (CHAINED, step, prev) if step.converged else (UNREGISTERED, step, None)
         cancelled = step.reason == CANCELLED
+        found = []  # converged direct alignments: (trace, registration, node, covariance)
         if prev.is_reference and step.converged:
             method = ANCHORED  # the step was a direct alignment to the reference
         elif prev in self.keyframes and step.converged:
             method = KEYFRAME
         elif self.options.reanchor and not cancelled:
-            for node in self._anchor_candidates(chained, img.shape):
-                if node is prev:  # already tried: it was the step
-                    continue
-                n_align += 1
-                direct = self._register(node.image, frame, normalised(node.from_ref @ chained), opts)
-                if direct.converged:
-                    method, chosen, anchor_node = (ANCHORED if node.is_reference else KEYFRAME), direct, node
-                    break
-                if direct.reason == CANCELLED:
-                    cancelled = True
-                    break
+            found, cancelled, tried = self._anchor(frame, img.shape, chained, prev, opts)
+            n_align += tried
+            if found:
+                chosen, anchor_node = found[0][1], found[0][2]
+                method = ANCHORED if anchor_node.is_reference else KEYFRAME
         if cancelled:  # an interrupted frame leaves the state untouched
             method, chosen = UNREGISTERED, _Registration(np.eye(3), False, CANCELLED, np.nan, np.nan, None)
+            found = []
         registered = method != UNREGISTERED
         if registered:
             ref_from = normalised(anchor_node.ref_from @ chosen.anchor_from_frame)
             cov = chained_cov if method == CHAINED else self._through(anchor_node, chosen)
             hops = anchor_node.hops + 1
+            if method in (ANCHORED, KEYFRAME) and len(found) > 1 and self.options.fuse and self.model == "homography":
+                ref_from, cov = fuse(self._ref_corners, [(normalised(n.ref_from @ r.anchor_from_frame), c)
+                                                         for _, r, n, c in found])
         else:
             ref_from, cov, hops = chained, None, prev.hops + 1
         from_ref = normalised(np.linalg.inv(ref_from))
@@ -200,19 +200,42 @@ class SequenceAligner:
             reason=result.reason, zncc=float(result.zncc), rms_error=float(result.rms_error),
             cov_at=lambda pts: joint_point_covariance(result, pts, offset))
 
-    def _anchor_candidates(self, ref_from_frame: np.ndarray, frame_shape) -> list[_Node]:
+    def _anchor(self, frame, frame_shape, chained, prev, opts):
+        """Direct alignments to the anchor candidates from the chained estimate: ``(found,
+        cancelled, tried)``, ``found`` the converged ones as ``(trace, registration, node,
+        covariance)``, least covariance first."""
+        found, tried = [], 0
+        for node, preferred in self._anchor_candidates(chained, frame_shape):
+            if node is prev:  # already tried: it was the step
+                continue
+            tried += 1
+            direct = self._register(node.image, frame, normalised(node.from_ref @ chained), opts)
+            if direct.reason == CANCELLED:
+                return [], True, tried
+            if not direct.converged:
+                continue
+            cov = self._through(node, direct)
+            found.append((np.inf if cov is None else float(np.trace(cov)), direct, node, cov))
+            if preferred:  # the reference sees most of the frame: take it
+                break
+        found.sort(key=lambda t: t[0])
+        return found, False, tried
+
+    def _anchor_candidates(self, ref_from_frame: np.ndarray, frame_shape) -> list[tuple[_Node, bool]]:
         """Anchors worth a direct alignment (predicted overlap >= ``anchor_min_overlap``), best
-        first: the reference when it sees at least ``keyframe_overlap`` of the frame (no hop
-        error), otherwise by predicted overlap (a small overlap makes a less accurate alignment,
+        first, each with whether it is *preferred*: the reference when it sees at least
+        ``trust_overlap`` of the frame (no hop error; its result is taken at once). Otherwise
+        the anchors by predicted overlap, all tried, and the converged result with the smallest
+        propagated covariance wins (a small overlap makes a less accurate alignment, sometimes
         more than a keyframe hop costs)."""
         scored = []
         for node in [self._reference] + self.keyframes:
             overlap = predicted_overlap(node.from_ref @ ref_from_frame, frame_shape, node.image.shape)
             if overlap >= self.options.anchor_min_overlap:
-                preferred = node.is_reference and overlap >= self.options.keyframe_overlap
-                scored.append((0 if preferred else 1, -overlap, len(scored), node))
+                preferred = node.is_reference and overlap >= self.options.trust_overlap
+                scored.append((0 if preferred else 1, -overlap, len(scored), node, preferred))
         scored.sort(key=lambda t: t[:3])
-        return [t[3] for t in scored[:self.options.max_anchor_attempts]]
+        return [(t[3], t[4]) for t in scored[:self.options.max_anchor_attempts]]
 
     def _advance(self, frame, result: FrameResult, step: _Registration) -> None:
         """The registered frame becomes the previous one; a keyframe when no anchor sees enough."""

@@ -106,6 +106,34 @@ def chain_covariance(c_a: np.ndarray, cov_a: np.ndarray | None, k_from_a: np.nda
     return 0.5 * (cov + cov.T)
 
 
+def fuse(ref_corners: np.ndarray, estimates) -> tuple[np.ndarray, np.ndarray | None]:
+    """Combine estimates ``(reference_from_frame, S)`` of one frame's registration.
+
+    In the four-corner chart each estimate is ``c_i = frame_from_ref_i(X_ref)`` with covariance
+    ``S_i``; the information-weighted mean ``c = (sum S_i^-1)^-1 sum S_i^-1 c_i`` (the best
+    linear unbiased combination of independent estimates) is turned back into a homography
+    through the four points. The estimates share the frame's noise (and a keyframe's own
+    registration came partly from the reference), so they are positively correlated and
+    ``(sum S_i^-1)^-1`` would be optimistic; the covariance returned is the best single
+    estimate's (conservative: a combination is never worse than its best member to first order
+    when the weights are right). Estimates without a covariance are left out; with fewer than
+    two left the first estimate is returned unchanged.
+    """
+    usable = [(m, s) for m, s in estimates if s is not None]
+    if len(usable) < 2:
+        return estimates[0]
+    info_sum = np.zeros((8, 8))
+    weighted = np.zeros(8)
+    for m, s in usable:
+        info = np.linalg.pinv(s, hermitian=True)
+        info_sum += info
+        weighted += info @ apply(np.linalg.inv(m), ref_corners).ravel()
+    c = np.linalg.solve(info_sum, weighted).reshape(4, 2)
+    frame_from_ref = HomographyTransform.from_points(ref_corners, c).matrix
+    best = min(usable, key=lambda e: float(np.trace(e[1])))
+    return normalised(np.linalg.inv(frame_from_ref)), best[1]
+
+
 def corner_chart_point_covariance(k_from_ref: np.ndarray, ref_corners: np.ndarray, cov: np.ndarray,
                                   xy) -> np.ndarray:
     """``(N, 2, 2)`` covariance of ``k_from_ref(xy)`` given the ``(8, 8)`` covariance of the

@@ -34,24 +34,32 @@ class SequenceOptions:
         reference still anchor within one keyframe hop.
     max_keyframes : keyframes kept (memory: one frame each); beyond it the one the current frame
         overlaps least is dropped.
-    max_anchor_attempts : direct alignments tried per frame (the reference first when it sees
-        at least ``keyframe_overlap`` of the frame, then the anchors by predicted overlap); the
-        first that converges wins.
+    trust_overlap : when the reference sees at least this fraction of the frame, a converged
+        direct alignment to it is taken at once (one alignment; otherwise see
+        ``max_anchor_attempts``).
+    max_anchor_attempts : direct alignments tried per frame when the reference alone is not
+        trusted: up to this many anchors by predicted overlap; the converged results are fused
+        (``fuse``) or the one with the smallest propagated covariance (trace) wins.
     anchor_margin : pixels added around the frame's predicted footprint when the anchor is
         cropped to it (the anchor image is cut to that box before aligning, which keeps the
         strongest-gradient pixels inside the overlap and the cost independent of its size).
     motion_prior : initial guess of a frame-to-frame step: ``"static"`` (identity; a shaky
         camera's increments are independent) or ``"constant_velocity"`` (the previous step; pans).
+    fuse : when several anchors converge (the reference sees less than ``trust_overlap`` of
+        the frame), combine their estimates weighted by their covariances (homography model;
+        :func:`~warpsvc.core.sequence.geometry.fuse`) instead of keeping the best one.
     """
 
     align: AlignOptions | None = None
     reanchor: bool = True
     anchor_min_overlap: float = 0.3
     keyframe_overlap: float = 0.6
+    trust_overlap: float = 0.8
     max_keyframes: int = 4
     max_anchor_attempts: int = 2
     anchor_margin: int = 8
     motion_prior: str = "static"
+    fuse: bool = True
 
     def checked(self) -> SequenceOptions:
         if self.align is not None and not isinstance(self.align, AlignOptions):
@@ -59,10 +67,13 @@ class SequenceOptions:
                                        field="align")
         if self.align is not None:
             self.align.checked()
+        if not isinstance(self.fuse, bool):
+            raise InvalidArgumentError(f"fuse must be a bool, got {self.fuse!r}", field="fuse")
         if not isinstance(self.reanchor, bool):
             raise InvalidArgumentError(f"reanchor must be a bool, got {self.reanchor!r}", field="reanchor")
         _fraction(self.anchor_min_overlap, "anchor_min_overlap")
         _fraction(self.keyframe_overlap, "keyframe_overlap")
+        _fraction(self.trust_overlap, "trust_overlap")
         _int_in(self.max_keyframes, 0, 1024, "max_keyframes")
         _int_in(self.max_anchor_attempts, 1, 1024, "max_anchor_attempts")
         _int_in(self.anchor_margin, 0, 1 << 16, "anchor_margin")
