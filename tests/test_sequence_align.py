@@ -9,6 +9,7 @@ against ``AlignResult.point_covariance``.
 """
 
 import gc
+import json
 import tracemalloc
 import weakref
 
@@ -175,6 +176,11 @@ def test_reference_image_registers_every_frame_to_it():
         assert r.registered and r.hops == 1
         assert corner_error(r.matrix, np.linalg.inv(ref_truth) @ truth[r.index]) < FRAME_TOL
         assert np.array_equal(r.matrix[2], [0, 0, 1])  # affine model stays affine
+    row = json.loads(json.dumps(results[3].to_dict()))  # a trajectory row
+    assert row["index"] == 3 and row["method"] == "anchored" and len(row["corner_sd"]) == 4
+    np.testing.assert_allclose(row["matrix"], results[3].matrix)
+    np.testing.assert_allclose(np.square(row["corner_sd"]),
+                               [np.linalg.eigvalsh(b)[-1] for b in results[3].corner_covariance])
 
 
 def test_failed_frame_is_reported_and_the_chain_resumes_from_the_last_good_frame():
