@@ -10,8 +10,9 @@ Per frame ``k`` (``p`` the previous registered frame, ``ref_from_p`` its registr
     for anchor in [reference, keyframes] by predicted overlap:  # re-anchoring
         if overlap(anchor, k | chained) >= anchor_min_overlap:
             direct = align(template=anchor crop, image=k, init=anchor_from_ref @ chained)
-    ref_from_k = ref_from_anchor @ direct  # the converged one of least propagated covariance
-                                           # (the reference at once when it sees most of k)
+    ref_from_k = ref_from_anchor @ direct  # the reference at once when it sees most of k; else
+                                           # the converged ones fused by covariance (homography)
+                                           # or the one of least propagated covariance
 
 so the chained estimate only seeds a direct alignment whose error does not depend on how many
 frames came before; it is the result only when no anchor can be reached (``method="chained"``).
