@@ -117,7 +117,7 @@ class HostileServer:
             resp = getattr(self.stub, method)(request, timeout=deadline, metadata=metadata)
             return Outcome(grpc.StatusCode.OK, "", time.monotonic() - start, None, resp)
         except grpc.RpcError as err:
-            return Outcome(err.code(), err.details() or "", time.monotonic() - start, _violation(err))
+            return Outcome(err.code(), err.details() or "", time.monotonic() - start, violation(err))
 
     def peak_growth_mib(self) -> float:
         """Peak resident memory since start (VmHWM) above the post-warm-up resident memory."""
@@ -154,12 +154,12 @@ class HostileServer:
         raise AssertionError(f"no access-log line for {method}")
 
 
-def _violation(err: grpc.RpcError) -> str | None:
+def violation(err: grpc.RpcError) -> str | None:
     status = rpc_status.from_call(err)
     for detail in status.details if status else ():
         bad = error_details_pb2.BadRequest()
-        if detail.Unpack(bad) and bad.field_violations:
-            return bad.field_violations[0].field
+        if detail.Unpack(bad) and bad.fieldviolations:
+            return bad.fieldviolations[0].field
     return None
 
 

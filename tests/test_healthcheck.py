@@ -30,12 +30,12 @@ CPU_BOUND_S = 0.3
 needs_openssl = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl CLI not installed")
 
 
-def probe(*args: str, env: dict | None = None, as_module: bool = True) -> subprocess.CompletedProcess:
-    """Run the probe as a user would; ``env`` replaces every WARPSVC_* variable."""
+def probe(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run ``python -m warpsvc.healthcheck`` as a user would; ``env`` replaces every WARPSVC_* variable."""
     full = {k: v for k, v in os.environ.items() if not k.startswith("WARPSVC_")}
     full.update(env or {})
-    cmd = [sys.executable, "-m", "warpsvc.healthcheck"] if as_module else [sys.executable, str(PROBE_FILE)]
-    return subprocess.run([*cmd, *args], cwd=REPO, env=full, capture_output=True, text=True, timeout=60)
+    return subprocess.run([sys.executable, "-m", "warpsvc.healthcheck", *args], check=False, cwd=REPO, env=full,
+                          capture_output=True, text=True, timeout=60)
 
 
 # -- the environment names are the server's --------------------------------------------------------

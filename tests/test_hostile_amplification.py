@@ -23,8 +23,19 @@ import time
 import grpc
 import numpy as np
 import pytest
-from hostile_server import (CLIENT_ERRORS, HealthWatch, affine, deflate_tiff, duplicate_sizes, encoded,
-                            hostile_server, long8_sizes, polar_chain, progressive_jpeg, tensor)
+from hostile_server import (
+    CLIENT_ERRORS,
+    HealthWatch,
+    affine,
+    deflate_tiff,
+    duplicate_sizes,
+    encoded,
+    hostile_server,
+    long8_sizes,
+    polar_chain,
+    progressive_jpeg,
+    tensor,
+)
 
 from warpsvc.v1 import warp_pb2 as pb
 
@@ -32,7 +43,7 @@ EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 SLACK_S = 1.0  # "answered within its deadline + 1 s"
 STOP_MS = 100  # work stops within ~100 ms of the deadline ...
-LOG_SLACK_MS = 400  # ... plus scheduling on a loaded shared machine
+LOG_SLACK_MS = 200  # ... plus scheduling on a loaded shared machine
 
 
 def xfail(fix: str):
@@ -68,30 +79,24 @@ TIFF_LIMIT = ("--max-input-pixels", "40000")
 TIFF_RSS_BOUND_MIB = 32  # a 40 000-pixel limit: ~0.3 MiB decoded at most; the bound is allocator noise
 
 
-@xfail("decode_encoded must use image_probe (first duplicate ImageWidth/ImageLength, as libtiff)")
-def test_tiff_duplicate_size_tags():
-    """ImageWidth/ImageLength 4096 first (libtiff decodes 4096^2: +80 MiB), a 1x1 decoy after."""
-    data = deflate_tiff(4096, 4096, size_entries=duplicate_sizes(4096, 4096))
+TIFF_CASES = [
+    # ImageWidth/ImageLength 4096 first (libtiff decodes 4096^2: +80 MiB), a 1x1 decoy after
+    pytest.param(lambda: deflate_tiff(4096, 4096, size_entries=duplicate_sizes(4096, 4096)), id="duplicate-size-tags",
+                 marks=xfail("decode_encoded must use image_probe (first duplicate ImageWidth/ImageLength)")),
+    # sizes typed LONG8 (stored after the directory): the old reader took the offsets as sizes
+    pytest.param(lambda: deflate_tiff(4096, 4096, size_entries=long8_sizes(4096, 4096)), id="long8-size-tags",
+                 marks=xfail("decode_encoded must use image_probe (LONG8 size tags read as libtiff reads them)")),
+    # a 1x1 image in one 4096^2 tile: a 64 MiB RGBA tile buffer (the issue's 8192^2: +250 MiB)
+    pytest.param(lambda: deflate_tiff(1, 1, tile=4096), id="1x1-image-4096-tile",
+                 marks=xfail("decode_encoded must bound the tile/strip buffer (image_probe buffer_bytes)")),
+]
+
+
+@pytest.mark.parametrize("make", TIFF_CASES)
+def test_tiff_parsed_as_libtiff_parses_it(make):
+    """Small deflate TIFFs (~20 KB) that decode far larger than the header check believed."""
     with hostile_server(*TIFF_LIMIT) as s:
-        run_case(s, "Warp", _warp(encoded(data), [affine(1, 0, 0, 0, 1, 0)]), 10, codes={EXHAUSTED},
-                 field="image.encoded", rss_bound_mib=TIFF_RSS_BOUND_MIB)
-
-
-@xfail("decode_encoded must use image_probe (LONG8 size tags read as libtiff reads them)")
-def test_tiff_long8_size_tags():
-    """Sizes typed LONG8 (stored after the directory): the old reader took the offsets as sizes."""
-    data = deflate_tiff(4096, 4096, size_entries=long8_sizes(4096, 4096))
-    with hostile_server(*TIFF_LIMIT) as s:
-        run_case(s, "Warp", _warp(encoded(data), [affine(1, 0, 0, 0, 1, 0)]), 10, codes={EXHAUSTED},
-                 field="image.encoded", rss_bound_mib=TIFF_RSS_BOUND_MIB)
-
-
-@xfail("decode_encoded must bound the tile/strip buffer (image_probe.ImageCost.buffer_bytes)")
-def test_tiff_one_pixel_with_a_4096_tile():
-    """A 1x1 image in one 4096^2 tile: a 64 MiB RGBA tile buffer (the issue's 8192^2: +250 MiB)."""
-    data = deflate_tiff(1, 1, tile=4096)
-    with hostile_server(*TIFF_LIMIT) as s:
-        run_case(s, "Warp", _warp(encoded(data), [affine(1, 0, 0, 0, 1, 0)]), 10, codes={EXHAUSTED},
+        run_case(s, "Warp", _warp(encoded(make()), [affine(1, 0, 0, 0, 1, 0)]), 10, codes={EXHAUSTED},
                  field="image.encoded", rss_bound_mib=TIFF_RSS_BOUND_MIB)
 
 
@@ -164,9 +169,10 @@ def _deadline_cases():
                      marks=DEADLINE_FIX, id="Warp"),
         pytest.param("JacobianDeterminant", pb.JacobianDeterminantRequest(transforms=chain, output_shape=grid), 0.3,
                      marks=DEADLINE_FIX, id="JacobianDeterminant"),
-        # Align polls its deadline between iterations; its set-up does not (issue 13), which at
-        # this size (1 Mpx template) still fits the slack: logged DEADLINE_EXCEEDED after ~600 ms.
-        pytest.param("Align", align, 0.2, id="Align"),
+        # Align polls its deadline between iterations but not in its set-up: at this size (1 Mpx
+        # template) logged DEADLINE_EXCEEDED after 605 ms on a quiet machine, 3111 ms on a busy one.
+        pytest.param("Align", align, 0.2, id="Align",
+                     marks=xfail("Align set-up (pyramids, Jacobians) must poll the deadline too")),
     ]
 
 

@@ -15,17 +15,25 @@ still be alive and answer a valid request; at the end its peak resident memory (
 
 from __future__ import annotations
 
-import pathlib
 import struct
 
 import cv2
 import grpc
 import numpy as np
 import pytest
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
-from hostile_server import (CLIENT_ERRORS, HealthWatch, affine, deflate_tiff, encoded, hostile_server, polar_chain,
-                            progressive_jpeg, tensor)
+from hostile_server import (
+    CLIENT_ERRORS,
+    HealthWatch,
+    affine,
+    deflate_tiff,
+    encoded,
+    hostile_server,
+    polar_chain,
+    proc_status,
+    progressive_jpeg,
+    tensor,
+    violation,
+)
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from interop.harness import ServerProcess, wait_serving
@@ -97,15 +105,6 @@ def _field_bytes(number: int, payload: bytes) -> bytes:
 
 
 # -- the server ----------------------------------------------------------------------------------
-def _status(pid: int) -> dict[str, int]:
-    out = {}
-    for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            out[key] = int(value.split()[0])  # KiB
-    return out
-
-
 class Hostile:
     """The subprocess server, a channel, and helpers that send a case and check the answer."""
 
@@ -134,8 +133,8 @@ class Hostile:
         assert err.code() in codes, (err.code(), err.details())
         if field is not None:
             assert err.details().startswith(field), err.details()
-            violation = _violation(err)
-            assert violation is not None and violation.startswith(field), (violation, err.details())
+            named = violation(err)
+            assert named is not None and named.startswith(field), (named, err.details())
         return err
 
     def alive(self) -> None:
@@ -143,15 +142,6 @@ class Hostile:
         out = self.stub.Warp(pb.WarpRequest(image=_tensor(), transforms=SHIFT), timeout=DEADLINE_S)
         assert list(out.image.tensor.shape) == [40, 50, 3]
         assert self.srv.proc.poll() is None
-
-
-def _violation(err: grpc.RpcError) -> str | None:
-    status = rpc_status.from_call(err)
-    for detail in status.details if status else ():
-        bad = error_details_pb2.BadRequest()
-        if detail.Unpack(bad) and bad.field_violations:
-            return bad.field_violations[0].field
-    return None
 
 
 @pytest.fixture(scope="module")
@@ -166,7 +156,7 @@ def server():
             h = Hostile(srv, channel)
             for _ in range(5):  # warm up: imports, first allocations, thread pool
                 h.alive()
-            h.baseline = _status(srv.proc.pid)
+            h.baseline = proc_status(srv.proc.pid)
             yield h
 
 
@@ -304,7 +294,7 @@ def test_corrupt_files(h, name, edits, header):
     out = h.call("Warp", _warp(image=_encoded(bytes(data))))
     if isinstance(out, grpc.RpcError):
         assert out.code() in REFUSALS and out.details().startswith("image"), (out.code(), out.details())
-        assert (_violation(out) or "").startswith("image")
+        assert (violation(out) or "").startswith("image")
     else:
         assert out.image.WhichOneof("kind") == "tensor"
 
@@ -546,7 +536,7 @@ def test_zz_memory_bounded_and_case_count(server, request):
     """Last in the file: the server survived everything, its peak RSS stayed bounded, and (when the
     whole file ran) at least MIN_CASES hostile cases were sent."""
     server.alive()
-    now = _status(server.srv.proc.pid)
+    now = proc_status(server.srv.proc.pid)
     base = server.baseline
     peak_growth_mib = (now["VmHWM"] - base["VmRSS"]) / 1024
     print(f"\nhostile cases sent: {SENT['cases']}; server RSS after warm-up {base['VmRSS'] / 1024:.1f} MiB, "

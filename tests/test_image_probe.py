@@ -125,7 +125,6 @@ def _tiff(entries, *, pixels: bytes = b"", big=False, end="<", extra_ifds=0, loo
     (duplicates kept), values inline or after the directory; ``pixels`` appended and pointed to by
     StripOffsets (tag 273) when the entries do not set it."""
     fmt = {SHORT: "H", LONG: "I", LONG8: "Q"}
-    size = {SHORT: 2, LONG: 4, LONG8: 8}
     inline = 8 if big else 4
     head = (b"II" if end == "<" else b"MM") + (struct.pack(end + "HHHQ", 43, 8, 0, 16) if big
                                                else struct.pack(end + "HI", 42, 8))
