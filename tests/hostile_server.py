@@ -158,8 +158,8 @@ def violation(err: grpc.RpcError) -> str | None:
     status = rpc_status.from_call(err)
     for detail in status.details if status else ():
         bad = error_details_pb2.BadRequest()
-        if detail.Unpack(bad) and bad.fieldviolations:
-            return bad.fieldviolations[0].field
+        if detail.Unpack(bad) and bad.field_violations:
+            return bad.field_violations[0].field
     return None
 
 
