@@ -76,6 +76,11 @@ def _ordinary_files():
         buf = io.BytesIO()
         Image.new(mode, (9, 7)).save(buf, "PNG", transparency=trns)
         out.append((f"pil-png-{name}", buf.getvalue()))
+    for mode, default_image in (("RGB", True), ("RGBA", False)):  # animated PNG: OpenCV decodes one frame
+        frames = [Image.new(mode, (11, 9), color=(40 * i,) * len(mode)) for i in range(3)]
+        buf = io.BytesIO()
+        frames[0].save(buf, "PNG", save_all=True, append_images=frames[1:], default_image=default_image)
+        out.append((f"pil-apng-{mode}-default-{default_image}", buf.getvalue()))
     return out
 
 
@@ -104,6 +109,25 @@ def test_png_channels_follow_opencv_not_the_colour_type():
     assert probe_image(by_name["pil-png-p-trns"]).channels == 4
     assert probe_image(by_name["pil-png-rgb-trns"]).channels == 4
     assert probe_image(by_name["pil-png-l-trns"]).channels == 1
+
+
+def test_animated_png_buffers_counted():
+    data = dict(ORDINARY)["pil-apng-RGB-default-True"]
+    assert b"acTL" in data
+    cost = probe_image(data)
+    assert cost.buffer_bytes == 2 * cost.output_bytes == 2 * 9 * 11 * 3
+
+
+def test_jpeg_marker_search_through_fill_bytes():
+    """0xFF fill and 0xFF00 stuffing in the entropy data are not markers; the EOI after them is."""
+    base = cv2.imencode(".jpg", np.zeros((16, 16), np.uint8))[1].tobytes()
+    eoi = base.rindex(b"\xff\xd9")
+    for filler in (b"\xff" * 5000, b"\xff\x00" * 5000, b"\xff\xd3" * 100):
+        data = base[:eoi] + filler + base[eoi:]
+        assert _decoded(data) == ((16, 16), np.uint8)
+        assert probe_image(data).scans == 1
+    extra_scan = base[:eoi] + b"\xff" * 3000 + base[base.index(b"\xff\xda"):eoi] + base[eoi:]
+    assert probe_image(extra_scan).scans == 2
 
 
 def test_server_dtypes_only_by_default():
