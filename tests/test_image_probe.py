@@ -304,6 +304,26 @@ def test_unsupported_compression_refused():
         probe_image(_tiff(entries, pixels=bytes(16)))
 
 
+@pytest.mark.parametrize("compression,mode", [("tiff_ccitt", "1"), ("group3", "1"), ("group4", "1"),
+                                              ("tiff_lzw", "RGB"), ("tiff_jpeg", "L"), ("tiff_adobe_deflate", "L"),
+                                              ("tiff_deflate", "RGB"), ("packbits", "1")])
+def test_tiff_compressions_opencv_decodes_are_accepted(compression, mode):
+    buf = io.BytesIO()
+    Image.new(mode, (16, 8)).save(buf, "TIFF", compression=compression)
+    assert _decoded(buf.getvalue()) is not None
+    assert _probed(buf.getvalue()) == _decoded(buf.getvalue())
+
+
+@pytest.mark.parametrize("compression,code", [("lzma", 34925), ("zstd", 50000)])
+def test_tiff_compressions_opencv_cannot_decode_are_refused(compression, code):
+    """OpenCV's bundled libtiff has no LZMA/ZSTD codec (imdecode returns None): refused by name."""
+    buf = io.BytesIO()
+    Image.new("L", (16, 8)).save(buf, "TIFF", compression=compression)
+    assert _decoded(buf.getvalue()) is None
+    with pytest.raises(InvalidImageError, match=f"compression {code}"):
+        probe_image(buf.getvalue())
+
+
 def test_ifd_chain_bounded_and_loops_survive():
     img = np.zeros((4, 4), np.uint8)
     ok = _with_pixels(_strip_entries(4, 4), img.tobytes(), extra_ifds=5)
