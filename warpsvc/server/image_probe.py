@@ -123,13 +123,14 @@ def probe_image(data: bytes | memoryview, limits: ProbeLimits = ProbeLimits(), f
 
 
 def _check_budget(cost: ImageCost, limits: ProbeLimits, field: str) -> None:
+    """Refuse what OpenCV would raise ``cv2.error`` on, or what exceeds ``limits``."""
     h, w = cost.height, cost.width
     if max(h, w) > limits.max_side:
         raise _too_large(f"{field}: a {h}x{w} image has a side over {limits.max_side} pixels", field=field)
     max_pixels = min(limits.max_pixels, OPENCV_MAX_PIXELS)
     if h * w > max_pixels:
         raise _too_large(f"{field}: input of {h}x{w} = {h * w} pixels exceeds the server limit of "
-                                 f"{max_pixels} pixels", field=field)
+                         f"{max_pixels} pixels", field=field)
     if cost.dtype.name not in limits.dtypes:
         raise _invalid(f"{field}.data", f"decodes to {cost.dtype.name} pixels, not {'/'.join(limits.dtypes)}")
     allowed = max(limits.buffer_floor_bytes, int(limits.buffer_ratio * cost.output_bytes))
@@ -140,12 +141,12 @@ def _check_budget(cost: ImageCost, limits: ProbeLimits, field: str) -> None:
             field=field)
     if cost.scans > limits.max_jpeg_scans:
         raise _too_large(f"{field}: {cost.scans} JPEG scans exceed the limit of {limits.max_jpeg_scans}",
-                                 field=field)
+                         field=field)
     budget = limits.max_scan_passes * limits.max_pixels
     if cost.decode_work > budget:
         raise _too_large(f"{field}: decoding touches {cost.decode_work} samples ({cost.scans} scan(s) of "
-                                 f"{h}x{w}), over the budget of {budget} ({limits.max_scan_passes} passes over "
-                                 f"{limits.max_pixels} pixels)", field=field)
+                         f"{h}x{w}), over the budget of {budget} ({limits.max_scan_passes} passes over "
+                         f"{limits.max_pixels} pixels)", field=field)
 
 
 def _invalid(field: str, what: str):
@@ -504,7 +505,7 @@ def _tiff_buffer(ifd: _Ifd, tw: int, th: int, h: int, tiled: bool, spp: int, bit
             src += th * math.ceil(spp * tw * 16 / 8)
     if src >= MAX_TILE_BYTES:
         raise _too_large(f"{field}: a TIFF tile or strip buffer of {src} bytes (OpenCV refuses 1 GiB)",
-                                 field=field)
+                         field=field)
     return src
 
 
