@@ -1,6 +1,7 @@
 """``python -m warpsvc.healthcheck``: exit codes against real servers on loopback (plaintext, TLS
 with a CA-signed certificate and ``--server-name``, the server's own ``WARPSVC_TLS_*``
-environment, NOT_SERVING, unreachable), the bearer token it sends, the environment names it
+environment, NOT_SERVING from a plain health server and from a draining warpsvc, unreachable), the
+bearer token it sends, the environment names it
 shares with ``warpsvc/server/settings.py``, and its weight (modules imported, RSS, CPU: a
 resource bound measured with ``getrusage(RUSAGE_CHILDREN)`` in a wrapper process; the figures
 are in ``benchmarks/bench_healthcheck.py``)."""
@@ -14,6 +15,7 @@ import pathlib
 import shutil
 import subprocess
 import sys
+import time
 from concurrent import futures
 
 import grpc
@@ -124,6 +126,33 @@ def test_plaintext_server():
         assert (out.returncode, out.stdout.strip()) == (0, "SERVING")
         out = probe(env={"WARPSVC_PORT": str(srv.port), "WARPSVC_HOST": "0.0.0.0"})  # the server's own env
         assert (out.returncode, out.stdout.strip()) == (0, "SERVING")
+
+
+def test_draining_server_is_not_serving():
+    """SIGTERM with a call in flight: the real server keeps answering health, NOT_SERVING, while it
+    drains; the probe exits 1 and says so; the in-flight call still completes."""
+    import signal
+
+    from hostile_server import BIG_MESSAGES, polar_chain
+
+    from warpsvc.v1 import warp_pb2 as pb
+    from warpsvc.v1 import warp_pb2_grpc
+
+    slow = pb.JacobianDeterminantRequest(transforms=polar_chain(20, 1000),
+                                         output_shape=pb.ImageSize(height=1000, width=1000))
+    with ServerProcess("--port", "0", "--grace-seconds", "30", "--max-output-pixels", str(1 << 20)) as srv:
+        wait_serving(srv.target)
+        assert probe(srv.target).returncode == 0
+        with grpc.insecure_channel(srv.target, options=BIG_MESSAGES) as channel:
+            call = warp_pb2_grpc.WarpServiceStub(channel).JacobianDeterminant.future(slow, timeout=60)
+            time.sleep(0.5)  # the call reaches its handler (it runs for seconds)
+            assert not call.done()
+            srv.signal(signal.SIGTERM)
+            time.sleep(0.3)
+            out = probe(srv.target, "--timeout", "2")
+            assert (out.returncode, out.stdout.strip()) == (1, "NOT_SERVING"), (out.stdout, call.done())
+            assert list(call.result().determinant.shape) == [1000, 1000]
+        assert srv.wait(60) == 0
 
 
 def _openssl(*args, cwd):
