@@ -1,10 +1,10 @@
 """``python -m warpsvc.healthcheck``: exit codes against real servers on loopback (plaintext, TLS
 with a CA-signed certificate and ``--server-name``, the server's own ``WARPSVC_TLS_*``
-environment, NOT_SERVING from a plain health server and from a draining warpsvc, unreachable), the
-bearer token it sends, the environment names it
-shares with ``warpsvc/server/settings.py``, and its weight (modules imported, RSS, CPU: a
-resource bound measured with ``getrusage(RUSAGE_CHILDREN)`` in a wrapper process; the figures
-are in ``benchmarks/bench_healthcheck.py``)."""
+environment, NOT_SERVING from a plain health server and from a draining warpsvc, unreachable),
+the bearer token it sends, the environment names it shares with ``warpsvc/server/settings.py``,
+and its weight (modules imported, RSS, CPU: a resource bound measured with
+``getrusage(RUSAGE_CHILDREN)`` in a wrapper process; the figures are in
+``benchmarks/bench_healthcheck.py``)."""
 
 from __future__ import annotations
 
