@@ -116,12 +116,16 @@ class Writer:
             if self._torn:
                 line = b"\n" + line
             view = memoryview(line)
+            size = os.fstat(self._fd).st_size
             try:
                 while view:
                     view = view[os.write(self._fd, view):]
             except OSError:
-                if len(view) < len(line):  # part of the line went out: it is a torn line now
-                    self._torn = True
+                if len(view) < len(line):  # part of the line went out: take it back (we are the only
+                    try:                   # writer: the folder lock), or start the next line afresh
+                        os.ftruncate(self._fd, size)
+                    except OSError:
+                        self._torn = True
                 raise
             self._torn = False
             if self._fsync and time.monotonic() - self._last_sync >= self._interval:
