@@ -324,7 +324,7 @@ class FsspecStore:
 
     @property
     def fs_path(self):
-        key = (self.url, self.options_json)
+        key = (self.url, self.options_json, os.getpid())  # per process: s3fs is not fork-safe
         if key not in _FS_CACHE:
             try:
                 import fsspec
