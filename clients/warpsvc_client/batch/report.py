@@ -10,7 +10,8 @@ The page is self-contained (every picture an embedded PNG, no script, no network
 
 Pictures (the first ``limit`` successful images): the input, the output, the Jacobian-determinant
 map ``log2 |det J_{T^{-1}}|`` on the output grid, and for ``align`` the residual
-``|image - reference|`` before (raw image) and after (aligned output). Every heatmap of one kind
+``|image - reference|`` before (raw image) and after (aligned output, where it covers the
+reference; the border fill is grey and not counted). Every heatmap of one kind
 is drawn on **one scale for the run**, stated next to its colour bar: the determinant on a
 diverging scale symmetric about 0 (blue: an output pixel covers less than 1 px^2 of input, red:
 more), residuals from 0 to the 99th percentile of all "before" residuals of the run (so an
@@ -138,7 +139,12 @@ def _panels(rec, spec, engine) -> dict:
     panels["log2 |det J|"] = log2_det(engine.jacobian(transform, tuple(out.shape[:2]), CallContext()))
     if spec.job == "align":
         panels["residual before"] = residual(inp, spec.reference)
-        panels["residual after"] = residual(out, spec.reference)
+        # after: only where the aligned output has image content (the warp of an all-ones
+        # image), so the border fill is not counted as misalignment; elsewhere grey (NaN)
+        after = residual(out, spec.reference)
+        covered = warpsvc.warp(np.ones(inp.shape[:2], np.float32), transform, spec.reference.shape[:2]) > 0.999
+        after[~covered] = np.nan
+        panels["residual after"] = after
     return panels
 
 
@@ -194,13 +200,18 @@ def write(spec, engine, records, counts, *, limit: int = 24, command: str = ""):
             notes[rec.input] = f"no pictures: {type(err).__name__}: {err}"
     scales = Scales(list(raw.values()))
     pictures = {name: [(label, scales.picture(label, v)) for label, v in p.items()] for name, p in raw.items()}
-    extras = {name: [float(np.sqrt(np.mean(p[k] ** 2))) for k in ("residual before", "residual after")]
+    extras = {name: [_rms(p[k]) for k in ("residual before", "residual after")]
               for name, p in raw.items() if "residual after" in p}
     sheet = contact_sheet(list(pictures.items()))
     spec.outputs.write_atomic("contact_sheet.png", _png(sheet), spec.run_id)
     page = _html(spec, records, pictures, extras, notes, scales, counts, command)
     spec.outputs.write_atomic("report.html", page.encode("utf-8"), spec.run_id)
     return spec.outputs.canonical("report.html")
+
+
+def _rms(values: np.ndarray) -> float:
+    finite = values[np.isfinite(values)]
+    return float(np.sqrt(np.mean(finite ** 2))) if finite.size else float("nan")
 
 
 # -- the page -------------------------------------------------------------------------------------
@@ -278,7 +289,7 @@ def _line(rec, extras) -> str:
                     f"{sum(c.get('iterations') or [])} iterations")
     if rec.input in extras:
         b, a = extras[rec.input]
-        bits.append(f"residual RMS {b:.2f} -> {a:.2f}")
+        bits.append(f"residual RMS {b:.2f} -> {a:.2f} (where the aligned image covers the reference)")
     bits.append(f"{rec.timings.total or 0:.2f} s")
     return "; ".join(bits)
 
@@ -287,7 +298,8 @@ CSS = ("body{font-family:sans-serif;margin:1.2em;color:#222} h1{font-size:20px} 
        " .plots img{display:inline-block;margin:0 10px 8px 0;vertical-align:top} table{border-collapse:collapse}"
        " td{border-bottom:1px solid #ddd;padding:3px 6px;vertical-align:top;font-size:13px}"
        " td.st{font-weight:bold;width:6em} tr.failed td.st{background:#f4b6b6} tr.unconverged td.st{background:#f7dc8f}"
-       " tr.ok td.st{background:#bfe6bf} td.pics img{display:inline-block;margin-right:3px}"
+       " tr.ok td.st{background:#bfe6bf} td.pics{white-space:nowrap} td.pics img{display:inline-block;margin-right:3px}"
+       " td.txt{max-width:34em} th{text-align:left;font-size:12px;color:#555}"
        " details pre{font-size:11px;max-width:70em;white-space:pre-wrap} code{font-size:12px}")
 
 
@@ -313,7 +325,9 @@ def _html(spec, records, pictures, extras, notes, scales, counts, command) -> st
     out.append(f"<p>Pictures: {scale_note} (colour bars above). Contact sheet: "
                "<a href='contact_sheet.png'>contact_sheet.png</a>.</p>")
     order = sorted(records, key=lambda r: (0 if not r.ok else 1 if r.unconverged else 2, r.input))
-    out.append(f"<h2>Images ({len(records)}; failed and not converged first, {len(pictures)} pictured)</h2><table>")
+    labels = next((", ".join(label for label, _ in p) for p in pictures.values()), "")
+    out.append(f"<h2>Images ({len(records)}; failed and not converged first, {len(pictures)} pictured)</h2><table>"
+               f"<tr><th>status</th><th>image</th><th>{esc(labels)}</th></tr>")
     for rec in order:
         kind = "failed" if not rec.ok else "unconverged" if rec.unconverged else "ok"
         pics = "".join(f"<img alt='{esc(label)}' title='{esc(label)}' "
@@ -322,7 +336,7 @@ def _html(spec, records, pictures, extras, notes, scales, counts, command) -> st
         note = f"<br><i>{esc(printable(notes[rec.input]))}</i>" if rec.input in notes else ""
         details = json.dumps(rec.to_dict(), indent=1, default=str, ensure_ascii=True)
         out.append(f"<tr class='{kind}'><td class='st'>{'not converged' if kind == 'unconverged' else kind}</td>"
-                   f"<td><b>{esc(printable(rec.input))}</b><br>{_line_html(rec, extras)}{note}"
+                   f"<td class='txt'><b>{esc(printable(rec.input))}</b><br>{_line_html(rec, extras)}{note}"
                    f"<details><summary>record</summary><pre>{esc(details)}</pre></details></td>"
                    f"<td class='pics'>{pics}</td></tr>")
     out.append("</table></body></html>")
