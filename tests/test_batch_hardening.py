@@ -263,3 +263,26 @@ def test_enospc_fails_the_images_it_hits_then_resume_recovers(tmp_path):
                 np.testing.assert_array_equal(cv2.imread(str(out / n), cv2.IMREAD_UNCHANGED),
                                               warpsvc.warp(cv2.imread(str(src / n), cv2.IMREAD_UNCHANGED), t))
         assert set(all_files(out)) == set(names) | {"manifest.jsonl", ".warpsvc-batch.lock"}
+
+
+MISSING = """
+import sys
+sys.modules[sys.argv[1]] = None  # as if the optional package were not installed
+from warpsvc_client.batch import cli
+sys.exit(cli.main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize("module,args,extra", [
+    ("distributed", ["--engine", "dask"], "warpsvc[dask]"),
+    ("fsspec", [], "warpsvc[batch]"),
+])
+def test_optional_dependencies_missing_give_a_clear_usage_error(tmp_path, module, args, extra):
+    import sys
+
+    src = tmp_path / "in"
+    make_mixed_folder(src, 1)
+    target = ["memory://nowhere/out"] if module == "fsspec" else [str(tmp_path / "out")]
+    res = subprocess.run([sys.executable, "-c", MISSING, module, "warp", str(src), *target, "--matrix", SHIFT,
+                          "--no-progress", *args], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and extra in res.stderr and "Traceback" not in res.stderr, res.stderr

@@ -260,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return run(args, "warpsvc-batch " + shlex.join(argv))
-    except (UsageError, paths.PathError, TransformSpecError, OSError) as err:
+    except (UsageError, paths.PathError, paths.MissingDependencyError, TransformSpecError, OSError) as err:
         print(f"warpsvc-batch: {printable(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -336,7 +336,7 @@ def run(args, command: str) -> int:
                 from . import dask_engine
 
                 dask_engine.run(todo, spec, dask_engine.DaskOptions(scheduler=args.scheduler, workers=args.jobs,
-                                                                    deadline=args.deadline), record, counts)
+                                                                    deadline=args.deadline), record, counts, dirsync)
             else:
                 pipeline.run(todo, spec, engine, opts, record, counts, dirsync)
         finally:

@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass
 
 from .jobs import JobSpec, Task, process
+from .paths import MissingDependencyError
 from .record import Record
 
 _ENGINES: dict = {}
@@ -77,7 +78,7 @@ def _client(opts: DaskOptions):
     try:
         from distributed import Client, LocalCluster
     except ImportError:
-        raise RuntimeError("--engine dask needs dask.distributed: pip install 'warpsvc[dask]'") from None
+        raise MissingDependencyError("--engine dask needs dask.distributed: pip install 'warpsvc[dask]'") from None
     if opts.scheduler:
         return Client(opts.scheduler), None
     n = opts.workers or os.cpu_count() or 1
@@ -86,11 +87,12 @@ def _client(opts: DaskOptions):
     return Client(cluster), cluster
 
 
-def run(tasks: list[Task], spec: JobSpec, opts: DaskOptions, record, counts) -> None:
-    """Submit every task; ``record(rec) -> rec`` as each result arrives (in this thread)."""
+def run(tasks: list[Task], spec: JobSpec, opts: DaskOptions, record, counts, dirsync) -> None:
+    """Submit every task; ``record(rec) -> rec`` as each result arrives (in this thread), after
+    noting the output's folder for ``dirsync`` (made durable before the manifest is)."""
+    client, cluster = _client(opts)
     from distributed import as_completed
 
-    client, cluster = _client(opts)
     start = time.monotonic()  # the rate is the work's: the cluster's start-up (~2-4 s) is not in it
     try:
         workers = max(1, len(client.scheduler_info().get("workers", {})) or opts.workers or 1)
@@ -114,6 +116,8 @@ def run(tasks: list[Task], spec: JobSpec, opts: DaskOptions, record, counts) -> 
             except Exception as err:  # noqa: BLE001 - KilledWorker and the like: the image failed
                 rec = Record(input=task.input, output=task.output, job=spec.job, target="dask",
                              error=f"{type(err).__name__}: {err}", attempts=1)
+            if rec.ok:
+                dirsync.add(rec.output)
             counts.add(record(rec.replace(target="dask")))
             fut.release()
             if queue:

@@ -25,6 +25,10 @@ class PathError(ValueError):
     """A path that must not be used (escapes its folder, overwrites an input, ...)."""
 
 
+class MissingDependencyError(RuntimeError):
+    """An option needs an optional dependency that is not installed (the message names the extra)."""
+
+
 def printable(name) -> str:
     """``name`` safe for a terminal or a log line: control characters (newlines, ESC of ANSI
     sequences, DEL, C1), bytes that were not UTF-8 (surrogate escapes) and other unprintable

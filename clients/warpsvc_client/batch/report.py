@@ -316,8 +316,10 @@ def _html(spec, records, pictures, extras, notes, scales, counts, command) -> st
            f"<code>{esc(printable(command))}</code><br>{esc(printable(spec.inputs.url))} &rarr; "
            f"{esc(printable(spec.outputs.url))}</p>",
            "<div class='plots'>"]
-    out += [f"<img alt='{esc(t)}' title='{esc(t)}' src='data:image/png;base64,{b}'>"
-            for t, b in _plots(spec, records, extras, scales)]
+    plots = _plots(spec, records, extras, scales)
+    out += [f"<img alt='{esc(t)}' title='{esc(t)}' src='data:image/png;base64,{b}'>" for t, b in plots]
+    if not plots:
+        out.append("<p><i>Summary plots need matplotlib: pip install 'warpsvc[batch]'.</i></p>")
     out.append("</div>")
     scale_note = f"log2 |det J| on one scale for the run, &plusmn;{scales.det:.3g}"
     if spec.job == "align":

@@ -32,7 +32,7 @@ import secrets
 import stat
 from dataclasses import dataclass
 
-from .paths import TEMP_MARK, PathError, safe_relative
+from .paths import TEMP_MARK, MissingDependencyError, PathError, safe_relative
 
 OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _TEMP_RE = re.compile(r"^\..+\.(?P<run>[0-9a-f]{12})-[0-9a-f]{8}" + re.escape(TEMP_MARK) + "$")
@@ -329,9 +329,12 @@ class FsspecStore:
             try:
                 import fsspec
             except ImportError:  # pragma: no cover - exercised only without the extra
-                raise PathError(f"{self.url}: URLs need fsspec (pip install 'warpsvc[batch]', and s3fs for "
-                                "s3://: 'warpsvc[s3]')") from None
-            fs, path = fsspec.core.url_to_fs(self.url, **json.loads(self.options_json))
+                raise MissingDependencyError(f"{self.url}: URLs need fsspec (pip install 'warpsvc[batch]'; "
+                                             "s3:// also needs s3fs: 'warpsvc[s3]')") from None
+            try:
+                fs, path = fsspec.core.url_to_fs(self.url, **json.loads(self.options_json))
+            except ImportError as err:  # e.g. s3:// without s3fs: fsspec names the package
+                raise MissingDependencyError(f"{self.url}: {err}") from None
             _FS_CACHE[key] = (fs, path.rstrip("/"))
         return _FS_CACHE[key]
 
