@@ -22,6 +22,7 @@ of another live run that writes to a sub-folder.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -187,45 +188,46 @@ class LocalStore:
         os.close(fd)
         return tmp
 
-    def write_atomic(self, rel: str, data: bytes, run_id: str) -> None:
-        pfd, name = self._parent_fd(rel, create=True, what="output")
+    @contextlib.contextmanager
+    def _folder(self, rel: str, *, create: bool):
+        """``(folder descriptor, final name)`` of the output ``rel``, closed afterwards."""
+        pfd, name = self._parent_fd(rel, create=create, what="output")
         try:
-            tmp = self._write_temp(pfd, name, data, run_id, self.fsync)
-            try:
-                os.replace(tmp, name, src_dir_fd=pfd, dst_dir_fd=pfd)
-            except BaseException:
-                _unlink(tmp, pfd)
-                raise
+            yield pfd, name
         finally:
             os.close(pfd)
+
+    @staticmethod
+    def _rename_in(pfd: int, tmp: str, name: str, sync: bool) -> None:
+        """fsync ``tmp`` (when ``sync``) and rename it over ``name``, both in folder ``pfd``;
+        the temporary file is removed if that fails."""
+        try:
+            if sync:
+                fd = os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            os.replace(tmp, name, src_dir_fd=pfd, dst_dir_fd=pfd)
+        except BaseException:
+            _unlink(tmp, pfd)
+            raise
+
+    def write_atomic(self, rel: str, data: bytes, run_id: str) -> None:
+        with self._folder(rel, create=True) as (pfd, name):
+            self._rename_in(pfd, self._write_temp(pfd, name, data, run_id, self.fsync), name, sync=False)
 
     can_stage = True
 
     def stage(self, rel: str, data: bytes, run_id: str) -> str:
         """First half of :meth:`write_atomic` (a pool process writes the temporary file)."""
-        pfd, name = self._parent_fd(rel, create=True, what="output")
-        try:
+        with self._folder(rel, create=True) as (pfd, name):
             return self._write_temp(pfd, name, data, run_id, sync=False)
-        finally:
-            os.close(pfd)
 
     def commit(self, rel: str, tmp: str) -> None:
         """Second half: fsync the staged file and rename it over ``rel`` (both by descriptor)."""
-        pfd, name = self._parent_fd(rel, create=False, what="output")
-        try:
-            try:
-                if self.fsync:
-                    fd = os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
-                    try:
-                        os.fsync(fd)
-                    finally:
-                        os.close(fd)
-                os.replace(tmp, name, src_dir_fd=pfd, dst_dir_fd=pfd)
-            except BaseException:
-                _unlink(tmp, pfd)
-                raise
-        finally:
-            os.close(pfd)
+        with self._folder(rel, create=False) as (pfd, name):
+            self._rename_in(pfd, tmp, name, sync=self.fsync)
 
     def discard(self, rel: str, tmp: str) -> None:
         try:
