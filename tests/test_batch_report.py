@@ -14,6 +14,7 @@ import pytest
 
 from test_batch_helpers import make_align_folder, run_batch
 
+pytest.importorskip("matplotlib", reason="the report's summary plots need matplotlib (extra 'warpsvc[batch]')")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 FAILED_BG, OK_BG = (0xF4, 0xB6, 0xB6), (0xBF, 0xE6, 0xBF)  # report.CSS: td.st of failed / ok rows (RGB)
 

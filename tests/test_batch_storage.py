@@ -1,6 +1,6 @@
 """``warpsvc-batch`` on object storage (fsspec): a real S3-compatible HTTP endpoint started by the
 test (moto's server mode on loopback, as s3fs's own tests do), an interrupted run resumed, names
-that cannot leave the prefix; ``memory://`` in-process; ``--shard``."""
+that cannot leave the prefix; ``memory://`` in a child process."""
 
 from __future__ import annotations
 
@@ -16,19 +16,18 @@ import numpy as np
 import pytest
 
 import warpsvc
-from test_batch_helpers import REPO, batch_cmd, make_mixed_folder, run_batch
-from warpsvc_client.batch import cli, paths
+from test_batch_helpers import REPO, batch_cmd, make_mixed_folder
 
-s3fs = pytest.importorskip("s3fs", reason="the batch S3 tests need s3fs (extra 'warpsvc[s3]')")
-moto_server = pytest.importorskip("moto.server", reason="the batch S3 tests need moto[server]")
+pytest.importorskip("fsspec", reason="URL inputs/outputs need fsspec (extra 'warpsvc[batch]')")
 
-SHIFT = "1,0,2,0,1,-1"
 H = "0.95,0.05,4,-0.03,1.02,2,2e-4,-1e-4,1"
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 
 
 @pytest.fixture(scope="module")
 def s3():
+    s3fs = pytest.importorskip("s3fs", reason="the batch S3 tests need s3fs (extra 'warpsvc[s3]')")
+    moto_server = pytest.importorskip("moto.server", reason="the batch S3 tests need moto[server] (test extra)")
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
@@ -158,20 +157,3 @@ def test_memory_urls(tmp_path):
     assert res.returncode == 0, res.stdout + res.stderr
     assert "5 ok, 0 failed, 0 skipped" in res.stdout and "0 ok, 0 failed, 5 skipped" in res.stdout
     assert res.stdout.strip().endswith("MEMORY-OK")
-
-
-def test_shards_split_the_sorted_list_deterministically(tmp_path):
-    names = [f"n{i:03d}.png" for i in range(23)]
-    parts = [paths.shard(list(reversed(names)), i, 4) for i in range(4)]
-    assert sorted(sum(parts, [])) == names and sum(map(len, parts)) == 23  # disjoint and covering
-    assert {len(p) for p in parts} == {5, 6}
-    assert parts[1] == names[1::4]  # from the sorted list, whatever order it came in
-    src = tmp_path / "in"
-    found = make_mixed_folder(src, 9)
-    done = []
-    for i in range(3):
-        res = run_batch("warp", src, tmp_path / f"out{i}", "--matrix", SHIFT, "--shard", f"{i}/3", "--no-report")
-        assert res.returncode == 0, res.stderr
-        done += [r["input"] for r in map(json.loads, (tmp_path / f"out{i}" / "manifest.jsonl").read_text().split())]
-    assert sorted(done) == found and len(done) == len(set(done))
-    assert run_batch("warp", src, tmp_path / "x", "--matrix", SHIFT, "--shard", "3/3").returncode == 2

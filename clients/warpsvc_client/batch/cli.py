@@ -16,7 +16,7 @@ import shlex
 import sys
 
 from . import manifest, paths, probe, storage
-from .jobs import JOBS, AlignOptions, JobSpec, Task, WarpOptions, output_name
+from .jobs import AlignOptions, JobSpec, Task, WarpOptions, output_name
 from .paths import printable
 from .record import Record
 from .transforms import TransformSpecError, from_matrix, numbers, polar_option, read_file

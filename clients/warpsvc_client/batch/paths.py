@@ -6,7 +6,8 @@ Guards (each has a test):
   tree is never discovered as input);
 * no output path may be an input file (inputs are never overwritten);
 * names that come from a file (the ``--transforms`` manifest, a ``--resume`` manifest) must be
-  relative, without ``..``, and stay inside their folder after resolution (symlinks included).
+  relative, without ``..``, and stay inside their folder after resolution (symlinks included);
+* file names are escaped for terminals (:func:`printable`) and for drawing (:func:`ascii_label`).
 """
 
 from __future__ import annotations
@@ -77,21 +78,6 @@ def safe_relative(name: str, what: str = "name") -> pathlib.PurePosixPath:
     if not parts:
         raise PathError(f"{what}: {name!r} names the folder itself")
     return pathlib.PurePosixPath(*parts)
-
-
-def resolve_inside(root: pathlib.Path, rel: pathlib.PurePosixPath, what: str = "name") -> pathlib.Path:
-    """``root / rel``, checked to stay inside ``root`` once symlinks are resolved."""
-    root_real = root.resolve()
-    path = root / rel
-    real = path.resolve()
-    if real != root_real and root_real not in real.parents:
-        raise PathError(f"{what}: {str(rel)!r} resolves outside {root} (through a symlink)")
-    return path
-
-
-def is_within(child: pathlib.Path, parent: pathlib.Path) -> bool:
-    c, p = child.resolve(), parent.resolve()
-    return c == p or p in c.parents
 
 
 def is_under(child: str, parent: str) -> bool:

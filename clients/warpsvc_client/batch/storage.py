@@ -229,16 +229,6 @@ class LocalStore:
         with self._folder(rel, create=False) as (pfd, name):
             self._rename_in(pfd, tmp, name, sync=self.fsync)
 
-    def discard(self, rel: str, tmp: str) -> None:
-        try:
-            pfd, _ = self._parent_fd(rel, create=False, what="output")
-        except OSError:
-            return
-        try:
-            _unlink(tmp, pfd)
-        finally:
-            os.close(pfd)
-
     def digest(self, rel: str) -> tuple[int, str] | None:
         """``(size, sha256)`` of the regular file ``rel`` (no link followed), else ``None``."""
         try:
