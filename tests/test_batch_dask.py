@@ -67,7 +67,7 @@ def test_dask_engine_matches_the_library_and_survives_a_killed_worker(tmp_path):
         np.testing.assert_array_equal(got, want.astype(got.dtype), err_msg=r["input"])
 
 
-def test_dask_engine_align_and_usage(tmp_path):
+def test_dask_engine_align_jacobian_and_usage(tmp_path):
     src = tmp_path / "in"
     tmpl, truth = make_align_folder(src, 8, seed=5)
     cv2.imwrite(str(tmp_path / "ref.png"), tmpl)
@@ -82,6 +82,14 @@ def test_dask_engine_align_and_usage(tmp_path):
     assert all(corner_error(np.array(r["matrix"]), truth[r["input"]]) < CORNER_TOL_PX for r in records)
     assert all(r["attempts"] == 1 for r in records)
     assert (tmp_path / "out" / "report.html").stat().st_size > 0
+    jac = subprocess.run(batch_cmd("jacobian", src, tmp_path / "jac", "--matrix", H, "--format", "npy", "--engine",
+                                   "dask", "--jobs", "2", "--no-progress", "--no-report"),
+                         cwd=REPO, capture_output=True, text=True, timeout=180)
+    assert jac.returncode == 0, jac.stdout + jac.stderr
+    t = warpsvc.HomographyTransform(np.array(H.split(","), float).reshape(3, 3))
+    for rel in truth:
+        got = np.load(tmp_path / "jac" / rel.replace(".png", ".npy"))
+        np.testing.assert_array_equal(got, warpsvc.jacobian_determinant(t, (64, 64), dtype=np.float32))
     bad = subprocess.run(batch_cmd("warp", src, tmp_path / "o2", "--matrix", H, "--engine", "dask", "--target",
                                    "127.0.0.1:1"), cwd=REPO, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "--engine dask" in bad.stderr

@@ -13,7 +13,9 @@ writes the manifest as results arrive, so the manifest stays the single source o
 * A worker killed mid-image: Dask reruns the task on another worker (up to the scheduler's
   ``allowed-failures``); the killed try left at most a temporary file of this run (deleted at the
   end of the run) and no partial output, since outputs appear only by rename or atomic PUT. A
-  task that kills workers past that limit is recorded as failed (``KilledWorker``).
+  task that kills workers past that limit is recorded as failed (``KilledWorker``). The record's
+  ``attempts`` counts the tries made by the worker that finished (a rerun after a worker death
+  is not visible to the task itself).
 * The spec (options, reference image) is scattered to every worker once; at most
   ``4 x workers`` images are in flight, so a huge folder does not flood the scheduler.
 * The summary's rate counts from the first submission (the cluster is up), as the pool's counts
