@@ -138,7 +138,7 @@ def test_draining_server_is_not_serving():
     from warpsvc.v1 import warp_pb2 as pb
     from warpsvc.v1 import warp_pb2_grpc
 
-    slow = pb.JacobianDeterminantRequest(transforms=polar_chain(20, 1000),
+    slow = pb.JacobianDeterminantRequest(transforms=polar_chain(16, 1000),
                                          output_shape=pb.ImageSize(height=1000, width=1000))
     with ServerProcess("--port", "0", "--grace-seconds", "30", "--max-output-pixels", str(1 << 20)) as srv:
         wait_serving(srv.target)

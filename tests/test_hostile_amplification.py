@@ -119,7 +119,6 @@ def test_progressive_jpeg_with_hundreds_of_scans():
 
 
 # -- antialias -----------------------------------------------------------------------------------------------
-@xfail("estimate antialias footprint nodes and refuse over a budget; kernels release the GIL")
 def test_antialias_anisotropic_cpu():
     """x shrunk 50x, y stretched 50x: 64^2 = 4096 nodes per source pixel; an 8x1000 image is
     33 M nodes (~2 s of GIL-holding CPU today; the issue's 1.8 KB request took 23.5 s)."""
@@ -144,7 +143,6 @@ def test_antialias_memory_with_reflect_border():
 
 
 # -- transform chains and deadlines ---------------------------------------------------------------------
-@xfail("bound transform-chain length x pixels (RESOURCE_EXHAUSTED naming transforms)")
 def test_polar_chain_of_60_steps():
     """60 polar steps on a 1000^2 grid for JacobianDeterminant: ~6 s of CPU today (5 KB request)."""
     request = pb.JacobianDeterminantRequest(transforms=polar_chain(60, 1000),
