@@ -148,14 +148,14 @@ class WarpClient:
         response = self._call(self._rpc["JacobianDeterminant"], request, timeout)
         return convert.array(response.message.determinant, response.payload(*DET_TENSOR), "determinant")
 
-    def align(self, template, image, model: str = "homography", init=None, *, levels="auto",
-              template_mask=None, image_mask=None, robust=None, photometric=None, max_iterations=None,
-              tolerance=None, time_budget=None, timeout: float | None = None):
+    def align(self, template, image, model: str = "homography", init=None, *, search: str = "auto",
+              levels="auto", template_mask=None, image_mask=None, robust=None, photometric="auto",
+              max_iterations=None, tolerance=None, time_budget=None, timeout: float | None = None):
         """``warpsvc.align`` on the server; returns a ``warpsvc.AlignResult``. The call's deadline
         also stops the server's iterations (``reason="cancelled"`` reaches no one: the client
         gets DEADLINE_EXCEEDED)."""
         fields = convert.align_request(
-            model, init, levels=levels, robust=robust, photometric=photometric, max_iterations=max_iterations,
+            model, init, search=search, levels=levels, robust=robust, photometric=photometric, max_iterations=max_iterations,
             tolerance=tolerance, time_budget=time_budget, template_mask=template_mask, image_mask=image_mask)
         request = wire.Parts.of(fields).then(*(convert.image_field(value, wire.number(pb.AlignRequest, name), name)
                                               for name, value in (("template", template), ("image", image))))

@@ -74,6 +74,14 @@ class Photometric(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PHOTOMETRIC_UNSPECIFIED: _ClassVar[Photometric]
     PHOTOMETRIC_NONE: _ClassVar[Photometric]
     PHOTOMETRIC_GAIN_BIAS: _ClassVar[Photometric]
+    PHOTOMETRIC_AUTO: _ClassVar[Photometric]
+
+class Search(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SEARCH_UNSPECIFIED: _ClassVar[Search]
+    SEARCH_AUTO: _ClassVar[Search]
+    SEARCH_LOCAL: _ClassVar[Search]
+    SEARCH_GLOBAL: _ClassVar[Search]
 DTYPE_UNSPECIFIED: Dtype
 DTYPE_UINT8: Dtype
 DTYPE_UINT16: Dtype
@@ -115,6 +123,11 @@ ROBUST_LOSS_TUKEY: RobustLoss
 PHOTOMETRIC_UNSPECIFIED: Photometric
 PHOTOMETRIC_NONE: Photometric
 PHOTOMETRIC_GAIN_BIAS: Photometric
+PHOTOMETRIC_AUTO: Photometric
+SEARCH_UNSPECIFIED: Search
+SEARCH_AUTO: Search
+SEARCH_LOCAL: Search
+SEARCH_GLOBAL: Search
 
 class Tensor(_message.Message):
     __slots__ = ("shape", "dtype", "data")
@@ -245,7 +258,7 @@ class JacobianDeterminantResponse(_message.Message):
     def __init__(self, determinant: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class AlignRequest(_message.Message):
-    __slots__ = ("template", "image", "model", "init", "levels", "template_mask", "image_mask", "robust", "photometric", "max_iterations", "tolerance", "time_budget_seconds")
+    __slots__ = ("template", "image", "model", "init", "levels", "template_mask", "image_mask", "robust", "photometric", "max_iterations", "tolerance", "time_budget_seconds", "search")
     TEMPLATE_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -258,6 +271,7 @@ class AlignRequest(_message.Message):
     MAX_ITERATIONS_FIELD_NUMBER: _ClassVar[int]
     TOLERANCE_FIELD_NUMBER: _ClassVar[int]
     TIME_BUDGET_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    SEARCH_FIELD_NUMBER: _ClassVar[int]
     template: Image
     image: Image
     model: MotionModel
@@ -270,7 +284,8 @@ class AlignRequest(_message.Message):
     max_iterations: int
     tolerance: float
     time_budget_seconds: float
-    def __init__(self, template: _Optional[_Union[Image, _Mapping]] = ..., image: _Optional[_Union[Image, _Mapping]] = ..., model: _Optional[_Union[MotionModel, str]] = ..., init: _Optional[_Iterable[float]] = ..., levels: _Optional[int] = ..., template_mask: _Optional[_Union[Image, _Mapping]] = ..., image_mask: _Optional[_Union[Image, _Mapping]] = ..., robust: _Optional[_Union[RobustLoss, str]] = ..., photometric: _Optional[_Union[Photometric, str]] = ..., max_iterations: _Optional[int] = ..., tolerance: _Optional[float] = ..., time_budget_seconds: _Optional[float] = ...) -> None: ...
+    search: Search
+    def __init__(self, template: _Optional[_Union[Image, _Mapping]] = ..., image: _Optional[_Union[Image, _Mapping]] = ..., model: _Optional[_Union[MotionModel, str]] = ..., init: _Optional[_Iterable[float]] = ..., levels: _Optional[int] = ..., template_mask: _Optional[_Union[Image, _Mapping]] = ..., image_mask: _Optional[_Union[Image, _Mapping]] = ..., robust: _Optional[_Union[RobustLoss, str]] = ..., photometric: _Optional[_Union[Photometric, str]] = ..., max_iterations: _Optional[int] = ..., tolerance: _Optional[float] = ..., time_budget_seconds: _Optional[float] = ..., search: _Optional[_Union[Search, str]] = ...) -> None: ...
 
 class LevelCosts(_message.Message):
     __slots__ = ("costs",)
@@ -279,7 +294,7 @@ class LevelCosts(_message.Message):
     def __init__(self, costs: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class AlignResponse(_message.Message):
-    __slots__ = ("matrix", "inverse", "converged", "reason", "iterations", "rms_error", "zncc", "cost_history", "covariance", "corner_covariance", "overlap", "gain", "bias", "model", "levels", "elapsed_seconds", "chart")
+    __slots__ = ("matrix", "inverse", "converged", "reason", "iterations", "rms_error", "zncc", "cost_history", "covariance", "corner_covariance", "overlap", "gain", "bias", "model", "levels", "elapsed_seconds", "chart", "start")
     MATRIX_FIELD_NUMBER: _ClassVar[int]
     INVERSE_FIELD_NUMBER: _ClassVar[int]
     CONVERGED_FIELD_NUMBER: _ClassVar[int]
@@ -297,6 +312,7 @@ class AlignResponse(_message.Message):
     LEVELS_FIELD_NUMBER: _ClassVar[int]
     ELAPSED_SECONDS_FIELD_NUMBER: _ClassVar[int]
     CHART_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
     matrix: _containers.RepeatedScalarFieldContainer[float]
     inverse: _containers.RepeatedScalarFieldContainer[float]
     converged: bool
@@ -314,4 +330,5 @@ class AlignResponse(_message.Message):
     levels: int
     elapsed_seconds: float
     chart: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, matrix: _Optional[_Iterable[float]] = ..., inverse: _Optional[_Iterable[float]] = ..., converged: _Optional[bool] = ..., reason: _Optional[str] = ..., iterations: _Optional[_Iterable[int]] = ..., rms_error: _Optional[float] = ..., zncc: _Optional[float] = ..., cost_history: _Optional[_Iterable[_Union[LevelCosts, _Mapping]]] = ..., covariance: _Optional[_Union[Tensor, _Mapping]] = ..., corner_covariance: _Optional[_Union[Tensor, _Mapping]] = ..., overlap: _Optional[float] = ..., gain: _Optional[_Iterable[float]] = ..., bias: _Optional[_Iterable[float]] = ..., model: _Optional[_Union[MotionModel, str]] = ..., levels: _Optional[int] = ..., elapsed_seconds: _Optional[float] = ..., chart: _Optional[_Iterable[float]] = ...) -> None: ...
+    start: str
+    def __init__(self, matrix: _Optional[_Iterable[float]] = ..., inverse: _Optional[_Iterable[float]] = ..., converged: _Optional[bool] = ..., reason: _Optional[str] = ..., iterations: _Optional[_Iterable[int]] = ..., rms_error: _Optional[float] = ..., zncc: _Optional[float] = ..., cost_history: _Optional[_Iterable[_Union[LevelCosts, _Mapping]]] = ..., covariance: _Optional[_Union[Tensor, _Mapping]] = ..., corner_covariance: _Optional[_Union[Tensor, _Mapping]] = ..., overlap: _Optional[float] = ..., gain: _Optional[_Iterable[float]] = ..., bias: _Optional[_Iterable[float]] = ..., model: _Optional[_Union[MotionModel, str]] = ..., levels: _Optional[int] = ..., elapsed_seconds: _Optional[float] = ..., chart: _Optional[_Iterable[float]] = ..., start: _Optional[str] = ...) -> None: ...
