@@ -7,13 +7,16 @@ and options is the equality oracle (alignment is deterministic)."""
 
 from __future__ import annotations
 
+import base64
+import json
+import subprocess
 import time
 
 import cv2
 import grpc
 import numpy as np
 import pytest
-from interop.harness import inprocess_server
+from interop.harness import REPO, inprocess_server, node_ready
 from scipy import ndimage as ndi
 from skimage import data
 from warpsvc_client import WarpClient
@@ -163,3 +166,26 @@ def test_client_refuses_a_late_index_reference(client):
     with pytest.raises(warpsvc.InvalidArgumentError) as info:
         list(client.align_stream(FRAMES, 2))
     assert info.value.field == "reference"
+
+
+@pytest.mark.skipif(node_ready() is not None, reason=str(node_ready()))
+@pytest.mark.parametrize("bad", [False, True])
+def test_node_bidi_stream(server, bad):
+    """@grpc/grpc-js drives AlignStream (tests/interop/node_client.js): the same matrices as the
+    Python client; a bad last frame ends the stream INVALID_ARGUMENT after the good results."""
+    frames8 = [np.clip(f, 0, 255).astype(np.uint8) for f in FRAMES[:5]]
+    spec = {"frames": [{"shape": list(f.shape), "data": base64.b64encode(f.tobytes()).decode()} for f in frames8],
+            "bad": bad}
+    proc = subprocess.run(["node", "tests/interop/node_client.js", f"127.0.0.1:{server.port}"], cwd=REPO,
+                          input=json.dumps({"stream": spec}), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    local = list(align_sequence(frames8, "homography"))
+    assert [r["index"] for r in out["stream"]] == [r.index for r in local]
+    for r, loc in zip(out["stream"], local):
+        assert r["method"] == loc.method and r["registered"] == loc.registered
+        np.testing.assert_array_equal(np.reshape(r["matrix"], (3, 3)), loc.matrix)
+    if bad:
+        assert out["error"]["code"] == 3 and out["error"]["details"].startswith("frame[5].image.tensor.data:")
+    else:
+        assert "error" not in out
