@@ -36,10 +36,10 @@ from threadpoolctl import threadpool_limits
 
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from bench_sequence import make_frames  # noqa: E402
+from bench_sequence import make_frames
+from warpsvc_client import WarpClient
 
-from warpsvc.core.sequence import align_sequence  # noqa: E402
-from warpsvc_client import WarpClient  # noqa: E402
+from warpsvc.core.sequence import align_sequence
 
 
 def start_server(cv_threads: int, blas_threads: int):
