@@ -79,6 +79,44 @@ def test_align_options_and_encoded_inputs(client):
     assert len(remote.gain) == 1 and remote.levels == 2
 
 
+def _rotated_pair(angle_deg=150.0, side=160):
+    """A ``side`` square template sampled from a photograph (skimage astronaut, grey) through a
+    known similarity (rotation ``angle_deg``, scale 1.1): (template, image, image_from_template)."""
+    from skimage import data
+
+    photo = cv2.cvtColor(cv2.resize(data.astronaut(), (480, 360), interpolation=cv2.INTER_AREA),
+                         cv2.COLOR_RGB2GRAY).astype(np.float32)
+    c = (side - 1) / 2.0
+    t = np.deg2rad(angle_deg)
+    R = 1.1 * np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]])
+    W = np.eye(3)
+    W[:2, :2], W[:2, 2] = R, np.array([240.0, 180.0]) - R @ [c, c]
+    tmpl = cv2.warpPerspective(photo, W, (side, side), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
+    return tmpl, photo, W
+
+
+@pytest.mark.parametrize("search", ["local", "global", "auto"])
+def test_search_equals_library_on_a_large_rotation(client, search):
+    """``search`` travels: the remote result equals the in-process one field for field, its
+    ``start`` included; the global (and auto) search recovers a 150-degree rotation, the local
+    one, from the identity, does not."""
+    tmpl, photo, W = _rotated_pair()
+    remote = client.align(tmpl, photo, "similarity", search=search)
+    local = warpsvc.align(tmpl, photo, "similarity", search=search)
+    _same(remote, local)
+    assert remote.start == local.start
+    if search == "local":
+        assert remote.start == "identity" and not remote.converged
+    else:
+        assert remote.start == "features" and remote.converged
+        corners = np.array([[0, 0, 1], [159, 0, 1], [159, 159, 1], [0, 159, 1]], np.float64)
+        got, truth = corners @ remote.inverse.T, corners @ W.T  # image_from_template
+        assert np.abs(got[:, :2] / got[:, 2:] - truth[:, :2] / truth[:, 2:]).max() < 0.05
+    with pytest.raises(warpsvc.InvalidArgumentError) as info:
+        client.align(tmpl, photo, "similarity", init=np.eye(3), search="global")
+    assert info.value.field == "search"
+
+
 def test_deadline_reaches_the_alignment_as_should_stop(monkeypatch):
     """The servicer hands the library a ``should_stop`` built from the call's deadline: a slow
     alignment ends soon after the deadline and frees its handler thread."""
@@ -116,6 +154,7 @@ BAD = [
     ("model-unknown", dict(model=42), "model"),
     ("robust-unknown", dict(robust=9), "robust"),
     ("photometric-unknown", dict(photometric=9), "photometric"),
+    ("search-unknown", dict(search=9), "search"),
     ("init-7-values", dict(init=[1.0] * 7), "init"),
     ("init-singular", dict(init=[0.0] * 9), "init"),
     ("levels-negative", dict(levels=-1), "levels"),

@@ -151,7 +151,7 @@ def test_health_and_reflection(server):
         from google.protobuf.descriptor_pool import DescriptorPool
 
         svc = DescriptorPool(db).FindServiceByName("warpsvc.v1.WarpService")
-        assert [m.name for m in svc.methods] == ["Warp", "JacobianDeterminant", "Align"]
+        assert [m.name for m in svc.methods] == ["Warp", "JacobianDeterminant", "Align", "AlignStream"]
 
 
 def test_health_not_serving_while_draining():

@@ -24,7 +24,8 @@ LIBRARY = {
     "intensity": (vocab.INTENSITY, set(warp_module.INTENSITIES)),
     "model": (vocab.MOTION_MODEL, set(MODELS)),
     "robust": (vocab.ROBUST_LOSS, set(align_options.ROBUST_LOSSES)),
-    "photometric": (vocab.PHOTOMETRIC, set(align_options.PHOTOMETRIC_MODELS)),
+    "photometric": (vocab.PHOTOMETRIC, set(align_options.PHOTOMETRIC_OPTIONS)),
+    "search": (vocab.SEARCH, set(align_options.SEARCHES)),
     "dtype": (vocab.DTYPE, {np.dtype(d).name for d in SUPPORTED_DTYPES}),
 }
 

@@ -241,7 +241,7 @@ def align_options(req: pb.AlignRequest) -> dict:
     library default and is left out; anything else goes to the library, which checks it."""
     options = {}
     for name, words in (("model", vocab.MOTION_MODEL), ("robust", vocab.ROBUST_LOSS),
-                        ("photometric", vocab.PHOTOMETRIC)):
+                        ("photometric", vocab.PHOTOMETRIC), ("search", vocab.SEARCH)):
         value = words.from_wire(getattr(req, name))
         if value is not vocab.DEFAULT:
             options[name] = value
@@ -255,13 +255,14 @@ def align_options(req: pb.AlignRequest) -> dict:
     return options
 
 
-def align_request(model: str = "homography", init=None, *, levels="auto", robust=None, photometric=None,
-                  max_iterations=None, tolerance=None, time_budget=None, template_mask=None,
+def align_request(model: str = "homography", init=None, *, search="auto", levels="auto", robust=None,
+                  photometric="auto", max_iterations=None, tolerance=None, time_budget=None, template_mask=None,
                   image_mask=None) -> pb.AlignRequest:
-    """An ``AlignRequest`` without its two images (the client appends them)."""
+    """An ``AlignRequest`` without its two images (the client appends them). Every option is
+    sent explicitly (``"auto"`` as ``*_AUTO``), so the server applies exactly the caller's."""
     req = pb.AlignRequest(
         model=vocab.MOTION_MODEL.to_wire(model), robust=vocab.ROBUST_LOSS.to_wire(robust),
-        photometric=vocab.PHOTOMETRIC.to_wire(photometric), levels=0 if levels == "auto" else int(levels),
+        photometric=vocab.PHOTOMETRIC.to_wire(photometric), search=vocab.SEARCH.to_wire(search), levels=0 if levels == "auto" else int(levels),
         max_iterations=int(max_iterations or 0), tolerance=float(tolerance or 0.0),
         time_budget_seconds=float(time_budget or 0.0))
     if init is not None:
@@ -282,7 +283,8 @@ def align_response(result) -> pb.AlignResponse:
         cost_history=[pb.LevelCosts(costs=_values(level)) for level in result.cost_history],
         overlap=float(result.overlap), gain=_values(result.gain), bias=_values(result.bias),
         model=vocab.MOTION_MODEL.to_wire(result.model), levels=int(result.levels),
-        elapsed_seconds=float(result.elapsed), chart=_values(result.chart) if result.chart is not None else [])
+        elapsed_seconds=float(result.elapsed), chart=_values(result.chart) if result.chart is not None else [],
+        start=str(result.start))
     for name in ("covariance", "corner_covariance"):
         value = getattr(result, name)
         if value is not None:
@@ -292,7 +294,7 @@ def align_response(result) -> pb.AlignResponse:
 
 def align_result(resp: pb.AlignResponse):
     """The library's own ``warpsvc.AlignResult``, rebuilt field for field."""
-    from warpsvc import AlignResult  # the result type only; looked up when a response arrives
+    from warpsvc.core.align import AlignResult, Start  # value types only (no OpenCV), looked up late
 
     def optional(name):
         return array(getattr(resp, name), field=name) if resp.HasField(name) else None
@@ -306,4 +308,5 @@ def align_result(resp: pb.AlignResponse):
         covariance=optional("covariance"), corner_covariance=optional("corner_covariance"), overlap=resp.overlap,
         gain=tuple(resp.gain), bias=tuple(resp.bias), model="homography" if model is vocab.DEFAULT else model,
         levels=resp.levels, elapsed=resp.elapsed_seconds,
-        chart=np.asarray(resp.chart, dtype=np.float64).reshape(3, 3) if len(resp.chart) else None)
+        chart=np.asarray(resp.chart, dtype=np.float64).reshape(3, 3) if len(resp.chart) else None,
+        start=Start(resp.start) if resp.start else Start.IDENTITY)

@@ -65,6 +65,7 @@ INTENSITY = Vocabulary(pb.Intensity, "intensity")
 MOTION_MODEL = Vocabulary(pb.MotionModel, "model")
 ROBUST_LOSS = Vocabulary(pb.RobustLoss, "robust")
 PHOTOMETRIC = Vocabulary(pb.Photometric, "photometric")
+SEARCH = Vocabulary(pb.Search, "search")
 RESPONSE_FORM = Vocabulary(pb.ResponseForm, "response_form")
 IMAGE_FORMAT = Vocabulary(pb.ImageFormat, "format")
 DTYPE = Vocabulary(pb.Dtype, "dtype")  # option names are numpy's: "uint8", ..., "float64"

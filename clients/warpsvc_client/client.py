@@ -32,6 +32,7 @@ import grpc
 import numpy as np
 
 from warpsvc_api import convert, status, vocab, wire
+from warpsvc_api import stream as stream_api
 from warpsvc_api.v1 import warp_pb2 as pb
 
 MIB = 1 << 20
@@ -97,8 +98,11 @@ class WarpClient:
                 f"/{SERVICE.full_name}/{m.name}", request_serializer=wire.serialize,
                 response_deserializer=wire.deserializer(getattr(pb, m.output_type.name)),
                 _registered_method=True)
-            for m in SERVICE.methods
+            for m in SERVICE.methods if not m.client_streaming
         }
+        self._align_stream = self._channel.stream_stream(
+            f"/{SERVICE.full_name}/AlignStream", request_serializer=wire.serialize,
+            response_deserializer=wire.deserializer(pb.AlignStreamResponse), _registered_method=True)
         self._timeout = timeout
         self._metadata = (("authorization", f"Bearer {token}"),) if token else None
         self._wait_for_ready = wait_for_ready
@@ -148,15 +152,63 @@ class WarpClient:
         response = self._call(self._rpc["JacobianDeterminant"], request, timeout)
         return convert.array(response.message.determinant, response.payload(*DET_TENSOR), "determinant")
 
-    def align(self, template, image, model: str = "homography", init=None, *, levels="auto",
-              template_mask=None, image_mask=None, robust=None, photometric=None, max_iterations=None,
-              tolerance=None, time_budget=None, timeout: float | None = None):
+    def align(self, template, image, model: str = "homography", init=None, *, search: str = "auto",
+              levels="auto", template_mask=None, image_mask=None, robust=None, photometric="auto",
+              max_iterations=None, tolerance=None, time_budget=None, timeout: float | None = None):
         """``warpsvc.align`` on the server; returns a ``warpsvc.AlignResult``. The call's deadline
         also stops the server's iterations (``reason="cancelled"`` reaches no one: the client
         gets DEADLINE_EXCEEDED)."""
         fields = convert.align_request(
-            model, init, levels=levels, robust=robust, photometric=photometric, max_iterations=max_iterations,
+            model, init, search=search, levels=levels, robust=robust, photometric=photometric, max_iterations=max_iterations,
             tolerance=tolerance, time_budget=time_budget, template_mask=template_mask, image_mask=image_mask)
         request = wire.Parts.of(fields).then(*(convert.image_field(value, wire.number(pb.AlignRequest, name), name)
                                               for name, value in (("template", template), ("image", image))))
         return convert.align_result(self._call(self._rpc["Align"], request, timeout).message)
+
+    def align_stream(self, frames, reference=0, model: str = "homography", *, timeout: float | None = None,
+                     **options):
+        """Register ``frames`` (an iterable of arrays or encoded files, consumed lazily) to one
+        reference over the ``AlignStream`` RPC, as ``warpsvc.core.sequence.align_sequence`` does
+        in-process; yields a :class:`warpsvc_api.stream.StreamFrameResult` per frame, in order,
+        as the server sends them.
+
+        ``reference`` : ``0`` (the first frame is the reference: its own result comes first) or an
+        image (array or file bytes; every frame is registered to it). ``options`` : fields of
+        ``SequenceOptions`` (``reanchor``, ``max_keyframes``, ``motion_prior``, ...) and of the
+        pairwise ``AlignOptions`` (``robust``, ``photometric``, ``levels``, ``max_iterations``,
+        ``tolerance``, ``channels``). ``timeout`` bounds the whole stream. Frames are serialised
+        in gRPC's sending thread while the server registers the previous ones; flow control
+        stops reading ``frames`` when the server falls behind. Errors are raised as by
+        :meth:`align` (a bad frame: ``InvalidArgumentError`` with ``field="frame[i].image..."``)
+        after the results before it were yielded.
+        """
+        frames = iter(frames)
+        if isinstance(reference, (int, np.integer)) and not isinstance(reference, bool):
+            if reference != 0:
+                raise convert.InvalidArgumentError(
+                    "a stream's reference is frame 0 or an image (an index > 0 would hold the frames before it)",
+                    field="reference")
+            first = next(frames, None)
+            if first is None:
+                return
+            setup = stream_api.setup_request(first, model, reference_index=0, **options)
+        else:
+            setup = stream_api.setup_request(reference, model, **options)
+
+        def requests():
+            yield setup
+            for frame in frames:
+                yield stream_api.frame_request(frame)
+
+        responses = self._align_stream(requests(), timeout=self._timeout if timeout is None else timeout,
+                                       metadata=self._metadata, wait_for_ready=self._wait_for_ready)
+        try:
+            for response in responses:
+                yield stream_api.frame_result(response.message)
+        except grpc.RpcError as err:
+            translated = status.from_rpc_error(err)
+            if translated is err:
+                raise
+            raise translated from err
+        finally:
+            responses.cancel()

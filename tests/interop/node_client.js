@@ -3,6 +3,9 @@
 // Usage: node tests/interop/node_client.js HOST:PORT < request.json > result.json
 //   request.json: {"image": {"shape": [H, W, C], "data": "<base64 uint8>"}, "matrix": [6 numbers]}
 //   result.json:  {"warp": Tensor, "determinant": Tensor, "error": {"code", "details"}}
+// or, with {"stream": {"frames": [{"shape": [H, W], "data": "<base64 uint8>"}, ...], "bad": bool}}:
+//   AlignStream (bidi): frames[0] is the reference (reference_index 0), the rest are streamed;
+//   "bad" appends a frame with too few bytes. result.json: {"stream": [responses], "error"}
 "use strict";
 const path = require("path");
 const fs = require("fs");
@@ -32,7 +35,31 @@ function call(method, request) {
     client[method](request, { deadline: deadline() }, (err, resp) => (err ? reject(err) : resolve(resp))));
 }
 
+const uint8Image = (img) => ({ tensor: { shape: img.shape, dtype: "DTYPE_UINT8", data: Buffer.from(img.data, "base64") } });
+
+// AlignStream: write the setup and every frame, collect the responses until the stream ends.
+function alignStream(spec) {
+  return new Promise((resolve) => {
+    const results = [];
+    const call = client.AlignStream({ deadline: deadline() });
+    call.on("data", (resp) => results.push({ index: resp.index, matrix: resp.matrix, method: resp.method,
+      registered: resp.registered, reason: resp.reason, zncc: resp.zncc, corner_sd: resp.corner_sd }));
+    call.on("error", (err) => resolve({ stream: results, error: { code: err.code, details: err.details } }));
+    call.on("end", () => resolve({ stream: results }));
+    const [reference, ...frames] = spec.frames;
+    call.write({ setup: { reference: uint8Image(reference), model: "MOTION_MODEL_HOMOGRAPHY", reference_index: 0 } });
+    for (const frame of frames) call.write({ frame: { image: uint8Image(frame) } });
+    if (spec.bad) call.write({ frame: { image: { tensor: { shape: [4, 4], dtype: "DTYPE_UINT8", data: Buffer.alloc(3) } } } });
+    call.end();
+  });
+}
+
 (async () => {
+  if (input.stream) {
+    process.stdout.write(JSON.stringify(await alignStream(input.stream)));
+    client.close();
+    return;
+  }
   const transforms = [{ affine: { matrix: input.matrix } }];
   const out = {};
   const warp = await call("Warp", {

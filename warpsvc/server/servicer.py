@@ -132,8 +132,11 @@ def add_to_server(servicer: WarpServicer, server) -> None:
         m.name: grpc.unary_unary_rpc_method_handler(
             getattr(servicer, m.name), response_serializer=wire.serialize,
             request_deserializer=wire.deserializer(getattr(pb, m.input_type.name), keep_errors=True))
-        for m in service.methods
+        for m in service.methods if not m.client_streaming
     }
+    from . import streaming  # AlignStream: a stream-stream handler
+
+    handlers.update(streaming.handlers(servicer.settings))
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
     server.add_registered_method_handlers(service.full_name, handlers)
 

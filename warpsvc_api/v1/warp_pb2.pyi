@@ -74,6 +74,26 @@ class Photometric(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PHOTOMETRIC_UNSPECIFIED: _ClassVar[Photometric]
     PHOTOMETRIC_NONE: _ClassVar[Photometric]
     PHOTOMETRIC_GAIN_BIAS: _ClassVar[Photometric]
+    PHOTOMETRIC_AUTO: _ClassVar[Photometric]
+
+class Search(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SEARCH_UNSPECIFIED: _ClassVar[Search]
+    SEARCH_AUTO: _ClassVar[Search]
+    SEARCH_LOCAL: _ClassVar[Search]
+    SEARCH_GLOBAL: _ClassVar[Search]
+
+class Channels(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CHANNELS_UNSPECIFIED: _ClassVar[Channels]
+    CHANNELS_MEAN: _ClassVar[Channels]
+    CHANNELS_ALL: _ClassVar[Channels]
+
+class MotionPrior(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    MOTION_PRIOR_UNSPECIFIED: _ClassVar[MotionPrior]
+    MOTION_PRIOR_STATIC: _ClassVar[MotionPrior]
+    MOTION_PRIOR_CONSTANT_VELOCITY: _ClassVar[MotionPrior]
 DTYPE_UNSPECIFIED: Dtype
 DTYPE_UINT8: Dtype
 DTYPE_UINT16: Dtype
@@ -115,6 +135,17 @@ ROBUST_LOSS_TUKEY: RobustLoss
 PHOTOMETRIC_UNSPECIFIED: Photometric
 PHOTOMETRIC_NONE: Photometric
 PHOTOMETRIC_GAIN_BIAS: Photometric
+PHOTOMETRIC_AUTO: Photometric
+SEARCH_UNSPECIFIED: Search
+SEARCH_AUTO: Search
+SEARCH_LOCAL: Search
+SEARCH_GLOBAL: Search
+CHANNELS_UNSPECIFIED: Channels
+CHANNELS_MEAN: Channels
+CHANNELS_ALL: Channels
+MOTION_PRIOR_UNSPECIFIED: MotionPrior
+MOTION_PRIOR_STATIC: MotionPrior
+MOTION_PRIOR_CONSTANT_VELOCITY: MotionPrior
 
 class Tensor(_message.Message):
     __slots__ = ("shape", "dtype", "data")
@@ -245,7 +276,7 @@ class JacobianDeterminantResponse(_message.Message):
     def __init__(self, determinant: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class AlignRequest(_message.Message):
-    __slots__ = ("template", "image", "model", "init", "levels", "template_mask", "image_mask", "robust", "photometric", "max_iterations", "tolerance", "time_budget_seconds")
+    __slots__ = ("template", "image", "model", "init", "levels", "template_mask", "image_mask", "robust", "photometric", "max_iterations", "tolerance", "time_budget_seconds", "search")
     TEMPLATE_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -258,6 +289,7 @@ class AlignRequest(_message.Message):
     MAX_ITERATIONS_FIELD_NUMBER: _ClassVar[int]
     TOLERANCE_FIELD_NUMBER: _ClassVar[int]
     TIME_BUDGET_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    SEARCH_FIELD_NUMBER: _ClassVar[int]
     template: Image
     image: Image
     model: MotionModel
@@ -270,7 +302,8 @@ class AlignRequest(_message.Message):
     max_iterations: int
     tolerance: float
     time_budget_seconds: float
-    def __init__(self, template: _Optional[_Union[Image, _Mapping]] = ..., image: _Optional[_Union[Image, _Mapping]] = ..., model: _Optional[_Union[MotionModel, str]] = ..., init: _Optional[_Iterable[float]] = ..., levels: _Optional[int] = ..., template_mask: _Optional[_Union[Image, _Mapping]] = ..., image_mask: _Optional[_Union[Image, _Mapping]] = ..., robust: _Optional[_Union[RobustLoss, str]] = ..., photometric: _Optional[_Union[Photometric, str]] = ..., max_iterations: _Optional[int] = ..., tolerance: _Optional[float] = ..., time_budget_seconds: _Optional[float] = ...) -> None: ...
+    search: Search
+    def __init__(self, template: _Optional[_Union[Image, _Mapping]] = ..., image: _Optional[_Union[Image, _Mapping]] = ..., model: _Optional[_Union[MotionModel, str]] = ..., init: _Optional[_Iterable[float]] = ..., levels: _Optional[int] = ..., template_mask: _Optional[_Union[Image, _Mapping]] = ..., image_mask: _Optional[_Union[Image, _Mapping]] = ..., robust: _Optional[_Union[RobustLoss, str]] = ..., photometric: _Optional[_Union[Photometric, str]] = ..., max_iterations: _Optional[int] = ..., tolerance: _Optional[float] = ..., time_budget_seconds: _Optional[float] = ..., search: _Optional[_Union[Search, str]] = ...) -> None: ...
 
 class LevelCosts(_message.Message):
     __slots__ = ("costs",)
@@ -279,7 +312,7 @@ class LevelCosts(_message.Message):
     def __init__(self, costs: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class AlignResponse(_message.Message):
-    __slots__ = ("matrix", "inverse", "converged", "reason", "iterations", "rms_error", "zncc", "cost_history", "covariance", "corner_covariance", "overlap", "gain", "bias", "model", "levels", "elapsed_seconds", "chart")
+    __slots__ = ("matrix", "inverse", "converged", "reason", "iterations", "rms_error", "zncc", "cost_history", "covariance", "corner_covariance", "overlap", "gain", "bias", "model", "levels", "elapsed_seconds", "chart", "start")
     MATRIX_FIELD_NUMBER: _ClassVar[int]
     INVERSE_FIELD_NUMBER: _ClassVar[int]
     CONVERGED_FIELD_NUMBER: _ClassVar[int]
@@ -297,6 +330,7 @@ class AlignResponse(_message.Message):
     LEVELS_FIELD_NUMBER: _ClassVar[int]
     ELAPSED_SECONDS_FIELD_NUMBER: _ClassVar[int]
     CHART_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
     matrix: _containers.RepeatedScalarFieldContainer[float]
     inverse: _containers.RepeatedScalarFieldContainer[float]
     converged: bool
@@ -314,4 +348,103 @@ class AlignResponse(_message.Message):
     levels: int
     elapsed_seconds: float
     chart: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, matrix: _Optional[_Iterable[float]] = ..., inverse: _Optional[_Iterable[float]] = ..., converged: _Optional[bool] = ..., reason: _Optional[str] = ..., iterations: _Optional[_Iterable[int]] = ..., rms_error: _Optional[float] = ..., zncc: _Optional[float] = ..., cost_history: _Optional[_Iterable[_Union[LevelCosts, _Mapping]]] = ..., covariance: _Optional[_Union[Tensor, _Mapping]] = ..., corner_covariance: _Optional[_Union[Tensor, _Mapping]] = ..., overlap: _Optional[float] = ..., gain: _Optional[_Iterable[float]] = ..., bias: _Optional[_Iterable[float]] = ..., model: _Optional[_Union[MotionModel, str]] = ..., levels: _Optional[int] = ..., elapsed_seconds: _Optional[float] = ..., chart: _Optional[_Iterable[float]] = ...) -> None: ...
+    start: str
+    def __init__(self, matrix: _Optional[_Iterable[float]] = ..., inverse: _Optional[_Iterable[float]] = ..., converged: _Optional[bool] = ..., reason: _Optional[str] = ..., iterations: _Optional[_Iterable[int]] = ..., rms_error: _Optional[float] = ..., zncc: _Optional[float] = ..., cost_history: _Optional[_Iterable[_Union[LevelCosts, _Mapping]]] = ..., covariance: _Optional[_Union[Tensor, _Mapping]] = ..., corner_covariance: _Optional[_Union[Tensor, _Mapping]] = ..., overlap: _Optional[float] = ..., gain: _Optional[_Iterable[float]] = ..., bias: _Optional[_Iterable[float]] = ..., model: _Optional[_Union[MotionModel, str]] = ..., levels: _Optional[int] = ..., elapsed_seconds: _Optional[float] = ..., chart: _Optional[_Iterable[float]] = ..., start: _Optional[str] = ...) -> None: ...
+
+class SequenceOptions(_message.Message):
+    __slots__ = ("reanchor", "anchor_min_overlap", "keyframe_overlap", "trust_overlap", "max_keyframes", "max_anchor_attempts", "anchor_margin", "motion_prior", "fuse", "robust", "photometric", "levels", "max_iterations", "tolerance", "channels")
+    REANCHOR_FIELD_NUMBER: _ClassVar[int]
+    ANCHOR_MIN_OVERLAP_FIELD_NUMBER: _ClassVar[int]
+    KEYFRAME_OVERLAP_FIELD_NUMBER: _ClassVar[int]
+    TRUST_OVERLAP_FIELD_NUMBER: _ClassVar[int]
+    MAX_KEYFRAMES_FIELD_NUMBER: _ClassVar[int]
+    MAX_ANCHOR_ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    ANCHOR_MARGIN_FIELD_NUMBER: _ClassVar[int]
+    MOTION_PRIOR_FIELD_NUMBER: _ClassVar[int]
+    FUSE_FIELD_NUMBER: _ClassVar[int]
+    ROBUST_FIELD_NUMBER: _ClassVar[int]
+    PHOTOMETRIC_FIELD_NUMBER: _ClassVar[int]
+    LEVELS_FIELD_NUMBER: _ClassVar[int]
+    MAX_ITERATIONS_FIELD_NUMBER: _ClassVar[int]
+    TOLERANCE_FIELD_NUMBER: _ClassVar[int]
+    CHANNELS_FIELD_NUMBER: _ClassVar[int]
+    reanchor: bool
+    anchor_min_overlap: float
+    keyframe_overlap: float
+    trust_overlap: float
+    max_keyframes: int
+    max_anchor_attempts: int
+    anchor_margin: int
+    motion_prior: MotionPrior
+    fuse: bool
+    robust: RobustLoss
+    photometric: Photometric
+    levels: int
+    max_iterations: int
+    tolerance: float
+    channels: Channels
+    def __init__(self, reanchor: _Optional[bool] = ..., anchor_min_overlap: _Optional[float] = ..., keyframe_overlap: _Optional[float] = ..., trust_overlap: _Optional[float] = ..., max_keyframes: _Optional[int] = ..., max_anchor_attempts: _Optional[int] = ..., anchor_margin: _Optional[int] = ..., motion_prior: _Optional[_Union[MotionPrior, str]] = ..., fuse: _Optional[bool] = ..., robust: _Optional[_Union[RobustLoss, str]] = ..., photometric: _Optional[_Union[Photometric, str]] = ..., levels: _Optional[int] = ..., max_iterations: _Optional[int] = ..., tolerance: _Optional[float] = ..., channels: _Optional[_Union[Channels, str]] = ...) -> None: ...
+
+class AlignStreamSetup(_message.Message):
+    __slots__ = ("reference", "model", "options", "reference_index")
+    REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_INDEX_FIELD_NUMBER: _ClassVar[int]
+    reference: Image
+    model: MotionModel
+    options: SequenceOptions
+    reference_index: int
+    def __init__(self, reference: _Optional[_Union[Image, _Mapping]] = ..., model: _Optional[_Union[MotionModel, str]] = ..., options: _Optional[_Union[SequenceOptions, _Mapping]] = ..., reference_index: _Optional[int] = ...) -> None: ...
+
+class AlignStreamFrame(_message.Message):
+    __slots__ = ("image",)
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    image: Image
+    def __init__(self, image: _Optional[_Union[Image, _Mapping]] = ...) -> None: ...
+
+class AlignStreamRequest(_message.Message):
+    __slots__ = ("setup", "frame")
+    SETUP_FIELD_NUMBER: _ClassVar[int]
+    FRAME_FIELD_NUMBER: _ClassVar[int]
+    setup: AlignStreamSetup
+    frame: AlignStreamFrame
+    def __init__(self, setup: _Optional[_Union[AlignStreamSetup, _Mapping]] = ..., frame: _Optional[_Union[AlignStreamFrame, _Mapping]] = ...) -> None: ...
+
+class AlignStreamResponse(_message.Message):
+    __slots__ = ("index", "matrix", "inverse", "registered", "method", "reason", "hops", "anchor", "previous", "step", "covariance", "corner_sd", "zncc", "rms_error", "alignments", "elapsed_seconds", "reference_shape")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    MATRIX_FIELD_NUMBER: _ClassVar[int]
+    INVERSE_FIELD_NUMBER: _ClassVar[int]
+    REGISTERED_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    HOPS_FIELD_NUMBER: _ClassVar[int]
+    ANCHOR_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    COVARIANCE_FIELD_NUMBER: _ClassVar[int]
+    CORNER_SD_FIELD_NUMBER: _ClassVar[int]
+    ZNCC_FIELD_NUMBER: _ClassVar[int]
+    RMS_ERROR_FIELD_NUMBER: _ClassVar[int]
+    ALIGNMENTS_FIELD_NUMBER: _ClassVar[int]
+    ELAPSED_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_SHAPE_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    matrix: _containers.RepeatedScalarFieldContainer[float]
+    inverse: _containers.RepeatedScalarFieldContainer[float]
+    registered: bool
+    method: str
+    reason: str
+    hops: int
+    anchor: int
+    previous: int
+    step: _containers.RepeatedScalarFieldContainer[float]
+    covariance: Tensor
+    corner_sd: _containers.RepeatedScalarFieldContainer[float]
+    zncc: float
+    rms_error: float
+    alignments: int
+    elapsed_seconds: float
+    reference_shape: ImageSize
+    def __init__(self, index: _Optional[int] = ..., matrix: _Optional[_Iterable[float]] = ..., inverse: _Optional[_Iterable[float]] = ..., registered: _Optional[bool] = ..., method: _Optional[str] = ..., reason: _Optional[str] = ..., hops: _Optional[int] = ..., anchor: _Optional[int] = ..., previous: _Optional[int] = ..., step: _Optional[_Iterable[float]] = ..., covariance: _Optional[_Union[Tensor, _Mapping]] = ..., corner_sd: _Optional[_Iterable[float]] = ..., zncc: _Optional[float] = ..., rms_error: _Optional[float] = ..., alignments: _Optional[int] = ..., elapsed_seconds: _Optional[float] = ..., reference_shape: _Optional[_Union[ImageSize, _Mapping]] = ...) -> None: ...

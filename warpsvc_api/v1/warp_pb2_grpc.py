@@ -51,6 +51,11 @@ class WarpServiceStub:
                 request_serializer=warpsvc__api_dot_v1_dot_warp__pb2.AlignRequest.SerializeToString,
                 response_deserializer=warpsvc__api_dot_v1_dot_warp__pb2.AlignResponse.FromString,
                 _registered_method=True)
+        self.AlignStream = channel.stream_stream(
+                '/warpsvc.v1.WarpService/AlignStream',
+                request_serializer=warpsvc__api_dot_v1_dot_warp__pb2.AlignStreamRequest.SerializeToString,
+                response_deserializer=warpsvc__api_dot_v1_dot_warp__pb2.AlignStreamResponse.FromString,
+                _registered_method=True)
 
 
 class WarpServiceServicer:
@@ -79,6 +84,15 @@ class WarpServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AlignStream(self, request_iterator, context):
+        """Register a stream of frames to one reference (warpsvc.core.sequence.SequenceAligner, one per
+        call): the first message carries the setup (reference image and options), every later one
+        a frame; one response per frame, in order, sent as soon as the frame is registered.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WarpServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -96,6 +110,11 @@ def add_WarpServiceServicer_to_server(servicer, server):
                     servicer.Align,
                     request_deserializer=warpsvc__api_dot_v1_dot_warp__pb2.AlignRequest.FromString,
                     response_serializer=warpsvc__api_dot_v1_dot_warp__pb2.AlignResponse.SerializeToString,
+            ),
+            'AlignStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.AlignStream,
+                    request_deserializer=warpsvc__api_dot_v1_dot_warp__pb2.AlignStreamRequest.FromString,
+                    response_serializer=warpsvc__api_dot_v1_dot_warp__pb2.AlignStreamResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -181,6 +200,33 @@ class WarpService:
             '/warpsvc.v1.WarpService/Align',
             warpsvc__api_dot_v1_dot_warp__pb2.AlignRequest.SerializeToString,
             warpsvc__api_dot_v1_dot_warp__pb2.AlignResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AlignStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/warpsvc.v1.WarpService/AlignStream',
+            warpsvc__api_dot_v1_dot_warp__pb2.AlignStreamRequest.SerializeToString,
+            warpsvc__api_dot_v1_dot_warp__pb2.AlignStreamResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,115 @@
+"""``WarpService.AlignStream``: a bidirectional stream of frames registered to one reference.
+
+One :class:`warpsvc.core.sequence.SequenceAligner` per call. The first request carries the
+setup (reference image, model, options: :mod:`warpsvc_api.stream`), every later request a
+frame; each frame is decoded (the server's pixel limit), pushed, and its result yielded before
+the next request is read. So at most one frame per call is held besides the aligner's state,
+and back-pressure is gRPC's flow control: a client sending faster than the server registers
+blocks once the transport windows are full.
+
+Errors: a bad message (setup missing or repeated, an undecodable or oversized frame, a channel
+mismatch) ends the call with the status of :mod:`warpsvc_api.status` (INVALID_ARGUMENT /
+RESOURCE_EXHAUSTED) naming the field, ``frame[i].image...`` with ``i`` the frame's sequence
+index (the index its result would have carried); the results already sent stay valid. More
+than :data:`MAX_STREAM_FRAMES` frames: RESOURCE_EXHAUSTED on ``frame``. The call's deadline and
+cancellation are polled by every alignment (``should_stop``): an interrupted frame ends the call
+with DEADLINE_EXCEEDED (or CANCELLED) instead of sending an unregistered result.
+"""
+
+from __future__ import annotations
+
+from warpsvc.core.errors import (
+    CancelledError,
+    DeadlineExceededError,
+    InvalidArgumentError,
+    ResourceExhaustedError,
+    WarpsvcError,
+)
+from warpsvc_api import status, stream, wire
+from warpsvc_api.v1 import warp_pb2 as pb
+
+from . import codecs
+from .servicer import _DeadlineStop
+
+# TODO(settings): make this a Settings field (--max-stream-frames / WARPSVC_MAX_STREAM_FRAMES).
+MAX_STREAM_FRAMES = 100_000
+FRAME_PAYLOAD = (stream.REQUEST_FRAME, stream.FRAME_IMAGE, wire.IMAGE_TENSOR)
+SETUP_PAYLOAD = (stream.REQUEST_SETUP, stream.SETUP_REFERENCE, wire.IMAGE_TENSOR)
+
+
+def _message(call: wire.Received, position: str):
+    if isinstance(call.message, Exception):
+        raise InvalidArgumentError(f"not a valid AlignStreamRequest message ({call.message})", field=position)
+    return call.message
+
+
+def _aligner(call: wire.Received, settings):
+    """The call's ``SequenceAligner`` from its setup message."""
+    from warpsvc.core.sequence import SequenceAligner, SequenceOptions
+    from warpsvc.core.sequence.options import default_align_options
+
+    req = _message(call, "setup")
+    if req.WhichOneof("kind") != "setup":
+        raise InvalidArgumentError("the first message of AlignStream must carry the setup", field="setup")
+    setup = req.setup
+    reference = codecs.decode_image(setup.reference, call.payload(*SETUP_PAYLOAD), "setup.reference",
+                                    settings.max_input_pixels)
+    sequence, pairwise = stream.setup_options(setup)
+    model = sequence.pop("model", "homography")
+    try:
+        align = default_align_options().replace(**pairwise) if pairwise else None
+        options = SequenceOptions(align=align, **sequence)
+        ref_index = setup.reference_index if setup.HasField("reference_index") else None
+        aligner = SequenceAligner(reference, model, options, reference_index=ref_index)
+    except WarpsvcError as err:
+        name = err.field or ""
+        prefix = "setup" if name in ("model", "reference", "reference_index") else "setup.options"
+        raise err.relabelled(f"{prefix}.{name}" if name else "setup") from err
+    return aligner, ref_index
+
+
+def align_stream(settings, requests, context):
+    """The handler: yields ``AlignStreamResponse`` messages (see the module docstring)."""
+    try:
+        requests = iter(requests)
+        first = next(requests, None)
+        if first is None:
+            raise InvalidArgumentError("the stream ended before its setup message", field="setup")
+        aligner, ref_index = _aligner(first, settings)
+        if ref_index is not None:
+            yield stream.frame_response(aligner.reference_result())
+        next_index = 0 if ref_index is None else ref_index + 1
+        stop = _DeadlineStop(context)
+        for count, call in enumerate(requests):
+            index = next_index + count
+            field = f"frame[{index}]"
+            if count >= MAX_STREAM_FRAMES:
+                raise ResourceExhaustedError(f"more than {MAX_STREAM_FRAMES} frames in one stream", field="frame")
+            req = _message(call, field)
+            if req.WhichOneof("kind") != "frame":
+                raise InvalidArgumentError("every message after the setup must carry a frame", field=field)
+            image = codecs.decode_image(req.frame.image, call.payload(*FRAME_PAYLOAD), f"{field}.image",
+                                        settings.max_input_pixels)
+            try:
+                result = aligner.push(image, index=index, should_stop=stop)
+            except WarpsvcError as err:
+                raise err.relabelled(f"{field}.image") from err
+            if stop.fired:
+                if context.is_active():
+                    raise DeadlineExceededError(f"the call's deadline stopped the alignment of {field}")
+                raise CancelledError(f"the call was cancelled during {field}")
+            yield stream.frame_response(result)
+    except Exception as exc:  # noqa: BLE001 - every failure becomes the call's status
+        context.abort_with_status(status.to_status(exc))
+
+
+def handlers(settings) -> dict:
+    """``{"AlignStream": handler}`` for ``WarpService`` (registered by ``servicer.add_to_server``)."""
+    import grpc
+
+    def handler(requests, context):
+        return align_stream(settings, requests, context)
+
+    return {"AlignStream": grpc.stream_stream_rpc_method_handler(
+        handler, request_deserializer=wire.deserializer(pb.AlignStreamRequest, keep_errors=True),
+        response_serializer=wire.serialize)}
