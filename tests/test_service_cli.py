@@ -147,7 +147,7 @@ def test_workers_cap_opencv_and_blas_threads():
     code = ("import cv2, threadpoolctl, numpy; from warpsvc.server.runner import run_worker; "
             "import warpsvc.server.app as app; "
             "orig = app.build_server\n"
-            "def probe(settings):\n"
+            "def probe(settings, **_):\n"
             "    blas = [p['num_threads'] for p in threadpoolctl.threadpool_info() if p['user_api'] == 'blas']\n"
             "    print('THREADS', cv2.getNumThreads(), sorted(set(blas)), flush=True); raise SystemExit(0)\n"
             "app.build_server = probe\n"

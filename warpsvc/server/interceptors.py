@@ -7,7 +7,9 @@ The access log is one JSON object per line on the ``warpsvc.access`` logger::
      "out_px": 2073600, "peer": "ipv4:127.0.0.1:51234"}
 
 ``in_px`` / ``out_px`` are the decoded input pixels and produced output pixels (H*W summed over
-images), reported by the servicer through :func:`record_pixels`. Metadata is never logged (the
+images), reported by the servicer through :func:`record_pixels`; at the end of the call they are
+also added to the metrics' ``warpsvc_pixels_total`` (when metrics are on). With tracing on, the
+line carries ``"trace_id"`` (32 hex digits, the RPC span's trace). Metadata is never logged (the
 token travels there).
 """
 
@@ -49,7 +51,15 @@ def _wrap_unary(handler: grpc.RpcMethodHandler, wrap) -> grpc.RpcMethodHandler:
 
 
 class AccessLogInterceptor(grpc.ServerInterceptor):
-    """One log line per unary call: method, status, milliseconds, pixels, peer."""
+    """One log line per unary call: method, status, milliseconds, pixels, peer (and trace id).
+
+    ``metrics``: a :class:`.metrics.Metrics` that receives the call's pixel counts (or None);
+    ``tracing``: a :class:`.tracing.Tracing`, whose trace id goes in the line when it is on. Put it
+    inside the metrics and tracing interceptors (the current method and span are then set)."""
+
+    def __init__(self, metrics=None, tracing=None):
+        self._metrics = metrics
+        self._trace_id = tracing.trace_id if tracing is not None and tracing.enabled else None
 
     def intercept_service(self, continuation, handler_call_details):
         method = handler_call_details.method
@@ -72,10 +82,16 @@ class AccessLogInterceptor(grpc.ServerInterceptor):
                     ms = (time.perf_counter() - t0) * 1e3
                     if status == "OK" and isinstance(context.code(), grpc.StatusCode):
                         status = context.code().name
-                    access_log.info(json.dumps({
-                        "method": method, "status": status, "ms": round(ms, 2),
-                        "in_px": counters[0], "out_px": counters[1], "peer": context.peer(),
-                    }))
+                    line = {"method": method, "status": status, "ms": round(ms, 2),
+                            "in_px": counters[0], "out_px": counters[1], "peer": context.peer()}
+                    if self._trace_id is not None:
+                        line["trace_id"] = self._trace_id()
+                    access_log.info(json.dumps(line))
+                    if self._metrics is not None:
+                        if counters[0]:
+                            self._metrics.pixels("input", counters[0])
+                        if counters[1]:
+                            self._metrics.pixels("output", counters[1])
 
             return logged
 

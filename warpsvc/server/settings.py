@@ -23,6 +23,8 @@ blas_threads               WARPSVC_BLAS_THREADS            1            BLAS thr
 reflection                 WARPSVC_REFLECTION              true         server reflection service
 tune_malloc                WARPSVC_TUNE_MALLOC             true         keep big buffers in the heap
                                                                         (runner.tune_allocator)
+metrics_port               WARPSVC_METRICS_PORT            9464         Prometheus ``GET /metrics`` port
+                                                                        (0 disables; see metrics.py)
 log_level                  WARPSVC_LOG_LEVEL               info         python logging level
 =========================  ==============================  ===========  ================================
 """
@@ -57,6 +59,7 @@ class Settings:
     blas_threads: int = 1
     reflection: bool = True
     tune_malloc: bool = True
+    metrics_port: int = 9464
     log_level: str = "info"
 
     def __post_init__(self):
@@ -65,8 +68,11 @@ class Settings:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not 0 <= self.port <= 65535:
-            raise ValueError(f"port must be in 0..65535, got {self.port}")
+        for name in ("port", "metrics_port"):
+            if not 0 <= getattr(self, name) <= 65535:
+                raise ValueError(f"{name} must be in 0..65535, got {getattr(self, name)}")
+        if self.metrics_port and self.metrics_port == self.port:
+            raise ValueError(f"metrics_port and port must differ, both are {self.port}")
         if self.grace_seconds < 0:
             raise ValueError("grace_seconds must be >= 0")
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -131,6 +137,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="disable server reflection")
     parser.add_argument("--no-tune-malloc", dest="tune_malloc", action="store_false", default=d,
                         help="leave glibc's mmap/trim thresholds alone (see docs/service.md)")
+    parser.add_argument("--metrics-port", type=int, default=d,
+                        help="port of the Prometheus GET /metrics endpoint; 0 disables (default 9464)")
     parser.add_argument("--log-level", default=d, help="logging level (default info)")
 
 
