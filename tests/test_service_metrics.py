@@ -37,7 +37,7 @@ from warpsvc_client import WarpClient
 
 SERVICE = "warpsvc.v1.WarpService"
 SHAPE = (48, 64)
-ALIGN_SHAPE = (256, 256)
+ALIGN_SHAPE = (512, 512)
 CONNECTIONS = 4
 
 

@@ -21,6 +21,7 @@ from grpc_reflection.v1alpha import reflection
 
 from warpsvc_api.v1 import warp_pb2
 
+from . import admission
 from .interceptors import AccessLogInterceptor, BearerTokenInterceptor, DrainGate
 from .observe import Observer
 from .servicer import WarpServicer, add_to_server
@@ -76,8 +77,11 @@ def build_server(settings: Settings, *, tracing: Tracing = OFF) -> WarpServer:
     from .metrics import Metrics, MetricsInterceptor
 
     metrics = Metrics() if settings.metrics_port else None
-    executor = futures.ThreadPoolExecutor(max_workers=settings.threads, thread_name_prefix="warpsvc")
-    gate = DrainGate(executor)
+    # Admission (see .admission): a thread per admitted work call plus threads kept for health and
+    # reflection; `threads` of the admitted calls compute at once, the others wait for a slot.
+    executor = futures.ThreadPoolExecutor(max_workers=admission.pool_threads(settings.max_concurrent_rpcs),
+                                          thread_name_prefix="warpsvc")
+    gate = DrainGate(executor, limit=settings.max_concurrent_rpcs)
     # Outermost the metrics (every refusal below is counted with its code), then the RPC span (the
     # access log runs inside it and logs its trace id). The gate sits before the token check, so
     # refused calls are counted out as well as in (a token refusal that skipped the gate's
@@ -87,14 +91,16 @@ def build_server(settings: Settings, *, tracing: Tracing = OFF) -> WarpServer:
                     AccessLogInterceptor(metrics, tracing), gate]
     if settings.token:
         interceptors.append(BearerTokenInterceptor(settings.token))
+    interceptors.append(admission.ComputeSlots(settings.threads))
     server = grpc.server(
         executor,
         interceptors=interceptors,
         options=channel_options(settings),
-        maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
+        maximum_concurrent_rpcs=admission.grpc_limit(settings.max_concurrent_rpcs),  # a backstop
     )
+    gate.attach(server)
     if metrics_interceptor is not None:
-        metrics_interceptor.attach(server)  # counts the calls gRPC sheds over max_concurrent_rpcs
+        metrics_interceptor.attach(server, shed_probe=gate.took_shed)  # counts the calls shed
     add_to_server(WarpServicer(settings, Observer(metrics, tracing)), server)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -152,28 +152,49 @@ class DrainGate(grpc.ServerInterceptor):
     Why: gRPC's own ``server.stop(grace)`` lets running handlers finish, but calls the transport
     has accepted and Python has not yet picked up are cancelled at that instant. Draining first,
     and stopping only when nothing accepted is left, loses no call that reached the server.
-    Health checks are never gated.
+    Health checks and reflection are never gated. With ``limit``, work calls over it are refused
+    RESOURCE_EXHAUSTED at arrival (:mod:`.admission`: keeps threads free for health).
     """
 
-    def __init__(self, executor=None):
+    def __init__(self, executor=None, limit: int | None = None):
+        from .admission import ServerLoad
+
         self._cond = threading.Condition()
         self._active = 0  # intercepted, not finished (over-counts calls gRPC then sheds)
         self._running = 0  # handler running right now
         self._draining = False
         self._executor = executor  # the server's handler pool: its queue holds accepted calls
+        # Admission (see .admission): refuse work while `limit` calls are in the server.
+        self.limit = limit
+        self.load = ServerLoad(lambda: self._active)
+        self._shed = threading.local()
 
     @property
     def active(self) -> int:
         return self._active
 
+    def attach(self, server) -> None:
+        """Read the server's own count of calls in flight (call once the server exists)."""
+        self.load.attach(server)
+
+    def took_shed(self) -> bool:
+        """Whether the call being intercepted on this thread was just refused over the limit
+        (read once by the metrics interceptor, outermost, in the same interception)."""
+        shed, self._shed.flag = getattr(self._shed, "flag", False), False
+        return shed
+
     def intercept_service(self, continuation, handler_call_details):
+        from .admission import busy_refusal, is_work
+
         handler = continuation(handler_call_details)
-        if (handler is None or handler.unary_unary is None
-                or handler_call_details.method.startswith(PUBLIC_METHOD_PREFIXES)):
+        if not is_work(handler, handler_call_details.method):
             return handler
         with self._cond:  # runs when the call arrives, before it waits for a handler thread
             if self._draining:
                 return _refusal(handler)
+            if self.limit is not None and self.load() >= self.limit:
+                self._shed.flag = True
+                return busy_refusal(handler, self.limit)
             self._active += 1
 
         def wrap(behavior):
