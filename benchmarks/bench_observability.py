@@ -17,7 +17,8 @@ each its own process (so the client does not share their GIL), identical but for
 
 Three calls through ``WarpClient``: ``small`` (``jacobian_determinant`` of a 4x4 grid: the fixed
 per-call cost), ``warp`` (a 512x512 uint8 image, raw tensor in and out, an affine transform: a
-small Warp round trip), ``warp1080`` (the same with a 1920x1080 RGB uint8 image) and ``align`` (two 128x128 float32 images, translation model: Align throughput).
+small Warp round trip), ``warp1080`` (the same with a 1920x1080 RGB uint8 image) and ``align``
+(two 128x128 float32 images, translation model: Align throughput).
 
 Method: one warm-up batch per (call, server); then ``--rounds`` rounds; in each round every call
 runs one batch of sequential calls against each server, in a rotating order; a batch's figure is

@@ -18,10 +18,11 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from interop.harness import ServerProcess, wait_serving
+from warpsvc_client import WarpClient
+
 from warpsvc import AffineTransform, HomographyTransform
 from warpsvc_api import convert, wire
 from warpsvc_api.v1 import warp_pb2 as pb
-from warpsvc_client import WarpClient
 
 SLOTS, ADMITTED = 2, 4
 

@@ -27,13 +27,13 @@ from interop.harness import REPO, ServerProcess, wait_serving
 from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector
 from test_metrics import scrape, total, value
+from warpsvc_client import WarpClient
 
 import warpsvc
 from warpsvc import AffineTransform
 from warpsvc.server import Settings, build_server
 from warpsvc_api import convert, wire
 from warpsvc_api.v1 import warp_pb2 as pb
-from warpsvc_client import WarpClient
 
 SERVICE = "warpsvc.v1.WarpService"
 SHAPE = (48, 64)

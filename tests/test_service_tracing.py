@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
+from warpsvc_client import WarpClient
+from warpsvc_client import tracing as ct
 
 from warpsvc import AffineTransform
 from warpsvc.server import Settings, build_server
 from warpsvc.server import tracing as wt
-from warpsvc_client import WarpClient
-from warpsvc_client import tracing as ct
 
 WARP = "/warpsvc.v1.WarpService/Warp"
 

@@ -14,9 +14,9 @@ import pytest
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
+from warpsvc_client import tracing as ct
 
 from warpsvc.server import tracing as wt
-from warpsvc_client import tracing as ct
 
 SERVICE = "test.Echo"
 # version 00, trace id, parent span id, flags (01 sampled; the SDK also sets 02, "random trace id")
