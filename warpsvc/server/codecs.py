@@ -151,16 +151,20 @@ def response_format(form: int, jpeg_quality: int) -> str:
     return "tensor" if name is vocab.DEFAULT else name
 
 
+def check_encodable(form: str, dtype, channels: int) -> None:
+    """Refuse (``response_form``) a result of ``dtype`` with ``channels`` that ``form`` cannot hold."""
+    if np.dtype(dtype).type not in FORMAT_DTYPES[form] or channels not in FORMAT_CHANNELS[form]:
+        dts = "/".join(np.dtype(d).name for d in FORMAT_DTYPES[form])
+        raise InvalidArgumentError(
+            f"{form} holds {dts} with {FORMAT_CHANNELS[form]} channels; the result is {np.dtype(dtype)} with "
+            f"{channels} channels (ask for RESPONSE_FORM_TENSOR or TIFF)", field="response_form")
+
+
 def encode_image(arr: np.ndarray, form: str, *, jpeg_quality: int = 0) -> wire.Parts:
     """``arr`` as a serialised ``Image`` in ``form`` (from :func:`response_format`)."""
     if form == "tensor":
         return convert.image_parts(arr)
-    channels = 1 if arr.ndim == 2 else arr.shape[2]
-    if arr.dtype.type not in FORMAT_DTYPES[form] or channels not in FORMAT_CHANNELS[form]:
-        dts = "/".join(np.dtype(d).name for d in FORMAT_DTYPES[form])
-        raise InvalidArgumentError(
-            f"{form} holds {dts} with {FORMAT_CHANNELS[form]} channels; the result is {arr.dtype} with "
-            f"{channels} channels (ask for RESPONSE_FORM_TENSOR or TIFF)", field="response_form")
+    check_encodable(form, arr.dtype, 1 if arr.ndim == 2 else arr.shape[2])
     params = [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality or DEFAULT_JPEG_QUALITY] if form == "jpeg" else []
     ok, buf = cv2.imencode(FORMAT_EXT[form], arr, params)
     if not ok:  # pragma: no cover - dtype and channels were checked above

@@ -119,13 +119,17 @@ class WarpServicer:
             return convert.align_response(result)
 
     def _check_output(self, shape, image, dtype, form: str) -> None:
-        """Refuse an output grid over the pixel limit, or a tensor response over the message
-        limit, before the library allocates it."""
+        """Refuse, before the library allocates anything: an output grid over the pixel limit; a
+        tensor response over the message limit; an encoded form that cannot hold the result's
+        dtype or channel count (so the output array of an encoded response is at most
+        ``max_output_pixels`` x 4 channels x the dtype's size)."""
         codecs.check_pixels(shape, "output_shape", self.settings.max_output_pixels, "output")
+        channels = 1 if image.ndim == 2 else image.shape[2]
         if form == "tensor":
-            channels = 1 if image.ndim == 2 else image.shape[2]
             codecs.check_bytes(_pixels(shape) * channels * dtype.itemsize, "output_shape",
                                self.settings.max_message_bytes, f"a {shape[0]}x{shape[1]}x{channels} {dtype} tensor")
+        else:
+            codecs.check_encodable(form, dtype, channels)
 
 
 def _pixels(shape) -> int:
