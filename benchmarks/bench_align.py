@@ -64,7 +64,12 @@ from skimage import data
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 import warpsvc
 
-LK20 = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data" / "lk20"
+# The Baker-Matthews data sit in ``shared/data/lk20`` beside the checkout (``$WARPSVC_LK20``
+# overrides): looked up in the checkout's parents, so a git worktree one level deeper finds it.
+LK20 = pathlib.Path(os.environ["WARPSVC_LK20"]) if "WARPSVC_LK20" in os.environ else next(
+    (p / "shared" / "data" / "lk20" for p in pathlib.Path(__file__).resolve().parents[1].parents
+     if (p / "shared" / "data" / "lk20").is_dir()),
+    pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data" / "lk20")
 PHOTOS = ("camera", "astronaut", "coffee", "chelsea", "rocket", "coins", "moon")
 TEMPLATE = 100
 NAN = float("nan")

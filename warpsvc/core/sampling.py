@@ -21,7 +21,11 @@ What this module adds to OpenCV:
   about -1/2 and W-1/2, ``constant``/``replicate`` clipped just outside), so huge or
   non-finite coordinates (a homography's horizon) give the border value, never garbage;
 * **periodic rows** for polar images (``Transform.source_row_period``): rows wrap whatever
-  the column border rule is, as ``cv2.warpPolar`` does for its inverse map.
+  the column border rule is, as ``cv2.warpPolar`` does for its inverse map;
+* **cooperative cancellation**: ``poll()`` (if given) runs after every tile; matrix warps with
+  a ``poll`` and more than :data:`POLL_BAND_PIXELS` output pixels run in row bands (the band's
+  matrix is ``M @ [[1, 0, 0], [0, 1, r0], [0, 0, 1]]``, so coordinates may differ from the
+  single call by float64 round-off).
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ BORDERS = {
 CV_MAX_SIDE = 32766  # remap / warpAffine / warpPolar refuse sides >= 32767
 TILE_PIXELS = 1 << 20  # output pixels per remap tile (bounds the float64 coordinate arrays)
 CHANNEL_GROUP = 4
+POLL_BAND_PIXELS = 1 << 22  # matrix warps with a poll: output pixels per OpenCV call
 
 
 @dataclass(frozen=True)
@@ -120,38 +125,56 @@ def _store(out, r0, r1, c0, c1, start, stop, res):
     out[r0:r1, c0:c1, start:stop] = res.reshape(r1 - r0, c1 - c0, stop - start)
 
 
-def resample(image: np.ndarray, src_from_dst: Transform, out_shape, opts: SampleOptions, row_period=None):
+def _poll(poll) -> None:
+    if poll is not None:
+        poll()
+
+
+def resample(image: np.ndarray, src_from_dst: Transform, out_shape, opts: SampleOptions, row_period=None, *,
+             poll=None):
     """Sample ``image (H, W, C)`` at ``src_from_dst(y)`` for every pixel ``y`` of ``out_shape``.
 
-    Returns ``(Ho, Wo, C)`` of the image's dtype. ``row_period`` makes source rows periodic.
+    Returns ``(Ho, Wo, C)`` of the image's dtype. ``row_period`` makes source rows periodic;
+    ``poll()`` is called after every tile.
     """
     if image.dtype == np.float64 and opts.interpolation == "linear":
-        return _warp_bilinear64(image, src_from_dst, out_shape, opts, row_period)
+        return _warp_bilinear64(image, src_from_dst, out_shape, opts, row_period, poll)
     if image.dtype == np.float64 and opts.interpolation != "nearest":
         hi = image.astype(np.float32)
         lo = (image - hi).astype(np.float32)
         bv_hi = float(np.float32(opts.border_value))
-        res = _resample(hi, src_from_dst, out_shape, SampleOptions(opts.interpolation, opts.border, bv_hi), row_period)
+        hi_opts = SampleOptions(opts.interpolation, opts.border, bv_hi)
+        res = _resample(hi, src_from_dst, out_shape, hi_opts, row_period, poll)
         lo_opts = SampleOptions(opts.interpolation, opts.border, opts.border_value - bv_hi)
-        return res.astype(np.float64) + _resample(lo, src_from_dst, out_shape, lo_opts, row_period)
-    return _resample(image, src_from_dst, out_shape, opts, row_period)
+        return res.astype(np.float64) + _resample(lo, src_from_dst, out_shape, lo_opts, row_period, poll)
+    return _resample(image, src_from_dst, out_shape, opts, row_period, poll)
 
 
-def _resample(image, src_from_dst, out_shape, opts, row_period):
+def _resample(image, src_from_dst, out_shape, opts, row_period, poll=None):
     ho, wo = out_shape
     h, w, c = image.shape
     fits = max(h, w, ho, wo) <= CV_MAX_SIDE
     if src_from_dst.is_matrix() and fits and row_period is None:
-        return _warp_matrix(image, src_from_dst, out_shape, opts)
+        if poll is None or ho * wo <= POLL_BAND_PIXELS:
+            out = _warp_matrix(image, src_from_dst.matrix, out_shape, opts)
+            _poll(poll)
+            return out
+        out = np.empty((ho, wo, c), dtype=image.dtype)
+        band = max(1, POLL_BAND_PIXELS // wo)
+        for r0 in range(0, ho, band):
+            r1 = min(ho, r0 + band)
+            shift = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, r0], [0.0, 0.0, 1.0]])
+            out[r0:r1] = _warp_matrix(image, src_from_dst.matrix @ shift, (r1 - r0, wo), opts)
+            _poll(poll)
+        return out
     out = np.empty((ho, wo, c), dtype=image.dtype)
-    _warp_remap(image, src_from_dst, out, opts, row_period)
+    _warp_remap(image, src_from_dst, out, opts, row_period, poll)
     return out
 
 
-def _warp_matrix(image, src_from_dst, out_shape, opts):
-    """OpenCV's own warp with the ``dst -> src`` matrix (``WARP_INVERSE_MAP``)."""
+def _warp_matrix(image, m, out_shape, opts):
+    """OpenCV's own warp with the ``dst -> src`` matrix ``m`` (``WARP_INVERSE_MAP``)."""
     ho, wo = out_shape
-    m = src_from_dst.matrix
     is_affine = np.array_equal(m[2], [0.0, 0.0, 1.0])
     flags = INTERPOLATIONS[opts.interpolation] | cv2.WARP_INVERSE_MAP
     kwargs = dict(flags=flags, borderMode=BORDERS[opts.border], borderValue=_cv_value(opts.border_value))
@@ -173,7 +196,7 @@ def _tiles(ho, wo):
             yield r0, min(ho, r0 + th), c0, min(wo, c0 + tw)
 
 
-def _warp_remap(image, src_from_dst, out, opts, row_period):
+def _warp_remap(image, src_from_dst, out, opts, row_period, poll=None):
     h, w = image.shape[:2]
     radius = KERNEL_RADIUS[opts.interpolation]
     row_border = "wrap" if row_period is not None else opts.border
@@ -188,6 +211,7 @@ def _warp_remap(image, src_from_dst, out, opts, row_period):
             _remap_into(out, (r0, r1, c0, c1), image, mx, my, opts, BORDERS[opts.border])
         else:
             _remap_cropped(out, (r0, r1, c0, c1), image, mx, my, opts, row_border, radius)
+        _poll(poll)
 
 
 def _moderate(c: np.ndarray) -> bool:
@@ -234,7 +258,7 @@ def _remap_cropped(out, tile, image, mx, my, opts, row_border, radius):
     _remap_into(out, tile, crop, mx - x0, my - y0, opts, cv2.BORDER_REPLICATE)
 
 
-def _warp_bilinear64(image, src_from_dst, out_shape, opts, row_period):
+def _warp_bilinear64(image, src_from_dst, out_shape, opts, row_period, poll=None):
     """Exact float64 bilinear interpolation (no OpenCV): weights and sums in float64."""
     ho, wo = out_shape
     h, w, c = image.shape
@@ -257,5 +281,6 @@ def _warp_bilinear64(image, src_from_dst, out_shape, opts, row_period):
         top = at(rows[0], cols[0]) * (1 - fx) + at(rows[0], cols[1]) * fx
         bottom = at(rows[1], cols[0]) * (1 - fx) + at(rows[1], cols[1]) * fx
         out[r0:r1, c0:c1] = (top * (1 - fy) + bottom * fy).reshape(r1 - r0, c1 - c0, c)
+        _poll(poll)
     return out
 

@@ -9,17 +9,23 @@ Intensity preservation. A density ``p`` pushed through ``T`` becomes
 ``q``; ``intensity="plain"`` returns ``p(T^{-1}(y))``. ``antialias=True`` integrates the source
 over each output pixel's preimage instead of sampling one point (see :mod:`.antialias`), so the
 flux is conserved locally too.
+
+Cost control. Both functions take keyword-only ``limits`` (:class:`~.budget.WarpLimits`: chain
+length, antialias nodes and memory; refusals raise ``ResourceExhaustedError`` naming the field,
+before anything large is allocated) and ``poll``, a callable invoked between tiles, bands and
+strips (every few tens of milliseconds of work); it aborts the call by raising (a server's
+deadline or cancellation), and the exception propagates unchanged.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
-import cv2
 import numpy as np
 
 from . import _scale_kernels as _scale
-from . import antialias as _aa
+from .budget import check_antialias_cost, check_limits, check_transform_steps
 from .errors import InvalidArgumentError, InvalidTransformError
 from .sampling import BORDERS, INTERPOLATIONS, SampleOptions, border_indices, resample
 from .transforms import AffineTransform, Transform, compose
@@ -29,7 +35,7 @@ INTENSITIES = ("plain", "conserve")
 # Antialiased output pixels whose preimage is >= 99 % inside the source count as fully inside
 # (the node lattice's coverage ripple is < 0.3 %, so interiors are not blended with the border).
 FULL_COVERAGE_SLACK = 0.01
-DET_TILE_ROWS = 256
+SCALE_BAND_ELEMENTS = 1 << 22  # values per determinant-scaling launch (then a poll)
 
 
 def _check_transform(transform) -> Transform:
@@ -40,40 +46,65 @@ def _check_transform(transform) -> Transform:
     return transform
 
 
+def _check_poll(poll):
+    if poll is not None and not callable(poll):
+        raise InvalidArgumentError(f"poll must be a callable or None, got {type(poll).__name__}", field="poll")
+    return poll
+
+
+def _poll(poll) -> None:
+    if poll is not None:
+        poll()
+
+
+def _check_border_value(border_value) -> float:
+    try:
+        bv = float(border_value)
+    except (TypeError, ValueError):
+        raise InvalidArgumentError(f"border_value must be a number, got {border_value!r}", field="border_value") from None
+    if not math.isfinite(bv):
+        raise InvalidArgumentError("border_value must be finite", field="border_value")
+    return bv
+
+
 def _float_dtype(dtype) -> np.dtype:
     return np.dtype(np.float64) if dtype == np.float64 else np.dtype(np.float32)
 
 
-def jacobian_determinant(transform: Transform, output_shape, *, dtype=np.float64) -> np.ndarray:
+def jacobian_determinant(transform: Transform, output_shape, *, dtype=np.float64, limits=None,
+                         poll=None) -> np.ndarray:
     """``|det J_{T^{-1}}(y)|`` at every pixel ``y`` of the output grid, shape ``(H, W)``.
 
     It is the source area that lands in output pixel ``y`` (analytic, closed forms for matrix
     and polar transforms, chain rule for compositions). ``dtype`` is float64 or float32.
+    ``limits`` / ``poll``: see the module docstring (``poll`` runs between row tiles).
     """
     _check_transform(transform)
     shape = check_shape(output_shape)
     if np.dtype(dtype) not in (np.dtype(np.float64), np.dtype(np.float32)):
         raise InvalidArgumentError(f"dtype must be float64 or float32, got {dtype!r}", field="dtype")
-    return np.ascontiguousarray(_det_map(transform.inverse(), shape), dtype=dtype)
+    check_transform_steps(transform, check_limits(limits))
+    return np.ascontiguousarray(_det_map(transform.inverse(), shape, _check_poll(poll)), dtype=dtype)
 
 
-def _det_map(src_from_dst: Transform, shape) -> np.ndarray:
+def _det_map(src_from_dst: Transform, shape, poll=None) -> np.ndarray:
     """``|det J|`` of ``src_from_dst`` on the grid (may be a read-only broadcast view)."""
     h, w = shape
-    step = max(1, (1 << 22) // w)
+    step = max(1, (1 << 20) // w)
     if step >= h:
         return src_from_dst.determinant_grid((0, h), (0, w))
     out = np.empty(shape, dtype=np.float64)
     for r0 in range(0, h, step):
         r1 = min(h, r0 + step)
         out[r0:r1] = src_from_dst.determinant_grid((r0, r1), (0, w))
+        _poll(poll)
     return out
 
 
-def _finite_det_map(src_from_dst: Transform, shape) -> np.ndarray:
+def _finite_det_map(src_from_dst: Transform, shape, poll=None) -> np.ndarray:
     """The determinant map with singular points (a polar centre) replaced by the mean over
     four points at +-1/4 px: the pixel average of an integrable singularity."""
-    det = _det_map(src_from_dst, shape)
+    det = _det_map(src_from_dst, shape, poll)
     bad = ~np.isfinite(det)
     if bad.any():
         det = np.array(det)
@@ -87,22 +118,6 @@ def _finite_det_map(src_from_dst: Transform, shape) -> np.ndarray:
     return det
 
 
-def _scale_by_map(out: np.ndarray, factor: np.ndarray) -> None:
-    """``out[..., c] *= factor`` in place for every channel (``out (H, W, C)``, ``factor (H, W)``)."""
-    c = out.shape[2]
-    if factor.strides[0] == 0:  # one row broadcast down the columns (polar): contiguous rows
-        row = np.repeat(factor[0].astype(out.dtype), c)
-        out.reshape(out.shape[0], -1)[...] *= row[None, :]
-        return
-    factor = factor.astype(out.dtype, copy=False)
-    if c == 1:
-        out[:, :, 0] *= factor
-    elif c <= 4:
-        cv2.multiply(out, cv2.merge([factor] * c), dst=out)
-    else:
-        out *= factor[:, :, None]
-
-
 def warp(
     image: np.ndarray,
     transform: Transform,
@@ -113,6 +128,8 @@ def warp(
     border_value: float = 0.0,
     intensity: str = "plain",
     antialias: bool = False,
+    limits=None,
+    poll=None,
 ) -> np.ndarray:
     """Warp ``image`` by ``transform`` (input coordinates -> output coordinates).
 
@@ -129,6 +146,11 @@ def warp(
     intensity : ``plain`` samples values; ``conserve`` multiplies by ``|det J_{T^{-1}}|``.
     antialias : integrate each output pixel's preimage (Jacobian footprint) instead of
         sampling its centre; flux is then conserved locally. Uses the linear source model.
+    limits : :class:`~.budget.WarpLimits` (default ``WarpLimits()``): chain length, antialias
+        nodes and working memory; over budget raises ``ResourceExhaustedError`` (``field``
+        ``transform``, ``antialias`` or ``border``) before the work starts.
+    poll : ``None`` or a callable taking no argument, called between tiles / bands / strips
+        (every few tens of milliseconds of work); raise from it to abort the call.
 
     Returns
     -------
@@ -146,46 +168,57 @@ def warp(
         raise InvalidArgumentError(
             f"antialias integrates the linear (tent) source model; interpolation must be 'linear', "
             f"got {interpolation!r}", field="interpolation")
-    try:
-        bv = float(border_value)
-    except (TypeError, ValueError):
-        raise InvalidArgumentError(f"border_value must be a number, got {border_value!r}", field="border_value") from None
-    if not math.isfinite(bv):
-        raise InvalidArgumentError("border_value must be finite", field="border_value")
+    bv = _check_border_value(border_value)
     if output_shape is None:
         output_shape = transform.default_output_shape(img.shape[:2])
     shape = check_shape(output_shape)
+    lim = check_limits(limits)
+    check_transform_steps(transform, lim)
+    _check_poll(poll)
     src_from_dst = transform.inverse()
     opts = SampleOptions(interpolation, border, bv)
     period = transform.source_row_period()
 
     if antialias:
-        out = _warp_antialiased(img, transform, src_from_dst, shape, opts, intensity, period)
+        out = _warp_antialiased(img, transform, src_from_dst, shape, opts, intensity, period, lim, poll)
     elif intensity == "plain":
-        out = resample(img, src_from_dst, shape, opts, period)
+        out = resample(img, src_from_dst, shape, opts, period, poll=poll)
     else:
-        out = _conserve(resample(img, src_from_dst, shape, opts, period), src_from_dst)
+        out = _conserve(resample(img, src_from_dst, shape, opts, period, poll=poll), src_from_dst, poll)
     return out if image.ndim == 3 else out[:, :, 0]
 
 
-def _conserve(sampled: np.ndarray, src_from_dst: Transform) -> np.ndarray:
-    """``sampled * |det J_{T^{-1}}|`` as float32 (float64 for float64 input).
+def _conserve(sampled: np.ndarray, src_from_dst: Transform, poll=None) -> np.ndarray:
+    """``sampled * |det J_{T^{-1}}|`` as float32 (float64 for float64 input), one fused
+    parallel pass (convert and scale, :mod:`._scale_kernels`) per band of rows.
 
     The interpolation itself ran in the image's dtype, as OpenCV does (integer images: values
     rounded to whole counts, <= 1/2 count before scaling); pass float32 for unrounded values.
     """
     dtype = _float_dtype(sampled.dtype)
+    sampled = np.ascontiguousarray(sampled)
+    out = np.empty(sampled.shape, dtype=dtype)
     if src_from_dst.is_matrix():
-        m = src_from_dst.matrix
+        m = np.ascontiguousarray(src_from_dst.matrix, dtype=np.float64)
         if np.array_equal(m[2], [0.0, 0.0, 1.0]):
-            out = sampled.astype(dtype)
-            out *= dtype.type(abs(np.linalg.det(m[:2, :2])))
-            return out
-        out = np.empty(sampled.shape, dtype=dtype)
-        _scale.scale_by_projective_det(sampled, np.ascontiguousarray(m), abs(np.linalg.det(m)), out)
-        return out
-    out = sampled.astype(dtype)
-    _scale_by_map(out, _finite_det_map(src_from_dst, sampled.shape[:2]))
+            factor = dtype.type(abs(np.linalg.det(m[:2, :2])))
+            kernel = lambda r0, r1: _scale.scale_by_constant(sampled[r0:r1], factor, out[r0:r1])  # noqa: E731
+        else:
+            det_m = abs(float(np.linalg.det(m)))
+            kernel = lambda r0, r1: _scale.scale_by_projective_det(sampled[r0:r1], m, det_m, r0, out[r0:r1])  # noqa: E731
+    else:
+        det = _finite_det_map(src_from_dst, sampled.shape[:2], poll)
+        if det.strides[0] == 0:  # one row broadcast down the columns (polar)
+            cols = np.repeat(det[0].astype(dtype), sampled.shape[2])
+            kernel = lambda r0, r1: _scale.scale_by_columns(sampled[r0:r1], cols, out[r0:r1])  # noqa: E731
+        else:
+            factor = np.ascontiguousarray(det, dtype=dtype)
+            kernel = lambda r0, r1: _scale.scale_by_map(sampled[r0:r1], factor[r0:r1], out[r0:r1])  # noqa: E731
+    h = sampled.shape[0]
+    band = max(1, SCALE_BAND_ELEMENTS // max(1, sampled.shape[1] * sampled.shape[2]))
+    for r0 in range(0, h, band):
+        kernel(r0, min(h, r0 + band))
+        _poll(poll)
     return out
 
 
@@ -208,25 +241,74 @@ def _preimage_box(src_from_dst: Transform, shape, src_shape):
     return x0, x1, y0, y1
 
 
-def _warp_antialiased(img, transform, src_from_dst, shape, opts, intensity, period):
-    src = img.astype(np.float64, copy=False)
+@dataclass(frozen=True)
+class AntialiasCost:
+    """What an antialiased warp will cost, known before it allocates (see :mod:`.budget`):
+    footprint ``nodes``, ``working_bytes``, ``pixels`` (the larger of input and output pixel
+    counts) and ``extension_pixels`` (pixels of the border-extended source, 0 if none)."""
+
+    nodes: int
+    working_bytes: int
+    pixels: int
+    channels: int
+    extension_pixels: int
+
+
+def antialias_cost(image, transform, output_shape=None, *, border: str = "constant", border_value: float = 0.0,
+                   intensity: str = "plain") -> AntialiasCost:
+    """The :class:`AntialiasCost` of ``warp(image, transform, output_shape, antialias=True, ...)``
+    (only ``image.shape`` and ``image.dtype`` are read)."""
+    img = check_image(image)
+    _check_transform(transform)
+    check_choice(border, BORDERS, "border")
+    check_choice(intensity, INTENSITIES, "intensity")
+    shape = check_shape(transform.default_output_shape(img.shape[:2]) if output_shape is None else output_shape)
+    opts = SampleOptions("linear", border, _check_border_value(border_value))
+    return _antialias_setup(img, transform, transform.inverse(), shape, opts, intensity,
+                            transform.source_row_period())[-1]
+
+
+def _antialias_setup(img, transform, src_from_dst, shape, opts, intensity, period):
+    """The scatter's plan and cost: ``(plan, rows, cols, dst_from_src, need_coverage, cost)``;
+    ``rows``/``cols`` index the border extension of the source (``None``: no extension)."""
+    from . import antialias as _aa  # imports numba: only antialiased warps need the scatter kernels
+
     dst_from_src = transform
+    c = img.shape[2]
+    rows = cols = None
     if opts.border != "constant" or period is not None:
         # Extend the source by the border rule over the region the output can see.
         x0, x1, y0, y1 = _preimage_box(src_from_dst, shape, img.shape[:2])
         row_rule = "wrap" if period is not None else opts.border
         rows = border_indices(np.arange(y0, y1), img.shape[0], row_rule)
         cols = border_indices(np.arange(x0, x1), img.shape[1], opts.border)
-        src = src[np.ix_(np.maximum(rows, 0), np.maximum(cols, 0))]
-        if opts.border == "constant":
-            src[:, cols < 0] = opts.border_value
         dst_from_src = compose(AffineTransform([[1.0, 0.0, x0], [0.0, 1.0, y0]]), transform)
+    src_shape = img.shape[:2] if rows is None else (len(rows), len(cols))
     need_coverage = intensity == "plain" or (opts.border == "constant" and opts.border_value != 0)
-    flux, coverage = _aa.scatter(src, dst_from_src, shape, with_coverage=need_coverage,
-                                 row_period=transform.output_row_period())
+    plan = _aa.plan(dst_from_src, src_shape, shape, c, need_coverage)
+    ho, wo = shape
+    working = plan.working_bytes + ho * wo * (16 + 24 * c)  # determinant map, blend, output
+    extension = 0 if rows is None else src_shape[0] * src_shape[1]
+    if extension:
+        working += extension * c * img.dtype.itemsize  # gathered extension before conversion
+    cost = AntialiasCost(plan.nodes, int(working), max(img.shape[0] * img.shape[1], ho * wo), c, extension)
+    return plan, rows, cols, dst_from_src, need_coverage, cost
+
+
+def _warp_antialiased(img, transform, src_from_dst, shape, opts, intensity, period, limits, poll):
+    from . import antialias as _aa
+
+    c = img.shape[2]
+    plan, rows, cols, dst_from_src, need_coverage, cost = _antialias_setup(
+        img, transform, src_from_dst, shape, opts, intensity, period)
+    check_antialias_cost(cost, limits)
+    src = _aa.padded_source(img, need_coverage, rows, cols, opts.border_value)
+    acc = _aa.scatter(src, plan, dst_from_src, shape, row_period=transform.output_row_period(), poll=poll)
+    del src
+    flux, coverage = acc[:, :, :c], (acc[:, :, c] if need_coverage else None)
     if intensity == "conserve" and not need_coverage:
-        return flux.astype(_float_dtype(img.dtype), copy=False)
-    det = _finite_det_map(src_from_dst, shape)
+        return flux.astype(_float_dtype(img.dtype))
+    det = _finite_det_map(src_from_dst, shape, poll)
     with np.errstate(invalid="ignore", divide="ignore"):
         inside = np.clip(coverage / (det * (1.0 - FULL_COVERAGE_SLACK)), 0.0, 1.0)
         inside[~np.isfinite(inside)] = 0.0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import cv2
@@ -9,13 +10,15 @@ import numpy as np
 
 from ..errors import InvalidArgumentError, InvalidImageError, InvalidTransformError
 from ..transforms import Transform
-from ..transforms.matrix import MAX_CONDITION
+from ..transforms.matrix import _check_matrix
+from ..transforms.models import submodel_columns
 from ..validate import check_image
-from .covariance import final_statistics
-from .gauss_newton import Clock, solve_level, translation_search
-from .jacobians import inv3, make_chart
-from .options import AlignOptions
-from .pyramid import auto_levels, build_level, build_pyramid, prepare
+from .features import IMAGE_SCALE, feature_start
+from .covariance import final_statistics, template_noise_variance, zncc
+from .gauss_newton import Clock, solve_level, translation_search, warp_to_template
+from .chart import make_chart
+from .options import AlignOptions, explicit_keywords, merge_options
+from .pyramid import auto_levels, channel_mean, build_level, build_pyramid, prepare
 from .result import (
     CANCELLED,
     CONVERGED,
@@ -27,20 +30,12 @@ from .result import (
     NO_PROGRESS,
     TIME_BUDGET,
     AlignResult,
+    Start,
 )
 
-_DEFAULTS = AlignOptions()
 # Relative size of the smallest Hessian eigenvalue below which the template cannot constrain
 # the motion (flat, or texture in one direction only).
 MIN_RELATIVE_EIGENVALUE = 1e-9
-# Parameters of a sub-model as columns of a model's Jacobian at d = 0 (the charts agree there).
-SUBMODEL_COLUMNS = {
-    "translation": {},
-    "euclidean": {"translation": (1, 2)},
-    "similarity": {"translation": (2, 3)},
-    "affine": {"translation": (2, 5)},
-    "homography": {"translation": (2, 5), "affine": (0, 1, 2, 3, 4, 5)},
-}
 # Alternative schedules tried, in order, when an attempt ends unconverged for a reason a
 # different start might fix (measured on the benchmark: with and without a translation warm
 # start, and with the fourth level or without, each schedule wins a few of the sigma = 15 trials
@@ -49,25 +44,36 @@ RETRIES = (
     {"warm_start": lambda problem, opts: None if opts.warm_start else "translation"},
     {"levels": lambda problem, opts: max(1, problem.n_levels(opts) - 1) if opts.levels == "auto" else opts.levels},
 )
+# search="auto": the local solve from the identity gives up when its coarsest level ends with
+# a correlation below this (a large motion: go global at once instead of refining a wrong basin).
+COARSE_GATE = 0.5
+# photometric="auto": "same exposure" when a gain/bias fit is this close to (1, 0) -- gain within
+# SAME_GAIN of 1, bias within SAME_BIAS of the template's mean (before the solve: the contrast
+# ratio and the mean difference at the coarsest level; after a coarse level: its fit).
+SAME_GAIN = 0.03
+SAME_BIAS = 0.05
 RETRYABLE = (LOW_CORRELATION, MAX_ITERATIONS, NO_PROGRESS, DEGENERATE_WARP)
 
 
+@explicit_keywords
 def align(
     template: np.ndarray,
     image: np.ndarray,
     model: str = "homography",
     init=None,
     *,
+    search: str = "auto",
     levels="auto",
     template_mask=None,
     image_mask=None,
     robust=None,
-    photometric=None,
-    max_iterations: int = _DEFAULTS.max_iterations,
-    tolerance: float = _DEFAULTS.tolerance,
+    photometric="auto",
+    max_iterations: int = 50,
+    tolerance: float = 1e-3,
     time_budget=None,
     should_stop=None,
     options: AlignOptions | None = None,
+    _given: frozenset = frozenset(),
 ) -> AlignResult:
     """Find the warp that brings ``image`` onto ``template`` (Gauss-Newton, coarse to fine).
 
@@ -84,7 +90,11 @@ def align(
     levels : pyramid levels, or ``"auto"``.
     template_mask, image_mask : optional ``(H, W)`` boolean (or 0/non-0) masks of usable pixels.
     robust : ``None``, ``"huber"`` or ``"tukey"`` (iteratively reweighted least squares).
-    photometric : ``None`` or ``"gain_bias"`` (per channel ``image ~ gain * template + bias``).
+    photometric : ``"auto"`` (default: ``"gain_bias"`` unless a robust loss is asked for),
+        ``"gain_bias"`` (per channel ``image ~ gain * template + bias``) or ``None`` (identical
+        exposure assumed).
+    search : ``"auto"`` (default), ``"local"`` or ``"global"``: how a start is found when
+        ``init`` is ``None`` (see :class:`AlignOptions`); ``result.start`` says which was used.
     max_iterations : per pyramid level.
     tolerance : full-resolution pixels; the finest level stops when an update moves no
         template corner further than this.
@@ -99,9 +109,9 @@ def align(
     :class:`AlignResult`. Non-convergence is reported (``converged=False`` and a ``reason``),
     never raised; invalid arguments raise :class:`InvalidArgumentError` subclasses with ``field``.
     """
-    opts = _merge_options(options, model=model, levels=levels, robust=robust, photometric=photometric,
-                          max_iterations=max_iterations, tolerance=tolerance, time_budget=time_budget,
-                          should_stop=should_stop).checked()
+    opts = merge_options(options, _given, model=model, search=search, levels=levels, robust=robust,
+                         photometric=photometric, max_iterations=max_iterations, tolerance=tolerance,
+                         time_budget=time_budget, should_stop=should_stop).checked()
     clock = Clock(opts.time_budget, opts.should_stop)
     tmpl = prepare(template, template_mask, "template", "template_mask")
     full = check_image(image, "image")
@@ -113,16 +123,87 @@ def align(
         raise InvalidImageError(
             f"image has {full.shape[2]} channels but template has {tmpl.shape[2]}", field="image"
         )
-    W0 = _initial_warp(init)  # image_from_template, level-0 pixels
+    if opts.channels == "mean" and tmpl.shape[2] > 1:
+        # One grey channel (the channel mean, NaN where any channel is missing): C-channel
+        # steepest-descent images cost C times the grey ones; the mean also averages the
+        # channels' independent noise. The image's mask then travels as NaN.
+        tmpl = channel_mean(tmpl)
+        image = channel_mean(prepare(image, image_mask, "image", "image_mask"))[:, :, 0]
+        image_mask = None
+    if init is not None:
+        if opts.search == "global":
+            raise InvalidArgumentError("search='global' finds its own start: pass init=None", field="search")
+        return _solve(tmpl, image, image_mask, _initial_warp(init), opts, clock, Start.INIT)
+    if opts.search == "global":
+        found = _global(tmpl, image, image_mask, opts, clock)
+        return found if found is not None else _solve(tmpl, image, image_mask, np.eye(3), opts, clock, Start.IDENTITY)
+    auto = opts.search == "auto"
+    result = _solve(tmpl, image, image_mask, np.eye(3), opts.replace(retry=False) if auto else opts, clock,
+                    Start.IDENTITY, COARSE_GATE if auto else None)
+    if result.converged or opts.search == "local" or clock.stop_reason() is not None:
+        return result
+    # auto: the local solve from the identity failed; a global start, else the local retries
+    found = _global(tmpl, image, image_mask, opts, clock)
+    if found is not None and found.converged:
+        return found
+    if opts.retry and clock.stop_reason() is None:
+        return _solve(tmpl, image, image_mask, np.eye(3), opts, clock, Start.IDENTITY)
+    return result
+
+
+def _refine(tmpl, image, image_mask, W0, opts, clock) -> AlignResult:
+    """Gauss-Newton from a feature start. Most are within a pixel or two, which two pyramid
+    levels refine; a start from a handful of matches can be tens of pixels off, which the
+    full pyramid often still brings in (tried when the two levels fail and the levels are
+    automatic)."""
+    if opts.levels != "auto":
+        return _solve(tmpl, image, image_mask, W0, opts, clock, Start.FEATURES)
+    result = _solve(tmpl, image, image_mask, W0, opts.replace(levels=2, retry=False), clock, Start.FEATURES)
+    if result.converged or clock.stop_reason() is not None:
+        return result
+    again = _solve(tmpl, image, image_mask, W0, opts, clock, Start.FEATURES)
+    return again if again.converged or not result.zncc >= again.zncc else result
+
+
+def _global(tmpl, image, image_mask, opts, clock) -> AlignResult | None:
+    """A feature start (:mod:`.features`) refined by Gauss-Newton: the image searched at 3/4
+    resolution first, at full resolution when that finds no start or its refinement fails
+    (extra cost only on such failures). ``None`` when no start was found."""
+    best = None
+    for scale in (IMAGE_SCALE, 1.0):
+        found = _feature_start(tmpl, image, image_mask, opts, scale)
+        if found is not None:
+            result = _refine(tmpl, image, image_mask, found, opts, clock)
+            if result.converged:
+                return result
+            best = result if best is None or result.zncc > best.zncc else best
+        if clock.stop_reason() is not None:
+            break
+    return best
+
+
+def _feature_start(tmpl, image, image_mask, opts, scale):
+    """``image_from_template`` from feature matches (:mod:`.features`) or ``None``."""
+    if image_mask is None and np.asarray(image).dtype == np.uint8 and np.ndim(image) == 2:
+        img = image  # already what the detector takes
+    else:
+        img = prepare(image, image_mask, "image", "image_mask")
+    found = feature_start(tmpl, img, opts.model, scale)
+    return None if found is None else found[0]
+
+
+def _solve(tmpl, image, image_mask, W0, opts, clock, start, coarse_gate=None) -> AlignResult:
+    """Coarse-to-fine Gauss-Newton from ``W0`` (level-0 ``image_from_template``), with the
+    restarts of ``opts.retry`` (``coarse_gate``: see :func:`_attempt`)."""
     # Work on the part of the image the template can reach (see _region): large images then
     # cost no more than small ones.
-    x0, y0, x1, y1 = _region(full.shape, tmpl.shape, W0, 2 ** (_Problem.levels_for(tmpl.shape, opts) - 1))
+    x0, y0, x1, y1 = _region(image.shape, tmpl.shape, W0, 2 ** (_Problem.levels_for(tmpl.shape, opts) - 1))
     img = prepare(image[y0:y1, x0:x1], None if image_mask is None else np.asarray(image_mask)[y0:y1, x0:x1],
                   "image", "image_mask")
     W0 = np.array([[1.0, 0, -x0], [0, 1.0, -y0], [0, 0, 1.0]]) @ W0
     problem = _Problem(tmpl, img, W0, opts)
     problem.offset = (x0, y0)
-    result = _attempt(problem, opts, clock)
+    result = _attempt(problem, opts, clock, coarse_gate)
     # Restart on a detected failure with the alternative schedules (costs time only when the
     # first attempt failed; `converged` is reliable enough to decide).
     for change in RETRIES if opts.retry else ():
@@ -134,7 +215,7 @@ def align(
         again = _attempt(problem, alt, clock)
         if again.converged or (again.zncc_check > result.zncc_check and again.reason not in (TIME_BUDGET, CANCELLED)):
             result = again
-    return result.to_result(opts, problem, clock)
+    return result.to_result(opts, problem, clock, start)
 
 
 class _Problem:
@@ -152,7 +233,41 @@ class _Problem:
             finite = tmpl[np.isfinite(tmpl)]
             self.sigma_floor = max(1e-6 * float(finite.std()) if finite.size else 0.0, 1e-12)
         self._pyramids = {}
+        self._same_exposure = {}
         self.offset = (0, 0)
+
+    @functools.cached_property
+    def image_noise(self) -> float:
+        """White-noise variance of the image (Immerkaer), for the final check:
+        estimated on a window of about the template's size at the centre of the image part in
+        use (the sensor's noise is the same everywhere; the window bounds the cost)."""
+        H, W = self.img.shape[:2]
+        h, w = min(H, self.tmpl.shape[0] + 2), min(W, self.tmpl.shape[1] + 2)
+        y0, x0 = (H - h) // 2, (W - w) // 2
+        return template_noise_variance(self.img[y0:y0 + h, x0:x0 + w])
+
+    def same_exposure(self, n_levels) -> bool:
+        """The cheap decision of ``photometric="auto"``: at the coarsest level (blurred, so a
+        few pixels of misalignment barely matter), template and image under the start warp
+        have the same mean and contrast to within :data:`SAME_GAIN` / :data:`SAME_BIAS` --
+        identical exposure: the gain/bias model would only cost time."""
+        if n_levels not in self._same_exposure:
+            t_pyr, i_pyr = self.pyramids(n_levels)
+            f = float(2 ** (len(t_pyr) - 1))
+            Wl = self.W0.copy()
+            Wl[:2, 2] /= f
+            Wl[2, :2] *= f
+            t = t_pyr[-1]
+            warped = warp_to_template(i_pyr[-1], Wl, t.shape, self.affine).reshape(t.shape)
+            ok = np.isfinite(t) & np.isfinite(warped)
+            same = False
+            if np.count_nonzero(ok) >= 16:
+                tv, iv = t[ok].astype(np.float64), warped[ok].astype(np.float64)
+                st, si = tv.std(), iv.std()
+                same = bool(st > 0 and abs(si / st - 1.0) <= SAME_GAIN
+                            and abs(iv.mean() - tv.mean()) <= SAME_BIAS * abs(tv.mean()))
+            self._same_exposure[n_levels] = same
+        return self._same_exposure[n_levels]
 
     def n_levels(self, opts) -> int:
         return self.levels_for(self.tmpl.shape, opts)
@@ -187,12 +302,12 @@ class _Outcome:
             self.converged, self.reason = False, LOW_CORRELATION
         return self
 
-    def to_result(self, opts, problem, clock) -> AlignResult:
+    def to_result(self, opts, problem, clock, start) -> AlignResult:
         stats = self.stats
         x0, y0 = problem.offset
         W = np.array([[1.0, 0, x0], [0, 1.0, y0], [0, 0, 1.0]]) @ self.W  # back to full-image pixels
         inverse = W / W[2, 2]
-        matrix = inv3(inverse)
+        matrix = np.linalg.inv(inverse)
         matrix = matrix / matrix[2, 2]
         if np.array_equal(inverse[2], [0.0, 0.0, 1.0]):
             matrix[2] = (0.0, 0.0, 1.0)
@@ -202,16 +317,18 @@ class _Outcome:
             cost_history=tuple(self.histories), covariance=stats.covariance,
             corner_covariance=stats.corner_covariance, overlap=stats.overlap, gain=tuple(stats.gain),
             bias=tuple(stats.bias), model=opts.model, levels=self.n_levels, elapsed=clock.elapsed(),
-            chart=problem.chart,
+            chart=problem.chart, start=start,
         )
 
 
-def _attempt(problem: _Problem, opts: AlignOptions, clock: Clock) -> _Outcome:
-    """Coarse to fine from ``problem.W0`` with the schedule of ``opts``."""
+def _attempt(problem: _Problem, opts: AlignOptions, clock: Clock, coarse_gate: float | None = None) -> _Outcome:
+    """Coarse to fine from ``problem.W0`` with the schedule of ``opts``. ``coarse_gate``: give
+    up (``low_correlation``) when the coarsest level ends correlating less than this -- the
+    cheap decision of ``search="auto"`` that the motion is not local."""
     n_levels = problem.n_levels(opts)
     t_pyr, i_pyr = problem.pyramids(n_levels)
     chart, chart_inv, corners0, affine = problem.chart, problem.chart_inv, problem.corners0, problem.affine
-    photometric_on = opts.photometric == "gain_bias"
+    photometric_on = opts.gain_bias and not (opts.photometric == "auto" and problem.same_exposure(n_levels))
     W = problem.W0
     iterations, histories = [], []
     reason = CONVERGED
@@ -234,7 +351,7 @@ def _attempt(problem: _Problem, opts: AlignOptions, clock: Clock) -> _Outcome:
         if index == n_levels - 1 and n_levels > 1 and opts.search_radius:
             W = translation_search(lv, W, opts.search_radius, affine)
         for step_model in _level_models(opts, index, n_levels):
-            lm = lv if step_model == opts.model else lv.restrict(SUBMODEL_COLUMNS[opts.model][step_model])
+            lm = lv if step_model == opts.model else lv.restrict(submodel_columns(opts.model, step_model))
             out = solve_level(lm, W, model=step_model, chart=chart, chart_inv=chart_inv, corners0=corners0,
                               affine=affine, robust=opts.robust, photometric=photometric_on,
                               max_iterations=opts.max_iterations, tolerance=tol, clock=clock,
@@ -255,12 +372,33 @@ def _attempt(problem: _Problem, opts: AlignOptions, clock: Clock) -> _Outcome:
             iterations.extend([0] * index)
             histories.extend([()] * index)
             break
+        if coarse_gate is not None and index == n_levels - 1 and index > 0 and out.last is not None \
+                and not zncc(lv, out.last) >= coarse_gate:
+            reason = LOW_CORRELATION
+            iterations.extend([0] * index)
+            histories.extend([()] * index)
+            break
         if index == 0:
             reason = out.reason
             last = out.last
+        elif photometric_on and opts.photometric == "auto" and _same_exposure(out.last, lv):
+            photometric_on = False  # the cheap decision: finer levels without the gain/bias columns
+            finest = finest.without_photometric()
     stats = final_statistics(finest, W, opts, affine, chart, corners0, problem.sigma_floor,
-                             last=last if reason == CONVERGED else None)
+                             image_noise=problem.image_noise, last=last if reason == CONVERGED else None,
+                             photometric=photometric_on)
     return _Outcome(W, reason, iterations, histories, stats, len(t_pyr)).check(opts)
+
+
+def _same_exposure(ev, lv) -> bool:
+    """Whether a level's gain/bias fit says the exposures agree (``photometric="auto"`` then
+    drops the model for the finer levels, which cost most: identical-exposure pairs keep the
+    plain least-squares speed). Tolerances: gain within :data:`SAME_GAIN` of 1, bias within
+    :data:`SAME_BIAS` of the template's mean intensity."""
+    if ev is None:
+        return False
+    scale = float(np.nanmean(np.abs(lv.tflat))) if lv.n_usable else 0.0
+    return bool(np.all(np.abs(ev.gain - 1.0) <= SAME_GAIN) and np.all(np.abs(ev.bias) <= SAME_BIAS * scale))
 
 
 def _region(image_shape, template_shape, W, align: int):
@@ -303,15 +441,6 @@ def _level_models(opts, index, n_levels):
     return ladder + [top]
 
 
-def _merge_options(options, **given) -> AlignOptions:
-    if options is None:
-        return AlignOptions(**given)
-    if not isinstance(options, AlignOptions):
-        raise InvalidArgumentError(f"options must be an AlignOptions, got {type(options).__name__}", field="options")
-    changed = {k: v for k, v in given.items() if v is not getattr(_DEFAULTS, k) and v != getattr(_DEFAULTS, k)}
-    return options.replace(**changed)
-
-
 def _initial_warp(init) -> np.ndarray:
     """``image_from_template`` (3x3 float64) from ``init`` (``template_from_image``)."""
     if init is None:
@@ -326,17 +455,8 @@ def _initial_warp(init) -> np.ndarray:
         except (TypeError, ValueError):
             raise InvalidTransformError(f"init must be a 2x3 or 3x3 matrix, got {type(init).__name__}",
                                         field="init") from None
-    if m.shape == (2, 3):
-        m = np.vstack([m, [0.0, 0.0, 1.0]])
-    if m.shape != (3, 3):
-        raise InvalidTransformError(f"init must be 2x3 or 3x3, got shape {m.shape}", field="init")
-    if not np.all(np.isfinite(m)):
-        raise InvalidTransformError("init has non-finite entries", field="init")
-    scale = np.abs(m).max()
-    rcond, inv = cv2.invert(m / scale, flags=cv2.DECOMP_SVD) if scale > 0 else (0.0, None)
-    if not rcond > 1.0 / MAX_CONDITION:  # DECOMP_SVD returns the inverse condition number
-        raise InvalidTransformError("init is singular", field="init")
-    inv = inv / scale
+    m = _check_matrix(m, "init")  # the transforms' guard: same shapes, finiteness, conditioning
+    inv = np.linalg.inv(m)
     if inv[2, 2] == 0:
         raise InvalidTransformError("init maps the template origin to infinity", field="init")
     inv = inv / inv[2, 2]

@@ -25,8 +25,18 @@ import cv2
 import numpy as np
 
 from .gauss_newton import evaluate, normal_equations
-from .jacobians import chart_scale, point_covariance
+from .chart import chart_scale, point_covariance
 from .pyramid import Level, _grid_jacobian
+
+
+# Share of white-noise variance that survives bilinear resampling at uniformly distributed
+# sub-pixel offsets: E[(1 - f)^2 + f^2] = 2/3 per axis.
+RESAMPLED_NOISE = 4.0 / 9.0
+
+
+# With a robust loss the check correlates the inliers only: residuals whose IRLS weight is at
+# least this (|e| <= ~2.6 sigma for both Huber and Tukey).
+INLIER_WEIGHT = 0.5
 
 
 @dataclass
@@ -41,10 +51,14 @@ class FinalStats:
     zncc_check: float
 
 
-def final_statistics(lv: Level, W, opts, affine: bool, chart, corners0, sigma_floor, last=None) -> FinalStats:
+def final_statistics(lv: Level, W, opts, affine: bool, chart, corners0, sigma_floor, last=None,
+                     image_noise: float = 0.0, photometric: bool | None = None) -> FinalStats:
     """Statistics at ``W``; ``last`` (the residuals of the finest level's last accepted estimate,
-    which a converged level leaves within ``tolerance`` of ``W``) saves one more warp."""
-    photometric = opts.photometric == "gain_bias"
+    which a converged level leaves within ``tolerance`` of ``W``) saves one more warp.
+    ``image_noise``: white-noise variance of the image (:func:`template_noise_variance` of the
+    image), for the noise-corrected correlation that decides ``converged``. ``photometric``:
+    whether the gain/bias model was solved (default: as ``opts`` says)."""
+    photometric = opts.gain_bias if photometric is None else photometric
     ev = last
     if ev is None:
         ev = evaluate(lv, W, affine, opts.robust, photometric, None, None, sigma_floor)
@@ -56,9 +70,15 @@ def final_statistics(lv: Level, W, opts, affine: bool, chart, corners0, sigma_fl
         return FinalStats(float("nan"), float("nan"), overlap, ev.gain, ev.bias, None, None, float("nan"))
     e = ev.e.astype(np.float64)
     rms = float(np.sqrt(np.dot(e, e) / ev.n_valid))
-    zncc = _zncc(lv, ev)
-    # the convergence check looks at the inliers when a robust loss was asked for
-    zncc_check = _zncc(lv, ev, ev.weights) if ev.weights is not None else zncc
+    raw = zncc(lv, ev)
+    # The convergence check looks at the inliers when a robust loss was asked for, and corrects
+    # for white noise on both sides: the template's, and the image's as it reaches the aligned
+    # image (bilinear resampling keeps on average (2/3)^2 of its variance; divided by the gain^2
+    # to template units).
+    gain2 = float(np.mean(np.square(ev.gain)))
+    noise = (level_noise_variance(lv), RESAMPLED_NOISE * image_noise / max(gain2, 1e-12))
+    inliers = None if ev.weights is None else (ev.weights >= INLIER_WEIGHT).astype(np.float32)
+    zncc_check = zncc(lv, ev, inliers, noise)
     cov = corner_cov = None
     k = lv.sd.shape[1]
     if ev.n_valid > k:
@@ -68,7 +88,7 @@ def final_statistics(lv: Level, W, opts, affine: bool, chart, corners0, sigma_fl
         if cov_full is not None:
             cov = cov_full[:lv.n_params, :lv.n_params]
             corner_cov = point_covariance(W, chart, opts.model, cov, corners0[:, :2])
-    return FinalStats(rms, zncc, overlap, ev.gain, ev.bias, cov, corner_cov, zncc_check)
+    return FinalStats(rms, raw, overlap, ev.gain, ev.bias, cov, corner_cov, zncc_check)
 
 
 def template_noise_variance(template: np.ndarray) -> float:
@@ -88,6 +108,13 @@ def template_noise_variance(template: np.ndarray) -> float:
     return float(sigma * sigma)
 
 
+def level_noise_variance(lv: Level) -> float:
+    """:func:`template_noise_variance` of a level's template, computed once per level."""
+    if lv.noise_variance is None:
+        lv.noise_variance = template_noise_variance(lv.template)
+    return lv.noise_variance
+
+
 def _debiased_hessian(lv: Level, ev, H, model, chart):
     """Remove the template-noise energy from the Gauss-Newton Hessian.
 
@@ -101,7 +128,7 @@ def _debiased_hessian(lv: Level, ev, H, model, chart):
     ``-sigma_T^2`` times the noise energy above, returned as the correction of the sandwich's
     middle (so only the image's share of the residual noise multiplies the gradient noise).
     """
-    var_t = template_noise_variance(lv.template)
+    var_t = level_noise_variance(lv)
     if var_t <= 0:
         return H, None
     h, w, c = lv.shape
@@ -138,34 +165,54 @@ def _positive_definite(m) -> bool:
     return bool(ok) and bool(ev[-1, 0] > 0)
 
 
-def _zncc(lv: Level, ev, weights=None) -> float:
-    """Zero-normalised correlation of template and aligned image over the valid elements, with
-    per-channel means removed (from the residuals: the aligned image is ``T + e`` there, up to
-    the gain/bias map, which the correlation ignores). ``weights`` (robust IRLS weights) turn it
-    into the correlation of the inliers."""
+def _moments(lv: Level, ev, weights=None):
+    """``(cov, var_t, var_i)`` per element between template and aligned image over the valid
+    elements, per-channel means removed (the aligned image is ``T + e`` there, up to the
+    gain/bias map, which the correlation ignores); ``weights`` (robust IRLS weights) restrict
+    them to the inliers. ``None`` with fewer than two elements."""
     c = lv.shape[2]
     if weights is None and c == 1:  # fast path: float32 reductions over the masked arrays
         n = ev.n_valid
         if n < 2:
-            return float("nan")
+            return None
         t0 = np.where(ev.valid, lv.tflat, np.float32(0))
         i0 = t0 + ev.e
         st, si = float(t0.sum(dtype=np.float64)), float(i0.sum(dtype=np.float64))
-        vt = float(np.dot(t0, t0)) - st * st / n
-        vi = float(np.dot(i0, i0)) - si * si / n
-        num = float(np.dot(t0, i0)) - st * si / n
-        den = np.sqrt(max(vt, 0.0) * max(vi, 0.0))
-        return float(min(1.0, num / den)) if den > 0 else float("nan")
+        vt = (float(np.dot(t0, t0)) - st * st / n) / n
+        vi = (float(np.dot(i0, i0)) - si * si / n) / n
+        return (float(np.dot(t0, i0)) - st * si / n) / n, vt, vi
     wt = (ev.valid if weights is None else np.where(ev.valid, weights, 0)).reshape(-1, c).astype(np.float64)
     t0 = np.where(ev.valid, lv.tflat, np.float32(0)).reshape(-1, c).astype(np.float64)
     i0 = t0 + ev.e.reshape(-1, c)
     n = wt.sum(0)
+    if n.sum() < 2:
+        return None
     safe = np.maximum(n, 1e-300)
     mt, mi = (wt * t0).sum(0) / safe, (wt * i0).sum(0) / safe
     dt, di = t0 - mt, i0 - mi
-    num = float((wt * dt * di).sum())
-    den = np.sqrt(float((wt * dt * dt).sum()) * float((wt * di * di).sum()))
-    return float(num / den) if den > 0 else float("nan")
+    total = float(n.sum())
+    return (float((wt * dt * di).sum()) / total, float((wt * dt * dt).sum()) / total,
+            float((wt * di * di).sum()) / total)
+
+
+def zncc(lv: Level, ev, weights=None, noise=None) -> float:
+    """Zero-normalised correlation of template and aligned image (:func:`_moments`).
+
+    ``noise = (var_t, var_i)``: white-noise variances of the template and of the aligned image
+    (in template units). The correlation is then *noise-corrected*: white noise of variance
+    ``n`` adds ``n`` to a side's variance and nothing to the covariance, so
+    ``cov / sqrt((var_t - n_t) (var_i - n_i))`` estimates the correlation of the noise-free
+    images: about 1 at the right warp whatever the noise, while the structural mismatch of a
+    wrong one stays visible (each side's signal share is floored at 5 %)."""
+    m = _moments(lv, ev, weights)
+    if m is None:
+        return float("nan")
+    cov, vt, vi = m
+    if noise is not None:
+        vt = max(vt - noise[0], 0.05 * vt)
+        vi = max(vi - noise[1], 0.05 * vi)
+    den = np.sqrt(max(vt, 0.0) * max(vi, 0.0))
+    return float(min(1.0, cov / den)) if den > 0 else float("nan")
 
 
 def _sandwich(lv: Level, ev, H, k, meat_fix=None):

@@ -2,7 +2,7 @@ r"""Inverse-compositional Gauss-Newton on one pyramid level (Baker & Matthews 20
 
 Notation. ``T`` is the template (``h x w x C``), ``I`` the image, ``W`` the current estimate of
 ``image_from_template`` (the result's ``inverse``), ``C`` the chart ``u = C x`` that normalises
-template pixels (:mod:`.jacobians`), ``M(d)`` the motion model's matrix with ``M(0) = I``.
+template pixels (:mod:`.chart`), ``M(d)`` the motion model's matrix with ``M(0) = I``.
 Sums run over the template elements ``x`` (pixel and channel) that are usable in ``T`` and land
 inside ``I``; everything else is NaN and dropped (:mod:`.pyramid`).
 
@@ -68,8 +68,10 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from .jacobians import chart_scale, det3, inv3, update_matrix
-from .options import HUBER_K, MAD_TO_SIGMA, TUKEY_C
+from ..transforms.models import unchecked_matrix
+from .chart import chart_scale
+from .losses import LOSSES
+from .options import MAD_TO_SIGMA
 from .pyramid import Level
 from .result import (
     CANCELLED,
@@ -121,6 +123,17 @@ class Evaluation:
     gain: np.ndarray
     bias: np.ndarray
     warped: np.ndarray       # (h, w, C) float32, NaN where not valid
+
+
+@dataclass
+class Accepted:
+    """The last accepted estimate of a level and its normal equations (what a rejected,
+    re-damped step starts again from)."""
+
+    W: np.ndarray            # (3, 3) level-0 image_from_template
+    ev: Evaluation           # residuals at W
+    H: np.ndarray            # (K, K) Gauss-Newton matrix at W
+    g: np.ndarray            # (K,) gradient at W
 
 
 @dataclass
@@ -179,22 +192,15 @@ def sample_points(image: np.ndarray, W: np.ndarray, points: np.ndarray) -> np.nd
 
 
 def robust_weights(e: np.ndarray, valid: np.ndarray, loss: str, sigma: float) -> np.ndarray:
-    z = np.abs(e) / sigma
-    if loss == "huber":
-        w = np.minimum(1.0, HUBER_K / np.maximum(z, 1e-12))
-    else:
-        w = np.square(np.maximum(0.0, 1.0 - np.square(z / TUKEY_C)))
+    """IRLS weights ``w(|e| / sigma)`` of the loss (:mod:`.losses`), 0 where not valid."""
+    w = LOSSES[loss].weights(np.abs(e) / sigma)
     return np.where(valid, w, 0.0).astype(np.float32)
 
 
 def robust_cost(e: np.ndarray, valid: np.ndarray, loss: str, sigma: float) -> float:
+    """Mean ``2 sigma^2 rho(|e| / sigma)`` over the valid residuals (least-squares units)."""
     z = np.abs(e[valid]) / sigma
-    if loss == "huber":
-        rho = np.where(z <= HUBER_K, 0.5 * z * z, HUBER_K * (z - 0.5 * HUBER_K))
-    else:
-        c2 = TUKEY_C * TUKEY_C / 6.0
-        rho = np.where(z <= TUKEY_C, c2 * (1.0 - (1.0 - (z / TUKEY_C) ** 2) ** 3), c2)
-    return float(2.0 * sigma * sigma * rho.sum() / max(len(z), 1))
+    return float(2.0 * sigma * sigma * LOSSES[loss].rho(z).sum() / max(len(z), 1))
 
 
 def mad_sigma(e: np.ndarray, valid: np.ndarray, floor: float) -> float:
@@ -225,13 +231,20 @@ def evaluate(lv: Level, W0: np.ndarray, affine: bool, robust, photometric: bool,
     gain = np.ones(c)
     bias = np.zeros(c)
     if photometric and n_valid > 0:
-        gain, bias = fit_gain_bias(wflat.reshape(-1, c), tflat.reshape(-1, c), valid.reshape(-1, c),
-                                   None if prev_weights is None else prev_weights.reshape(-1, c))
-        if c == 1:
-            e = (wflat - np.float32(bias[0])) * np.float32(1.0 / gain[0]) - tflat
-        else:
-            e = ((wflat.reshape(-1, c) - bias.astype(np.float32)) * (1.0 / gain).astype(np.float32)
-                 - tflat.reshape(-1, c)).reshape(-1)
+        weights = prev_weights
+        # With a robust loss and no weights yet (a level's first evaluation), the outliers
+        # would bias the first gain/bias fit: fit, weight by the loss, fit again.
+        for _ in range(2 if robust is not None and weights is None else 1):
+            gain, bias = fit_gain_bias(wflat.reshape(-1, c), tflat.reshape(-1, c), valid.reshape(-1, c),
+                                       None if weights is None else weights.reshape(-1, c))
+            if c == 1:
+                e = (wflat - np.float32(bias[0])) * np.float32(1.0 / gain[0]) - tflat
+            else:
+                e = ((wflat.reshape(-1, c) - bias.astype(np.float32)) * (1.0 / gain).astype(np.float32)
+                     - tflat.reshape(-1, c)).reshape(-1)
+            if robust is not None:
+                e[~valid] = 0.0
+                weights = robust_weights(e, valid, robust, sigma_for_cost or mad_sigma(e, valid, sigma_floor))
     e[~valid] = 0.0
     if robust is None:
         cost = float(np.dot(e, e)) / max(n_valid, 1)
@@ -332,9 +345,10 @@ class Stepper:
 
     def compose(self, W, m):
         """``W C^-1 M^-1 C``, normalised to ``W[2, 2] = 1``; ``None`` if ``M`` is singular."""
-        if det3(m) == 0.0:
+        ok, m_inv = cv2.invert(m, flags=cv2.DECOMP_LU)  # 0 when singular (LU pivot vanished)
+        if not ok:
             return None
-        Wn = W @ (self.chart_inv @ inv3(m) @ self.chart)
+        Wn = W @ (self.chart_inv @ m_inv @ self.chart)
         if self.keep_affine and W[2, 0] == 0.0 and W[2, 1] == 0.0:
             Wn[2] = (0.0, 0.0, Wn[2, 2])
         return Wn / Wn[2, 2] if Wn[2, 2] != 0 else None
@@ -348,7 +362,7 @@ class Stepper:
             w = a * x + b * y + c
             if not w > 0:  # also catches NaN
                 return False
-        det = det3(W)
+        det = cv2.determinant(W)
         return det > 0 and math.isfinite(det)
 
     def size(self, m) -> float:
@@ -365,7 +379,7 @@ class Stepper:
         while True:
             d = solve_step(H, g, lam, n_params)
             if d is not None:
-                m = update_matrix(self.model, d)
+                m = unchecked_matrix(self.model, d)
                 W = self.compose(base, m)
                 if self.ok(W):
                     return W, self.size(m), lam
@@ -385,7 +399,7 @@ def solve_level(lv: Level, W0: np.ndarray, *, model: str, chart: np.ndarray, cha
     stepper = Stepper(model, chart, chart_inv, corners0, chart_scale(chart) / lv.factor)
     min_valid = MIN_RESIDUALS_PER_UNKNOWN * lv.sd.shape[1]
     lam = 0.0
-    best = None  # (W, Evaluation, H, g) at the last accepted estimate
+    best: Accepted | None = None
     costs = []
     it = 0
     reason = MAX_ITERATIONS
@@ -397,26 +411,26 @@ def solve_level(lv: Level, W0: np.ndarray, *, model: str, chart: np.ndarray, cha
             reason = stop
             break
         it += 1
-        ev = evaluate(lv, W, affine, robust, photometric, None if best is None else best[1].weights,
-                      None if best is None else best[1].sigma, sigma_floor)
+        ev = evaluate(lv, W, affine, robust, photometric, None if best is None else best.ev.weights,
+                      None if best is None else best.ev.sigma, sigma_floor)
         if ev.n_valid < min_valid:
             reason = INSUFFICIENT_OVERLAP
             break
         costs.append(ev.cost)
-        accepted = best is None or ev.cost <= best[1].cost
+        accepted = best is None or ev.cost <= best.ev.cost
         if accepted:
             lam = lam / 10.0 if lam > 1e-3 else 0.0
             H, g = normal_equations(lv, ev)
-            best = (W, ev, H, g)
+            best = Accepted(W, ev, H, g)
         elif coarse or size_last is not None and size_last < 10 * tolerance:
             # a coarse level's noise floor, or the finest level's: the last step was already
             # tiny and the cost no longer falls (noise); keep the best estimate
             reason = CONVERGED
-            W = best[0]
+            W = best.W
             break
         else:
             lam = max(10.0 * lam, 1e-3)
-        W, size, lam = stepper.propose(best[0], best[2], best[3], lam, lv.n_params)
+        W, size, lam = stepper.propose(best.W, best.H, best.g, lam, lv.n_params)
         if W is None:
             reason = DEGENERATE_WARP if accepted else NO_PROGRESS
             break
@@ -426,10 +440,10 @@ def solve_level(lv: Level, W0: np.ndarray, *, model: str, chart: np.ndarray, cha
         size_last = size
         prev_size = size if accepted and lam == 0.0 else None
     if reason != CONVERGED and best is not None:
-        W = best[0]
+        W = best.W
     elif W is None:
         W = W0
-    return LevelOutcome(W, reason, it, costs, None if best is None else best[1])
+    return LevelOutcome(W, reason, it, costs, None if best is None else best.ev)
 
 
 def _remaining(size, prev_size, lam) -> float:

@@ -27,7 +27,8 @@ import numpy as np
 
 from ..errors import InvalidImageError
 from ..validate import check_image
-from .jacobians import chart_scale, warp_jacobian
+from ..transforms.models import identity_jacobian
+from .chart import chart_scale
 
 NAN = float("nan")
 
@@ -50,6 +51,15 @@ def prepare(image, mask, field: str, mask_field: str) -> np.ndarray:
     if img.dtype.kind == "f":
         out[~np.isfinite(out)] = NAN
     return out
+
+
+def channel_mean(img: np.ndarray) -> np.ndarray:
+    """``(H, W, 1) float32`` mean of the channels of an ``(H, W, C) float32`` image (NaN where
+    any channel is NaN); ``cv2.transform`` for up to 4 channels (one pass, no temporaries)."""
+    c = img.shape[2]
+    if c <= 4:
+        return cv2.transform(img, np.full((1, c), 1.0 / c, np.float32))[:, :, None]
+    return img.mean(axis=2, keepdims=True, dtype=np.float32)
 
 
 def auto_levels(template_shape, min_side: int, max_levels: int) -> int:
@@ -96,6 +106,7 @@ class Level:
     jy: np.ndarray = None
     points: np.ndarray = None  # (n, 3) homogeneous level pixels when only a subset is used, else None
     sdT: np.ndarray = None   # (K, h*w*C) float32, the transpose of ``sd`` (fast g = sdT e)
+    noise_variance: float | None = None  # the template's white-noise variance, once computed
 
     def restrict(self, cols) -> Level:
         """The same level for a sub-model whose parameters are the columns ``cols`` of this
@@ -106,6 +117,15 @@ class Level:
         return Level(self.index, self.factor, self.template, self.image, self.usable, sd,
                      self.hessian[np.ix_(keep, keep)], len(cols), self.tflat, self.n_usable,
                      self.jx[:, list(cols)], self.jy[:, list(cols)], self.points, self.sdT[keep])
+
+    def without_photometric(self) -> Level:
+        """The same level without the gain/bias columns (the motion columns only)."""
+        p = self.n_params
+        if self.sd.shape[1] == p:
+            return self
+        return Level(self.index, self.factor, self.template, self.image, self.usable,
+                     np.ascontiguousarray(self.sd[:, :p]), self.hessian[:p, :p].copy(), p, self.tflat,
+                     self.n_usable, self.jx, self.jy, self.points, np.ascontiguousarray(self.sdT[:p]))
 
     @property
     def shape(self):
@@ -128,7 +148,7 @@ def _grid_jacobian(model: str, h: int, w: int, factor: float, chart_key: tuple):
     ys, xs = np.mgrid[0:h, 0:w]
     x0 = np.column_stack([xs.ravel(), ys.ravel()]).astype(np.float64) * factor  # (h*w, 2) level-0 px
     u = x0 @ chart[:2, :2].T + chart[:2, 2]  # (h*w, 2) chart coordinates
-    jx, jy = warp_jacobian(model, u)  # (h*w, P) each
+    jx, jy = identity_jacobian(model, u)  # (h*w, P) each
     jx, jy = jx.astype(np.float32), jy.astype(np.float32)
     jx.setflags(write=False)
     jy.setflags(write=False)

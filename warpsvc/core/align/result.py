@@ -3,23 +3,40 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 
 import numpy as np
 
 from ..transforms import AffineTransform, HomographyTransform
 
-# Why a pyramid level (and so the call) stopped. Only CONVERGED can give ``converged=True``.
-CONVERGED = "converged"                  # the update fell below the tolerance
-MAX_ITERATIONS = "max_iterations"        # iteration limit of the finest level reached
-TIME_BUDGET = "time_budget"              # ``time_budget`` seconds spent
-CANCELLED = "cancelled"                  # ``should_stop()`` returned true
-NO_PROGRESS = "no_progress"              # damping grew without finding a lower cost
-INSUFFICIENT_OVERLAP = "insufficient_overlap"  # too few template pixels land inside the image
-FLAT_TEMPLATE = "flat_template"          # no gradient (or too little) to constrain the motion
-DEGENERATE_WARP = "degenerate_warp"      # the warp folded or became singular
-LOW_CORRELATION = "low_correlation"      # stopped, but the aligned images do not correlate
-REASONS = (CONVERGED, MAX_ITERATIONS, TIME_BUDGET, CANCELLED, NO_PROGRESS, INSUFFICIENT_OVERLAP,
-           FLAT_TEMPLATE, DEGENERATE_WARP, LOW_CORRELATION)
+class Reason(StrEnum):
+    """Why a pyramid level (and so the call) stopped. Only CONVERGED gives ``converged=True``.
+    A ``str`` enum: ``Reason.CONVERGED == "converged"`` and ``str()`` gives the value."""
+
+    CONVERGED = "converged"                  # the update fell below the tolerance
+    MAX_ITERATIONS = "max_iterations"        # iteration limit of the finest level reached
+    TIME_BUDGET = "time_budget"              # ``time_budget`` seconds spent
+    CANCELLED = "cancelled"                  # ``should_stop()`` returned true
+    NO_PROGRESS = "no_progress"              # damping grew without finding a lower cost
+    INSUFFICIENT_OVERLAP = "insufficient_overlap"  # too few template pixels land inside the image
+    FLAT_TEMPLATE = "flat_template"          # no gradient (or too little) to constrain the motion
+    DEGENERATE_WARP = "degenerate_warp"      # the warp folded or became singular
+    LOW_CORRELATION = "low_correlation"      # stopped, but the aligned images do not correlate
+
+
+class Start(StrEnum):
+    """How the start of the final Gauss-Newton refinement was found (``AlignResult.start``)."""
+
+    IDENTITY = "identity"    # init=None, the local solve from the identity succeeded
+    INIT = "init"            # from the caller's ``init``
+    FEATURES = "features"    # global search: SIFT matches + cv2.findHomography(USAC_MAGSAC)
+
+
+CONVERGED, MAX_ITERATIONS, TIME_BUDGET, CANCELLED = (Reason.CONVERGED, Reason.MAX_ITERATIONS, Reason.TIME_BUDGET,
+                                                      Reason.CANCELLED)
+NO_PROGRESS, INSUFFICIENT_OVERLAP, FLAT_TEMPLATE = Reason.NO_PROGRESS, Reason.INSUFFICIENT_OVERLAP, Reason.FLAT_TEMPLATE
+DEGENERATE_WARP, LOW_CORRELATION = Reason.DEGENERATE_WARP, Reason.LOW_CORRELATION
+REASONS = tuple(r.value for r in Reason)
 
 
 @dataclass(frozen=True)
@@ -32,7 +49,7 @@ class AlignResult:
         image; what OpenCV's ``findTransformECC`` calls the warp matrix).
     converged : the finest level met the tolerance and the result passed the sanity checks
         (overlap, correlation).
-    reason : one of :data:`REASONS`; ``"converged"`` exactly when ``converged``.
+    reason : a :class:`Reason` (one of :data:`REASONS`); ``"converged"`` exactly when ``converged``.
     iterations : Gauss-Newton iterations per pyramid level, coarsest first.
     rms_error : root-mean-square residual over the overlapping template pixels (after the
         gain/bias correction when ``photometric="gain_bias"``), in image intensity units.
@@ -48,6 +65,9 @@ class AlignResult:
     model : the motion model of the update.
     levels : number of pyramid levels used.
     elapsed : wall-clock seconds spent in the call.
+    start : how the final refinement's start was found, a :class:`Start`: ``"init"`` (the
+        caller's ``init``), ``"identity"`` (``init=None``, local solve from the identity) or
+        ``"features"`` (global search: SIFT + MAGSAC, see :mod:`.features`).
     """
 
     matrix: np.ndarray
@@ -68,6 +88,8 @@ class AlignResult:
     elapsed: float
     # Chart of ``covariance``: template pixels -> normalised coordinates, and template shape.
     chart: np.ndarray | None = None
+    # How the start of the final refinement was found (see :class:`Start`).
+    start: Start = Start.IDENTITY
 
     @property
     def transform(self):
@@ -92,8 +114,11 @@ class AlignResult:
         """
         if self.covariance is None or self.chart is None:
             raise ValueError("this result carries no covariance")
-        from .jacobians import point_covariance
-        return point_covariance(self.inverse, self.chart, self.model, self.covariance, xy)
+        from .chart import point_covariance
+        cov = point_covariance(self.inverse, self.chart, self.model, self.covariance, xy)
+        if cov is None:
+            raise ValueError("this result's matrix is too ill-conditioned to propagate its covariance")
+        return cov
 
 
 def _as_transform(matrix, model):

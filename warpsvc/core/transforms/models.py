@@ -22,11 +22,23 @@ derivative with respect to the matrix entries is::
 
 and the chain rule gives ``d y / d p = sum_rc (d y / d M_rc)(d M_rc / d p)``, an ``(N, 2, P)``
 array (``jacobian_params``).
+
+At the identity (``p = 0``, where alignment's inverse-compositional updates are linearised)
+this is three small matrix products per point set instead of an einsum::
+
+    d y_i / d p = x~ . dM_i/dp - y_i (x~ . dM_2/dp)        (i = 0, 1; y = x at p = 0)
+
+(:func:`identity_jacobian`). A *sub-model* (translation inside affine, affine inside
+homography) is a set of parameters whose ``dM/dp`` columns at ``p = 0`` are exactly the
+sub-model's own: :func:`submodel_columns` finds them from the tensors above, so no parameter
+order is written out twice.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from functools import cache
 
 import numpy as np
 
@@ -58,16 +70,23 @@ def matrix_from_params(model: str, params) -> np.ndarray:
             f"params for model {model!r} must have {N_PARAMS[model]} values, got {p.size}",
             field="params",
         )
+    return unchecked_matrix(model, p)
+
+
+def unchecked_matrix(model: str, params) -> np.ndarray:
+    """``M(p)`` without the argument checks of :func:`matrix_from_params` (hot loops: the
+    caller guarantees a known ``model`` and ``P`` finite values)."""
+    p = [float(v) for v in params]
     if model == "translation":
-        return np.array([[1, 0, p[0]], [0, 1, p[1]], [0, 0, 1.0]])
+        return np.array([[1.0, 0.0, p[0]], [0.0, 1.0, p[1]], [0.0, 0.0, 1.0]])
     if model == "euclidean":
-        c, s = np.cos(p[0]), np.sin(p[0])
-        return np.array([[c, -s, p[1]], [s, c, p[2]], [0, 0, 1.0]])
+        c, s = math.cos(p[0]), math.sin(p[0])
+        return np.array([[c, -s, p[1]], [s, c, p[2]], [0.0, 0.0, 1.0]])
     if model == "similarity":
-        return np.array([[1 + p[0], -p[1], p[2]], [p[1], 1 + p[0], p[3]], [0, 0, 1.0]])
+        return np.array([[1 + p[0], -p[1], p[2]], [p[1], 1 + p[0], p[3]], [0.0, 0.0, 1.0]])
     if model == "affine":
-        return np.array([[1 + p[0], p[1], p[2]], [p[3], 1 + p[4], p[5]], [0, 0, 1.0]])
-    return np.eye(3) + np.array([[p[0], p[1], p[2]], [p[3], p[4], p[5]], [p[6], p[7], 0.0]])
+        return np.array([[1 + p[0], p[1], p[2]], [p[3], 1 + p[4], p[5]], [0.0, 0.0, 1.0]])
+    return np.array([[1 + p[0], p[1], p[2]], [p[3], 1 + p[4], p[5]], [p[6], p[7], 1.0]])
 
 
 def params_from_matrix(model: str, matrix: np.ndarray) -> np.ndarray:
@@ -111,6 +130,37 @@ def dmatrix_dparams(model: str, params) -> np.ndarray:
     else:
         units = [_unit(r, c) for r in (0, 1) for c in (0, 1, 2)] + [_unit(2, 0), _unit(2, 1)]
     return np.stack(units, axis=-1)
+
+
+@cache
+def _dm_at_identity(model: str) -> np.ndarray:
+    dm = dmatrix_dparams(model, np.zeros(N_PARAMS[check_model(model)]))
+    dm.setflags(write=False)
+    return dm
+
+
+def identity_jacobian(model: str, xy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(Jx, Jy)``, each ``(N, P) float64``: ``d map(xy) / d p`` at ``p = 0`` split by output
+    coordinate (equals ``MotionModel(model).jacobian_params(0, xy)[:, 0]`` and ``[:, 1]``)."""
+    dm = _dm_at_identity(model)  # (3, 3, P)
+    xt = np.column_stack([xy, np.ones(len(xy))])  # (N, 3)
+    a0, a1, a2 = xt @ dm[0], xt @ dm[1], xt @ dm[2]  # (N, P) each
+    return a0 - xy[:, :1] * a2, a1 - xy[:, 1:2] * a2
+
+
+@cache
+def submodel_columns(model: str, sub: str) -> tuple[int, ...] | None:
+    """Indices of ``model``'s parameters that form ``sub`` at ``p = 0`` (``dM/dp`` columns equal
+    to ``sub``'s, in ``sub``'s parameter order), or ``None`` if ``sub`` is not such a subset
+    (euclidean's rotation is not a column of affine's)."""
+    big, small = _dm_at_identity(model), _dm_at_identity(check_model(sub, "sub"))
+    cols = []
+    for k in range(small.shape[2]):
+        hits = [j for j in range(big.shape[2]) if np.array_equal(big[:, :, j], small[:, :, k])]
+        if not hits:
+            return None
+        cols.append(hits[0])
+    return tuple(cols)
 
 
 def point_map_dmatrix(matrix: np.ndarray, xy: np.ndarray) -> np.ndarray:

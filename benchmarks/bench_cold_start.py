@@ -1,0 +1,118 @@
+"""First call of each compiled kernel in a fresh process (issue 12 item 3: <= 150 ms).
+
+    python benchmarks/bench_cold_start.py [--runs 7] [--json benchmarks/results/cold_start.json]
+
+Runs ``python -m warpsvc.core.warmup`` first (the install / Docker build step that fills numba's
+cache), then for each case spawns ``--runs`` fresh interpreters, alternating cases, each of which
+imports warpsvc, builds its inputs, and times the first and the second call of one warp
+(1920x1080 RGB uint8 for the scaling kernels, 600x600 -> 230x230 float64 for antialias). The
+first-minus-second difference is the one-time cost (numba import, cache load, dispatch set-up).
+A separate probe splits that cost: ``import numba`` alone, then the first call of a cached kernel
+on a 2x2 image (numba's one-time registry/target initialisation, the cache load and the
+thread pool's start). Medians are printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import platform
+import statistics
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+PRELUDE = """
+import time, json, sys
+t0 = time.perf_counter()
+import numpy as np
+import warpsvc
+from warpsvc import AffineTransform, HomographyTransform, PolarTransform, warp
+t_import = time.perf_counter() - t0
+numba_after_import = "numba" in sys.modules
+rgb = (np.arange(1080 * 1920 * 3, dtype=np.uint32) % 251).astype(np.uint8).reshape(1080, 1920, 3)
+w, h = 1920, 1080
+aff = AffineTransform.from_components(scale=(0.9, 0.8), rotation=0.2, shear=0.1, translation=(100, 50))
+hom = HomographyTransform.from_points([[0, 0], [w - 1, 0], [w - 1, h - 1], [0, h - 1]],
+                                      [[80, 40], [1800, 120], [1700, 1000], [150, 1060]])
+pol = PolarTransform((w / 2, h / 2), h / 2, (1080, 960))
+pts = np.zeros((600, 600)); pts[20:580:24, 20:580:24] = 1000.0
+shrink = HomographyTransform.from_points([[0, 0], [599, 0], [599, 599], [0, 599]],
+                                         [[10, 20], [190, 10], [200, 215], [5, 190]])
+small_pol = PolarTransform((300.0, 300.0), 280.0, (360, 200))
+"""
+
+CASES = {
+    "conserve affine (scale_by_constant)": "warp(rgb, aff, intensity='conserve')",
+    "conserve homography (scale_by_projective_det)": "warp(rgb, hom, intensity='conserve')",
+    "conserve polar (outer_maps + scale_by_columns)": "warp(rgb, pol, intensity='conserve')",
+    "plain polar (outer_maps)": "warp(rgb, pol)",
+    "antialias homography (scatter_matrix)": "warp(pts, shrink, (230, 230), intensity='conserve', antialias=True)",
+    "antialias polar (list_nodes, tent_sums, scatter_points)":
+        "warp(pts, small_pol, intensity='conserve', antialias=True)",
+}
+
+CASE_SCRIPT = PRELUDE + """
+t1 = time.perf_counter(); {call}; t2 = time.perf_counter(); {call}; t3 = time.perf_counter()
+print(json.dumps({{"import_ms": t_import * 1e3, "first_ms": (t2 - t1) * 1e3, "second_ms": (t3 - t2) * 1e3,
+                  "numba_loaded_by_import": numba_after_import}}))
+"""
+
+PROBE = """
+import time, json
+import numpy as np
+t0 = time.perf_counter(); import numba; t1 = time.perf_counter()
+from warpsvc.core._scale_kernels import scale_by_constant
+src, out = np.zeros((2, 2, 1), np.uint8), np.zeros((2, 2, 1), np.float32)
+t2 = time.perf_counter(); scale_by_constant(src, np.float32(2), out); t3 = time.perf_counter()
+scale_by_constant(src, np.float32(2), out); t4 = time.perf_counter()
+print(json.dumps({"import_numba_ms": (t1 - t0) * 1e3, "first_tiny_call_ms": (t3 - t2) * 1e3,
+                  "second_tiny_call_ms": (t4 - t3) * 1e3}))
+"""
+
+
+def run(code: str) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True, cwd=ROOT)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=int, default=7)
+    ap.add_argument("--json", type=pathlib.Path, default=ROOT / "benchmarks/results/cold_start.json")
+    args = ap.parse_args(argv)
+    subprocess.run([sys.executable, "-m", "warpsvc.core.warmup", "-q"], check=True, cwd=ROOT,
+                   env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    samples = {name: [] for name in CASES}
+    probes = []
+    load = [os.getloadavg()]
+    for _ in range(args.runs):  # alternate the cases within each round
+        for name, call in CASES.items():
+            samples[name].append(run(CASE_SCRIPT.format(call=call)))
+        probes.append(run(PROBE))
+    load.append(os.getloadavg())
+    med = lambda rows, key: statistics.median(r[key] for r in rows)  # noqa: E731
+    results = {name: {k: med(rows, k) for k in ("import_ms", "first_ms", "second_ms")}
+               | {"target_first_ms": 150, "numba_loaded_by_import": any(r["numba_loaded_by_import"] for r in rows)}
+               for name, rows in samples.items()}
+    probe = {k: med(probes, k) for k in probes[0]}
+    print("| kernel (first call in a fresh process) | import warpsvc (ms) | first call (ms) | second call (ms) |")
+    print("|---|---:|---:|---:|")
+    for name, r in results.items():
+        print(f"| {name} | {r['import_ms']:.0f} | {r['first_ms']:.0f} | {r['second_ms']:.1f} |")
+    print(f"\nnumba floor: import numba {probe['import_numba_ms']:.0f} ms, then the first call of a cached kernel "
+          f"on a 2x2 image {probe['first_tiny_call_ms']:.0f} ms (second {probe['second_tiny_call_ms']:.3f} ms)")
+    print(f"load average before / after: {load[0]} / {load[1]}")
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"python": platform.python_version(), "runs": args.runs, "loadavg_before": load[0],
+            "loadavg_after": load[1], "cpus": os.cpu_count()}
+    args.json.write_text(json.dumps({"meta": meta, "results": results, "numba_probe": probe}, indent=2))
+    print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""Fill numba's on-disk cache with every compiled kernel, for every signature the library uses.
+
+    python -m warpsvc.core.warmup            # at install / image build (Dockerfile RUN line)
+
+Run it as the user (or with the ``NUMBA_CACHE_DIR``) that will run the library: numba keeps the
+cache next to the package (``__pycache__``) when that folder is writable, else in the user's
+cache folder. Afterwards the first call of each kernel in a fresh process loads machine code
+instead of compiling it (seconds -> tens of milliseconds; see ``benchmarks/bench_cold_start.py``).
+
+It runs real (small) warps through every path, so it compiles exactly the signatures the
+library dispatches: the scaling kernels for each sampled dtype (uint8, uint16, float32 ->
+float32; float64 -> float64), the polar maps in float32 and float64, and the antialias
+scatter (matrix and generic paths, uniform and mixed node density). Run it in its own
+process (as the command above does), not in a server's parent process before it forks: the
+OpenMP thread pool the parallel kernels start does not survive a fork.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+DTYPES = (np.uint8, np.uint16, np.float32, np.float64)
+
+
+def _cases():
+    from .transforms import AffineTransform, HomographyTransform, PolarTransform, compose
+
+    aff = AffineTransform.from_components(scale=(0.8, 0.9), rotation=0.2, translation=(3, 2))
+    hom = HomographyTransform(np.array([[0.9, 0.05, 2.0], [0.02, 1.1, 1.0], [1e-4, 2e-4, 1.0]]))
+    pol = PolarTransform((20.0, 18.0), 16.0, (64, 24))
+    return aff, hom, pol, compose(hom, pol)
+
+
+def warm(verbose: bool = False) -> float:
+    """Compile (or load) every kernel signature; returns the seconds it took."""
+    from . import threads
+    from .warp import warp
+
+    t0 = time.perf_counter()
+    previous = threads._chosen
+    threads.set_threads(1, opencv=False)  # compiling does not depend on the count
+    try:
+        aff, hom, pol, comp = _cases()
+        for dtype in DTYPES:
+            img = (np.arange(40 * 36 * 3).reshape(40, 36, 3) % 200).astype(dtype)
+            for t in (aff, hom, pol, comp):
+                warp(img, t, intensity="conserve")
+            warp(img, pol)
+            warp(img, pol.inverse(), (40, 36))
+            for t in (aff, hom, pol):
+                warp(img, t, antialias=True)
+            warp(img, aff, antialias=True, border="reflect")
+            if verbose:
+                print(f"warmed {np.dtype(dtype).name}: {time.perf_counter() - t0:.2f} s")
+    finally:
+        threads._chosen = previous
+    return time.perf_counter() - t0
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("-q", "--quiet", action="store_true")
+    args = ap.parse_args(argv)
+    seconds = warm(verbose=not args.quiet)
+    if not args.quiet:
+        print(f"warpsvc kernels compiled/cached in {seconds:.2f} s")
+
+
+if __name__ == "__main__":
+    main()
