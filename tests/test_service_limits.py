@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from warpsvc_client import WarpClient
 
 import warpsvc
 from warpsvc import AffineTransform
 from warpsvc.server import Settings, build_server
-from warpsvc_client import WarpClient
 
 
 @pytest.fixture

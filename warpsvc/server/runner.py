@@ -62,13 +62,22 @@ def tune_allocator() -> bool:
 
 def run_worker(settings: Settings, index: int = 0) -> int:
     """Run one server process until SIGTERM/SIGINT, then drain. Returns the exit code."""
+    from .image_probe import configure_opencv_io
+
+    try:
+        configure_opencv_io(settings.max_input_pixels)  # OpenCV's own decode cap: before cv2 loads
+    except RuntimeError as err:  # cv2 imported already (embedding code): the probe still applies
+        log.warning("%s", err)
     import cv2
     from threadpoolctl import threadpool_limits
+
+    from warpsvc.core import threads
 
     from .app import build_server  # first grpc import of a worker: after any fork
     from .tracing import setup_tracing
 
     cv2.setNumThreads(settings.cv_threads)
+    threads.set_threads(settings.cv_threads, opencv=False)  # the compiled kernels' threads per call
     # numpy's OpenBLAS starts one spinning thread per core in every process: with N workers the
     # cores are oversubscribed, and alignment throughput per CPU-second halves (measured).
     threadpool_limits(limits=settings.blas_threads, user_api="blas")
@@ -81,9 +90,22 @@ def run_worker(settings: Settings, index: int = 0) -> int:
     try:
         srv = build_server(settings, tracing=tracing)
         srv.start()
+        if settings.warm_up:
+            # After SERVING, off the critical path: the first conserving/antialiased call then
+            # finds the compiled kernels loaded (warpsvc.core.warmup; numba's on-disk cache).
+            threading.Thread(target=_warm_up, args=(index,), name="warpsvc-warm-up", daemon=True).start()
         return _serve_until_signal(srv, settings, index, stop)
     finally:
         tracing.shutdown()
+
+
+def _warm_up(index: int) -> None:
+    from warpsvc.core.warmup import warm
+
+    try:
+        log.info("worker %d warmed the compiled kernels in %.2f s", index, warm())
+    except Exception:  # pragma: no cover - a warm-up failure must not stop serving
+        log.exception("worker %d: warm-up failed (first calls will compile)", index)
 
 
 def _serve_until_signal(srv, settings: Settings, index: int, stop: threading.Event) -> int:

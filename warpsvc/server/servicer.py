@@ -12,7 +12,8 @@ from __future__ import annotations
 import functools
 
 import warpsvc
-from warpsvc.core.errors import DeadlineExceededError, InvalidArgumentError, WarpsvcError
+from warpsvc.core.budget import WarpLimits
+from warpsvc.core.errors import CancelledError, DeadlineExceededError, InvalidArgumentError, WarpsvcError
 from warpsvc.core.validate import output_dtype
 from warpsvc_api import convert, status, vocab, wire
 from warpsvc_api.v1 import warp_pb2 as pb
@@ -58,6 +59,8 @@ class WarpServicer:
         self.settings = settings
         self.stage = observer.stage  # with self.stage("decode" | "compute" | "encode"): metrics + traces
         self.observer = observer
+        self.limits = WarpLimits(max_transform_steps=settings.max_transform_steps,
+                                 max_nodes_per_pixel=settings.max_antialias_nodes_per_pixel)
 
     def _image(self, call: wire.Received, name: str, required: bool = True):
         """Request image field ``name``, its tensor payload read in place (field numbers
@@ -78,7 +81,7 @@ class WarpServicer:
             self._check_output(shape, image, output_dtype(image.dtype, **_dtype_options(options)), form)
         record_pixels(inp=_pixels(image.shape))
         with self.stage("compute"):
-            out = warpsvc.warp(image, transform, shape, **options)
+            out = warpsvc.warp(image, transform, shape, **options, limits=self.limits, poll=DeadlinePoll(context))
         record_pixels(out=_pixels(out.shape))
         with self.stage("encode"):
             return codecs.encode_image(out, form, jpeg_quality=req.jpeg_quality).nested(WARP_RESPONSE_IMAGE)
@@ -94,7 +97,7 @@ class WarpServicer:
             codecs.check_pixels(shape, "output_shape", self.settings.max_output_pixels, "output")
             dtype = vocab.DTYPE.from_wire(req.dtype)
         with self.stage("compute"):
-            det = warpsvc.jacobian_determinant(transform, shape,
+            det = warpsvc.jacobian_determinant(transform, shape, limits=self.limits, poll=DeadlinePoll(context),
                                                **({} if dtype is vocab.DEFAULT else {"dtype": dtype}))
         codecs.check_bytes(det.nbytes, "output_shape", self.settings.max_message_bytes, "the map")
         record_pixels(out=_pixels(det.shape))
@@ -170,3 +173,20 @@ class _DeadlineStop:
         if (remaining is not None and remaining < DEADLINE_MARGIN_S) or not self._context.is_active():
             self.fired = True
         return self.fired
+
+
+class DeadlinePoll:
+    """The ``poll`` of ``warp`` / ``jacobian_determinant`` (called between tiles and strips):
+    raises :class:`DeadlineExceededError` once the call's deadline is within
+    :data:`DEADLINE_MARGIN_S` (the answer can still be sent), :class:`CancelledError` once the
+    client went away; the access log then records that status."""
+
+    def __init__(self, context):
+        self._context = context
+
+    def __call__(self) -> None:
+        remaining = self._context.time_remaining()
+        if remaining is not None and remaining < DEADLINE_MARGIN_S:
+            raise DeadlineExceededError("the call's deadline passed during the computation")
+        if not self._context.is_active():
+            raise CancelledError("the call was cancelled during the computation")

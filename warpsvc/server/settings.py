@@ -26,12 +26,18 @@ blas_threads               WARPSVC_BLAS_THREADS            1            BLAS thr
 reflection                 WARPSVC_REFLECTION              true         server reflection service
 tune_malloc                WARPSVC_TUNE_MALLOC             true         keep big buffers in the heap
                                                                         (runner.tune_allocator)
+max_transform_steps        WARPSVC_MAX_TRANSFORM_STEPS     16           steps of a transform chain
+                                                                        (each costs a pass per pixel)
+max_antialias_nodes_per_   WARPSVC_MAX_ANTIALIAS_NODES_    64           antialias footprint nodes per
+pixel                      PER_PIXEL                                    pixel (warpsvc.core.budget)
+warm_up                    WARPSVC_WARM_UP                 true         load the compiled kernels after
+                                                                        SERVING (runner._warm_up)
 metrics_port               WARPSVC_METRICS_PORT            9464         Prometheus ``GET /metrics`` port
                                                                         (0 disables; see metrics.py)
 log_level                  WARPSVC_LOG_LEVEL               info         python logging level
 =========================  ==============================  ===========  ================================
 
-"usable CPUs" is :func:`.cpus.usable_cpus`: the affinity mask capped by the cgroup CPU quota (a
+"usable CPUs" is :func:`warpsvc.core.threads.available_cpus`: the affinity mask capped by the cgroup CPU quota (a
 container's ``--cpus``), so the defaults follow what the process may really use: one worker
 process per usable CPU (GIL-bound work such as alignment scales with processes), and OpenCV in
 each worker allowed every usable CPU (one Warp uses the cores one call can use). The policy and its
@@ -46,7 +52,7 @@ import os
 import pathlib
 from dataclasses import dataclass, field
 
-from .cpus import usable_cpus
+from warpsvc.core.threads import available_cpus as usable_cpus
 
 MIB = 1 << 20
 ENV_PREFIX = "WARPSVC_"
@@ -70,12 +76,15 @@ class Settings:
     blas_threads: int = 1
     reflection: bool = True
     tune_malloc: bool = True
+    warm_up: bool = True
     metrics_port: int = 9464
+    max_transform_steps: int = 16
+    max_antialias_nodes_per_pixel: float = 64.0
     log_level: str = "info"
 
     def __post_init__(self):
-        positive = ("workers", "threads", "blas_threads", "max_concurrent_rpcs", "max_message_bytes", "max_input_pixels",
-                    "max_output_pixels")
+        positive = ("workers", "threads", "blas_threads", "max_transform_steps", "max_antialias_nodes_per_pixel",
+                    "max_concurrent_rpcs", "max_message_bytes", "max_input_pixels", "max_output_pixels")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -154,6 +163,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="disable server reflection")
     parser.add_argument("--no-tune-malloc", dest="tune_malloc", action="store_false", default=d,
                         help="leave glibc's mmap/trim thresholds alone (see docs/service.md)")
+    parser.add_argument("--no-warm-up", dest="warm_up", action="store_false", default=d,
+                        help="do not load the compiled kernels in the background after start")
+    parser.add_argument("--max-transform-steps", type=int, default=d,
+                        help="steps of a transform chain, adjacent matrices counting as one (default 16)")
+    parser.add_argument("--max-antialias-nodes-per-pixel", type=float, default=d,
+                        help="antialias footprint nodes per pixel before RESOURCE_EXHAUSTED (default 64)")
     parser.add_argument("--metrics-port", type=int, default=d,
                         help="port of the Prometheus GET /metrics endpoint; 0 disables (default 9464)")
     parser.add_argument("--log-level", default=d, help="logging level (default info)")
