@@ -17,7 +17,7 @@
 ARG BASE_IMAGE=python:3.11-slim
 
 # ---- requirements: the image's dependency list (pyproject.toml: the base dependencies plus the
-# `server` and `client` extras -- warpsvc-batch runs from this image too -- with their
+# `server`, `client` and `batch` extras -- warpsvc-batch runs from this image too -- with their
 # `warpsvc[...]` self-references expanded), alone in a file, so that the layer installing them
 # is reused until that list changes (not on every pyproject.toml edit) --------------------------
 FROM ${BASE_IMAGE} AS requirements
@@ -27,7 +27,7 @@ RUN python3 -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["
 x = p["optional-dependencies"]; \
 E = lambda extra: [d for r in x[extra] for d in (sum((E(n) for n in r[8:-1].split(",")), []) \
                    if r.startswith("warpsvc[") else [r])]; \
-print("\n".join(dict.fromkeys(p["dependencies"] + E("server") + E("client"))))' > requirements.txt
+print("\n".join(dict.fromkeys(p["dependencies"] + E("server") + E("client") + E("batch"))))' > requirements.txt
 
 # ---- deps: a virtual environment in /opt/venv with the dependencies only -----------------------
 # (Its own stage and layer: a source edit neither reinstalls numba/OpenCV/grpc nor copies them

@@ -69,10 +69,12 @@ def test_sigkill_halfway_then_resume(server, tmp_path, where):
     assert 0 < len(first) < len(names)
     before = {r["input"]: os.stat(out / r["output"]) for r in first}
     n_lines = len(_records_so_far(out / "manifest.jsonl"))
-    # What a crash can leave besides: a torn manifest line and a temporary file mid-write.
+    # What a crash can leave besides: a torn manifest line and a temporary file mid-write, named
+    # with the killed run's id (the lock file lists the runs whose temporary files may remain).
     with open(out / "manifest.jsonl", "ab") as fh:
         fh.write(b'{"input": "d0/k000.png", "status": "o')
-    (out / "d1" / ".k001.png.x1y2.warpsvc-tmp").write_bytes(b"\x89PNG half")
+    [killed_run] = (out / ".warpsvc-batch.lock").read_text().split()
+    (out / "d1" / f".k001.png.{killed_run}-0badc0de.warpsvc-tmp").write_bytes(b"\x89PNG half")
 
     res = run_batch(*args, "--resume")
     assert res.returncode == 0, res.stderr

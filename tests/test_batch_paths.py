@@ -144,3 +144,20 @@ def test_float_results_go_to_tiff_and_usage_errors_exit_2(tmp_path):
     res = run_batch("warp", src, tmp_path / "o2", "--matrix", SHIFT, "--manifest", victim)
     assert res.returncode == 2 and "inside INPUT_DIR" in res.stderr
     assert victim.read_bytes() == before
+
+
+def test_shards_split_the_sorted_list_deterministically(tmp_path):
+    names = [f"n{i:03d}.png" for i in range(23)]
+    parts = [paths.shard(list(reversed(names)), i, 4) for i in range(4)]
+    assert sorted(sum(parts, [])) == names and sum(map(len, parts)) == 23  # disjoint and covering
+    assert {len(p) for p in parts} == {5, 6}
+    assert parts[1] == names[1::4]  # from the sorted list, whatever order it came in
+    src = tmp_path / "in"
+    found = make_mixed_folder(src, 9)
+    done = []
+    for i in range(3):
+        res = run_batch("warp", src, tmp_path / f"out{i}", "--matrix", SHIFT, "--shard", f"{i}/3", "--no-report")
+        assert res.returncode == 0, res.stderr
+        done += [r["input"] for r in map(json.loads, (tmp_path / f"out{i}" / "manifest.jsonl").read_text().split())]
+    assert sorted(done) == found and len(done) == len(set(done))
+    assert run_batch("warp", src, tmp_path / "x", "--matrix", SHIFT, "--shard", "3/3").returncode == 2

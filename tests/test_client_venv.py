@@ -113,9 +113,6 @@ def test_client_talks_to_a_real_server(client_python):
     assert out["refused"] == ["InvalidArgumentError", "interpolation"]
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "warpsvc/core/align/__init__.py (owned by the align helper) imports align.api and so OpenCV eagerly; "
-    "AlignResult needs it lazy (PEP 562, like warpsvc/core/__init__.py). Remove this mark when it is."))
 def test_client_align_without_the_compute_stack(client_python):
     with ServerProcess("--port", "0") as srv:
         out = _run([str(client_python), "-I", "-c", ALIGN_SCRIPT, srv.target])

@@ -99,8 +99,10 @@ def _renames(trace_prefix: pathlib.Path) -> list[tuple[str, str]]:
     for f in trace_prefix.parent.glob(trace_prefix.name + ".*"):
         for line in f.read_text(errors="replace").splitlines():
             if re.match(r"rename(at2?)?\(", line) and re.search(r"\)\s+=\s+0$", line):
-                quoted = re.findall(r'"((?:[^"\\]|\\.)*)"', line)
-                out.append((quoted[0], quoted[-1]))
+                # with -y, a renameat's directory descriptors print as 3</path/to/dir>
+                args = re.findall(r'(?:\d+<([^>]*)>, )?"((?:[^"\\]|\\.)*)"', line)
+                (d1, p1), (d2, p2) = args[0], args[-1]
+                out.append((f"{d1}/{p1}" if d1 else p1, f"{d2}/{p2}" if d2 else p2))
     return out
 
 
@@ -115,7 +117,7 @@ def test_sigkill_one_of_two_servers_every_output_written_exactly_once(tmp_path):
         wait_serving(b.target)
         cmd = batch_cmd("warp", src, out, "--matrix", H, "--target", a.target, "--target", b.target,
                         "--server-workers", "1", "--no-progress", "--no-report")
-        proc = subprocess.Popen(["strace", "-ff", "-qq", "-e", "trace=rename,renameat,renameat2", "-o", str(trace),
+        proc = subprocess.Popen(["strace", "-ff", "-y", "-qq", "-e", "trace=rename,renameat,renameat2", "-o", str(trace),
                                  *cmd], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and len(_records_so_far(out / "manifest.jsonl")) < 40:

@@ -20,7 +20,12 @@ _EXPORTS = {
     "MODELS": "transforms", "AffineTransform": "transforms", "ComposedTransform": "transforms",
     "HomographyTransform": "transforms", "MotionModel": "transforms", "PolarTransform": "transforms",
     "Transform": "transforms", "compose": "transforms",
-    "jacobian_determinant": "warp", "warp": "warp",
+    "jacobian_determinant": "warp", "warp": "warp", "antialias_cost": "warp",
+    "WarpLimits": "budget",
+    "available_cpus": "threads", "get_threads": "threads", "set_threads": "threads",
+    "FrameResult": "sequence", "SequenceAligner": "sequence", "SequenceOptions": "sequence",
+    "StackOptions": "sequence", "StackResult": "sequence", "Stacker": "sequence",
+    "align_sequence": "sequence", "stack": "sequence",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -2,12 +2,17 @@
 
 Small modules, one job each (see ``docs/batch.md``):
 
-* :mod:`.paths`     discovery (recursive, globs), output names, the guards on both trees;
+* :mod:`.paths`     discovery (recursive, globs), shards, output names, the guards on both trees,
+                    escaping names for terminals and drawing;
+* :mod:`.storage`   local folders (every access by descriptor, no link followed) and fsspec URLs;
+* :mod:`.probe`     image sizes from headers, checked before decoding (``--max-pixels``);
+* :mod:`.record`    the manifest record (one frozen type, one writer);
 * :mod:`.jobs`      the job spec (options, transforms) and the per-image work, shared by backends;
-* :mod:`.backends`  where the pixels are computed: gRPC targets or ``local`` (a process pool);
-* :mod:`.files`     atomic writes (temp file in the same folder + fsync + ``os.replace``);
-* :mod:`.manifest`  the JSONL manifest and ``--resume``;
-* :mod:`.pipeline`  bounded in-flight work, retries, progress, the summary;
+* :mod:`.backends`  where the pixels are computed: gRPC targets or ``local`` (the library);
+* :mod:`.files`     the folder lock and run registry, sweeping this folder's temporary files;
+* :mod:`.manifest`  the JSONL manifest (local or remote) and ``--resume``;
+* :mod:`.pipeline`  the local pool / RPC threads: bounded in-flight work, progress;
+* :mod:`.dask_engine` ``--engine dask``: the per-image work on a Dask cluster;
 * :mod:`.report`    ``report.html`` and ``contact_sheet.png``;
 * :mod:`.cli`       the command line.
 """

@@ -1,5 +1,5 @@
-"""Engines: where an image's pixels are computed. Both have the same four methods
-(``image_shape``, ``warp``, ``align``, ``jacobian``) so :func:`.jobs.process` does not care.
+"""Engines: where an image's pixels are computed. Both have the same three methods
+(``warp``, ``align``, ``jacobian``) so :func:`.jobs.process` does not care.
 
 * :class:`LocalEngine`: the in-process library (``--target local``); the pipeline runs it in a
   pool of processes (one per core: the GIL makes one process about one core).
@@ -12,6 +12,10 @@
   exponential backoff and jitter, preferring another target after a failure, within the
   image's deadline. A target answering UNAVAILABLE is avoided for ``cooldown`` seconds,
   doubling while it keeps failing (used again only when no other target is up).
+
+  Retries live in this one layer: the channels are made with gRPC's own retry policy off
+  (``WarpClient(retries=1)``), so ``--retries 5`` means at most 6 tries on the wire, and the
+  manifest's ``attempts`` (1 + the retried failures) is the number of tries made.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import numpy as np
 import warpsvc
 
 from .jobs import CallContext, decode, encode
+from .probe import DEFAULT_MAX_PIXELS
 
 LOCAL = "local"
 
@@ -40,34 +45,29 @@ class LocalEngine:
 
     name = LOCAL
 
-    def __init__(self):
+    def __init__(self, max_pixels: int = DEFAULT_MAX_PIXELS):
+        self.max_pixels = max_pixels
         self._last = (None, None)  # (bytes, decoded): align decodes once for its two calls
 
     def _decode(self, data: bytes) -> np.ndarray:
         if self._last[0] is data:
             return self._last[1]
-        img = decode(data)
+        img = decode(data, self.max_pixels)
         self._last = (data, img)
         return img
 
-    def image_shape(self, data: bytes):
-        return self._decode(data).shape[:2]
-
     def warp(self, data: bytes, transform, opts, fmt: str, ctx: CallContext) -> bytes:
-        ctx.attempts += 1
         out = warpsvc.warp(self._decode(data), transform, opts.output_shape, **opts.kwargs())
         self._last = (None, None)
         return encode(out, fmt, opts.jpeg_quality)
 
     def align(self, reference: np.ndarray, data: bytes, opts, ctx: CallContext):
-        ctx.attempts += 1
         kw = opts.kwargs()
         if ctx.deadline is not None:  # the image's deadline stops the iterations (reason "cancelled")
             kw["should_stop"] = lambda: ctx.remaining() <= 0
         return warpsvc.align(reference, self._decode(data), **kw)
 
     def jacobian(self, transform, shape, ctx: CallContext) -> np.ndarray:
-        ctx.attempts += 1
         return warpsvc.jacobian_determinant(transform, shape, dtype=np.float32)
 
 
@@ -127,7 +127,8 @@ class GrpcEngine:
 
         self._grpc = grpc
         self.policy = policy or RetryPolicy()
-        kw = {"retries": 2, "timeout": self.policy.rpc_timeout, **(client_kwargs or {})}
+        # retries=1: no gRPC-level retry policy; _call below is the only retry layer
+        kw = {**(client_kwargs or {}), "retries": 1, "timeout": self.policy.rpc_timeout}
         # A local subchannel pool per channel: without it gRPC shares one TCP connection between
         # channels with equal arguments, and every call would reach the same server worker.
         opts = [("grpc.use_local_subchannel_pool", 1)]
@@ -169,17 +170,23 @@ class GrpcEngine:
             return target
 
     def _call(self, ctx: CallContext, fn):
+        """``fn(client, timeout)`` with retries (module docstring). A failure is added to
+        ``ctx.retried`` only when the retry actually starts, so ``ctx.attempts`` counts tries."""
         policy = self.policy
         avoid = None
+        failed = None  # the last retryable failure, not yet followed by a retry
         for attempt in range(policy.retries + 1):
             remaining = ctx.remaining()
             if remaining is not None and remaining <= 0:
-                raise ImageDeadlineError(f"per-image deadline exceeded after {ctx.attempts} attempt(s)"
-                                         + (f" ({'; '.join(ctx.retried)})" if ctx.retried else ""))
+                raise ImageDeadlineError("per-image deadline exceeded"
+                                         + (f" after {failed}" if failed else "")
+                                         + (f" (retried: {'; '.join(ctx.retried)})" if ctx.retried else ""))
+            if failed is not None:
+                ctx.retried.append(failed)
+                failed = None
             timeout = policy.rpc_timeout if remaining is None else min(policy.rpc_timeout, remaining)
             with self._slots:
                 target = self._pick(avoid)
-                ctx.attempts += 1
                 ctx.target = target.name
                 t0 = time.monotonic()
                 try:
@@ -193,7 +200,7 @@ class GrpcEngine:
                     code = err.code() if callable(getattr(err, "code", None)) else None
                     if code not in self._retryable or attempt == policy.retries:
                         raise
-                    ctx.retried.append(f"{target.name}: {code.name}")
+                    failed = f"{target.name}: {code.name}"
                     if code is self._grpc.StatusCode.UNAVAILABLE:
                         self._mark_down(target.name)
                     avoid = target.name
@@ -206,9 +213,6 @@ class GrpcEngine:
         raise AssertionError("unreachable")  # pragma: no cover
 
     # -- the engine interface -------------------------------------------------------------------
-    def image_shape(self, data: bytes):
-        return decode(data).shape[:2]
-
     def warp(self, data: bytes, transform, opts, fmt: str, ctx: CallContext) -> bytes:
         kw = dict(opts.kwargs(), jpeg_quality=opts.jpeg_quality)
         if fmt == "npy":  # pragma: no cover - warp outputs are images

@@ -1,19 +1,24 @@
-"""``warpsvc-batch {warp,align,jacobian} INPUT_DIR OUTPUT_DIR [options]`` (see ``docs/batch.md``).
+"""``warpsvc-batch {warp,align,jacobian} INPUT OUTPUT [options]`` (see ``docs/batch.md``).
 
+INPUT and OUTPUT are folders or fsspec URLs (``s3://bucket/prefix``, ``memory://...``).
 Exit codes: 0 every image succeeded (or was already complete with ``--resume``); 1 at least one
-image failed (the manifest says which and why); 2 bad usage (refused folders, bad options).
+image failed (the manifest says which and why; a full disk fails the images it hits); 2 bad usage
+(refused folders, bad options).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import pathlib
 import shlex
 import sys
 
-from . import manifest, paths
-from .jobs import JOBS, AlignOptions, JobSpec, Task, WarpOptions, output_name
+from . import manifest, paths, probe, storage
+from .jobs import AlignOptions, JobSpec, Task, WarpOptions, output_name
+from .paths import printable
+from .record import Record
 from .transforms import TransformSpecError, from_matrix, numbers, polar_option, read_file
 
 
@@ -24,15 +29,48 @@ def _shape(text: str):
     return tuple(v)
 
 
+def _shard(text: str):
+    index, sep, count = text.partition("/")
+    try:
+        i, n = int(index), int(count)
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected INDEX/COUNT, e.g. 0/4") from None
+    if not sep or n < 1 or not 0 <= i < n:
+        raise argparse.ArgumentTypeError("expected INDEX/COUNT with 0 <= INDEX < COUNT")
+    return i, n
+
+
+def _json_object(text: str):
+    try:
+        value = json.loads(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"not JSON: {err}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("input_dir", type=pathlib.Path, metavar="INPUT_DIR")
-    common.add_argument("output_dir", type=pathlib.Path, metavar="OUTPUT_DIR")
+    common.add_argument("input_dir", metavar="INPUT", help="folder or fsspec URL (s3://bucket/prefix, ...)")
+    common.add_argument("output_dir", metavar="OUTPUT", help="folder or fsspec URL")
     g = common.add_argument_group("where and how")
     g.add_argument("--target", action="append", default=None,
                    help="server host:port or dns:///name:port (round robin over its addresses); repeatable. "
                         "'local' (the default) runs the library in a process pool, no server needed")
-    g.add_argument("--manifest", type=pathlib.Path, help="JSONL manifest (default OUTPUT_DIR/manifest.jsonl)")
+    g.add_argument("--manifest", help="JSONL manifest, a path or URL (default OUTPUT/manifest.jsonl)")
+    g.add_argument("--storage-options", type=_json_object, default={}, metavar="JSON",
+                   help="fsspec options for URL inputs/outputs, e.g. '{\"endpoint_url\": \"http://...\"}' "
+                        "(credentials otherwise from the standard environment: AWS_*, profiles)")
+    g.add_argument("--engine", default="pool", choices=("pool", "dask"),
+                   help="local work: a process pool on this machine (default) or a Dask cluster")
+    g.add_argument("--scheduler", metavar="tcp://HOST:8786",
+                   help="--engine dask: an existing scheduler (default: an embedded LocalCluster)")
+    g.add_argument("--shard", type=_shard, metavar="INDEX/COUNT",
+                   help="do only every COUNT-th image of the sorted list, from INDEX (0-based)")
+    g.add_argument("--max-pixels", type=int, default=probe.DEFAULT_MAX_PIXELS,
+                   help=f"refuse inputs whose header claims more pixels (H*W, or a TIFF tile), before "
+                        f"decoding (default {probe.DEFAULT_MAX_PIXELS}, the server's default)")
     g.add_argument("--resume", action="store_true",
                    help="skip images whose output is complete and recorded ok in the manifest")
     g.add_argument("--dry-run", action="store_true", help="list what would be done; write nothing")
@@ -40,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only paths (relative, or the file name) matching; repeatable")
     g.add_argument("--exclude", action="append", default=[], metavar="GLOB", help="skip matching paths; repeatable")
     g.add_argument("--allow-nested-output", action="store_true", help="accept OUTPUT_DIR inside INPUT_DIR")
-    g.add_argument("--jobs", type=int, default=0, help="local: worker processes (default: one per core)")
+    g.add_argument("--jobs", type=int, default=0,
+                   help="local: worker processes (default: one per core); --engine dask: LocalCluster workers")
     g.add_argument("--server-workers", type=int, default=2,
                    help="worker processes behind each server address (sets the defaults below; default 2)")
     g.add_argument("--inflight", type=int, default=0,
@@ -89,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("warp", parents=[common, transform_opts, warp_opts], help="warp every image")
     a = sub.add_parser("align", parents=[common, warp_opts], help="align every image to a reference")
     g = a.add_argument_group("alignment options")
-    g.add_argument("--reference", type=pathlib.Path, required=True, help="the template image")
+    g.add_argument("--reference", required=True, help="the template image (path or URL)")
     g.add_argument("--model", default="homography",
                    choices=("translation", "euclidean", "similarity", "affine", "homography"))
     g.add_argument("--robust", choices=("huber", "tukey"))
@@ -121,7 +160,25 @@ def _transform(args):
     return None
 
 
-def make_spec(args) -> JobSpec:
+def _stores(args):
+    fsync = not args.no_fsync
+    return (storage.open_store(args.input_dir, args.storage_options, fsync=fsync),
+            storage.open_store(args.output_dir, args.storage_options, fsync=fsync))
+
+
+def _read_reference(text: str, options: dict, max_pixels: int):
+    from .jobs import decode
+
+    head, _, name = text.replace("\\", "/").rpartition("/")
+    store = storage.open_store(head or ".", options)
+    return decode(store.read(name), max_pixels)
+
+
+def make_spec(args, inputs=None, outputs=None, run_id: str = "000000000000") -> JobSpec:
+    if inputs is None:
+        inputs, outputs = _stores(args)
+    if args.max_pixels < 1:
+        raise UsageError("--max-pixels must be positive")
     warp = WarpOptions()
     if args.job in ("warp", "align"):
         warp = WarpOptions(interpolation=args.interpolation, border=args.border, border_value=args.border_value,
@@ -129,19 +186,16 @@ def make_spec(args) -> JobSpec:
                            jpeg_quality=args.jpeg_quality)
     elif args.output_shape:
         warp = WarpOptions(output_shape=args.output_shape)
-    spec = dict(job=args.job, input_dir=args.input_dir, output_dir=args.output_dir, warp=warp, fsync=not args.no_fsync)
+    spec = dict(job=args.job, inputs=inputs, outputs=outputs, warp=warp, run_id=run_id, max_pixels=args.max_pixels)
     if args.job == "align":
-        from . import files
-        from .jobs import decode
-
         levels = args.levels if args.levels == "auto" else int(args.levels)
         spec["align"] = AlignOptions(model=args.model, robust=args.robust, photometric=args.photometric, levels=levels,
                                      max_iterations=args.max_iterations, tolerance=args.tolerance,
                                      time_budget=args.time_budget, fail_unconverged=args.fail_unconverged)
         try:
-            spec["reference"] = decode(files.read_input(args.reference))
+            spec["reference"] = _read_reference(args.reference, args.storage_options, args.max_pixels)
         except Exception as err:  # noqa: BLE001
-            raise UsageError(f"--reference {args.reference}: {err}") from None
+            raise UsageError(f"--reference {printable(args.reference)}: {printable(err)}") from None
     else:
         spec["transform"] = _transform(args)
     if args.job == "jacobian":
@@ -150,7 +204,7 @@ def make_spec(args) -> JobSpec:
 
 
 def make_tasks(args, spec: JobSpec) -> list[paths.Planned | Task]:
-    """The planned images, each a :class:`Task` or a ``Planned`` with an error."""
+    """The planned images (this shard's), each a :class:`Task` or a ``Planned`` with an error."""
     fmt = getattr(args, "jacobian_format", "tiff")
     per_image = {}
     if getattr(args, "transforms", None):
@@ -160,12 +214,19 @@ def make_tasks(args, spec: JobSpec) -> list[paths.Planned | Task]:
                 continue
             pairs.append((row["path"], row["output"] or output_name(spec.job, row["path"], spec.warp, fmt)))
             per_image.setdefault(row["path"], row["transform"])
+        if args.shard:
+            keep = set(paths.shard([p for p, _ in pairs], *args.shard))
+            pairs = [p for p in pairs if p[0] in keep]
     else:
-        skip = args.output_dir if paths.is_within(args.output_dir, args.input_dir) else None
-        found = paths.discover(args.input_dir, include=args.include, exclude=args.exclude, skip=skip)
+        out_root, in_root = spec.outputs.canonical(), spec.inputs.canonical()
+        nested = out_root.startswith(in_root.rstrip("/") + "/")
+        found = paths.discover(spec.inputs, include=args.include, exclude=args.exclude,
+                               skip=spec.outputs.url if nested else None)
+        if args.shard:
+            found = paths.shard(found, *args.shard)
         pairs = [(rel, output_name(spec.job, rel, spec.warp, fmt)) for rel in found]
     out = []
-    for i, p in enumerate(paths.plan(pairs, args.input_dir, args.output_dir)):
+    for i, p in enumerate(paths.plan(pairs, spec.inputs, spec.outputs)):
         out.append(p if p.error else Task(i, p.input, p.output, per_image.get(p.input)))
     return out
 
@@ -176,6 +237,8 @@ def _engine(args):
         if len(targets) > 1:
             raise UsageError("--target local cannot be combined with server targets")
         return None
+    if args.engine == "dask":
+        raise UsageError("--engine dask runs the library on the Dask workers; it takes no --target servers")
     from .backends import GrpcEngine, RetryPolicy, address_count
 
     for t in targets:
@@ -192,102 +255,140 @@ def _engine(args):
     return GrpcEngine(targets, inflight=inflight, connections=connections, policy=policy, client_kwargs=client_kwargs)
 
 
-def _planning_record(p: paths.Planned, job: str) -> dict:
-    return {"input": p.input, "output": p.output, "status": "failed", "error": f"PathError: {p.error}", "job": job,
-            "target": None, "attempts": 0, "bytes": None, "sha256": None, "matrix": None, "inverse": None,
-            "convergence": None, "timings": {}}
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     try:
         return run(args, "warpsvc-batch " + shlex.join(argv))
-    except (UsageError, paths.PathError, TransformSpecError, OSError) as err:
-        print(f"warpsvc-batch: {err}", file=sys.stderr)
+    except (UsageError, paths.PathError, paths.MissingDependencyError, TransformSpecError, OSError) as err:
+        print(f"warpsvc-batch: {printable(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("warpsvc-batch: interrupted; rerun with --resume to finish", file=sys.stderr)
         return 130
 
 
-def run(args, command: str) -> int:
+def _plan(args, inputs, outputs, run_id):
     import warpsvc
 
+    paths.check_trees(inputs, outputs, args.allow_nested_output)
+    try:
+        spec = make_spec(args, inputs, outputs, run_id)
+    except (warpsvc.WarpsvcError, ValueError) as err:
+        raise UsageError(printable(err)) from None
+    planned = make_tasks(args, spec)
+    m_store, m_name = manifest.location(args.manifest, outputs)
+    m_canon = m_store.canonical(m_name)
+    in_root, out_root = inputs.canonical(), outputs.canonical()
+    if paths.is_under(m_canon, in_root) and not paths.is_under(m_canon, out_root):
+        raise UsageError(f"--manifest {printable(args.manifest)} is inside INPUT_DIR: inputs are never overwritten")
+    return spec, planned, m_store, m_name
+
+
+def run(args, command: str) -> int:
     from . import files, pipeline
 
-    paths.check_trees(args.input_dir, args.output_dir, args.allow_nested_output)
-    try:
-        spec = make_spec(args)
-    except (warpsvc.WarpsvcError, ValueError) as err:
-        raise UsageError(str(err)) from None
-    planned = make_tasks(args, spec)
-    manifest_path = args.manifest or args.output_dir / "manifest.jsonl"
-    if paths.is_within(manifest_path, args.input_dir) and not paths.is_within(manifest_path, args.output_dir):
-        raise UsageError(f"--manifest {manifest_path} is inside INPUT_DIR: inputs are never overwritten")
-    previous = manifest.load(manifest_path) if args.resume else {}
+    os.environ.setdefault("CV_IO_MAX_IMAGE_PIXELS", str(max(1, args.max_pixels)))  # OpenCV's own cap, too
+    inputs, outputs = _stores(args)
+    run_id = storage.new_run_id()
+    spec, planned, m_store, m_name = _plan(args, inputs, outputs, run_id)
+    previous = manifest.load(m_store, m_name) if args.resume else {}
     todo, skipped, invalid = [], [], []
     for p in planned:
         if isinstance(p, paths.Planned):
             invalid.append(p)
-        elif args.resume and manifest.is_complete(previous.get(p.input), args.output_dir, p.output):
+        elif args.resume and manifest.is_complete(previous.get(p.input), outputs, p.output):
             skipped.append(p)
         else:
             todo.append(p)
     if args.dry_run:
         for t in todo:
-            print(f"{t.input} -> {t.output}")
+            print(f"{printable(t.input)} -> {printable(t.output)}")
         for p in invalid:
-            print(f"{p.input}: REFUSED: {p.error}")
+            print(f"{printable(p.input)}: REFUSED: {printable(p.error)}")
         print(f"dry run: {len(todo)} to do, {len(skipped)} complete (skipped), {len(invalid)} refused; "
-              f"outputs under {args.output_dir}, manifest {manifest_path}")
+              f"outputs under {printable(outputs.url)}, manifest {printable(m_store.canonical(m_name))}")
         return 1 if invalid else 0
 
     engine = _engine(args)
     counts = pipeline.Counts(total=len(planned), skipped=len(skipped))
-    records: list[dict] = []
-    with files.FolderLock(args.output_dir):
-        files.sweep_temp_files(args.output_dir)
-        dirsync = files.DirSync(enabled=not args.no_fsync)
-        writer = manifest.Writer(manifest_path, append=args.resume, dirsync=dirsync, fsync=not args.no_fsync)
+    records: list[Record] = []
+    local_out = isinstance(outputs, storage.LocalStore)
+    lock = files.FolderLock(outputs, run_id) if local_out else _NoLock()
+    with lock:
+        dirsync = files.DirSync(outputs if local_out else None, enabled=not args.no_fsync)
+        writer = manifest.open_writer(m_store, m_name, append=args.resume, dirsync=dirsync, fsync=not args.no_fsync)
+
+        def record(rec: Record) -> Record:
+            try:
+                writer.write(rec)
+            except OSError as err:  # ENOSPC: this image is not recorded, so --resume redoes it
+                rec = rec.replace(status="failed", error=f"manifest not written ({err.strerror or err}); "
+                                                          f"output {'written' if rec.ok else 'not written'}")
+            records.append(rec)
+            return rec
+
         try:
             for p in invalid:
-                rec = _planning_record(p, spec.job)
-                writer.write(rec)
-                counts.failed += 1
-                counts.failures.append(rec)
-                records.append(rec)
-
-            def on_record(rec):
-                writer.write(rec)
-                records.append(rec)
-
+                counts.add(record(Record(input=p.input, output=p.output, job=spec.job, error=f"PathError: {p.error}")))
             opts = pipeline.RunOptions(jobs=args.jobs, deadline=args.deadline, progress=not args.no_progress)
-            pipeline.run(todo, spec, engine, opts, on_record, counts, dirsync)
+            if args.engine == "dask":
+                from . import dask_engine
+
+                dask_engine.run(todo, spec, dask_engine.DaskOptions(scheduler=args.scheduler, workers=args.jobs,
+                                                                    deadline=args.deadline), record, counts, dirsync)
+            else:
+                pipeline.run(todo, spec, engine, opts, record, counts, dirsync)
         finally:
-            writer.close()
+            lock.sweep_own()
+            try:
+                writer.close()
+            except OSError as err:
+                print(f"warpsvc-batch: manifest could not be synced: {printable(err)}", file=sys.stderr)
+                counts.sync_failed = True
         report_note = ""
         if not args.no_report:
-            from . import report
-            from .backends import LocalEngine
-
-            try:
-                html_path, _ = report.write(spec, engine or LocalEngine(), sorted(records, key=lambda r: r["input"]),
-                                            counts, limit=args.report_limit, command=command)
-                report_note = f"; report {html_path}"
-            except Exception as err:  # noqa: BLE001 - the images are done; a failed picture must not hide that
-                report_note = f"; report failed: {type(err).__name__}: {err}"
+            report_note = _report(spec, engine, records, counts, args, command)
     if engine is not None:
         engine.close()
+    _summary(spec, counts, m_store.canonical(m_name), report_note)
+    return 1 if counts.failed or counts.sync_failed else 0
+
+
+class _NoLock:
+    """Object stores have no ``flock``: one run per OUTPUT prefix is the caller's promise."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def sweep_own(self):
+        return []
+
+
+def _report(spec, engine, records, counts, args, command) -> str:
+    from . import report
+    from .backends import LocalEngine
+
+    try:
+        html_path = report.write(spec, engine or LocalEngine(spec.max_pixels), sorted(records, key=lambda r: r.input),
+                                 counts, limit=args.report_limit, command=command)
+        return f"; report {printable(html_path)}"
+    except Exception as err:  # noqa: BLE001 - the images are done; a failed picture must not hide that
+        return f"; report failed: {type(err).__name__}: {printable(err)}"
+
+
+def _summary(spec, counts, manifest_name: str, report_note: str) -> None:
     for rec in counts.failures[:10]:
-        print(f"FAILED {rec['input']}: {rec['error']}", file=sys.stderr)
+        print(f"FAILED {printable(rec.input)}: {printable(rec.error)}", file=sys.stderr)
     if len(counts.failures) > 10:
         print(f"... and {len(counts.failures) - 10} more failures (see the manifest)", file=sys.stderr)
     extra = f", {counts.unconverged} not converged" if spec.job == "align" else ""
     print(f"warpsvc-batch {spec.job}: {counts.ok} ok, {counts.failed} failed, {counts.skipped} skipped{extra} "
           f"of {counts.total} images in {counts.elapsed:.1f} s ({counts.rate():.1f} images/s); "
-          f"manifest {manifest_path}{report_note}")
-    return 1 if counts.failed else 0
+          f"manifest {printable(manifest_name)}{report_note}", flush=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,10 +1,16 @@
 """What one job does to one image, independent of where the pixels are computed.
 
 :class:`JobSpec` holds every option of a run (grouped: :class:`WarpOptions`,
-:class:`AlignOptions`); :func:`process` reads one input, asks an *engine* (see
+:class:`AlignOptions`) and the two stores (:mod:`.storage`); :func:`process` -- a pure function
+of (task, spec, engine) -- reads one input beneath INPUT, checks its header against
+``max_pixels`` before anything is decoded (:mod:`.probe`), asks an *engine* (see
 :mod:`.backends`: the gRPC service or the in-process library) for the result, writes the output
-atomically and returns the manifest record. Failures become records with ``status="failed"``
-and the error, never exceptions (one bad file must not stop a run of thousands).
+atomically and returns its :class:`~.record.Record`. Failures become records with
+``status="failed"`` and the error, never exceptions (one bad file must not stop a run of
+thousands).
+
+``attempts`` counts *tries* of the image's work: 1, plus one per retried failure (an ``align``
+job's two calls -- align, then warp onto the reference -- are one try).
 """
 
 from __future__ import annotations
@@ -12,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import io
 import math
-import pathlib
 import time
 from dataclasses import dataclass, field
 
@@ -20,8 +25,9 @@ import numpy as np
 
 import warpsvc
 
-from . import files
+from . import files, probe
 from .paths import image_format, with_suffix
+from .record import Record, Timings
 
 JOBS = ("warp", "align", "jacobian")
 # Output formats able to hold each result dtype (the server's response forms agree).
@@ -73,15 +79,18 @@ class AlignOptions:
 
 @dataclass(frozen=True)
 class JobSpec:
+    """Everything one image's work needs (picklable: it travels to pool and Dask workers)."""
+
     job: str
-    input_dir: pathlib.Path
-    output_dir: pathlib.Path
+    inputs: object                      # a storage.LocalStore / FsspecStore
+    outputs: object
+    run_id: str = "000000000000"        # marks this run's temporary files
+    max_pixels: int = probe.DEFAULT_MAX_PIXELS
     warp: WarpOptions = WarpOptions()
     align: AlignOptions = AlignOptions()
     transform: object = None            # one warpsvc transform for every image (warp, jacobian)
     reference: np.ndarray | None = None  # align: the decoded reference image
     jacobian_format: str = "tiff"       # jacobian: "tiff" (float32) or "npy"
-    fsync: bool = True
 
 
 @dataclass
@@ -96,12 +105,16 @@ class Task:
 
 @dataclass
 class CallContext:
-    """What an engine reports about the calls made for one image, and its deadline."""
+    """What an engine reports about the calls made for one image, and its deadline. The image's
+    tries are ``1 + len(retried)``: engines append each failure they retry."""
 
     deadline: float | None = None          # time.monotonic() value, or None
-    attempts: int = 0
     target: str | None = None
     retried: list = field(default_factory=list)
+
+    @property
+    def attempts(self) -> int:
+        return 1 + len(self.retried)
 
     def remaining(self) -> float | None:
         return None if self.deadline is None else self.deadline - time.monotonic()
@@ -145,12 +158,17 @@ def encode(arr: np.ndarray, fmt: str, jpeg_quality: int = 95) -> bytes:
     return buf.tobytes()
 
 
-def decode(data: bytes) -> np.ndarray:
-    """A PNG/JPEG/TIFF file's pixels at their stored bit depth (``IMREAD_UNCHANGED``)."""
+def decode(data: bytes, max_pixels: int = probe.DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """A PNG/JPEG/TIFF file's pixels at their stored bit depth (``IMREAD_UNCHANGED``), after its
+    header was checked against ``max_pixels`` (:func:`.probe.check`: nothing is decoded first)."""
     import cv2
 
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) if data else None
-    if img is None:
+    try:
+        size = probe.check(data, max_pixels)
+    except probe.ImageHeaderError as err:
+        raise warpsvc.InvalidImageError(str(err), field="image") from None
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if img is None or img.shape[:2] != size:
         raise warpsvc.InvalidImageError("input: not a decodable PNG, JPEG or TIFF file", field="image")
     return img
 
@@ -200,83 +218,91 @@ class Staged:
     sha256: str
 
 
+@dataclass
+class _Result:
+    """What one image's computation produced, gathered into the :class:`Record` at the end."""
+
+    fields: dict = field(default_factory=dict)
+    out: bytes | None = None
+
+
+def _work(task: Task, spec: JobSpec, engine, ctx: CallContext, res: _Result, timings: dict) -> None:
+    t0 = time.monotonic()
+    data = spec.inputs.read(task.input)
+    probe.check(data, spec.max_pixels)  # before any decoding, local or remote
+    t1 = time.monotonic()
+    timings["read"] = t1 - t0
+    fmt = output_format(task.output)
+    transform = task.transform if task.transform is not None else spec.transform
+    f = res.fields
+    if spec.job == "warp":
+        res.out = engine.warp(data, transform, spec.warp, fmt, ctx)
+        f.update(transform_record(transform))
+    elif spec.job == "align":
+        result = engine.align(spec.reference, data, spec.align, ctx)
+        f["matrix"], f["inverse"] = result.matrix.tolist(), result.inverse.tolist()
+        f["convergence"] = convergence(result)
+        if spec.align.fail_unconverged and not result.converged:
+            raise warpsvc.WarpsvcError(f"alignment did not converge ({result.reason})")
+        opts = dataclasses.replace(spec.warp, output_shape=spec.reference.shape[:2])
+        res.out = engine.warp(data, result.transform, opts, fmt, ctx)
+    elif spec.job == "jacobian":
+        shape = spec.warp.output_shape or transform.default_output_shape(probe.check(data, spec.max_pixels))
+        det = engine.jacobian(transform, tuple(shape), ctx)
+        res.out = encode(np.ascontiguousarray(det, np.float32), fmt)
+        f["shape"], f["dtype"] = list(det.shape), "float32"
+        f.update(transform_record(transform))
+    else:  # pragma: no cover - argparse limits the choices
+        raise ValueError(f"unknown job {spec.job!r}")
+    timings["compute"] = time.monotonic() - t1
+
+
 def compute(task: Task, spec: JobSpec, engine, deadline_seconds: float | None = None, *,
-            stage: bool = False) -> tuple[dict, bytes | Staged | None]:
+            stage: bool = False) -> tuple[Record, bytes | Staged | None]:
     """Read one input and compute its output file's bytes with ``engine``.
 
-    Returns the manifest record so far and the bytes to write (``None`` when the image failed:
-    the record then says why), or with ``stage=True`` a :class:`Staged` temporary file holding
-    them (pool processes write it themselves rather than pickle the bytes back). Syncing and
+    Returns the record so far and the bytes to write (``None`` when the image failed: the
+    record then says why), or with ``stage=True`` a :class:`Staged` temporary file holding them
+    (pool processes write it themselves rather than pickle the bytes back). Syncing and
     renaming are :func:`store`'s job, so that a slow disk (``fsync``) never holds a compute
     process or an RPC slot.
     """
     t0 = time.monotonic()
     ctx = CallContext(deadline=None if deadline_seconds is None else t0 + deadline_seconds)
-    rec = {"input": task.input, "output": task.output, "status": "failed", "error": None, "job": spec.job,
-           "target": getattr(engine, "name", None), "attempts": 0, "bytes": None, "sha256": None, "matrix": None,
-           "inverse": None, "convergence": None, "timings": {}}
-    timings = rec["timings"]
-    out = None
+    res, timings, error = _Result(), {}, None
     try:
-        data = files.read_input(spec.input_dir / task.input)
-        t1 = time.monotonic()
-        timings["read"] = t1 - t0
-        fmt = output_format(task.output)
-        transform = task.transform if task.transform is not None else spec.transform
-        if spec.job == "warp":
-            out = engine.warp(data, transform, spec.warp, fmt, ctx)
-            rec.update(transform_record(transform))
-        elif spec.job == "align":
-            result = engine.align(spec.reference, data, spec.align, ctx)
-            rec["matrix"], rec["inverse"] = result.matrix.tolist(), result.inverse.tolist()
-            rec["convergence"] = convergence(result)
-            if spec.align.fail_unconverged and not result.converged:
-                raise warpsvc.WarpsvcError(f"alignment did not converge ({result.reason})")
-            opts = dataclasses.replace(spec.warp, output_shape=spec.reference.shape[:2])
-            out = engine.warp(data, result.transform, opts, fmt, ctx)
-        elif spec.job == "jacobian":
-            shape = spec.warp.output_shape or transform.default_output_shape(engine.image_shape(data))
-            det = engine.jacobian(transform, tuple(shape), ctx)
-            out = encode(np.ascontiguousarray(det, np.float32), fmt)
-            rec["shape"], rec["dtype"] = list(det.shape), "float32"
-            rec.update(transform_record(transform))
-        else:  # pragma: no cover - argparse limits the choices
-            raise ValueError(f"unknown job {spec.job!r}")
-        timings["compute"] = time.monotonic() - t1
-        if stage:
-            out = Staged(files.write_temp(spec.output_dir / task.output, out), len(out), files.sha256(out))
+        _work(task, spec, engine, ctx, res, timings)
+        if stage and res.out is not None and spec.outputs.can_stage:
+            out = res.out
+            res.out = Staged(spec.outputs.stage(task.output, out, spec.run_id), len(out), files.sha256(out))
     except Exception as err:  # noqa: BLE001 - every failure becomes the image's record
-        rec["error"] = _error_text(err)
-        out = None
-    rec["attempts"] = ctx.attempts
-    if ctx.target:
-        rec["target"] = ctx.target
-    if ctx.retried:
-        rec["retried"] = ctx.retried
+        error, res.out = _error_text(err), None
     timings["total"] = time.monotonic() - t0
-    return rec, out
+    rec = Record(input=task.input, output=task.output, job=spec.job, error=error,
+                 target=ctx.target or getattr(engine, "name", None), attempts=ctx.attempts,
+                 retried=tuple(ctx.retried), timings=Timings(**timings), **res.fields)
+    return rec, res.out
 
 
-def store(rec: dict, out: bytes | Staged, spec: JobSpec) -> dict:
+def store(rec: Record, out: bytes | Staged, spec: JobSpec) -> Record:
     """Write ``out`` atomically to the record's output (or commit the staged temporary file);
-    the record becomes ``ok`` (or says why not)."""
+    the record becomes ``ok`` (or says why not: ``ENOSPC`` fails this image, not the run)."""
     t0 = time.monotonic()
     try:
         if isinstance(out, Staged):
-            files.commit_temp(out.tmp, spec.output_dir / rec["output"], fsync=spec.fsync)
-            rec.update(status="ok", bytes=out.size, sha256=out.sha256)
+            spec.outputs.commit(rec.output, out.tmp)
+            done = dict(status="ok", bytes=out.size, sha256=out.sha256)
         else:
-            files.atomic_write(spec.output_dir / rec["output"], out, fsync=spec.fsync)
-            rec.update(status="ok", bytes=len(out), sha256=files.sha256(out))
+            spec.outputs.write_atomic(rec.output, out, spec.run_id)
+            done = dict(status="ok", bytes=len(out), sha256=files.sha256(out))
     except Exception as err:  # noqa: BLE001
-        rec["error"] = _error_text(err)
+        done = dict(error=_error_text(err))
     took = time.monotonic() - t0
-    rec["timings"]["write"] = took
-    rec["timings"]["total"] = rec["timings"].get("total", 0.0) + took
-    return rec
+    timings = dataclasses.replace(rec.timings, write=took, total=(rec.timings.total or 0.0) + took)
+    return rec.replace(timings=timings, **done)
 
 
-def process(task: Task, spec: JobSpec, engine, deadline_seconds: float | None = None) -> dict:
+def process(task: Task, spec: JobSpec, engine, deadline_seconds: float | None = None) -> Record:
     """:func:`compute` then :func:`store`: one image, start to finish; returns its record."""
     rec, out = compute(task, spec, engine, deadline_seconds)
     return rec if out is None else store(rec, out, spec)

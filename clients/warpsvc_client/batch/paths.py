@@ -6,13 +6,13 @@ Guards (each has a test):
   tree is never discovered as input);
 * no output path may be an input file (inputs are never overwritten);
 * names that come from a file (the ``--transforms`` manifest, a ``--resume`` manifest) must be
-  relative, without ``..``, and stay inside their folder after resolution (symlinks included).
+  relative, without ``..``, and stay inside their folder after resolution (symlinks included);
+* file names are escaped for terminals (:func:`printable`) and for drawing (:func:`ascii_label`).
 """
 
 from __future__ import annotations
 
 import fnmatch
-import os
 import pathlib
 from dataclasses import dataclass
 
@@ -24,6 +24,36 @@ TEMP_MARK = ".warpsvc-tmp"
 
 class PathError(ValueError):
     """A path that must not be used (escapes its folder, overwrites an input, ...)."""
+
+
+class MissingDependencyError(RuntimeError):
+    """An option needs an optional dependency that is not installed (the message names the extra)."""
+
+
+def printable(name) -> str:
+    """``name`` safe for a terminal or a log line: control characters (newlines, ESC of ANSI
+    sequences, DEL, C1), bytes that were not UTF-8 (surrogate escapes) and other unprintable
+    characters become ``\\xNN`` / ``\\uNNNN`` escapes, so a file name cannot forge lines or
+    colours. Printable Unicode is kept."""
+    text = str(name)
+    out = []
+    for ch in text:
+        o = ord(ch)
+        if 0xDC80 <= o <= 0xDCFF:  # os.fsdecode's escape of a non-UTF-8 byte
+            out.append(f"\\x{o - 0xDC00:02x}")
+        elif ch == "\\":
+            out.append("\\\\")
+        elif not ch.isprintable():
+            out.append(f"\\x{o:02x}" if o < 0x100 else f"\\u{o:04x}" if o < 0x10000 else f"\\U{o:08x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def ascii_label(name) -> str:
+    """``name`` as printable ASCII (for drawing with OpenCV's Hershey fonts, which take ASCII
+    only: anything else is escaped, so a non-UTF-8 name cannot crash ``cv2.putText``)."""
+    return printable(name).encode("ascii", "backslashreplace").decode("ascii")
 
 
 def image_format(path) -> str | None:
@@ -50,31 +80,29 @@ def safe_relative(name: str, what: str = "name") -> pathlib.PurePosixPath:
     return pathlib.PurePosixPath(*parts)
 
 
-def resolve_inside(root: pathlib.Path, rel: pathlib.PurePosixPath, what: str = "name") -> pathlib.Path:
-    """``root / rel``, checked to stay inside ``root`` once symlinks are resolved."""
-    root_real = root.resolve()
-    path = root / rel
-    real = path.resolve()
-    if real != root_real and root_real not in real.parents:
-        raise PathError(f"{what}: {str(rel)!r} resolves outside {root} (through a symlink)")
-    return path
+def is_under(child: str, parent: str) -> bool:
+    """Canonical names (real paths or full URLs): ``child`` is ``parent`` or beneath it."""
+    return child == parent or child.startswith(parent.rstrip("/") + "/")
 
 
-def is_within(child: pathlib.Path, parent: pathlib.Path) -> bool:
-    c, p = child.resolve(), parent.resolve()
-    return c == p or p in c.parents
+def _store(location):
+    from .storage import open_store
+
+    return open_store(location)
 
 
-def check_trees(input_dir: pathlib.Path, output_dir: pathlib.Path, allow_nested: bool) -> None:
-    """Refuse an output folder equal to, or (unless ``allow_nested``) inside, the input tree."""
-    if not input_dir.is_dir():
-        raise PathError(f"INPUT_DIR {input_dir} is not a folder")
-    if output_dir.exists() and not output_dir.is_dir():
-        raise PathError(f"OUTPUT_DIR {output_dir} exists and is not a folder")
-    if output_dir.resolve() == input_dir.resolve():
+def check_trees(inputs, outputs, allow_nested: bool) -> None:
+    """Refuse an output folder (or prefix) equal to, or (unless ``allow_nested``) inside, the
+    input tree. ``inputs``/``outputs``: stores, paths or URLs."""
+    inputs, outputs = _store(inputs), _store(outputs)
+    if not inputs.is_dir():
+        raise PathError(f"INPUT {inputs.url} is not a folder")
+    if outputs.exists() and not outputs.is_dir():
+        raise PathError(f"OUTPUT {outputs.url} exists and is not a folder")
+    if inputs.canonical() == outputs.canonical():
         raise PathError("OUTPUT_DIR is INPUT_DIR: inputs are never overwritten; choose another folder")
-    if is_within(output_dir, input_dir) and not allow_nested:
-        raise PathError(f"OUTPUT_DIR {output_dir} is inside INPUT_DIR {input_dir}; pass --allow-nested-output "
+    if is_under(outputs.canonical(), inputs.canonical()) and not allow_nested:
+        raise PathError(f"OUTPUT_DIR {outputs.url} is inside INPUT_DIR {inputs.url}; pass --allow-nested-output "
                         "to accept it (the output tree is then skipped during discovery)")
 
 
@@ -91,32 +119,25 @@ def selected(rel: str, include=(), exclude=()) -> bool:
     return not _matches(rel, exclude)
 
 
-def discover(input_dir: pathlib.Path, *, include=(), exclude=(), skip: pathlib.Path | None = None) -> list[str]:
-    """Relative POSIX paths of the images under ``input_dir``, sorted.
+def discover(inputs, *, include=(), exclude=(), skip=None) -> list[str]:
+    """Relative POSIX paths of the images under ``inputs`` (a store, path or URL), sorted.
 
     Every non-folder entry with a PNG/JPEG/TIFF extension counts (a FIFO or an unreadable file
-    named ``x.png`` is listed, then recorded as failed, not silently dropped). Hidden folders, the
+    named ``x.png`` is listed, then recorded as failed, not silently dropped). Hidden entries, the
     batch client's temporary files and the ``skip`` tree (a nested output folder) are left out.
     """
-    skip_real = skip.resolve() if skip is not None else None
-    found = []
-    for dirpath, dirnames, filenames in os.walk(input_dir):
-        here = pathlib.Path(dirpath)
-        kept = []
-        for d in sorted(dirnames):
-            if d.startswith("."):
-                continue
-            if skip_real is not None and (here / d).resolve() == skip_real:
-                continue
-            kept.append(d)
-        dirnames[:] = kept
-        for f in filenames:
-            if f.startswith(".") or TEMP_MARK in f or image_format(f) is None:
-                continue
-            rel = (here / f).relative_to(input_dir).as_posix()
-            if selected(rel, include, exclude):
-                found.append(rel)
-    return sorted(found)
+    store = _store(inputs)
+    skip_text = None if skip is None else getattr(skip, "url", None) or str(skip)
+    return sorted(rel for rel in store.list(skip=skip_text)
+                  if image_format(rel) is not None and selected(rel, include, exclude))
+
+
+def shard(names: list[str], index: int, count: int) -> list[str]:
+    """The ``index``-th of ``count`` interleaved slices of the *sorted* names (``--shard I/N``):
+    deterministic, disjoint, covering, sizes within one of each other."""
+    if count < 1 or not 0 <= index < count:
+        raise PathError(f"--shard {index}/{count}: need 0 <= INDEX < COUNT")
+    return sorted(names)[index::count]
 
 
 @dataclass(frozen=True)
@@ -136,30 +157,31 @@ def with_suffix(rel: str, suffix: str) -> str:
     return p.with_suffix(suffix).as_posix()
 
 
-def plan(inputs: list[tuple[str, str]], input_dir: pathlib.Path, output_dir: pathlib.Path) -> list[Planned]:
-    """Check ``(input, output)`` name pairs: safe names, outputs inside OUTPUT_DIR, no output
-    overwriting an input, no two images writing the same output (both get an error)."""
-    in_real = {}
-    out: list[Planned] = []
-    for rel_in, rel_out in inputs:
+def plan(inputs: list[tuple[str, str]], input_dir, output_dir) -> list[Planned]:
+    """Check ``(input, output)`` name pairs: safe names, outputs inside OUTPUT, no output
+    overwriting an input, no two images writing the same output (both get an error).
+    ``input_dir``/``output_dir``: stores, paths or URLs (compared by canonical name: real paths
+    with symlinks resolved, or full URLs)."""
+    in_store, out_store = _store(input_dir), _store(output_dir)
+    in_root, out_root = in_store.canonical(), out_store.canonical()
+    in_real = set()
+    for rel_in, _ in inputs:
         try:
-            in_real[resolve_inside(input_dir, safe_relative(rel_in, "input"), "input").resolve()] = rel_in
+            in_real.add(in_store.canonical(safe_relative(rel_in, "input").as_posix()))
         except PathError:
             pass
     owners: dict[str, list[int]] = {}
-    input_real = input_dir.resolve()
-    nested = input_real in output_dir.resolve().parents  # OUTPUT_DIR inside INPUT_DIR (allowed by now)
+    nested = out_root != in_root and is_under(out_root, in_root)  # OUTPUT inside INPUT (allowed by now)
+    out: list[Planned] = []
     for rel_in, rel_out in inputs:
         error = None
         try:
-            safe_relative(rel_in, "input")
-            resolve_inside(input_dir, safe_relative(rel_in, "input"), "input")
+            _canonical(in_store, safe_relative(rel_in, "input").as_posix(), "input")
             rel_o = safe_relative(rel_out, "output")
             if rel_o.as_posix() in RESERVED or TEMP_MARK in rel_o.name:
                 raise PathError(f"output: {rel_out!r} is a name the batch client reserves")
-            target = resolve_inside(output_dir, rel_o, "output")
-            real = target.resolve()
-            if real in in_real or (not nested and input_real in real.parents):
+            real = _canonical(out_store, rel_o.as_posix(), "output")
+            if real in in_real or (not nested and is_under(real, in_root)):
                 raise PathError(f"output: {rel_out!r} would land on an input (inside INPUT_DIR); "
                                 "inputs are never overwritten")
             rel_out = rel_o.as_posix()
@@ -175,3 +197,10 @@ def plan(inputs: list[tuple[str, str]], input_dir: pathlib.Path, output_dir: pat
                 out[i] = Planned(out[i].input, rel_out, f"output: {rel_out!r} would be written by several images "
                                                         f"({names})")
     return out
+
+
+def _canonical(store, rel: str, what: str) -> str:
+    try:
+        return store.canonical(rel)
+    except PathError as err:
+        raise PathError(f"{what}: {err}") from None

@@ -9,7 +9,10 @@
   file, fsync, rename), off the compute path; pool processes write the temporary file
   themselves (no pickling of the bytes back). A worker that
   dies (a crash in native code) breaks the pool: its pending tasks are re-run in a fresh pool,
-  and a task present at two breakdowns is recorded as failed.
+  and a task present at two breakdowns is recorded as failed (``attempts`` 2: two tries).
+* ``record(rec)`` (the manifest) is called in this thread as each image finishes and returns
+  the record as recorded: when the manifest write fails (``ENOSPC``) the image counts as failed
+  (its output is not recorded, so ``--resume`` redoes it) and the run goes on.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from dataclasses import dataclass, field
 
 from . import jobs as jobs_mod
 from .files import DirSync
+from .record import Record
 
 
 @dataclass
@@ -34,10 +38,19 @@ class Counts:
     unconverged: int = 0
     elapsed: float = 0.0
     failures: list = field(default_factory=list)
+    sync_failed: bool = False     # the manifest's final fsync failed (records may not be durable)
 
     @property
     def done(self) -> int:
         return self.ok + self.failed
+
+    def add(self, rec: Record) -> None:
+        if rec.ok:
+            self.ok += 1
+            self.unconverged += rec.unconverged
+        else:
+            self.failed += 1
+            self.failures.append(rec)
 
     def rate(self) -> float:
         return self.done / self.elapsed if self.elapsed > 0 else 0.0
@@ -75,7 +88,7 @@ def _init_worker(spec, deadline, parent_pid) -> None:
         threadpool_limits(limits=1, user_api="blas")
     except ImportError:  # pragma: no cover - threadpoolctl is a dependency of warpsvc
         pass
-    _WORKER.update(spec=spec, deadline=deadline, engine=LocalEngine())
+    _WORKER.update(spec=spec, deadline=deadline, engine=LocalEngine(spec.max_pixels))
 
     def watchdog():  # the parent was killed (SIGKILL): stop instead of writing on as an orphan
         while True:
@@ -100,8 +113,8 @@ def local_processes(jobs: int) -> int:
 
 
 # -- the loop --------------------------------------------------------------------------------------
-def run(tasks, spec, engine, opts: RunOptions, on_record, counts: Counts, dirsync: DirSync) -> Counts:
-    """Process every task; ``on_record(record)`` is called in this thread as each one finishes.
+def run(tasks, spec, engine, opts: RunOptions, record, counts: Counts, dirsync: DirSync) -> Counts:
+    """Process every task; ``record(rec) -> rec`` is called in this thread as each one finishes.
 
     Two stages: *compute* (read, compute, encode: the process pool, or threads making RPCs) and
     *store* (atomic write with fsync: a few threads of this process), so a slow disk never
@@ -111,18 +124,12 @@ def run(tasks, spec, engine, opts: RunOptions, on_record, counts: Counts, dirsyn
     bar = None
     start = time.monotonic()
 
-    def finished(rec):
-        if rec["status"] == "ok":
-            counts.ok += 1
-            dirsync.add(spec.output_dir / rec["output"])
-            conv = rec.get("convergence")
-            if conv and not conv.get("converged"):
-                counts.unconverged += 1
-        else:
-            counts.failed += 1
-            counts.failures.append(rec)
+    def finished(rec: Record):
+        if rec.ok:
+            dirsync.add(rec.output)
+        counts.add(record(rec))
+        if not rec.ok:
             bar.set_postfix_str(f"failed={counts.failed}", refresh=False)
-        on_record(rec)
         bar.update(1)
 
     local = engine is None
@@ -185,8 +192,6 @@ def run(tasks, spec, engine, opts: RunOptions, on_record, counts: Counts, dirsyn
     return counts
 
 
-def _crash_record(task, spec) -> dict:
-    return {"input": task.input, "output": task.output, "status": "failed", "job": spec.job, "target": "local",
-            "error": "BrokenProcessPool: the worker process died twice while this image was in progress",
-            "attempts": 2, "bytes": None, "sha256": None, "matrix": None, "inverse": None, "convergence": None,
-            "timings": {}}
+def _crash_record(task, spec) -> Record:
+    return Record(input=task.input, output=task.output, job=spec.job, target="local", attempts=2,
+                  error="BrokenProcessPool: the worker process died twice while this image was in progress")

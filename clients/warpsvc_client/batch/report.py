@@ -1,11 +1,22 @@
-"""``report.html`` and ``contact_sheet.png``: what the run did, in pictures.
+"""``report.html`` and ``contact_sheet.png``: what the run did, summary first.
 
-Per image (the first ``limit`` successes, failures always listed): the input, the output, the
-Jacobian-determinant map ``|det J_{T^{-1}}|`` on the output grid as a diverging heatmap of
-``log2`` (blue: the warp shrinks that area, white: area kept, red: it stretches), and for
-``align`` the absolute residual against the reference before (the raw image) and after (the
-aligned output), on one shared scale. The Jacobian maps come from the same engine that did the
-work (the server, or the library for ``--target local``).
+The page is self-contained (every picture an embedded PNG, no script, no network):
+
+1. **Summary**: counts (ok, failed, skipped, not converged), throughput, then plots made with
+   matplotlib (Agg): time per image, ZNCC and residual RMS for ``align``, and the reasons
+   (failure kinds, non-convergence reasons) as a bar chart.
+2. **Images**, failed and unconverged first, one compact row each (status, name, one line of
+   what happened, thumbnails) with the manifest record folded in ``<details>``.
+
+Pictures (the first ``limit`` successful images): the input, the output, the Jacobian-determinant
+map ``log2 |det J_{T^{-1}}|`` on the output grid, and for ``align`` the residual
+``|image - reference|`` before (raw image) and after (aligned output, where it covers the
+reference; the border fill is grey and not counted). Every heatmap of one kind
+is drawn on **one scale for the run**, stated next to its colour bar: the determinant on a
+diverging scale symmetric about 0 (blue: an output pixel covers less than 1 px^2 of input, red:
+more), residuals from 0 to the 99th percentile of all "before" residuals of the run (so an
+aligned output ~1 grey level off renders nearly black, not bright on a per-row scale). The maps
+come from the same engine that did the work (the server, or the library).
 """
 
 from __future__ import annotations
@@ -13,17 +24,20 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import html
+import io
 import json
-import pathlib
+from collections import Counter
 
 import numpy as np
 
-from . import files
 from .jobs import CallContext, decode
+from .paths import ascii_label, printable
 from .transforms import from_record
 
-CELL = 128
+CELL = 128      # contact sheet cells
+THUMB = 96      # report thumbnails
 LABEL_H = 18
+DET_CMAP, RES_CMAP = "RdBu_r", "inferno"
 
 
 def to_u8(img: np.ndarray) -> np.ndarray:
@@ -48,23 +62,29 @@ def to_u8(img: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(a, cv2.COLOR_GRAY2BGR) if a.ndim == 2 else a
 
 
-def heatmap(det: np.ndarray, span: float | None = None) -> tuple[np.ndarray, float]:
-    """``log2 |det J|`` in blue-white-red (BGR), symmetric about 0; non-finite pixels grey."""
+def _lut(name: str) -> np.ndarray:
+    """A matplotlib colour map as a (256, 3) BGR uint8 table."""
+    import matplotlib
+
+    rgba = matplotlib.colormaps[name](np.linspace(0, 1, 256))
+    return (rgba[:, 2::-1] * 255).round().astype(np.uint8)
+
+
+def log2_det(det: np.ndarray) -> np.ndarray:
+    """``log2 |det J|``; NaN where it is undefined (non-finite or not positive)."""
     d = np.asarray(det, np.float64)
+    out = np.full(d.shape, np.nan)
     ok = np.isfinite(d) & (d > 0)
-    lg = np.zeros_like(d)
-    lg[ok] = np.log2(d[ok])
-    if span is None:
-        span = max(0.1, float(np.abs(lg[ok]).max()) if ok.any() else 0.1)
-    t = np.clip(lg / span, -1, 1)  # -1 blue, 0 white, 1 red
-    out = np.empty(d.shape + (3,), np.float64)
-    neg, pos = np.minimum(t, 0), np.maximum(t, 0)
-    out[..., 0] = 1 - pos                         # B: 1 on the blue side, falls to 0 on red
-    out[..., 1] = 1 - np.abs(t) * 0.85            # G
-    out[..., 2] = 1 + neg                         # R: 1 on the red side, falls to 0 on blue
-    out = (np.clip(out, 0, 1) * 255).astype(np.uint8)
-    out[~ok] = 128
-    return out, span
+    out[ok] = np.log2(d[ok])
+    return out
+
+
+def colour(values: np.ndarray, lo: float, hi: float, cmap: str) -> np.ndarray:
+    """``values`` on the fixed scale ``[lo, hi]`` through ``cmap`` (BGR); NaN grey."""
+    t = np.clip((np.nan_to_num(values, nan=lo) - lo) / (hi - lo), 0, 1)
+    out = _lut(cmap)[(t * 255).round().astype(np.intp)]
+    out[~np.isfinite(values)] = 128
+    return out
 
 
 def residual(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -80,17 +100,17 @@ def residual(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return r.mean(axis=2) if r.ndim == 3 else r
 
 
-def _thumb(img_bgr: np.ndarray) -> np.ndarray:
+def _thumb(img_bgr: np.ndarray, cell: int = CELL) -> np.ndarray:
     import cv2
 
     h, w = img_bgr.shape[:2]
-    s = CELL / max(h, w)
+    s = cell / max(h, w)
     small = cv2.resize(img_bgr, (max(1, round(w * s)), max(1, round(h * s))),
                        interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_NEAREST)
-    cell = np.full((CELL, CELL, 3), 40, np.uint8)
-    y, x = (CELL - small.shape[0]) // 2, (CELL - small.shape[1]) // 2
-    cell[y:y + small.shape[0], x:x + small.shape[1]] = small
-    return cell
+    out = np.full((cell, cell, 3), 40, np.uint8)
+    y, x = (cell - small.shape[0]) // 2, (cell - small.shape[1]) // 2
+    out[y:y + small.shape[0], x:x + small.shape[1]] = small
+    return out
 
 
 def _png(img: np.ndarray) -> bytes:
@@ -99,62 +119,55 @@ def _png(img: np.ndarray) -> bytes:
     return cv2.imencode(".png", img)[1].tobytes()
 
 
-class _Det:
-    """A determinant map waiting for the run's common colour scale."""
-
-    def __init__(self, det):
-        self.det = np.asarray(det, np.float64)
-
-    def span(self) -> float:
-        d = self.det[np.isfinite(self.det) & (self.det > 0)]
-        return float(np.abs(np.log2(d)).max()) if d.size else 0.0
-
-
-def _colour(rows):
-    """Replace every :class:`_Det` by its heatmap on one scale: +-max(1, largest |log2 det|)."""
-    span = max([1.0] + [img.span() for _, panels in rows for _, img in panels if isinstance(img, _Det)])
-    for _, panels in rows:
-        for i, (label, img) in enumerate(panels):
-            if isinstance(img, _Det):
-                panels[i] = (f"{label} +-{span:.2g}", heatmap(img.det, span)[0])
-    return span
-
-
-def _panels(rec: dict, spec, engine, ref_u8) -> list[tuple[str, np.ndarray]]:
-    """The pictures of one successful image, as (label, BGR uint8) pairs."""
+def _panels(rec, spec, engine) -> dict:
+    """The raw pictures of one successful image: ``{label: array}``; maps stay numeric until
+    the run's scales are known."""
     import warpsvc
 
-    inp = decode(files.read_input(spec.input_dir / rec["input"]))
-    out_path = spec.output_dir / rec["output"]
-    out = np.load(out_path, allow_pickle=False) if out_path.suffix == ".npy" else decode(files.read_input(out_path))
-    ctx = CallContext(deadline=None)
-    panels = [("input", to_u8(inp))]
+    inp = decode(spec.inputs.read(rec.input), spec.max_pixels)
+    data = spec.outputs.read(rec.output)
+    out = np.load(io.BytesIO(data), allow_pickle=False) if rec.output.endswith(".npy") else decode(data, spec.max_pixels)
+    panels = {"input": to_u8(inp)}
     if spec.job == "jacobian":
-        panels.append(("|det J| (log2)", _Det(out)))
+        panels["log2 |det J|"] = log2_det(out)
         return panels
-    panels.append(("output", to_u8(out)))
+    panels["output"] = to_u8(out)
     if spec.job == "align":
-        transform = warpsvc.HomographyTransform(np.asarray(rec["matrix"], np.float64))
+        transform = warpsvc.HomographyTransform(np.asarray(rec.matrix, np.float64))
     else:
-        transform = from_record(rec)  # the record says which transform was used
-    det = engine.jacobian(transform, tuple(out.shape[:2]), ctx)
-    panels.append(("|det J| (log2)", _Det(det)))
+        transform = from_record(rec.to_dict())  # the record says which transform was used
+    panels["log2 |det J|"] = log2_det(engine.jacobian(transform, tuple(out.shape[:2]), CallContext()))
     if spec.job == "align":
-        before = residual(inp, spec.reference)
+        panels["residual before"] = residual(inp, spec.reference)
+        # after: only where the aligned output has image content (the warp of an all-ones
+        # image), so the border fill is not counted as misalignment; elsewhere grey (NaN)
         after = residual(out, spec.reference)
-        scale = max(1e-12, float(np.percentile(before, 99)))
-        for label, r in (("residual before", before), ("residual after", after)):
-            g = (np.clip(r / scale, 0, 1) * 255).astype(np.uint8)
-            import cv2
-
-            panels.append((label, cv2.applyColorMap(g, cv2.COLORMAP_INFERNO)))
-        rec.setdefault("report", {})["residual_rms"] = [float(np.sqrt((before ** 2).mean())),
-                                                        float(np.sqrt((after ** 2).mean()))]
+        covered = warpsvc.warp(np.ones(inp.shape[:2], np.float32), transform, spec.reference.shape[:2]) > 0.999
+        after[~covered] = np.nan
+        panels["residual after"] = after
     return panels
 
 
+class Scales:
+    """One colour scale per kind of map for the whole run."""
+
+    def __init__(self, shown: list[dict]):
+        dets = [np.nanmax(np.abs(p["log2 |det J|"])) for p in shown
+                if "log2 |det J|" in p and np.isfinite(p["log2 |det J|"]).any()]
+        self.det = max([1.0] + [float(d) for d in dets])
+        before = [p["residual before"].ravel() for p in shown if "residual before" in p]
+        self.residual = max(1e-12, float(np.percentile(np.concatenate(before), 99))) if before else 1.0
+
+    def picture(self, label: str, value: np.ndarray) -> np.ndarray:
+        if label.startswith("log2"):
+            return colour(value, -self.det, self.det, DET_CMAP)
+        if label.startswith("residual"):
+            return colour(value, 0.0, self.residual, RES_CMAP)
+        return value
+
+
 def contact_sheet(rows: list[tuple[str, list[tuple[str, np.ndarray]]]]) -> np.ndarray:
-    """One row per image (name on top), one column per panel, labels in a header row."""
+    """One row per image (name on top, ASCII-escaped), one column per panel, labels on top."""
     import cv2
 
     ncols = max((len(p) for _, p in rows), default=1)
@@ -162,11 +175,12 @@ def contact_sheet(rows: list[tuple[str, list[tuple[str, np.ndarray]]]]) -> np.nd
     header = np.full((LABEL_H, width, 3), 255, np.uint8)
     if rows:
         for c, (label, _) in enumerate(max((p for _, p in rows), key=len)):
-            cv2.putText(header, label, (c * CELL + 3, 13), cv2.FONT_HERSHEY_SIMPLEX, 0.38, (0, 0, 0), 1, cv2.LINE_AA)
+            cv2.putText(header, ascii_label(label), (c * CELL + 3, 13), cv2.FONT_HERSHEY_SIMPLEX, 0.38, (0, 0, 0), 1,
+                        cv2.LINE_AA)
     parts = [header]
     for name, panels in rows:
         title = np.full((LABEL_H, width, 3), 230, np.uint8)
-        cv2.putText(title, name[-60:], (3, 13), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
+        cv2.putText(title, ascii_label(name)[-60:], (3, 13), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
         row = np.full((CELL, width, 3), 40, np.uint8)
         for c, (_, img) in enumerate(panels):
             row[:, c * CELL:(c + 1) * CELL] = _thumb(img)
@@ -174,66 +188,162 @@ def contact_sheet(rows: list[tuple[str, list[tuple[str, np.ndarray]]]]) -> np.nd
     return np.concatenate(parts, axis=0)
 
 
-def write(spec, engine, records: list[dict], counts, *, limit: int = 24, command: str = "") -> tuple[pathlib.Path, pathlib.Path]:
-    """Write ``report.html`` and ``contact_sheet.png`` into OUTPUT_DIR (atomically)."""
-    ok = [r for r in records if r.get("status") == "ok"][:limit]
-    failed = [r for r in records if r.get("status") != "ok"]
-    rows, shown = [], []
+def write(spec, engine, records, counts, *, limit: int = 24, command: str = ""):
+    """Write ``report.html`` and ``contact_sheet.png`` into OUTPUT (atomically); returns the
+    report's name."""
+    ok = [r for r in records if r.ok][:limit]
+    raw, notes = {}, {}
     for rec in ok:
         try:
-            rows.append((rec["input"], _panels(rec, spec, engine, None)))
-            shown.append(rec)
+            raw[rec.input] = _panels(rec, spec, engine)
         except Exception as err:  # noqa: BLE001 - a picture that cannot be made is noted, not fatal
-            rec.setdefault("report", {})["error"] = f"{type(err).__name__}: {err}"
-    _colour(rows)
-    sheet = contact_sheet(rows)
-    sheet_path = spec.output_dir / "contact_sheet.png"
-    files.atomic_write(sheet_path, _png(sheet), fsync=spec.fsync)
-    html_path = spec.output_dir / "report.html"
-    files.atomic_write(html_path, _html(spec, records, shown, rows, failed, counts, command).encode(), fsync=spec.fsync)
-    return html_path, sheet_path
+            notes[rec.input] = f"no pictures: {type(err).__name__}: {err}"
+    scales = Scales(list(raw.values()))
+    pictures = {name: [(label, scales.picture(label, v)) for label, v in p.items()] for name, p in raw.items()}
+    extras = {name: [_rms(p[k]) for k in ("residual before", "residual after")]
+              for name, p in raw.items() if "residual after" in p}
+    sheet = contact_sheet(list(pictures.items()))
+    spec.outputs.write_atomic("contact_sheet.png", _png(sheet), spec.run_id)
+    page = _html(spec, records, pictures, extras, notes, scales, counts, command)
+    spec.outputs.write_atomic("report.html", page.encode("utf-8"), spec.run_id)
+    return spec.outputs.canonical("report.html")
 
 
-def _img_tag(img: np.ndarray, alt: str) -> str:
-    data = base64.b64encode(_png(_thumb(img))).decode()
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+def _rms(values: np.ndarray) -> float:
+    finite = values[np.isfinite(values)]
+    return float(np.sqrt(np.mean(finite ** 2))) if finite.size else float("nan")
 
 
-def _html(spec, records, shown, rows, failed, counts, command) -> str:
+# -- the page -------------------------------------------------------------------------------------
+def _fig_png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _plots(spec, records, extras, scales) -> list[tuple[str, str]]:
+    """(title, base64 PNG) summary plots; empty when matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    out = []
+
+    def hist(title, values, xlabel):
+        values = [v for v in values if v is not None and np.isfinite(v)]
+        if not values:
+            return
+        fig, ax = plt.subplots(figsize=(3.6, 2.4))
+        ax.hist(values, bins=min(30, max(5, len(values) // 3)), color="#4a7ab5")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("images")
+        ax.set_title(title, fontsize=10)
+        out.append((title, _fig_png(fig)))
+
+    hist("time per image", [r.timings.total for r in records if r.timings.total is not None], "seconds")
+    if spec.job == "align":
+        hist("ZNCC after alignment", [(r.convergence or {}).get("zncc") for r in records if r.ok], "ZNCC")
+        hist("residual RMS after (shown images)", [v[1] for v in extras.values()], "grey levels")
+    reasons = Counter(_reason(r) for r in records if not r.ok or r.unconverged)
+    if spec.job == "align":
+        reasons.update((r.convergence or {}).get("reason", "?") for r in records if r.ok and not r.unconverged)
+    if reasons:
+        fig, ax = plt.subplots(figsize=(3.6, 0.45 + 0.3 * len(reasons)))
+        names = list(reasons)
+        ax.barh(range(len(names)), [reasons[n] for n in names], color="#b55a4a")
+        ax.set_yticks(range(len(names)), [ascii_label(n)[:40] for n in names], fontsize=8)
+        ax.set_xlabel("images")
+        ax.set_title("reasons", fontsize=10)
+        out.append(("reasons", _fig_png(fig)))
+    for label, lo, hi, cmap, what in (("log2 |det J|", -scales.det, scales.det, DET_CMAP,
+                                       "log2 |det J| (blue: shrinks, red: stretches)"),
+                                      ("residual", 0.0, scales.residual, RES_CMAP, "|image - reference|, grey levels")):
+        if spec.job != "align" and label == "residual":
+            continue
+        fig, ax = plt.subplots(figsize=(3.6, 0.55))
+        fig.colorbar(matplotlib.cm.ScalarMappable(matplotlib.colors.Normalize(lo, hi), cmap), cax=ax,
+                     orientation="horizontal").set_label(what, fontsize=8)
+        out.append((f"scale: {label}", _fig_png(fig)))
+    return out
+
+
+def _reason(rec) -> str:
+    if not rec.ok:
+        return (rec.error or "failed").split(":", 1)[0]
+    return f"not converged: {(rec.convergence or {}).get('reason', '?')}"
+
+
+def _line(rec, extras) -> str:
+    if not rec.ok:
+        return str(rec.error)
+    c = rec.convergence
+    bits = []
+    if c:
+        bits.append(f"{c.get('reason')}, zncc {c.get('zncc') or float('nan'):.3f}, "
+                    f"{sum(c.get('iterations') or [])} iterations")
+    if rec.input in extras:
+        b, a = extras[rec.input]
+        bits.append(f"residual RMS {b:.2f} -> {a:.2f} (where the aligned image covers the reference)")
+    bits.append(f"{rec.timings.total or 0:.2f} s")
+    return "; ".join(bits)
+
+
+CSS = ("body{font-family:sans-serif;margin:1.2em;color:#222} h1{font-size:20px} h2{font-size:16px;margin-top:1.2em}"
+       " .plots img{display:inline-block;margin:0 10px 8px 0;vertical-align:top} table{border-collapse:collapse}"
+       " td{border-bottom:1px solid #ddd;padding:3px 6px;vertical-align:top;font-size:13px}"
+       " td.st{font-weight:bold;width:6em} tr.failed td.st{background:#f4b6b6} tr.unconverged td.st{background:#f7dc8f}"
+       " tr.ok td.st{background:#bfe6bf} td.pics{white-space:nowrap} td.pics img{display:inline-block;margin-right:3px}"
+       " td.txt{max-width:34em} th{text-align:left;font-size:12px;color:#555}"
+       " details pre{font-size:11px;max-width:70em;white-space:pre-wrap} code{font-size:12px}")
+
+
+def _html(spec, records, pictures, extras, notes, scales, counts, command) -> str:
     esc = html.escape
     when = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    out = [
-        "<!doctype html><html><head><meta charset='utf-8'><title>warpsvc-batch report</title><style>",
-        "body{font-family:sans-serif;margin:1.5em} table{border-collapse:collapse} td,th{border:1px solid #ccc;"
-        "padding:3px 6px;vertical-align:top;font-size:13px} .failed{background:#fdd} img{display:block}"
-        "code{font-size:12px}</style></head><body>",
-        f"<h1>warpsvc-batch {esc(spec.job)}</h1>",
-        f"<p><code>{esc(command)}</code><br>{esc(str(spec.input_dir))} &rarr; {esc(str(spec.output_dir))}, {when}</p>",
-        f"<p><b>{counts.ok} ok</b>, <b>{counts.failed} failed</b>, {counts.skipped} skipped (resume)"
-        + (f", {counts.unconverged} not converged" if spec.job == "align" else "")
-        + f"; {counts.elapsed:.1f} s, {counts.rate():.1f} images/s.</p>",
-        "<p>Jacobian heatmaps show log2 |det J| of the inverse map on the output grid, on one scale for the "
-        "run (the header gives its range): blue where an output pixel covers less input area than 1 px&sup2;, "
-        "white where area is kept, red where it covers more; grey where it is undefined. "
-        "Residuals are |image &minus; reference| on one scale per row (before: the raw image; after: the "
-        "aligned output).</p>",
-        '<p>Contact sheet: <a href="contact_sheet.png">contact_sheet.png</a></p>',
-    ]
-    if failed:
-        out.append(f"<h2>Failed ({len(failed)})</h2><table><tr><th>input</th><th>error</th></tr>")
-        out += [f"<tr class='failed'><td>{esc(r['input'])}</td><td>{esc(str(r.get('error')))}</td></tr>"
-                for r in failed]
-        out.append("</table>")
-    out.append(f"<h2>Images ({len(shown)} shown of {len(records)})</h2><table><tr><th>image</th>")
-    if rows:
-        out += [f"<th>{esc(label)}</th>" for label, _ in max((p for _, p in rows), key=len)]
-    out.append("<th>details</th></tr>")
-    for rec, (_, panels) in zip(shown, rows):
-        details = {k: rec.get(k) for k in ("output", "matrix", "convergence", "timings", "attempts", "target")}
-        if rec.get("report"):
-            details["report"] = rec["report"]
-        out.append(f"<tr><td>{esc(rec['input'])}</td>")
-        out += [f"<td>{_img_tag(img, label)}</td>" for label, img in panels]
-        out.append(f"<td><pre>{esc(json.dumps(details, indent=1, default=str))}</pre></td></tr>")
+    per_image = [r.timings.total for r in records if r.timings.total is not None]
+    out = [f"<!doctype html><html><head><meta charset='utf-8'><title>warpsvc-batch report</title>"
+           f"<style>{CSS}</style></head><body>",
+           f"<h1>warpsvc-batch {esc(spec.job)}: {counts.ok} ok, {counts.failed} failed, {counts.skipped} skipped"
+           + (f", {counts.unconverged} not converged" if spec.job == "align" else "") + "</h1>",
+           f"<p>{counts.total} images in {counts.elapsed:.1f} s ({counts.rate():.1f} images/s"
+           + (f"; median {np.median(per_image):.3f} s per image" if per_image else "") + f"). {when}<br>"
+           f"<code>{esc(printable(command))}</code><br>{esc(printable(spec.inputs.url))} &rarr; "
+           f"{esc(printable(spec.outputs.url))}</p>",
+           "<div class='plots'>"]
+    plots = _plots(spec, records, extras, scales)
+    out += [f"<img alt='{esc(t)}' title='{esc(t)}' src='data:image/png;base64,{b}'>" for t, b in plots]
+    if not plots:
+        out.append("<p><i>Summary plots need matplotlib: pip install 'warpsvc[batch]'.</i></p>")
+    out.append("</div>")
+    scale_note = f"log2 |det J| on one scale for the run, &plusmn;{scales.det:.3g}"
+    if spec.job == "align":
+        scale_note += f"; residuals on one scale for the run, 0 to {scales.residual:.3g} grey levels"
+    out.append(f"<p>Pictures: {scale_note} (colour bars above). Contact sheet: "
+               "<a href='contact_sheet.png'>contact_sheet.png</a>.</p>")
+    order = sorted(records, key=lambda r: (0 if not r.ok else 1 if r.unconverged else 2, r.input))
+    labels = next((", ".join(label for label, _ in p) for p in pictures.values()), "")
+    out.append(f"<h2>Images ({len(records)}; failed and not converged first, {len(pictures)} pictured)</h2><table>"
+               f"<tr><th>status</th><th>image</th><th>{esc(labels)}</th></tr>")
+    for rec in order:
+        kind = "failed" if not rec.ok else "unconverged" if rec.unconverged else "ok"
+        pics = "".join(f"<img alt='{esc(label)}' title='{esc(label)}' "
+                       f"src='data:image/png;base64,{base64.b64encode(_png(_thumb(img, THUMB))).decode()}'>"
+                       for label, img in pictures.get(rec.input, []))
+        note = f"<br><i>{esc(printable(notes[rec.input]))}</i>" if rec.input in notes else ""
+        details = json.dumps(rec.to_dict(), indent=1, default=str, ensure_ascii=True)
+        out.append(f"<tr class='{kind}'><td class='st'>{'not converged' if kind == 'unconverged' else kind}</td>"
+                   f"<td class='txt'><b>{esc(printable(rec.input))}</b><br>{_line_html(rec, extras)}{note}"
+                   f"<details><summary>record</summary><pre>{esc(details)}</pre></details></td>"
+                   f"<td class='pics'>{pics}</td></tr>")
     out.append("</table></body></html>")
     return "\n".join(out)
+
+
+def _line_html(rec, extras) -> str:
+    return html.escape(printable(_line(rec, extras)))

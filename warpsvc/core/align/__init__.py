@@ -7,8 +7,18 @@ are :mod:`warpsvc.core.transforms.models`), :mod:`.covariance` (final statistics
 SIFT + MAGSAC), :mod:`.losses` (robust losses), :mod:`.options`, :mod:`.result`.
 """
 
-from .api import align
-from .options import AlignOptions
-from .result import REASONS, AlignResult, Reason, Start
+import importlib
 
-__all__ = ["REASONS", "AlignOptions", "AlignResult", "Reason", "Start", "align"]
+# Names load lazily (PEP 562): `AlignResult` (the client's result type) must not pull in OpenCV,
+# which `.api` and `.features` import.
+_EXPORTS = {"align": "api", "AlignOptions": "options", "REASONS": "result", "AlignResult": "result",
+            "Reason": "result", "Start": "result"}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value
