@@ -24,7 +24,7 @@ from warpsvc import AffineTransform, HomographyTransform
 from warpsvc_api import convert, wire
 from warpsvc_api.v1 import warp_pb2 as pb
 
-SLOTS, ADMITTED = 2, 4
+SLOTS, ADMITTED = 1, 4  # one slot: the four slow calls run one after another
 
 
 def _access(srv: ServerProcess) -> list[dict]:

@@ -102,6 +102,10 @@ class ComputeSlots(grpc.ServerInterceptor):
             if self._free.acquire(timeout=wait):
                 return
             if not context.is_active():
+                left = context.time_remaining()
+                if left is not None and left <= SLOT_POLL_S:  # gRPC ended it at the deadline
+                    context.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                  f"the deadline passed while waiting for one of {self.slots} compute slots")
                 context.abort(grpc.StatusCode.CANCELLED, "cancelled while waiting for a compute slot")
 
 
