@@ -67,6 +67,17 @@ LABEL org.opencontainers.image.title="warpsvc" \
       org.opencontainers.image.description="Image warps, Jacobian-determinant maps and alignment over gRPC" \
       org.opencontainers.image.licenses="Apache-2.0" \
       org.opencontainers.image.base.name="${BASE_IMAGE}"
+# libgomp1: numba's OpenMP threading layer. Without it numba falls back to "workqueue", which is
+# not thread-safe and terminates the process when two handler threads run parallel kernels at once
+# (seen in the compose e2e stop test); NUMBA_THREADING_LAYER=omp makes a missing layer an import
+# error instead of a crash under load.
+RUN set -eu; \
+    if ! ldconfig -p | grep -q libgomp.so.1; then \
+        apt-get update -q; \
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends libgomp1; \
+        rm -rf /var/lib/apt/lists/*; \
+    fi
+ENV NUMBA_THREADING_LAYER=omp
 RUN groupadd --system --gid 10001 warpsvc \
     && useradd --system --uid 10001 --gid warpsvc --home-dir /home/warpsvc --create-home \
                --shell /usr/sbin/nologin warpsvc \

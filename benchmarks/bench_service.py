@@ -118,7 +118,7 @@ def transport_floor(reps: int, warmup: int, tune: bool = True) -> dict:
     payload = image.tobytes()
 
     echo = Server([str(pathlib.Path(__file__).resolve()), "--echo-server"])
-    service = Server(["-m", "warpsvc.cli", "serve", "--port", "0"])
+    service = Server(["-m", "warpsvc.cli", "serve", "--port", "0", "--metrics-port", "0"])
     try:
         wait_serving(f"127.0.0.1:{service.port}")
         with grpc.insecure_channel(f"127.0.0.1:{echo.port}", options=OPTIONS) as channel, \
@@ -203,7 +203,7 @@ def throughput(clients: int, seconds: float, rounds: int) -> dict:
     from warpsvc_client import WarpClient
 
     template, scene, init = align_inputs()
-    servers = {w: Server(["-m", "warpsvc.cli", "serve", "--port", "0", "--workers", str(w)]) for w in (1, 2)}
+    servers = {w: Server(["-m", "warpsvc.cli", "serve", "--port", "0", "--metrics-port", "0", "--workers", str(w)]) for w in (1, 2)}
     rates = {1: [], 2: []}
     cores = {1: [], 2: []}
     try:

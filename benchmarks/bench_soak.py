@@ -45,7 +45,7 @@ class Server:
 
     def __init__(self, *args: str):
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "WARPSVC_LOG_LEVEL": "warning"}
-        self.proc = subprocess.Popen([sys.executable, "-m", "warpsvc.cli", "serve", "--port", "0", *args], cwd=REPO,
+        self.proc = subprocess.Popen([sys.executable, "-m", "warpsvc.cli", "serve", "--port", "0", "--metrics-port", "0", *args], cwd=REPO,
                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.stderr: list[str] = []
         for line in self.proc.stdout:

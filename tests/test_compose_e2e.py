@@ -79,11 +79,13 @@ def run(cmd, *, env=None, timeout=600, check=True, log=None) -> subprocess.Compl
     return proc
 
 
-def free_port_range(count: int) -> tuple[int, int]:
-    """``count`` consecutive free loopback ports (published ports of the replicas)."""
-    rng = np.random.default_rng(os.getpid())
+def free_port_range(count: int, avoid=()) -> tuple[int, int]:
+    """``count`` consecutive free loopback ports (published ports of the replicas), none in ``avoid``."""
+    rng = np.random.default_rng(os.getpid() + len(avoid))
     for _ in range(200):
         first = int(rng.integers(20000, 32000))  # below the ephemeral range
+        if any(port in avoid for port in range(first, first + count)):
+            continue
         socks = []
         try:
             for port in range(first, first + count):
@@ -138,7 +140,10 @@ class Stack:
         self.data_in.mkdir(parents=True)
         self.data_out.mkdir(parents=True)
         first, last = free_port_range(REPLICAS + 2)
+        m_first, m_last = free_port_range(REPLICAS + 2, avoid=range(first, last + 1))
+        self.metrics_ports = (m_first, m_last)
         self.env = dict(os.environ, WARPSVC_IMAGE=self.image, WARPSVC_PUBLISH=f"{first}-{last}",
+                        WARPSVC_METRICS_PUBLISH=f"{m_first}-{m_last}",
                         BATCH_IN=str(self.data_in), BATCH_OUT=str(self.data_out),
                         BATCH_UID=str(os.getuid()), BATCH_GID=str(os.getgid()),
                         BATCH_MATRIX=" ".join(f"{v:.17g}" for v in BATCH_MATRIX))
@@ -165,6 +170,24 @@ class Stack:
         bindings = self.inspect(cid)["NetworkSettings"]["Ports"]["50051/tcp"]
         assert bindings and all(b["HostIp"] == "127.0.0.1" for b in bindings), bindings
         return int(bindings[0]["HostPort"])
+
+    def metrics_port(self, cid: str) -> int:
+        bindings = self.inspect(cid)["NetworkSettings"]["Ports"]["9464/tcp"]
+        assert bindings and all(b["HostIp"] == "127.0.0.1" for b in bindings), bindings
+        port = int(bindings[0]["HostPort"])
+        assert self.metrics_ports[0] <= port <= self.metrics_ports[1], (port, self.metrics_ports)
+        return port
+
+    def warp_calls(self, cid: str) -> float:
+        """``grpc_server_started_total`` of Warp on the replica's ``/metrics`` (published on loopback)."""
+        import urllib.request
+
+        from prometheus_client.parser import text_string_to_metric_families
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port(cid)}/metrics", timeout=10) as r:
+            text = r.read().decode()
+        return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
+                   if s.name == "grpc_server_started_total" and s.labels.get("grpc_method") == "Warp")
 
     def phase(self, name: str, started: float) -> None:
         self.timings[name] = round(time.perf_counter() - started, 1)
@@ -269,6 +292,7 @@ def test_batch_profile_processes_every_image_over_both_replicas(stack):
         pytest.skip("!!! warpsvc-batch is not in the image yet (issue 5): batch profile NOT RUN")
     images = sample_images(stack.data_in)
     before = {cid: stack.logs(cid).count(WARP_LOG_KEY) for cid in stack.replica_ids()}
+    metrics_before = {cid: stack.warp_calls(cid) for cid in before}
 
     t = time.perf_counter()
     proc = stack.compose("run", "--rm", "-T", "batch", timeout=600, check=False,
@@ -299,6 +323,9 @@ def test_batch_profile_processes_every_image_over_both_replicas(stack):
     stack.notes["batch_calls_per_replica"] = served
     assert all(n > 0 for n in served.values()), served
     assert sum(served.values()) >= len(images), served
+    # ... and each replica's /metrics counted exactly the calls its access log shows.
+    counted = {cid[:12]: stack.warp_calls(cid) - metrics_before[cid] for cid in before}
+    assert counted == served, (counted, served)
 
 
 # -- 3. SIGTERM with calls in flight ------------------------------------------------------------------------

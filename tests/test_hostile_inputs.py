@@ -188,7 +188,7 @@ CORPUS = [
     ("png-bomb-2^31", "Warp", _warp(image=_encoded(_png_claiming(2**31 - 1, 2**31 - 1))), "image.encoded",
      {EXHAUSTED}),
     ("jpeg-bomb", "Warp", _warp(image=_encoded(_jpeg_claiming(65_000, 65_000))), "image.encoded", {EXHAUSTED}),
-    ("tiff-bomb", "Warp", _warp(image=_encoded(_tiff_claiming(2**32 - 1, 2**32 - 1))), "image.encoded", {EXHAUSTED}),
+    ("tiff-bomb", "Warp", _warp(image=_encoded(_tiff_claiming(2**32 - 1, 2**32 - 1))), "image.encoded", {EXHAUSTED, INVALID}),  # a strip OpenCV refuses: invalid file
     ("align-template-bomb", "Align", _align(template=_encoded(_png_claiming(100_000, 100_000))),
      "template.encoded", {EXHAUSTED}),
     ("align-image-bomb", "Align", _align(image=_encoded(_png_claiming(100_000, 100_000))), "image.encoded",
@@ -514,8 +514,6 @@ def amp_server():
         yield srv
 
 
-@pytest.mark.xfail(strict=True, reason="issue 13: antialias node budget + GIL release, chain-length budget, "
-                   "channel check for encoded forms, JPEG scan cap, TIFF tile bound (image_probe) not merged")
 @settings(BASE, max_examples=15, phases=[Phase.explicit, Phase.generate])  # no shrinking: each case costs seconds
 @given(case=AMPLIFIERS)
 def test_amplification_fuzz(amp_server, case):

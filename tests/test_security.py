@@ -240,7 +240,7 @@ def test_server_opens_no_file_named_by_a_request(tmp_path):
         pytest.skip(f"strace cannot trace here: {probe.stderr.decode()[:200]}")
     log = (tmp_path / "server.log").open("w")
     server = subprocess.Popen(["strace", "-f", "-qq", "-e", f"trace={OPEN_CALLS}", "-o", str(trace),
-                               sys.executable, "-m", "warpsvc.cli", "serve", "--port", "0"],
+                               sys.executable, "-m", "warpsvc.cli", "serve", "--port", "0", "--no-warm-up", "--metrics-port", "0"],
                               cwd=REPO, stdout=subprocess.PIPE, stderr=log,
                               text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     worker = None
@@ -319,3 +319,40 @@ def _regular_fds(pid: int) -> set[str]:
         if target.startswith("/") and not target.startswith(("/dev/", "/proc/")):
             out.add(target)
     return out
+
+
+def test_unauthenticated_calls_are_refused_without_parsing_the_body(monkeypatch):
+    """The token check answers UNAUTHENTICATED with a handler whose deserializer ignores the bytes:
+    the servicer's request parser never runs for an unauthenticated call (counted), and runs once
+    for an authenticated one."""
+    from warpsvc.server import Settings, build_server
+    from warpsvc_api import wire
+
+    parsed = []
+    real = wire.deserializer
+
+    def counting(message_type, **kw):
+        inner = real(message_type, **kw)
+
+        def parse(raw):
+            parsed.append(len(raw))
+            return inner(raw)
+
+        return parse if message_type.DESCRIPTOR.name.endswith("Request") else inner  # not the client's
+
+    monkeypatch.setattr(wire, "deserializer", counting)
+    token = secrets.token_hex(8)
+    srv = build_server(Settings(port=0, metrics_port=0, token=token))
+    srv.start()
+    big = np.zeros((2048, 2048, 3), np.uint8)  # a 12 MiB request
+    try:
+        with WarpClient(f"127.0.0.1:{srv.port}", retries=1, timeout=20) as anonymous, \
+                pytest.raises(grpc.RpcError) as info:
+            anonymous.warp(big, SHIFT)
+        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert parsed == []
+        with WarpClient(f"127.0.0.1:{srv.port}", token=token, timeout=20) as client:
+            assert client.warp(IMG, SHIFT).shape == IMG.shape
+        assert len(parsed) == 1
+    finally:
+        srv.stop(0).wait()

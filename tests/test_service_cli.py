@@ -142,15 +142,15 @@ def test_two_workers_share_the_port():
 
 
 def test_workers_cap_opencv_and_blas_threads():
-    """Each worker runs one OpenCV thread and one BLAS thread (N workers = N cores, no spinning
-    BLAS threads oversubscribing them)."""
+    """Each worker runs ``cv_threads`` OpenCV threads (here 1) and one BLAS thread (no spinning
+    BLAS threads oversubscribing the cores)."""
     code = ("import cv2, threadpoolctl, numpy; from warpsvc.server.runner import run_worker; "
             "import warpsvc.server.app as app; "
             "orig = app.build_server\n"
-            "def probe(settings):\n"
+            "def probe(settings, **_):\n"
             "    blas = [p['num_threads'] for p in threadpoolctl.threadpool_info() if p['user_api'] == 'blas']\n"
             "    print('THREADS', cv2.getNumThreads(), sorted(set(blas)), flush=True); raise SystemExit(0)\n"
             "app.build_server = probe\n"
-            "from warpsvc.server import Settings; run_worker(Settings(port=0))")
+            "from warpsvc.server import Settings; run_worker(Settings(port=0, cv_threads=1))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert "THREADS 1 [1]" in out.stdout, out.stdout + out.stderr

@@ -84,7 +84,7 @@ CASES = [
      "image.encoded.data"),
     ("png-header-only", warp(image=_encoded(b"\x89PNG\r\n\x1a\n")), INVALID, "image.encoded.data"),
     ("png-bomb", warp(image=_encoded(_png_claiming(100_000, 100_000))), EXHAUSTED, "image.encoded"),
-    ("tiff-bomb", warp(image=_encoded(_tiff_claiming(50_000, 50_000))), EXHAUSTED, "image.encoded"),
+    ("tiff-bomb", warp(image=_encoded(_tiff_claiming(50_000, 50_000))), EXHAUSTED, "image.encoded.data"),
     ("input-too-large", warp(image=pb.Image(tensor=pb.Tensor(shape=[101, 100], dtype=pb.DTYPE_UINT8,
                                                              data=bytes(10100)))), EXHAUSTED, "image"),
     ("no-transforms", warp(transforms=[]), INVALID, "transforms"),

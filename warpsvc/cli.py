@@ -43,7 +43,11 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
                             format="%(asctime)s %(levelname)s %(name)s %(message)s")
-        return serve(settings)
+        try:
+            return serve(settings)
+        except OSError as err:  # a port that cannot be bound (gRPC or metrics)
+            print(f"warpsvc serve: {err}", file=sys.stderr)
+            return 1
     return 2  # pragma: no cover - argparse rejects unknown commands
 
 

@@ -16,7 +16,10 @@ Channel behaviour, set through the gRPC service config:
   not calls);
 * **deadlines**: every call carries ``timeout`` seconds (per-call override ``timeout=``);
 * 64 MiB messages both ways (``max_message_bytes``), TLS (``tls=True`` / root certificates /
-  client certificate) and a bearer ``token`` sent as ``authorization`` metadata.
+  client certificate) and a bearer ``token`` sent as ``authorization`` metadata;
+* **traces** (:mod:`warpsvc_client.tracing`, when OpenTelemetry is installed): every call carries
+  the current span's W3C ``traceparent``, so the server's span joins the caller's trace; with
+  ``tracer_provider=`` each call also gets a CLIENT span of its own.
 
 Errors: INVALID_ARGUMENT and field-specific RESOURCE_EXHAUSTED come back as the library's own
 ``warpsvc.InvalidArgumentError`` / ``warpsvc.ImageTooLargeError`` with ``field`` set from the
@@ -34,6 +37,8 @@ import numpy as np
 from warpsvc_api import convert, status, vocab, wire
 from warpsvc_api import stream as stream_api
 from warpsvc_api.v1 import warp_pb2 as pb
+
+from . import tracing
 
 MIB = 1 << 20
 SERVICE = pb.DESCRIPTOR.services_by_name["WarpService"]
@@ -77,13 +82,15 @@ class WarpClient:
     max_message_bytes : message limit both ways; also the retry buffer (default 64 MiB).
     retries : attempts per call on UNAVAILABLE (1 disables retries).
     wait_for_ready : queue calls while the channel connects instead of failing fast.
+    tracer_provider : an OpenTelemetry ``TracerProvider``: a CLIENT span per call (needs
+        opentelemetry-instrumentation-grpc). Without it calls still propagate the current span.
     """
 
     def __init__(self, target: str = "127.0.0.1:50051", *, timeout: float | None = 30.0, tls: bool = False,
                  root_certificates: bytes | None = None, private_key: bytes | None = None,
                  certificate_chain: bytes | None = None, server_name: str | None = None,
                  token: str | None = None, max_message_bytes: int = 64 * MIB, retries: int = 5,
-                 wait_for_ready: bool = False, options=()):
+                 wait_for_ready: bool = False, options=(), tracer_provider=None):
         opts = channel_options(max_message_bytes, retries) + list(options)
         if tls or root_certificates or certificate_chain:
             if server_name:
@@ -92,6 +99,11 @@ class WarpClient:
             self._channel = grpc.secure_channel(target, creds, options=opts)
         else:
             self._channel = grpc.insecure_channel(target, options=opts)
+        self._raw_channel = self._channel
+        if tracer_provider is not None:
+            self._channel = tracing.instrument_channel(self._channel, tracer_provider)
+        # Without client spans, each call carries the caller's current span (if OpenTelemetry is here).
+        self._propagate = tracer_provider is None and tracing.available()
         # The stub's methods, with a request serializer that also takes pre-serialised chunks.
         self._rpc = {
             m.name: self._channel.unary_unary(
@@ -110,7 +122,7 @@ class WarpClient:
 
     # -- plumbing -----------------------------------------------------------------------------------
     def close(self) -> None:
-        self._channel.close()
+        self._raw_channel.close()
 
     def __enter__(self):
         return self
@@ -119,8 +131,9 @@ class WarpClient:
         self.close()
 
     def _call(self, rpc, request, timeout):
+        metadata = tracing.traceparent_metadata(self._metadata) if self._propagate else self._metadata
         try:
-            return rpc(request, timeout=self._timeout if timeout is None else timeout, metadata=self._metadata,
+            return rpc(request, timeout=self._timeout if timeout is None else timeout, metadata=metadata or None,
                        wait_for_ready=self._wait_for_ready)
         except grpc.RpcError as err:
             translated = status.from_rpc_error(err)

@@ -37,7 +37,10 @@ class ServerProcess:
     """``warpsvc serve`` as a subprocess (the way a user starts it), stdout parsed for the port."""
 
     def __init__(self, *args: str, env: dict | None = None, timeout: float = 30.0):
-        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        # No /metrics unless asked for: parallel test servers would all want port 9464. One worker
+        # unless asked for (the default follows the CPUs: tests/test_service_defaults.py).
+        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "WARPSVC_METRICS_PORT": "0", "WARPSVC_WORKERS": "1",
+                    **(env or {})}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "warpsvc.cli", "serve", *args], cwd=REPO, env=full_env,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

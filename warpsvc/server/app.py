@@ -21,9 +21,12 @@ from grpc_reflection.v1alpha import reflection
 
 from warpsvc_api.v1 import warp_pb2
 
+from . import admission
 from .interceptors import AccessLogInterceptor, BearerTokenInterceptor, DrainGate
+from .observe import Observer
 from .servicer import WarpServicer, add_to_server
 from .settings import Settings
+from .tracing import OFF, Tracing
 
 log = logging.getLogger("warpsvc.server")
 
@@ -47,6 +50,7 @@ class WarpServer:
     gate: DrainGate
     port: int
     settings: Settings
+    metrics: object | None = None  # the worker's metrics.Metrics (None when metrics_port is 0)
 
     def start(self) -> None:
         self.server.start()
@@ -65,21 +69,39 @@ class WarpServer:
         return self.server.stop(max(0.0, grace - (time.monotonic() - t0)))
 
 
-def build_server(settings: Settings) -> WarpServer:
-    executor = futures.ThreadPoolExecutor(max_workers=settings.threads, thread_name_prefix="warpsvc")
-    gate = DrainGate(executor)
-    # The gate sits before the token check, so refused calls are counted out as well as in
-    # (a token refusal that skipped the gate's decrement kept SIGTERM waiting the full grace).
-    interceptors = [AccessLogInterceptor(), gate]
+def build_server(settings: Settings, *, tracing: Tracing = OFF) -> WarpServer:
+    """The server of one worker. Metrics are recorded when ``settings.metrics_port`` is set (the
+    values go to the multiprocess folder if one is prepared, see :mod:`.runner`, else to
+    ``WarpServer.metrics.registry``); ``tracing`` (from :func:`.tracing.setup_tracing`) adds a span
+    per RPC and per stage."""
+    from .metrics import Metrics, MetricsInterceptor
+
+    metrics = Metrics() if settings.metrics_port else None
+    # Admission (see .admission): a thread per admitted work call plus threads kept for health and
+    # reflection; `threads` of the admitted calls compute at once, the others wait for a slot.
+    executor = futures.ThreadPoolExecutor(max_workers=admission.pool_threads(settings.max_concurrent_rpcs),
+                                          thread_name_prefix="warpsvc")
+    gate = DrainGate(executor, limit=settings.max_concurrent_rpcs)
+    # Outermost the metrics (every refusal below is counted with its code), then the RPC span (the
+    # access log runs inside it and logs its trace id). The gate sits before the token check, so
+    # refused calls are counted out as well as in (a token refusal that skipped the gate's
+    # decrement kept SIGTERM waiting the full grace).
+    metrics_interceptor = MetricsInterceptor(metrics) if metrics is not None else None
+    interceptors = [*([metrics_interceptor] if metrics_interceptor else []), *tracing.server_interceptors(),
+                    AccessLogInterceptor(metrics, tracing), gate]
     if settings.token:
         interceptors.append(BearerTokenInterceptor(settings.token))
+    interceptors.append(admission.ComputeSlots(settings.threads))
     server = grpc.server(
         executor,
         interceptors=interceptors,
         options=channel_options(settings),
-        maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
+        maximum_concurrent_rpcs=admission.grpc_limit(settings.max_concurrent_rpcs),  # a backstop
     )
-    add_to_server(WarpServicer(settings), server)
+    gate.attach(server)
+    if metrics_interceptor is not None:
+        metrics_interceptor.attach(server, shed_probe=gate.took_shed)  # counts the calls shed
+    add_to_server(WarpServicer(settings, Observer(metrics, tracing)), server)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", SERVICE_NAME):
@@ -95,4 +117,5 @@ def build_server(settings: Settings) -> WarpServer:
         port = server.add_insecure_port(settings.address)
     if port == 0:
         raise OSError(f"could not bind {settings.address}")
-    return WarpServer(server=server, health=health_servicer, gate=gate, port=port, settings=settings)
+    return WarpServer(server=server, health=health_servicer, gate=gate, port=port, settings=settings,
+                      metrics=metrics)

@@ -2,16 +2,19 @@
 encoded files (PNG, JPEG, TIFF via OpenCV), under the server's size limits.
 
 * raw tensors: viewed without copying (the payload seen in place in the received request);
-* encoded files: the format comes from the file signature; the pixel count is read from the
-  header (PNG ``IHDR``, JPEG ``SOFn``, TIFF first IFD) and checked against the limit *before*
-  OpenCV allocates anything (decompression bombs), then ``cv2.imdecode(IMREAD_UNCHANGED)``.
+* encoded files: the format comes from the file signature; :mod:`.image_probe` reads what the
+  decoder will produce and cost (pixels, channels, tile/strip buffers, JPEG scans) the way
+  libpng/libjpeg/libtiff read the headers, and refuses it over the limits *before* OpenCV
+  allocates anything (decompression bombs), then ``cv2.imdecode(IMREAD_UNCHANGED)``; a
+  ``cv2.error`` becomes INVALID_ARGUMENT. Workers also set ``OPENCV_IO_MAX_IMAGE_PIXELS`` to the
+  pixel limit before importing cv2 (:mod:`.runner`).
 
 Errors are the library's (:mod:`warpsvc.core.errors`), naming the request field.
 """
 
 from __future__ import annotations
 
-import struct
+import functools
 
 import cv2
 import numpy as np
@@ -20,6 +23,8 @@ from warpsvc.core.errors import ImageTooLargeError, InvalidArgumentError, Invali
 from warpsvc.core.validate import SUPPORTED_DTYPES
 from warpsvc_api import convert, vocab, wire
 from warpsvc_api.v1 import warp_pb2 as pb
+
+from . import image_probe
 
 # What each file format can hold: dtypes and channel counts (OpenCV silently converts the rest,
 # so the server refuses them instead).
@@ -40,60 +45,6 @@ def sniff_format(data: bytes) -> str | None:
     return None
 
 
-def _png_size(data: bytes):
-    if len(data) < 24 or data[12:16] != b"IHDR":
-        return None
-    w, h = struct.unpack(">II", data[16:24])
-    return h, w
-
-
-def _jpeg_size(data: bytes):
-    i, n = 2, len(data)
-    while i + 4 <= n:
-        if data[i] != 0xFF:
-            return None
-        marker = data[i + 1]
-        if marker == 0xFF:  # fill byte
-            i += 1
-            continue
-        if marker in (0x01, *range(0xD0, 0xD8)):  # stand-alone markers
-            i += 2
-            continue
-        (length,) = struct.unpack(">H", data[i + 2:i + 4])
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-            if i + 9 > n:
-                return None
-            h, w = struct.unpack(">HH", data[i + 5:i + 9])
-            return h, w
-        i += 2 + length
-    return None
-
-
-def _tiff_size(data: bytes):
-    end = "<" if data[:2] == b"II" else ">"
-    if len(data) < 8:
-        return None
-    (ifd,) = struct.unpack(end + "I", data[4:8])
-    if ifd + 2 > len(data):
-        return None
-    (count,) = struct.unpack(end + "H", data[ifd:ifd + 2])
-    size = {}
-    for k in range(count):
-        off = ifd + 2 + 12 * k
-        if off + 12 > len(data):
-            return None
-        tag, typ, _n = struct.unpack(end + "HHI", data[off:off + 8])
-        if tag in (256, 257):
-            fmt = end + ("H" if typ == 3 else "I")
-            (size[tag],) = struct.unpack(fmt, data[off + 8:off + 8 + struct.calcsize(fmt)])
-    if 256 not in size or 257 not in size:
-        return None
-    return size[257], size[256]
-
-
-HEADER_READERS = {"png": _png_size, "jpeg": _jpeg_size, "tiff": _tiff_size}
-
-
 def decode_encoded(msg: pb.EncodedImage, field: str, max_pixels: int) -> np.ndarray:
     data = msg.data
     fmt = sniff_format(data)
@@ -102,17 +53,25 @@ def decode_encoded(msg: pb.EncodedImage, field: str, max_pixels: int) -> np.ndar
     said = vocab.IMAGE_FORMAT.from_wire(msg.format, f"{field}.format")
     if said not in (vocab.DEFAULT, fmt):
         raise InvalidImageError(f"says {said} but the data is {fmt}", field=f"{field}.format")
-    size = HEADER_READERS[fmt](data)
-    if size is None:
-        raise InvalidImageError(f"truncated or malformed {fmt} header", field=f"{field}.data")
-    check_pixels(size, field, max_pixels, "input")
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    if img is None or img.shape[:2] != tuple(size):
+    # What the decoder will produce and cost, parsed as libpng/libjpeg/libtiff parse it (tiles,
+    # strips, scans, duplicate tags), refused over the limits before OpenCV allocates anything.
+    cost = image_probe.probe_image(data, _probe_limits(max_pixels), field)
+    try:
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error as err:  # OpenCV's own checks (OPENCV_IO_MAX_IMAGE_PIXELS, ...): a bad file
+        raise InvalidImageError(f"the {fmt} file could not be decoded ({err.err or 'OpenCV error'})",
+                                field=f"{field}.data") from None
+    if img is None or img.shape[:2] != (cost.height, cost.width):
         raise InvalidImageError(f"the {fmt} file could not be decoded", field=f"{field}.data")
     if img.dtype.type not in SUPPORTED_DTYPES:
         raise InvalidImageError(f"decoded pixels are {img.dtype}, not uint8/uint16/float32/float64",
                                 field=f"{field}.data")
     return img
+
+
+@functools.lru_cache(maxsize=8)
+def _probe_limits(max_pixels: int) -> image_probe.ProbeLimits:
+    return image_probe.ProbeLimits(max_pixels=max_pixels)
 
 
 def check_pixels(shape, field: str, max_pixels: int, what: str) -> None:
@@ -151,16 +110,20 @@ def response_format(form: int, jpeg_quality: int) -> str:
     return "tensor" if name is vocab.DEFAULT else name
 
 
+def check_encodable(form: str, dtype, channels: int) -> None:
+    """Refuse (``response_form``) a result of ``dtype`` with ``channels`` that ``form`` cannot hold."""
+    if np.dtype(dtype).type not in FORMAT_DTYPES[form] or channels not in FORMAT_CHANNELS[form]:
+        dts = "/".join(np.dtype(d).name for d in FORMAT_DTYPES[form])
+        raise InvalidArgumentError(
+            f"{form} holds {dts} with {FORMAT_CHANNELS[form]} channels; the result is {np.dtype(dtype)} with "
+            f"{channels} channels (ask for RESPONSE_FORM_TENSOR or TIFF)", field="response_form")
+
+
 def encode_image(arr: np.ndarray, form: str, *, jpeg_quality: int = 0) -> wire.Parts:
     """``arr`` as a serialised ``Image`` in ``form`` (from :func:`response_format`)."""
     if form == "tensor":
         return convert.image_parts(arr)
-    channels = 1 if arr.ndim == 2 else arr.shape[2]
-    if arr.dtype.type not in FORMAT_DTYPES[form] or channels not in FORMAT_CHANNELS[form]:
-        dts = "/".join(np.dtype(d).name for d in FORMAT_DTYPES[form])
-        raise InvalidArgumentError(
-            f"{form} holds {dts} with {FORMAT_CHANNELS[form]} channels; the result is {arr.dtype} with "
-            f"{channels} channels (ask for RESPONSE_FORM_TENSOR or TIFF)", field="response_form")
+    check_encodable(form, arr.dtype, 1 if arr.ndim == 2 else arr.shape[2])
     params = [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality or DEFAULT_JPEG_QUALITY] if form == "jpeg" else []
     ok, buf = cv2.imencode(FORMAT_EXT[form], arr, params)
     if not ok:  # pragma: no cover - dtype and channels were checked above

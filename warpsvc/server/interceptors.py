@@ -7,7 +7,9 @@ The access log is one JSON object per line on the ``warpsvc.access`` logger::
      "out_px": 2073600, "peer": "ipv4:127.0.0.1:51234"}
 
 ``in_px`` / ``out_px`` are the decoded input pixels and produced output pixels (H*W summed over
-images), reported by the servicer through :func:`record_pixels`. Metadata is never logged (the
+images), reported by the servicer through :func:`record_pixels`; at the end of the call they are
+also added to the metrics' ``warpsvc_pixels_total`` (when metrics are on). With tracing on, the
+line carries ``"trace_id"`` (32 hex digits, the RPC span's trace). Metadata is never logged (the
 token travels there).
 """
 
@@ -49,7 +51,15 @@ def _wrap_unary(handler: grpc.RpcMethodHandler, wrap) -> grpc.RpcMethodHandler:
 
 
 class AccessLogInterceptor(grpc.ServerInterceptor):
-    """One log line per unary call: method, status, milliseconds, pixels, peer."""
+    """One log line per unary call: method, status, milliseconds, pixels, peer (and trace id).
+
+    ``metrics``: a :class:`.metrics.Metrics` that receives the call's pixel counts (or None);
+    ``tracing``: a :class:`.tracing.Tracing`, whose trace id goes in the line when it is on. Put it
+    inside the metrics and tracing interceptors (the current method and span are then set)."""
+
+    def __init__(self, metrics=None, tracing=None):
+        self._metrics = metrics
+        self._trace_id = tracing.trace_id if tracing is not None and tracing.enabled else None
 
     def intercept_service(self, continuation, handler_call_details):
         method = handler_call_details.method
@@ -72,10 +82,16 @@ class AccessLogInterceptor(grpc.ServerInterceptor):
                     ms = (time.perf_counter() - t0) * 1e3
                     if status == "OK" and isinstance(context.code(), grpc.StatusCode):
                         status = context.code().name
-                    access_log.info(json.dumps({
-                        "method": method, "status": status, "ms": round(ms, 2),
-                        "in_px": counters[0], "out_px": counters[1], "peer": context.peer(),
-                    }))
+                    line = {"method": method, "status": status, "ms": round(ms, 2),
+                            "in_px": counters[0], "out_px": counters[1], "peer": context.peer()}
+                    if self._trace_id is not None:
+                        line["trace_id"] = self._trace_id()
+                    access_log.info(json.dumps(line))
+                    if self._metrics is not None:
+                        if counters[0]:
+                            self._metrics.pixels("input", counters[0])
+                        if counters[1]:
+                            self._metrics.pixels("output", counters[1])
 
             return logged
 
@@ -107,17 +123,22 @@ class BearerTokenInterceptor(grpc.ServerInterceptor):
         def deny(request_or_iterator, context):
             context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token (metadata 'authorization')")
 
-        if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(deny, request_deserializer=handler.request_deserializer,
-                                                       response_serializer=handler.response_serializer)
-        if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(deny, request_deserializer=handler.request_deserializer,
-                                                        response_serializer=handler.response_serializer)
-        if handler.stream_unary is not None:
-            return grpc.stream_unary_rpc_method_handler(deny, request_deserializer=handler.request_deserializer,
-                                                        response_serializer=handler.response_serializer)
-        return grpc.stream_stream_rpc_method_handler(deny, request_deserializer=handler.request_deserializer,
-                                                     response_serializer=handler.response_serializer)
+        # The refusal never parses the body: gRPC has buffered the message by now (a sync server
+        # calls handlers only after the request arrived), but an unauthenticated caller gets no
+        # protobuf parse, no copy and no allocation for it (was: the full parse of up to 64 MiB).
+        kind = ("unary_unary" if handler.unary_unary is not None else "unary_stream" if handler.unary_stream is not None
+                else "stream_unary" if handler.stream_unary is not None else "stream_stream")
+        return getattr(grpc, f"{kind}_rpc_method_handler")(deny, request_deserializer=_unparsed,
+                                                           response_serializer=handler.response_serializer)
+
+
+_UNPARSED = object()
+
+
+def _unparsed(raw: bytes) -> object:
+    """A request deserializer that ignores the bytes (refused calls). Not None: gRPC reads None
+    as a failed deserialization and answers INTERNAL."""
+    return _UNPARSED
 
 
 # Pause after raising the drain flag before trusting the pool's queue (see DrainGate.drain).
@@ -131,28 +152,49 @@ class DrainGate(grpc.ServerInterceptor):
     Why: gRPC's own ``server.stop(grace)`` lets running handlers finish, but calls the transport
     has accepted and Python has not yet picked up are cancelled at that instant. Draining first,
     and stopping only when nothing accepted is left, loses no call that reached the server.
-    Health checks are never gated.
+    Health checks and reflection are never gated. With ``limit``, work calls over it are refused
+    RESOURCE_EXHAUSTED at arrival (:mod:`.admission`: keeps threads free for health).
     """
 
-    def __init__(self, executor=None):
+    def __init__(self, executor=None, limit: int | None = None):
+        from .admission import ServerLoad
+
         self._cond = threading.Condition()
         self._active = 0  # intercepted, not finished (over-counts calls gRPC then sheds)
         self._running = 0  # handler running right now
         self._draining = False
         self._executor = executor  # the server's handler pool: its queue holds accepted calls
+        # Admission (see .admission): refuse work while `limit` calls are in the server.
+        self.limit = limit
+        self.load = ServerLoad(lambda: self._active)
+        self._shed = threading.local()
 
     @property
     def active(self) -> int:
         return self._active
 
+    def attach(self, server) -> None:
+        """Read the server's own count of calls in flight (call once the server exists)."""
+        self.load.attach(server)
+
+    def took_shed(self) -> bool:
+        """Whether the call being intercepted on this thread was just refused over the limit
+        (read once by the metrics interceptor, outermost, in the same interception)."""
+        shed, self._shed.flag = getattr(self._shed, "flag", False), False
+        return shed
+
     def intercept_service(self, continuation, handler_call_details):
+        from .admission import busy_refusal, is_work
+
         handler = continuation(handler_call_details)
-        if (handler is None or handler.unary_unary is None
-                or handler_call_details.method.startswith(PUBLIC_METHOD_PREFIXES)):
+        if not is_work(handler, handler_call_details.method):
             return handler
         with self._cond:  # runs when the call arrives, before it waits for a handler thread
             if self._draining:
                 return _refusal(handler)
+            if self.limit is not None and self.load() >= self.limit:
+                self._shed.flag = True
+                return busy_refusal(handler, self.limit)
             self._active += 1
 
         def wrap(behavior):

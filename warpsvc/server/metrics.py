@@ -460,8 +460,12 @@ class MetricsInterceptor:
         self._metrics = metrics
         self._shed_probe = None
 
-    def attach(self, server) -> None:
-        self._shed_probe = concurrency_probe(server)
+    def attach(self, server, shed_probe=None) -> None:
+        """Count shed calls: those gRPC refuses over its ``maximum_concurrent_rpcs`` (read from
+        ``server``) and those ``shed_probe()`` says an inner interceptor just refused (the
+        admission gate, :mod:`.admission`)."""
+        probes = [p for p in (concurrency_probe(server), shed_probe) if p is not None]
+        self._shed_probe = (lambda: any([p() for p in probes])) if probes else None
 
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)

@@ -7,6 +7,12 @@ happens before any grpc object exists (gRPC's threads do not survive a fork), an
 sets ``cv2.setNumThreads(settings.cv_threads)`` and caps BLAS threads (``settings.blas_threads``,
 through threadpoolctl) so N workers do not oversubscribe the cores.
 
+Metrics (``settings.metrics_port``, 0 disables; :mod:`.metrics`): the multiprocess folder is
+prepared before any fork, so every worker writes its values there; ``GET /metrics`` is served by
+the parent (after forking, on its own HTTP thread: never a worker's RPC pool) and merges them.
+With one worker the process is both. Tracing (:mod:`.tracing`, ``OTEL_*``) is set up in each
+worker after the fork (its exporter thread would not survive one).
+
 Shutdown (SIGTERM or SIGINT): health turns NOT_SERVING at once, new calls are answered
 UNAVAILABLE (the drain gate), accepted calls get up to ``grace_seconds`` to finish, then the
 process exits 0. The parent of several
@@ -56,12 +62,22 @@ def tune_allocator() -> bool:
 
 def run_worker(settings: Settings, index: int = 0) -> int:
     """Run one server process until SIGTERM/SIGINT, then drain. Returns the exit code."""
+    from .image_probe import configure_opencv_io
+
+    try:
+        configure_opencv_io(settings.max_input_pixels)  # OpenCV's own decode cap: before cv2 loads
+    except RuntimeError as err:  # cv2 imported already (embedding code): the probe still applies
+        log.warning("%s", err)
     import cv2
     from threadpoolctl import threadpool_limits
 
+    from warpsvc.core import threads
+
     from .app import build_server  # first grpc import of a worker: after any fork
+    from .tracing import setup_tracing
 
     cv2.setNumThreads(settings.cv_threads)
+    threads.set_threads(settings.cv_threads, opencv=False)  # the compiled kernels' threads per call
     # numpy's OpenBLAS starts one spinning thread per core in every process: with N workers the
     # cores are oversubscribed, and alignment throughput per CPU-second halves (measured).
     threadpool_limits(limits=settings.blas_threads, user_api="blas")
@@ -70,8 +86,29 @@ def run_worker(settings: Settings, index: int = 0) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    srv = build_server(settings)
-    srv.start()
+    tracing = setup_tracing()
+    try:
+        srv = build_server(settings, tracing=tracing)
+        srv.start()
+        if settings.warm_up:
+            # After SERVING, off the critical path: the first conserving/antialiased call then
+            # finds the compiled kernels loaded (warpsvc.core.warmup; numba's on-disk cache).
+            threading.Thread(target=_warm_up, args=(index,), name="warpsvc-warm-up", daemon=True).start()
+        return _serve_until_signal(srv, settings, index, stop)
+    finally:
+        tracing.shutdown()
+
+
+def _warm_up(index: int) -> None:
+    from warpsvc.core.warmup import warm
+
+    try:
+        log.info("worker %d warmed the compiled kernels in %.2f s", index, warm())
+    except Exception:  # pragma: no cover - a warm-up failure must not stop serving
+        log.exception("worker %d: warm-up failed (first calls will compile)", index)
+
+
+def _serve_until_signal(srv, settings: Settings, index: int, stop: threading.Event) -> int:
     scheme = "tls" if settings.tls_cert else "insecure"
     line = (f"warpsvc worker {index} (pid {os.getpid()}) serving on {settings.host}:{srv.port} "
             f"({scheme}, auth={'token' if settings.token else 'off'})\n")
@@ -96,9 +133,40 @@ def _reserve_port(host: str) -> socket.socket:
 
 
 def serve(settings: Settings) -> int:
-    """Serve until a signal; ``settings.workers`` processes (forked here) share the port."""
-    if settings.workers == 1:
-        return run_worker(settings)
+    """Serve until a signal; ``settings.workers`` processes (forked here) share the port; the
+    metrics endpoint (unless ``metrics_port`` is 0) reports them as one server."""
+    from . import metrics
+
+    mp = metrics.MultiprocessDir.prepare() if settings.metrics_port else None  # before any fork
+    endpoint = None
+    try:
+        if settings.workers == 1:
+            if mp is not None:
+                endpoint = _metrics_endpoint(settings)
+                endpoint.add_worker(0, os.getpid())
+            return run_worker(settings)
+        return _serve_workers(settings)
+    finally:
+        if endpoint is not None:
+            endpoint.close()
+        if mp is not None:
+            mp.close()
+
+
+def _metrics_endpoint(settings: Settings):
+    from .metrics import MetricsEndpoint
+
+    try:
+        endpoint = MetricsEndpoint.start(settings.host, settings.metrics_port)
+    except OSError as err:
+        raise OSError(f"metrics endpoint: cannot bind {settings.host}:{settings.metrics_port} ({err.strerror or err}); "
+                      "pick another --metrics-port / WARPSVC_METRICS_PORT, or 0 to disable") from None
+    log.info("metrics on http://%s:%d/metrics", settings.host, endpoint.port)
+    return endpoint
+
+
+def _serve_workers(settings: Settings) -> int:
+    """Fork the workers, then serve /metrics for them; wait for them, retiring each from the metrics."""
     reserved = None
     if settings.port == 0:
         reserved = _reserve_port(settings.host)
@@ -117,7 +185,7 @@ def serve(settings: Settings) -> int:
             finally:
                 sys.stdout.flush()
                 sys.stderr.flush()
-                os._exit(code)
+                os._exit(code)  # never back into the parent's finally (endpoint, metrics folder)
         children.append(pid)
 
     stopping = threading.Event()
@@ -132,20 +200,37 @@ def serve(settings: Settings) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, forward)
+    endpoint = None
+    try:
+        if settings.metrics_port:
+            endpoint = _metrics_endpoint(settings)
+            for index, pid in enumerate(children):
+                endpoint.add_worker(index, pid)
+    except OSError:
+        forward(signal.SIGTERM, None)
+        for _ in children:
+            os.wait()
+        raise
     ok = True
     remaining = set(children)
-    while remaining:
-        try:
-            pid, status = os.wait()
-        except ChildProcessError:  # pragma: no cover
-            break
-        remaining.discard(pid)
-        code = os.waitstatus_to_exitcode(status)
-        if code != 0:
-            ok = False
-            if not stopping.is_set():
-                log.error("worker pid %d exited with %d; stopping the others", pid, code)
-                forward(signal.SIGTERM, None)
-    if reserved is not None:
-        reserved.close()
+    try:
+        while remaining:
+            try:
+                pid, status = os.wait()
+            except ChildProcessError:  # pragma: no cover
+                break
+            remaining.discard(pid)
+            if endpoint is not None:
+                endpoint.worker_exited(pid)
+            code = os.waitstatus_to_exitcode(status)
+            if code != 0:
+                ok = False
+                if not stopping.is_set():
+                    log.error("worker pid %d exited with %d; stopping the others", pid, code)
+                    forward(signal.SIGTERM, None)
+    finally:
+        if endpoint is not None:
+            endpoint.close()
+        if reserved is not None:
+            reserved.close()
     return 0 if ok else 1

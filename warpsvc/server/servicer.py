@@ -12,13 +12,15 @@ from __future__ import annotations
 import functools
 
 import warpsvc
-from warpsvc.core.errors import DeadlineExceededError, InvalidArgumentError, WarpsvcError
+from warpsvc.core.budget import WarpLimits
+from warpsvc.core.errors import CancelledError, DeadlineExceededError, InvalidArgumentError, WarpsvcError
 from warpsvc.core.validate import output_dtype
 from warpsvc_api import convert, status, vocab, wire
 from warpsvc_api.v1 import warp_pb2 as pb
 
 from . import codecs
 from .interceptors import record_pixels
+from .observe import OBSERVER_OFF, Observer
 from .settings import Settings
 
 WARP_RESPONSE_IMAGE = wire.number(pb.WarpResponse, "image")
@@ -53,8 +55,12 @@ class WarpServicer:
     """The three RPCs of ``warpsvc.v1.WarpService`` (see ``protos/warpsvc/v1/warp.proto``);
     register with :func:`add_to_server`."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, observer: Observer = OBSERVER_OFF):
         self.settings = settings
+        self.stage = observer.stage  # with self.stage("decode" | "compute" | "encode"): metrics + traces
+        self.observer = observer
+        self.limits = WarpLimits(max_transform_steps=settings.max_transform_steps,
+                                 max_nodes_per_pixel=settings.max_antialias_nodes_per_pixel)
 
     def _image(self, call: wire.Received, name: str, required: bool = True):
         """Request image field ``name``, its tensor payload read in place (field numbers
@@ -66,51 +72,67 @@ class WarpServicer:
     @rpc
     def Warp(self, call: wire.Received, context) -> wire.Parts:
         req = call.message
-        image, transform = self._image(call, "image"), convert.transform(req.transforms)
-        options = convert.warp_options(req)
-        form = codecs.response_format(req.response_form, req.jpeg_quality)
-        shape = convert.shape(req.output_shape) if req.HasField("output_shape") else \
-            transform.default_output_shape(image.shape[:2])
-        self._check_output(shape, image, output_dtype(image.dtype, **_dtype_options(options)), form)
+        with self.stage("decode"):
+            image, transform = self._image(call, "image"), convert.transform(req.transforms)
+            options = convert.warp_options(req)
+            form = codecs.response_format(req.response_form, req.jpeg_quality)
+            shape = convert.shape(req.output_shape) if req.HasField("output_shape") else \
+                transform.default_output_shape(image.shape[:2])
+            self._check_output(shape, image, output_dtype(image.dtype, **_dtype_options(options)), form)
         record_pixels(inp=_pixels(image.shape))
-        out = warpsvc.warp(image, transform, shape, **options)
+        with self.stage("compute"):
+            out = warpsvc.warp(image, transform, shape, **options, limits=self.limits, poll=DeadlinePoll(context))
         record_pixels(out=_pixels(out.shape))
-        return codecs.encode_image(out, form, jpeg_quality=req.jpeg_quality).nested(WARP_RESPONSE_IMAGE)
+        with self.stage("encode"):
+            return codecs.encode_image(out, form, jpeg_quality=req.jpeg_quality).nested(WARP_RESPONSE_IMAGE)
 
     @rpc
     def JacobianDeterminant(self, call: wire.Received, context) -> wire.Parts:
         req = call.message
-        transform = convert.transform(req.transforms)
-        if not req.HasField("output_shape"):
-            raise InvalidArgumentError("required", field="output_shape")
-        shape = convert.shape(req.output_shape)
-        codecs.check_pixels(shape, "output_shape", self.settings.max_output_pixels, "output")
-        dtype = vocab.DTYPE.from_wire(req.dtype)
-        det = warpsvc.jacobian_determinant(transform, shape, **({} if dtype is vocab.DEFAULT else {"dtype": dtype}))
+        with self.stage("decode"):
+            transform = convert.transform(req.transforms)
+            if not req.HasField("output_shape"):
+                raise InvalidArgumentError("required", field="output_shape")
+            shape = convert.shape(req.output_shape)
+            codecs.check_pixels(shape, "output_shape", self.settings.max_output_pixels, "output")
+            dtype = vocab.DTYPE.from_wire(req.dtype)
+        with self.stage("compute"):
+            det = warpsvc.jacobian_determinant(transform, shape, limits=self.limits, poll=DeadlinePoll(context),
+                                               **({} if dtype is vocab.DEFAULT else {"dtype": dtype}))
         codecs.check_bytes(det.nbytes, "output_shape", self.settings.max_message_bytes, "the map")
         record_pixels(out=_pixels(det.shape))
-        return convert.tensor_parts(det).nested(DET_RESPONSE_TENSOR)
+        with self.stage("encode"):
+            return convert.tensor_parts(det).nested(DET_RESPONSE_TENSOR)
 
     @rpc
     def Align(self, call: wire.Received, context) -> pb.AlignResponse:
-        template, image = self._image(call, "template"), self._image(call, "image")
-        masks = {name: self._image(call, name, required=False) for name in ("template_mask", "image_mask")}
+        with self.stage("decode"):
+            template, image = self._image(call, "template"), self._image(call, "image")
+            masks = {name: self._image(call, name, required=False) for name in ("template_mask", "image_mask")}
+            options = convert.align_options(call.message)
         stop = _DeadlineStop(context)
         record_pixels(inp=_pixels(template.shape) + _pixels(image.shape))
-        result = warpsvc.align(template, image, **masks, **convert.align_options(call.message), should_stop=stop)
+        with self.stage("compute"):
+            result = warpsvc.align(template, image, **masks, **options, should_stop=stop)
         remaining = context.time_remaining()
         if stop.fired or (remaining is not None and remaining <= 0):
             raise DeadlineExceededError("the call's deadline (or cancellation) stopped the alignment")
-        return convert.align_response(result)
+        self.observer.align_outcome(result.reason)
+        with self.stage("encode"):
+            return convert.align_response(result)
 
     def _check_output(self, shape, image, dtype, form: str) -> None:
-        """Refuse an output grid over the pixel limit, or a tensor response over the message
-        limit, before the library allocates it."""
+        """Refuse, before the library allocates anything: an output grid over the pixel limit; a
+        tensor response over the message limit; an encoded form that cannot hold the result's
+        dtype or channel count (so the output array of an encoded response is at most
+        ``max_output_pixels`` x 4 channels x the dtype's size)."""
         codecs.check_pixels(shape, "output_shape", self.settings.max_output_pixels, "output")
+        channels = 1 if image.ndim == 2 else image.shape[2]
         if form == "tensor":
-            channels = 1 if image.ndim == 2 else image.shape[2]
             codecs.check_bytes(_pixels(shape) * channels * dtype.itemsize, "output_shape",
                                self.settings.max_message_bytes, f"a {shape[0]}x{shape[1]}x{channels} {dtype} tensor")
+        else:
+            codecs.check_encodable(form, dtype, channels)
 
 
 def _pixels(shape) -> int:
@@ -154,3 +176,20 @@ class _DeadlineStop:
         if (remaining is not None and remaining < DEADLINE_MARGIN_S) or not self._context.is_active():
             self.fired = True
         return self.fired
+
+
+class DeadlinePoll:
+    """The ``poll`` of ``warp`` / ``jacobian_determinant`` (called between tiles and strips):
+    raises :class:`DeadlineExceededError` once the call's deadline is within
+    :data:`DEADLINE_MARGIN_S` (the answer can still be sent), :class:`CancelledError` once the
+    client went away; the access log then records that status."""
+
+    def __init__(self, context):
+        self._context = context
+
+    def __call__(self) -> None:
+        remaining = self._context.time_remaining()
+        if remaining is not None and remaining < DEADLINE_MARGIN_S:
+            raise DeadlineExceededError("the call's deadline passed during the computation")
+        if not self._context.is_active():
+            raise CancelledError("the call was cancelled during the computation")

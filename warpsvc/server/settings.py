@@ -7,9 +7,12 @@ setting                    environment variable            default      meaning
 =========================  ==============================  ===========  ================================
 host                       WARPSVC_HOST                    127.0.0.1    address to bind
 port                       WARPSVC_PORT                    50051        port (0: pick a free one)
-workers                    WARPSVC_WORKERS                 1            processes sharing the port
-threads                    WARPSVC_THREADS                 4            handler threads per worker
-max_concurrent_rpcs        WARPSVC_MAX_CONCURRENT_RPCS     16           per worker; excess answered
+workers                    WARPSVC_WORKERS                 usable CPUs  processes sharing the port
+threads                    WARPSVC_THREADS                 4            work calls computing at once
+                                                                        per worker (compute slots)
+max_concurrent_rpcs        WARPSVC_MAX_CONCURRENT_RPCS     16           work calls admitted per worker
+                                                                        (computing or waiting for a
+                                                                        slot); excess answered
                                                                         RESOURCE_EXHAUSTED
 max_message_bytes          WARPSVC_MAX_MESSAGE_BYTES       67108864     request and response limit
 max_input_pixels           WARPSVC_MAX_INPUT_PIXELS        33554432     per decoded input image (H*W)
@@ -17,14 +20,28 @@ max_output_pixels          WARPSVC_MAX_OUTPUT_PIXELS       33554432     per outp
 grace_seconds              WARPSVC_GRACE_SECONDS           30           drain time on SIGTERM/SIGINT
 tls_cert / tls_key         WARPSVC_TLS_CERT / _TLS_KEY     (off)        PEM files; both or neither
 token                      WARPSVC_TOKEN (or --token-file) (off)        required bearer token
-cv_threads                 WARPSVC_CV_THREADS              1            cv2.setNumThreads per worker
+cv_threads                 WARPSVC_CV_THREADS              usable CPUs  cv2.setNumThreads per worker
 blas_threads               WARPSVC_BLAS_THREADS            1            BLAS threads per worker
                                                                         (threadpoolctl)
 reflection                 WARPSVC_REFLECTION              true         server reflection service
 tune_malloc                WARPSVC_TUNE_MALLOC             true         keep big buffers in the heap
                                                                         (runner.tune_allocator)
+max_transform_steps        WARPSVC_MAX_TRANSFORM_STEPS     16           steps of a transform chain
+                                                                        (each costs a pass per pixel)
+max_antialias_nodes_per_   WARPSVC_MAX_ANTIALIAS_NODES_    64           antialias footprint nodes per
+pixel                      PER_PIXEL                                    pixel (warpsvc.core.budget)
+warm_up                    WARPSVC_WARM_UP                 true         load the compiled kernels after
+                                                                        SERVING (runner._warm_up)
+metrics_port               WARPSVC_METRICS_PORT            9464         Prometheus ``GET /metrics`` port
+                                                                        (0 disables; see metrics.py)
 log_level                  WARPSVC_LOG_LEVEL               info         python logging level
 =========================  ==============================  ===========  ================================
+
+"usable CPUs" is :func:`warpsvc.core.threads.available_cpus`: the affinity mask capped by the cgroup CPU quota (a
+container's ``--cpus``), so the defaults follow what the process may really use: one worker
+process per usable CPU (GIL-bound work such as alignment scales with processes), and OpenCV in
+each worker allowed every usable CPU (one Warp uses the cores one call can use). The policy and its
+measurements are in docs/service.md, "Defaults sized to the machine".
 """
 
 from __future__ import annotations
@@ -35,6 +52,8 @@ import os
 import pathlib
 from dataclasses import dataclass, field
 
+from warpsvc.core.threads import available_cpus as usable_cpus
+
 MIB = 1 << 20
 ENV_PREFIX = "WARPSVC_"
 
@@ -43,7 +62,7 @@ ENV_PREFIX = "WARPSVC_"
 class Settings:
     host: str = "127.0.0.1"
     port: int = 50051
-    workers: int = 1
+    workers: int = field(default_factory=lambda: usable_cpus())
     threads: int = 4
     max_concurrent_rpcs: int = 16
     max_message_bytes: int = 64 * MIB
@@ -53,20 +72,27 @@ class Settings:
     tls_cert: str | None = None
     tls_key: str | None = None
     token: str | None = field(default=None, repr=False)  # never printed
-    cv_threads: int = 1
+    cv_threads: int = field(default_factory=lambda: usable_cpus())
     blas_threads: int = 1
     reflection: bool = True
     tune_malloc: bool = True
+    warm_up: bool = True
+    metrics_port: int = 9464
+    max_transform_steps: int = 16
+    max_antialias_nodes_per_pixel: float = 64.0
     log_level: str = "info"
 
     def __post_init__(self):
-        positive = ("workers", "threads", "blas_threads", "max_concurrent_rpcs", "max_message_bytes", "max_input_pixels",
-                    "max_output_pixels")
+        positive = ("workers", "threads", "blas_threads", "max_transform_steps", "max_antialias_nodes_per_pixel",
+                    "max_concurrent_rpcs", "max_message_bytes", "max_input_pixels", "max_output_pixels")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not 0 <= self.port <= 65535:
-            raise ValueError(f"port must be in 0..65535, got {self.port}")
+        for name in ("port", "metrics_port"):
+            if not 0 <= getattr(self, name) <= 65535:
+                raise ValueError(f"{name} must be in 0..65535, got {getattr(self, name)}")
+        if self.metrics_port and self.metrics_port == self.port:
+            raise ValueError(f"metrics_port and port must differ, both are {self.port}")
         if self.grace_seconds < 0:
             raise ValueError("grace_seconds must be >= 0")
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -84,6 +110,9 @@ class Settings:
         return cls(**_env_values(os.environ if environ is None else environ))
 
 
+_KINDS = {"int": int, "float": float, "bool": bool, "str": str}
+
+
 def _parse_bool(text: str) -> bool:
     low = text.strip().lower()
     if low in ("1", "true", "yes", "on"):
@@ -99,7 +128,7 @@ def _env_values(environ) -> dict:
         raw = environ.get(ENV_PREFIX + f.name.upper())
         if raw is None or raw == "":
             continue
-        kind = type(f.default) if f.default is not None else str
+        kind = _KINDS.get(str(f.type).split(" |")[0], str)
         try:
             values[f.name] = _parse_bool(raw) if kind is bool else kind(raw)
         except ValueError as err:
@@ -112,10 +141,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = argparse.SUPPRESS
     parser.add_argument("--host", default=d, help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=d, help="port; 0 picks a free one (default 50051)")
-    parser.add_argument("--workers", type=int, default=d, help="server processes sharing the port (default 1)")
-    parser.add_argument("--threads", type=int, default=d, help="handler threads per worker (default 4)")
+    parser.add_argument("--workers", type=int, default=d,
+                        help=f"server processes sharing the port (default: usable CPUs, here {usable_cpus()})")
+    parser.add_argument("--threads", type=int, default=d, help="work calls computing at once per worker (default 4)")
     parser.add_argument("--max-concurrent-rpcs", type=int, default=d,
-                        help="RPCs in flight per worker before RESOURCE_EXHAUSTED (default 16)")
+                        help="work calls admitted per worker (computing or waiting) before RESOURCE_EXHAUSTED "
+                             "(default 16)")
     parser.add_argument("--max-message-bytes", type=int, default=d, help="message limit, both ways (64 MiB)")
     parser.add_argument("--max-input-pixels", type=int, default=d, help="decoded input image limit, H*W")
     parser.add_argument("--max-output-pixels", type=int, default=d, help="output grid limit, H*W")
@@ -124,13 +155,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tls-key", default=d, help="PEM private key")
     parser.add_argument("--token-file", type=pathlib.Path, default=d,
                         help="file holding the bearer token clients must send (or WARPSVC_TOKEN)")
-    parser.add_argument("--cv-threads", type=int, default=d, help="OpenCV threads per worker (default 1)")
+    parser.add_argument("--cv-threads", type=int, default=d,
+                        help=f"OpenCV threads per worker (default: usable CPUs, here {usable_cpus()})")
     parser.add_argument("--blas-threads", type=int, default=d,
                         help="BLAS (OpenBLAS/MKL) threads per worker (default 1)")
     parser.add_argument("--no-reflection", dest="reflection", action="store_false", default=d,
                         help="disable server reflection")
     parser.add_argument("--no-tune-malloc", dest="tune_malloc", action="store_false", default=d,
                         help="leave glibc's mmap/trim thresholds alone (see docs/service.md)")
+    parser.add_argument("--no-warm-up", dest="warm_up", action="store_false", default=d,
+                        help="do not load the compiled kernels in the background after start")
+    parser.add_argument("--max-transform-steps", type=int, default=d,
+                        help="steps of a transform chain, adjacent matrices counting as one (default 16)")
+    parser.add_argument("--max-antialias-nodes-per-pixel", type=float, default=d,
+                        help="antialias footprint nodes per pixel before RESOURCE_EXHAUSTED (default 64)")
+    parser.add_argument("--metrics-port", type=int, default=d,
+                        help="port of the Prometheus GET /metrics endpoint; 0 disables (default 9464)")
     parser.add_argument("--log-level", default=d, help="logging level (default info)")
 
 

@@ -27,14 +27,11 @@ Where things go (server)::
     access line: {"trace_id": current_trace_id(), ...}   # 32 hex digits, or absent
     tracing.shutdown()                            # flush on exit
 
-and (clients: ``WarpClient``, ``warpsvc-batch``)::
-
-    channel = tracing.instrument_channel(channel)  # client span per call + traceparent header
-    with tracing.span("batch.image", {"path": p}): client.warp(...)  # one trace per image
-
-A client span's context travels in the ``traceparent`` metadata entry
-(``00-<trace id: 32 hex>-<parent span id: 16 hex>-<flags>``); the server instrumentation extracts
-it, so the server span is a child of the client span and shares its trace id.
+The client side (``traceparent`` from ``WarpClient`` and ``warpsvc-batch``, client spans) is
+``clients/warpsvc_client/tracing.py``: clients never import the server. A client span's context
+travels in the ``traceparent`` metadata entry (``00-<trace id: 32 hex>-<parent span id: 16
+hex>-<flags>``); the server instrumentation extracts it, so the server span is a child of the
+client span and shares its trace id.
 """
 
 from __future__ import annotations
@@ -106,27 +103,11 @@ class Tracing:
 
         return [server_interceptor(tracer_provider=self.provider, filter_=filters.negate(filters.health_check()))]
 
-    def instrument_channel(self, channel):
-        """``channel`` with a client span per call whose context goes out as ``traceparent``;
-        the channel itself when off."""
-        if not self.enabled:
-            return channel
-        from opentelemetry.instrumentation.grpc import client_interceptor
-        from opentelemetry.instrumentation.grpc.grpcext import intercept_channel
-
-        return intercept_channel(channel, client_interceptor(tracer_provider=self.provider))
-
     def stage(self, name: str):
         """A child span ``name`` of the current span (decode, compute, encode); nothing when off."""
         if self._tracer is None:
             return _NULL
         return self._tracer.start_as_current_span(name)
-
-    def span(self, name: str, attributes: Mapping | None = None):
-        """A span of its own (e.g. one per batch image, parent of that image's RPCs)."""
-        if self._tracer is None:
-            return _NULL
-        return self._tracer.start_as_current_span(name, attributes=dict(attributes or {}))
 
     def trace_id(self) -> str | None:
         return current_trace_id() if self.enabled else None
@@ -198,17 +179,3 @@ def current_trace_id() -> str | None:
         return None
     context = trace.get_current_span().get_span_context()
     return format(context.trace_id, "032x") if context.is_valid else None
-
-
-def traceparent_metadata(metadata=()) -> list[tuple[str, str]]:
-    """``metadata`` plus the current span's ``traceparent`` (and ``tracestate``/baggage) entries,
-    for a call made without :meth:`Tracing.instrument_channel` (e.g. a raw stub call)."""
-    out = list(metadata)
-    try:
-        from opentelemetry import propagate
-    except ImportError:  # pragma: no cover
-        return out
-    carrier: dict[str, str] = {}
-    propagate.inject(carrier)
-    out.extend(carrier.items())
-    return out

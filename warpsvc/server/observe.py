@@ -1,0 +1,47 @@
+"""What the servicer reports about a call, to metrics and traces at once.
+
+``Observer(metrics, tracing)`` is built once per server (:func:`.app.build_server`); the servicer
+times its stages with ``with observer.stage("decode"): ...`` (one histogram observation in
+``warpsvc_stage_seconds{grpc_method, stage}`` and one child span of the RPC's span) and reports
+alignment outcomes with :meth:`Observer.align_outcome`. Pixels are not reported here: the access
+log already counts them per call (:func:`.interceptors.record_pixels`) and hands the totals to the
+metrics when the call ends. With metrics and tracing both off every method is a no-op (``stage``
+returns one shared ``nullcontext``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+
+from .tracing import OFF, Tracing
+
+_NULL = contextlib.nullcontext()
+
+
+class Observer:
+    def __init__(self, metrics=None, tracing: Tracing = OFF):
+        self.metrics = metrics
+        self.tracing = tracing
+        self._off = metrics is None and not tracing.enabled
+
+    def stage(self, name: str):
+        """Time the block as stage ``name`` (``decode``, ``compute``, ``encode``) of the current call."""
+        return _NULL if self._off else self._stage(name)
+
+    @contextlib.contextmanager
+    def _stage(self, name: str):
+        with self.tracing.stage(name):
+            t0 = time.perf_counter()
+            try:
+                yield
+            finally:
+                if self.metrics is not None:
+                    self.metrics.stage_observe(name, time.perf_counter() - t0)
+
+    def align_outcome(self, reason: str) -> None:
+        if self.metrics is not None:
+            self.metrics.align_outcome(reason)
+
+
+OBSERVER_OFF = Observer()
