@@ -46,8 +46,8 @@ STOP_MS = 100  # work stops within ~100 ms of the deadline ...
 LOG_SLACK_MS = 200  # ... plus scheduling on a loaded shared machine
 
 
-def xfail(fix: str):
-    return pytest.mark.xfail(strict=True, reason=f"issue 13: {fix}")
+def xfail(fix: str, strict: bool = True):
+    return pytest.mark.xfail(strict=strict, reason=f"issue 13: {fix}")
 
 
 def run_case(server, method, request, deadline, *, codes=CLIENT_ERRORS, rss_bound_mib=None, field=None,
@@ -147,7 +147,8 @@ def test_polar_chain_of_60_steps():
 
 
 DEADLINE_FIX = xfail("the server passes poll= (it raises DeadlineExceededError); the library polls too rarely on "
-                     "polar chains: Warp stopped 2.1 s after a 0.3 s deadline, JacobianDeterminant never polled")
+                     "polar chains: Warp stopped 2.1 s after a 0.3 s deadline, JacobianDeterminant never polled "
+                     "(not strict: on an idle machine the Warp case can finish inside deadline + 1 s)", strict=False)
 
 
 def _deadline_cases():

@@ -84,14 +84,16 @@ def test_health_and_reflection_answer_while_every_slot_is_busy():
 
 
 def test_a_call_waiting_for_a_slot_past_its_deadline_is_deadline_exceeded():
-    with ServerProcess("--port", "0", "--threads", "1", "--max-concurrent-rpcs", "4") as srv:
+    # one OpenCV thread: the slow call (~1 s of Lanczos on an idle core) outlasts the short one's
+    # 0.1 s wait + 0.3 s deadline even on a quiet machine
+    with ServerProcess("--port", "0", "--threads", "1", "--cv-threads", "1", "--max-concurrent-rpcs", "4") as srv:
         wait_serving(srv.target)
         channel = grpc.insecure_channel(srv.target, options=[("grpc.max_receive_message_length", 64 << 20)])
         try:
             busy = _slow_warp(channel).future(_slow_warp_request(), timeout=60)
-            time.sleep(0.3)  # the slow call holds the only slot
+            time.sleep(0.1)  # the slow call holds the only slot
             with WarpClient(srv.target, retries=1) as client, pytest.raises(grpc.RpcError) as info:
-                client.jacobian_determinant(AffineTransform.identity(), (4, 4), timeout=0.5)
+                client.jacobian_determinant(AffineTransform.identity(), (4, 4), timeout=0.3)
             assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
             assert not busy.done()
             assert busy.result() > 5000 * 5000
