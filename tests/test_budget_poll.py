@@ -37,7 +37,7 @@ class Poll:
 
 # ---- antialias budget ------------------------------------------------------------------------------
 
-ANISOTROPIC = AffineTransform.from_components(scale=(16.0, 1 / 16), translation=(-1500, 90))  # m = 24: 576 nodes/px
+ANISOTROPIC = AffineTransform.from_components(scale=(32.0, 1 / 32), translation=(-3000, 95))  # m = 48: 2304 nodes/px
 
 
 def test_anisotropic_antialias_is_refused_before_the_work_naming_the_field(monkeypatch):

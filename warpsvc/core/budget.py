@@ -35,7 +35,7 @@ class WarpLimits:
     """Budgets of one call (see the module docstring)."""
 
     max_transform_steps: int = 16
-    max_nodes_per_pixel: float = 64.0
+    max_nodes_per_pixel: float = 256.0
     max_bytes_per_sample: float = 160.0
     floor_bytes: int = 1 << 28
 

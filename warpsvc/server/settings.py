@@ -79,7 +79,7 @@ class Settings:
     warm_up: bool = True
     metrics_port: int = 9464
     max_transform_steps: int = 16
-    max_antialias_nodes_per_pixel: float = 64.0
+    max_antialias_nodes_per_pixel: float = 256.0
     log_level: str = "info"
 
     def __post_init__(self):
@@ -168,7 +168,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-transform-steps", type=int, default=d,
                         help="steps of a transform chain, adjacent matrices counting as one (default 16)")
     parser.add_argument("--max-antialias-nodes-per-pixel", type=float, default=d,
-                        help="antialias footprint nodes per pixel before RESOURCE_EXHAUSTED (default 64)")
+                        help="antialias footprint nodes per pixel before RESOURCE_EXHAUSTED (default 256)")
     parser.add_argument("--metrics-port", type=int, default=d,
                         help="port of the Prometheus GET /metrics endpoint; 0 disables (default 9464)")
     parser.add_argument("--log-level", default=d, help="logging level (default info)")
