@@ -240,7 +240,8 @@ def test_server_opens_no_file_named_by_a_request(tmp_path):
         pytest.skip(f"strace cannot trace here: {probe.stderr.decode()[:200]}")
     log = (tmp_path / "server.log").open("w")
     server = subprocess.Popen(["strace", "-f", "-qq", "-e", f"trace={OPEN_CALLS}", "-o", str(trace),
-                               sys.executable, "-m", "warpsvc.cli", "serve", "--port", "0", "--no-warm-up", "--metrics-port", "0"],
+                               sys.executable, "-m", "warpsvc.cli", "serve", "--port", "0", "--workers", "1",
+                               "--no-warm-up", "--metrics-port", "0"],
                               cwd=REPO, stdout=subprocess.PIPE, stderr=log,
                               text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     worker = None
