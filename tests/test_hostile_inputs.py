@@ -39,6 +39,7 @@ from hypothesis import strategies as st
 from interop.harness import ServerProcess, wait_serving
 from test_service_errors import CASES as ERROR_TABLE
 from test_service_errors import IMG, LIMITS, SHIFT, _encoded, _png_claiming, _tensor, _tiff_claiming
+from warpsvc_api import wire
 from warpsvc_client import convert
 
 from warpsvc.v1 import warp_pb2 as pb
@@ -82,26 +83,16 @@ def _jpeg_claiming(h: int, w: int) -> bytes:
     return bytes(data)
 
 
-# -- raw protobuf --------------------------------------------------------------------------------
-def _varint(value: int) -> bytes:
-    value &= (1 << 64) - 1  # negative int32/int64 travel as 10-byte two's complement
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
+# -- raw protobuf (the protocol package's own varint and field-header writers) ---------------------
+INT64_MASK = (1 << 64) - 1  # negative int32/int64 travel as 10-byte two's complement
 
 
 def _field_varint(number: int, value: int) -> bytes:
-    return _varint(number << 3) + _varint(value)
+    return wire.varint(number << 3) + wire.varint(value & INT64_MASK)
 
 
 def _field_bytes(number: int, payload: bytes) -> bytes:
-    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+    return wire.field_header(number, len(payload)) + payload
 
 
 # -- the server ----------------------------------------------------------------------------------
