@@ -50,7 +50,12 @@ def decode(data: bytes, cost: ImageCost, *, exact: bool = True) -> np.ndarray:
         if img is None or img.shape[:2] != cost.shape[:2]:
             raise InvalidImageError("input: not a decodable PNG, JPEG or TIFF file", field="image")
         return img
-    img, why = _without_opencv(data, cost)
+    return decode_without_opencv(data, cost, exact=exact)
+
+
+def decode_without_opencv(data: bytes, cost: ImageCost, *, exact: bool = True) -> np.ndarray:
+    """:func:`decode` by Pillow/tifffile (what it does where OpenCV is not installed)."""
+    img, why = _pillow_or_tifffile(data, cost)
     if why is not None and (exact or img is None):
         raise InvalidImageError(f"input: {why}; without OpenCV this {cost.format.upper()} cannot be decoded as "
                                 "OpenCV decodes it (send it to a server, or pip install 'warpsvc[compute]')",
@@ -58,7 +63,7 @@ def decode(data: bytes, cost: ImageCost, *, exact: bool = True) -> np.ndarray:
     return img
 
 
-def _without_opencv(data: bytes, cost: ImageCost) -> tuple[np.ndarray | None, str | None]:
+def _pillow_or_tifffile(data: bytes, cost: ImageCost) -> tuple[np.ndarray | None, str | None]:
     """(pixels, None) decoded exactly as OpenCV would, or (best effort or None, the reason not)."""
     from PIL import Image, UnidentifiedImageError
 
