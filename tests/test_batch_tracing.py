@@ -44,7 +44,7 @@ def run_batch(*args, env: dict | None = None, wrapper: str | None = None) -> sub
     full = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")} | (env or {})
     head = ["-c", wrapper] if wrapper else ["-m", "warpsvc_client.batch.cli"]
     return subprocess.run([sys.executable, *head, *map(str, args), "--no-progress", "--no-report"], cwd=REPO,
-                          env=full, capture_output=True, text=True, timeout=300)
+                          env=full, capture_output=True, text=True, timeout=300, check=False)
 
 
 @pytest.fixture(scope="module")

@@ -117,10 +117,11 @@ def batch_python(tmp_path_factory, wheel):
 def _no_compute_stack(python):
     installed = {line.split("==")[0].lower() for line in _run([str(python), "-m", "pip", "freeze"]).split()}
     assert not installed & {"opencv-python-headless", "opencv-python", "numba", "llvmlite", "scikit-image"}
-    probe = subprocess.run([str(python), "-I", "-c", "import cv2"], capture_output=True, text=True, cwd="/")
+    probe = subprocess.run([str(python), "-I", "-c", "import cv2"], capture_output=True, text=True, cwd="/",
+                           check=False)
     assert probe.returncode != 0 and "No module named 'cv2'" in probe.stderr
     shown = subprocess.run([str(python), "-m", "pip", "show", "opencv-python-headless"], capture_output=True,
-                           text=True, cwd="/")
+                           text=True, cwd="/", check=False)
     assert shown.returncode != 0
     return installed
 
@@ -206,7 +207,7 @@ def test_batch_warp_and_jacobian_without_the_compute_stack(batch_python, server,
     inputs = _mixed_folder(src)
     run = subprocess.run([str(batch_python), "-I", "-c", BATCH_RUN, "warp", str(src), str(out), "--matrix", H,
                           "--target", server.target, "--no-progress"], capture_output=True, text=True, timeout=600,
-                         cwd="/")
+                         cwd="/", check=False)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert json.loads(run.stdout.rsplit("LOADED ", 1)[1]) == []  # no cv2, numba, compute or server module
     assert f"{len(inputs)} ok, 0 failed" in run.stdout and "; report " in run.stdout
@@ -234,7 +235,7 @@ def test_batch_align_without_the_compute_stack(batch_python, server, tmp_path):
     cv2.imwrite(str(ref), tmpl)
     run = subprocess.run([str(batch_python), "-I", "-c", BATCH_RUN, "align", str(src), str(out), "--reference",
                           str(ref), "--model", "affine", "--target", server.target, "--no-progress"],
-                         capture_output=True, text=True, timeout=600, cwd="/")
+                         capture_output=True, text=True, timeout=600, cwd="/", check=False)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert json.loads(run.stdout.rsplit("LOADED ", 1)[1]) == []
     records = {r["input"]: r for r in read_manifest(out / "manifest.jsonl")}

@@ -39,11 +39,11 @@ from hypothesis import strategies as st
 from interop.harness import ServerProcess, wait_serving
 from test_service_errors import CASES as ERROR_TABLE
 from test_service_errors import IMG, LIMITS, SHIFT, _encoded, _png_claiming, _tensor, _tiff_claiming
-from warpsvc_api import wire
 from warpsvc_client import convert
 
 from warpsvc.v1 import warp_pb2 as pb
 from warpsvc.v1 import warp_pb2_grpc
+from warpsvc_api import wire
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED

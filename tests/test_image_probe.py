@@ -18,10 +18,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from warpsvc_api.image_probe import ImageCost, ProbeLimits, probe_image, sniff
-
 from warpsvc.core.errors import ImageTooLargeError, InvalidImageError
 from warpsvc.server import image_probe
+from warpsvc_api.image_probe import ImageCost, ProbeLimits, probe_image, sniff
 
 ALL_DTYPES = ProbeLimits(dtypes=("uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64",
                                  "uint64", "int64"))

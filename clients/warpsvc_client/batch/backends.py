@@ -280,4 +280,4 @@ class GrpcEngine:
         return self._call(ctx, lambda c, t: c.jacobian_determinant(transform, shape, dtype=np.float32, timeout=t))
 
 
-__all__ = ["GrpcEngine", "LocalEngine", "RetryPolicy", "address_count", "encode", "one_thread_per_process", "LOCAL"]
+__all__ = ["LOCAL", "GrpcEngine", "LocalEngine", "RetryPolicy", "address_count", "encode", "one_thread_per_process"]

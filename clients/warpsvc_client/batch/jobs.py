@@ -154,13 +154,16 @@ def output_format(rel_output: str) -> str:
     return fmt
 
 
-def read_image(data: bytes, max_pixels: int = probe.DEFAULT_MAX_PIXELS) -> EncodedImage:
-    """A PNG/JPEG/TIFF file, its header checked against ``max_pixels`` (nothing is decoded)."""
+def _probed(data: bytes, max_pixels: int):
     try:
-        cost = probe.cost(data, max_pixels)
+        return probe.cost(data, max_pixels)
     except probe.ImageHeaderError as err:
         raise InvalidImageError(str(err), field="image") from None
-    return EncodedImage(bytes(data), cost.shape)
+
+
+def read_image(data: bytes, max_pixels: int = probe.DEFAULT_MAX_PIXELS) -> EncodedImage:
+    """A PNG/JPEG/TIFF file, its header checked against ``max_pixels`` (nothing is decoded)."""
+    return EncodedImage(bytes(data), _probed(data, max_pixels).shape)
 
 
 def decode(data: bytes, max_pixels: int = probe.DEFAULT_MAX_PIXELS, *, exact: bool = True) -> np.ndarray:
@@ -168,11 +171,7 @@ def decode(data: bytes, max_pixels: int = probe.DEFAULT_MAX_PIXELS, *, exact: bo
     depth, BGR order), after its header was checked against ``max_pixels`` (:mod:`.probe`:
     nothing is decoded first). OpenCV when installed, else Pillow/tifffile (:mod:`.pixels`;
     ``exact=False`` accepts their 8-bit reading of 16-bit colour files, for pictures)."""
-    try:
-        cost = probe.cost(data, max_pixels)
-    except probe.ImageHeaderError as err:
-        raise InvalidImageError(str(err), field="image") from None
-    return pixels.decode(data, cost, exact=exact)
+    return pixels.decode(data, _probed(data, max_pixels), exact=exact)
 
 
 def pixels_of(image: EncodedImage | np.ndarray, max_pixels: int = probe.DEFAULT_MAX_PIXELS, *,

@@ -25,9 +25,9 @@ from __future__ import annotations
 import io
 
 import numpy as np
-from warpsvc_api.image_probe import ImageCost
 
 from warpsvc.core.errors import InvalidArgumentError, InvalidImageError
+from warpsvc_api.image_probe import ImageCost
 
 BGR = (2, 1, 0)
 

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import functools
 
-from warpsvc_api.image_probe import DEFAULT_MAX_PIXELS, ImageCost, ProbeLimits, probe_image
-
 from warpsvc.core.errors import WarpsvcError, describe
+from warpsvc_api.image_probe import DEFAULT_MAX_PIXELS, ImageCost, ProbeLimits, probe_image
 
 
 class ImageHeaderError(ValueError):
