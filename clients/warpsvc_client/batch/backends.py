@@ -1,5 +1,6 @@
 """Engines: where an image's pixels are computed. Both have the same three methods
-(``warp``, ``align``, ``jacobian``) so :func:`.jobs.process` does not care.
+(``warp``, ``align``, ``jacobian``) so :func:`.jobs.process` does not care; images come in as
+:class:`~.jobs.EncodedImage` (the file's bytes, its header already probed).
 
 * :class:`LocalEngine`: the in-process library (``--target local``); the pipeline runs it in a
   pool of processes (one per core: the GIL makes one process about one core). It alone loads
@@ -33,7 +34,7 @@ import numpy as np
 
 from warpsvc.core.errors import InvalidArgumentError, InvalidImageError
 
-from .jobs import CallContext, EncodedImage, decode
+from .jobs import CallContext, EncodedImage, decode_image
 from .probe import DEFAULT_MAX_PIXELS
 
 LOCAL = "local"
@@ -83,37 +84,35 @@ class LocalEngine:
 
     def __init__(self, max_pixels: int = DEFAULT_MAX_PIXELS):
         self.max_pixels = max_pixels
-        self._last = (None, None)  # (bytes, decoded): align decodes once for its two calls
+        self._last = (None, None)  # (EncodedImage, decoded): align decodes once for its two calls
         self._reference = (None, None)  # (EncodedImage, decoded): once per process
 
-    def _decode(self, data: bytes) -> np.ndarray:
-        if self._last[0] is data:
-            return self._last[1]
-        img = decode(data, self.max_pixels)
-        self._last = (data, img)
-        return img
+    def _decode(self, image: EncodedImage) -> np.ndarray:
+        if self._last[0] is not image:
+            self._last = (image, decode_image(image))
+        return self._last[1]
 
     def _pixels(self, reference) -> np.ndarray:
         if not isinstance(reference, EncodedImage):
             return reference
         if self._reference[0] is not reference:
-            self._reference = (reference, decode(reference.data, self.max_pixels))
+            self._reference = (reference, decode_image(reference))
         return self._reference[1]
 
-    def warp(self, data: bytes, transform, opts, fmt: str, ctx: CallContext) -> bytes:
+    def warp(self, image: EncodedImage, transform, opts, fmt: str, ctx: CallContext) -> bytes:
         import warpsvc
 
-        out = warpsvc.warp(self._decode(data), transform, opts.output_shape, **opts.kwargs())
+        out = warpsvc.warp(self._decode(image), transform, opts.output_shape, **opts.kwargs())
         self._last = (None, None)
         return encode(out, fmt, opts.jpeg_quality)
 
-    def align(self, reference, data: bytes, opts, ctx: CallContext):
+    def align(self, reference, image: EncodedImage, opts, ctx: CallContext):
         import warpsvc
 
         kw = opts.kwargs()
         if ctx.deadline is not None:  # the image's deadline stops the iterations (reason "cancelled")
             kw["should_stop"] = lambda: ctx.remaining() <= 0
-        return warpsvc.align(self._pixels(reference), self._decode(data), **kw)
+        return warpsvc.align(self._pixels(reference), self._decode(image), **kw)
 
     def jacobian(self, transform, shape, ctx: CallContext) -> np.ndarray:
         import warpsvc
@@ -263,18 +262,19 @@ class GrpcEngine:
         raise AssertionError("unreachable")  # pragma: no cover
 
     # -- the engine interface -------------------------------------------------------------------
-    def warp(self, data: bytes, transform, opts, fmt: str, ctx: CallContext) -> bytes:
+    def warp(self, image: EncodedImage, transform, opts, fmt: str, ctx: CallContext) -> bytes:
         kw = dict(opts.kwargs(), jpeg_quality=opts.jpeg_quality)
+        data = image.data
         if fmt == "npy":  # pragma: no cover - warp outputs are images
             raise InvalidArgumentError("warp outputs are images", field="output")
         return self._call(ctx, lambda c, t: c.warp(data, transform, opts.output_shape, response_form=fmt,
                                                    timeout=t, **kw))
 
-    def align(self, reference, data: bytes, opts, ctx: CallContext):
+    def align(self, reference, image: EncodedImage, opts, ctx: CallContext):
         kw = opts.kwargs()
         model = kw.pop("model")
         template = reference.data if isinstance(reference, EncodedImage) else reference  # the file, as it is
-        return self._call(ctx, lambda c, t: c.align(template, data, model, timeout=t, **kw))
+        return self._call(ctx, lambda c, t: c.align(template, image.data, model, timeout=t, **kw))
 
     def jacobian(self, transform, shape, ctx: CallContext) -> np.ndarray:
         return self._call(ctx, lambda c, t: c.jacobian_determinant(transform, shape, dtype=np.float32, timeout=t))

@@ -31,6 +31,8 @@ import numpy as np
 from warpsvc.core.errors import InvalidArgumentError, InvalidImageError, WarpsvcError
 from warpsvc.core.transforms import ComposedTransform, PolarTransform
 
+from warpsvc_api.image_probe import ImageCost
+
 from .. import tracing
 from . import files, pixels, probe
 from .paths import image_format, printable, with_suffix
@@ -41,12 +43,17 @@ JOBS = ("warp", "align", "jacobian")
 
 @dataclass(frozen=True)
 class EncodedImage:
-    """An image file's bytes and the shape its header says OpenCV decodes it to (``(H, W)`` or
-    ``(H, W, C)``: :mod:`.probe`). A server gets the bytes as they are and decodes them itself;
-    the local engine decodes them once per process."""
+    """An image file's bytes and what its header says decoding them produces and costs
+    (:class:`~warpsvc_api.image_probe.ImageCost`, checked against ``max_pixels``). A server gets
+    the bytes as they are and decodes them itself; the local engine decodes them (once)."""
 
     data: bytes
-    shape: tuple[int, ...]
+    cost: ImageCost
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """What ``cv2.imdecode(IMREAD_UNCHANGED)`` returns: ``(H, W)`` or ``(H, W, C)``."""
+        return self.cost.shape
 
 
 @dataclass(frozen=True)
@@ -154,30 +161,31 @@ def output_format(rel_output: str) -> str:
     return fmt
 
 
-def _probed(data: bytes, max_pixels: int):
+def read_image(data: bytes, max_pixels: int = probe.DEFAULT_MAX_PIXELS) -> EncodedImage:
+    """A PNG/JPEG/TIFF file, its header checked against ``max_pixels`` (:mod:`.probe`, the
+    server's probe): ``InvalidImageError`` (field ``image``) when it is refused. Nothing is
+    decoded."""
     try:
-        return probe.cost(data, max_pixels)
+        return EncodedImage(bytes(data), probe.cost(data, max_pixels))
     except probe.ImageHeaderError as err:
         raise InvalidImageError(str(err), field="image") from None
 
 
-def read_image(data: bytes, max_pixels: int = probe.DEFAULT_MAX_PIXELS) -> EncodedImage:
-    """A PNG/JPEG/TIFF file, its header checked against ``max_pixels`` (nothing is decoded)."""
-    return EncodedImage(bytes(data), _probed(data, max_pixels).shape)
+def decode_image(image: EncodedImage, *, exact: bool = True) -> np.ndarray:
+    """The pixels as ``cv2.imdecode(IMREAD_UNCHANGED)`` gives them (stored bit depth, BGR order):
+    OpenCV when installed, else Pillow/tifffile (:mod:`.pixels`; ``exact=False`` accepts their
+    8-bit reading of 16-bit colour files, for pictures)."""
+    return pixels.decode(image.data, image.cost, exact=exact)
 
 
 def decode(data: bytes, max_pixels: int = probe.DEFAULT_MAX_PIXELS, *, exact: bool = True) -> np.ndarray:
-    """A PNG/JPEG/TIFF file's pixels as ``cv2.imdecode(IMREAD_UNCHANGED)`` gives them (stored bit
-    depth, BGR order), after its header was checked against ``max_pixels`` (:mod:`.probe`:
-    nothing is decoded first). OpenCV when installed, else Pillow/tifffile (:mod:`.pixels`;
-    ``exact=False`` accepts their 8-bit reading of 16-bit colour files, for pictures)."""
-    return pixels.decode(data, _probed(data, max_pixels), exact=exact)
+    """:func:`read_image` then :func:`decode_image`: nothing is decoded before the header passed."""
+    return decode_image(read_image(data, max_pixels), exact=exact)
 
 
-def pixels_of(image: EncodedImage | np.ndarray, max_pixels: int = probe.DEFAULT_MAX_PIXELS, *,
-              exact: bool = True) -> np.ndarray:
+def pixels_of(image: EncodedImage | np.ndarray, *, exact: bool = True) -> np.ndarray:
     """An image given as a file or as pixels, as pixels."""
-    return decode(image.data, max_pixels, exact=exact) if isinstance(image, EncodedImage) else image
+    return decode_image(image, exact=exact) if isinstance(image, EncodedImage) else image
 
 
 def transform_record(transform) -> dict:
@@ -235,26 +243,25 @@ class _Result:
 
 def _work(task: Task, spec: JobSpec, engine, ctx: CallContext, res: _Result, timings: dict) -> None:
     t0 = time.monotonic()
-    data = spec.inputs.read(task.input)
-    size = probe.check(data, spec.max_pixels)  # before any decoding, local or remote
+    image = read_image(spec.inputs.read(task.input), spec.max_pixels)  # before any decoding, local or remote
     t1 = time.monotonic()
     timings["read"] = t1 - t0
     fmt = output_format(task.output)
     transform = task.transform if task.transform is not None else spec.transform
     f = res.fields
     if spec.job == "warp":
-        res.out = engine.warp(data, transform, spec.warp, fmt, ctx)
+        res.out = engine.warp(image, transform, spec.warp, fmt, ctx)
         f.update(transform_record(transform))
     elif spec.job == "align":
-        result = engine.align(spec.reference, data, spec.align, ctx)
+        result = engine.align(spec.reference, image, spec.align, ctx)
         f["matrix"], f["inverse"] = result.matrix.tolist(), result.inverse.tolist()
         f["convergence"] = convergence(result)
         if spec.align.fail_unconverged and not result.converged:
             raise WarpsvcError(f"alignment did not converge ({result.reason})")
         opts = dataclasses.replace(spec.warp, output_shape=spec.reference.shape[:2])
-        res.out = engine.warp(data, result.transform, opts, fmt, ctx)
+        res.out = engine.warp(image, result.transform, opts, fmt, ctx)
     elif spec.job == "jacobian":
-        shape = spec.warp.output_shape or transform.default_output_shape(size)
+        shape = spec.warp.output_shape or transform.default_output_shape(image.shape[:2])
         det = engine.jacobian(transform, tuple(shape), ctx)
         res.out = pixels.encode_map(det, fmt)
         f["shape"], f["dtype"] = list(det.shape), "float32"

@@ -161,7 +161,7 @@ def _panels(rec, spec, engine) -> dict:
         transform = from_record(rec.to_dict())  # the record says which transform was used
     panels["log2 |det J|"] = log2_det(engine.jacobian(transform, tuple(out.shape[:2]), CallContext()))
     if spec.job == "align":
-        reference = pixels_of(spec.reference, spec.max_pixels, exact=False)
+        reference = pixels_of(spec.reference, exact=False)
         panels["residual before"] = residual(inp, reference)
         # after: only where the aligned output has image content (the preimage lies inside the
         # image), so the border fill is not counted as misalignment; elsewhere grey (NaN)
