@@ -1,4 +1,4 @@
-"""Cost of the header probe (``warpsvc.server.image_probe.probe_image``) against the decode it guards.
+"""Cost of the header probe (``warpsvc_api.image_probe.probe_image``, server and batch client) against the decode it guards.
 
 Ordinary files (1920x1080 RGB: PNG, baseline and progressive JPEG, LZW TIFF, each made by OpenCV /
 Pillow from the same smooth image): median probe time and its ratio to the median
@@ -29,7 +29,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from warpsvc.server.image_probe import ProbeLimits, probe_image
+from warpsvc_api.image_probe import ProbeLimits, probe_image
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results" / "image_probe.json"
 LIMITS = ProbeLimits(max_pixels=1 << 25, max_segments=1 << 20)

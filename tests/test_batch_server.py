@@ -125,3 +125,36 @@ def test_jacobian_maps_are_float32_and_correct(server, tmp_path):
     t = warpsvc.HomographyTransform(np.array(H.split(","), float).reshape(3, 3))
     assert det.dtype == np.float32 and det.shape == (64, 64)
     np.testing.assert_array_equal(det, warpsvc.jacobian_determinant(t, (64, 64), dtype=np.float32))
+
+
+def test_reference_given_as_its_file_matches_the_decoded_reference(server, tmp_path):
+    """``jobs.read_image`` (the reference's bytes and probed shape, decoded by the server or once
+    by the local engine) gives the same alignments as the decoded array, on both engines, and
+    the library's own result."""
+    from warpsvc_client.batch import jobs, storage
+    from warpsvc_client.batch.backends import GrpcEngine, LocalEngine
+
+    src = tmp_path / "in"
+    tmpl, truth = make_align_folder(src, 3, seed=8)
+    ref_file = cv2.imencode(".png", tmpl)[1].tobytes()
+    encoded = jobs.read_image(ref_file)
+    assert encoded.shape == tmpl.shape and encoded.data == ref_file
+    grpc_engine = GrpcEngine([server.target], inflight=2)
+    try:
+        matrices = {}
+        for name, reference in (("file", encoded), ("array", jobs.decode(ref_file))):
+            for kind, engine in (("grpc", grpc_engine), ("local", LocalEngine())):
+                (tmp_path / f"out-{name}-{kind}").mkdir()
+                spec = jobs.JobSpec(job="align", inputs=storage.open_store(src),
+                                    outputs=storage.open_store(tmp_path / f"out-{name}-{kind}"),
+                                    align=jobs.AlignOptions(model="affine"), reference=reference)
+                recs = [jobs.process(jobs.Task(i, rel, rel), spec, engine) for i, rel in enumerate(sorted(truth))]
+                assert all(r.ok for r in recs), [r.error for r in recs]
+                matrices[name, kind] = [r.matrix for r in recs]
+    finally:
+        grpc_engine.close()
+    oracle = [warpsvc.align(tmpl, cv2.imread(str(src / rel), cv2.IMREAD_UNCHANGED), model="affine", robust=None,
+                            photometric=None, levels="auto").matrix.tolist() for rel in sorted(truth)]
+    assert all(m == oracle for m in matrices.values()), matrices.keys()
+    with pytest.raises(warpsvc.InvalidImageError, match="--max-pixels 100"):
+        jobs.read_image(ref_file, max_pixels=100)

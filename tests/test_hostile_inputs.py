@@ -43,6 +43,7 @@ from warpsvc_client import convert
 
 from warpsvc.v1 import warp_pb2 as pb
 from warpsvc.v1 import warp_pb2_grpc
+from warpsvc_api import wire
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -82,26 +83,16 @@ def _jpeg_claiming(h: int, w: int) -> bytes:
     return bytes(data)
 
 
-# -- raw protobuf --------------------------------------------------------------------------------
-def _varint(value: int) -> bytes:
-    value &= (1 << 64) - 1  # negative int32/int64 travel as 10-byte two's complement
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
+# -- raw protobuf (the protocol package's own varint and field-header writers) ---------------------
+INT64_MASK = (1 << 64) - 1  # negative int32/int64 travel as 10-byte two's complement
 
 
 def _field_varint(number: int, value: int) -> bytes:
-    return _varint(number << 3) + _varint(value)
+    return wire.varint(number << 3) + wire.varint(value & INT64_MASK)
 
 
 def _field_bytes(number: int, payload: bytes) -> bytes:
-    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+    return wire.field_header(number, len(payload)) + payload
 
 
 # -- the server ----------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""``warpsvc.server.image_probe``: the header probe agrees with ``cv2.imdecode`` on ordinary files
+"""``warpsvc_api.image_probe`` (the one header probe: server and ``warpsvc-batch``) agrees with ``cv2.imdecode`` on ordinary files
 (the oracle: shape and dtype of the decoded array) and refuses, before decoding, each hostile file
 of issue 13 (duplicate TIFF size tags, LONG8 size tags, a 1x1 image with an 8192^2 tile, claims
 over OpenCV's 2^30-pixel cap, progressive JPEGs with hundreds of scans)."""
@@ -20,7 +20,7 @@ from PIL import Image
 
 from warpsvc.core.errors import ImageTooLargeError, InvalidImageError
 from warpsvc.server import image_probe
-from warpsvc.server.image_probe import ImageCost, ProbeLimits, probe_image
+from warpsvc_api.image_probe import ImageCost, ProbeLimits, probe_image, sniff
 
 ALL_DTYPES = ProbeLimits(dtypes=("uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64",
                                  "uint64", "int64"))
@@ -463,22 +463,50 @@ def test_configure_refuses_once_cv2_is_loaded():
 
 
 def test_configure_before_import_makes_opencv_refuse():
-    """In a fresh interpreter: the module loaded on its own (it imports neither warpsvc nor cv2 at
-    import time), ``configure_opencv_io`` called, then cv2 imported: a 50x50 PNG (2500 px) is
+    """In a fresh interpreter: the server's probe module loaded (it loads neither cv2 nor the
+    compute code), ``configure_opencv_io`` called, then cv2 imported: a 50x50 PNG (2500 px) is
     refused by OpenCV itself at a 2000-pixel limit and decodes at 2500."""
     script = (
-        "import importlib.util, os, sys\n"
+        "import os, sys\n"
         "os.environ.pop('OPENCV_IO_MAX_IMAGE_PIXELS', None)\n"
-        "spec = importlib.util.spec_from_file_location('image_probe', sys.argv[2])\n"
-        "probe = sys.modules['image_probe'] = importlib.util.module_from_spec(spec)\n"
-        "spec.loader.exec_module(probe)\n"
-        "assert 'cv2' not in sys.modules and 'warpsvc' not in sys.modules\n"
+        "from warpsvc.server import image_probe as probe\n"
+        "assert not [m for m in ('cv2', 'numba', 'grpc', 'warpsvc.core.warp') if m in sys.modules]\n"
         "probe.configure_opencv_io(int(sys.argv[1]))\n"
         "import cv2, numpy as np\n"
         "png = cv2.imencode('.png', np.zeros((50, 50), np.uint8))[1]\n"
         "try:\n    print(cv2.imdecode(png, cv2.IMREAD_UNCHANGED).shape)\n"
         "except cv2.error:\n    print('refused')\n"
     )
-    outs = [subprocess.run([sys.executable, "-c", script, str(limit), image_probe.__file__], capture_output=True,
+    outs = [subprocess.run([sys.executable, "-c", script, str(limit)], capture_output=True,
                            text=True, timeout=60, check=True).stdout.strip() for limit in (2000, 2500)]
     assert outs == ["refused", "(50, 50)"], outs
+
+
+# -- one probe for server and batch client ------------------------------------------------------------
+def test_the_protocol_probe_imports_no_compute_stack():
+    """Real imports, in a fresh interpreter: the shared probe needs numpy and the core errors only."""
+    code = ("import sys, warpsvc_api.image_probe; print(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('cv2', 'numba', 'grpc', 'google', 'warpsvc_client') or m.startswith(('warpsvc.server', "
+            "'warpsvc.core.warp', 'warpsvc.core.sampling'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_server_and_batch_use_the_same_probe():
+    from warpsvc_client.batch import probe as batch_probe
+
+    assert image_probe.probe_image is probe_image and batch_probe.probe_image is probe_image
+    png = cv2.imencode(".png", np.zeros((30, 40, 3), np.uint8))[1].tobytes()
+    assert batch_probe.check(png, 1200) == (30, 40)
+    with pytest.raises(ImageTooLargeError, match="the server limit of 1000 pixels"):
+        probe_image(png, ProbeLimits(max_pixels=1000))
+    with pytest.raises(batch_probe.ImageHeaderError, match=r"^input: an image of 30x40 = 1200 pixels exceeds "
+                                                           r"--max-pixels 1000$"):
+        batch_probe.check(png, 1000)
+
+
+@pytest.mark.parametrize("data, fmt", [(b"\x89PNG\r\n\x1a\nxxxx", "png"), (b"\xff\xd8\xff\xe0", "jpeg"),
+                                       (b"II*\x00", "tiff"), (b"MM\x00*", "tiff"), (b"II+\x00\x08\x00", "tiff"),
+                                       (b"MM\x00+", "tiff"), (b"GIF89a", None), (b"", None), (b"\x89PNG", None)])
+def test_sniff(data, fmt):
+    assert sniff(data) == fmt and sniff(memoryview(data)) == fmt

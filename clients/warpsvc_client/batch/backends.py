@@ -1,12 +1,16 @@
 """Engines: where an image's pixels are computed. Both have the same three methods
-(``warp``, ``align``, ``jacobian``) so :func:`.jobs.process` does not care.
+(``warp``, ``align``, ``jacobian``) so :func:`.jobs.process` does not care; images come in as
+:class:`~.jobs.EncodedImage` (the file's bytes, its header already probed).
 
 * :class:`LocalEngine`: the in-process library (``--target local``); the pipeline runs it in a
-  pool of processes (one per core: the GIL makes one process about one core).
+  pool of processes (one per core: the GIL makes one process about one core). It alone loads
+  the compute stack (OpenCV, numba): decoding and encoding with OpenCV as the server does, so
+  local and remote outputs are the same bytes.
 * :class:`GrpcEngine`: one :class:`~warpsvc_client.WarpClient` per ``--target`` (``host:port`` or
   ``dns:///name:port``, whose channel balances calls round robin over every address). Images
-  travel as their encoded file bytes and come back encoded in the output's format, so the
-  server's workers do the decoding and encoding and the client stays light. At most
+  travel as their encoded file bytes (the ``align`` reference too, when the spec holds its
+  file) and come back encoded in the output's format, so the server's workers do the decoding
+  and encoding and the client decodes no pixel (it runs without OpenCV or numba). At most
   ``inflight`` RPCs are outstanding (a semaphore); UNAVAILABLE, DEADLINE_EXCEEDED (of one
   attempt), load shedding (RESOURCE_EXHAUSTED without a field) and ABORTED are retried with
   exponential backoff and jitter, preferring another target after a failure, within the
@@ -28,9 +32,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-import warpsvc
+from warpsvc.core.errors import InvalidArgumentError, InvalidImageError
 
-from .jobs import CallContext, decode, encode
+from .jobs import CallContext, EncodedImage, decode_image
 from .probe import DEFAULT_MAX_PIXELS
 
 LOCAL = "local"
@@ -40,34 +44,79 @@ class ImageDeadlineError(TimeoutError):
     """The per-image deadline (``--deadline``) ran out, retries included."""
 
 
+# Output formats able to hold each result dtype (the server's response forms agree).
+FORMAT_DTYPES = {"png": ("uint8", "uint16"), "jpeg": ("uint8",), "tiff": ("uint8", "uint16", "float32", "float64")}
+
+
+def encode(arr: np.ndarray, fmt: str, jpeg_quality: int = 95) -> bytes:
+    """``arr`` as the bytes of a ``png``/``jpeg``/``tiff`` file, by OpenCV as the server does."""
+    import cv2
+
+    if arr.dtype.name not in FORMAT_DTYPES[fmt]:
+        raise InvalidArgumentError(f"a {fmt.upper()} file cannot hold {arr.dtype} pixels; use a .tif output",
+                                   field="output")
+    params = [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality] if fmt == "jpeg" else []
+    ok, buf = cv2.imencode({"png": ".png", "jpeg": ".jpg", "tiff": ".tiff"}[fmt], arr, params)
+    if not ok:
+        raise InvalidImageError(f"OpenCV could not encode the result as {fmt}", field="output")
+    return buf.tobytes()
+
+
+def one_thread_per_process() -> None:
+    """One OpenCV thread and one BLAS thread in this process (the pool's and Dask's workers, as
+    the server's): the parallelism is the processes, and spinning BLAS threads of N processes
+    would fight over the same cores."""
+    import cv2
+
+    cv2.setNumThreads(1)
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(limits=1, user_api="blas")
+    except ImportError:  # pragma: no cover - threadpoolctl comes with warpsvc[server]
+        pass
+
+
 class LocalEngine:
-    """The library, in this process."""
+    """The library, in this process (imported on first use: only this engine needs OpenCV)."""
 
     name = LOCAL
 
     def __init__(self, max_pixels: int = DEFAULT_MAX_PIXELS):
         self.max_pixels = max_pixels
-        self._last = (None, None)  # (bytes, decoded): align decodes once for its two calls
+        self._last = (None, None)  # (EncodedImage, decoded): align decodes once for its two calls
+        self._reference = (None, None)  # (EncodedImage, decoded): once per process
 
-    def _decode(self, data: bytes) -> np.ndarray:
-        if self._last[0] is data:
-            return self._last[1]
-        img = decode(data, self.max_pixels)
-        self._last = (data, img)
-        return img
+    def _decode(self, image: EncodedImage) -> np.ndarray:
+        if self._last[0] is not image:
+            self._last = (image, decode_image(image))
+        return self._last[1]
 
-    def warp(self, data: bytes, transform, opts, fmt: str, ctx: CallContext) -> bytes:
-        out = warpsvc.warp(self._decode(data), transform, opts.output_shape, **opts.kwargs())
+    def _pixels(self, reference) -> np.ndarray:
+        if not isinstance(reference, EncodedImage):
+            return reference
+        if self._reference[0] is not reference:
+            self._reference = (reference, decode_image(reference))
+        return self._reference[1]
+
+    def warp(self, image: EncodedImage, transform, opts, fmt: str, ctx: CallContext) -> bytes:
+        import warpsvc
+
+        out = warpsvc.warp(self._decode(image), transform, opts.output_shape, **opts.kwargs())
         self._last = (None, None)
         return encode(out, fmt, opts.jpeg_quality)
 
-    def align(self, reference: np.ndarray, data: bytes, opts, ctx: CallContext):
+    def align(self, reference, image: EncodedImage, opts, ctx: CallContext):
+        import warpsvc
+
         kw = opts.kwargs()
         if ctx.deadline is not None:  # the image's deadline stops the iterations (reason "cancelled")
             kw["should_stop"] = lambda: ctx.remaining() <= 0
-        return warpsvc.align(reference, self._decode(data), **kw)
+        return warpsvc.align(self._pixels(reference), self._decode(image), **kw)
 
     def jacobian(self, transform, shape, ctx: CallContext) -> np.ndarray:
+        import warpsvc
+
         return warpsvc.jacobian_determinant(transform, shape, dtype=np.float32)
 
 
@@ -213,20 +262,22 @@ class GrpcEngine:
         raise AssertionError("unreachable")  # pragma: no cover
 
     # -- the engine interface -------------------------------------------------------------------
-    def warp(self, data: bytes, transform, opts, fmt: str, ctx: CallContext) -> bytes:
+    def warp(self, image: EncodedImage, transform, opts, fmt: str, ctx: CallContext) -> bytes:
         kw = dict(opts.kwargs(), jpeg_quality=opts.jpeg_quality)
+        data = image.data
         if fmt == "npy":  # pragma: no cover - warp outputs are images
-            raise warpsvc.InvalidArgumentError("warp outputs are images", field="output")
+            raise InvalidArgumentError("warp outputs are images", field="output")
         return self._call(ctx, lambda c, t: c.warp(data, transform, opts.output_shape, response_form=fmt,
                                                    timeout=t, **kw))
 
-    def align(self, reference: np.ndarray, data: bytes, opts, ctx: CallContext):
+    def align(self, reference, image: EncodedImage, opts, ctx: CallContext):
         kw = opts.kwargs()
         model = kw.pop("model")
-        return self._call(ctx, lambda c, t: c.align(reference, data, model, timeout=t, **kw))
+        template = reference.data if isinstance(reference, EncodedImage) else reference  # the file, as it is
+        return self._call(ctx, lambda c, t: c.align(template, image.data, model, timeout=t, **kw))
 
     def jacobian(self, transform, shape, ctx: CallContext) -> np.ndarray:
         return self._call(ctx, lambda c, t: c.jacobian_determinant(transform, shape, dtype=np.float32, timeout=t))
 
 
-__all__ = ["GrpcEngine", "LocalEngine", "RetryPolicy", "address_count", "encode", "LOCAL"]
+__all__ = ["LOCAL", "GrpcEngine", "LocalEngine", "RetryPolicy", "address_count", "encode", "one_thread_per_process"]

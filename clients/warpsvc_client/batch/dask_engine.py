@@ -52,17 +52,9 @@ def _relative(url: str, store, what: str) -> str:
 def _local_engine(max_pixels: int):
     """One library engine per worker process, with one OpenCV and one BLAS thread."""
     if max_pixels not in _ENGINES:
-        import cv2
+        from .backends import LocalEngine, one_thread_per_process
 
-        from .backends import LocalEngine
-
-        cv2.setNumThreads(1)
-        try:
-            from threadpoolctl import threadpool_limits
-
-            threadpool_limits(limits=1, user_api="blas")
-        except ImportError:  # pragma: no cover - threadpoolctl is a dependency of warpsvc
-            pass
+        one_thread_per_process()
         _ENGINES[max_pixels] = LocalEngine(max_pixels)
     return _ENGINES[max_pixels]
 

@@ -11,27 +11,49 @@ thousands).
 
 ``attempts`` counts *tries* of the image's work: 1, plus one per retried failure (an ``align``
 job's two calls -- align, then warp onto the reference -- are one try).
+
+Only the numpy geometry of the library is imported here (transforms, errors): the compute
+functions (``warpsvc.warp``, ``align``, ...) are the local engine's, loaded by it alone, so a
+client-only install (no OpenCV, no numba) runs every job against ``--target`` servers. With
+OpenTelemetry configured (``OTEL_TRACES_EXPORTER``), each image's work is one span whose context
+travels to the server with its RPCs (:mod:`warpsvc_client.tracing`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import io
 import math
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
-import warpsvc
+from warpsvc.core.errors import InvalidArgumentError, InvalidImageError, WarpsvcError
+from warpsvc.core.transforms import ComposedTransform, PolarTransform
 
-from . import files, probe
-from .paths import image_format, with_suffix
+from warpsvc_api.image_probe import ImageCost
+
+from .. import tracing
+from . import files, pixels, probe
+from .paths import image_format, printable, with_suffix
 from .record import Record, Timings
 
 JOBS = ("warp", "align", "jacobian")
-# Output formats able to hold each result dtype (the server's response forms agree).
-FORMAT_DTYPES = {"png": ("uint8", "uint16"), "jpeg": ("uint8",), "tiff": ("uint8", "uint16", "float32", "float64")}
+
+
+@dataclass(frozen=True)
+class EncodedImage:
+    """An image file's bytes and what its header says decoding them produces and costs
+    (:class:`~warpsvc_api.image_probe.ImageCost`, checked against ``max_pixels``). A server gets
+    the bytes as they are and decodes them itself; the local engine decodes them (once)."""
+
+    data: bytes
+    cost: ImageCost
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """What ``cv2.imdecode(IMREAD_UNCHANGED)`` returns: ``(H, W)`` or ``(H, W, C)``."""
+        return self.cost.shape
 
 
 @dataclass(frozen=True)
@@ -89,7 +111,7 @@ class JobSpec:
     warp: WarpOptions = WarpOptions()
     align: AlignOptions = AlignOptions()
     transform: object = None            # one warpsvc transform for every image (warp, jacobian)
-    reference: np.ndarray | None = None  # align: the decoded reference image
+    reference: EncodedImage | np.ndarray | None = None  # align: the reference file (or its pixels)
     jacobian_format: str = "tiff"       # jacobian: "tiff" (float32) or "npy"
 
 
@@ -135,54 +157,47 @@ def output_format(rel_output: str) -> str:
         return "npy"
     fmt = image_format(rel_output)
     if fmt is None:
-        raise warpsvc.InvalidArgumentError(f"output {rel_output!r}: unknown extension (png, jpg, tif, npy)",
-                                           field="output")
+        raise InvalidArgumentError(f"output {rel_output!r}: unknown extension (png, jpg, tif, npy)", field="output")
     return fmt
 
 
-def encode(arr: np.ndarray, fmt: str, jpeg_quality: int = 95) -> bytes:
-    """``arr`` as the bytes of a ``png``/``jpeg``/``tiff`` file (OpenCV, as the server does) or ``npy``."""
-    import cv2
-
-    if fmt == "npy":
-        buf = io.BytesIO()
-        np.save(buf, arr, allow_pickle=False)
-        return buf.getvalue()
-    if arr.dtype.name not in FORMAT_DTYPES[fmt]:
-        raise warpsvc.InvalidArgumentError(f"a {fmt.upper()} file cannot hold {arr.dtype} pixels; use a .tif output",
-                                           field="output")
-    params = [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality] if fmt == "jpeg" else []
-    ok, buf = cv2.imencode({"png": ".png", "jpeg": ".jpg", "tiff": ".tiff"}[fmt], arr, params)
-    if not ok:
-        raise warpsvc.InvalidImageError(f"OpenCV could not encode the result as {fmt}", field="output")
-    return buf.tobytes()
-
-
-def decode(data: bytes, max_pixels: int = probe.DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """A PNG/JPEG/TIFF file's pixels at their stored bit depth (``IMREAD_UNCHANGED``), after its
-    header was checked against ``max_pixels`` (:func:`.probe.check`: nothing is decoded first)."""
-    import cv2
-
+def read_image(data: bytes, max_pixels: int = probe.DEFAULT_MAX_PIXELS) -> EncodedImage:
+    """A PNG/JPEG/TIFF file, its header checked against ``max_pixels`` (:mod:`.probe`, the
+    server's probe): ``InvalidImageError`` (field ``image``) when it is refused. Nothing is
+    decoded."""
     try:
-        size = probe.check(data, max_pixels)
+        return EncodedImage(bytes(data), probe.cost(data, max_pixels))
     except probe.ImageHeaderError as err:
-        raise warpsvc.InvalidImageError(str(err), field="image") from None
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    if img is None or img.shape[:2] != size:
-        raise warpsvc.InvalidImageError("input: not a decodable PNG, JPEG or TIFF file", field="image")
-    return img
+        raise InvalidImageError(str(err), field="image") from None
+
+
+def decode_image(image: EncodedImage, *, exact: bool = True) -> np.ndarray:
+    """The pixels as ``cv2.imdecode(IMREAD_UNCHANGED)`` gives them (stored bit depth, BGR order):
+    OpenCV when installed, else Pillow/tifffile (:mod:`.pixels`; ``exact=False`` accepts their
+    8-bit reading of 16-bit colour files, for pictures)."""
+    return pixels.decode(image.data, image.cost, exact=exact)
+
+
+def decode(data: bytes, max_pixels: int = probe.DEFAULT_MAX_PIXELS, *, exact: bool = True) -> np.ndarray:
+    """:func:`read_image` then :func:`decode_image`: nothing is decoded before the header passed."""
+    return decode_image(read_image(data, max_pixels), exact=exact)
+
+
+def pixels_of(image: EncodedImage | np.ndarray, *, exact: bool = True) -> np.ndarray:
+    """An image given as a file or as pixels, as pixels."""
+    return decode_image(image, exact=exact) if isinstance(image, EncodedImage) else image
 
 
 def transform_record(transform) -> dict:
     """The manifest's description of a transform: its matrix, or the polar parameters."""
     if hasattr(transform, "matrix"):
         return {"matrix": np.asarray(transform.matrix, np.float64).tolist()}
-    if isinstance(transform, warpsvc.PolarTransform):
+    if isinstance(transform, PolarTransform):
         return {"polar": {"center": list(transform.center), "max_radius": transform.max_radius,
                           "polar_shape": list(transform.polar_shape), "log": transform.log,
                           "inverse": transform.is_inverse,
                           "cartesian_shape": list(transform.cartesian_shape) if transform.cartesian_shape else None}}
-    if isinstance(transform, warpsvc.ComposedTransform):
+    if isinstance(transform, ComposedTransform):
         return {"chain": [transform_record(t) for t in transform.steps]}
     return {}
 
@@ -228,28 +243,27 @@ class _Result:
 
 def _work(task: Task, spec: JobSpec, engine, ctx: CallContext, res: _Result, timings: dict) -> None:
     t0 = time.monotonic()
-    data = spec.inputs.read(task.input)
-    probe.check(data, spec.max_pixels)  # before any decoding, local or remote
+    image = read_image(spec.inputs.read(task.input), spec.max_pixels)  # before any decoding, local or remote
     t1 = time.monotonic()
     timings["read"] = t1 - t0
     fmt = output_format(task.output)
     transform = task.transform if task.transform is not None else spec.transform
     f = res.fields
     if spec.job == "warp":
-        res.out = engine.warp(data, transform, spec.warp, fmt, ctx)
+        res.out = engine.warp(image, transform, spec.warp, fmt, ctx)
         f.update(transform_record(transform))
     elif spec.job == "align":
-        result = engine.align(spec.reference, data, spec.align, ctx)
+        result = engine.align(spec.reference, image, spec.align, ctx)
         f["matrix"], f["inverse"] = result.matrix.tolist(), result.inverse.tolist()
         f["convergence"] = convergence(result)
         if spec.align.fail_unconverged and not result.converged:
-            raise warpsvc.WarpsvcError(f"alignment did not converge ({result.reason})")
+            raise WarpsvcError(f"alignment did not converge ({result.reason})")
         opts = dataclasses.replace(spec.warp, output_shape=spec.reference.shape[:2])
-        res.out = engine.warp(data, result.transform, opts, fmt, ctx)
+        res.out = engine.warp(image, result.transform, opts, fmt, ctx)
     elif spec.job == "jacobian":
-        shape = spec.warp.output_shape or transform.default_output_shape(probe.check(data, spec.max_pixels))
+        shape = spec.warp.output_shape or transform.default_output_shape(image.shape[:2])
         det = engine.jacobian(transform, tuple(shape), ctx)
-        res.out = encode(np.ascontiguousarray(det, np.float32), fmt)
+        res.out = pixels.encode_map(det, fmt)
         f["shape"], f["dtype"] = list(det.shape), "float32"
         f.update(transform_record(transform))
     else:  # pragma: no cover - argparse limits the choices
@@ -266,21 +280,29 @@ def compute(task: Task, spec: JobSpec, engine, deadline_seconds: float | None = 
     (pool processes write it themselves rather than pickle the bytes back). Syncing and
     renaming are :func:`store`'s job, so that a slow disk (``fsync``) never holds a compute
     process or an RPC slot.
+
+    With batch tracing on (:func:`warpsvc_client.tracing.start_batch`) the work is one span,
+    current while the engine calls the server (so its RPCs carry the span's ``traceparent``);
+    off, the span is a shared null context.
     """
     t0 = time.monotonic()
     ctx = CallContext(deadline=None if deadline_seconds is None else t0 + deadline_seconds)
     res, timings, error = _Result(), {}, None
-    try:
-        _work(task, spec, engine, ctx, res, timings)
-        if stage and res.out is not None and spec.outputs.can_stage:
-            out = res.out
-            res.out = Staged(spec.outputs.stage(task.output, out, spec.run_id), len(out), files.sha256(out))
-    except Exception as err:  # noqa: BLE001 - every failure becomes the image's record
-        error, res.out = _error_text(err), None
-    timings["total"] = time.monotonic() - t0
-    rec = Record(input=task.input, output=task.output, job=spec.job, error=error,
-                 target=ctx.target or getattr(engine, "name", None), attempts=ctx.attempts,
-                 retried=tuple(ctx.retried), timings=Timings(**timings), **res.fields)
+    with tracing.image_span(spec.job, printable(task.input)) as span:
+        try:
+            _work(task, spec, engine, ctx, res, timings)
+            if stage and res.out is not None and spec.outputs.can_stage:
+                out = res.out
+                res.out = Staged(spec.outputs.stage(task.output, out, spec.run_id), len(out), files.sha256(out))
+        except Exception as err:  # noqa: BLE001 - every failure becomes the image's record
+            error, res.out = _error_text(err), None
+        timings["total"] = time.monotonic() - t0
+        rec = Record(input=task.input, output=task.output, job=spec.job, error=error,
+                     target=ctx.target or getattr(engine, "name", None), attempts=ctx.attempts,
+                     retried=tuple(ctx.retried), timings=Timings(**timings), **res.fields)
+        if span is not None:
+            tracing.image_outcome(span, rec.error, attempts=rec.attempts, target=rec.target,
+                                  converged=(rec.convergence or {}).get("converged"))
     return rec, res.out
 
 

@@ -13,17 +13,22 @@
 * ``record(rec)`` (the manifest) is called in this thread as each image finishes and returns
   the record as recorded: when the manifest write fails (``ENOSPC``) the image counts as failed
   (its output is not recorded, so ``--resume`` redoes it) and the run goes on.
+* Traces (``OTEL_TRACES_EXPORTER``, :mod:`warpsvc_client.tracing`): started in the process
+  that computes -- this one for gRPC targets, each pool process for ``local`` (after the fork,
+  flushed when it exits) -- so every image's work is a span; off, nothing is imported.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
 import multiprocessing
+import multiprocessing.util
 import os
 import threading
 import time
 from dataclasses import dataclass, field
 
+from .. import tracing
 from . import jobs as jobs_mod
 from .files import DirSync
 from .record import Record
@@ -77,18 +82,13 @@ _WORKER: dict = {}
 
 
 def _init_worker(spec, deadline, parent_pid) -> None:
-    import cv2
+    from .backends import LocalEngine, one_thread_per_process
 
-    from .backends import LocalEngine
-
-    cv2.setNumThreads(1)
-    try:  # one BLAS thread per process too (as the server's workers): spinning BLAS threads of N
-        from threadpoolctl import threadpool_limits  # processes would fight over the same cores
-
-        threadpool_limits(limits=1, user_api="blas")
-    except ImportError:  # pragma: no cover - threadpoolctl is a dependency of warpsvc
-        pass
+    one_thread_per_process()
     _WORKER.update(spec=spec, deadline=deadline, engine=LocalEngine(spec.max_pixels))
+    traces = tracing.start_batch()
+    if traces.enabled:  # flush at the worker's exit (multiprocessing runs these; atexit it does not)
+        multiprocessing.util.Finalize(None, traces.shutdown, exitpriority=10)
 
     def watchdog():  # the parent was killed (SIGKILL): stop instead of writing on as an orphan
         while True:
@@ -144,6 +144,7 @@ def run(tasks, spec, engine, opts: RunOptions, record, counts: Counts, dirsync: 
         fn = lambda t: jobs_mod.compute(t, spec, engine, opts.deadline)  # noqa: E731
         slots = n
     executor = make()  # before any other thread exists here (the pool forks)
+    traces = tracing.BatchTracing() if local else tracing.start_batch()  # local: in each pool process
     writers = cf.ThreadPoolExecutor(4, thread_name_prefix="warpsvc-batch-write")
     window = 2 * slots
     bar = _progress_bar(len(tasks), opts.progress, spec.job)
@@ -189,6 +190,7 @@ def run(tasks, spec, engine, opts: RunOptions, record, counts: Counts, dirsync: 
         executor.shutdown(wait=True, cancel_futures=True)
         writers.shutdown(wait=True)
         bar.close()
+        traces.shutdown()
     return counts
 
 

@@ -17,6 +17,11 @@ diverging scale symmetric about 0 (blue: an output pixel covers less than 1 px^2
 more), residuals from 0 to the 99th percentile of all "before" residuals of the run (so an
 aligned output ~1 grey level off renders nearly black, not bright on a per-row scale). The maps
 come from the same engine that did the work (the server, or the library).
+
+No OpenCV here: files are decoded by :func:`.jobs.decode` (OpenCV when installed, else
+Pillow/tifffile, whose 8-bit reading of 16-bit colour files is good enough for a picture),
+pictures are RGB arrays drawn, shrunk and written by Pillow, and the aligned image's coverage
+is computed from the transform (numpy geometry), so the report works in a client-only install.
 """
 
 from __future__ import annotations
@@ -30,8 +35,11 @@ from collections import Counter
 
 import numpy as np
 
-from .jobs import CallContext, decode
+from warpsvc.core.transforms import HomographyTransform
+
+from .jobs import CallContext, decode, pixels_of
 from .paths import ascii_label, printable
+from .pixels import png as _png
 from .transforms import from_record
 
 CELL = 128      # contact sheet cells
@@ -41,9 +49,8 @@ DET_CMAP, RES_CMAP = "RdBu_r", "inferno"
 
 
 def to_u8(img: np.ndarray) -> np.ndarray:
-    """Any image (uint8/uint16/float, 1-4 channels) as a BGR uint8 picture for display."""
-    import cv2
-
+    """Any image in OpenCV's layout (BGR(A); uint8/uint16/float, 1-4 channels) as an RGB uint8
+    picture for display."""
     a = np.asarray(img)
     if a.ndim == 3 and a.shape[2] == 4:
         a = a[:, :, :3]
@@ -59,15 +66,15 @@ def to_u8(img: np.ndarray) -> np.ndarray:
         lo, hi = (np.percentile(finite, (1, 99)) if finite.size else (0.0, 1.0))
         hi = hi if hi > lo else lo + 1.0
         a = (np.clip((np.nan_to_num(f, nan=lo) - lo) / (hi - lo), 0, 1) * 255).astype(np.uint8)
-    return cv2.cvtColor(a, cv2.COLOR_GRAY2BGR) if a.ndim == 2 else a
+    return np.repeat(a[:, :, None], 3, axis=2) if a.ndim == 2 else np.ascontiguousarray(a[:, :, ::-1])
 
 
 def _lut(name: str) -> np.ndarray:
-    """A matplotlib colour map as a (256, 3) BGR uint8 table."""
+    """A matplotlib colour map as a (256, 3) RGB uint8 table."""
     import matplotlib
 
     rgba = matplotlib.colormaps[name](np.linspace(0, 1, 256))
-    return (rgba[:, 2::-1] * 255).round().astype(np.uint8)
+    return (rgba[:, :3] * 255).round().astype(np.uint8)
 
 
 def log2_det(det: np.ndarray) -> np.ndarray:
@@ -80,7 +87,7 @@ def log2_det(det: np.ndarray) -> np.ndarray:
 
 
 def colour(values: np.ndarray, lo: float, hi: float, cmap: str) -> np.ndarray:
-    """``values`` on the fixed scale ``[lo, hi]`` through ``cmap`` (BGR); NaN grey."""
+    """``values`` on the fixed scale ``[lo, hi]`` through ``cmap`` (RGB); NaN grey."""
     t = np.clip((np.nan_to_num(values, nan=lo) - lo) / (hi - lo), 0, 1)
     out = _lut(cmap)[(t * 255).round().astype(np.intp)]
     out[~np.isfinite(values)] = 128
@@ -100,50 +107,66 @@ def residual(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return r.mean(axis=2) if r.ndim == 3 else r
 
 
-def _thumb(img_bgr: np.ndarray, cell: int = CELL) -> np.ndarray:
-    import cv2
+def covered(dst_from_src: np.ndarray, shape, source_shape, rows: int = 256) -> np.ndarray:
+    """Output pixels (``shape`` grid) whose preimage under the 3x3 homography ``dst_from_src``
+    lies inside the ``source_shape`` image, pixel centres at integers (``0 <= x <= W-1``,
+    ``0 <= y <= H-1``, 1e-3 px slack; in front of the horizon, ``w > 0``): where a constant-border
+    bilinear warp sees only image pixels. ``rows`` output rows at a time (bounded memory)."""
+    m = np.linalg.inv(np.asarray(dst_from_src, np.float64))  # src_from_dst
+    h, w = shape
+    sh, sw = source_shape[:2]
+    eps = 1e-3
+    out = np.empty((h, w), bool)
+    x = np.arange(w, dtype=np.float64)
+    for r0 in range(0, h, rows):
+        y = np.arange(r0, min(h, r0 + rows), dtype=np.float64)[:, None]
+        u, v, z = (m[i, 0] * x + m[i, 1] * y + m[i, 2] for i in range(3))  # (rows, W) each
+        with np.errstate(divide="ignore", invalid="ignore"):
+            u, v = u / z, v / z
+        out[r0:r0 + len(y)] = (z > 0) & (u >= -eps) & (u <= sw - 1 + eps) & (v >= -eps) & (v <= sh - 1 + eps)
+    return out
 
-    h, w = img_bgr.shape[:2]
+
+def _thumb(rgb: np.ndarray, cell: int = CELL) -> np.ndarray:
+    """``rgb`` fitted into a ``cell`` x ``cell`` square on dark grey: area-averaged when shrunk
+    (Pillow's box filter), pixel-replicated when enlarged."""
+    from PIL import Image
+
+    h, w = rgb.shape[:2]
     s = cell / max(h, w)
-    small = cv2.resize(img_bgr, (max(1, round(w * s)), max(1, round(h * s))),
-                       interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_NEAREST)
+    size = (max(1, round(w * s)), max(1, round(h * s)))
+    small = np.asarray(Image.fromarray(np.ascontiguousarray(rgb, np.uint8), "RGB").resize(
+        size, Image.Resampling.BOX if s < 1 else Image.Resampling.NEAREST))
     out = np.full((cell, cell, 3), 40, np.uint8)
     y, x = (cell - small.shape[0]) // 2, (cell - small.shape[1]) // 2
     out[y:y + small.shape[0], x:x + small.shape[1]] = small
     return out
 
 
-def _png(img: np.ndarray) -> bytes:
-    import cv2
-
-    return cv2.imencode(".png", img)[1].tobytes()
-
-
 def _panels(rec, spec, engine) -> dict:
     """The raw pictures of one successful image: ``{label: array}``; maps stay numeric until
     the run's scales are known."""
-    import warpsvc
-
-    inp = decode(spec.inputs.read(rec.input), spec.max_pixels)
+    inp = decode(spec.inputs.read(rec.input), spec.max_pixels, exact=False)
     data = spec.outputs.read(rec.output)
-    out = np.load(io.BytesIO(data), allow_pickle=False) if rec.output.endswith(".npy") else decode(data, spec.max_pixels)
+    out = (np.load(io.BytesIO(data), allow_pickle=False) if rec.output.endswith(".npy")
+           else decode(data, spec.max_pixels, exact=False))
     panels = {"input": to_u8(inp)}
     if spec.job == "jacobian":
         panels["log2 |det J|"] = log2_det(out)
         return panels
     panels["output"] = to_u8(out)
     if spec.job == "align":
-        transform = warpsvc.HomographyTransform(np.asarray(rec.matrix, np.float64))
+        transform = HomographyTransform(np.asarray(rec.matrix, np.float64))
     else:
         transform = from_record(rec.to_dict())  # the record says which transform was used
     panels["log2 |det J|"] = log2_det(engine.jacobian(transform, tuple(out.shape[:2]), CallContext()))
     if spec.job == "align":
-        panels["residual before"] = residual(inp, spec.reference)
-        # after: only where the aligned output has image content (the warp of an all-ones
+        reference = pixels_of(spec.reference, exact=False)
+        panels["residual before"] = residual(inp, reference)
+        # after: only where the aligned output has image content (the preimage lies inside the
         # image), so the border fill is not counted as misalignment; elsewhere grey (NaN)
-        after = residual(out, spec.reference)
-        covered = warpsvc.warp(np.ones(inp.shape[:2], np.float32), transform, spec.reference.shape[:2]) > 0.999
-        after[~covered] = np.nan
+        after = residual(out, reference)
+        after[~covered(transform.matrix, reference.shape[:2], inp.shape)] = np.nan
         panels["residual after"] = after
     return panels
 
@@ -166,21 +189,25 @@ class Scales:
         return value
 
 
-def contact_sheet(rows: list[tuple[str, list[tuple[str, np.ndarray]]]]) -> np.ndarray:
-    """One row per image (name on top, ASCII-escaped), one column per panel, labels on top."""
-    import cv2
+def _label(width: int, texts: list[tuple[int, str]], grey: int) -> np.ndarray:
+    """A ``LABEL_H``-high strip of ``grey`` with each ``(x, text)`` written in black (ASCII)."""
+    from PIL import Image, ImageDraw
 
+    strip = Image.new("RGB", (width, LABEL_H), (grey, grey, grey))
+    draw = ImageDraw.Draw(strip)
+    for x, text in texts:
+        draw.text((x, 3), ascii_label(text), fill=(0, 0, 0))
+    return np.asarray(strip)
+
+
+def contact_sheet(rows: list[tuple[str, list[tuple[str, np.ndarray]]]]) -> np.ndarray:
+    """One row per image (name on top, ASCII-escaped), one column per panel, labels on top (RGB)."""
     ncols = max((len(p) for _, p in rows), default=1)
     width = ncols * CELL
-    header = np.full((LABEL_H, width, 3), 255, np.uint8)
-    if rows:
-        for c, (label, _) in enumerate(max((p for _, p in rows), key=len)):
-            cv2.putText(header, ascii_label(label), (c * CELL + 3, 13), cv2.FONT_HERSHEY_SIMPLEX, 0.38, (0, 0, 0), 1,
-                        cv2.LINE_AA)
-    parts = [header]
+    labels = [(c * CELL + 3, label) for c, (label, _) in enumerate(max((p for _, p in rows), key=len))] if rows else []
+    parts = [_label(width, labels, 255)]
     for name, panels in rows:
-        title = np.full((LABEL_H, width, 3), 230, np.uint8)
-        cv2.putText(title, ascii_label(name)[-60:], (3, 13), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
+        title = _label(width, [(3, ascii_label(name)[-60:])], 230)
         row = np.full((CELL, width, 3), 40, np.uint8)
         for c, (_, img) in enumerate(panels):
             row[:, c * CELL:(c + 1) * CELL] = _thumb(img)
