@@ -27,10 +27,12 @@ CONTRACTS = [
     ("import warpsvc, warpsvc.core.transforms, warpsvc.core.errors; warpsvc.AffineTransform; warpsvc.PolarTransform",
      COMPUTE + TRANSPORT + SERVER + CLIENT),
     ("import warpsvc; warpsvc.warp; warpsvc.jacobian_determinant; warpsvc.align", TRANSPORT + SERVER + CLIENT),
-    ("import warpsvc_api.convert, warpsvc_api.status, warpsvc_api.vocab, warpsvc_api.wire",
+    ("import warpsvc_api.convert, warpsvc_api.status, warpsvc_api.vocab, warpsvc_api.wire, warpsvc_api.image_probe, "
+     "warpsvc_api.stream",
      COMPUTE + SERVER + CLIENT),
     ("import warpsvc_client, warpsvc_client.convert, warpsvc_client.wire; from warpsvc_client import WarpClient",
      COMPUTE + SERVER),
+    ("import warpsvc_client.batch.cli, warpsvc_client.batch.backends, warpsvc_client.batch.report", COMPUTE + SERVER),
     ("import warpsvc.server.servicer, warpsvc.server.app", CLIENT),
 ]
 

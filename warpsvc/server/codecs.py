@@ -35,14 +35,9 @@ DEFAULT_JPEG_QUALITY = 95
 
 
 def sniff_format(data: bytes) -> str | None:
-    """``"png"``, ``"jpeg"``, ``"tiff"`` from the file signature, else ``None``."""
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "png"
-    if data.startswith(b"\xff\xd8\xff"):
-        return "jpeg"
-    if data[:4] in (b"II*\x00", b"MM\x00*"):
-        return "tiff"
-    return None
+    """``"png"``, ``"jpeg"``, ``"tiff"`` from the file signature, else ``None`` (the shared probe's
+    signature table, BigTIFF included)."""
+    return image_probe.sniff(data)
 
 
 def decode_encoded(msg: pb.EncodedImage, field: str, max_pixels: int) -> np.ndarray:
