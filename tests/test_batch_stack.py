@@ -170,7 +170,7 @@ def _pad_for(truth) -> int:
     corners = np.array([[-0.5, -0.5], [w - 0.5, -0.5], [w - 0.5, h - 0.5], [-0.5, h - 0.5]])
     pts = np.concatenate([warpsvc.HomographyTransform(t).map(corners) for t in truth])
     over = max(-pts[:, 0].min(), -pts[:, 1].min(), pts[:, 0].max() - (w - 1), pts[:, 1].max() - (h - 1))
-    return int(math.ceil(over)) + 4
+    return math.ceil(over) + 4
 
 
 def test_sum_stack_conserves_every_frames_flux_and_coverage_counts(seq):
@@ -400,7 +400,7 @@ def test_a_middle_reference_frame_locally_and_over_the_stream(seq, server):
     assert docs["local"]["frames"][8]["method"] == "reference"
     assert np.array_equal(docs["local"]["frames"][8]["matrix"], np.eye(3))
     for a, b in zip(docs["local"]["frames"], docs["server"]["frames"]):
-        assert bench.corner_error(np.asarray(a["matrix"]), np.asarray(b["matrix"])) < 0.05
+        assert bench.corner_error(np.asarray(a["matrix"]), np.asarray(b["matrix"])) < 1e-3  # measured 1e-5
 
 
 def test_fsspec_memory_urls_give_the_same_outputs(seq, local_run):

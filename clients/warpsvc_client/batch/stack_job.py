@@ -58,7 +58,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import files, manifest, paths, storage
-from .jobs import WarpOptions, decode, encode
+from .jobs import WarpOptions, _error_text, decode, encode
 from .paths import printable
 from .record import Record
 
@@ -177,16 +177,6 @@ def plan_frames(args, inputs, outputs) -> list[Frame]:
     found = paths.discover(inputs, include=args.include, exclude=args.exclude, skip=outputs.url if nested else None)
     planned = paths.plan([(rel, aligned_name(rel)) for rel in found], inputs, outputs)
     return [Frame(i, p.input, p.output, p.error) for i, p in enumerate(planned)]
-
-
-def _error_text(err: BaseException) -> str:
-    code = getattr(err, "code", None)
-    if callable(code):  # grpc.RpcError
-        try:
-            return f"{code().name}: {err.details()}"
-        except Exception:  # noqa: BLE001
-            pass
-    return f"{type(err).__name__}: {err}"
 
 
 def read_frame(inputs, rel: str, max_pixels: int) -> tuple[bytes, np.ndarray]:

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures as cf
 import time
 
@@ -248,18 +249,25 @@ def stack_and_write(r):
     result = None
     if ok:
         stacker = ResampledStacker(r.grid_shape, combine=args.combine, antialias=True, clip=args.sigma_clip)
-        executor = cf.ThreadPoolExecutor(max(1, args.jobs or 2), thread_name_prefix="warpsvc-stack-load")
+        workers = max(1, args.jobs or 2)
+        executor = cf.ThreadPoolExecutor(workers, thread_name_prefix="warpsvc-stack-load")
+        window: collections.deque = collections.deque()  # loads ahead, added in frame order
+        todo = iter(ok)
         try:
-            futures = [(idx, rec, executor.submit(_loaded, r, idx, rec)) for idx, rec in ok]
-            for idx, rec, fut in futures:
+            while True:
+                while len(window) < 2 * workers and (item := next(todo, None)) is not None:
+                    window.append((*item, executor.submit(_loaded, r, *item)))
+                if not window:
+                    break
+                idx, rec, fut = window.popleft()
                 try:
                     flux, weight = fut.result()
                     stacker.add_resampled(flux, weight)
-                except Exception as err:  # noqa: BLE001
+                except Exception as err:  # noqa: BLE001 - this frame is left out, recorded failed
                     r.reused.discard(idx)
                     r.record(rec.replace(status="failed", error=f"not stacked: {_error_text(err)}"), idx)
         finally:
-            executor.shutdown(wait=True)
+            executor.shutdown(wait=True, cancel_futures=True)
         if stacker.n_frames:
             result = stacker.result()
             _write_product(r, "stack", np.ascontiguousarray(result.image, np.float32))
