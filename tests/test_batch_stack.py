@@ -487,3 +487,36 @@ def test_align_search_over_the_server(rotated_pair, server):
     assert _template_corner_error(np.asarray(rec["matrix"]), truth) < CORNER_TOL_PX
     res = run_batch("align", root / "in", out, "--reference", root / "template.png", "--search", "sideways")
     assert res.returncode == 2 and "--search" in res.stderr
+
+
+def test_server_killed_mid_run_then_resumed_locally(seq, local_run):
+    """The server dies mid-stream: the frames not registered yet fail, the stack is not written
+    (the manifest says so), exit 1; ``--resume --target local`` re-uses the frames the server
+    finished and ends with the bytes of an uninterrupted local run."""
+    out = seq["root"] / "out_server_killed"
+    with ServerProcess("--port", "0", "--workers", "1") as srv:
+        wait_serving(srv.target)
+        proc = subprocess.Popen(batch_cmd("stack", seq["src"], out, "--no-progress", "--no-report", "--target",
+                                          srv.target, "--retries", "1", "--rpc-timeout", "10"),
+                                cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        manifest = out / "manifest.jsonl"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            if manifest.exists() and manifest.read_bytes().count(b"\n") >= 4:
+                break
+            time.sleep(0.005)
+        srv.kill()
+        stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 1, stdout + stderr
+    assert "FAILED stack:" in stderr
+    recs = manifest_lines(out)
+    last = {r["input"]: r for r in recs}
+    assert last["(stack)"]["status"] == "failed"
+    done = {n for n, r in last.items() if r["status"] == "ok" and not n.startswith("(")}
+    assert 4 <= len(done) < N_FRAMES, sorted(done)
+    assert any("registration stopped" in (r["error"] or "") or "UNAVAILABLE" in (r["error"] or "")
+               for r in last.values() if r["status"] != "ok")
+    res = run_batch("stack", seq["src"], out, "--resume")
+    assert res.returncode == 0, res.stderr + res.stdout
+    assert f"{len(done)} skipped" in res.stdout, res.stdout
+    assert outputs_of(out) == outputs_of(local_run)

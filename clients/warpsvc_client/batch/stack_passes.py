@@ -223,12 +223,20 @@ def register_and_resample(r, before) -> None:
 
 
 # -- pass 2 ------------------------------------------------------------------------------------------
+class AlignedFrameError(ValueError):
+    """An aligned frame that is gone or changed since it was recorded: the frame fails (and is
+    redone by ``--resume``), the stack is made of the others."""
+
+
 def _loaded(r, idx: int, rec: Record):
     """``(flux, weight)`` of one verified aligned frame: the file (SHA-256 checked against the
     manifest) and its coverage weight recomputed from the recorded matrix."""
-    data = r.outputs.read(rec.output)
+    try:
+        data = r.outputs.read(rec.output)
+    except OSError as err:
+        raise AlignedFrameError(f"{rec.output}: cannot be read back ({err})") from None
     if len(data) != rec.bytes or files.sha256(data) != rec.sha256:
-        raise ValueError(f"{rec.output}: does not match the manifest (size/SHA-256); rerun with --resume")
+        raise AlignedFrameError(f"{rec.output}: does not match the manifest (size/SHA-256); rerun with --resume")
     flux = decode(data, r.args.max_pixels)
     conv = rec.convergence or {}
     shape = tuple(conv.get("frame_shape") or r.reference.shape)
@@ -263,17 +271,24 @@ def stack_and_write(r):
                 try:
                     flux, weight = fut.result()
                     stacker.add_resampled(flux, weight)
-                except Exception as err:  # noqa: BLE001 - this frame is left out, recorded failed
+                except AlignedFrameError as err:  # this frame is left out, recorded failed
                     r.reused.discard(idx)
-                    r.record(rec.replace(status="failed", error=f"not stacked: {_error_text(err)}"), idx)
+                    r.record(rec.replace(status="failed", error=f"not stacked: {err}"), idx)
+                except Exception as err:  # noqa: BLE001 - the engine failed: no partial stack
+                    r.tally.stack_error = (f"stack not written: {rec.input}: {_error_text(err)} (the aligned "
+                                           "frames are kept: rerun with --resume)")
+                    break
         finally:
             executor.shutdown(wait=True, cancel_futures=True)
-        if stacker.n_frames:
+        if stacker.n_frames and r.tally.stack_error is None:
             result = stacker.result()
             _write_product(r, "stack", np.ascontiguousarray(result.image, np.float32))
             _write_product(r, "coverage", np.ascontiguousarray(result.coverage, np.float32))
     if result is None:
-        r.tally.stack_error = "no frame was registered and resampled: nothing to stack"
+        r.tally.stack_error = r.tally.stack_error or "no frame was registered and resampled: nothing to stack"
+        for key in ("stack", "coverage"):  # the manifest says so: a stack.tiff left by an earlier run is stale
+            r.record(Record(input=f"({key})", output=PRODUCTS[key], job=JOB, error=r.tally.stack_error,
+                            target=r.target_name), None)
     rows = trajectory_rows(r)
     header = {"reference": {"name": r.reference.name, "index": r.reference.index, "shape": list(r.reference.shape),
                             "channels": r.reference.channels, "sha256": r.reference.sha256},
