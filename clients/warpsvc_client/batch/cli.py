@@ -1,4 +1,4 @@
-"""``warpsvc-batch {warp,align,jacobian} INPUT OUTPUT [options]`` (see ``docs/batch.md``).
+"""``warpsvc-batch {warp,align,jacobian,stack} INPUT OUTPUT [options]`` (see ``docs/batch.md``).
 
 INPUT and OUTPUT are folders or fsspec URLs (``s3://bucket/prefix``, ``memory://...``).
 Exit codes: 0 every image succeeded (or was already complete with ``--resume``); 1 at least one
@@ -15,7 +15,7 @@ import pathlib
 import shlex
 import sys
 
-from . import manifest, paths, probe, storage
+from . import manifest, paths, probe, stack_job, storage
 from .jobs import AlignOptions, JobSpec, Task, WarpOptions, output_name
 from .paths import printable
 from .record import Record
@@ -131,6 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--reference", required=True, help="the template image (path or URL)")
     g.add_argument("--model", default="homography",
                    choices=("translation", "euclidean", "similarity", "affine", "homography"))
+    g.add_argument("--search", default="auto", choices=("auto", "local", "global"),
+                   help="how the start is found (no initial guess): 'auto' (default) the local solve first, "
+                        "then a feature-based global start if it finds no match; 'local' only the local solve; "
+                        "'global' always the global start (the library's search=)")
     g.add_argument("--robust", choices=("huber", "tukey"))
     g.add_argument("--photometric", choices=("gain_bias",))
     g.add_argument("--levels", default="auto", help="pyramid levels or 'auto'")
@@ -142,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     j.add_argument("--format", dest="jacobian_format", default="tiff", choices=("tiff", "npy"),
                    help="float32 TIFF (default) or .npy")
     j.add_argument("--output-shape", type=_shape, metavar="H,W", help="map size (default: the transform's output)")
+    stack_job.add_parser(sub, common)
     return parser
 
 
@@ -189,7 +194,8 @@ def make_spec(args, inputs=None, outputs=None, run_id: str = "000000000000") -> 
     spec = dict(job=args.job, inputs=inputs, outputs=outputs, warp=warp, run_id=run_id, max_pixels=args.max_pixels)
     if args.job == "align":
         levels = args.levels if args.levels == "auto" else int(args.levels)
-        spec["align"] = AlignOptions(model=args.model, robust=args.robust, photometric=args.photometric, levels=levels,
+        spec["align"] = AlignOptions(model=args.model, search=args.search, robust=args.robust,
+                                     photometric=args.photometric, levels=levels,
                                      max_iterations=args.max_iterations, tolerance=args.tolerance,
                                      time_budget=args.time_budget, fail_unconverged=args.fail_unconverged)
         try:
@@ -260,7 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return run(args, "warpsvc-batch " + shlex.join(argv))
-    except (UsageError, paths.PathError, paths.MissingDependencyError, TransformSpecError, OSError) as err:
+    except (UsageError, stack_job.StackUsageError, paths.PathError, paths.MissingDependencyError, TransformSpecError,
+            OSError) as err:
         print(f"warpsvc-batch: {printable(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -288,6 +295,8 @@ def _plan(args, inputs, outputs, run_id):
 def run(args, command: str) -> int:
     from . import files, pipeline
 
+    if args.job == "stack":
+        return stack_job.run(args, command, _engine)
     os.environ.setdefault("CV_IO_MAX_IMAGE_PIXELS", str(max(1, args.max_pixels)))  # OpenCV's own cap, too
     inputs, outputs = _stores(args)
     run_id = storage.new_run_id()

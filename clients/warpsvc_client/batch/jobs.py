@@ -80,7 +80,9 @@ class WarpOptions:
 
 @dataclass(frozen=True)
 class AlignOptions:
-    """Pass-through options of ``align`` (``None``: the library's default)."""
+    """Pass-through options of ``align`` (``None``: the library's default). ``search``: how a
+    start is found with no initial guess (``"auto"``, ``"local"``, ``"global"``; the library's
+    ``search=``)."""
 
     model: str = "homography"
     robust: str | None = None
@@ -90,9 +92,11 @@ class AlignOptions:
     tolerance: float | None = None
     time_budget: float | None = None
     fail_unconverged: bool = False
+    search: str = "auto"
 
     def kwargs(self) -> dict:
-        kw = dict(model=self.model, robust=self.robust, photometric=self.photometric, levels=self.levels)
+        kw = dict(model=self.model, search=self.search, robust=self.robust, photometric=self.photometric,
+                  levels=self.levels)
         for name in ("max_iterations", "tolerance", "time_budget"):
             if getattr(self, name) is not None:
                 kw[name] = getattr(self, name)
