@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tifffile
 from PIL import Image
-from warpsvc_client.batch import pixels, probe, report
+from warpsvc_client.batch import jobs, pixels, probe, report
 
 import warpsvc
 from warpsvc.core.errors import InvalidArgumentError, InvalidImageError
@@ -139,3 +139,17 @@ def test_coverage_mask_equals_the_warp_of_ones(matrix):
     got = report.covered(t.matrix, out, src, rows=7)  # several row blocks
     assert 0.05 < want.mean() < 1 or want.all()
     assert (got != want).sum() <= 0.002 * want.size, (got != want).sum()
+
+
+@pytest.mark.parametrize("channels", [3, 4])
+def test_colour_float_tiff_reads_back_as_opencv_writes_it(channels):
+    """A colour float32 stack (BGR[A], OpenCV's order) written by tifffile decodes, by OpenCV and
+    by the OpenCV-free path alike, to the same array; and its bytes say RGB as cv2.imencode's do."""
+    rng = np.random.default_rng(channels)
+    img = rng.random((9, 11, channels)).astype(np.float32)
+    tif = pixels.encode_map(img, "tiff")
+    np.testing.assert_array_equal(cv2.imdecode(np.frombuffer(tif, np.uint8), cv2.IMREAD_UNCHANGED), img)
+    np.testing.assert_array_equal(jobs.decode(tif), img)
+    ours = tifffile.imread(io.BytesIO(tif))
+    theirs = tifffile.imread(io.BytesIO(cv2.imencode(".tiff", img)[1].tobytes()))
+    np.testing.assert_array_equal(ours, theirs)

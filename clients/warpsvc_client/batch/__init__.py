@@ -1,4 +1,4 @@
-"""``warpsvc-batch``: warp, align or map the Jacobian of every image in a folder.
+"""``warpsvc-batch``: warp, align or map the Jacobian of every image in a folder, or stack it.
 
 Small modules, one job each (see ``docs/batch.md``):
 
@@ -17,5 +17,8 @@ Small modules, one job each (see ``docs/batch.md``):
 * :mod:`.pipeline`  the local pool / RPC threads: bounded in-flight work, progress;
 * :mod:`.dask_engine` ``--engine dask``: the per-image work on a Dask cluster;
 * :mod:`.report`    ``report.html`` and ``contact_sheet.png``;
+* :mod:`.stack_job` ``stack``: a folder registered as a sequence (``align_sequence`` or the
+                    ``AlignStream`` RPC), with :mod:`.stack_passes` (register + resample, then
+                    stack), :mod:`.stack_combine`, :mod:`.stack_trajectory` and :mod:`.stack_report`;
 * :mod:`.cli`       the command line.
 """

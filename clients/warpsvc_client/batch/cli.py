@@ -172,11 +172,13 @@ def _stores(args):
 
 
 def _read_reference(text: str, options: dict, max_pixels: int):
-    from .jobs import decode
+    """The reference as its file (bytes + probed header): a server decodes it itself, the local
+    engine once per process."""
+    from .jobs import read_image
 
     head, _, name = text.replace("\\", "/").rpartition("/")
     store = storage.open_store(head or ".", options)
-    return decode(store.read(name), max_pixels)
+    return read_image(store.read(name), max_pixels)
 
 
 def make_spec(args, inputs=None, outputs=None, run_id: str = "000000000000") -> JobSpec:
@@ -297,7 +299,7 @@ def run(args, command: str) -> int:
 
     if args.job == "stack":
         return stack_job.run(args, command, _engine)
-    os.environ.setdefault("CV_IO_MAX_IMAGE_PIXELS", str(max(1, args.max_pixels)))  # OpenCV's own cap, too
+    os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(max(1, args.max_pixels)))  # OpenCV's own cap, too
     inputs, outputs = _stores(args)
     run_id = storage.new_run_id()
     spec, planned, m_store, m_name = _plan(args, inputs, outputs, run_id)

@@ -214,7 +214,7 @@ def convergence(result) -> dict:
     return {"converged": bool(result.converged), "reason": result.reason, "iterations": list(result.iterations),
             "rms_error": _finite(float(result.rms_error)), "zncc": _finite(float(result.zncc)),
             "overlap": _finite(float(result.overlap)), "levels": int(result.levels), "model": result.model,
-            "elapsed": _finite(float(result.elapsed))}
+            "start": str(getattr(result, "start", "") or ""), "elapsed": _finite(float(result.elapsed))}
 
 
 def _error_text(err: BaseException) -> str:

@@ -121,7 +121,10 @@ def _tifffile_array(data: bytes) -> tuple[np.ndarray | None, str | None]:
 
 
 def encode_map(values: np.ndarray, fmt: str) -> bytes:
-    """A float32 map as a ``.npy`` or an uncompressed float32 TIFF (one strip, grey)."""
+    """A float32 map or image as a ``.npy`` or an uncompressed float32 TIFF (one strip). An
+    ``(H, W)`` map is grey; an ``(H, W, 3|4)`` image is in OpenCV's channel order (BGR[A], as
+    :func:`decode` returns it) and is written RGB[A], as ``cv2.imencode`` writes it, so any TIFF
+    reader sees its colours and :func:`decode` gives back the same array."""
     values = np.ascontiguousarray(values, np.float32)
     buf = io.BytesIO()
     if fmt == "npy":
@@ -129,16 +132,24 @@ def encode_map(values: np.ndarray, fmt: str) -> bytes:
     elif fmt == "tiff":
         import tifffile
 
-        tifffile.imwrite(buf, values, photometric="minisblack", compression=None, rowsperstrip=values.shape[0])
+        if values.ndim == 3 and values.shape[2] in (3, 4):
+            rgb = np.ascontiguousarray(values[:, :, [2, 1, 0, 3][: values.shape[2]]])
+            tifffile.imwrite(buf, rgb, photometric="rgb", planarconfig="contig", compression=None,
+                             rowsperstrip=values.shape[0], extrasamples=("unassalpha",) if values.shape[2] == 4 else None)
+        elif values.ndim == 2:
+            tifffile.imwrite(buf, values, photometric="minisblack", compression=None, rowsperstrip=values.shape[0])
+        else:
+            raise InvalidArgumentError(f"a TIFF holds 1, 3 or 4 channels, not shape {values.shape}", field="output")
     else:
         raise InvalidArgumentError(f"a map is written as .tif or .npy, not {fmt}", field="output")
     return buf.getvalue()
 
 
 def png(rgb: np.ndarray) -> bytes:
-    """An ``(H, W, 3)`` uint8 RGB picture as PNG bytes."""
+    """An ``(H, W, 3)`` uint8 RGB picture (or an ``(H, W)`` grey one) as PNG bytes."""
     from PIL import Image
 
     buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(rgb, np.uint8), "RGB").save(buf, "PNG")
+    rgb = np.ascontiguousarray(rgb, np.uint8)
+    Image.fromarray(rgb, "L" if rgb.ndim == 2 else "RGB").save(buf, "PNG")
     return buf.getvalue()

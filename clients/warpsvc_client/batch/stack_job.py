@@ -57,8 +57,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import files, manifest, paths, storage
-from .jobs import WarpOptions, _error_text, decode, encode
+from . import files, manifest, paths, pixels, storage
+from .jobs import EncodedImage, WarpOptions, _error_text, decode, read_image
 from .paths import printable
 from .record import Record
 
@@ -293,11 +293,12 @@ class Run:
             m = np.array([[1, 0, self.args.pad], [0, 1, self.args.pad], [0, 0, 1.0]]) @ m
         return as_transform(m)
 
-    def ones_png(self, shape) -> bytes:
-        """A PNG of ones of a frame's size (its conserving warp is the frame's area per output pixel)."""
+    def ones_png(self, shape) -> EncodedImage:
+        """A grey PNG of ones of a frame's size (its conserving warp is the frame's area per output
+        pixel), as the engines take images."""
         key = tuple(shape)
         if key not in self._ones:
-            self._ones[key] = encode(np.ones(key, np.uint8), "png")
+            self._ones[key] = read_image(pixels.png(np.ones(key[:2], np.uint8)), self.args.max_pixels)
         return self._ones[key]
 
     @property

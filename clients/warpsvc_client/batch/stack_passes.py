@@ -15,8 +15,8 @@ import time
 
 import numpy as np
 
-from . import files, stack_trajectory
-from .jobs import CallContext, decode, encode
+from . import files, pixels, stack_trajectory
+from .jobs import CallContext, decode, read_image
 from .paths import printable
 from .record import Record, Timings
 from .stack_combine import DEFAULT_MAX_STORED, ResampledStacker, coverage_weight, stored_bytes
@@ -60,7 +60,7 @@ def _resample(r, f, data: bytes, matrix, fields: dict, registration_seconds: flo
     ctx = CallContext(deadline=t0 + r.args.deadline)
     base = dict(input=f.input, output=f.output, job=JOB, **fields)
     try:
-        out = r.warp_engine().warp(data, r.grid_transform(matrix), warp_options(r.grid_shape), "tiff", ctx)
+        out = r.warp_engine().warp(read_image(data, r.args.max_pixels), r.grid_transform(matrix), warp_options(r.grid_shape), "tiff", ctx)
         t1 = time.monotonic()
         r.outputs.write_atomic(f.output, out, r.run_id)
         t2 = time.monotonic()
@@ -325,7 +325,7 @@ def _write_bytes(r, key: str, data: bytes, shape=None, dtype=None) -> None:
 
 
 def _write_product(r, key: str, image: np.ndarray) -> None:
-    _write_bytes(r, key, encode(image, "tiff"), shape=list(image.shape), dtype="float32")
+    _write_bytes(r, key, pixels.encode_map(image, "tiff"), shape=list(image.shape), dtype="float32")
 
 
 def write_report(r, result) -> str:
