@@ -345,7 +345,6 @@ def test_bad_frames_are_recorded_failed_and_the_rest_stacked(seq, bad_run):
 @pytest.mark.parametrize("extra, needle", [
     (("--shard", "0/2"), "--shard"),
     (("--engine", "dask"), "--engine dask"),
-    (("--photometric", "none", "--target", "127.0.0.1:9"), "--photometric none"),
     (("--reference", "no/such/frame.png"), "--reference"),
     (("--combine", "median", "--max-pixels", "10"), None),
 ])

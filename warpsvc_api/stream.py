@@ -42,17 +42,20 @@ def setup_request(reference, model: str = "homography", *, reference_index: int 
                   **options) -> wire.Parts:
     """The first ``AlignStreamRequest``: ``reference`` (array or file bytes), ``model`` and the
     sequence / pairwise options given as keywords (names of ``SequenceOptions`` and
-    ``AlignOptions``; ``None`` or absent = the library default)."""
+    ``AlignOptions``; absent = the library default). ``None`` is the library's ``None`` for the
+    options whose vocabulary has one (``robust=None``, ``photometric=None``: the ``*_NONE`` enum
+    value, as :func:`warpsvc_api.convert.align_request` sends it); for the others it means unset."""
     opts = pb.SequenceOptions()
+    enums = dict(ALIGN_ENUMS)
     for name, value in options.items():
-        if value is None:
+        if value is None and not (name in enums and None in enums[name].values):
             continue
         if name in SEQUENCE_FIELDS:
             setattr(opts, name, value)
         elif name == "motion_prior":
             opts.motion_prior = MOTION_PRIOR.to_wire(value)
-        elif name in dict(ALIGN_ENUMS):
-            setattr(opts, name, dict(ALIGN_ENUMS)[name].to_wire(value))
+        elif name in enums:
+            setattr(opts, name, enums[name].to_wire(value))
         elif name in ALIGN_NUMBERS:
             setattr(opts, name, 0 if value == "auto" else value)
         else:

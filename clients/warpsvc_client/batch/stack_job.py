@@ -86,7 +86,7 @@ def add_parser(sub, common) -> argparse.ArgumentParser:
     g.add_argument("--robust", choices=("huber", "tukey"))
     g.add_argument("--photometric", choices=("gain_bias", "none"),
                    help="appearance model of each pairwise alignment (default gain_bias, the sequence default: "
-                        "exposure flicker; 'none' compares intensities as they are, --target local only)")
+                        "exposure flicker; 'none' compares intensities as they are)")
     g.add_argument("--levels", default="auto", help="pyramid levels or 'auto'")
     g.add_argument("--max-iterations", type=int)
     g.add_argument("--tolerance", type=float)
@@ -113,9 +113,6 @@ def refuse(args) -> None:
                               "it cannot be split into shards (run stack on the whole folder)")
     if args.engine == "dask":
         raise StackUsageError("--engine dask: stack registers one sequence in order; use --target local or a server")
-    if args.photometric == "none" and any(t != "local" for t in args.target or ["local"]):
-        raise StackUsageError("--photometric none: the AlignStream request cannot carry it (an unset photometric "
-                              "means the sequence default, gain_bias); use --target local")
     if args.max_pixels < 1:
         raise StackUsageError("--max-pixels must be positive")
     if args.sigma_clip is not None and not (args.sigma_clip > 0 and np.isfinite(args.sigma_clip)):
@@ -131,12 +128,14 @@ def refuse(args) -> None:
 
 def registration_options(args) -> tuple[dict, dict]:
     """``(pairwise, sequence)`` keyword options given on the command line (unset: library default)."""
-    pairwise = {"robust": args.robust, "photometric": args.photometric,
-                "levels": None if args.levels == "auto" else args.levels,
+    pairwise = {"robust": args.robust, "levels": None if args.levels == "auto" else args.levels,
                 "max_iterations": args.max_iterations, "tolerance": args.tolerance}
+    pairwise = {k: v for k, v in pairwise.items() if v is not None}
+    if args.photometric is not None:  # 'none' is the library's None (sent as PHOTOMETRIC_NONE)
+        pairwise["photometric"] = None if args.photometric == "none" else args.photometric
     sequence = {"motion_prior": args.motion_prior, "max_keyframes": args.max_keyframes,
                 "reanchor": False if args.no_reanchor else None}
-    return ({k: v for k, v in pairwise.items() if v is not None}, {k: v for k, v in sequence.items() if v is not None})
+    return pairwise, {k: v for k, v in sequence.items() if v is not None}
 
 
 # -- planning ----------------------------------------------------------------------------------------

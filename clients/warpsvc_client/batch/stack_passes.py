@@ -83,8 +83,6 @@ def _results(r, source, seq_ref: int, n_push: int):
         from warpsvc.core.sequence.options import default_align_options
 
         pairwise = dict(r.pairwise)
-        if pairwise.get("photometric") == "none":
-            pairwise["photometric"] = None
         align = default_align_options().replace(**pairwise) if pairwise else None
         options = SequenceOptions(align=align, **r.sequence)
         return align_sequence(source, args.model, reference=ref.image if ref.index is None else seq_ref,

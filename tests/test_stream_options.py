@@ -1,0 +1,38 @@
+"""AlignStream set-up options on the wire: ``None`` is the library's ``None`` where the option's
+vocabulary has one (``photometric=None`` -> PHOTOMETRIC_NONE, read back as ``None``), absent is
+the library default, and the server hands the library exactly what the client said."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from warpsvc_api import stream
+from warpsvc_api.v1 import warp_pb2 as pb
+
+REF = np.zeros((8, 8), np.uint8)
+
+
+def _setup(**options) -> pb.AlignStreamSetup:
+    msg = pb.AlignStreamRequest.FromString(stream.setup_request(REF, "translation", **options).join())
+    return msg.setup
+
+
+@pytest.mark.parametrize("options, wire_value, library", [
+    ({"photometric": None}, pb.PHOTOMETRIC_NONE, {"photometric": None}),
+    ({"photometric": "gain_bias"}, pb.PHOTOMETRIC_GAIN_BIAS, {"photometric": "gain_bias"}),
+    ({}, pb.PHOTOMETRIC_UNSPECIFIED, {}),
+])
+def test_photometric_none_is_sent_as_none(options, wire_value, library):
+    setup = _setup(**options)
+    assert setup.options.photometric == wire_value
+    sequence, pairwise = stream.setup_options(setup)
+    assert {k: v for k, v in pairwise.items() if k == "photometric"} == library
+    assert sequence["model"] == "translation"
+
+
+def test_robust_none_and_unset_numbers():
+    setup = _setup(robust=None, max_iterations=None, max_keyframes=None)
+    assert setup.options.robust == pb.ROBUST_LOSS_NONE
+    sequence, pairwise = stream.setup_options(setup)
+    assert pairwise == {"robust": None} and "max_keyframes" not in sequence
