@@ -27,6 +27,7 @@ import numpy as np
 from . import _scale_kernels as _scale
 from .budget import check_antialias_cost, check_limits, check_transform_steps
 from .errors import InvalidArgumentError, InvalidTransformError
+from .grids import determinant_grid, finite_determinant_grid
 from .sampling import BORDERS, INTERPOLATIONS, SampleOptions, border_indices, resample
 from .transforms import AffineTransform, Transform, compose
 from .validate import check_choice, check_image, check_shape
@@ -77,7 +78,8 @@ def jacobian_determinant(transform: Transform, output_shape, *, dtype=np.float64
 
     It is the source area that lands in output pixel ``y`` (analytic, closed forms for matrix
     and polar transforms, chain rule for compositions). ``dtype`` is float64 or float32.
-    ``limits`` / ``poll``: see the module docstring (``poll`` runs between row tiles).
+    ``limits`` / ``poll``: see the module docstring (``poll`` runs after every sub-block of at
+    most ``grids.GRID_WORK`` pixel-steps: ~10 ms of work whatever the chain length).
     """
     _check_transform(transform)
     shape = check_shape(output_shape)
@@ -88,34 +90,15 @@ def jacobian_determinant(transform: Transform, output_shape, *, dtype=np.float64
 
 
 def _det_map(src_from_dst: Transform, shape, poll=None) -> np.ndarray:
-    """``|det J|`` of ``src_from_dst`` on the grid (may be a read-only broadcast view)."""
-    h, w = shape
-    step = max(1, (1 << 20) // w)
-    if step >= h:
-        return src_from_dst.determinant_grid((0, h), (0, w))
-    out = np.empty(shape, dtype=np.float64)
-    for r0 in range(0, h, step):
-        r1 = min(h, r0 + step)
-        out[r0:r1] = src_from_dst.determinant_grid((r0, r1), (0, w))
-        _poll(poll)
-    return out
+    """``|det J|`` of ``src_from_dst`` on the grid (may be a read-only broadcast view), in
+    :mod:`.grids` sub-blocks with a poll after each."""
+    return determinant_grid(src_from_dst, (0, shape[0]), (0, shape[1]), poll)
 
 
 def _finite_det_map(src_from_dst: Transform, shape, poll=None) -> np.ndarray:
     """The determinant map with singular points (a polar centre) replaced by the mean over
     four points at +-1/4 px: the pixel average of an integrable singularity."""
-    det = _det_map(src_from_dst, shape, poll)
-    bad = ~np.isfinite(det)
-    if bad.any():
-        det = np.array(det)
-        ys, xs = np.nonzero(bad)
-        acc = np.zeros(len(ys))
-        for ox in (-0.25, 0.25):
-            for oy in (-0.25, 0.25):
-                acc += np.abs(src_from_dst.jacobian_determinant(np.column_stack([xs + ox, ys + oy])))
-        det[bad] = acc / 4
-        det[~np.isfinite(det)] = 0.0
-    return det
+    return finite_determinant_grid(src_from_dst, (0, shape[0]), (0, shape[1]), poll)
 
 
 def warp(

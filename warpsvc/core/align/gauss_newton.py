@@ -91,8 +91,18 @@ MIN_RESIDUALS_PER_UNKNOWN = 4
 GAIN_RANGE = (0.05, 20.0)
 
 
+class Stopped(Exception):
+    """Raised by :meth:`Clock.check` (set-up stages: pyramids, Jacobians, feature search) when the
+    clock says stop; ``reason`` is ``TIME_BUDGET`` or ``CANCELLED``."""
+
+    def __init__(self, reason):
+        super().__init__(reason)
+        self.reason = reason
+
+
 class Clock:
-    """Shared stopping rule: a time budget and an optional cancellation callable."""
+    """Shared stopping rule: a time budget and an optional cancellation callable. Iterations ask
+    :meth:`stop_reason`; set-up stages call :meth:`check`, which raises :class:`Stopped`."""
 
     def __init__(self, budget, should_stop):
         self.start = time.perf_counter()
@@ -105,6 +115,11 @@ class Clock:
         if self.should_stop is not None and self.should_stop():
             return CANCELLED
         return None
+
+    def check(self) -> None:
+        reason = self.stop_reason()
+        if reason is not None:
+            raise Stopped(reason)
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.start
