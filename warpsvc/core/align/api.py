@@ -98,9 +98,9 @@ def align(
     max_iterations : per pyramid level.
     tolerance : full-resolution pixels; the finest level stops when an update moves no
         template corner further than this.
-    time_budget : seconds, checked between iterations (``reason="time_budget"``).
-    should_stop : zero-argument callable polled between iterations; true ends the call with
-        ``reason="cancelled"`` (for server deadlines and cancellation).
+    time_budget : seconds, checked between iterations and set-up stages (``reason="time_budget"``).
+    should_stop : zero-argument callable polled where ``time_budget`` is checked; true ends the
+        call with ``reason="cancelled"`` (for server deadlines and cancellation).
     options : an :class:`AlignOptions` with further settings; keyword arguments given with
         non-default values override its fields.
 

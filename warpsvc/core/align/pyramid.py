@@ -236,12 +236,12 @@ def build_level(index: int, template: np.ndarray, image: np.ndarray, model: str,
         gx, gy, tz = gx[sel], gy[sel], tz[sel]
         usable = np.ones(len(sel) * c, bool)
         points = np.column_stack([xs, ys, np.ones(len(sel))]).astype(np.float64)
-        transposed = lambda: (np.ascontiguousarray(jx.T), np.ascontiguousarray(jy.T))  # noqa: E731
+        transposed = lambda: (np.ascontiguousarray(jx.T), np.ascontiguousarray(jy.T))
     else:
         chart_key = tuple(chart.ravel())
         jx, jy = _grid_jacobian(model, h, w, factor, chart_key)  # (h*w, P) each, float32, read-only
         usable = ~(np.isnan(tz) | np.isnan(gx) | np.isnan(gy)).reshape(-1)  # (h*w*C,)
-        transposed = lambda: _grid_jacobian_t(model, h, w, factor, chart_key)  # noqa: E731
+        transposed = lambda: _grid_jacobian_t(model, h, w, factor, chart_key)
     _check(check)
     p = jx.shape[1]
     n = len(jx)
