@@ -102,19 +102,22 @@ class Stopped(Exception):
 
 class Clock:
     """Shared stopping rule: a time budget and an optional cancellation callable. Iterations ask
-    :meth:`stop_reason`; set-up stages call :meth:`check`, which raises :class:`Stopped`."""
+    :meth:`stop_reason`; set-up stages call :meth:`check`, which raises :class:`Stopped`. Once
+    it has said stop it keeps saying so without asking ``should_stop`` again."""
 
     def __init__(self, budget, should_stop):
         self.start = time.perf_counter()
         self.deadline = None if budget is None else self.start + budget
         self.should_stop = should_stop
+        self._stopped = None
 
     def stop_reason(self):
-        if self.deadline is not None and time.perf_counter() > self.deadline:
-            return TIME_BUDGET
-        if self.should_stop is not None and self.should_stop():
-            return CANCELLED
-        return None
+        if self._stopped is None:
+            if self.deadline is not None and time.perf_counter() > self.deadline:
+                self._stopped = TIME_BUDGET
+            elif self.should_stop is not None and self.should_stop():
+                self._stopped = CANCELLED
+        return self._stopped
 
     def check(self) -> None:
         reason = self.stop_reason()
