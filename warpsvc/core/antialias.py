@@ -257,7 +257,8 @@ def _windows(source, p: ScatterPlan):
     if isinstance(source, np.ndarray):
         return [(0, n_rows, 0, source.shape[0] - 2 * k.PAD)]
     origins = p.blocks[::per_row, 0]
-    step = max(1, window_rows(source.w, source.channels) // k.BLOCK)
+    most = max(1, window_rows(source.w, source.channels) // k.BLOCK)
+    step = -(-n_rows // -(-n_rows // most))  # as many block rows in each window as the bound allows, balanced
     return [(q0, min(n_rows, q0 + step), int(origins[q0]),
              int(origins[q0 + step]) if q0 + step < n_rows else source.h) for q0 in range(0, n_rows, step)]
 
