@@ -93,9 +93,7 @@ def feature_start(template: np.ndarray, image: np.ndarray, model: str,
     _check(check)
     if dt is None or di is None or len(kt) < 4 or len(ki) < 4:
         return None
-    matches = cv2.BFMatcher(cv2.NORM_L2).knnMatch(dt, di, k=2)
-    _check(check)
-    good = [m[0] for m in matches if len(m) == 2 and m[0].distance < RATIO * m[1].distance]
+    good = [m[0] for m in _matches(dt, di, check) if len(m) == 2 and m[0].distance < RATIO * m[1].distance]
     if len(good) < max(MIN_INLIERS, 4):
         return None
     src = np.float32([kt[m.queryIdx].pt for m in good])  # template points (x, y)
@@ -114,6 +112,31 @@ def feature_start(template: np.ndarray, image: np.ndarray, model: str,
     H = np.asarray(H, np.float64)
     H = _in_family(H / H[2, 2], model, template.shape)
     return H, int(inl.sum())
+
+
+MATCH_ROWS = 1024  # template descriptors matched per brute-force call (then a check)
+
+
+class _Match:
+    """What the fit reads of a ``cv2.DMatch``, with the query index of the whole descriptor set."""
+
+    __slots__ = ("queryIdx", "trainIdx", "distance")
+
+    def __init__(self, m, offset):
+        self.queryIdx, self.trainIdx, self.distance = m.queryIdx + offset, m.trainIdx, m.distance
+
+
+def _matches(dt, di, check):
+    """The two nearest image descriptors of every template descriptor (``BFMatcher.knnMatch``,
+    k = 2), in runs of :data:`MATCH_ROWS` template descriptors with ``check()`` between two: each
+    query's neighbours do not depend on the other queries, so the runs give the same matches as
+    one call (10 000 x 10 000 SIFT descriptors: ~1.3 s in one call)."""
+    matcher = cv2.BFMatcher(cv2.NORM_L2)
+    out = []
+    for a in range(0, len(dt), MATCH_ROWS):
+        out.extend([_Match(m, a) for m in pair] for pair in matcher.knnMatch(dt[a:a + MATCH_ROWS], di, k=2))
+        _check(check)
+    return out
 
 
 def _check(check) -> None:
