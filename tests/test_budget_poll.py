@@ -9,9 +9,10 @@ import pytest
 
 from tests.oracles import point_field, shrink3_homography
 from warpsvc import AffineTransform, HomographyTransform, PolarTransform, compose, jacobian_determinant, warp
-from warpsvc.core import _scale_kernels, _splat_kernels, antialias, sampling
+from warpsvc.core import _scale_kernels, _splat_kernels, antialias, grids, sampling
 from warpsvc.core.budget import WarpLimits
 from warpsvc.core.errors import InvalidArgumentError, ResourceExhaustedError
+from warpsvc.core.transforms.compose import ComposedTransform
 from warpsvc.core.warp import antialias_cost
 
 
@@ -77,24 +78,62 @@ def test_ordinary_warps_fit_the_default_budget():
         warp(img[:50, :50], t, (40, 40), antialias=True)  # and the call runs
 
 
-def test_border_extension_memory_is_estimated_and_bounded():
-    """Shrinking 3x with a wrap border extends the source 3x3 over the preimage; the estimate
-    counts it and a tight memory budget refuses it naming ``border`` (a just-fitting one runs)."""
-    img = np.ones((300, 300))
-    t = AffineTransform.from_components(scale=(1 / 3, 1 / 3), translation=(100, 100))
-    plain = antialias_cost(img, t, (300, 300))
-    wrapped = antialias_cost(img, t, (300, 300), border="wrap")
+def test_border_extension_costs_one_window_not_its_size():
+    """Shrinking 3x with a wrap border extends the source 3x3 over the preimage (9x the source);
+    it is read one window of rows at a time, so the estimate and the real peak (tracemalloc)
+    stay within one window of the constant border's, far below the extension's float64 size;
+    a tight memory budget still refuses the call naming ``antialias``."""
+    import tracemalloc
+
+    img = np.ones((600, 600))
+    t = AffineTransform.from_components(scale=(1 / 3, 1 / 3), translation=(200, 200))
+    plain = antialias_cost(img, t, (600, 600))
+    wrapped = antialias_cost(img, t, (600, 600), border="wrap")
     assert plain.extension_pixels == 0
-    assert wrapped.extension_pixels >= 8 * 300 * 300
-    assert wrapped.working_bytes > 3 * plain.working_bytes
+    assert wrapped.extension_pixels >= 8 * 600 * 600
+    window = 1.2 * antialias.WINDOW_BYTES
+    assert wrapped.working_bytes <= plain.working_bytes + window
+    assert wrapped.working_bytes < 0.5 * 16 * wrapped.extension_pixels  # vs the extension in float64 + coverage
+    peaks = {}
+    for border in ("constant", "wrap"):
+        warp(img, t, (600, 600), antialias=True, border=border)  # warm
+        tracemalloc.start()
+        out = warp(img, t, (600, 600), antialias=True, border=border)
+        peaks[border] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    assert peaks["wrap"] <= wrapped.working_bytes
+    assert peaks["wrap"] <= peaks["constant"] + window
+    np.testing.assert_allclose(out[5:-5, 5:-5], 1.0, rtol=1e-9)  # wrap of a constant image is constant
     per_sample = wrapped.working_bytes / wrapped.pixels
     fits = WarpLimits(max_bytes_per_sample=per_sample * (1 + 1e-9), floor_bytes=1)
-    out = warp(img, t, (300, 300), antialias=True, border="wrap", limits=fits)
-    np.testing.assert_allclose(out[5:-5, 5:-5], 1.0, rtol=1e-9)  # wrap of a constant image is constant
+    warp(img, t, (600, 600), antialias=True, border="wrap", limits=fits)
     tight = WarpLimits(max_bytes_per_sample=per_sample * (1 - 1e-9), floor_bytes=1)
     with pytest.raises(ResourceExhaustedError) as exc:
-        warp(img, t, (300, 300), antialias=True, border="wrap", limits=tight)
-    assert exc.value.field == "border" and "extended" in str(exc.value)
+        warp(img, t, (600, 600), antialias=True, border="wrap", limits=tight)
+    assert exc.value.field == "antialias" and "window" in str(exc.value)
+
+
+@pytest.mark.parametrize("border,transform", [
+    ("wrap", HomographyTransform([[1.2, 0.1, -20], [0.05, 0.9, 10], [0.0008, 0.0003, 1]])),  # mixed m: tent sums
+    ("reflect", AffineTransform.from_components(scale=(0.7, 1.3), rotation=0.4, translation=(40, -30))),
+    ("symmetric", PolarTransform((150.0, 140.0), 130.0, (300, 130))),  # generic path
+    ("constant", PolarTransform((150.0, 140.0), 130.0, (300, 130)).inverse()),  # periodic rows: extended
+])
+def test_source_windows_change_no_value(monkeypatch, border, transform):
+    """Windows of one block row (the smallest), of a few, and the whole source in one: the same
+    bits (every output pixel receives the same deposits in the same order)."""
+    rng = np.random.default_rng(7)
+    img = rng.random((300, 280, 2)) * 100
+    if transform.source_row_period() is not None:
+        img = img[:, :130]
+    shape = (260, 300)
+    runs = {}
+    for name, size in [("one", 1 << 40), ("few", 1 << 20), ("rows", 1)]:
+        monkeypatch.setattr(antialias, "WINDOW_BYTES", size)
+        runs[name] = warp(img, transform, shape, antialias=True, border=border, border_value=3.0)
+    assert np.isfinite(runs["one"]).all() and np.abs(runs["one"]).max() > 1
+    np.testing.assert_array_equal(runs["few"], runs["one"])
+    np.testing.assert_array_equal(runs["rows"], runs["one"])
 
 
 def test_estimate_bounds_the_memory_really_used():
@@ -239,6 +278,45 @@ def test_conserve_scaling_is_polled_per_band(monkeypatch):
     assert len(launched) == 2
     monkeypatch.setattr(warp_module, "SCALE_BAND_ELEMENTS", 1 << 22)
     np.testing.assert_array_equal(banded, warp(RGB, HOM, intensity="conserve"))
+
+
+def _polar_chain(n, side=400):
+    """``n`` alternating forward / inverse polar steps on ``side`` x ``side`` grids (none merge)."""
+    p = PolarTransform((side / 2, side / 2), side * 0.4, (side, side))
+    q = PolarTransform((side / 2, side / 2), side * 0.4, (side, side), inverse=True, cartesian_shape=(side, side))
+    return compose(*[p if i % 2 == 0 else q for i in range(n)])
+
+
+CHAIN_CALLS = {
+    "warp": lambda t, poll: warp(RGB[:4, :4], t, (400, 400), poll=poll),
+    "warp float64": lambda t, poll: warp(RGB[:50, :50, 0].astype(np.float64), t, (400, 400), poll=poll),
+    "jacobian_determinant": lambda t, poll: jacobian_determinant(t, (400, 400), poll=poll),
+}
+
+
+@pytest.mark.parametrize("name", list(CHAIN_CALLS))
+def test_polls_scale_with_the_chain_length(monkeypatch, name):
+    """Coordinate and determinant maps run in sub-blocks of GRID_WORK pixel-steps: a 16-step
+    chain is polled about 16 times as often as one step on the same grid (so a deadline stops it
+    as promptly), an abort at poll 5 leaves exactly 5 sub-blocks evaluated, and the blocking
+    changes no value (bit-identical to one block: every value is pointwise)."""
+    call = CHAIN_CALLS[name]
+    one, chain = Poll(), Poll()
+    call(_polar_chain(1), one)
+    blocked = call(_polar_chain(16), chain)
+    assert chain.calls >= 16 * 400 * 400 / grids.GRID_WORK
+    assert chain.calls >= 6 * one.calls
+    evaluated = []
+    for hook in ("sampling_grid", "determinant_grid"):
+        real = getattr(ComposedTransform, hook)
+        monkeypatch.setattr(ComposedTransform, hook,
+                            lambda self, *a, _real=real, **k: (evaluated.append(1), _real(self, *a, **k))[1])
+    with pytest.raises(Abort):
+        call(_polar_chain(16), Poll(fail_at=5))
+    assert len(evaluated) == 5
+    monkeypatch.setattr(grids, "GRID_WORK", 1 << 40)
+    single = call(_polar_chain(16), None)
+    np.testing.assert_array_equal(blocked, single)
 
 
 def test_poll_must_be_callable():

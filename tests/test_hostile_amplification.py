@@ -9,10 +9,9 @@ fresh ``warpsvc serve`` subprocess on loopback, each demonstrating the *required
 * calls that run past their deadline stop within ~100 ms of it and the access log says
   DEADLINE_EXCEEDED / CANCELLED.
 
-Today's server fails them, so they are ``xfail(strict=True)`` with the fix each one waits for:
-the suite stays green, and an XPASS (the fix landed) fails it until the marker is removed. The
-sizes are scaled down from the issue's (shared 2-core machine); each still costs the server
-seconds of CPU or 100+ MiB today. ``-s`` prints each case's figures.
+Every case failed against the server of the review (the figures "before" in each docstring);
+each passes now, strictly. The sizes are scaled down from the issue's (shared 2-core machine);
+each cost the server seconds of CPU or 100+ MiB before its fix. ``-s`` prints each case's figures.
 """
 
 from __future__ import annotations
@@ -44,10 +43,6 @@ INVALID = grpc.StatusCode.INVALID_ARGUMENT
 SLACK_S = 1.0  # "answered within its deadline + 1 s"
 STOP_MS = 100  # work stops within ~100 ms of the deadline ...
 LOG_SLACK_MS = 200  # ... plus scheduling on a loaded shared machine
-
-
-def xfail(fix: str, strict: bool = True):
-    return pytest.mark.xfail(strict=strict, reason=f"issue 13: {fix}")
 
 
 def run_case(server, method, request, deadline, *, codes=CLIENT_ERRORS, rss_bound_mib=None, field=None,
@@ -124,10 +119,11 @@ def test_antialias_anisotropic_cpu():
         run_case(s, "Warp", request, 1.5)
 
 
-@xfail("antialias working memory bounded (no 3x3 source extension for non-constant borders)")
 def test_antialias_memory_with_reflect_border():
-    """A 1 Mpx constant PNG (a few KB), antialiased with a reflecting border: today ~250 B per input
-    pixel (+113 MiB). Bound: 64 MiB (input 1 MiB, float32 output and coverage 4 MiB each, accumulators)."""
+    """A 1 Mpx constant PNG (a few KB), antialiased with a reflecting border: before, ~250 B per input
+    pixel (+113 MiB: the source extended 3x3 in float64); now the source is read one window of
+    rows at a time (~+50 MiB, mostly the float64 accumulator with its coverage channel). Bound:
+    64 MiB (input 1 MiB, float32 output 4 MiB, accumulator 17 MiB, an 8 MiB window, the response)."""
     import cv2
 
     png = cv2.imencode(".png", np.full((1024, 1024), 7, np.uint8))[1].tobytes()
@@ -146,27 +142,26 @@ def test_polar_chain_of_60_steps():
         run_case(s, "JacobianDeterminant", request, 2.0, codes={EXHAUSTED, INVALID}, field="transforms")
 
 
-DEADLINE_FIX = xfail("the server passes poll= (it raises DeadlineExceededError); the library polls too rarely on "
-                     "polar chains: Warp stopped 2.1 s after a 0.3 s deadline, JacobianDeterminant never polled "
-                     "(not strict: on an idle machine the Warp case can finish inside deadline + 1 s)", strict=False)
-
-
 def _deadline_cases():
+    """Before: Warp stopped 2.1 s after a 0.3 s deadline (one poll per 1 Mpx remap tile, the whole
+    16-step chain evaluated in between), JacobianDeterminant never polled, Align's set-up (full-grid
+    Jacobians of the 1 Mpx template) logged DEADLINE_EXCEEDED after 605 ms quiet / 3111 ms busy.
+    Now maps are polled every GRID_WORK pixel-steps and Align checks its clock between set-up
+    stages. The Warp grid is 2000^2 (~1.5 s of work on an idle machine), so it cannot finish
+    inside its deadline. The Align call now takes ~0.1-0.2 s in all (cold server), so its
+    deadline is 0.1 s: the stop (50 ms before it) falls in the set-up, which before ran
+    unpolled for 0.6-3 s."""
     chain = polar_chain(16, 1000)  # at the chain-length limit (max_transform_steps)
-    grid = pb.ImageSize(height=1000, width=1000)
     rng = np.random.default_rng(5)
     scene = rng.random((1100, 1100)).astype(np.float32)
     align = pb.AlignRequest(template=tensor(np.ascontiguousarray(scene[50:1050, 50:1050])), image=tensor(scene),
                             model=pb.MOTION_MODEL_AFFINE)
     return [
-        pytest.param("Warp", _warp(tensor(np.zeros((4, 4), np.uint8)), chain, output_shape=grid), 0.3,
-                     marks=DEADLINE_FIX, id="Warp"),
-        pytest.param("JacobianDeterminant", pb.JacobianDeterminantRequest(transforms=chain, output_shape=grid), 0.3,
-                     marks=DEADLINE_FIX, id="JacobianDeterminant"),
-        # Align polls its deadline between iterations but not in its set-up: at this size (1 Mpx
-        # template) logged DEADLINE_EXCEEDED after 605 ms on a quiet machine, 3111 ms on a busy one.
-        pytest.param("Align", align, 0.2, id="Align",
-                     marks=xfail("Align set-up (pyramids, Jacobians) must poll the deadline too")),
+        pytest.param("Warp", _warp(tensor(np.zeros((4, 4), np.uint8)), chain,
+                                   output_shape=pb.ImageSize(height=2000, width=2000)), 0.3, id="Warp"),
+        pytest.param("JacobianDeterminant", pb.JacobianDeterminantRequest(
+            transforms=chain, output_shape=pb.ImageSize(height=1000, width=1000)), 0.3, id="JacobianDeterminant"),
+        pytest.param("Align", align, 0.1, id="Align"),
     ]
 
 
@@ -175,7 +170,7 @@ def test_work_stops_at_the_deadline_and_the_log_says_so(method, request_, deadli
     """A legitimate but slow call (seconds of work today) with a short deadline: the server must
     stop within ~100 ms of the deadline (+ scheduling slack) and log DEADLINE_EXCEEDED, not
     finish and log OK."""
-    with hostile_server("--max-input-pixels", str(1 << 21), "--max-output-pixels", str(1 << 20)) as s, \
+    with hostile_server("--max-input-pixels", str(1 << 21), "--max-output-pixels", str(1 << 22)) as s, \
             HealthWatch(s.target) as watch:
         mark = s.log_mark()
         out = s.call(method, request_, deadline)
@@ -197,10 +192,11 @@ def test_encoded_response_form_with_many_channels():
         run_case(s, "Warp", request, 10, codes={INVALID}, field="response_form", rss_bound_mib=16)
 
 
-@xfail("align: Jacobians only for the sampled pixels; caches bounded in bytes")
 def test_align_memory_bounded():
-    """A 640x640 float32 template in 700x700 (1.6 MiB + 1.9 MiB): today ~500 B per template pixel
-    (the issue: 2.06 GiB at 4 Mpx). Bound: 64 MiB."""
+    """A 640x640 float32 template in 700x700 (1.6 MiB + 1.9 MiB): before, ~500 B per template pixel
+    (full-grid float64 Jacobians, cached per shape; the issue: 2.06 GiB at 4 Mpx); now Jacobians
+    only for the 20 000 sampled pixels, whole-grid ones in a 16 MiB LRU (~+50 MiB, mostly the
+    request and its decoded images). Bound: 64 MiB."""
     rng = np.random.default_rng(11)
     scene = rng.random((700, 700)).astype(np.float32)
     request = pb.AlignRequest(template=tensor(np.ascontiguousarray(scene[30:670, 30:670])), image=tensor(scene),
@@ -227,10 +223,12 @@ def test_health_answers_while_every_handler_is_busy():
     assert watch.polls >= 5 and watch.failures == [], watch.failures
 
 
-@xfail("refuse unauthenticated calls before the body is parsed (cost bounded)")
 def test_unauthenticated_large_message(tmp_path):
     """A 32 MiB request without the token: UNAUTHENTICATED, and the server must not parse it into
-    copies (today ~7.7x the message size). Bound: 2x the message (gRPC must receive it)."""
+    copies. Before: +115 MiB (core's buffer, its copy into ``bytes``, the parse); now the refusal is
+    a request-streaming handler that never asks for the message (``BodilessRefusal``): ~+26 MiB,
+    what gRPC core takes in within the stream's flow-control window (grown by its BDP probe) before
+    the status closes the stream. Bound: 2x the message (gRPC may receive it whole)."""
     (tmp_path / "token").write_text("s3cret")
     image = pb.Image(tensor=pb.Tensor(shape=[32 << 10, 1024], dtype=pb.DTYPE_UINT8, data=bytes(32 << 20)))
     with hostile_server("--token-file", str(tmp_path / "token"), token="s3cret") as s:

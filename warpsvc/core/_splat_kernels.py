@@ -7,8 +7,9 @@ block rows (the tent sums), each writing only its own rows, so results are bit-i
 every thread count; cached on disk after the first run (``python -m warpsvc.core.warmup``).
 
 Arrays:
-* ``src (h + 2P, w + 2P, C) float64``: the source divided by the tent-sum normaliser, with
-  ``P = PAD`` zero rows/columns on every side;
+* ``src (n + 2P, w + 2P, C) float64``: a window of source rows divided by the tent-sum
+  normaliser, with ``P = PAD`` zero rows/columns around the source: array row ``i`` is source
+  row ``row0 - P + i`` (``row0 = 0`` and ``n = h``: the whole source);
 * ``blocks (nb, 3) int64``: ``(first row, first column, m)`` of each block of source pixels;
 * ``acc (Ho + 2G, Wo + 2G, C) float64``: output accumulator with a ``G = GUARD`` pixel ring
   (deposits just outside the frame land there; periodic outputs fold it back); accumulator row
@@ -88,13 +89,14 @@ def _strip_scratch(src, strip_rows, s):
 
 
 @compiled(inline="always")
-def _node_value(src, sx, sy, value):
-    """Bilinear value of the padded source at source point ``(sx, sy)``; False if all zero."""
+def _node_value(src, sx, sy, row0, value):
+    """Bilinear value of the padded source window (first source row ``row0``) at source point
+    ``(sx, sy)``; False if all zero."""
     x0 = math.floor(sx)
     y0 = math.floor(sy)
     fx = sx - x0
     fy = sy - y0
-    r = y0 + PAD
+    r = y0 + PAD - row0
     c = x0 + PAD
     nonzero = False
     if fx == 0.0 and fy == 0.0:  # a pixel centre (always so when m = 1)
@@ -114,27 +116,29 @@ def _node_value(src, sx, sy, value):
 
 
 @compiled(parallel=True)
-def tent_sums(blocks, row_ptr, block_rows, h, w, sums):
-    """``sums[j] += sum over nodes n of tent(n - j) / m_n^2`` (padded layout) over the nodes of
-    the block rows ``block_rows`` (``row_ptr``: first block of each block row, and the end).
+def tent_sums(blocks, row_ptr, block_rows, h, w, sums, iy_lo, iy_hi, row0):
+    """``sums[j] += sum over nodes n of tent(n - j) / m_n^2`` (padded window layout, first source
+    row ``row0``) over the nodes of the block rows ``block_rows`` (``row_ptr``: first block of
+    each block row, and the end) whose pixel row lies in ``[iy_lo, iy_hi)``.
 
     1 where the lattice is uniform, different only where neighbouring blocks use different
     ``m``. A block row writes 33 padded rows and rows of equal parity never share one: callers
     pass block rows of one parity per call (all even ones, then all odd ones), which then run in
-    parallel with a result independent of the thread count."""
+    parallel with a result independent of the thread count (and of the windowing: each sum
+    receives the same terms in the same order)."""
     for q in prange(block_rows.shape[0]):
         br = block_rows[q]
         for b in range(row_ptr[br], row_ptr[br + 1]):
             y0, x0, m = blocks[b, 0], blocks[b, 1], blocks[b, 2]
             inv_m = 1.0 / m
             area = inv_m * inv_m
-            for iy in range(y0, min(y0 + BLOCK, h)):
+            for iy in range(max(y0, iy_lo), min(y0 + BLOCK, h, iy_hi)):
                 for ky in range(m):
                     fy = ky * inv_m
                     for ix in range(x0, min(x0 + BLOCK, w)):
                         for kx in range(m):
                             fx = kx * inv_m
-                            r, c = iy + PAD, ix + PAD
+                            r, c = iy + PAD - row0, ix + PAD
                             sums[r, c] += (1 - fy) * (1 - fx) * area
                             sums[r, c + 1] += (1 - fy) * fx * area
                             sums[r + 1, c] += fy * (1 - fx) * area
@@ -142,9 +146,10 @@ def tent_sums(blocks, row_ptr, block_rows, h, w, sums):
 
 
 @compiled(parallel=True, fastmath=FASTMATH)
-def scatter_matrix(src, blocks, strip_rows, strip_ptr, strip_blocks, h, w, mat, acc):
+def scatter_matrix(src, blocks, strip_rows, strip_ptr, strip_blocks, h, w, mat, acc, row0):
     """Fused scatter for a projective ``dst_from_src`` matrix ``mat (3, 3)`` (``w > 0`` side),
-    in parallel over output strips.
+    in parallel over output strips; ``src`` is the window of source rows from ``row0`` (its
+    blocks are the only ones listed).
 
     Strip ``s`` owns accumulator rows ``strip_rows[s] = [lo, hi)`` and visits the blocks
     ``blocks[strip_blocks[strip_ptr[s]:strip_ptr[s + 1]]]`` (those whose image can reach it, in
@@ -176,7 +181,7 @@ def scatter_matrix(src, blocks, strip_rows, strip_ptr, strip_blocks, h, w, mat, 
                             px = (mat[0, 0] * sx + mat[0, 1] * sy + mat[0, 2]) / ww
                             if px < -3.0 or py < -3.0 or px > wo + 2 or py > ho + 2:
                                 continue
-                            if not _node_value(src, sx, sy, value):
+                            if not _node_value(src, sx, sy, row0, value):
                                 continue
                             j00 = (mat[0, 0] - px * mat[2, 0]) / ww
                             j01 = (mat[0, 1] - px * mat[2, 1]) / ww
@@ -207,10 +212,10 @@ def list_nodes(pieces, first, h, w, out_xy, out_m):
 
 
 @compiled(parallel=True, fastmath=FASTMATH)
-def scatter_points(src, node_xy, node_m, pos, rows, strip_rows, acc):
+def scatter_points(src, node_xy, node_m, pos, rows, strip_rows, acc, row0):
     """Generic scatter, in parallel over output strips (as :func:`scatter_matrix`): node ``k`` at
     source ``node_xy[k]`` lands at ``pos[k]`` with Jacobian row norms ``rows[k]`` (precomputed
-    by the transform in numpy)."""
+    by the transform in numpy); ``src`` is the window of source rows from ``row0``."""
     ho, wo = acc.shape[0] - 2 * GUARD, acc.shape[1] - 2 * GUARD
     for s in prange(strip_rows.shape[0]):
         row_lo, row_hi, value, wx, wy = _strip_scratch(src, strip_rows, s)
@@ -220,7 +225,7 @@ def scatter_points(src, node_xy, node_m, pos, rows, strip_rows, acc):
                 continue
             if not (px > -3.0 and py > -3.0 and px < wo + 2 and py < ho + 2):
                 continue  # also rejects NaN
-            if not _node_value(src, node_xy[k, 0], node_xy[k, 1], value):
+            if not _node_value(src, node_xy[k, 0], node_xy[k, 1], row0, value):
                 continue
             inv_m = 1.0 / node_m[k]
             hx, hy = rows[k, 0] * inv_m, rows[k, 1] * inv_m

@@ -36,6 +36,15 @@ then runs in row *bands* of about :data:`NODES_PER_BAND` nodes (the work histogr
 rows comes from each block's image), calling ``poll()`` between bands so a caller's deadline
 or cancellation stops the work; each band is split into as many strips as there are threads,
 balanced by the same histogram.
+
+Memory. The float64 source (with its coverage channel, its border extension over the output's
+preimage for non-constant borders and polar seams: up to 3x3 source sizes) is never
+materialised whole: :class:`SourceRows` builds one *window* of block rows at a time, at most
+:data:`WINDOW_BYTES` (at least one block row), gathered from the caller's image through the
+border rule's row and column indices; the tent-sum normaliser is computed per window from the
+block rows that reach it. Windows are scattered in block order and every output pixel
+receives the same deposits in the same order, so the result is bit-identical to one window.
+The working memory is then the accumulator (output size) plus one window.
 """
 
 from __future__ import annotations
@@ -50,7 +59,9 @@ from .threads import kernel_threads
 
 OVERSAMPLING = 1.5  # m = ceil(1.5 s): 1 node per pixel for shrinks >= 1.5x; moire < 0.3 % when rotating
 MAX_NODES_PER_PIXEL_AXIS = 64
-CHUNK_NODES = 1 << 18  # nodes per generic-path chunk (bounds memory: ~GENERIC_BYTES_PER_NODE each)
+CHUNK_NODES = 1 << 18  # nodes x chain steps per generic-path chunk (memory: ~GENERIC_BYTES_PER_NODE each)
+MIN_CHUNK_NODES = 1 << 12
+WINDOW_BYTES = 1 << 23  # padded float64 source window (block rows scattered together)
 NODES_PER_BAND = 1 << 21  # nodes between two poll() calls (~50 ms on one core)
 MATRIX_MARGIN = 4.0  # output px: a node's footprint reaches < 2.5 px beyond the block's exact image box
 GENERIC_BYTES_PER_NODE = 320  # node list, positions, Jacobians and the transform's temporaries
@@ -90,7 +101,24 @@ def source_side_matrix(dst_from_src, h: int, w: int) -> np.ndarray:
     return -mat if mat[2] @ centre < 0 else mat
 
 
-def block_layout(dst_from_src, h: int, w: int) -> dict:
+def _map_and_jacobian(dst_from_src, pts, poll=None):
+    """``(jacobian (N, 2, 2), map (N, 2))`` at ``pts``, in runs of ``GRID_WORK / steps`` points
+    with ``poll()`` between two (pointwise: the same values as one call)."""
+    from .budget import transform_steps
+    from .grids import GRID_WORK
+
+    run = max(1024, GRID_WORK // transform_steps(dst_from_src))
+    jac, y = np.empty((len(pts), 2, 2)), np.empty((len(pts), 2))
+    for a in range(0, len(pts), run):
+        if a:
+            _poll(poll)
+        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+            jac[a:a + run] = dst_from_src.jacobian(pts[a:a + run])
+            y[a:a + run] = dst_from_src.map(pts[a:a + run])
+    return jac, y
+
+
+def block_layout(dst_from_src, h: int, w: int, poll=None) -> dict:
     """Blocks of source pixels: origins, node factor ``m``, node count and the bounding box of
     each block's image (sampled on a 3x3 grid; ``finite`` is False where a horizon crosses the
     block, ``dead`` True where the whole block lies beyond it).
@@ -100,9 +128,7 @@ def block_layout(dst_from_src, h: int, w: int) -> dict:
     transforms keep a margin of two block images."""
     by, bx = _block_grid(h, w)
     pts, per = _block_samples(by, bx, 3)
-    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-        jac = dst_from_src.jacobian(pts)
-        y = dst_from_src.map(pts)
+    jac, y = _map_and_jacobian(dst_from_src, pts, poll)
     jac = np.nan_to_num(jac, nan=0.0, posinf=0.0, neginf=0.0)
     stretch = _largest_singular_value(jac).reshape(-1, per).max(axis=1)
     m = np.clip(np.ceil(OVERSAMPLING * stretch), 1, MAX_NODES_PER_PIXEL_AXIS).astype(np.int64)
@@ -154,11 +180,14 @@ class ScatterPlan:
     working_bytes: int
 
 
-def plan(dst_from_src, src_shape, out_shape, channels: int, with_coverage: bool = True) -> ScatterPlan:
-    """Plan the scatter of a ``src_shape`` source with ``channels`` channels onto ``out_shape``."""
+def plan(dst_from_src, src_shape, out_shape, channels: int, with_coverage: bool = True, poll=None) -> ScatterPlan:
+    """Plan the scatter of a ``src_shape`` source with ``channels`` channels onto ``out_shape``.
+
+    ``working_bytes``: one source window (:func:`window_rows`) and its tent sums, the
+    accumulator, and the generic path's node chunks."""
     h, w = src_shape
     ho, wo = out_shape
-    layout = block_layout(dst_from_src, h, w)
+    layout = block_layout(dst_from_src, h, w, poll)
     visible = blocks_visible(layout, (0, ho), (0, wo))
     m = np.where(visible, layout["m"], 1)
     blocks = np.column_stack([layout["origins"], m])
@@ -166,49 +195,92 @@ def plan(dst_from_src, src_shape, out_shape, channels: int, with_coverage: bool 
     nodes = int(block_nodes.sum())
     mixed = len(np.unique(m)) > 1
     nch = channels + 1 if with_coverage else channels
-    padded = (h + 2 * k.PAD) * (w + 2 * k.PAD)
+    window = (min(h, window_rows(w, nch)) + 2 * k.PAD) * (w + 2 * k.PAD)
     g = k.GUARD
-    working = 8 * padded * nch + (9 * padded if mixed else 0) + 8 * (ho + 2 * g) * (wo + 2 * g) * nch
+    working = 8 * window * nch + (9 * window if mixed else 0) + 8 * (ho + 2 * g) * (wo + 2 * g) * nch
     if not dst_from_src.is_matrix():
         working += GENERIC_BYTES_PER_NODE * min(nodes, 2 * CHUNK_NODES)
     return ScatterPlan(layout, blocks, visible, block_nodes, nodes, mixed, int(working))
 
 
+def window_rows(w: int, channels: int) -> int:
+    """Source rows per window: a multiple of the block height within :data:`WINDOW_BYTES`
+    (padded float64 rows of ``channels`` values), at least one block row."""
+    row_bytes = 8 * (w + 2 * k.PAD) * channels
+    return max(1, WINDOW_BYTES // (row_bytes * k.BLOCK)) * k.BLOCK
+
+
+class SourceRows:
+    """The scatter's source: ``image (H, W, C)`` (or its border extension: source rows ``rows``
+    x columns ``cols`` of the image, ``-1`` meaning ``fill``), as padded float64 windows of rows
+    with, given ``with_coverage``, a last channel of ones over the (extended) source."""
+
+    def __init__(self, image: np.ndarray, with_coverage: bool, rows=None, cols=None, fill: float = 0.0):
+        self.image, self.rows, self.cols, self.fill = image, rows, cols, fill
+        self.with_coverage = with_coverage
+        self.h, self.w = image.shape[:2] if rows is None else (len(rows), len(cols))
+        self.channels = image.shape[2] + (1 if with_coverage else 0)
+
+    def window(self, y_lo: int, y_hi: int) -> np.ndarray:
+        """``(y_hi - y_lo + 2P, w + 2P, C') float64``: array row ``i`` is source row
+        ``y_lo - P + i`` (zero outside ``[0, h)``), ``P`` zero columns either side."""
+        pad, c = k.PAD, self.image.shape[2]
+        src = np.zeros((y_hi - y_lo + 2 * pad, self.w + 2 * pad, self.channels), dtype=np.float64)
+        a, b = max(0, y_lo - pad), min(self.h, y_hi + pad)
+        if b <= a:
+            return src
+        inner = src[a - (y_lo - pad):b - (y_lo - pad), pad:pad + self.w]
+        if self.rows is None:
+            inner[:, :, :c] = self.image[a:b]
+        else:
+            rows = self.rows[a:b]
+            inner[:, :, :c] = self.image[np.ix_(np.maximum(rows, 0), np.maximum(self.cols, 0))]
+            inner[rows < 0, :, :c] = self.fill
+            inner[:, self.cols < 0, :c] = self.fill
+        if self.with_coverage:
+            inner[:, :, c] = 1.0
+        return src
+
+
 def padded_source(image: np.ndarray, with_coverage: bool, rows=None, cols=None, fill: float = 0.0) -> np.ndarray:
-    """``(h + 2P, w + 2P, C [+1]) float64``: the source (or its border extension: source rows
-    ``rows`` x columns ``cols``, ``-1`` meaning ``fill``) with ``P`` zero rows/columns around it
-    and, with coverage, a last channel of ones over the (extended) source."""
-    c = image.shape[2]
-    if rows is not None:
-        view = image[np.ix_(np.maximum(rows, 0), np.maximum(cols, 0))]
-    else:
-        view = image
-    h, w = view.shape[:2]
-    pad = k.PAD
-    src = np.zeros((h + 2 * pad, w + 2 * pad, c + 1 if with_coverage else c), dtype=np.float64)
-    inner = src[pad:pad + h, pad:pad + w]
-    inner[:, :, :c] = view
-    if rows is not None:
-        inner[rows < 0, :, :c] = fill
-        inner[:, cols < 0, :c] = fill
-    if with_coverage:
-        inner[:, :, c] = 1.0
-    return src
+    """``(h + 2P, w + 2P, C [+1]) float64``: the whole source of :class:`SourceRows` in one window
+    (``P`` zero rows/columns around it)."""
+    source = SourceRows(image, with_coverage, rows, cols, fill)
+    return source.window(0, source.h)
 
 
-def _normalise_tent_sums(src, p: ScatterPlan, h: int, w: int, poll) -> None:
-    """Divide ``src`` by the lattice's tent sums (only needed where blocks of different ``m``
-    meet), in two parity phases of block rows, polling between groups of rows."""
+def _windows(source, p: ScatterPlan):
+    """``(block rows [q0, q1), source rows [y_lo, y_hi))`` in block order: one window for a
+    padded array (the whole source), windows of :func:`window_rows` rows for a :class:`SourceRows`."""
+    per_row = p.layout["blocks_per_row"]
+    n_rows = len(p.blocks) // per_row
+    if isinstance(source, np.ndarray):
+        return [(0, n_rows, 0, source.shape[0] - 2 * k.PAD)]
+    origins = p.blocks[::per_row, 0]
+    most = max(1, window_rows(source.w, source.channels) // k.BLOCK)
+    step = -(-n_rows // -(-n_rows // most))  # as many block rows in each window as the bound allows, balanced
+    return [(q0, min(n_rows, q0 + step), int(origins[q0]),
+             int(origins[q0 + step]) if q0 + step < n_rows else source.h) for q0 in range(0, n_rows, step)]
+
+
+def _normalise_tent_sums(src, p: ScatterPlan, h: int, w: int, window, poll) -> None:
+    """Divide the window ``src`` (block rows ``[q0, q1)``, source rows ``[y_lo, y_hi)``) by the
+    lattice's tent sums (only needed where blocks of different ``m`` meet). Its nodes read rows
+    ``y_lo .. y_hi``, whose sums come from pixel rows ``y_lo - 1 .. y_hi`` of block rows
+    ``q0 - 1 .. q1``: those, in two parity phases of block rows (the order of a single window),
+    polling between groups of rows."""
+    q0, q1, y_lo, y_hi = window
     sums = np.zeros(src.shape[:2])
     per_row = p.layout["blocks_per_row"]
     n_rows = len(p.blocks) // per_row
     row_ptr = np.arange(0, len(p.blocks) + 1, per_row, dtype=np.int64)
     row_nodes = (p.layout["pixels"] * p.blocks[:, 2] ** 2).reshape(n_rows, per_row).sum(axis=1)
+    lo, hi = max(0, q0 - 1), min(n_rows, q1 + 1)
     for parity in (0, 1):
-        todo = np.arange(parity, n_rows, 2, dtype=np.int64)
+        todo = np.arange(lo + (lo + parity) % 2, hi, 2, dtype=np.int64)
         for group in _groups(todo, row_nodes[todo], NODES_PER_BAND):
             kernel_threads(int(row_nodes[group].sum()))
-            k.tent_sums(p.blocks, row_ptr, group, h, w, sums)
+            k.tent_sums(p.blocks, row_ptr, group, h, w, sums, y_lo - 1, y_hi + 1, y_lo)
             _poll(poll)
     np.divide(src, sums[:, :, None], out=src, where=(sums > 0)[:, :, None])
 
@@ -228,11 +300,13 @@ def _poll(poll) -> None:
         poll()
 
 
-def _row_work(p: ScatterPlan, ho: int) -> np.ndarray:
-    """Estimated nodes per output row: each visible block's nodes spread evenly over the rows
-    of its image box (plus the footprint reach); blocks a horizon crosses over every row."""
+def _row_work(p: ScatterPlan, ho: int, blocks: slice = slice(None)) -> np.ndarray:
+    """Estimated nodes per output row of the ``blocks``: each visible block's nodes spread evenly
+    over the rows of its image box (plus the footprint reach); blocks a horizon crosses over
+    every row."""
     lay = p.layout
-    live = p.block_nodes > 0
+    live = np.zeros(len(p.block_nodes), dtype=bool)
+    live[blocks] = p.block_nodes[blocks] > 0
     diff = np.zeros(ho + 1)
     ok = live & lay["finite"]
     r0 = np.clip(np.floor(lay["lo"][ok, 1] - 3), 0, ho).astype(np.int64)
@@ -274,36 +348,48 @@ def _bands(work: np.ndarray):
     return list(zip(edges[:-1], edges[1:]))
 
 
-def scatter(src: np.ndarray, p: ScatterPlan, dst_from_src, out_shape, *, row_period=None, poll=None):
-    """Scatter the padded source ``src`` (:func:`padded_source`) through ``dst_from_src``.
+def scatter(src, p: ScatterPlan, dst_from_src, out_shape, *, row_period=None, poll=None):
+    """Scatter the source through ``dst_from_src``: a padded array (:func:`padded_source`) or a
+    :class:`SourceRows` (scattered one window of rows at a time).
 
-    Returns the accumulated ``(Ho, Wo, C')`` float64 view (``C'`` the channels of ``src``): the
+    Returns the accumulated ``(Ho, Wo, C')`` float64 view (``C'`` the channels of the source): the
     integral of the source model over each output pixel's preimage (the coverage channel last,
     if any). ``row_period`` (a polar output's angle axis) folds deposits that fall beyond the
     first or last row back onto the other end. ``poll()`` is called between bands.
     """
-    h, w = src.shape[0] - 2 * k.PAD, src.shape[1] - 2 * k.PAD
+    if isinstance(src, np.ndarray):
+        h, w, nch = src.shape[0] - 2 * k.PAD, src.shape[1] - 2 * k.PAD, src.shape[2]
+    else:
+        h, w, nch = src.h, src.w, src.channels
     ho, wo = out_shape
     g = k.GUARD
-    if p.mixed:
-        _normalise_tent_sums(src, p, h, w, poll)
-    acc = np.zeros((ho + 2 * g, wo + 2 * g, src.shape[2]))
-    if p.nodes:
-        if dst_from_src.is_matrix():
-            _scatter_matrix(src, p, source_side_matrix(dst_from_src, h, w), h, w, acc, poll)
+    per_row = p.layout["blocks_per_row"]
+    acc = np.zeros((ho + 2 * g, wo + 2 * g, nch))
+    mat = source_side_matrix(dst_from_src, h, w) if dst_from_src.is_matrix() else None
+    window = None
+    for q0, q1, y_lo, y_hi in _windows(src, p):
+        blocks = slice(q0 * per_row, q1 * per_row)
+        if not p.block_nodes[blocks].any():
+            continue  # no node of these rows reaches the output
+        window = None  # the previous one is freed before the next is built
+        window = src if isinstance(src, np.ndarray) else src.window(y_lo, y_hi)
+        if p.mixed:
+            _normalise_tent_sums(window, p, h, w, (q0, q1, y_lo, y_hi), poll)
+        if mat is not None:
+            _scatter_matrix(window, y_lo, p, blocks, mat, h, w, acc, poll)
         else:
-            _scatter_generic(src, p, h, w, dst_from_src, acc, poll)
+            _scatter_generic(window, y_lo, p, blocks, h, w, dst_from_src, acc, poll)
     if row_period is not None and row_period == ho:
         acc[ho:ho + g] += acc[:g]  # rows -g..-1 are rows ho-g..ho-1
         acc[g:2 * g] += acc[ho + g:]  # rows ho..ho+g-1 are rows 0..g-1
     return acc[g:-g, g:-g]
 
 
-def _scatter_matrix(src, p: ScatterPlan, mat, h, w, acc, poll):
+def _scatter_matrix(src, row0, p: ScatterPlan, blocks: slice, mat, h, w, acc, poll):
     ho = acc.shape[0] - 2 * k.GUARD
     lay = p.layout
-    work = _row_work(p, ho)
-    live = np.nonzero(p.block_nodes > 0)[0]
+    work = _row_work(p, ho, blocks)
+    live = blocks.start + np.nonzero(p.block_nodes[blocks] > 0)[0]
     with np.errstate(invalid="ignore"):
         top, bottom = lay["lo"][live, 1] - lay["margin"][live], lay["hi"][live, 1] + lay["margin"][live]
     anywhere = ~lay["finite"][live]
@@ -313,19 +399,19 @@ def _scatter_matrix(src, p: ScatterPlan, mat, h, w, acc, poll):
         lists = [live[anywhere | ((bottom >= r0) & (top <= r1))] for r0, r1 in zip(edges[:-1], edges[1:])]
         ptr = np.concatenate([[0], np.cumsum([len(x) for x in lists])]).astype(np.int64)
         k.scatter_matrix(src, p.blocks, _strip_rows(edges, ho), ptr, np.concatenate(lists).astype(np.int64),
-                         h, w, mat, acc)
+                         h, w, mat, acc, row0)
         _poll(poll)
 
 
-def _pieces(p: ScatterPlan, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
-    """Live blocks as ``(y0, x0, m, y_end)`` pieces of at most ``CHUNK_NODES`` nodes each (a
+def _pieces(p: ScatterPlan, blocks: slice, h: int, w: int, chunk: int) -> tuple[np.ndarray, np.ndarray]:
+    """Live ``blocks`` as ``(y0, x0, m, y_end)`` pieces of at most ``chunk`` nodes each (a
     block with a large ``m`` is cut into runs of pixel rows; node order is unchanged)."""
-    live = np.nonzero(p.block_nodes > 0)[0]
+    live = blocks.start + np.nonzero(p.block_nodes[blocks] > 0)[0]
     blocks = p.blocks[live]
     y0, x0, m = blocks[:, 0], blocks[:, 1], blocks[:, 2]
     rows = np.minimum(y0 + k.BLOCK, h) - y0
     per_row = (np.minimum(x0 + k.BLOCK, w) - x0) * m * m
-    step = np.maximum(1, CHUNK_NODES // per_row)
+    step = np.maximum(1, chunk // per_row)
     n_pieces = -(-rows // step)
     idx = np.repeat(np.arange(len(live)), n_pieces)
     k_in = np.arange(len(idx)) - np.repeat(np.cumsum(n_pieces) - n_pieces, n_pieces)
@@ -335,11 +421,16 @@ def _pieces(p: ScatterPlan, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
     return pieces, (end - start) * per_row[idx]
 
 
-def _scatter_generic(src, p: ScatterPlan, h, w, dst_from_src, acc, poll):
-    """Nodes listed in chunks, mapped by the transform in numpy, deposited by the kernel."""
+def _scatter_generic(src, row0, p: ScatterPlan, blocks: slice, h, w, dst_from_src, acc, poll):
+    """Nodes listed in chunks, mapped by the transform in numpy, deposited by the kernel; a
+    chunk holds ``CHUNK_NODES / steps`` nodes of a chain of ``steps`` (so each costs about the
+    same whatever the chain length), in node order (the deposits' order is unchanged)."""
+    from .budget import transform_steps
+
     ho = acc.shape[0] - 2 * k.GUARD
-    pieces, counts = _pieces(p, h, w)
-    for chunk in _groups(np.arange(len(pieces)), counts, CHUNK_NODES):
+    chunk_nodes = max(MIN_CHUNK_NODES, CHUNK_NODES // transform_steps(dst_from_src))
+    pieces, counts = _pieces(p, blocks, h, w, chunk_nodes)
+    for chunk in _groups(np.arange(len(pieces)), counts, chunk_nodes):
         first = np.concatenate([[0], np.cumsum(counts[chunk])[:-1]]).astype(np.int64)
         total = int(counts[chunk].sum())
         xy = np.empty((total, 2))
@@ -355,5 +446,5 @@ def _scatter_generic(src, p: ScatterPlan, h, w, dst_from_src, acc, poll):
         work = np.bincount(np.clip(np.nan_to_num(pos[:, 1], nan=-1.0), 0, ho - 1).astype(np.int64),
                            minlength=ho) + 1.0
         edges = _split_rows(work, 0, ho, threads)
-        k.scatter_points(src, xy, node_m, pos, np.ascontiguousarray(rows), _strip_rows(edges, ho), acc)
+        k.scatter_points(src, xy, node_m, pos, np.ascontiguousarray(rows), _strip_rows(edges, ho), acc, row0)
         _poll(poll)

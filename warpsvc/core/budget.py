@@ -13,12 +13,13 @@ what else scales a call's cost is bounded here, *relative to the pixels involved
   allocation). Uniform warps need at most ~9 nodes per pixel (``m = 3`` just above unit
   scale); strongly anisotropic maps need up to 4096 per source pixel. At most
   ``max_nodes_per_pixel`` nodes per pixel of the larger of input and output.
-* working memory of the antialiased path (padded float64 source, its border extension,
-  tent-sum normaliser, accumulator, node chunks of the generic path, post-processing): at most
-  ``max_bytes_per_sample`` bytes per pixel x channel of the larger of input and output, or
-  ``floor_bytes`` if that is larger (the generic path's node chunks are a fixed cost).
-  The border extension for non-constant borders / polar seams (the source extended over the
-  output's preimage, up to 3x3 source sizes) is what this bounds in practice.
+* working memory of the antialiased path (float64 accumulator and output, one window of
+  padded float64 source rows and its tent-sum normaliser, node chunks of the generic path,
+  post-processing strips): at most ``max_bytes_per_sample`` bytes per pixel x channel of the
+  larger of input and output, or ``floor_bytes`` if that is larger (the window and the node
+  chunks are fixed costs). The source, and its border extension for non-constant borders /
+  polar seams (the source extended over the output's preimage, up to 3x3 source sizes), is
+  read one window of rows at a time, so the extension costs no memory beyond the window.
 
 Defaults admit every ordinary warp (see ``docs/warping.md``); a server can tighten them.
 """
@@ -79,8 +80,7 @@ def check_antialias_cost(cost, limits: WarpLimits) -> None:
     ``cost``: a :class:`~.warp.AntialiasCost` (``nodes``, ``working_bytes``, ``pixels`` = the
     larger of input and output pixel counts, ``channels``, ``extension_pixels`` = pixels of the
     border-extended source, 0 when the source is not extended)."""
-    nodes, working_bytes, pixels = cost.nodes, cost.working_bytes, cost.pixels
-    channels, extension_pixels = cost.channels, cost.extension_pixels
+    nodes, working_bytes, pixels, channels = cost.nodes, cost.working_bytes, cost.pixels, cost.channels
     max_nodes = limits.max_nodes_per_pixel * pixels
     if nodes > max_nodes:
         raise ResourceExhaustedError(
@@ -89,11 +89,9 @@ def check_antialias_cost(cost, limits: WarpLimits) -> None:
             f"per pixel ({int(max_nodes)})", field="antialias")
     max_bytes = max(limits.max_bytes_per_sample * pixels * channels, limits.floor_bytes)
     if working_bytes > max_bytes:
-        field = "border" if extension_pixels > pixels else "antialias"
-        cause = (f"the source extended by the border rule over the output's preimage has {extension_pixels} "
-                 "pixels" if field == "border" else "the accumulator and source copies")
         raise ResourceExhaustedError(
-            f"antialias would need {working_bytes / 2**20:.1f} MiB of working memory ({cause}); the budget is "
-            f"{max_bytes / 2**20:.1f} MiB ({limits.max_bytes_per_sample:g} bytes per pixel and channel, at least "
+            f"antialias would need {working_bytes / 2**20:.1f} MiB of working memory (float64 accumulator, "
+            f"output and a window of source rows); the budget is {max_bytes / 2**20:.1f} MiB "
+            f"({limits.max_bytes_per_sample:g} bytes per pixel and channel, at least "
             f"{limits.floor_bytes / 2**20:.0f} MiB)",
-            field=field)
+            field="antialias")

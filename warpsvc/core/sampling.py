@@ -22,10 +22,13 @@ What this module adds to OpenCV:
   non-finite coordinates (a homography's horizon) give the border value, never garbage;
 * **periodic rows** for polar images (``Transform.source_row_period``): rows wrap whatever
   the column border rule is, as ``cv2.warpPolar`` does for its inverse map;
-* **cooperative cancellation**: ``poll()`` (if given) runs after every tile; matrix warps with
-  a ``poll`` and more than :data:`POLL_BAND_PIXELS` output pixels run in row bands (the band's
-  matrix is ``M @ [[1, 0, 0], [0, 1, r0], [0, 0, 1]]``, so coordinates may differ from the
-  single call by float64 round-off).
+* **cooperative cancellation**: ``poll()`` (if given) runs after every sub-block of a tile's
+  coordinate map (:mod:`.grids`: at most ``GRID_WORK`` pixel-steps each, so a chain of 16 polar
+  steps is polled 16 times as often as one step), after every group of 4 channels of a tile
+  and after every tile; matrix warps with a ``poll`` and more than :data:`POLL_BAND_PIXELS`
+  output pixel-channel-groups run in row bands (the band's matrix is
+  ``M @ [[1, 0, 0], [0, 1, r0], [0, 0, 1]]``, so coordinates may differ from the single call
+  by float64 round-off). The blocking never changes a value (pointwise maps).
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from .budget import transform_steps
+from .grids import coordinate_grid, sub_blocks
 from .transforms import Transform
 
 INTERPOLATIONS = {
@@ -55,7 +60,7 @@ BORDERS = {
 CV_MAX_SIDE = 32766  # remap / warpAffine / warpPolar refuse sides >= 32767
 TILE_PIXELS = 1 << 20  # output pixels per remap tile (bounds the float64 coordinate arrays)
 CHANNEL_GROUP = 4
-POLL_BAND_PIXELS = 1 << 22  # matrix warps with a poll: output pixels per OpenCV call
+POLL_BAND_PIXELS = 1 << 22  # matrix warps with a poll: output pixels x channel groups per band
 
 
 @dataclass(frozen=True)
@@ -160,7 +165,7 @@ def _resample(image, src_from_dst, out_shape, opts, row_period, poll=None):
             _poll(poll)
             return out
         out = np.empty((ho, wo, c), dtype=image.dtype)
-        band = max(1, POLL_BAND_PIXELS // wo)
+        band = max(1, POLL_BAND_PIXELS // (wo * -(-c // CHANNEL_GROUP)))
         for r0 in range(0, ho, band):
             r1 = min(ho, r0 + band)
             shift = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, r0], [0.0, 0.0, 1.0]])
@@ -201,16 +206,19 @@ def _warp_remap(image, src_from_dst, out, opts, row_period, poll=None):
     radius = KERNEL_RADIUS[opts.interpolation]
     row_border = "wrap" if row_period is not None else opts.border
     direct = row_period is None and max(h, w) <= CV_MAX_SIDE
+    steps = transform_steps(src_from_dst)
     for r0, r1, c0, c1 in _tiles(*out.shape[:2]):
-        mx, my = src_from_dst.sampling_grid((r0, r1), (c0, c1), np.float32)
-        if not (direct and _moderate(mx) and _moderate(my)):  # else OpenCV's borders suffice
-            mx, my = src_from_dst.sampling_grid((r0, r1), (c0, c1))  # float64 to fold exactly
+        mx = my = None
+        if direct:  # float32 maps, if OpenCV's own borders suffice for them
+            mx, my = coordinate_grid(src_from_dst, (r0, r1), (c0, c1), np.float32, poll, steps)
+        if not (direct and _moderate(mx) and _moderate(my)):
+            mx, my = coordinate_grid(src_from_dst, (r0, r1), (c0, c1), np.float64, poll, steps)  # to fold exactly
             mx = fold_coordinates(mx, w, opts.border, radius)
             my = fold_coordinates(my, h, row_border, radius)
         if direct:
-            _remap_into(out, (r0, r1, c0, c1), image, mx, my, opts, BORDERS[opts.border])
+            _remap_into(out, (r0, r1, c0, c1), image, mx, my, opts, BORDERS[opts.border], poll)
         else:
-            _remap_cropped(out, (r0, r1, c0, c1), image, mx, my, opts, row_border, radius)
+            _remap_cropped(out, (r0, r1, c0, c1), image, mx, my, opts, row_border, radius, poll)
         _poll(poll)
 
 
@@ -220,7 +228,7 @@ def _moderate(c: np.ndarray) -> bool:
     return bool(lo > -1e6 and hi < 1e6)
 
 
-def _remap_into(out, tile, src, mx, my, opts, border_mode):
+def _remap_into(out, tile, src, mx, my, opts, border_mode, poll=None):
     r0, r1, c0, c1 = tile
     mx32, my32 = mx.astype(np.float32), my.astype(np.float32)
     groups = list(_channel_groups(src))
@@ -232,9 +240,11 @@ def _remap_into(out, tile, src, mx, my, opts, border_mode):
             continue
         res = cv2.remap(chunk, mx32, my32, INTERPOLATIONS[opts.interpolation], **kwargs)
         _store(out, r0, r1, c0, c1, start, stop, res)
+        if stop < out.shape[2]:  # more groups of channels to go
+            _poll(poll)
 
 
-def _remap_cropped(out, tile, image, mx, my, opts, row_border, radius):
+def _remap_cropped(out, tile, image, mx, my, opts, row_border, radius, poll=None):
     """Remap one tile from the source crop its coordinates need (splitting if still too large)."""
     r0, r1, c0, c1 = tile
     x0, x1 = int(np.floor(mx.min())) - radius, int(np.ceil(mx.max())) + radius + 1
@@ -247,7 +257,7 @@ def _remap_cropped(out, tile, image, mx, my, opts, row_border, radius):
             mid = (c0 + c1) // 2
             parts = [((r0, r1, c0, mid), slice(None), slice(0, mid - c0)), ((r0, r1, mid, c1), slice(None), slice(mid - c0, None))]
         for sub, rs, cs in parts:
-            _remap_cropped(out, sub, image, mx[rs, cs], my[rs, cs], opts, row_border, radius)
+            _remap_cropped(out, sub, image, mx[rs, cs], my[rs, cs], opts, row_border, radius, poll)
         return
     rows = border_indices(np.arange(y0, y1), image.shape[0], row_border)
     cols = border_indices(np.arange(x0, x1), image.shape[1], opts.border)
@@ -255,32 +265,41 @@ def _remap_cropped(out, tile, image, mx, my, opts, row_border, radius):
     if (rows < 0).any() or (cols < 0).any():
         crop[rows < 0] = opts.border_value
         crop[:, cols < 0] = opts.border_value
-    _remap_into(out, tile, crop, mx - x0, my - y0, opts, cv2.BORDER_REPLICATE)
+    _remap_into(out, tile, crop, mx - x0, my - y0, opts, cv2.BORDER_REPLICATE, poll)
 
 
 def _warp_bilinear64(image, src_from_dst, out_shape, opts, row_period, poll=None):
-    """Exact float64 bilinear interpolation (no OpenCV): weights and sums in float64."""
+    """Exact float64 bilinear interpolation (no OpenCV): weights and sums in float64, one
+    :mod:`.grids` sub-block at a time (pointwise: the blocking changes no value)."""
     ho, wo = out_shape
-    h, w, c = image.shape
+    c = image.shape[2]
     out = np.empty((ho, wo, c), dtype=np.float64)
     row_border = "wrap" if row_period is not None else opts.border
+    steps = transform_steps(src_from_dst)
     for r0, r1, c0, c1 in _tiles(ho, wo):
-        gx, gy = src_from_dst.sampling_grid((r0, r1), (c0, c1))
-        x = fold_coordinates(gx.ravel(), w, opts.border, 1)
-        y = fold_coordinates(gy.ravel(), h, row_border, 1)
-        x0, y0 = np.floor(x), np.floor(y)
-        fx, fy = (x - x0)[:, None], (y - y0)[:, None]
-        x0, y0 = x0.astype(np.int64), y0.astype(np.int64)
-        cols = [border_indices(x0 + d, w, opts.border) for d in (0, 1)]
-        rows = [border_indices(y0 + d, h, row_border) for d in (0, 1)]
-
-        def at(r, q):
-            v = image[np.maximum(r, 0), np.maximum(q, 0)]
-            return np.where(((r < 0) | (q < 0))[:, None], opts.border_value, v)
-
-        top = at(rows[0], cols[0]) * (1 - fx) + at(rows[0], cols[1]) * fx
-        bottom = at(rows[1], cols[0]) * (1 - fx) + at(rows[1], cols[1]) * fx
-        out[r0:r1, c0:c1] = (top * (1 - fy) + bottom * fy).reshape(r1 - r0, c1 - c0, c)
-        _poll(poll)
+        for rows, cols in sub_blocks((r0, r1), (c0, c1), steps):
+            gx, gy = src_from_dst.sampling_grid(rows, cols)
+            res = _bilinear64(image, gx.ravel(), gy.ravel(), opts, row_border)
+            out[rows[0]:rows[1], cols[0]:cols[1]] = res.reshape(rows[1] - rows[0], cols[1] - cols[0], c)
+            _poll(poll)
     return out
 
+
+def _bilinear64(image, gx, gy, opts, row_border):
+    """``(N, C)`` bilinear samples of ``image (H, W, C) float64`` at ``(gx, gy)`` (``(N,)`` each)."""
+    h, w = image.shape[:2]
+    x = fold_coordinates(gx, w, opts.border, 1)
+    y = fold_coordinates(gy, h, row_border, 1)
+    x0, y0 = np.floor(x), np.floor(y)
+    fx, fy = (x - x0)[:, None], (y - y0)[:, None]
+    x0, y0 = x0.astype(np.int64), y0.astype(np.int64)
+    cols = [border_indices(x0 + d, w, opts.border) for d in (0, 1)]
+    rows = [border_indices(y0 + d, h, row_border) for d in (0, 1)]
+
+    def at(r, q):
+        v = image[np.maximum(r, 0), np.maximum(q, 0)]
+        return np.where(((r < 0) | (q < 0))[:, None], opts.border_value, v)
+
+    top = at(rows[0], cols[0]) * (1 - fx) + at(rows[0], cols[1]) * fx
+    bottom = at(rows[1], cols[0]) * (1 - fx) + at(rows[1], cols[1]) * fx
+    return top * (1 - fy) + bottom * fy

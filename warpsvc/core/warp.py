@@ -12,9 +12,13 @@ flux is conserved locally too.
 
 Cost control. Both functions take keyword-only ``limits`` (:class:`~.budget.WarpLimits`: chain
 length, antialias nodes and memory; refusals raise ``ResourceExhaustedError`` naming the field,
-before anything large is allocated) and ``poll``, a callable invoked between tiles, bands and
-strips (every few tens of milliseconds of work); it aborts the call by raising (a server's
-deadline or cancellation), and the exception propagates unchanged.
+before anything large is allocated) and ``poll``, a callable invoked between pieces of work
+of bounded cost whatever the chain length and the image size: sub-blocks of the coordinate
+and determinant maps (:mod:`.grids`: at most ``GRID_WORK`` pixel-steps, ~3-12 ms), remap tiles
+and channel groups, OpenCV row bands, scaling bands, antialias layout runs, scatter bands
+and chunks, tent-sum groups and post-processing strips. It aborts the call by raising (a
+server's deadline or cancellation), and the exception propagates unchanged; the blocking
+never changes a value.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import numpy as np
 from . import _scale_kernels as _scale
 from .budget import check_antialias_cost, check_limits, check_transform_steps
 from .errors import InvalidArgumentError, InvalidTransformError
+from .grids import determinant_grid, finite_determinant_grid
 from .sampling import BORDERS, INTERPOLATIONS, SampleOptions, border_indices, resample
 from .transforms import AffineTransform, Transform, compose
 from .validate import check_choice, check_image, check_shape
@@ -36,6 +41,8 @@ INTENSITIES = ("plain", "conserve")
 # (the node lattice's coverage ripple is < 0.3 %, so interiors are not blended with the border).
 FULL_COVERAGE_SLACK = 0.01
 SCALE_BAND_ELEMENTS = 1 << 22  # values per determinant-scaling launch (then a poll)
+POST_BAND_ELEMENTS = 1 << 16  # values per antialias post-processing strip (then a poll)
+POST_BYTES_PER_ELEMENT = 40  # a strip's float64 temporaries (determinant, inside, mean, blend, ...)
 
 
 def _check_transform(transform) -> Transform:
@@ -77,7 +84,8 @@ def jacobian_determinant(transform: Transform, output_shape, *, dtype=np.float64
 
     It is the source area that lands in output pixel ``y`` (analytic, closed forms for matrix
     and polar transforms, chain rule for compositions). ``dtype`` is float64 or float32.
-    ``limits`` / ``poll``: see the module docstring (``poll`` runs between row tiles).
+    ``limits`` / ``poll``: see the module docstring (``poll`` runs after every sub-block of at
+    most ``grids.GRID_WORK`` pixel-steps: ~10 ms of work whatever the chain length).
     """
     _check_transform(transform)
     shape = check_shape(output_shape)
@@ -88,34 +96,15 @@ def jacobian_determinant(transform: Transform, output_shape, *, dtype=np.float64
 
 
 def _det_map(src_from_dst: Transform, shape, poll=None) -> np.ndarray:
-    """``|det J|`` of ``src_from_dst`` on the grid (may be a read-only broadcast view)."""
-    h, w = shape
-    step = max(1, (1 << 20) // w)
-    if step >= h:
-        return src_from_dst.determinant_grid((0, h), (0, w))
-    out = np.empty(shape, dtype=np.float64)
-    for r0 in range(0, h, step):
-        r1 = min(h, r0 + step)
-        out[r0:r1] = src_from_dst.determinant_grid((r0, r1), (0, w))
-        _poll(poll)
-    return out
+    """``|det J|`` of ``src_from_dst`` on the grid (may be a read-only broadcast view), in
+    :mod:`.grids` sub-blocks with a poll after each."""
+    return determinant_grid(src_from_dst, (0, shape[0]), (0, shape[1]), poll)
 
 
 def _finite_det_map(src_from_dst: Transform, shape, poll=None) -> np.ndarray:
     """The determinant map with singular points (a polar centre) replaced by the mean over
     four points at +-1/4 px: the pixel average of an integrable singularity."""
-    det = _det_map(src_from_dst, shape, poll)
-    bad = ~np.isfinite(det)
-    if bad.any():
-        det = np.array(det)
-        ys, xs = np.nonzero(bad)
-        acc = np.zeros(len(ys))
-        for ox in (-0.25, 0.25):
-            for oy in (-0.25, 0.25):
-                acc += np.abs(src_from_dst.jacobian_determinant(np.column_stack([xs + ox, ys + oy])))
-        det[bad] = acc / 4
-        det[~np.isfinite(det)] = 0.0
-    return det
+    return finite_determinant_grid(src_from_dst, (0, shape[0]), (0, shape[1]), poll)
 
 
 def warp(
@@ -148,9 +137,10 @@ def warp(
         sampling its centre; flux is then conserved locally. Uses the linear source model.
     limits : :class:`~.budget.WarpLimits` (default ``WarpLimits()``): chain length, antialias
         nodes and working memory; over budget raises ``ResourceExhaustedError`` (``field``
-        ``transform``, ``antialias`` or ``border``) before the work starts.
-    poll : ``None`` or a callable taking no argument, called between tiles / bands / strips
-        (every few tens of milliseconds of work); raise from it to abort the call.
+        ``transform`` or ``antialias``) before the work starts.
+    poll : ``None`` or a callable taking no argument, called between pieces of bounded work
+        (~10 ms each, whatever the chain length; see the module docstring); raise from it to
+        abort the call.
 
     Returns
     -------
@@ -268,9 +258,10 @@ def antialias_cost(image, transform, output_shape=None, *, border: str = "consta
                             transform.source_row_period())[-1]
 
 
-def _antialias_setup(img, transform, src_from_dst, shape, opts, intensity, period):
-    """The scatter's plan and cost: ``(plan, rows, cols, dst_from_src, need_coverage, cost)``;
-    ``rows``/``cols`` index the border extension of the source (``None``: no extension)."""
+def _antialias_setup(img, transform, src_from_dst, shape, opts, intensity, period, poll=None):
+    """The scatter's plan and cost: ``(plan, source, dst_from_src, need_coverage, cost)``; the
+    ``source`` (:class:`.antialias.SourceRows`) reads the image through the border rule's
+    indices over the output's preimage when the border is not constant or rows are periodic."""
     from . import antialias as _aa  # imports numba: only antialiased warps need the scatter kernels
 
     dst_from_src = transform
@@ -283,39 +274,58 @@ def _antialias_setup(img, transform, src_from_dst, shape, opts, intensity, perio
         rows = border_indices(np.arange(y0, y1), img.shape[0], row_rule)
         cols = border_indices(np.arange(x0, x1), img.shape[1], opts.border)
         dst_from_src = compose(AffineTransform([[1.0, 0.0, x0], [0.0, 1.0, y0]]), transform)
-    src_shape = img.shape[:2] if rows is None else (len(rows), len(cols))
     need_coverage = intensity == "plain" or (opts.border == "constant" and opts.border_value != 0)
-    plan = _aa.plan(dst_from_src, src_shape, shape, c, need_coverage)
+    source = _aa.SourceRows(img, need_coverage, rows, cols, opts.border_value)
+    plan = _aa.plan(dst_from_src, (source.h, source.w), shape, c, need_coverage, poll)
     ho, wo = shape
-    working = plan.working_bytes + ho * wo * (16 + 24 * c)  # determinant map, blend, output
-    extension = 0 if rows is None else src_shape[0] * src_shape[1]
-    if extension:
-        working += extension * c * img.dtype.itemsize  # gathered extension before conversion
+    window = min(source.h, _aa.window_rows(source.w, source.channels)) * source.w
+    out_itemsize = _float_dtype(img.dtype).itemsize
+    # + output, the gathered rows of a window, the post-processing strips
+    working = plan.working_bytes + ho * wo * c * out_itemsize + window * c * img.dtype.itemsize
+    if need_coverage:
+        working += POST_BAND_ELEMENTS * POST_BYTES_PER_ELEMENT
+    extension = 0 if rows is None else source.h * source.w
     cost = AntialiasCost(plan.nodes, int(working), max(img.shape[0] * img.shape[1], ho * wo), c, extension)
-    return plan, rows, cols, dst_from_src, need_coverage, cost
+    return plan, source, dst_from_src, need_coverage, cost
 
 
 def _warp_antialiased(img, transform, src_from_dst, shape, opts, intensity, period, limits, poll):
     from . import antialias as _aa
 
-    c = img.shape[2]
-    plan, rows, cols, dst_from_src, need_coverage, cost = _antialias_setup(
-        img, transform, src_from_dst, shape, opts, intensity, period)
+    plan, source, dst_from_src, need_coverage, cost = _antialias_setup(
+        img, transform, src_from_dst, shape, opts, intensity, period, poll)
     check_antialias_cost(cost, limits)
-    src = _aa.padded_source(img, need_coverage, rows, cols, opts.border_value)
-    acc = _aa.scatter(src, plan, dst_from_src, shape, row_period=transform.output_row_period(), poll=poll)
-    del src
+    acc = _aa.scatter(source, plan, dst_from_src, shape, row_period=transform.output_row_period(), poll=poll)
+    return _finish_antialiased(acc, img.shape[2], need_coverage, src_from_dst, shape, opts, intensity,
+                               _float_dtype(img.dtype), poll)
+
+
+def _finish_antialiased(acc, c, need_coverage, src_from_dst, shape, opts, intensity, dtype, poll):
+    """Flux and coverage -> the output, in row strips of about :data:`POST_BAND_ELEMENTS` values
+    (elementwise: the same values as one pass; a poll after each strip).
+
+    ``conserve``: ``flux + border_value |det J| (1 - inside)``; ``plain``: ``flux / coverage``
+    (the mean over the preimage's part inside the source) times ``inside``, plus
+    ``border_value (1 - inside)``; ``inside = clip(coverage / (|det J| (1 - slack)), 0, 1)``."""
     flux, coverage = acc[:, :, :c], (acc[:, :, c] if need_coverage else None)
     if intensity == "conserve" and not need_coverage:
-        return flux.astype(_float_dtype(img.dtype))
-    det = _finite_det_map(src_from_dst, shape, poll)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        inside = np.clip(coverage / (det * (1.0 - FULL_COVERAGE_SLACK)), 0.0, 1.0)
-        inside[~np.isfinite(inside)] = 0.0
-        if intensity == "conserve":
-            out = flux + (opts.border_value * det * (1.0 - inside))[:, :, None]
-        else:
-            mean = flux / coverage[:, :, None]
-            out = np.where(inside[:, :, None] > 0, mean * inside[:, :, None], 0.0)
-            out += (opts.border_value * (1.0 - inside))[:, :, None]
-    return out.astype(_float_dtype(img.dtype), copy=False)
+        return flux.astype(dtype)
+    ho, wo = shape
+    out = np.empty((ho, wo, c), dtype=dtype)
+    band = max(1, POST_BAND_ELEMENTS // (wo * (c + 1)))
+    for r0 in range(0, ho, band):
+        r1 = min(ho, r0 + band)
+        det = finite_determinant_grid(src_from_dst, (r0, r1), (0, wo), poll)
+        fl, cov = flux[r0:r1], coverage[r0:r1]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            inside = np.clip(cov / (det * (1.0 - FULL_COVERAGE_SLACK)), 0.0, 1.0)
+            inside[~np.isfinite(inside)] = 0.0
+            if intensity == "conserve":
+                res = fl + (opts.border_value * det * (1.0 - inside))[:, :, None]
+            else:
+                mean = fl / cov[:, :, None]
+                res = np.where(inside[:, :, None] > 0, mean * inside[:, :, None], 0.0)
+                res += (opts.border_value * (1.0 - inside))[:, :, None]
+        out[r0:r1] = res
+        _poll(poll)
+    return out

@@ -41,6 +41,8 @@ def record_pixels(*, inp: int = 0, out: int = 0) -> None:
 
 
 def _wrap_unary(handler: grpc.RpcMethodHandler, wrap) -> grpc.RpcMethodHandler:
+    if isinstance(handler, BodilessRefusal):  # the token refusal of a unary call: still that call
+        return BodilessRefusal(wrap(handler.stream_unary), handler.response_serializer)
     if handler is None or handler.unary_unary is None:
         return handler  # streaming methods (health Watch, reflection) pass through untouched
     return grpc.unary_unary_rpc_method_handler(
@@ -98,8 +100,34 @@ class AccessLogInterceptor(grpc.ServerInterceptor):
         return _wrap_unary(handler, wrap)
 
 
+class BodilessRefusal(grpc.RpcMethodHandler):
+    """A handler that refuses a *unary* call without ever reading its request message.
+
+    gRPC Python reads a unary call's message (core buffers it whole, up to the receive limit,
+    then copies it into ``bytes`` for the deserializer) before the handler runs, whatever the
+    handler does with it. A request-*streaming* handler's messages are read only when it
+    iterates them: this one declares itself request-streaming (the wire is the same: one
+    message, then half-close) and answers without iterating, so gRPC never asks for the
+    message; core holds at most the stream's flow-control window of it until the status ends
+    the stream. The access log and the drain gate still treat it as the unary call it answers
+    (:func:`_wrap_unary`)."""
+
+    request_streaming = True
+    response_streaming = False
+    request_deserializer = None
+    unary_unary = unary_stream = stream_stream = None
+
+    def __init__(self, behavior, response_serializer):
+        self.stream_unary = behavior
+        self.response_serializer = response_serializer
+
+
 class BearerTokenInterceptor(grpc.ServerInterceptor):
-    """Require ``authorization: Bearer <token>`` (constant-time comparison) except on health."""
+    """Require ``authorization: Bearer <token>`` (constant-time comparison) except on health.
+
+    The decision is taken from the metadata when the call arrives, before its message: a
+    refused unary call is answered by a :class:`BodilessRefusal` (its message is never read
+    nor parsed); a refused streaming call by a handler of its kind that never reads it."""
 
     def __init__(self, token: str):
         self._expected = f"Bearer {token}".encode()
@@ -123,10 +151,9 @@ class BearerTokenInterceptor(grpc.ServerInterceptor):
         def deny(request_or_iterator, context):
             context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token (metadata 'authorization')")
 
-        # The refusal never parses the body: gRPC has buffered the message by now (a sync server
-        # calls handlers only after the request arrived), but an unauthenticated caller gets no
-        # protobuf parse, no copy and no allocation for it (was: the full parse of up to 64 MiB).
-        kind = ("unary_unary" if handler.unary_unary is not None else "unary_stream" if handler.unary_stream is not None
+        if handler.unary_unary is not None:
+            return BodilessRefusal(deny, handler.response_serializer)
+        kind = ("unary_stream" if handler.unary_stream is not None
                 else "stream_unary" if handler.stream_unary is not None else "stream_stream")
         return getattr(grpc, f"{kind}_rpc_method_handler")(deny, request_deserializer=_unparsed,
                                                            response_serializer=handler.response_serializer)

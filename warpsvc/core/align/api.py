@@ -15,7 +15,7 @@ from ..transforms.models import submodel_columns
 from ..validate import check_image
 from .features import IMAGE_SCALE, feature_start
 from .covariance import final_statistics, template_noise_variance, zncc
-from .gauss_newton import Clock, solve_level, translation_search, warp_to_template
+from .gauss_newton import Clock, Stopped, solve_level, translation_search, warp_to_template
 from .chart import make_chart
 from .options import AlignOptions, explicit_keywords, merge_options
 from .pyramid import auto_levels, channel_mean, build_level, build_pyramid, prepare
@@ -98,9 +98,9 @@ def align(
     max_iterations : per pyramid level.
     tolerance : full-resolution pixels; the finest level stops when an update moves no
         template corner further than this.
-    time_budget : seconds, checked between iterations (``reason="time_budget"``).
-    should_stop : zero-argument callable polled between iterations; true ends the call with
-        ``reason="cancelled"`` (for server deadlines and cancellation).
+    time_budget : seconds, checked between iterations and set-up stages (``reason="time_budget"``).
+    should_stop : zero-argument callable polled where ``time_budget`` is checked; true ends the
+        call with ``reason="cancelled"`` (for server deadlines and cancellation).
     options : an :class:`AlignOptions` with further settings; keyword arguments given with
         non-default values override its fields.
 
@@ -171,7 +171,10 @@ def _global(tmpl, image, image_mask, opts, clock) -> AlignResult | None:
     (extra cost only on such failures). ``None`` when no start was found."""
     best = None
     for scale in (IMAGE_SCALE, 1.0):
-        found = _feature_start(tmpl, image, image_mask, opts, scale)
+        try:
+            found = _feature_start(tmpl, image, image_mask, opts, scale, clock)
+        except Stopped:  # the clock stopped the feature search: what was found so far
+            break
         if found is not None:
             result = _refine(tmpl, image, image_mask, found, opts, clock)
             if result.converged:
@@ -182,28 +185,36 @@ def _global(tmpl, image, image_mask, opts, clock) -> AlignResult | None:
     return best
 
 
-def _feature_start(tmpl, image, image_mask, opts, scale):
-    """``image_from_template`` from feature matches (:mod:`.features`) or ``None``."""
+def _feature_start(tmpl, image, image_mask, opts, scale, clock):
+    """``image_from_template`` from feature matches (:mod:`.features`) or ``None``; raises
+    :class:`Stopped` between its stages when the clock says stop."""
+    clock.check()
     if image_mask is None and np.asarray(image).dtype == np.uint8 and np.ndim(image) == 2:
         img = image  # already what the detector takes
     else:
         img = prepare(image, image_mask, "image", "image_mask")
-    found = feature_start(tmpl, img, opts.model, scale)
+    found = feature_start(tmpl, img, opts.model, scale, check=clock.check)
     return None if found is None else found[0]
 
 
 def _solve(tmpl, image, image_mask, W0, opts, clock, start, coarse_gate=None) -> AlignResult:
     """Coarse-to-fine Gauss-Newton from ``W0`` (level-0 ``image_from_template``), with the
-    restarts of ``opts.retry`` (``coarse_gate``: see :func:`_attempt`)."""
-    # Work on the part of the image the template can reach (see _region): large images then
-    # cost no more than small ones.
-    x0, y0, x1, y1 = _region(image.shape, tmpl.shape, W0, 2 ** (_Problem.levels_for(tmpl.shape, opts) - 1))
-    img = prepare(image[y0:y1, x0:x1], None if image_mask is None else np.asarray(image_mask)[y0:y1, x0:x1],
-                  "image", "image_mask")
-    W0 = np.array([[1.0, 0, -x0], [0, 1.0, -y0], [0, 0, 1.0]]) @ W0
-    problem = _Problem(tmpl, img, W0, opts)
-    problem.offset = (x0, y0)
-    result = _attempt(problem, opts, clock, coarse_gate)
+    restarts of ``opts.retry`` (``coarse_gate``: see :func:`_attempt`). The clock is checked
+    between the set-up stages too (crop, pyramids, Jacobians): a stop there returns
+    :func:`_stopped` at ``W0`` (a stop in a restart's set-up keeps the first attempt)."""
+    try:
+        clock.check()
+        # Work on the part of the image the template can reach (see _region): large images then
+        # cost no more than small ones.
+        x0, y0, x1, y1 = _region(image.shape, tmpl.shape, W0, 2 ** (_Problem.levels_for(tmpl.shape, opts) - 1))
+        img = prepare(image[y0:y1, x0:x1], None if image_mask is None else np.asarray(image_mask)[y0:y1, x0:x1],
+                      "image", "image_mask")
+        clock.check()
+        problem = _Problem(tmpl, img, np.array([[1.0, 0, -x0], [0, 1.0, -y0], [0, 0, 1.0]]) @ W0, opts)
+        problem.offset = (x0, y0)
+        result = _attempt(problem, opts, clock, coarse_gate)
+    except Stopped as stop:
+        return _stopped(W0, tmpl.shape, opts, clock, stop.reason, start)
     # Restart on a detected failure with the alternative schedules (costs time only when the
     # first attempt failed; `converged` is reliable enough to decide).
     for change in RETRIES if opts.retry else ():
@@ -212,10 +223,30 @@ def _solve(tmpl, image, image_mask, W0, opts, clock, start, coarse_gate=None) ->
         alt = opts.replace(**{k: (v(problem, opts) if callable(v) else v) for k, v in change.items()})
         if alt == opts:
             continue
-        again = _attempt(problem, alt, clock)
+        try:
+            again = _attempt(problem, alt, clock)
+        except Stopped:
+            break
         if again.converged or (again.zncc_check > result.zncc_check and again.reason not in (TIME_BUDGET, CANCELLED)):
             result = again
     return result.to_result(opts, problem, clock, start)
+
+
+def _stopped(W0, template_shape, opts, clock, reason, start) -> AlignResult:
+    """The result of a call the clock stopped before any iteration: the start ``W0`` (level-0
+    ``image_from_template``), nothing measured (``rms_error``, ``zncc``, ``overlap`` NaN)."""
+    inverse = W0 / W0[2, 2]
+    matrix = np.linalg.inv(inverse)
+    matrix = matrix / matrix[2, 2]
+    if np.array_equal(inverse[2], [0.0, 0.0, 1.0]):
+        matrix[2] = (0.0, 0.0, 1.0)
+    c = template_shape[2]
+    nan = float("nan")
+    return AlignResult(
+        matrix=matrix, inverse=inverse, converged=False, reason=reason, iterations=(), rms_error=nan, zncc=nan,
+        cost_history=(), covariance=None, corner_covariance=None, overlap=nan, gain=(1.0,) * c, bias=(0.0,) * c,
+        model=opts.model, levels=0, elapsed=clock.elapsed(), chart=make_chart(template_shape), start=start,
+    )
 
 
 class _Problem:
@@ -280,9 +311,10 @@ class _Problem:
         min_side = opts.min_level_side * (2 if opts.robust else 1)
         return auto_levels(template_shape, min_side, opts.auto_max_levels)
 
-    def pyramids(self, n_levels):
+    def pyramids(self, n_levels, check=None):
         if n_levels not in self._pyramids:
-            self._pyramids[n_levels] = (build_pyramid(self.tmpl, n_levels), build_pyramid(self.img, n_levels))
+            self._pyramids[n_levels] = (build_pyramid(self.tmpl, n_levels, check),
+                                        build_pyramid(self.img, n_levels, check))
         return self._pyramids[n_levels]
 
 
@@ -326,21 +358,21 @@ def _attempt(problem: _Problem, opts: AlignOptions, clock: Clock, coarse_gate: f
     up (``low_correlation``) when the coarsest level ends correlating less than this -- the
     cheap decision of ``search="auto"`` that the motion is not local."""
     n_levels = problem.n_levels(opts)
-    t_pyr, i_pyr = problem.pyramids(n_levels)
+    t_pyr, i_pyr = problem.pyramids(n_levels, clock.check)
     chart, chart_inv, corners0, affine = problem.chart, problem.chart_inv, problem.corners0, problem.affine
     photometric_on = opts.gain_bias and not (opts.photometric == "auto" and problem.same_exposure(n_levels))
     W = problem.W0
     iterations, histories = [], []
     reason = CONVERGED
     last = None
-    finest = build_level(0, t_pyr[0], i_pyr[0], opts.model, chart, photometric_on, opts.max_pixels)
+    finest = build_level(0, t_pyr[0], i_pyr[0], opts.model, chart, photometric_on, opts.max_pixels, clock.check)
     if not _well_posed(finest):
         n_levels = 0  # nothing to solve: report the start
         reason = FLAT_TEMPLATE
         iterations, histories = [0] * len(t_pyr), [()] * len(t_pyr)
     for index in range(n_levels - 1, -1, -1):
         lv = finest if index == 0 else build_level(index, t_pyr[index], i_pyr[index], opts.model, chart,
-                                                   photometric_on, opts.max_pixels)
+                                                   photometric_on, opts.max_pixels, clock.check)
         if lv.n_usable < 4 * lv.sd.shape[1]:
             iterations.append(0)
             histories.append(())

@@ -91,20 +91,38 @@ MIN_RESIDUALS_PER_UNKNOWN = 4
 GAIN_RANGE = (0.05, 20.0)
 
 
+class Stopped(Exception):
+    """Raised by :meth:`Clock.check` (set-up stages: pyramids, Jacobians, feature search) when the
+    clock says stop; ``reason`` is ``TIME_BUDGET`` or ``CANCELLED``."""
+
+    def __init__(self, reason):
+        super().__init__(reason)
+        self.reason = reason
+
+
 class Clock:
-    """Shared stopping rule: a time budget and an optional cancellation callable."""
+    """Shared stopping rule: a time budget and an optional cancellation callable. Iterations ask
+    :meth:`stop_reason`; set-up stages call :meth:`check`, which raises :class:`Stopped`. Once
+    it has said stop it keeps saying so without asking ``should_stop`` again."""
 
     def __init__(self, budget, should_stop):
         self.start = time.perf_counter()
         self.deadline = None if budget is None else self.start + budget
         self.should_stop = should_stop
+        self._stopped = None
 
     def stop_reason(self):
-        if self.deadline is not None and time.perf_counter() > self.deadline:
-            return TIME_BUDGET
-        if self.should_stop is not None and self.should_stop():
-            return CANCELLED
-        return None
+        if self._stopped is None:
+            if self.deadline is not None and time.perf_counter() > self.deadline:
+                self._stopped = TIME_BUDGET
+            elif self.should_stop is not None and self.should_stop():
+                self._stopped = CANCELLED
+        return self._stopped
+
+    def check(self) -> None:
+        reason = self.stop_reason()
+        if reason is not None:
+            raise Stopped(reason)
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.start

@@ -56,10 +56,12 @@ class AlignOptions:
     max_iterations : Gauss-Newton iterations allowed per pyramid level.
     tolerance : stop a level when the update moves no template corner by more than this many
         full-resolution pixels (coarse levels stop at ``coarse_tolerance`` level pixels).
-    time_budget : seconds for the whole call, checked between iterations; ``None`` = unlimited.
-    should_stop : optional zero-argument callable polled between iterations; when it returns
-        true the call ends with ``reason="cancelled"`` (the gRPC server passes a check of the
-        RPC's deadline / cancellation).
+    time_budget : seconds for the whole call, checked between iterations and between the
+        set-up stages (crop, pyramid levels, Jacobians, feature search); ``None`` = unlimited.
+    should_stop : optional zero-argument callable polled where ``time_budget`` is checked; when
+        it returns true the call ends with ``reason="cancelled"`` (the gRPC server passes a check
+        of the RPC's deadline / cancellation). A stop before the first iteration returns the
+        start with nothing measured (``rms_error``, ``zncc``, ``overlap`` NaN, ``levels`` 0).
     min_zncc : a result is ``converged`` only if the *noise-corrected* correlation of the
         aligned images reaches this (over the inliers, weighted by the robust loss, when
         ``robust`` is set): ``cov / sqrt((var_T - n_T)(var_I - n_I))`` with ``n_T, n_I`` the

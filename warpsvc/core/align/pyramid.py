@@ -14,20 +14,24 @@ pixels before each ``pyrDown`` so a coarse pixel whose blur footprint leaves the
 Per level we precompute the inverse-compositional quantities that depend on the template
 only: gradients, steepest-descent images, and their Gauss-Newton Hessian (module
 :mod:`.gauss_newton` has the derivation).
+
+Memory. The warp Jacobians are computed for the pixels that take part only: the
+``max_pixels`` strongest-gradient pixels of a sampled level (20 000 by default, whatever the
+template's size), the whole grid otherwise. Whole-grid Jacobians (they depend on the grid's
+shape only) are kept in a :class:`.cache.ByteLRU` of :data:`JACOBIAN_CACHE_BYTES`.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import lru_cache
-
 import cv2
 import numpy as np
 
 from ..errors import InvalidImageError
 from ..validate import check_image
 from ..transforms.models import identity_jacobian
+from .cache import ByteLRU
 from .chart import chart_scale
 
 NAN = float("nan")
@@ -81,11 +85,18 @@ def pyr_down(img: np.ndarray) -> np.ndarray:
     return down[1:1 + (h + 1) // 2, 1:1 + (w + 1) // 2]
 
 
-def build_pyramid(img: np.ndarray, levels: int) -> list:
+def build_pyramid(img: np.ndarray, levels: int, check=None) -> list:
+    """``levels`` images, each ``pyr_down`` of the previous; ``check()`` (may raise) after each."""
     pyr = [img]
     for _ in range(1, levels):
         pyr.append(pyr[-1] if min(pyr[-1].shape[:2]) < 2 else pyr_down(pyr[-1]))
+        _check(check)
     return pyr
+
+
+def _check(check) -> None:
+    if check is not None:
+        check()
 
 
 @dataclass
@@ -141,36 +152,37 @@ def central_gradients(t: np.ndarray):
     return gx, gy
 
 
-@lru_cache(maxsize=16)
+JACOBIAN_CACHE_BYTES = 16 << 20  # whole-grid Jacobians kept between calls (all shapes together)
+_JACOBIANS = ByteLRU(JACOBIAN_CACHE_BYTES)
+
+
+def _pixel_jacobian(model: str, xs: np.ndarray, ys: np.ndarray, factor: float, chart: np.ndarray):
+    """``(jx, jy)``, each ``(n, P) float32``: the warp Jacobian at level pixels ``(xs, ys)``."""
+    x0 = np.column_stack([xs, ys]).astype(np.float64) * factor  # (n, 2) level-0 px
+    u = x0 @ chart[:2, :2].T + chart[:2, 2]  # (n, 2) chart coordinates
+    jx, jy = identity_jacobian(model, u)  # (n, P) each
+    return jx.astype(np.float32), jy.astype(np.float32)
+
+
 def _grid_jacobian(model: str, h: int, w: int, factor: float, chart_key: tuple):
-    """Warp Jacobian at every pixel of an ``h x w`` level grid (cached: it depends on shapes only)."""
-    chart = np.asarray(chart_key).reshape(3, 3)
-    ys, xs = np.mgrid[0:h, 0:w]
-    x0 = np.column_stack([xs.ravel(), ys.ravel()]).astype(np.float64) * factor  # (h*w, 2) level-0 px
-    u = x0 @ chart[:2, :2].T + chart[:2, 2]  # (h*w, 2) chart coordinates
-    jx, jy = identity_jacobian(model, u)  # (h*w, P) each
-    jx, jy = jx.astype(np.float32), jy.astype(np.float32)
-    jx.setflags(write=False)
-    jy.setflags(write=False)
-    return jx, jy
+    """Warp Jacobian at every pixel of an ``h x w`` level grid, read-only ``(h*w, P)`` each
+    (cached in :data:`_JACOBIANS`: it depends on shapes only)."""
+
+    def make():
+        ys, xs = np.mgrid[0:h, 0:w]
+        return _pixel_jacobian(model, xs.ravel(), ys.ravel(), factor, np.asarray(chart_key).reshape(3, 3))
+
+    return _JACOBIANS.get(("grid", model, h, w, factor, chart_key), make)
 
 
-_TRANSPOSED = {}
+def _grid_jacobian_t(model: str, h: int, w: int, factor: float, chart_key: tuple):
+    """The transposes of :func:`_grid_jacobian`, contiguous ``(P, h*w)`` each (cached alike)."""
 
+    def make():
+        jx, jy = _grid_jacobian(model, h, w, factor, chart_key)
+        return np.ascontiguousarray(jx.T), np.ascontiguousarray(jy.T)
 
-def _transposed(j: np.ndarray) -> np.ndarray:
-    """``j.T`` as a contiguous array; cached for the (read-only, cached) grid Jacobians."""
-    if not j.flags.writeable:
-        key = id(j)
-        hit = _TRANSPOSED.get(key)
-        if hit is not None and hit[0] is j:
-            return hit[1]
-        t = np.ascontiguousarray(j.T)
-        if len(_TRANSPOSED) > 64:
-            _TRANSPOSED.clear()
-        _TRANSPOSED[key] = (j, t)
-        return t
-    return np.ascontiguousarray(j.T)
+    return _JACOBIANS.get(("grid.T", model, h, w, factor, chart_key), make)
 
 
 # Pixels sampled (evenly strided) to estimate the gradient threshold: the quantile of ~32k values
@@ -201,36 +213,45 @@ def _strongest_pixels(gx, gy, tz, k):
 
 
 def build_level(index: int, template: np.ndarray, image: np.ndarray, model: str, chart: np.ndarray,
-                photometric: bool, max_pixels: int | None = None) -> Level:
+                photometric: bool, max_pixels: int | None = None, check=None) -> Level:
     """Steepest-descent images and Hessian of one level.
 
     ``chart`` is level-0 ``chart_from_template``; the level's pixels are ``x_l = x_0 / 2^l``.
     With more than ``max_pixels`` usable pixels, only the ``max_pixels`` with the strongest
     gradient take part (they carry most of the information; flat pixels add cost, not
-    constraint) and the image is sampled at those points only (``cv2.remap``).
+    constraint), their Jacobians alone are computed, and the image is sampled at those points
+    only (``cv2.remap``). ``check()`` (may raise: the caller's deadline) runs between the stages.
     """
     factor = float(2 ** index)
     h, w, c = template.shape
     gx, gy = central_gradients(template)
-    jx, jy = _grid_jacobian(model, h, w, factor, tuple(chart.ravel()))  # (h*w, P) each, float32
-    scale = float(chart_scale(chart) / factor)  # level pixels per chart unit
-    p = jx.shape[1]
     gx, gy, tz = gx.reshape(h * w, c), gy.reshape(h * w, c), template.reshape(h * w, c)
+    scale = float(chart_scale(chart) / factor)  # level pixels per chart unit
     points = None
     sel = _strongest_pixels(gx, gy, tz, max_pixels) if max_pixels is not None and h * w > max_pixels else None
+    _check(check)
     if sel is not None:
-        gx, gy, tz, jx, jy = gx[sel], gy[sel], tz[sel], jx[sel], jy[sel]
+        xs, ys = sel % w, sel // w
+        jx, jy = _pixel_jacobian(model, xs, ys, factor, chart)  # (n, P) each, float32
+        gx, gy, tz = gx[sel], gy[sel], tz[sel]
         usable = np.ones(len(sel) * c, bool)
-        points = np.column_stack([sel % w, sel // w, np.ones(len(sel))]).astype(np.float64)
+        points = np.column_stack([xs, ys, np.ones(len(sel))]).astype(np.float64)
+        transposed = lambda: (np.ascontiguousarray(jx.T), np.ascontiguousarray(jy.T))
     else:
+        chart_key = tuple(chart.ravel())
+        jx, jy = _grid_jacobian(model, h, w, factor, chart_key)  # (h*w, P) each, float32, read-only
         usable = ~(np.isnan(tz) | np.isnan(gx) | np.isnan(gy)).reshape(-1)  # (h*w*C,)
+        transposed = lambda: _grid_jacobian_t(model, h, w, factor, chart_key)
+    _check(check)
+    p = jx.shape[1]
     n = len(jx)
     if c == 1:
         # (P, n) layout: broadcasting a row over contiguous rows is several times faster than
         # an (n, 1) column over (n, P), and the per-iteration g = sdT e is a contiguous gemv.
         u = usable
-        sdT = _transposed(jx) * np.where(u, gx[:, 0] * np.float32(scale), np.float32(0)) \
-            + _transposed(jy) * np.where(u, gy[:, 0] * np.float32(scale), np.float32(0))
+        jxT, jyT = transposed()
+        sdT = jxT * np.where(u, gx[:, 0] * np.float32(scale), np.float32(0)) \
+            + jyT * np.where(u, gy[:, 0] * np.float32(scale), np.float32(0))
         if photometric:
             sdT = np.vstack([sdT, np.where(u, tz[:, 0], np.float32(0))[None], u.astype(np.float32)[None]])
         sdT = np.ascontiguousarray(sdT, dtype=np.float32)
@@ -247,6 +268,7 @@ def build_level(index: int, template: np.ndarray, image: np.ndarray, model: str,
         sd = np.ascontiguousarray(sd.reshape(n * c, -1), dtype=np.float32)
         sd[~usable] = 0.0
         sdT = np.ascontiguousarray(sd.T)
+    _check(check)
     hessian = (sdT @ sd).astype(np.float64)
     tflat = tz.reshape(-1).copy()
     tflat[~usable] = NAN
