@@ -84,10 +84,10 @@ def test_token_enforced_and_never_logged(tmp_path):
     wrong = "tok-" + secrets.token_hex(16)
     token_file = tmp_path / "token"
     token_file.write_text(token + "\n")
-    # --grace-seconds 2: each refused call currently leaks one count in the drain gate, so shutdown
-    # waits out the whole grace period (reported with a reproducer in docs/reliability.md).
+    # --grace-seconds 20: refused calls must not hold the drain gate (they once leaked a count
+    # each, so shutdown waited out the whole grace): the server stops well inside it.
     with ServerProcess("--port", "0", "--token-file", str(token_file), "--log-level", "debug",
-                       "--grace-seconds", "2") as srv:
+                       "--grace-seconds", "20") as srv:
         wait_serving(srv.target)  # health is exempt from the token
         with grpc.insecure_channel(srv.target) as channel:
             stub = warp_pb2_grpc.WarpServiceStub(channel)
@@ -112,8 +112,10 @@ def test_token_enforced_and_never_logged(tmp_path):
         with WarpClient(srv.target, token=wrong, retries=1) as client, pytest.raises(grpc.RpcError) as info:
             client.jacobian_determinant(SHIFT, (4, 4))
         assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        stopping = time.monotonic()
         srv.signal()
         assert srv.wait(60) == 0
+        assert time.monotonic() - stopping < 10, "shutdown waited for refused calls (drain-gate leak)"
     logs = "".join(srv.stdout + srv.stderr)
     assert '"status": "UNAUTHENTICATED"' in logs and '"status": "OK"' in logs  # the access log saw the calls
     assert token not in logs and token[4:] not in logs and wrong not in logs
