@@ -26,7 +26,8 @@ its median call time, and the server process's CPU time per call over the batch 
 threads, from ``/proc/<pid>/task/*/schedstat``: waiting for a core shared with other jobs does not
 count, so it is the steadier figure here); the reported figures are medians over rounds, the
 ratios against ``bare`` of the same call. The servers cap BLAS at one thread, as workers do. Run twice: the servers with OpenCV's default threads and with
-``cv2.setNumThreads(1)``. The machine is shared (load average recorded): ratios within a few
+one thread everywhere (``warpsvc.set_threads(1)``: OpenCV and the compiled kernels); the
+``one_thread`` / ``align`` row is the issue-14 "Align throughput at 1 thread" figure. The machine is shared (load average recorded): ratios within a few
 percent of 1 are within the noise of a single run; the per-call overhead in microseconds
 (difference of medians) is the steadier figure.
 """
@@ -63,6 +64,9 @@ def _serve(config: str, cv_threads: int | None) -> None:
 
     if cv_threads is not None:
         cv2.setNumThreads(cv_threads)
+        from warpsvc.core import threads
+
+        threads.set_threads(cv_threads)  # the compiled kernels too: every thread pool of the server at 1
     threadpool_limits(limits=1, user_api="blas")  # as the server's workers do (runner.run_worker)
     mp_dir = wm.MultiprocessDir.prepare() if config != "bare" else None  # mmap values, as `serve` runs them
     # metrics_port only switches the worker's metrics on here: the endpoint is not started.

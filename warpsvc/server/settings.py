@@ -28,8 +28,11 @@ tune_malloc                WARPSVC_TUNE_MALLOC             true         keep big
                                                                         (runner.tune_allocator)
 max_transform_steps        WARPSVC_MAX_TRANSFORM_STEPS     16           steps of a transform chain
                                                                         (each costs a pass per pixel)
-max_antialias_nodes_per_   WARPSVC_MAX_ANTIALIAS_NODES_    64           antialias footprint nodes per
+max_antialias_nodes_per_   WARPSVC_MAX_ANTIALIAS_NODES_    256          antialias footprint nodes per
 pixel                      PER_PIXEL                                    pixel (warpsvc.core.budget)
+max_stream_frames          WARPSVC_MAX_STREAM_FRAMES       100000       frames per AlignStream call;
+                                                                        frame N+1 is answered
+                                                                        RESOURCE_EXHAUSTED on ``frame``
 warm_up                    WARPSVC_WARM_UP                 true         load the compiled kernels after
                                                                         SERVING (runner._warm_up)
 metrics_port               WARPSVC_METRICS_PORT            9464         Prometheus ``GET /metrics`` port
@@ -80,11 +83,13 @@ class Settings:
     metrics_port: int = 9464
     max_transform_steps: int = 16
     max_antialias_nodes_per_pixel: float = 256.0
+    max_stream_frames: int = 100_000
     log_level: str = "info"
 
     def __post_init__(self):
         positive = ("workers", "threads", "blas_threads", "max_transform_steps", "max_antialias_nodes_per_pixel",
-                    "max_concurrent_rpcs", "max_message_bytes", "max_input_pixels", "max_output_pixels")
+                    "max_concurrent_rpcs", "max_message_bytes", "max_input_pixels", "max_output_pixels",
+                    "max_stream_frames")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -169,6 +174,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="steps of a transform chain, adjacent matrices counting as one (default 16)")
     parser.add_argument("--max-antialias-nodes-per-pixel", type=float, default=d,
                         help="antialias footprint nodes per pixel before RESOURCE_EXHAUSTED (default 256)")
+    parser.add_argument("--max-stream-frames", type=int, default=d,
+                        help="frames per AlignStream call before RESOURCE_EXHAUSTED (default 100000)")
     parser.add_argument("--metrics-port", type=int, default=d,
                         help="port of the Prometheus GET /metrics endpoint; 0 disables (default 9464)")
     parser.add_argument("--log-level", default=d, help="logging level (default info)")
