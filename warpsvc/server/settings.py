@@ -21,6 +21,10 @@ grace_seconds              WARPSVC_GRACE_SECONDS           30           drain ti
 tls_cert / tls_key         WARPSVC_TLS_CERT / _TLS_KEY     (off)        PEM files; both or neither
 token                      WARPSVC_TOKEN (or --token-file) (off)        required bearer token
 cv_threads                 WARPSVC_CV_THREADS              usable CPUs  cv2.setNumThreads per worker
+kernel_threads             WARPSVC_KERNEL_THREADS          cv_threads   threads of one compiled-kernel
+                                                                        call (warpsvc.core.threads;
+                                                                        the library reads the same
+                                                                        variable)
 blas_threads               WARPSVC_BLAS_THREADS            1            BLAS threads per worker
                                                                         (threadpoolctl)
 reflection                 WARPSVC_REFLECTION              true         server reflection service
@@ -76,6 +80,7 @@ class Settings:
     tls_key: str | None = None
     token: str | None = field(default=None, repr=False)  # never printed
     cv_threads: int = field(default_factory=lambda: usable_cpus())
+    kernel_threads: int | None = None  # None: cv_threads (see kernel_thread_count)
     blas_threads: int = 1
     reflection: bool = True
     tune_malloc: bool = True
@@ -98,12 +103,19 @@ class Settings:
                 raise ValueError(f"{name} must be in 0..65535, got {getattr(self, name)}")
         if self.metrics_port and self.metrics_port == self.port:
             raise ValueError(f"metrics_port and port must differ, both are {self.port}")
+        if self.kernel_threads is not None and self.kernel_threads < 1:
+            raise ValueError(f"kernel_threads must be >= 1, got {self.kernel_threads}")
         if self.grace_seconds < 0:
             raise ValueError("grace_seconds must be >= 0")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key go together")
         if self.token is not None and not self.token:
             raise ValueError("token must not be empty")
+
+    @property
+    def kernel_thread_count(self) -> int:
+        """Threads of one compiled-kernel call in a worker: ``kernel_threads``, else ``cv_threads``."""
+        return self.cv_threads if self.kernel_threads is None else self.kernel_threads
 
     @property
     def address(self) -> str:
@@ -162,6 +174,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="file holding the bearer token clients must send (or WARPSVC_TOKEN)")
     parser.add_argument("--cv-threads", type=int, default=d,
                         help=f"OpenCV threads per worker (default: usable CPUs, here {usable_cpus()})")
+    parser.add_argument("--kernel-threads", type=int, default=d,
+                        help="threads of one compiled-kernel call (conserve/antialias) per worker "
+                             "(default: --cv-threads)")
     parser.add_argument("--blas-threads", type=int, default=d,
                         help="BLAS (OpenBLAS/MKL) threads per worker (default 1)")
     parser.add_argument("--no-reflection", dest="reflection", action="store_false", default=d,
