@@ -68,9 +68,9 @@ from skimage import color, data
 from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-import warpsvc  # noqa: E402
-from warpsvc.core.sequence import SequenceOptions, align_sequence, stack  # noqa: E402
-from warpsvc.core.sequence.options import default_align_options  # noqa: E402
+import warpsvc
+from warpsvc.core.sequence import SequenceOptions, align_sequence, stack
+from warpsvc.core.sequence.options import default_align_options
 
 FRAME = (192, 256)  # (h, w)
 PHOTO_SCALE = 1.5
@@ -316,7 +316,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     t0 = time.perf_counter()
-    clean, noisy, truth, photo_from = make_frames(args.frames, args.seed)
+    clean, noisy, truth, _photo_from = make_frames(args.frames, args.seed)
     drift = [float(np.linalg.norm(m[:2, 2] - truth[0][:2, 2])) for m in truth]
     angles = [float(np.degrees(np.arctan2(m[1, 0], m[0, 0]))) for m in truth]
     run_sequence(noisy[:5])  # warm-up (numba kernels, caches)

@@ -15,7 +15,6 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from warpsvc.server import metric_cells
-from warpsvc.server.metrics import LATENCY_BUCKETS
 
 DRIVE = textwrap.dedent("""
     import numpy as np
@@ -78,7 +77,7 @@ def _assert_twins(samples: dict) -> None:
 @pytest.mark.parametrize("force_public", [False, True])
 def test_in_memory_cells_equal_the_public_api(force_public, monkeypatch):
     namespace: dict = {}
-    exec(DRIVE, namespace)
+    exec(DRIVE, namespace)  # noqa: S102 - the same driver code as the subprocess cases
     registry = CollectorRegistry()
     monkeypatch.setattr(metric_cells, "supported", metric_cells.supported)  # restored after the test
     namespace["drive"](registry, force_public)

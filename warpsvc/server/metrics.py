@@ -529,7 +529,8 @@ class MetricsInterceptor:
         ``server``) and those ``shed_probe()`` says an inner interceptor just refused (the
         admission gate, :mod:`.admission`)."""
         probes = [p for p in (concurrency_probe(server), shed_probe) if p is not None]
-        self._shed_probe = (lambda: any([p() for p in probes])) if probes else None
+        # every probe is called (each reads and clears its flag): a list, not a short-circuiting generator
+        self._shed_probe = (lambda: any([p() for p in probes])) if probes else None  # noqa: C419
 
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)

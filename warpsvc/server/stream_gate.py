@@ -53,8 +53,17 @@ class StreamCancelled(Exception):
 class OpenStream:
     """One stream's counters and its cancellation flag."""
 
-    __slots__ = ("cancel_message", "cancelled", "frames", "in_bytes", "in_px", "messages", "out_bytes", "results",
-                 "_wake")
+    __slots__ = (
+        "_wake",
+        "cancel_message",
+        "cancelled",
+        "frames",
+        "in_bytes",
+        "in_px",
+        "messages",
+        "out_bytes",
+        "results",
+    )
 
     def __init__(self):
         self.messages = self.results = self.in_bytes = self.out_bytes = self.in_px = 0
