@@ -29,7 +29,10 @@ ratios against ``bare`` of the same call. The servers cap BLAS at one thread, as
 one thread everywhere (``warpsvc.set_threads(1)``: OpenCV and the compiled kernels); the
 ``one_thread`` / ``align`` row is the issue-14 "Align throughput at 1 thread" figure. The machine is shared (load average recorded): ratios within a few
 percent of 1 are within the noise of a single run; the per-call overhead in microseconds
-(difference of medians) is the steadier figure.
+(difference of medians) is the steadier figure, and steadier still the in-process cost of the
+metrics path alone (:func:`path_cost`: the interceptor wrapper and observer on an Align-shaped
+call, minus the same handler without metrics, with the same updates through prometheus-client's
+public API as the reference), printed first.
 """
 
 from __future__ import annotations
@@ -182,6 +185,103 @@ def run(rounds: int, cv_threads: int | None) -> dict:
     return out
 
 
+class _Context:
+    """The two things the metrics interceptor asks of a servicer context (no call is made)."""
+
+    def code(self):
+        return None
+
+    def is_active(self) -> bool:
+        return True
+
+
+def path_cost(n: int = 20000, repeats: int = 7) -> dict:
+    """The per-call cost of the metrics path alone, in this process, multiprocess mode (mmap
+    files in a temporary folder, as ``warpsvc serve`` runs): an Align-shaped unary call (request
+    bytes, three stages, an align outcome, two pixel counts, response bytes) through the real
+    ``MetricsInterceptor`` wrapper and ``Observer``, minus the same handler without metrics; and,
+    as the reference in the same run, the same ~19 updates through prometheus-client's public
+    ``inc`` / ``observe`` on pre-bound children (the per-call path before the cells). Best of
+    ``repeats`` runs of ``n`` calls each (the steady figure on a shared machine)."""
+    import timeit
+
+    import grpc
+
+    from warpsvc.server import metrics as wm
+    from warpsvc.server.observe import OBSERVER_OFF, Observer
+
+    method = "/warpsvc.v1.WarpService/Align"
+    mp_dir = wm.MultiprocessDir.prepare()
+    try:
+        m = wm.Metrics()
+        assert m.multiprocess
+        ctx, raw = _Context(), b"x" * 100
+
+        def servicer(observer):
+            def behavior(request, context):
+                with observer.stage("decode"):
+                    pass
+                with observer.stage("compute"):
+                    pass
+                observer.align_outcome("converged")
+                observer.pixels("input", 100)
+                with observer.stage("encode"):
+                    return request
+
+            return grpc.unary_unary_rpc_method_handler(behavior, request_deserializer=bytes,
+                                                       response_serializer=bytes)
+
+        bare_handler, on_observer = servicer(OBSERVER_OFF), Observer(m)
+
+        def bare():
+            h = bare_handler
+            h.response_serializer(h.unary_unary(h.request_deserializer(raw), ctx))
+
+        def instrumented():  # a new wrapper per call, as the interceptor makes one per call
+            h = wm._instrumented(grpc, m, servicer(on_observer), method, wm.UNARY)
+            h.response_serializer(h.unary_unary(h.request_deserializer(raw), ctx))
+
+        def bare_wrapped():  # the per-call handler construction without metrics (subtracted)
+            h = servicer(OBSERVER_OFF)
+            h.response_serializer(h.unary_unary(h.request_deserializer(raw), ctx))
+
+        service, name = wm.split_method(method)
+        labels = (wm.UNARY, service, name)
+        ch = {"started": m.started.labels(*labels), "in_flight": m.in_flight.labels(service, name),
+              "received": m.msg_received.labels(*labels), "req": m.request_bytes.labels(service, name),
+              "stages": [m.stage_seconds.labels(name, s) for s in ("decode", "compute", "encode")],
+              "handled": m.handled.labels(*labels, "OK"), "handling": m.handling_seconds.labels(*labels),
+              "sent": m.msg_sent.labels(*labels), "resp": m.response_bytes.labels(service, name),
+              "px": m.pixels_total.labels(name, "input"), "outcome": m.align_outcomes.labels("converged")}
+
+        def public_api():
+            ch["received"].inc()
+            ch["req"].inc(100)
+            ch["started"].inc()
+            ch["in_flight"].inc()
+            for child in ch["stages"]:
+                child.observe(time.perf_counter() - time.perf_counter() + 1e-4)
+            ch["outcome"].inc()
+            ch["px"].inc(100)
+            ch["in_flight"].dec()
+            ch["handled"].inc()
+            ch["handling"].observe(1e-3)
+            ch["sent"].inc()
+            ch["resp"].inc(100)
+
+        def best(fn):
+            return min(timeit.repeat(fn, number=n, repeat=repeats)) / n * 1e6
+
+        bare_us, wrapped_us, on_us, public_us = best(bare), best(bare_wrapped), best(instrumented), best(public_api)
+    finally:
+        mp_dir.close()
+    return {"calls": n, "repeats": repeats, "handler_without_metrics_us": round(bare_us, 2),
+            "handler_built_per_call_without_metrics_us": round(wrapped_us, 2),
+            "handler_with_metrics_us": round(on_us, 2),
+            "metrics_path_us_per_call": round(on_us - wrapped_us, 2),
+            "public_api_same_updates_us_per_call": round(public_us, 2)}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=9)
@@ -193,6 +293,9 @@ def main(argv=None) -> int:
         _serve(args.serve, args.cv_threads)
         return 0
     load_before = os.getloadavg()
+    path = path_cost()
+    print(f"metrics path per call (in-process, multiprocess mode): {path['metrics_path_us_per_call']:.1f} us; "
+          f"the same updates through prometheus-client's public API: {path['public_api_same_updates_us_per_call']:.1f} us")
     results = {}
     for label, threads in (("default_threads", None), ("one_thread", 1)):
         results[label] = run(args.rounds, threads)
@@ -204,6 +307,7 @@ def main(argv=None) -> int:
     report = {
         "benchmark": "bench_observability", "rounds": args.rounds, "calls_per_batch": CALLS,
         "warp_shape": WARP_SHAPE, "warp1080_shape": WARP_1080P, "align_shape": ALIGN_SHAPE, "results": results,
+        "metrics_path": path,
         "loadavg_before": load_before, "loadavg_after": os.getloadavg(), "cpu_count": os.cpu_count(),
         "python": platform.python_version(), "machine": platform.machine(),
         "note": "shared 2-core machine; ratios are medians of per-batch medians, servers in their own processes",

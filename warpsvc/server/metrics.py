@@ -143,8 +143,8 @@ class _MethodChildren:
     paid by the first call of each method, status code, stage and pixel kind; see
     :mod:`.metric_cells`)."""
 
-    __slots__ = ("_cells", "_m", "_method", "_rpc_labels", "handled", "handling", "in_flight", "pixels",
-                 "received", "request_bytes", "response_bytes", "sent", "shed", "stages", "started")
+    __slots__ = ("_cells", "_m", "_method", "_rpc_labels", "end_pair", "handled", "handling", "in_flight", "pixels",
+                 "received", "request_bytes", "response_bytes", "sent", "shed", "stages", "start_pairs", "started")
 
     def __init__(self, m: Metrics, grpc_type: str, full_method: str):
         service, method = split_method(full_method) if full_method else ("", "")
@@ -160,15 +160,21 @@ class _MethodChildren:
             self.response_bytes = cells.cell(m.response_bytes.labels(service, method))
             self.in_flight = cells.cell(m.in_flight.labels(service, method))
             self.shed = cells.cell(m.shed_total.labels(service, method))
+            self.start_pairs = ((self.started, 1.0), (self.in_flight, 1.0))
+            self.end_pair = (self.in_flight, -1.0)
         self.handled: dict[str, object] = {}
         self.stages: dict[str, object] = {}
         self.pixels: dict[str, object] = {}
 
     def handled_cell(self, code: str):
-        cell = self.handled.get(code)
-        if cell is None:
-            cell = self.handled[code] = self._cells.cell(self._m.handled.labels(*self._rpc_labels, code))
-        return cell
+        return self.handled_pair(code)[0]
+
+    def handled_pair(self, code: str):
+        """``(cell, 1.0)``: one more call handled with ``code``."""
+        pair = self.handled.get(code)
+        if pair is None:
+            pair = self.handled[code] = (self._cells.cell(self._m.handled.labels(*self._rpc_labels, code)), 1.0)
+        return pair
 
     def stage_cells(self, name: str):
         cells = self.stages.get(name)
@@ -261,11 +267,13 @@ class Metrics:
         return children
 
     # -- the RPC lifecycle (the interceptor calls these) -----------------------------------------
-    def begin_call(self, full_method: str, grpc_type: str = UNARY) -> Call:
+    def begin_call(self, full_method: str, grpc_type: str = UNARY, children: _MethodChildren | None = None) -> Call:
         """Count the call started and in flight; make it the current call of this context (what
-        :meth:`stage_observe`, :meth:`pixels` and :meth:`align_outcome` report to)."""
-        children = self._method(full_method, grpc_type)
-        self.cells.add(((children.started, 1.0), (children.in_flight, 1.0)))
+        :meth:`stage_observe`, :meth:`pixels` and :meth:`align_outcome` report to). ``children``:
+        the method's, when the caller has them already (the interceptor)."""
+        if children is None:
+            children = self._method(full_method, grpc_type)
+        self.cells.add(children.start_pairs)
         call = Call(children, _CURRENT_CALL.get())
         _CURRENT_CALL.set(call)
         call.t0 = time.perf_counter()
@@ -280,8 +288,8 @@ class Metrics:
         _CURRENT_CALL.set(call.previous)  # not reset(token): a stream may end in another context
         children = call.children
         pending = call.pending
-        pending.append((children.in_flight, -1.0))
-        pending.append((children.handled_cell(code), 1.0))
+        pending.append(children.end_pair)
+        pending.append(children.handled_pair(code))
         pending.extend(children.handling.pairs(seconds))
         self.cells.add(pending)
 
@@ -353,7 +361,12 @@ class _StageTimer:
         self._t0 = time.perf_counter()
 
     def __exit__(self, *exc) -> None:
-        self._metrics.stage_observe(self._name, time.perf_counter() - self._t0)
+        seconds = time.perf_counter() - self._t0
+        call = _CURRENT_CALL.get()
+        if call is None:
+            self._metrics.stage_observe(self._name, seconds)
+        else:
+            call.pending.extend(call.children.stage_cells(self._name).pairs(seconds))
 
 
 # -- per-worker process metrics, read from /proc at scrape time --------------------------------------
@@ -562,27 +575,52 @@ def _status_name(grpc, context, failed: bool) -> str:
 def _instrumented(grpc, metrics: Metrics, handler, method: str, grpc_type: str):
     """The same handler with each message and the call's outcome recorded (see
     :meth:`Metrics.begin_call`: a unary request's bytes are written with the call's end, a
-    stream's messages one by one, as they come)."""
+    stream's messages one by one, as they come). Built per call (the handler gRPC passes down is
+    per call too): a unary-unary call gets three closures and nothing else."""
     deserialize, serialize = handler.request_deserializer, handler.response_serializer
     children = metrics._method(method, grpc_type)
-    cells = metrics.cells
+    add = metrics.cells.add
+
+    def write(message) -> bytes:
+        raw = serialize(message) if serialize is not None else message
+        add(((children.sent, 1.0), (children.response_bytes, len(raw))))
+        return raw
+
+    if handler.unary_unary is not None:  # the hot path: Warp, Align, JacobianDeterminant
+        behavior = handler.unary_unary
+        size = [-1]
+
+        def read_one(raw: bytes):
+            size[0] = len(raw)
+            return deserialize(raw) if deserialize is not None else raw
+
+        def unary(request, context):
+            call = metrics.begin_call(method, grpc_type, children)
+            if size[0] >= 0:
+                call.pending.append((children.received, 1.0))
+                call.pending.append((children.request_bytes, size[0]))
+            failed = True
+            try:
+                response = behavior(request, context)
+                failed = False
+                return response
+            finally:
+                metrics.end_call(call, _status_name(grpc, context, failed))
+
+        return grpc.unary_unary_rpc_method_handler(unary, request_deserializer=read_one, response_serializer=write)
+
     received = [] if not handler.request_streaming else None
 
     def read(raw: bytes):
         if received is None:
-            cells.add(((children.received, 1.0), (children.request_bytes, len(raw))))
+            add(((children.received, 1.0), (children.request_bytes, len(raw))))
         else:
             received.append((children.received, 1.0))
             received.append((children.request_bytes, len(raw)))
         return deserialize(raw) if deserialize is not None else raw
 
-    def write(message) -> bytes:
-        raw = serialize(message) if serialize is not None else message
-        cells.add(((children.sent, 1.0), (children.response_bytes, len(raw))))
-        return raw
-
     def begin():
-        call = metrics.begin_call(method, grpc_type)
+        call = metrics.begin_call(method, grpc_type, children)
         if received:
             call.pending.extend(received)
             received.clear()
@@ -619,9 +657,7 @@ def _instrumented(grpc, metrics: Metrics, handler, method: str, grpc_type: str):
 
         return call
 
-    if handler.unary_unary is not None:
-        make, behavior = grpc.unary_unary_rpc_method_handler, unary_response(handler.unary_unary)
-    elif handler.stream_unary is not None:
+    if handler.stream_unary is not None:
         make, behavior = grpc.stream_unary_rpc_method_handler, unary_response(handler.stream_unary)
     elif handler.unary_stream is not None:
         make, behavior = grpc.unary_stream_rpc_method_handler, stream_response(handler.unary_stream)

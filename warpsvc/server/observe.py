@@ -21,19 +21,23 @@ from .tracing import OFF, Tracing
 _NULL = contextlib.nullcontext()
 
 
+def _null_stage(name: str):
+    return _NULL
+
+
 class Observer:
+    """``stage(name)``: time the block as stage ``name`` (``decode``, ``compute``, ``encode``) of
+    the current call; chosen once here (no per-call test of what is on)."""
+
     def __init__(self, metrics=None, tracing: Tracing = OFF):
         self.metrics = metrics
         self.tracing = tracing
-        self._off = metrics is None and not tracing.enabled
-
-    def stage(self, name: str):
-        """Time the block as stage ``name`` (``decode``, ``compute``, ``encode``) of the current call."""
-        if self._off:
-            return _NULL
-        if not self.tracing.enabled:
-            return self.metrics.stage(name)
-        return self._stage(name)
+        if tracing.enabled:
+            self.stage = self._stage
+        elif metrics is not None:
+            self.stage = metrics.stage
+        else:
+            self.stage = _null_stage
 
     @contextlib.contextmanager
     def _stage(self, name: str):
