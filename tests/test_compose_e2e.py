@@ -487,7 +487,12 @@ def test_stop_with_calls_in_flight_loses_none(stack):
             assert not all(f.done() for f in futures), "calls finished before the stop: make them longer"
             stop = stack.compose("stop", "warpsvc", timeout=300, check=False)
             stop_s = time.perf_counter() - t_stop
-            results = [f.result(timeout=120) for f in futures]  # raises if any call failed
+            try:
+                results = [f.result(timeout=120) for f in futures]  # raises if any call failed
+            except Exception as err:  # the replicas' own account of the stop, for the report
+                tails = {cid[:12]: stack.logs(cid)[-4000:] for cid in ids}
+                raise AssertionError(f"a call failed across the stop ({stop_s:.1f} s): {err}\n"
+                                     + "\n".join(f"--- {c}\n{t}" for c, t in tails.items())) from err
     finally:
         for client in clients.values():
             client.close()
