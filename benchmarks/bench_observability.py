@@ -21,8 +21,9 @@ small Warp round trip), ``warp1080`` (the same with a 1920x1080 RGB uint8 image)
 (two 128x128 float32 images, translation model: Align throughput).
 
 Method: one warm-up batch per (call, server); then ``--rounds`` rounds; in each round every call
-runs one batch of sequential calls against each server, in a rotating order; a batch's figure is
-its median call time, and the server process's CPU time per call over the batch (all its
+runs one batch of sequential calls against each server, the servers' calls interleaved one by one
+(in an order rotating with the round), so a change of the shared machine's load hits all three
+alike; a batch's figure is its median call time, and the server process's CPU time per call over the batch (all its
 threads, from ``/proc/<pid>/task/*/schedstat``: waiting for a core shared with other jobs does not
 count, so it is the steadier figure here); the reported figures are medians over rounds, the
 ratios against ``bare`` of the same call. The servers cap BLAS at one thread, as workers do. Run twice: the servers with OpenCV's default threads and with
@@ -141,6 +142,21 @@ def _batch(call, request, n: int, pid: int) -> tuple[float, float]:
     return statistics.median(times), (_cpu_seconds(pid) - cpu0) / n
 
 
+def _interleaved(clients: dict, request, n: int, pids: dict) -> dict:
+    """One batch per server, the servers' calls interleaved one by one (bare, metrics, tracing,
+    bare, ...: a load change on the shared machine hits every server alike): {config: (median
+    wall seconds per call, server CPU seconds per call)}."""
+    method, args, kwargs = request
+    times = {c: [] for c in clients}
+    cpu0 = {c: _cpu_seconds(pids[c]) for c in clients}
+    for _ in range(n):
+        for config, client in clients.items():
+            t0 = time.perf_counter()
+            getattr(client, method)(*args, **kwargs)
+            times[config].append(time.perf_counter() - t0)
+    return {c: (statistics.median(times[c]), (_cpu_seconds(pids[c]) - cpu0[c]) / n) for c in clients}
+
+
 def run(rounds: int, cv_threads: int | None) -> dict:
     from warpsvc_client import WarpClient
 
@@ -165,8 +181,10 @@ def run(rounds: int, cv_threads: int | None) -> dict:
         for r in range(rounds):
             order = CONFIGS[r % len(CONFIGS):] + CONFIGS[: r % len(CONFIGS)]
             for name, n in CALLS.items():
+                batch = _interleaved({c: clients[c] for c in order}, requests[name], n,
+                                     {c: servers[c].pid for c in order})
                 for config in order:
-                    samples[name][config].append(_batch(clients[config], requests[name], n, servers[config].pid))
+                    samples[name][config].append(batch[config])
     finally:
         for client in clients.values():
             client.close()

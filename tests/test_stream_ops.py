@@ -11,8 +11,10 @@ from __future__ import annotations
 import json
 import queue
 import signal
+import socket
 import threading
 import time
+import urllib.request
 
 import grpc
 import numpy as np
@@ -86,9 +88,32 @@ def test_stream_length_limit_from_the_flag_and_the_environment(how):
         assert line["frames"] >= 5  # frame 5 was read (and refused); gRPC may have sent more
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _scrape(port: int) -> dict:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.labels.get("grpc_method") == "AlignStream":
+                key = (sample.name, sample.labels.get("grpc_code"), sample.labels.get("kind"))
+                out[key] = out.get(key, 0) + sample.value
+    return out
+
+
 def test_a_stream_gets_one_access_log_line():
-    """status, frames, results, bytes both ways and decoded pixels equal what the client sent."""
-    with ServerProcess() as server, WarpClient(server.target, retries=1, timeout=60) as client:
+    """status, frames, results, bytes both ways and decoded pixels equal what the client sent; the
+    server's /metrics counts the same stream (bidi_stream type) with the same numbers."""
+    metrics_port = _free_port()
+    with ServerProcess(env={"WARPSVC_METRICS_PORT": str(metrics_port)}) as server, \
+            WarpClient(server.target, retries=1, timeout=60) as client:
         frames = FRAMES[:7]
         results = list(client.align_stream(frames, 0))
         assert len(results) == 7
@@ -104,6 +129,15 @@ def test_a_stream_gets_one_access_log_line():
         assert line["in_px"] == 7 * SHAPE[0] * SHAPE[1]
         assert line["out_bytes"] > 7 * 9 * 8  # 7 responses, each with at least a 3x3 float64 matrix
         assert line["ms"] > 0 and line["peer"].startswith("ipv4:127.0.0.1:")
+        m = _scrape(metrics_port)
+        assert m[("grpc_server_started_total", None, None)] == 1
+        assert m[("grpc_server_handled_total", "OK", None)] == 1
+        assert m[("grpc_server_msg_received_total", None, None)] == 7  # setup + 6 frames
+        assert m[("grpc_server_msg_sent_total", None, None)] == 7
+        assert m[("warpsvc_request_bytes_total", None, None)] == sent
+        assert m[("warpsvc_response_bytes_total", None, None)] == line["out_bytes"]
+        assert m[("warpsvc_pixels_total", None, "input")] == line["in_px"]
+        assert m[("warpsvc_rpcs_in_flight", None, None)] == 0
 
 
 def _size(message) -> int:
