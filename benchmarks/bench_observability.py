@@ -3,7 +3,7 @@ measured in the same run.
 
     python benchmarks/bench_observability.py [--rounds 9] [--json benchmarks/results/observability.json]
 
-Three ``warpsvc`` servers (the real ``build_server``: servicer, codecs, access log, drain gate),
+Four ``warpsvc`` servers (the real ``build_server``: servicer, codecs, access log, drain gate),
 each its own process (so the client does not share their GIL), identical but for observability:
 
 * ``bare``: metrics off (``metrics_port=0``), tracing off (the anchor);
@@ -13,16 +13,19 @@ each its own process (so the client does not share their GIL), identical but for
 * ``metrics+tracing``: the same plus the OpenTelemetry server interceptor and a child span per
   stage, through the SDK's simple span processor (in the RPC thread) into an exporter that drops
   them (span creation and ending measured, not a collector's network; OTLP uses a batch
-  processor off the RPC threads).
+  processor off the RPC threads);
+* ``bare-control``: a second ``bare`` server, the noise control: its ratio to ``bare`` is what
+  two identical servers differ by in the same run (placement on the shared cores, cache
+  neighbours), the floor under which the other ratios say nothing.
 
-Three calls through ``WarpClient``: ``small`` (``jacobian_determinant`` of a 4x4 grid: the fixed
+Four calls through ``WarpClient``: ``small`` (``jacobian_determinant`` of a 4x4 grid: the fixed
 per-call cost), ``warp`` (a 512x512 uint8 image, raw tensor in and out, an affine transform: a
 small Warp round trip), ``warp1080`` (the same with a 1920x1080 RGB uint8 image) and ``align``
 (two 128x128 float32 images, translation model: Align throughput).
 
 Method: one warm-up batch per (call, server); then ``--rounds`` rounds; in each round every call
 runs one batch of sequential calls against each server, the servers' calls interleaved one by one
-(in an order rotating with the round), so a change of the shared machine's load hits all three
+(in an order rotating with the round), so a change of the shared machine's load hits all four
 alike; a batch's figure is its median call time, and the server process's CPU time per call over the batch (all its
 threads, from ``/proc/<pid>/task/*/schedstat``: waiting for a core shared with other jobs does not
 count, so it is the steadier figure here); the reported figures are medians over rounds, the
@@ -48,7 +51,8 @@ import subprocess
 import sys
 import time
 
-CONFIGS = ("bare", "metrics", "metrics+tracing")
+CONFIGS = ("bare", "metrics", "metrics+tracing", "bare-control")
+BARE = ("bare", "bare-control")  # metrics and tracing off
 CALLS = {"small": 300, "warp": 60, "warp1080": 12, "align": 30}  # calls per batch
 WARP_SHAPE = (512, 512)
 WARP_1080P = (1080, 1920, 3)
@@ -72,9 +76,9 @@ def _serve(config: str, cv_threads: int | None) -> None:
 
         threads.set_threads(cv_threads)  # the compiled kernels too: every thread pool of the server at 1
     threadpool_limits(limits=1, user_api="blas")  # as the server's workers do (runner.run_worker)
-    mp_dir = wm.MultiprocessDir.prepare() if config != "bare" else None  # mmap values, as `serve` runs them
+    mp_dir = wm.MultiprocessDir.prepare() if config not in BARE else None  # mmap values, as `serve` runs them
     # metrics_port only switches the worker's metrics on here: the endpoint is not started.
-    settings = Settings(port=0, metrics_port=0 if config == "bare" else wm.DEFAULT_METRICS_PORT)
+    settings = Settings(port=0, metrics_port=0 if config in BARE else wm.DEFAULT_METRICS_PORT)
     tracing = wt.OFF
     if config == "metrics+tracing":
         tracing = wt.setup_tracing(wt.TracingConfig(), exporters=(_DropSpans(),))
