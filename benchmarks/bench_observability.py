@@ -33,7 +33,9 @@ ratios against ``bare`` of the same call. The servers cap BLAS at one thread, as
 one thread everywhere (``warpsvc.set_threads(1)``: OpenCV and the compiled kernels); the
 ``one_thread`` / ``align`` row is the issue-14 "Align throughput at 1 thread" figure. The machine is shared (load average recorded): ratios within a few
 percent of 1 are within the noise of a single run; the per-call overhead in microseconds
-(difference of medians) is the steadier figure, and steadier still the in-process cost of the
+(difference of medians) is the steadier figure. Then the same calls against three servers in
+*one* process (``bare``, ``metrics``, ``bare-control``: :func:`run_pair`, wall only), free of
+the between-process placement noise; and steadier still the in-process cost of the
 metrics path alone (:func:`path_cost`: the interceptor wrapper and observer on an Align-shaped
 call, minus the same handler without metrics, with the same updates through prometheus-client's
 public API as the reference), printed first.
@@ -90,6 +92,76 @@ def _serve(config: str, cv_threads: int | None) -> None:
     tracing.shutdown()
     if mp_dir is not None:
         mp_dir.close()
+
+
+PAIR = ("bare", "metrics", "bare-control")
+
+
+def _serve_pair(cv_threads: int | None) -> None:
+    """One process, three servers on their own ports, identical but for metrics (tracing off):
+    ``bare``, ``metrics`` (multiprocess mode) and ``bare-control``. Their calls share the process's
+    placement on the cores and its caches, so the one-process wall ratios are free of the
+    between-process noise the control of :func:`run` shows."""
+    import cv2
+    from threadpoolctl import threadpool_limits
+
+    from warpsvc.server import Settings, build_server
+    from warpsvc.server import metrics as wm
+
+    if cv_threads is not None:
+        cv2.setNumThreads(cv_threads)
+        from warpsvc.core import threads
+
+        threads.set_threads(cv_threads)
+    threadpool_limits(limits=1, user_api="blas")
+    mp_dir = wm.MultiprocessDir.prepare()
+    servers = [build_server(Settings(port=0, metrics_port=wm.DEFAULT_METRICS_PORT if c == "metrics" else 0))
+               for c in PAIR]
+    assert [s.metrics is not None for s in servers] == [False, True, False]
+    for srv in servers:
+        srv.start()
+    print(" ".join(str(srv.port) for srv in servers), flush=True)
+    sys.stdin.read()
+    for srv in servers:
+        srv.stop(0).wait()
+    mp_dir.close()
+
+
+def run_pair(rounds: int, cv_threads: int | None) -> dict:
+    """The calls of :func:`run` against the three servers of :func:`_serve_pair` (one process),
+    interleaved one by one; wall medians only (the CPU of one process cannot be split by server)."""
+    from warpsvc_client import WarpClient
+
+    here = pathlib.Path(__file__).resolve()
+    args = [sys.executable, str(here), "--serve", "pair"] + (["--cv-threads", str(cv_threads)] if cv_threads else [])
+    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                            env=dict(env, OTEL_TRACES_EXPORTER="none"))
+    clients = {}
+    try:
+        ports = proc.stdout.readline().split()
+        clients = {c: WarpClient(f"127.0.0.1:{p}", timeout=60, retries=1) for c, p in zip(PAIR, ports)}
+        requests = _requests()
+        pids = dict.fromkeys(PAIR, proc.pid)
+        for name, n in CALLS.items():  # warm-up
+            _interleaved(clients, requests[name], max(2, n // 4), pids)
+        samples = {name: {c: [] for c in PAIR} for name in CALLS}
+        for r in range(rounds):
+            order = PAIR[r % len(PAIR):] + PAIR[: r % len(PAIR)]
+            for name, n in CALLS.items():
+                batch = _interleaved({c: clients[c] for c in order}, requests[name], n, pids)
+                for c in order:
+                    samples[name][c].append(batch[c][0])
+    finally:
+        for client in clients.values():
+            client.close()
+        proc.communicate("", timeout=30)
+    out = {}
+    for name, per in samples.items():
+        wall = {c: statistics.median(v) for c, v in per.items()}
+        out[name] = {c: {"median_ms": round(wall[c] * 1e3, 4), "ratio_vs_bare": round(wall[c] / wall["bare"], 4),
+                         "overhead_us": round((wall[c] - wall["bare"]) * 1e6, 1)} for c in PAIR}
+    return out
 
 
 def _DropSpans():
@@ -308,9 +380,12 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--json", type=pathlib.Path, default=pathlib.Path("benchmarks/results/observability.json"))
-    parser.add_argument("--serve", choices=CONFIGS, help=argparse.SUPPRESS)
+    parser.add_argument("--serve", choices=(*CONFIGS, "pair"), help=argparse.SUPPRESS)
     parser.add_argument("--cv-threads", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.serve == "pair":
+        _serve_pair(args.cv_threads)
+        return 0
     if args.serve:
         _serve(args.serve, args.cv_threads)
         return 0
@@ -326,10 +401,17 @@ def main(argv=None) -> int:
                 print(f"{label:15s} {name:6s} {config:16s} median {fig['median_ms']:9.4f} ms  "
                       f"ratio {fig['ratio_vs_bare']:.4f}  overhead {fig['overhead_us']:8.1f} us  "
                       f"server CPU {fig['server_cpu_us_per_call']:9.1f} us/call (ratio {fig['cpu_ratio_vs_bare']:.4f})")
+    one_process = {}
+    for label, threads in (("default_threads", None), ("one_thread", 1)):
+        one_process[label] = run_pair(args.rounds, threads)
+        for name, per in one_process[label].items():
+            for config, fig in per.items():
+                print(f"one process {label:15s} {name:8s} {config:13s} median {fig['median_ms']:9.4f} ms  "
+                      f"ratio {fig['ratio_vs_bare']:.4f}  overhead {fig['overhead_us']:8.1f} us")
     report = {
         "benchmark": "bench_observability", "rounds": args.rounds, "calls_per_batch": CALLS,
         "warp_shape": WARP_SHAPE, "warp1080_shape": WARP_1080P, "align_shape": ALIGN_SHAPE, "results": results,
-        "metrics_path": path,
+        "metrics_path": path, "one_process": one_process,
         "loadavg_before": load_before, "loadavg_after": os.getloadavg(), "cpu_count": os.cpu_count(),
         "python": platform.python_version(), "machine": platform.machine(),
         "note": "shared 2-core machine; ratios are medians of per-batch medians, servers in their own processes",
