@@ -32,7 +32,10 @@ reference corners whose true image in the frame lies inside the 95 % ellipse of
 ``FrameResult.corner_covariance`` (chi^2, 2 dof).
 
 Speed: frames/s of ``sequence`` and ``direct`` with OpenCV's default threads and BLAS as
-loaded, and with one thread each (``cv2.setNumThreads(1)``, ``threadpoolctl``); the two
+loaded, and with one thread each (``cv2.setNumThreads(1)``, ``threadpoolctl``); and of
+``stream``: the same ``sequence`` over the AlignStream RPC to a ``warpsvc serve`` the benchmark
+starts on 127.0.0.1 (one worker, metrics on, the same thread counts), whose ratio to the local
+``sequence`` is the issue's ">= 0.9x local" figure (``--no-stream`` skips it); the three
 methods alternate, ``--repeats`` times per setting; medians. The machine is shared (2 cores,
 other work running): the load average is recorded.
 
@@ -65,9 +68,9 @@ from skimage import color, data
 from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-import warpsvc  # noqa: E402
-from warpsvc.core.sequence import SequenceOptions, align_sequence, stack  # noqa: E402
-from warpsvc.core.sequence.options import default_align_options  # noqa: E402
+import warpsvc
+from warpsvc.core.sequence import SequenceOptions, align_sequence, stack
+from warpsvc.core.sequence.options import default_align_options
 
 FRAME = (192, 256)  # (h, w)
 PHOTO_SCALE = 1.5
@@ -205,24 +208,59 @@ def run_direct(frames):
     return results, time.perf_counter() - t
 
 
-def timed_runs(frames, repeats):
-    """Alternate sequence / direct, default threads then one thread; medians of frames/s."""
+def run_stream(client, frames):
+    """The same sequence over the AlignStream RPC (frame 0 the reference, frames sent raw)."""
+    t = time.perf_counter()
+    results = list(client.align_stream(iter(frames), 0, "homography"))
+    return results, time.perf_counter() - t
+
+
+def timed_runs(frames, repeats, stream=True):
+    """Alternate sequence / direct / stream, default threads then one thread; medians of frames/s.
+
+    ``stream``: a ``warpsvc serve`` subprocess on 127.0.0.1 per thread setting (one worker, the
+    same OpenCV / BLAS threads as the local runs, metrics on: ``bench_stream.start_server``); its
+    frames/s against the local ``sequence`` run of the same round is the issue-15 ratio (>= 0.9),
+    and every stream matrix must equal the local one exactly."""
+    from bench_stream import start_server, stop_server
+    from warpsvc_client import WarpClient
+
     default_cv = cv2.getNumThreads()
     out = {}
     seq_results = direct_results = None
     for label, cv_threads, blas in (("default_threads", default_cv, None), ("one_thread", 1, 1)):
         cv2.setNumThreads(cv_threads)
-        seq_fps, direct_fps = [], []
-        with threadpool_limits(limits=blas):
-            for _ in range(repeats):
-                seq_results, dt = run_sequence(frames)
-                seq_fps.append(len(frames) / dt)
-                direct_results, dt = run_direct(frames)
-                direct_fps.append((len(frames) - 1) / dt)
+        seq_fps, direct_fps, stream_fps, equal = [], [], [], True
+        server = client = None
+        try:
+            if stream:
+                server, target = start_server(cv_threads, blas or os.cpu_count())
+                client = WarpClient(target, timeout=3600, retries=1)
+                run_stream(client, frames[:5])  # warm-up: connection, the server's kernels
+            with threadpool_limits(limits=blas):
+                for _ in range(repeats):
+                    seq_results, dt = run_sequence(frames)
+                    seq_fps.append(len(frames) / dt)
+                    direct_results, dt = run_direct(frames)
+                    direct_fps.append((len(frames) - 1) / dt)
+                    if client is not None:
+                        remote, dt = run_stream(client, frames)
+                        stream_fps.append(len(frames) / dt)
+                        equal = equal and len(remote) == len(seq_results) and all(
+                            np.array_equal(r.matrix, loc.matrix) for r, loc in zip(remote, seq_results))
+        finally:
+            if client is not None:
+                client.close()
+            if server is not None:
+                stop_server(server)
         out[label] = {"opencv_threads": cv_threads, "blas_threads": blas or "as loaded",
                       "sequence_fps": float(np.median(seq_fps)), "direct_fps": float(np.median(direct_fps)),
                       "sequence_fps_runs": seq_fps, "direct_fps_runs": direct_fps,
                       "sequence_over_direct_time": float(np.median(direct_fps) / np.median(seq_fps))}
+        if stream_fps:
+            out[label].update({"stream_fps": float(np.median(stream_fps)), "stream_fps_runs": stream_fps,
+                               "stream_over_sequence": float(np.median(stream_fps) / np.median(seq_fps)),
+                               "stream_matrices_equal_local": equal})
     cv2.setNumThreads(default_cv)
     return out, seq_results, direct_results
 
@@ -273,15 +311,16 @@ def main(argv=None):
     ap.add_argument("--frames", type=int, default=300)
     ap.add_argument("--seed", type=int, default=2026)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--no-stream", action="store_true", help="skip the AlignStream row (no server)")
     ap.add_argument("--json", default=str(pathlib.Path(__file__).parent / "results" / "sequence.json"))
     args = ap.parse_args(argv)
 
     t0 = time.perf_counter()
-    clean, noisy, truth, photo_from = make_frames(args.frames, args.seed)
+    clean, noisy, truth, _photo_from = make_frames(args.frames, args.seed)
     drift = [float(np.linalg.norm(m[:2, 2] - truth[0][:2, 2])) for m in truth]
     angles = [float(np.degrees(np.arctan2(m[1, 0], m[0, 0]))) for m in truth]
     run_sequence(noisy[:5])  # warm-up (numba kernels, caches)
-    speed, seq, direct = timed_runs(noisy, args.repeats)
+    speed, seq, direct = timed_runs(noisy, args.repeats, stream=not args.no_stream)
     chain, chain_seconds = run_sequence(noisy, SequenceOptions(reanchor=False))
 
     seq_err = [corner_error(r.matrix, truth[r.index]) for r in seq]
@@ -333,6 +372,10 @@ def print_summary(r):
     for label, v in r["speed"].items():
         print(f"{label}: sequence {v['sequence_fps']:.1f} frames/s, direct {v['direct_fps']:.1f} frames/s "
               f"(sequence time / direct time = {v['sequence_over_direct_time']:.2f})")
+        if "stream_fps" in v:
+            print(f"{label}: stream (AlignStream RPC, warpsvc serve on loopback) {v['stream_fps']:.1f} frames/s, "
+                  f"stream / local sequence = {v['stream_over_sequence']:.2f} (target >= 0.9), matrices equal "
+                  f"the local ones: {v['stream_matrices_equal_local']}")
     st = r["stacking"]
     for row in st["noise"]:
         print(f"stack N={row['n']:4d}: noise {row['noise']:.4f}, 1/sqrt(N) law {row['expected_1_over_sqrt_n']:.4f} "

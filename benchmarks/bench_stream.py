@@ -11,7 +11,7 @@ Methods, alternating, ``--repeats`` rounds per thread setting, medians:
 
 * ``local`` (the anchor): ``list(align_sequence(frames, "homography"))`` in this process;
 * ``stream``: ``list(WarpClient.align_stream(frames, 0, "homography"))`` against ``warpsvc serve``
-  started as a subprocess on 127.0.0.1 (one worker) with the same OpenCV / BLAS thread counts as
+  started as a subprocess on 127.0.0.1 (one worker, metrics on) with the same OpenCV / BLAS thread counts as
   the local run: frames serialised by the client in gRPC's sending thread while the server
   registers the previous ones.
 
@@ -26,6 +26,7 @@ import json
 import os
 import pathlib
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -42,9 +43,18 @@ from warpsvc_client import WarpClient
 from warpsvc.core.sequence import align_sequence
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def start_server(cv_threads: int, blas_threads: int):
+    """``warpsvc serve`` on 127.0.0.1 with one worker (the stream is one call: one worker serves
+    it), the production defaults otherwise (metrics on, on a free port; tracing off)."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "warpsvc.cli", "serve", "--port", "0", "--cv-threads", str(cv_threads),
+        [sys.executable, "-m", "warpsvc.cli", "serve", "--port", "0", "--workers", "1",
+         "--metrics-port", str(_free_port()), "--cv-threads", str(cv_threads),
          "--blas-threads", str(blas_threads)], cwd=HERE.parent, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
         text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     for line in proc.stdout:

@@ -24,7 +24,6 @@ from warpsvc_client import WarpClient
 import warpsvc
 from warpsvc.core.errors import ResourceExhaustedError
 from warpsvc.core.sequence import SequenceOptions, align_sequence
-from warpsvc.server import streaming
 
 PHOTO = ndi.gaussian_filter(data.camera().astype(np.float32), 1.0)
 SHAPE = (96, 128)
@@ -135,13 +134,14 @@ def test_frame_over_the_pixel_limit():
         assert info.value.field == "frame[1].image"
 
 
-def test_stream_length_limit(client, monkeypatch):
-    monkeypatch.setattr(streaming, "MAX_STREAM_FRAMES", 3)
-    got = []
-    with pytest.raises(ResourceExhaustedError) as info:
-        for r in client.align_stream(FRAMES[:6], 0):
-            got.append(r.index)
-    assert got == [0, 1, 2, 3] and info.value.field == "frame"  # reference + 3 frames
+def test_stream_length_limit():
+    with inprocess_server(max_stream_frames=3) as srv, WarpClient(f"127.0.0.1:{srv.port}", retries=1) as client:
+        got = []
+        with pytest.raises(ResourceExhaustedError) as info:
+            for r in client.align_stream(FRAMES[:6], 0):
+                got.append(r.index)
+        assert got == [0, 1, 2, 3] and info.value.field == "frame"  # reference + 3 frames
+        assert "max_stream_frames" in str(info.value)
 
 
 def test_deadline_stops_the_stream_and_frees_the_thread(monkeypatch):

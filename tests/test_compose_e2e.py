@@ -8,9 +8,13 @@ One module-scoped stack, the tests in order (each builds on the one before):
 2. run the ``batch`` profile (``warpsvc-batch`` against ``dns:///warpsvc:50051``, round_robin) over
    a generated sample folder; check every output against the library run in this process, and
    from the containers' access logs that both replicas served calls;
-3. start calls on both replicas, ``docker-compose stop warpsvc`` (SIGTERM) while they run: every
+3. the ``observability`` profile: build the Prometheus image (Debian's ``prometheus`` package on
+   the same base), start it, wait until it has discovered and scraped both replicas (``up`` over
+   its HTTP API), make known calls on each replica and check that Prometheus reads back exactly
+   the counts each replica's own ``/metrics`` shows and the calls made;
+4. start calls on both replicas, ``docker-compose stop warpsvc`` (SIGTERM) while they run: every
    call completes correctly, the containers exit 0 after draining, well before SIGKILL;
-4. ``docker-compose down``: nothing of the project is left.
+5. ``docker-compose down``: nothing of the project is left.
 
 Opt-in: runs only with ``WARPSVC_E2E=1`` (``.ci/run`` sets it after ``scripts/ci_docker.sh``), and
 skips loudly, with the reason in pytest's summary, when Docker cannot be used. The wall time of
@@ -32,6 +36,8 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
+import urllib.request
 import uuid
 
 import numpy as np
@@ -142,7 +148,11 @@ class Stack:
         first, last = free_port_range(REPLICAS + 2)
         m_first, m_last = free_port_range(REPLICAS + 2, avoid=range(first, last + 1))
         self.metrics_ports = (m_first, m_last)
+        self.prometheus_port = free_port_range(1, avoid=(*range(first, last + 1), *range(m_first, m_last + 1)))[0]
+        self.prometheus_config = workdir / "prometheus.yml"
         self.env = dict(os.environ, WARPSVC_IMAGE=self.image, WARPSVC_PUBLISH=f"{first}-{last}",
+                        PROMETHEUS_IMAGE=f"{self.image.split(':')[0]}-prometheus:e2e",
+                        PROMETHEUS_PUBLISH=str(self.prometheus_port), PROMETHEUS_CONFIG=str(self.prometheus_config),
                         WARPSVC_METRICS_PUBLISH=f"{m_first}-{m_last}",
                         BATCH_IN=str(self.data_in), BATCH_OUT=str(self.data_out),
                         BATCH_UID=str(os.getuid()), BATCH_GID=str(os.getgid()),
@@ -152,8 +162,8 @@ class Stack:
         self.t0 = time.perf_counter()
 
     def compose(self, *args, **kw) -> subprocess.CompletedProcess:
-        return run(["docker-compose", "-f", COMPOSE_FILE, "-p", self.project, "--profile", "batch", *args],
-                   env=self.env, **kw)
+        return run(["docker-compose", "-f", COMPOSE_FILE, "-p", self.project, "--profile", "batch",
+                    "--profile", "observability", *args], env=self.env, **kw)
 
     def replica_ids(self) -> list[str]:
         out = self.compose("ps", "-q", "warpsvc").stdout.split()
@@ -178,16 +188,28 @@ class Stack:
         assert self.metrics_ports[0] <= port <= self.metrics_ports[1], (port, self.metrics_ports)
         return port
 
-    def warp_calls(self, cid: str) -> float:
-        """``grpc_server_started_total`` of Warp on the replica's ``/metrics`` (published on loopback)."""
-        import urllib.request
-
+    def warp_calls(self, cid: str, name: str = "grpc_server_started_total", **labels) -> float:
+        """``name`` (default ``grpc_server_started_total``) of Warp on the replica's ``/metrics``
+        (published on loopback), summed over the series whose labels include ``labels``."""
         from prometheus_client.parser import text_string_to_metric_families
 
         with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port(cid)}/metrics", timeout=10) as r:
             text = r.read().decode()
         return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
-                   if s.name == "grpc_server_started_total" and s.labels.get("grpc_method") == "Warp")
+                   if s.name == name and s.labels.get("grpc_method") == "Warp"
+                   and all(s.labels.get(k) == v for k, v in labels.items()))
+
+    def prometheus_query(self, expr: str) -> list:
+        """``/api/v1/query`` of the compose Prometheus (published on loopback): the result vector."""
+        url = f"http://127.0.0.1:{self.prometheus_port}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+        with urllib.request.urlopen(url, timeout=5) as response:
+            body = json.loads(response.read())
+        assert body["status"] == "success", body
+        return body["data"]["result"]
+
+    def container_ip(self, cid: str) -> str:
+        (net,) = self.inspect(cid)["NetworkSettings"]["Networks"].values()
+        return net["IPAddress"]
 
     def phase(self, name: str, started: float) -> None:
         self.timings[name] = round(time.perf_counter() - started, 1)
@@ -328,7 +350,103 @@ def test_batch_profile_processes_every_image_over_both_replicas(stack):
     assert counted == served, (counted, served)
 
 
-# -- 3. SIGTERM with calls in flight ------------------------------------------------------------------------
+# -- 3. the observability profile: Prometheus scraping both replicas ---------------------------------------
+PROMETHEUS_TIMEOUT = 60.0
+
+
+def _scrape_config(path: pathlib.Path) -> None:
+    """The compose scrape configuration with its intervals shortened (2 s scrapes, 5 s DNS
+    refresh) so the test waits seconds, not the 15 s of production, for each step."""
+    import yaml
+
+    config = yaml.safe_load((ROOT / "deploy" / "compose" / "prometheus" / "prometheus.yml").read_text())
+    config["global"].update(scrape_interval="2s", scrape_timeout="2s", evaluation_interval="2s")
+    for job in config["scrape_configs"]:
+        for sd in job.get("dns_sd_configs", []):
+            sd["refresh_interval"] = "5s"
+    path.write_text(yaml.safe_dump(config))
+    path.chmod(0o644)  # read by the image's non-root prometheus user
+
+
+def _until(check, what: str, timeout: float = PROMETHEUS_TIMEOUT):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+        except OSError as err:  # not listening yet
+            last = err
+        if last is True:
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"{what} not reached in {timeout} s; last: {last}")
+
+
+def test_observability_profile_scrapes_both_replicas(stack):
+    from warpsvc_client import WarpClient
+
+    import warpsvc
+
+    t = time.perf_counter()
+    base = stack.notes["base_image"]
+    build = run(["docker", "build", "--network", "host", "--build-arg", f"BASE_IMAGE={base}", "-t",
+                 stack.env["PROMETHEUS_IMAGE"], "deploy/compose/prometheus"], timeout=900, check=False,
+                log=stack.workdir / "prometheus-build.log")
+    stack.phase("prometheus image build", t)
+    assert build.returncode == 0, ("the Prometheus image (Debian's prometheus package on " + base +
+                                   f") did not build:\n{build.stdout[-2000:]}\n{build.stderr[-2000:]}")
+    version = run(["docker", "run", "--rm", stack.env["PROMETHEUS_IMAGE"], "--version"], check=False)
+    stack.notes["prometheus_version"] = (version.stdout + version.stderr).splitlines()[:1]
+    _scrape_config(stack.prometheus_config)
+    t = time.perf_counter()
+    stack.compose("up", "-d", "--no-deps", "prometheus", timeout=300)
+    ids = stack.replica_ids()
+    (pid,) = stack.compose("ps", "-q", "prometheus").stdout.split()
+    bindings = stack.inspect(pid)["NetworkSettings"]["Ports"]["9090/tcp"]
+    assert bindings and all(b["HostIp"] == "127.0.0.1" for b in bindings), bindings  # loopback only
+    instance = {cid: f"{stack.container_ip(cid)}:9464" for cid in ids}
+
+    def both_up():
+        up = {r["metric"]["instance"]: r["value"][1] for r in stack.prometheus_query('up{job="warpsvc"}')}
+        return up == {i: "1" for i in instance.values()} or up
+
+    _until(both_up, "up == 1 for both replicas (DNS discovery of the service name, one scrape each)")
+    stack.phase("prometheus up + both replicas scraped", t)
+
+    # Known calls per replica, straight to each one's published port: OK warps and one refused.
+    t = time.perf_counter()
+    image = (np.random.default_rng(3).random((64, 80)) * 255).astype(np.uint8)
+    made = dict(zip(ids, (3, 5)))
+    before = {cid: (stack.warp_calls(cid, "grpc_server_handled_total", grpc_code="OK"),
+                    stack.warp_calls(cid, "grpc_server_handled_total", grpc_code="INVALID_ARGUMENT")) for cid in ids}
+    for cid, n in made.items():
+        with WarpClient(f"127.0.0.1:{stack.published_port(cid)}", timeout=30, retries=1) as client:
+            for _ in range(n):
+                client.warp(image, warpsvc.AffineTransform.from_components(rotation=0.1))
+            with pytest.raises(warpsvc.InvalidArgumentError):
+                client.warp(image, warpsvc.AffineTransform.identity(), output_shape=(0, 5))
+    direct = {cid: (stack.warp_calls(cid, "grpc_server_handled_total", grpc_code="OK"),
+                    stack.warp_calls(cid, "grpc_server_handled_total", grpc_code="INVALID_ARGUMENT")) for cid in ids}
+    for cid in ids:  # the replica's own /metrics counted exactly these calls
+        assert direct[cid][0] - before[cid][0] == made[cid] and direct[cid][1] - before[cid][1] == 1, \
+            (cid[:12], before[cid], direct[cid])
+
+    def prometheus_matches():
+        got = {}
+        for code in ("OK", "INVALID_ARGUMENT"):
+            expr = f'sum by (instance) (grpc_server_handled_total{{job="warpsvc",grpc_method="Warp",grpc_code="{code}"}})'
+            for r in stack.prometheus_query(expr):
+                got[(r["metric"]["instance"], code)] = float(r["value"][1])
+        want = {(instance[cid], code): direct[cid][k] for cid in ids for k, code in enumerate(("OK", "INVALID_ARGUMENT"))}
+        return got == want or (got, want)
+
+    _until(prometheus_matches, "Prometheus's grpc_server_handled_total == each replica's own /metrics")
+    stack.phase("calls counted by prometheus", t)
+    stack.notes["prometheus_counts"] = {instance[cid]: direct[cid] for cid in ids}
+    stack.compose("rm", "-fsv", "prometheus", timeout=120, check=False)
+
+
+# -- 4. SIGTERM with calls in flight ------------------------------------------------------------------------
 def test_stop_with_calls_in_flight_loses_none(stack):
     from warpsvc_client import WarpClient
 
@@ -369,7 +487,12 @@ def test_stop_with_calls_in_flight_loses_none(stack):
             assert not all(f.done() for f in futures), "calls finished before the stop: make them longer"
             stop = stack.compose("stop", "warpsvc", timeout=300, check=False)
             stop_s = time.perf_counter() - t_stop
-            results = [f.result(timeout=120) for f in futures]  # raises if any call failed
+            try:
+                results = [f.result(timeout=120) for f in futures]  # raises if any call failed
+            except Exception as err:  # the replicas' own account of the stop, for the report
+                tails = {cid[:12]: stack.logs(cid)[-4000:] for cid in ids}
+                raise AssertionError(f"a call failed across the stop ({stop_s:.1f} s): {err}\n"
+                                     + "\n".join(f"--- {c}\n{t}" for c, t in tails.items())) from err
     finally:
         for client in clients.values():
             client.close()
@@ -394,7 +517,7 @@ def test_stop_with_calls_in_flight_loses_none(stack):
         assert '"status": "CANCELLED"' not in log and '"status": "UNAVAILABLE"' not in log, log[-2000:]
 
 
-# -- 4. teardown ----------------------------------------------------------------------------------------------
+# -- 5. teardown ----------------------------------------------------------------------------------------------
 def test_down_removes_everything(stack):
     t = time.perf_counter()
     stack.compose("down", "-v", "--remove-orphans", "-t", "60", timeout=300)

@@ -4,11 +4,18 @@ The compiled kernels (:mod:`._scale_kernels`, :mod:`._splat_kernels`) run in par
 output rows or strips and release the GIL. The thread count they use is, in order:
 
 1. the value given to :func:`set_threads` (process-wide);
-2. the ``WARPSVC_THREADS`` environment variable (read on first use);
+2. the ``WARPSVC_KERNEL_THREADS`` environment variable (read on first use);
 3. :func:`available_cpus`: the CPUs this process may really use, i.e. the affinity mask
    (``os.sched_getaffinity``) capped by the cgroup CPU quota (``cpu.max`` in cgroup v2,
    ``cpu.cfs_quota_us / cpu.cfs_period_us`` in v1), as inside a container limited with
    ``--cpus``.
+
+``WARPSVC_THREADS`` is *not* read here: it is the server's ``--threads`` (work calls computing at
+once per worker, :mod:`warpsvc.server.settings`), a count of calls, not of threads per call. The
+two once shared that name, so a server configured for 16 compute slots made every kernel call of
+any library code in that environment start 16 threads. The server sets the kernels' count itself
+(``warpsvc serve --kernel-threads`` / the same ``WARPSVC_KERNEL_THREADS``, default: its OpenCV
+thread count) with :func:`set_threads` in each worker.
 
 It is capped by numba's pool size (``NUMBA_NUM_THREADS``, fixed when numba starts). OpenCV has
 its own process-wide count (``cv2.setNumThreads``); ``set_threads(n)`` sets both unless
@@ -27,7 +34,8 @@ import pathlib
 
 from .errors import InvalidArgumentError
 
-ENV_VAR = "WARPSVC_THREADS"
+ENV_VAR = "WARPSVC_KERNEL_THREADS"
+SERVER_SLOTS_ENV_VAR = "WARPSVC_THREADS"  # the server's compute slots: never read here
 _CGROUP_ROOT = pathlib.Path("/sys/fs/cgroup")
 _chosen: int | None = None
 

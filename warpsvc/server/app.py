@@ -26,6 +26,7 @@ from .interceptors import AccessLogInterceptor, BearerTokenInterceptor, DrainGat
 from .observe import Observer
 from .servicer import WarpServicer, add_to_server
 from .settings import Settings
+from .stream_gate import StreamGate
 from .tracing import OFF, Tracing
 
 log = logging.getLogger("warpsvc.server")
@@ -51,6 +52,7 @@ class WarpServer:
     port: int
     settings: Settings
     metrics: object | None = None  # the worker's metrics.Metrics (None when metrics_port is 0)
+    streams: StreamGate | None = None  # AlignStream calls: access log, admission, drain
 
     def start(self) -> None:
         self.server.start()
@@ -58,15 +60,32 @@ class WarpServer:
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
     def stop(self, grace: float | None = None) -> threading.Event:
-        """Drain, then stop: health NOT_SERVING at once; new calls answered UNAVAILABLE (retry
-        elsewhere); calls already accepted finish within ``grace`` seconds (default
-        ``settings.grace_seconds``); then gRPC stops. Returns an event set when stopped."""
+        """Drain, then stop: health NOT_SERVING at once; new calls and streams answered UNAVAILABLE
+        (retry elsewhere); unary calls already accepted finish within ``grace`` seconds (default
+        ``settings.grace_seconds``); open streams go on (frames in flight are registered and
+        answered) until they end or the grace is :func:`stream_cancel_margin` from its end, when
+        each is ended UNAVAILABLE saying how many frames it registered; then gRPC stops. Returns an
+        event set when stopped."""
         grace = self.settings.grace_seconds if grace is None else grace
-        self.health.enter_graceful_shutdown()
         t0 = time.monotonic()
-        if not self.gate.drain(grace):
-            log.warning("grace period over with %d calls still running: cancelling them", self.gate.active)
+        self.health.enter_graceful_shutdown()
+        streams = self.streams
+        margin = stream_cancel_margin(grace)
+        if streams is not None:
+            streams.close()
+        if not self.gate.drain(grace if streams is None or not streams.open else grace - margin):
+            log.warning("drain: %d calls still running near the end of the %.1f s grace", self.gate.active, grace)
+        if streams is not None and not streams.wait(max(0.0, grace - margin - (time.monotonic() - t0))):
+            count = streams.cancel(grace)
+            log.warning("drain: grace over with %d streams open: cancelled them (UNAVAILABLE)", count)
+            streams.wait(max(0.0, grace - (time.monotonic() - t0)))
         return self.server.stop(max(0.0, grace - (time.monotonic() - t0)))
+
+
+def stream_cancel_margin(grace: float) -> float:
+    """Seconds before the end of the grace when open streams are cancelled (min(0.5, grace / 10)):
+    time for their handlers to stop and send the UNAVAILABLE status before gRPC's own stop."""
+    return min(0.5, grace / 10)
 
 
 def build_server(settings: Settings, *, tracing: Tracing = OFF) -> WarpServer:
@@ -87,8 +106,9 @@ def build_server(settings: Settings, *, tracing: Tracing = OFF) -> WarpServer:
     # refused calls are counted out as well as in (a token refusal that skipped the gate's
     # decrement kept SIGTERM waiting the full grace).
     metrics_interceptor = MetricsInterceptor(metrics) if metrics is not None else None
+    streams = StreamGate(limit=settings.max_concurrent_rpcs, load=gate.load, metrics=metrics, tracing=tracing)
     interceptors = [*([metrics_interceptor] if metrics_interceptor else []), *tracing.server_interceptors(),
-                    AccessLogInterceptor(metrics, tracing), gate]
+                    AccessLogInterceptor(metrics, tracing), gate, streams]
     if settings.token:
         interceptors.append(BearerTokenInterceptor(settings.token))
     interceptors.append(admission.ComputeSlots(settings.threads))
@@ -100,7 +120,8 @@ def build_server(settings: Settings, *, tracing: Tracing = OFF) -> WarpServer:
     )
     gate.attach(server)
     if metrics_interceptor is not None:
-        metrics_interceptor.attach(server, shed_probe=gate.took_shed)  # counts the calls shed
+        # counts the calls shed (both probes read and clear their flag: evaluate both)
+        metrics_interceptor.attach(server, shed_probe=lambda: any([gate.took_shed(), streams.took_shed()]))
     add_to_server(WarpServicer(settings, Observer(metrics, tracing)), server)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -118,4 +139,4 @@ def build_server(settings: Settings, *, tracing: Tracing = OFF) -> WarpServer:
     if port == 0:
         raise OSError(f"could not bind {settings.address}")
     return WarpServer(server=server, health=health_servicer, gate=gate, port=port, settings=settings,
-                      metrics=metrics)
+                      metrics=metrics, streams=streams)

@@ -4,8 +4,10 @@ Python runs one core's worth of Python per process (the GIL), so ``--workers N``
 processes that each bind the same port with ``SO_REUSEPORT``; the kernel spreads *connections*
 across them (clients use ``round_robin`` over ``dns:///host:port`` to spread requests). The fork
 happens before any grpc object exists (gRPC's threads do not survive a fork), and each worker
-sets ``cv2.setNumThreads(settings.cv_threads)`` and caps BLAS threads (``settings.blas_threads``,
-through threadpoolctl) so N workers do not oversubscribe the cores.
+sets ``cv2.setNumThreads(settings.cv_threads)``, the compiled kernels' threads per call
+(``settings.kernel_thread_count``: ``--kernel-threads``, default ``--cv-threads``; ``--threads``
+is the number of calls computing at once, never a per-call thread count) and caps BLAS threads
+(``settings.blas_threads``, through threadpoolctl) so N workers do not oversubscribe the cores.
 
 Metrics (``settings.metrics_port``, 0 disables; :mod:`.metrics`): the multiprocess folder is
 prepared before any fork, so every worker writes its values there; ``GET /metrics`` is served by
@@ -68,19 +70,10 @@ def run_worker(settings: Settings, index: int = 0) -> int:
         configure_opencv_io(settings.max_input_pixels)  # OpenCV's own decode cap: before cv2 loads
     except RuntimeError as err:  # cv2 imported already (embedding code): the probe still applies
         log.warning("%s", err)
-    import cv2
-    from threadpoolctl import threadpool_limits
-
-    from warpsvc.core import threads
-
     from .app import build_server  # first grpc import of a worker: after any fork
     from .tracing import setup_tracing
 
-    cv2.setNumThreads(settings.cv_threads)
-    threads.set_threads(settings.cv_threads, opencv=False)  # the compiled kernels' threads per call
-    # numpy's OpenBLAS starts one spinning thread per core in every process: with N workers the
-    # cores are oversubscribed, and alignment throughput per CPU-second halves (measured).
-    threadpool_limits(limits=settings.blas_threads, user_api="blas")
+    configure_threads(settings)
     if settings.tune_malloc:
         tune_allocator()
     stop = threading.Event()
@@ -97,6 +90,23 @@ def run_worker(settings: Settings, index: int = 0) -> int:
         return _serve_until_signal(srv, settings, index, stop)
     finally:
         tracing.shutdown()
+
+
+def configure_threads(settings: Settings) -> None:
+    """The thread pools of a worker: OpenCV (``cv_threads``), the compiled kernels' threads per
+    call (``kernel_thread_count``: ``--kernel-threads``, default ``--cv-threads``; never
+    ``--threads``, the compute slots: :mod:`warpsvc.core.threads` reads ``WARPSVC_KERNEL_THREADS``
+    only) and BLAS (``blas_threads``)."""
+    import cv2
+    from threadpoolctl import threadpool_limits
+
+    from warpsvc.core import threads
+
+    cv2.setNumThreads(settings.cv_threads)
+    threads.set_threads(settings.kernel_thread_count, opencv=False)
+    # numpy's OpenBLAS starts one spinning thread per core in every process: with N workers the
+    # cores are oversubscribed, and alignment throughput per CPU-second halves (measured).
+    threadpool_limits(limits=settings.blas_threads, user_api="blas")
 
 
 def _warm_up(index: int) -> None:

@@ -45,7 +45,7 @@ def rpc(method):
                 if err.field not in convert.REQUEST_FIELDS:
                     raise
                 raise err.relabelled(convert.REQUEST_FIELDS[err.field]) from err
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - every failure becomes the call's status
             context.abort_with_status(status.to_status(exc))
 
     return handler

@@ -21,6 +21,10 @@ grace_seconds              WARPSVC_GRACE_SECONDS           30           drain ti
 tls_cert / tls_key         WARPSVC_TLS_CERT / _TLS_KEY     (off)        PEM files; both or neither
 token                      WARPSVC_TOKEN (or --token-file) (off)        required bearer token
 cv_threads                 WARPSVC_CV_THREADS              usable CPUs  cv2.setNumThreads per worker
+kernel_threads             WARPSVC_KERNEL_THREADS          cv_threads   threads of one compiled-kernel
+                                                                        call (warpsvc.core.threads;
+                                                                        the library reads the same
+                                                                        variable)
 blas_threads               WARPSVC_BLAS_THREADS            1            BLAS threads per worker
                                                                         (threadpoolctl)
 reflection                 WARPSVC_REFLECTION              true         server reflection service
@@ -28,8 +32,11 @@ tune_malloc                WARPSVC_TUNE_MALLOC             true         keep big
                                                                         (runner.tune_allocator)
 max_transform_steps        WARPSVC_MAX_TRANSFORM_STEPS     16           steps of a transform chain
                                                                         (each costs a pass per pixel)
-max_antialias_nodes_per_   WARPSVC_MAX_ANTIALIAS_NODES_    64           antialias footprint nodes per
+max_antialias_nodes_per_   WARPSVC_MAX_ANTIALIAS_NODES_    256          antialias footprint nodes per
 pixel                      PER_PIXEL                                    pixel (warpsvc.core.budget)
+max_stream_frames          WARPSVC_MAX_STREAM_FRAMES       100000       frames per AlignStream call;
+                                                                        frame N+1 is answered
+                                                                        RESOURCE_EXHAUSTED on ``frame``
 warm_up                    WARPSVC_WARM_UP                 true         load the compiled kernels after
                                                                         SERVING (runner._warm_up)
 metrics_port               WARPSVC_METRICS_PORT            9464         Prometheus ``GET /metrics`` port
@@ -73,6 +80,7 @@ class Settings:
     tls_key: str | None = None
     token: str | None = field(default=None, repr=False)  # never printed
     cv_threads: int = field(default_factory=lambda: usable_cpus())
+    kernel_threads: int | None = None  # None: cv_threads (see kernel_thread_count)
     blas_threads: int = 1
     reflection: bool = True
     tune_malloc: bool = True
@@ -80,11 +88,13 @@ class Settings:
     metrics_port: int = 9464
     max_transform_steps: int = 16
     max_antialias_nodes_per_pixel: float = 256.0
+    max_stream_frames: int = 100_000
     log_level: str = "info"
 
     def __post_init__(self):
         positive = ("workers", "threads", "blas_threads", "max_transform_steps", "max_antialias_nodes_per_pixel",
-                    "max_concurrent_rpcs", "max_message_bytes", "max_input_pixels", "max_output_pixels")
+                    "max_concurrent_rpcs", "max_message_bytes", "max_input_pixels", "max_output_pixels",
+                    "max_stream_frames")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -93,12 +103,19 @@ class Settings:
                 raise ValueError(f"{name} must be in 0..65535, got {getattr(self, name)}")
         if self.metrics_port and self.metrics_port == self.port:
             raise ValueError(f"metrics_port and port must differ, both are {self.port}")
+        if self.kernel_threads is not None and self.kernel_threads < 1:
+            raise ValueError(f"kernel_threads must be >= 1, got {self.kernel_threads}")
         if self.grace_seconds < 0:
             raise ValueError("grace_seconds must be >= 0")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key go together")
         if self.token is not None and not self.token:
             raise ValueError("token must not be empty")
+
+    @property
+    def kernel_thread_count(self) -> int:
+        """Threads of one compiled-kernel call in a worker: ``kernel_threads``, else ``cv_threads``."""
+        return self.cv_threads if self.kernel_threads is None else self.kernel_threads
 
     @property
     def address(self) -> str:
@@ -157,6 +174,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="file holding the bearer token clients must send (or WARPSVC_TOKEN)")
     parser.add_argument("--cv-threads", type=int, default=d,
                         help=f"OpenCV threads per worker (default: usable CPUs, here {usable_cpus()})")
+    parser.add_argument("--kernel-threads", type=int, default=d,
+                        help="threads of one compiled-kernel call (conserve/antialias) per worker "
+                             "(default: --cv-threads)")
     parser.add_argument("--blas-threads", type=int, default=d,
                         help="BLAS (OpenBLAS/MKL) threads per worker (default 1)")
     parser.add_argument("--no-reflection", dest="reflection", action="store_false", default=d,
@@ -169,6 +189,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="steps of a transform chain, adjacent matrices counting as one (default 16)")
     parser.add_argument("--max-antialias-nodes-per-pixel", type=float, default=d,
                         help="antialias footprint nodes per pixel before RESOURCE_EXHAUSTED (default 256)")
+    parser.add_argument("--max-stream-frames", type=int, default=d,
+                        help="frames per AlignStream call before RESOURCE_EXHAUSTED (default 100000)")
     parser.add_argument("--metrics-port", type=int, default=d,
                         help="port of the Prometheus GET /metrics endpoint; 0 disables (default 9464)")
     parser.add_argument("--log-level", default=d, help="logging level (default info)")

@@ -11,9 +11,15 @@ Errors: a bad message (setup missing or repeated, an undecodable or oversized fr
 mismatch) ends the call with the status of :mod:`warpsvc_api.status` (INVALID_ARGUMENT /
 RESOURCE_EXHAUSTED) naming the field, ``frame[i].image...`` with ``i`` the frame's sequence
 index (the index its result would have carried); the results already sent stay valid. More
-than :data:`MAX_STREAM_FRAMES` frames: RESOURCE_EXHAUSTED on ``frame``. The call's deadline and
-cancellation are polled by every alignment (``should_stop``): an interrupted frame ends the call
-with DEADLINE_EXCEEDED (or CANCELLED) instead of sending an unregistered result.
+than ``settings.max_stream_frames`` frames (``--max-stream-frames``): RESOURCE_EXHAUSTED on
+``frame``. The call's deadline and cancellation are polled by every alignment
+(``should_stop``): an interrupted frame ends the call with DEADLINE_EXCEEDED (or CANCELLED)
+instead of sending an unregistered result.
+
+Access log, admission and drain: :mod:`.stream_gate` (one log line per stream, the stream counted
+open for graceful shutdown). A stream still open when the drain grace ends is cancelled there:
+the handler's next read (or its alignment in progress) ends the call UNAVAILABLE with a message
+naming the frames registered.
 """
 
 from __future__ import annotations
@@ -28,11 +34,9 @@ from warpsvc.core.errors import (
 from warpsvc_api import status, stream, wire
 from warpsvc_api.v1 import warp_pb2 as pb
 
-from . import codecs
+from . import codecs, stream_gate
 from .servicer import _DeadlineStop
 
-# TODO(settings): make this a Settings field (--max-stream-frames / WARPSVC_MAX_STREAM_FRAMES).
-MAX_STREAM_FRAMES = 100_000
 FRAME_PAYLOAD = (stream.REQUEST_FRAME, stream.FRAME_IMAGE, wire.IMAGE_TENSOR)
 SETUP_PAYLOAD = (stream.REQUEST_SETUP, stream.SETUP_REFERENCE, wire.IMAGE_TENSOR)
 
@@ -54,6 +58,7 @@ def _aligner(call: wire.Received, settings):
     setup = req.setup
     reference = codecs.decode_image(setup.reference, call.payload(*SETUP_PAYLOAD), "setup.reference",
                                     settings.max_input_pixels)
+    stream_gate.record_pixels(_pixels(reference.shape))
     sequence, pairwise = stream.setup_options(setup)
     model = sequence.pop("model", "homography")
     try:
@@ -68,8 +73,28 @@ def _aligner(call: wire.Received, settings):
     return aligner, ref_index
 
 
+class _StreamStop(_DeadlineStop):
+    """``should_stop`` of a stream's alignments: the call's deadline or cancellation, or the
+    stream cancelled at the end of the drain grace."""
+
+    def __init__(self, context, stream):
+        super().__init__(context)
+        self._stream = stream
+
+    def __call__(self) -> bool:
+        if self._stream is not None and self._stream.cancelled:
+            self.fired = True
+        return super().__call__()
+
+
+def _pixels(shape) -> int:
+    return int(shape[0]) * int(shape[1])
+
+
 def align_stream(settings, requests, context):
     """The handler: yields ``AlignStreamResponse`` messages (see the module docstring)."""
+    gated = stream_gate.current_stream()
+    limit = settings.max_stream_frames
     try:
         requests = iter(requests)
         first = next(requests, None)
@@ -79,26 +104,34 @@ def align_stream(settings, requests, context):
         if ref_index is not None:
             yield stream.frame_response(aligner.reference_result())
         next_index = 0 if ref_index is None else ref_index + 1
-        stop = _DeadlineStop(context)
+        stop = _StreamStop(context, gated)
         for count, call in enumerate(requests):
             index = next_index + count
             field = f"frame[{index}]"
-            if count >= MAX_STREAM_FRAMES:
-                raise ResourceExhaustedError(f"more than {MAX_STREAM_FRAMES} frames in one stream", field="frame")
+            if count >= limit:
+                raise ResourceExhaustedError(f"more than {limit} frames in one stream (the server's "
+                                             "max_stream_frames)", field="frame")
             req = _message(call, field)
             if req.WhichOneof("kind") != "frame":
                 raise InvalidArgumentError("every message after the setup must carry a frame", field=field)
             image = codecs.decode_image(req.frame.image, call.payload(*FRAME_PAYLOAD), f"{field}.image",
                                         settings.max_input_pixels)
+            stream_gate.record_pixels(_pixels(image.shape))
             try:
                 result = aligner.push(image, index=index, should_stop=stop)
             except WarpsvcError as err:
                 raise err.relabelled(f"{field}.image") from err
             if stop.fired:
+                if gated is not None and gated.cancelled:
+                    raise stream_gate.StreamCancelled(gated.cancel_message)
                 if context.is_active():
                     raise DeadlineExceededError(f"the call's deadline stopped the alignment of {field}")
                 raise CancelledError(f"the call was cancelled during {field}")
             yield stream.frame_response(result)
+    except stream_gate.StreamCancelled as exc:  # the drain grace is over
+        import grpc
+
+        context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
     except Exception as exc:  # noqa: BLE001 - every failure becomes the call's status
         context.abort_with_status(status.to_status(exc))
 
