@@ -231,14 +231,14 @@ def test_available_cpus_follows_affinity_and_quota(monkeypatch, tmp_path):
 
 def test_environment_and_explicit_setting(monkeypatch, restore_threads):
     threads._chosen = None
-    monkeypatch.setenv("WARPSVC_THREADS", "3")
+    monkeypatch.setenv("WARPSVC_KERNEL_THREADS", "3")
     assert threads.get_threads() == 3
     threads._chosen = None
-    monkeypatch.setenv("WARPSVC_THREADS", "three")
+    monkeypatch.setenv("WARPSVC_KERNEL_THREADS", "three")
     with pytest.raises(InvalidArgumentError) as exc:
         threads.get_threads()
-    assert exc.value.field == "WARPSVC_THREADS"
-    monkeypatch.delenv("WARPSVC_THREADS")
+    assert exc.value.field == "WARPSVC_KERNEL_THREADS"
+    monkeypatch.delenv("WARPSVC_KERNEL_THREADS")
     assert threads.set_threads(None, opencv=False) == threads.available_cpus()
     assert threads.set_threads(1, opencv=False) == 1 and threads.kernel_threads() == 1
     threads.set_threads(2, opencv=False)

@@ -240,3 +240,25 @@ def test_metrics_port_setting():
         assert srv.metrics is not None and srv.metrics.registry is not None
     finally:
         srv.stop(0).wait()
+
+
+def test_unauthenticated_calls_are_counted_as_unary(tmp_path):
+    """A refused unary call is answered by a request-streaming handler that never reads the body
+    (:class:`warpsvc.server.interceptors.BodilessRefusal`); its metrics still say what the client
+    called: ``grpc_type="unary"``, code UNAUTHENTICATED, one per call."""
+    token_file = tmp_path / "token"
+    token_file.write_text("tok-" + "ab" * 16 + "\n")
+    metrics_port = free_port()
+    with ServerProcess("--port", "0", "--workers", "1", "--token-file", str(token_file),
+                       "--metrics-port", str(metrics_port)) as srv:
+        wait_serving(srv.target)
+        with grpc.insecure_channel(srv.target) as channel:
+            warp_call = channel.unary_unary(f"/{SERVICE}/Warp")
+            for _ in range(3):
+                with pytest.raises(grpc.RpcError) as info:
+                    warp_call(b"\x0a\x00", timeout=10)
+                assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        samples = _scrape_when_up(metrics_port)
+    labels = dict(grpc_service=SERVICE, grpc_method="Warp", grpc_code="UNAUTHENTICATED")
+    assert value(samples, "grpc_server_handled_total", grpc_type="unary", **labels) == 3
+    assert total(samples, "grpc_server_handled_total", grpc_type="client_stream", grpc_method="Warp") == 0

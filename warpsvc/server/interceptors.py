@@ -114,6 +114,7 @@ class BodilessRefusal(grpc.RpcMethodHandler):
 
     request_streaming = True
     response_streaming = False
+    answers_unary = True  # what metrics label it (``grpc_type="unary"``)
     request_deserializer = None
     unary_unary = unary_stream = stream_stream = None
 

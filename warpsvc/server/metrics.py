@@ -558,6 +558,11 @@ class MetricsInterceptor:
 
 
 def _grpc_type(handler) -> str:
+    """The grpc-ecosystem ``grpc_type`` label of ``handler``'s method. A bodiless refusal
+    (:class:`.interceptors.BodilessRefusal`) declares itself request-streaming only so that gRPC
+    never reads the message: it answers a unary call and is labelled as one."""
+    if getattr(handler, "answers_unary", False):
+        return UNARY
     if handler.request_streaming:
         return BIDI_STREAM if handler.response_streaming else CLIENT_STREAM
     return SERVER_STREAM if handler.response_streaming else UNARY
