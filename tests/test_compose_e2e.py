@@ -480,9 +480,17 @@ def test_stop_with_calls_in_flight_loses_none(stack):
             out = clients[cid].warp(image, transform, antialias=True)
             return cid, time.perf_counter(), out
 
+        started = {cid: stack.warp_calls(cid) for cid in ids}
         with concurrent.futures.ThreadPoolExecutor(per_replica * len(ids)) as pool:
             futures = [pool.submit(call, cid) for cid in ids for _ in range(per_replica)]
-            time.sleep(wait_s)  # the calls have reached the servers (sent, queued or running)
+            time.sleep(wait_s)
+            # Every call must have reached its server (a call still on its way when the drain
+            # starts is refused UNAVAILABLE "draining": safe to retry, but not what this test
+            # is about): each replica's /metrics counts the calls its interceptors saw.
+            reached = time.monotonic() + 60
+            while any(stack.warp_calls(cid) - started[cid] < per_replica for cid in ids):
+                assert time.monotonic() < reached, "the calls did not reach the servers within 60 s"
+                time.sleep(0.05)
             t_stop = time.perf_counter()
             assert not all(f.done() for f in futures), "calls finished before the stop: make them longer"
             stop = stack.compose("stop", "warpsvc", timeout=300, check=False)
