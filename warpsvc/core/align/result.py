@@ -22,6 +22,7 @@ class Reason(StrEnum):
     FLAT_TEMPLATE = "flat_template"          # no gradient (or too little) to constrain the motion
     DEGENERATE_WARP = "degenerate_warp"      # the warp folded or became singular
     LOW_CORRELATION = "low_correlation"      # stopped, but the aligned images do not correlate
+    AMBIGUOUS = "ambiguous"                  # stopped, but a shifted placement correlates about as well
 
 
 class Start(StrEnum):
@@ -35,7 +36,7 @@ class Start(StrEnum):
 CONVERGED, MAX_ITERATIONS, TIME_BUDGET, CANCELLED = (Reason.CONVERGED, Reason.MAX_ITERATIONS, Reason.TIME_BUDGET,
                                                       Reason.CANCELLED)
 NO_PROGRESS, INSUFFICIENT_OVERLAP, FLAT_TEMPLATE = Reason.NO_PROGRESS, Reason.INSUFFICIENT_OVERLAP, Reason.FLAT_TEMPLATE
-DEGENERATE_WARP, LOW_CORRELATION = Reason.DEGENERATE_WARP, Reason.LOW_CORRELATION
+DEGENERATE_WARP, LOW_CORRELATION, AMBIGUOUS = Reason.DEGENERATE_WARP, Reason.LOW_CORRELATION, Reason.AMBIGUOUS
 REASONS = tuple(r.value for r in Reason)
 
 
