@@ -35,27 +35,35 @@ from .gauss_newton import warp_to_template
 # ambiguous (tuning set: right results >= 44, wrong ones at repeated structure 0-18).
 MIN_MARGIN = 20.0
 CHECK_SIDE = 128    # largest template side (level pixels) the check runs on
-CHECK_RADIUS = 12   # level-0 pixels of shift searched on either side
+CHECK_RADIUS = 8    # level-0 pixels of shift searched on either side
 
 
-def peak_margin(t_pyr, i_pyr, W, affine: bool) -> float:
+def peak_margin(t_pyr, i_pyr, W, affine: bool, side: int | None = None) -> float:
     """:data:`margin <MIN_MARGIN>` of the correlation peak at ``W`` (level-0 ``image_from_template``),
-    ``inf`` when it cannot be judged (masked template, no shift window, no competing peak)."""
-    index = next((i for i, t in enumerate(t_pyr) if max(t.shape[:2]) <= CHECK_SIDE), len(t_pyr) - 1)
+    ``inf`` when it cannot be judged (masked template, no shift window, no competing peak).
+    ``side``: largest template side of the level used (default :data:`CHECK_SIDE`)."""
+    side = CHECK_SIDE if side is None else side
+    index = next((i for i, t in enumerate(t_pyr) if max(t.shape[:2]) <= side), len(t_pyr) - 1)
     t, img = t_pyr[index], i_pyr[index]
     f = float(2 ** index)
     h, w, c = t.shape
     r = max(2, int(math.ceil(CHECK_RADIUS / f)))
-    if h < 8 or w < 8:
-        return float("inf")
     tmpl = t.mean(axis=2) if c > 1 else t[:, :, 0]
+    # a coarse level's template has a NaN border (pyramid.pyr_down): use its finite box
+    ok = ~np.isnan(tmpl)
+    rows, cols = np.flatnonzero(ok.any(axis=1)), np.flatnonzero(ok.any(axis=0))
+    if len(rows) < 8 or len(cols) < 8:
+        return float("inf")
+    r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    tmpl = tmpl[r0:r1, c0:c1]
     if np.isnan(tmpl).any():  # masked or missing pixels: matchTemplate cannot skip them
         return float("inf")
     Wl = W.copy()
     Wl[:2, 2] /= f
     Wl[2, :2] *= f
-    shift = np.array([[1.0, 0, -r], [0, 1.0, -r], [0, 0, 1.0]])
-    ext = warp_to_template(img, Wl @ shift, (h + 2 * r, w + 2 * r, c), affine).reshape(h + 2 * r, w + 2 * r, c)
+    shift = np.array([[1.0, 0, c0 - r], [0, 1.0, r0 - r], [0, 0, 1.0]])
+    eh, ew = tmpl.shape[0] + 2 * r, tmpl.shape[1] + 2 * r
+    ext = warp_to_template(img, Wl @ shift, (eh, ew, c), affine).reshape(eh, ew, c)
     ext = ext.mean(axis=2) if c > 1 else ext[:, :, 0]
     missing = np.isnan(ext)
     if missing.all():
@@ -68,9 +76,9 @@ def peak_margin(t_pyr, i_pyr, W, affine: bool) -> float:
     if not np.isfinite(score).all():
         return float("inf")
     centre = float(score[r - 1:r + 2, r - 1:r + 2].max())
-    yy, xx = np.mgrid[0:score.shape[0], 0:score.shape[1]]
-    peaks = (score >= cv2.dilate(score, np.ones((3, 3), np.uint8))) & (np.hypot(yy - r, xx - r) > 1.5)
+    yy, xx = np.ogrid[0:score.shape[0], 0:score.shape[1]]
+    peaks = (score >= cv2.dilate(score, np.ones((3, 3), np.uint8))) & ((yy - r) ** 2 + (xx - r) ** 2 > 2.25)
     if not peaks.any():
         return float("inf")
     other = float(score[peaks].max())
-    return (centre - other) * math.sqrt(h * w) / max(1.0 - centre * centre, 1e-6)
+    return (centre - other) * math.sqrt(tmpl.size) / max(1.0 - centre * centre, 1e-6)
