@@ -35,6 +35,7 @@ from .gauss_newton import warp_to_template
 # ambiguous (tuning set: right results >= 44, wrong ones at repeated structure 0-18).
 MIN_MARGIN = 20.0
 CHECK_SIDE = 128    # largest template side (level pixels) the check runs on
+_KERNEL = np.ones((3, 3), np.uint8)
 CHECK_RADIUS = 8    # level-0 pixels of shift searched on either side
 
 
@@ -49,14 +50,18 @@ def peak_margin(t_pyr, i_pyr, W, affine: bool, side: int | None = None) -> float
     h, w, c = t.shape
     r = max(2, int(math.ceil(CHECK_RADIUS / f)))
     tmpl = t.mean(axis=2) if c > 1 else t[:, :, 0]
-    # a coarse level's template has a NaN border (pyramid.pyr_down): use its finite box
-    ok = ~np.isnan(tmpl)
-    rows, cols = np.flatnonzero(ok.any(axis=1)), np.flatnonzero(ok.any(axis=0))
-    if len(rows) < 8 or len(cols) < 8:
-        return float("inf")
-    r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
-    tmpl = tmpl[r0:r1, c0:c1]
-    if np.isnan(tmpl).any():  # masked or missing pixels: matchTemplate cannot skip them
+    r0 = c0 = 0
+    if not math.isfinite(float(tmpl.sum())):
+        # a coarse level's template has a NaN border (pyramid.pyr_down): use its finite box
+        ok = ~np.isnan(tmpl)
+        rows, cols = np.flatnonzero(ok.any(axis=1)), np.flatnonzero(ok.any(axis=0))
+        if len(rows) < 8 or len(cols) < 8:
+            return float("inf")
+        r0, c0 = rows[0], cols[0]
+        tmpl = tmpl[r0:rows[-1] + 1, c0:cols[-1] + 1]
+        if np.isnan(tmpl).any():  # masked or missing pixels: matchTemplate cannot skip them
+            return float("inf")
+    if min(tmpl.shape) < 8:
         return float("inf")
     Wl = W.copy()
     Wl[:2, 2] /= f
@@ -65,19 +70,19 @@ def peak_margin(t_pyr, i_pyr, W, affine: bool, side: int | None = None) -> float
     eh, ew = tmpl.shape[0] + 2 * r, tmpl.shape[1] + 2 * r
     ext = warp_to_template(img, Wl @ shift, (eh, ew, c), affine).reshape(eh, ew, c)
     ext = ext.mean(axis=2) if c > 1 else ext[:, :, 0]
-    missing = np.isnan(ext)
-    if missing.all():
-        return float("inf")
-    if missing.any():
+    if not math.isfinite(float(ext.sum())):
+        missing = np.isnan(ext)
+        if missing.all():
+            return float("inf")
         ext = ext.copy()
         ext[missing] = ext[~missing].mean()
     score = cv2.matchTemplate(np.ascontiguousarray(ext, np.float32), np.ascontiguousarray(tmpl, np.float32),
                               cv2.TM_CCOEFF_NORMED)
-    if not np.isfinite(score).all():
+    if not math.isfinite(float(score.sum())):
         return float("inf")
     centre = float(score[r - 1:r + 2, r - 1:r + 2].max())
-    yy, xx = np.ogrid[0:score.shape[0], 0:score.shape[1]]
-    peaks = (score >= cv2.dilate(score, np.ones((3, 3), np.uint8))) & ((yy - r) ** 2 + (xx - r) ** 2 > 2.25)
+    peaks = score >= cv2.dilate(score, _KERNEL)  # local maxima
+    peaks[r - 1:r + 2, r - 1:r + 2] = False          # the estimate's own peak
     if not peaks.any():
         return float("inf")
     other = float(score[peaks].max())
