@@ -48,8 +48,9 @@ class AlignResult:
         template.shape[:2])`` brings the image onto the template.
     inverse : ``(3, 3)`` float64, ``image_from_template`` (where each template pixel lies in the
         image; what OpenCV's ``findTransformECC`` calls the warp matrix).
-    converged : the finest level met the tolerance and the result passed the sanity checks
-        (overlap, correlation).
+    converged : the finest level met the tolerance (or ran out of iterations with its undamped
+        Gauss-Newton step at the noise floor) and the result passed the sanity checks (overlap,
+        correlation, and no competing correlation peak within a few pixels: :mod:`.verify`).
     reason : a :class:`Reason` (one of :data:`REASONS`); ``"converged"`` exactly when ``converged``.
     iterations : Gauss-Newton iterations per pyramid level, coarsest first.
     rms_error : root-mean-square residual over the overlapping template pixels (after the
