@@ -27,7 +27,8 @@ generator; every method runs on the same trials, alternating, in the same proces
   ECC refinement, ``cv2.findTransformECC``).
 * ``colour``: the ``large`` trials in RGB: warpsvc time on the colour pair / on the grey pair.
 
-Success: corner RMS error <= 1 px. ``agree``: ``converged`` equals success (warpsvc only); the
+Success: corner RMS error <= 1 px. ``agree``: ``converged`` equals success (warpsvc only), with
+both kinds of disagreement counted (``converged_but_wrong``, ``not_converged_but_right``); the
 95 % Wilson interval of each rate is given. Timing: one OpenCV / BLAS thread (``--threads``),
 ``perf_counter`` around each call, mean and median; load average recorded (the machine is
 shared: treat times as +-15 %).
@@ -239,6 +240,9 @@ def measure(make, methods, n):
                "median_error": float(np.median(e[ok])) if ok.any() else None,
                "mean_ms": 1e3 * float(np.mean(a["time"])), "median_ms": 1e3 * float(np.median(a["time"]))}
         if a["agree"]:
+            conv = np.array([ag == s for ag, s in zip(a["agree"], ok)])  # converged flag (agree == success)
+            row["converged_but_wrong"] = int(np.sum(conv & ~ok))
+            row["not_converged_but_right"] = int(np.sum(~conv & ok))
             row["agree_pct"] = 100 * float(np.mean(a["agree"]))
             row["agree_ci95"] = wilson(int(np.sum(a["agree"])), len(a["agree"]))
             row["starts"] = {s: a["start"].count(s) for s in sorted(set(a["start"]))}
@@ -266,15 +270,17 @@ def colour_ratio(photos, n, seed):
 
 
 def table(res):
-    lines = ["| set | condition | method | n | success % (95 % CI) | agree % (95 % CI) | median err px | mean ms | median ms | starts |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| set | condition | method | n | success % (95 % CI) | agree % (95 % CI) | converged but wrong | "
+             "not converged but right | median err px | mean ms | median ms | starts |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for key, rows in res["conditions"].items():
         subset, cond = key.split("/")
         for m, r in rows.items():
             ag = f"{r['agree_pct']:.1f} ({r['agree_ci95'][0]:.1f}-{r['agree_ci95'][1]:.1f})" if "agree_pct" in r else ""
             med = f"{r['median_error']:.3f}" if r["median_error"] is not None else "-"
+            cw, nr = r.get("converged_but_wrong", ""), r.get("not_converged_but_right", "")
             lines.append(f"| {subset} | {cond} | {m} | {r['n']} | {r['success_pct']:.1f} ({r['success_ci95'][0]:.1f}-"
-                         f"{r['success_ci95'][1]:.1f}) | {ag} | {med} | {r['mean_ms']:.1f} | {r['median_ms']:.1f} | "
+                         f"{r['success_ci95'][1]:.1f}) | {ag} | {cw} | {nr} | {med} | {r['mean_ms']:.1f} | {r['median_ms']:.1f} | "
                          f"{r.get('starts', '')} |")
     for subset, c in res["colour"].items():
         lines.append(f"\ncolour/grey ({subset}, n={c['n']}): mean {c['mean_ms_colour']:.1f} / {c['mean_ms_grey']:.1f} ms = "

@@ -161,6 +161,10 @@ class LevelOutcome:
     iterations: int
     costs: list = field(default_factory=list)
     last: Evaluation | None = None  # residuals at the last accepted estimate
+    # Size (level-0 pixels, largest template-corner motion) of the *undamped* Gauss-Newton step
+    # from the returned estimate: how far the local quadratic model puts the optimum. A damped
+    # (Levenberg-Marquardt) step can be below the tolerance far from the optimum; this cannot.
+    newton_step: float = float("inf")
 
 
 def warp_to_template(image: np.ndarray, W: np.ndarray, shape, affine: bool) -> np.ndarray:
@@ -461,7 +465,12 @@ def solve_level(lv: Level, W0: np.ndarray, *, model: str, chart: np.ndarray, cha
         W = best.W
     elif W is None:
         W = W0
-    return LevelOutcome(W, reason, it, costs, None if best is None else best.ev)
+    newton = float("inf")
+    if best is not None and not coarse:
+        d = solve_step(best.H, best.g, 0.0, lv.n_params)
+        if d is not None:
+            newton = stepper.size(unchecked_matrix(model, d)) * lv.factor
+    return LevelOutcome(W, reason, it, costs, None if best is None else best.ev, newton)
 
 
 def _remaining(size, prev_size, lam) -> float:

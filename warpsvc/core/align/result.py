@@ -22,6 +22,7 @@ class Reason(StrEnum):
     FLAT_TEMPLATE = "flat_template"          # no gradient (or too little) to constrain the motion
     DEGENERATE_WARP = "degenerate_warp"      # the warp folded or became singular
     LOW_CORRELATION = "low_correlation"      # stopped, but the aligned images do not correlate
+    AMBIGUOUS = "ambiguous"                  # stopped, but a shifted placement correlates about as well
 
 
 class Start(StrEnum):
@@ -35,7 +36,7 @@ class Start(StrEnum):
 CONVERGED, MAX_ITERATIONS, TIME_BUDGET, CANCELLED = (Reason.CONVERGED, Reason.MAX_ITERATIONS, Reason.TIME_BUDGET,
                                                       Reason.CANCELLED)
 NO_PROGRESS, INSUFFICIENT_OVERLAP, FLAT_TEMPLATE = Reason.NO_PROGRESS, Reason.INSUFFICIENT_OVERLAP, Reason.FLAT_TEMPLATE
-DEGENERATE_WARP, LOW_CORRELATION = Reason.DEGENERATE_WARP, Reason.LOW_CORRELATION
+DEGENERATE_WARP, LOW_CORRELATION, AMBIGUOUS = Reason.DEGENERATE_WARP, Reason.LOW_CORRELATION, Reason.AMBIGUOUS
 REASONS = tuple(r.value for r in Reason)
 
 
@@ -47,8 +48,9 @@ class AlignResult:
         template.shape[:2])`` brings the image onto the template.
     inverse : ``(3, 3)`` float64, ``image_from_template`` (where each template pixel lies in the
         image; what OpenCV's ``findTransformECC`` calls the warp matrix).
-    converged : the finest level met the tolerance and the result passed the sanity checks
-        (overlap, correlation).
+    converged : the finest level met the tolerance (or ran out of iterations with its undamped
+        Gauss-Newton step at the noise floor) and the result passed the sanity checks (overlap,
+        correlation, and no competing correlation peak within a few pixels: :mod:`.verify`).
     reason : a :class:`Reason` (one of :data:`REASONS`); ``"converged"`` exactly when ``converged``.
     iterations : Gauss-Newton iterations per pyramid level, coarsest first.
     rms_error : root-mean-square residual over the overlapping template pixels (after the

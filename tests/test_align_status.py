@@ -1,0 +1,67 @@
+"""``converged`` is honest: the ambiguity check (warpsvc.core.align.verify) and the noise floor.
+
+Oracles: known synthetic warps (pure shifts of seeded textures), so the truth of every result is
+known; a periodic pattern has *exact* competing optima one period apart."""
+
+import numpy as np
+import pytest
+
+import warpsvc
+from warpsvc.core.align.pyramid import build_pyramid
+from warpsvc.core.align.verify import MIN_MARGIN, peak_margin
+
+
+def _texture(seed, shape=(240, 320)):
+    import cv2
+    rng = np.random.default_rng(seed)
+    return cv2.GaussianBlur(rng.uniform(0, 255, shape).astype(np.float32), (0, 0), 2.0) * 4 - 384
+
+
+def _stripes(shape=(240, 320), period=6):
+    yy, xx = np.mgrid[0:shape[0], 0:shape[1]]
+    return (128 + 60 * np.sin(2 * np.pi * xx / period) + 60 * np.sin(2 * np.pi * yy / period)).astype(np.float32)
+
+
+def _pyr(img, levels=3):
+    return build_pyramid(img[:, :, None].astype(np.float32), levels)
+
+
+def _shift(x, y):
+    return np.array([[1.0, 0, x], [0, 1.0, y], [0, 0, 1.0]])
+
+
+def test_margin_large_at_a_unique_optimum():
+    img = _texture(1)
+    t = img[60:160, 80:180]
+    assert peak_margin(_pyr(t), _pyr(img), _shift(80, 60), affine=True) >= 3 * MIN_MARGIN
+
+
+def test_margin_small_on_a_periodic_pattern():
+    img = _stripes()
+    t = img[60:160, 80:180]
+    # the right placement and the one a period away correlate identically: no margin either way
+    for x in (80, 86):
+        assert peak_margin(_pyr(t), _pyr(img), _shift(x, 60), affine=True) < MIN_MARGIN
+
+
+def test_periodic_pattern_is_reported_ambiguous_not_converged():
+    img = _stripes()
+    t = img[60:160, 80:180]
+    r = warpsvc.align(t, img, "translation", _shift(-83, -60), photometric=None)
+    assert not r.converged and r.reason == "ambiguous"
+
+
+@pytest.mark.parametrize("noise", [0.0, 8.0])
+def test_unique_texture_still_converged(noise):
+    rng = np.random.default_rng(5)
+    img = _texture(2)
+    t = img[60:160, 80:180] + rng.normal(0, noise, (100, 100)).astype(np.float32)
+    r = warpsvc.align(t, img + rng.normal(0, noise, img.shape).astype(np.float32), "homography",
+                      _shift(-82.5, -61.5))
+    assert r.converged and r.reason == "converged"
+    assert np.allclose(r.inverse[:2, 2], [80, 60], atol=0.2)
+
+
+def test_reason_vocabulary_has_ambiguous():
+    from warpsvc.core.align import REASONS
+    assert "ambiguous" in REASONS
