@@ -325,7 +325,7 @@ def run(args, command: str) -> int:
     counts = pipeline.Counts(total=len(planned), skipped=len(skipped))
     records: list[Record] = []
     local_out = isinstance(outputs, storage.LocalStore)
-    lock = files.FolderLock(outputs, run_id) if local_out else _NoLock()
+    lock = files.FolderLock(outputs, run_id) if local_out else files.NoLock()
     with lock:
         dirsync = files.DirSync(outputs if local_out else None, enabled=not args.no_fsync)
         writer = manifest.open_writer(m_store, m_name, append=args.resume, dirsync=dirsync, fsync=not args.no_fsync)
@@ -364,19 +364,6 @@ def run(args, command: str) -> int:
         engine.close()
     _summary(spec, counts, m_store.canonical(m_name), report_note)
     return 1 if counts.failed or counts.sync_failed else 0
-
-
-class _NoLock:
-    """Object stores have no ``flock``: one run per OUTPUT prefix is the caller's promise."""
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def sweep_own(self):
-        return []
 
 
 def _report(spec, engine, records, counts, args, command) -> str:

@@ -73,6 +73,19 @@ def sweep_temp_files(root: str | os.PathLike, run_ids: set[str]) -> list[str]:
     return removed
 
 
+class NoLock:
+    """The lock of an object-store OUTPUT: object stores have no ``flock``: one run per OUTPUT prefix is the caller's promise."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def sweep_own(self):
+        return []
+
+
 class FolderLock:
     """The output folder's lock and run registry (see the module docstring)."""
 

@@ -413,7 +413,7 @@ def run(args, command: str, make_engine) -> int:
         return stack_passes.dry_run(r)
     r.engine = make_engine(args)
     local_out = isinstance(r.outputs, storage.LocalStore)
-    lock = files.FolderLock(r.outputs, r.run_id) if local_out else _NoLock()
+    lock = files.FolderLock(r.outputs, r.run_id) if local_out else files.NoLock()
     report_note = ""
     try:
         with lock:
@@ -439,19 +439,6 @@ def run(args, command: str, make_engine) -> int:
             r.engine.close()
     summary(r, report_note)
     return 1 if r.tally.failed or r.tally.stack_error else 0
-
-
-class _NoLock:
-    """Object stores have no ``flock``: one run per OUTPUT prefix is the caller's promise."""
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def sweep_own(self):
-        return []
 
 
 def summary(r: Run, report_note: str) -> None:
