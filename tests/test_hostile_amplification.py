@@ -234,3 +234,24 @@ def test_unauthenticated_large_message(tmp_path):
     with hostile_server("--token-file", str(tmp_path / "token"), token="s3cret") as s:
         run_case(s, "Warp", _warp(image, [affine(1, 0, 0, 0, 1, 0)]), 10, codes={grpc.StatusCode.UNAUTHENTICATED},
                  rss_bound_mib=64)
+
+
+def test_unauthenticated_large_messages_without_bdp_probe(tmp_path):
+    """Twenty refused 60 MiB messages with ``--no-http2-bdp-probe``: core keeps each stream's receive
+    window at its initial 64 KiB, so refused bodies are not taken in and memory stays flat (measured
+    +12 MiB in all, the first call's set-up; the default server, whose BDP probe grows the windows,
+    measured +41 MiB). Bound 24 MiB; an authenticated call still works."""
+    (tmp_path / "token").write_text("s3cret")
+    image = pb.Image(tensor=pb.Tensor(shape=[60 << 10, 1024], dtype=pb.DTYPE_UINT8, data=bytes(60 << 20)))
+    refused = _warp(image, [affine(1, 0, 0, 0, 1, 0)])
+    with hostile_server("--token-file", str(tmp_path / "token"), "--no-http2-bdp-probe", token="s3cret") as s:
+        for _ in range(20):
+            out = s.call("Warp", refused, 10)
+            assert out.code == grpc.StatusCode.UNAUTHENTICATED, (out.code, out.details)
+        s.settle()
+        growth = s.peak_growth_mib()
+        print(f"\n20 refused 60 MiB Warps without the BDP probe: peak RSS +{growth:.0f} MiB")
+        assert growth <= 24, f"peak RSS +{growth:.0f} MiB > 24 MiB"
+        ok = s.call("Warp", _warp(pb.Image(tensor=pb.Tensor(shape=[4, 4], dtype=pb.DTYPE_UINT8, data=bytes(16))),
+                                  [affine(1, 0, 0, 0, 1, 0)]), 10, metadata=(("authorization", "Bearer s3cret"),))
+        assert ok.code == grpc.StatusCode.OK, (ok.code, ok.details)

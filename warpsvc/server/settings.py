@@ -30,6 +30,11 @@ blas_threads               WARPSVC_BLAS_THREADS            1            BLAS thr
 reflection                 WARPSVC_REFLECTION              true         server reflection service
 tune_malloc                WARPSVC_TUNE_MALLOC             true         keep big buffers in the heap
                                                                         (runner.tune_allocator)
+http2_bdp_probe            WARPSVC_HTTP2_BDP_PROBE         true         grpc core's bandwidth probe,
+                                                                        which grows each stream's
+                                                                        receive window (off: refused
+                                                                        calls' bodies are not taken
+                                                                        in; uploads may be slower)
 max_transform_steps        WARPSVC_MAX_TRANSFORM_STEPS     16           steps of a transform chain
                                                                         (each costs a pass per pixel)
 max_antialias_nodes_per_   WARPSVC_MAX_ANTIALIAS_NODES_    256          antialias footprint nodes per
@@ -84,6 +89,7 @@ class Settings:
     blas_threads: int = 1
     reflection: bool = True
     tune_malloc: bool = True
+    http2_bdp_probe: bool = True
     warm_up: bool = True
     metrics_port: int = 9464
     max_transform_steps: int = 16
@@ -183,6 +189,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="disable server reflection")
     parser.add_argument("--no-tune-malloc", dest="tune_malloc", action="store_false", default=d,
                         help="leave glibc's mmap/trim thresholds alone (see docs/service.md)")
+    parser.add_argument("--no-http2-bdp-probe", dest="http2_bdp_probe", action="store_false", default=d,
+                        help="turn off grpc core's BDP probe: receive windows stay at 64 KiB, so bodies of refused "
+                             "(unauthenticated) calls are not taken in; medium uploads may be slower (SECURITY.md)")
     parser.add_argument("--no-warm-up", dest="warm_up", action="store_false", default=d,
                         help="do not load the compiled kernels in the background after start")
     parser.add_argument("--max-transform-steps", type=int, default=d,
