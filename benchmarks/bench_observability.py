@@ -302,6 +302,7 @@ def path_cost(n: int = 20000, repeats: int = 7) -> dict:
     import grpc
 
     from warpsvc.server import metrics as wm
+    from warpsvc.server import metrics_interceptor as wmi
     from warpsvc.server.observe import OBSERVER_OFF, Observer
 
     method = "/warpsvc.v1.WarpService/Align"
@@ -332,7 +333,7 @@ def path_cost(n: int = 20000, repeats: int = 7) -> dict:
             h.response_serializer(h.unary_unary(h.request_deserializer(raw), ctx))
 
         def instrumented():  # a new wrapper per call, as the interceptor makes one per call
-            h = wm._instrumented(grpc, m, servicer(on_observer), method, wm.UNARY)
+            h = wmi._instrumented(grpc, m, servicer(on_observer), method, wm.UNARY)
             h.response_serializer(h.unary_unary(h.request_deserializer(raw), ctx))
 
         def bare_wrapped():  # the per-call handler construction without metrics (subtracted)

@@ -13,6 +13,7 @@ import pytest
 from test_metrics import scrape, status_of, total, value
 
 from warpsvc.server import metrics as wm
+from warpsvc.server import metrics_interceptor as wmi
 
 SERVICE = "test.Echo"
 POOL_THREADS = 2  # == the concurrency limit: when both block, nothing is left to serve RPCs
@@ -56,7 +57,7 @@ def served():
     metrics = wm.Metrics()
     assert not metrics.multiprocess
     handler = EchoHandler(metrics)
-    interceptor = wm.MetricsInterceptor(metrics)
+    interceptor = wmi.MetricsInterceptor(metrics)
     assert isinstance(interceptor, grpc.ServerInterceptor)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=POOL_THREADS), handlers=[handler],
                          interceptors=[interceptor], maximum_concurrent_rpcs=POOL_THREADS)
@@ -147,13 +148,13 @@ def test_concurrency_probe_reads_the_pinned_grpc_server():
     with_limit = grpc.server(futures.ThreadPoolExecutor(max_workers=1), maximum_concurrent_rpcs=3)
     without = grpc.server(futures.ThreadPoolExecutor(max_workers=1))
     try:
-        probe = wm.concurrency_probe(with_limit)
+        probe = wmi.concurrency_probe(with_limit)
         assert probe is not None and probe() is False
         with_limit._state.active_rpc_count = 3
         assert probe() is True
         with_limit._state.active_rpc_count = 0
-        assert wm.concurrency_probe(without) is None
-        assert wm.concurrency_probe(object()) is None
+        assert wmi.concurrency_probe(without) is None
+        assert wmi.concurrency_probe(object()) is None
     finally:
         with_limit.stop(None)
         without.stop(None)

@@ -22,6 +22,7 @@ from test_metrics import scrape, status_of, total, value
 SERVER = textwrap.dedent("""
     import os, pathlib, signal, sys, threading
     from warpsvc.server import metrics as wm
+    from warpsvc.server import metrics_interceptor as wmi
     from warpsvc.server.runner import _reserve_port
 
     release = pathlib.Path(sys.argv[1])
@@ -50,7 +51,7 @@ SERVER = textwrap.dedent("""
                 if details.method == "/test.Echo/Unary":
                     return grpc.unary_unary_rpc_method_handler(unary)
 
-        interceptor = wm.MetricsInterceptor(metrics)
+        interceptor = wmi.MetricsInterceptor(metrics)
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=2), handlers=[Generic()],
                              interceptors=[interceptor], maximum_concurrent_rpcs=LIMIT,
                              options=[("grpc.so_reuseport", 1)])

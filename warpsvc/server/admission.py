@@ -8,7 +8,7 @@ per service, so this module keeps the pool from ever queueing work instead:
 * the pool has ``M + CONTROL_THREADS`` threads, ``M = settings.max_concurrent_rpcs``;
 * :class:`AdmissionGate` (an interceptor, in :class:`.interceptors.DrainGate`'s place) refuses a work
   call RESOURCE_EXHAUSTED when ``M`` calls are already in the server (gRPC's own exact count of pool
-  tasks not finished, read under its lock, as :func:`.metrics.concurrency_probe` does). So at most
+  tasks not finished, read under its lock, as :func:`.metrics_interceptor.concurrency_probe` does). So at most
   ``M`` pool tasks are work, and every control call (health, reflection) and every refusal finds
   an idle thread at once -- they are the only tasks that can ever wait, and only behind each other;
 * :class:`ComputeSlots` (innermost) lets at most ``settings.threads`` admitted work calls compute

@@ -102,7 +102,8 @@ def build_server(settings: Settings, *, tracing: Tracing = OFF) -> WarpServer:
     values go to the multiprocess folder if one is prepared, see :mod:`.runner`, else to
     ``WarpServer.metrics.registry``); ``tracing`` (from :func:`.tracing.setup_tracing`) adds a span
     per RPC and per stage."""
-    from .metrics import Metrics, MetricsInterceptor
+    from .metrics import Metrics
+    from .metrics_interceptor import MetricsInterceptor
 
     metrics = Metrics() if settings.metrics_port else None
     # Admission (see .admission): a thread per admitted work call plus threads kept for health and
