@@ -175,32 +175,12 @@ def _metrics_endpoint(settings: Settings):
     return endpoint
 
 
-def _preload_numeric_stack(settings: Settings) -> None:
-    """Import numpy, OpenCV and the warp library once, in the parent, before forking.
-
-    The workers inherit the loaded modules (shared pages, copy-on-write) instead of all importing
-    the same ~0.5 CPU-seconds of modules at once on the same cores, which is most of a worker's
-    start-up (``benchmarks/bench_startup.py``). Safe before a fork: nothing here starts a thread
-    or creates a grpc object (grpc is imported in each worker, after the fork); numpy's OpenBLAS
-    pool is shut down and re-created across a fork by its own ``pthread_atfork`` handlers, OpenCV
-    and numba start their pools on first use, in the worker. OpenCV's decode cap is set first,
-    as in :func:`run_worker` (same value: the worker's call then passes)."""
-    from .image_probe import configure_opencv_io
-
-    configure_opencv_io(settings.max_input_pixels)
-    import cv2  # noqa: F401
-    import numpy  # noqa: F401
-
-    import warpsvc.core  # noqa: F401
-
-
 def _serve_workers(settings: Settings) -> int:
     """Fork the workers, then serve /metrics for them; wait for them, retiring each from the metrics."""
     reserved = None
     if settings.port == 0:
         reserved = _reserve_port(settings.host)
         settings = dataclasses.replace(settings, port=reserved.getsockname()[1])
-    _preload_numeric_stack(settings)
     sys.stdout.flush()
     sys.stderr.flush()
     children: list[int] = []
