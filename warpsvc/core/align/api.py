@@ -19,7 +19,7 @@ from .gauss_newton import Clock, Stopped, solve_level, translation_search, warp_
 from .chart import make_chart
 from .options import AlignOptions, explicit_keywords, merge_options
 from .pyramid import auto_levels, channel_mean, build_level, build_pyramid, prepare
-from .verify import MIN_MARGIN, peak_margin
+from .verify import MIN_MARGIN, corner_bound, peak_margin
 from .result import (
     AMBIGUOUS,
     CANCELLED,
@@ -31,6 +31,7 @@ from .result import (
     MAX_ITERATIONS,
     NO_PROGRESS,
     TIME_BUDGET,
+    UNCERTAIN,
     AlignResult,
     Start,
 )
@@ -338,6 +339,9 @@ class _Outcome:
             self.converged, self.reason = False, INSUFFICIENT_OVERLAP
         if self.converged and not self.stats.zncc_check >= opts.min_zncc:
             self.converged, self.reason = False, LOW_CORRELATION
+        if self.converged and opts.max_corner_error is not None \
+                and not corner_bound(self.stats.corner_covariance) <= opts.max_corner_error:
+            self.converged, self.reason = False, UNCERTAIN
         return self
 
     def to_result(self, opts, problem, clock, start) -> AlignResult:
