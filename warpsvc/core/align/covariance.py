@@ -19,7 +19,8 @@ the bread pairs the template's steepest-descent images with the *aligned image's
 (``SD_I``, built alike from the gradients of ``(I(W x) - b) / a``): template and image noise are
 independent, so ``E[SD^T W SD_I] = A`` with no noise model at all; it is symmetrised, and when it
 is not positive definite (a direction the data do not determine) the covariance is not
-estimable (``None``). Measured on the tuning photographs (``benchmarks/bench_align_real.py``,
+estimable (``None``). When ``N`` is at most :data:`NOISE_SHARE` of ``H`` in every direction the
+cheap ``H - N`` is used instead (no image gradients needed). Measured on the tuning photographs (``benchmarks/bench_align_real.py``,
 noise 8): true corner error / predicted corner std, median 0.75, 90 % quantile 1.3.
 Multi-channel and masked templates work alike; levels that sample a pixel subset
 (``max_pixels``) have no image gradients and keep the former estimate ``H - N``
