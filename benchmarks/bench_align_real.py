@@ -28,8 +28,8 @@ generator; every method runs on the same trials, alternating, in the same proces
 * ``colour``: the ``large`` trials in RGB: warpsvc time on the colour pair / on the grey pair.
 
 Success: corner RMS error <= 1 px. ``agree``: ``converged`` equals success (warpsvc only), with
-both kinds of disagreement counted (``converged_but_wrong``, ``not_converged_but_right``); the
-95 % Wilson interval of each rate is given. Timing: one OpenCV / BLAS thread (``--threads``),
+both kinds of disagreement counted (``converged_but_wrong``, ``not_converged_but_right``) and
+the count of each ``reason``; the 95 % Wilson interval of each rate is given. Timing: one OpenCV / BLAS thread (``--threads``),
 ``perf_counter`` around each call, mean and median; load average recorded (the machine is
 shared: treat times as +-15 %).
 """
@@ -210,7 +210,7 @@ def wilson(k, n, z=1.96):
 
 
 def measure(make, methods, n):
-    acc = {m: {"err": [], "time": [], "agree": [], "start": []} for m in methods}
+    acc = {m: {"err": [], "time": [], "agree": [], "start": [], "reason": []} for m in methods}
     for m in methods:  # warm-up
         try:
             run(m, make(0))
@@ -232,6 +232,7 @@ def measure(make, methods, n):
             if res is not None:
                 a["agree"].append(bool(res.converged) == (e <= 1.0))
                 a["start"].append(str(res.start))
+                a["reason"].append(str(res.reason))
     out = {}
     for m, a in acc.items():
         e = np.array(a["err"])
@@ -246,6 +247,7 @@ def measure(make, methods, n):
             row["agree_pct"] = 100 * float(np.mean(a["agree"]))
             row["agree_ci95"] = wilson(int(np.sum(a["agree"])), len(a["agree"]))
             row["starts"] = {s: a["start"].count(s) for s in sorted(set(a["start"]))}
+            row["reasons"] = {s: a["reason"].count(s) for s in sorted(set(a["reason"]))}
         out[m] = row
     return out
 
@@ -271,8 +273,8 @@ def colour_ratio(photos, n, seed):
 
 def table(res):
     lines = ["| set | condition | method | n | success % (95 % CI) | agree % (95 % CI) | converged but wrong | "
-             "not converged but right | median err px | mean ms | median ms | starts |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "not converged but right | median err px | mean ms | median ms | starts | reasons |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for key, rows in res["conditions"].items():
         subset, cond = key.split("/")
         for m, r in rows.items():
@@ -281,7 +283,7 @@ def table(res):
             cw, nr = r.get("converged_but_wrong", ""), r.get("not_converged_but_right", "")
             lines.append(f"| {subset} | {cond} | {m} | {r['n']} | {r['success_pct']:.1f} ({r['success_ci95'][0]:.1f}-"
                          f"{r['success_ci95'][1]:.1f}) | {ag} | {cw} | {nr} | {med} | {r['mean_ms']:.1f} | {r['median_ms']:.1f} | "
-                         f"{r.get('starts', '')} |")
+                         f"{r.get('starts', '')} | {r.get('reasons', '')} |")
     for subset, c in res["colour"].items():
         lines.append(f"\ncolour/grey ({subset}, n={c['n']}): mean {c['mean_ms_colour']:.1f} / {c['mean_ms_grey']:.1f} ms = "
                      f"{c['ratio_mean']:.2f} (medians {c['ratio_median']:.2f}); success {c['success_pct_colour']:.1f} / "

@@ -71,6 +71,11 @@ class AlignOptions:
         0.83-0.98 (the 0.98 ones slip through: ``docs/alignment.md`` has the rates).
     min_overlap : a result is ``converged`` only if at least this fraction of the usable
         template pixels lands inside the image.
+    max_corner_error : a result is ``converged`` only if its covariance is estimable and
+        predicts a template-corner RMS error (``image pixels``, :func:`.verify.corner_bound`:
+        :data:`.verify.BOUND_SIGMAS` standard deviations) of at most this; otherwise
+        ``reason="uncertain"``. ``None`` turns the check off. The default, 1 px, is the
+        benchmarks' success threshold.
     coarse_tolerance : level pixels; coarse levels also stop at the first step that does not
         lower the cost.
     min_level_side, auto_max_levels : how ``levels="auto"`` picks the pyramid depth (the
@@ -110,6 +115,7 @@ class AlignOptions:
     should_stop: Callable[[], bool] | None = None
     min_zncc: float = 0.97
     min_overlap: float = 0.25
+    max_corner_error: float | None = 1.0
     coarse_tolerance: float = 0.1
     min_level_side: int = 12
     auto_max_levels: int = 5
@@ -143,6 +149,8 @@ class AlignOptions:
             raise InvalidArgumentError("should_stop must be callable or None", field="should_stop")
         _number_in(self.min_zncc, -1.0, 1.0, "min_zncc")
         _number_in(self.min_overlap, 0.0, 1.0, "min_overlap")
+        if self.max_corner_error is not None:
+            _positive(self.max_corner_error, "max_corner_error")
         _int_in(self.min_level_side, 4, 1 << 20, "min_level_side")
         _int_in(self.auto_max_levels, 1, MAX_LEVELS, "auto_max_levels")
         if self.warm_start not in (None, "translation"):

@@ -23,6 +23,7 @@ class Reason(StrEnum):
     DEGENERATE_WARP = "degenerate_warp"      # the warp folded or became singular
     LOW_CORRELATION = "low_correlation"      # stopped, but the aligned images do not correlate
     AMBIGUOUS = "ambiguous"                  # stopped, but a shifted placement correlates about as well
+    UNCERTAIN = "uncertain"                  # stopped, but the covariance puts the corners too far apart
 
 
 class Start(StrEnum):
@@ -37,6 +38,7 @@ CONVERGED, MAX_ITERATIONS, TIME_BUDGET, CANCELLED = (Reason.CONVERGED, Reason.MA
                                                       Reason.CANCELLED)
 NO_PROGRESS, INSUFFICIENT_OVERLAP, FLAT_TEMPLATE = Reason.NO_PROGRESS, Reason.INSUFFICIENT_OVERLAP, Reason.FLAT_TEMPLATE
 DEGENERATE_WARP, LOW_CORRELATION, AMBIGUOUS = Reason.DEGENERATE_WARP, Reason.LOW_CORRELATION, Reason.AMBIGUOUS
+UNCERTAIN = Reason.UNCERTAIN
 REASONS = tuple(r.value for r in Reason)
 
 
@@ -50,7 +52,8 @@ class AlignResult:
         image; what OpenCV's ``findTransformECC`` calls the warp matrix).
     converged : the finest level met the tolerance (or ran out of iterations with its undamped
         Gauss-Newton step at the noise floor) and the result passed the sanity checks (overlap,
-        correlation, and no competing correlation peak within a few pixels: :mod:`.verify`).
+        correlation, no competing correlation peak within a few pixels: :mod:`.verify`, and a
+        predicted corner error within ``AlignOptions.max_corner_error``: :func:`.verify.corner_bound`).
     reason : a :class:`Reason` (one of :data:`REASONS`); ``"converged"`` exactly when ``converged``.
     iterations : Gauss-Newton iterations per pyramid level, coarsest first.
     rms_error : root-mean-square residual over the overlapping template pixels (after the

@@ -37,6 +37,9 @@ MIN_MARGIN = 20.0
 CHECK_SIDE = 128    # largest template side (level pixels) the check runs on
 _KERNEL = np.ones((3, 3), np.uint8)
 CHECK_RADIUS = 8    # level-0 pixels of shift searched on either side
+# Standard deviations of the predicted corner RMS error that must fit in
+# ``AlignOptions.max_corner_error`` (chosen on the tuning photographs: see corner_bound).
+BOUND_SIGMAS = 1.0
 
 
 def peak_margin(t_pyr, i_pyr, W, affine: bool, side: int | None = None) -> float:
@@ -87,3 +90,16 @@ def peak_margin(t_pyr, i_pyr, W, affine: bool, side: int | None = None) -> float
         return float("inf")
     other = float(score[peaks].max())
     return (centre - other) * math.sqrt(tmpl.size) / max(1.0 - centre * centre, 1e-6)
+
+
+def corner_bound(corner_covariance) -> float:
+    """:data:`BOUND_SIGMAS` times the predicted RMS error of the template corners (image
+    pixels), ``sqrt(mean_i trace(C_i) / 2)`` for the ``(4, 2, 2)`` corner covariances ``C_i`` --
+    the expected value of the benchmarks' corner RMS ``sqrt(mean over corners and axes of
+    d^2)``. ``inf`` when there is no covariance (not estimable: some direction of the motion
+    is not determined by the data)."""
+    if corner_covariance is None:
+        return float("inf")
+    traces = np.trace(np.asarray(corner_covariance), axis1=1, axis2=2)
+    value = float(np.mean(traces)) / 2.0
+    return BOUND_SIGMAS * math.sqrt(value) if value >= 0 and math.isfinite(value) else float("inf")
