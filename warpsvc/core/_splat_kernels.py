@@ -214,6 +214,22 @@ def _deposit_shares(acc, ix0, nx, wx, iy0, ny, wy, k, value, finite, scale, row_
 
 
 @compiled(inline="always")
+def _row_misses(sx_first, sx_last, m10, m20, cy, cw, row_lo, row_hi):
+    """Does a node row (columns ``sx_first .. sx_last``; ``y_1 = (m10 x + cy) / (m20 x + cw)``)
+    stay clear of accumulator rows ``[row_lo, row_hi)``? With ``w > 0`` at both ends the row's
+    image is the segment between the end images, so every node's ``y_1`` lies between them; the
+    test keeps a footprint's reach (3 px) plus 1 px for rounding, so a skipped row is one whose
+    nodes ``_reaches`` would all have rejected (the result is unchanged; strips just stop
+    computing the node rows of shared blocks that only their neighbour needs)."""
+    wa, wb = m20 * sx_first + cw, m20 * sx_last + cw
+    if not (wa > 0.0 and wb > 0.0):
+        return False
+    ya, yb = (m10 * sx_first + cy) / wa, (m10 * sx_last + cy) / wb
+    lo, hi = min(ya, yb), max(ya, yb)
+    return hi + GUARD + 4.0 < row_lo or lo + GUARD - 4.0 >= row_hi
+
+
+@compiled(inline="always")
 def _run_is_zero(src, sx_first, sx_last, sy, row0):
     """Is every source value a run of nodes (row ``sy``, columns ``sx_first .. sx_last``) can read
     zero? (the bilinear reads of :func:`_node_value`: rows ``floor(sy)`` and the next one unless
@@ -300,6 +316,8 @@ def scatter_matrix(src, blocks, strip_rows, strip_ptr, strip_blocks, h, w, mat, 
                 for ky in range(m):
                     sy = iy + ky * inv_m
                     cx, cy, cw = m01 * sy + m02, m11 * sy + m12, m21 * sy + m22
+                    if _row_misses(sxs[0], sxs[n_row - 1], m10, m20, cy, cw, row_lo, row_hi):
+                        continue  # the strip next door owns every row this node row reaches
                     r = iy + PAD - row0  # the window row of pixel row iy
                     for k0 in range(0, n_row, RUN):
                         n = min(RUN, n_row - k0)
