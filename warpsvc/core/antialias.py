@@ -30,6 +30,13 @@ Cost: about one node per source pixel when shrinking, one per output pixel when 
 The loops are compiled (:mod:`._splat_kernels`), release the GIL and run in parallel over
 output row strips, each strip owning its rows (bit-identical results for any thread count).
 
+The matrix scatter works on runs of a node row in two passes: a branch-free one that LLVM
+vectorises (positions, half-widths, footprint shares and 2x2 weights of every node), then the
+deposits in node order; runs whose source values are all zero, and node rows whose image misses
+a strip's rows, are skipped before either. For matrix transforms the block layout itself is one
+compiled pass (:func:`._splat_kernels.matrix_layout`, the arithmetic of the transform's own
+``map`` / ``jacobian``); other transforms sample theirs in numpy.
+
 Planning comes first (:func:`plan`): the block layout gives the node count and the working
 memory before anything large is allocated, so :mod:`.budget` can refuse a call. The scatter
 then runs in row *bands* of about :data:`NODES_PER_BAND` nodes (the work histogram over output
