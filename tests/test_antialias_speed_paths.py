@@ -203,3 +203,37 @@ def test_window_zeroes_its_frame(y_lo, y_hi):
     assert (inner[[0, 4]][:, :, :2] == 7.0).all() and (inner[:, [0, 3], :2] == 7.0).all()
     np.testing.assert_array_equal(inner[1:4, 1:3, :2], img[np.ix_([0, 1, 96], [3, 49])])
     assert (inner[:, :, 2] == 1.0).all() and (ext[:k.PAD] == 0).all() and (ext[:, -k.PAD:] == 0).all()
+
+
+@pytest.mark.parametrize("case", ["shrinking homography (2x2 fast path)", "enlarging affine (m = 2..3, 3x3 windows)",
+                                  "edges beyond the output"])
+def test_unpadded_image_read_as_is_matches_the_padded_window(case):
+    """A conserving warp of a float64 image reads the caller's array directly (0 outside it):
+    the same bits as the padded window, and the reference's values."""
+    t, shape = CASES[case]
+    img = np.random.default_rng(8).random((120, 130, 1)) * 100
+    p = antialias.plan(t, img.shape[:2], shape, 1, with_coverage=False)
+    source = antialias.SourceRows(img, False)
+    assert antialias._readable_as_is(source, p) is img or p.mixed
+    direct = antialias.scatter(source, p, t, shape)
+    padded = antialias.scatter(antialias.padded_source(img, False), p, t, shape)
+    np.testing.assert_array_equal(direct, padded)
+    if not p.mixed:
+        ref = reference_scatter(img[:, :, 0], np.asarray(t.matrix, float), p.blocks[:, 2], shape)
+        np.testing.assert_allclose(direct[:, :, 0], ref, rtol=1e-12, atol=1e-12 * np.abs(ref).max())
+
+
+def test_only_plain_float64_arrays_are_read_as_is():
+    t, shape = CASES["shrinking homography (2x2 fast path)"]
+    img = np.random.default_rng(9).random((120, 130, 1))
+    p = antialias.plan(t, img.shape[:2], shape, 1, with_coverage=False)
+    frozen = img.copy()
+    frozen.setflags(write=False)
+    for other in (img.astype(np.float32), np.asfortranarray(img), frozen, img.astype(">f8")):
+        assert antialias._readable_as_is(antialias.SourceRows(other, False), p) is None
+    assert antialias._readable_as_is(antialias.SourceRows(img, True), p) is None  # coverage: a window
+    assert antialias._readable_as_is(antialias.SourceRows(img, False), p) is img
+    for other in (img.astype(np.float32), frozen, img.astype(">f8")):  # and the window path gives the same
+        np.testing.assert_allclose(warp(other[:, :, 0], t, shape, intensity="conserve", antialias=True),
+                                   warp(img[:, :, 0].astype(other.dtype).astype(np.float64), t, shape,
+                                        intensity="conserve", antialias=True), rtol=1e-6, atol=1e-9)

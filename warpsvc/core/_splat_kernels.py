@@ -230,14 +230,16 @@ def _row_misses(sx_first, sx_last, m10, m20, cy, cw, row_lo, row_hi):
 
 
 @compiled(inline="always")
-def _run_is_zero(src, sx_first, sx_last, sy, row0):
+def _run_is_zero(src, sx_first, sx_last, sy, row0, pad):
     """Is every source value a run of nodes (row ``sy``, columns ``sx_first .. sx_last``) can read
-    zero? (the bilinear reads of :func:`_node_value`: rows ``floor(sy)`` and the next one unless
-    ``sy`` is whole, columns ``floor(sx_first) .. floor(sx_last) + 1``)."""
-    r0 = math.floor(sy) + PAD - row0
-    r1 = r0 + (1 if sy != math.floor(sy) else 0)
-    c0 = math.floor(sx_first) + PAD
-    c1 = min(math.floor(sx_last) + PAD + 1, src.shape[1] - 1)
+    zero? (the bilinear reads of :func:`_node_value_at`: rows ``floor(sy)`` and the next one
+    unless ``sy`` is whole, columns ``floor(sx_first) .. floor(sx_last) + 1``; values outside
+    the array are zero)."""
+    r0 = math.floor(sy) + pad - row0
+    r1 = min(r0 + (1 if sy != math.floor(sy) else 0), src.shape[0] - 1)
+    r0 = max(r0, 0)
+    c0 = max(math.floor(sx_first) + pad, 0)
+    c1 = min(math.floor(sx_last) + pad + 1, src.shape[1] - 1)
     for r in range(r0, r1 + 1):
         for c in range(c0, c1 + 1):
             for ch in range(src.shape[2]):
@@ -259,11 +261,45 @@ def _floor_index(f, lo, hi):
     return int(f)
 
 
+@compiled(inline="always")
+def _at(src, r, c, ch):
+    """``src[r, c, ch]``, 0 outside the array."""
+    if r < 0 or c < 0 or r >= src.shape[0] or c >= src.shape[1]:
+        return 0.0
+    return src[r, c, ch]
+
+
+@compiled(inline="always")
+def _node_value_at(src, sx, sy, row0, pad, value):
+    """:func:`_node_value` for a window with ``pad`` zero rows/columns (``PAD``, or 0: the
+    caller's image itself), reading 0 outside the array (the same values)."""
+    x0 = math.floor(sx)
+    y0 = math.floor(sy)
+    fx = sx - x0
+    fy = sy - y0
+    r = y0 + pad - row0
+    c = x0 + pad
+    nonzero = False
+    finite = True
+    for ch in range(src.shape[2]):
+        if fx == 0.0 and fy == 0.0:  # a pixel centre
+            v = _at(src, r, c, ch)
+        else:
+            v = ((1 - fy) * ((1 - fx) * _at(src, r, c, ch) + fx * _at(src, r, c + 1, ch))
+                 + fy * ((1 - fx) * _at(src, r + 1, c, ch) + fx * _at(src, r + 1, c + 1, ch)))
+        value[ch] = v
+        nonzero |= v != 0.0
+        finite &= abs(v) < math.inf
+    return nonzero, finite
+
+
 @compiled(parallel=True, fastmath=FASTMATH, error_model="numpy")
-def scatter_matrix(src, blocks, strip_rows, strip_ptr, strip_blocks, h, w, mat, acc, row0):
+def scatter_matrix(src, blocks, strip_rows, strip_ptr, strip_blocks, h, w, mat, acc, row0, pad):
     """Fused scatter for a projective ``dst_from_src`` matrix ``mat (3, 3)`` (``w > 0`` side),
     in parallel over output strips; ``src`` is the window of source rows from ``row0`` (its
-    blocks are the only ones listed).
+    blocks are the only ones listed) with ``pad`` zero rows/columns around it: ``PAD`` for a
+    window of :class:`.antialias.SourceRows`, 0 for the caller's float64 image itself (values
+    outside the array read as 0 either way).
 
     Strip ``s`` owns accumulator rows ``strip_rows[s] = [lo, hi)`` and visits the blocks
     ``blocks[strip_blocks[strip_ptr[s]:strip_ptr[s + 1]]]`` (those whose image can reach it, in
@@ -318,10 +354,10 @@ def scatter_matrix(src, blocks, strip_rows, strip_ptr, strip_blocks, h, w, mat, 
                     cx, cy, cw = m01 * sy + m02, m11 * sy + m12, m21 * sy + m22
                     if _row_misses(sxs[0], sxs[n_row - 1], m10, m20, cy, cw, row_lo, row_hi):
                         continue  # the strip next door owns every row this node row reaches
-                    r = iy + PAD - row0  # the window row of pixel row iy
+                    r = iy + pad - row0  # the window row of pixel row iy
                     for k0 in range(0, n_row, RUN):
                         n = min(RUN, n_row - k0)
-                        if _run_is_zero(src, sxs[k0], sxs[k0 + n - 1], sy, row0):
+                        if _run_is_zero(src, sxs[k0], sxs[k0 + n - 1], sy, row0, pad):
                             continue  # sparse sources (point fields): no node of the run deposits
                         for k in range(n):  # branch-free: vectorised
                             sx = sxs[k0 + k]
@@ -353,16 +389,19 @@ def scatter_matrix(src, blocks, strip_rows, strip_ptr, strip_blocks, h, w, mat, 
                             wq[2, k] = shx[1, k] * shy[2, k] * area
                             wq[3, k] = shx[2, k] * shy[2, k] * area
                         if m == 1:  # nodes on pixel centres: one value each, consecutive (vectorised)
-                            c0 = x0 + k0 + PAD
+                            c0 = x0 + k0 + pad  # >= -1 (pixel -1, left of an unpadded image: 0)
+                            k_in = max(0, -c0)  # _run_is_zero has already checked row r exists
                             for ch in range(nch):
-                                for k in range(n):
+                                for k in range(k_in):
+                                    vals[ch, k] = 0.0
+                                for k in range(k_in, n):
                                     v = src[r, c0 + k, ch]
                                     vals[ch, k] = v
                                     nonzero[k] |= v != 0.0
                                     finite[k] &= abs(v) < math.inf
                         else:
                             for k in range(n):
-                                nonzero[k], finite[k] = _node_value(src, sxs[k0 + k], sy, row0, value)
+                                nonzero[k], finite[k] = _node_value_at(src, sxs[k0 + k], sy, row0, pad, value)
                                 for ch in range(nch):
                                     vals[ch, k] = value[ch]
                         for k in range(n):

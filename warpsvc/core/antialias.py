@@ -388,11 +388,16 @@ def scatter(src, p: ScatterPlan, dst_from_src, out_shape, *, row_period=None, po
     per_row = p.layout["blocks_per_row"]
     acc = np.zeros((ho + 2 * g, wo + 2 * g, nch))
     mat = source_side_matrix(dst_from_src, h, w) if dst_from_src.is_matrix() else None
+    image = _readable_as_is(src, p) if mat is not None else None
+    windows = [(0, len(p.blocks) // per_row, 0, h)] if image is not None else _windows(src, p)
     window = None
-    for q0, q1, y_lo, y_hi in _windows(src, p):
+    for q0, q1, y_lo, y_hi in windows:
         blocks = slice(q0 * per_row, q1 * per_row)
         if not p.block_nodes[blocks].any():
             continue  # no node of these rows reaches the output
+        if image is not None:
+            _scatter_matrix(image, 0, p, blocks, mat, h, w, acc, poll, pad=0)
+            continue
         window = None  # the previous one is freed before the next is built
         window = src if isinstance(src, np.ndarray) else src.window(y_lo, y_hi)
         if p.mixed:
@@ -407,7 +412,21 @@ def scatter(src, p: ScatterPlan, dst_from_src, out_shape, *, row_period=None, po
     return acc[g:-g, g:-g]
 
 
-def _scatter_matrix(src, row0, p: ScatterPlan, blocks: slice, mat, h, w, acc, poll):
+def _readable_as_is(src, p: ScatterPlan):
+    """The caller's image, if the matrix kernel can read it directly instead of a padded
+    float64 window (it reads 0 outside the array): a :class:`SourceRows` without border
+    extension or coverage channel, a uniform lattice (no tent sums to divide by), float64,
+    C-contiguous, writeable (numba types read-only arrays apart: a new compilation) and in
+    native byte order. Saves the window's copy and, in a process that has just freed its
+    memory, the page faults of a fresh 8 bytes x source allocation (~1.3 ms at 600x600)."""
+    if not isinstance(src, SourceRows) or src.rows is not None or src.with_coverage or p.mixed:
+        return None
+    img = src.image
+    ok = (img.dtype == np.float64 and img.dtype.isnative and img.flags.c_contiguous and img.flags.writeable)
+    return img if ok else None
+
+
+def _scatter_matrix(src, row0, p: ScatterPlan, blocks: slice, mat, h, w, acc, poll, pad=k.PAD):
     ho = acc.shape[0] - 2 * k.GUARD
     lay = p.layout
     work = _row_work(p, ho, blocks)
@@ -421,7 +440,7 @@ def _scatter_matrix(src, row0, p: ScatterPlan, blocks: slice, mat, h, w, acc, po
         lists = [live[anywhere | ((bottom >= r0) & (top <= r1))] for r0, r1 in zip(edges[:-1], edges[1:])]
         ptr = np.concatenate([[0], np.cumsum([len(x) for x in lists])]).astype(np.int64)
         k.scatter_matrix(src, p.blocks, _strip_rows(edges, ho), ptr, np.concatenate(lists).astype(np.int64),
-                         h, w, mat, acc, row0)
+                         h, w, mat, acc, row0, pad)
         _poll(poll)
 
 
