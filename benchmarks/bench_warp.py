@@ -108,6 +108,7 @@ def kernel_efficiency(repeats):
     """Kernel-only times at each thread count: the 1080p homography determinant scaling and the
     antialias scatter (photograph, 600x600 -> 230x230), plus the whole antialias call."""
     from warpsvc.core import _scale_kernels, antialias
+    from warpsvc.core.strips import run_strips
 
     rgb = cv2.resize(data.astronaut(), (1920, 1080), interpolation=cv2.INTER_LINEAR)
     h, w = rgb.shape[:2]
@@ -122,7 +123,14 @@ def kernel_efficiency(repeats):
     photo = ndi.zoom(data.camera().astype(np.float64), n / 512, order=1)[:n, :n][:, :, None]
     p = antialias.plan(t, photo.shape[:2], shape, 1, with_coverage=False)
     src = antialias.padded_source(photo, False)
+    cols = np.ones(sampled.shape[1] * sampled.shape[2], np.float32)
+    # Bandwidth anchor: the same bytes (uint8 in, float32 out) converted over the same strips,
+    # no arithmetic: the machine's own 1 -> 2 thread scaling of this traffic.
     cases = {
+        "bandwidth anchor: strip copy uint8 -> float32 1920x1080x3":
+            lambda: run_strips(lambda a, b: np.copyto(out[a:b], sampled[a:b]), h, sampled.size),
+        "scale_by_constant 1920x1080x3": lambda: _scale_kernels.scale_by_constant(sampled, np.float32(0.7), out),
+        "scale_by_columns 1920x1080x3": lambda: _scale_kernels.scale_by_columns(sampled, cols, out),
         "scale_by_projective_det 1920x1080x3": lambda: _scale_kernels.scale_by_projective_det(sampled, m, det_m, 0, out),
         "antialias scatter (photograph 600x600 -> 230x230)": lambda: antialias.scatter(src, p, t, shape),
         "antialias whole call (photograph)": lambda: warp(photo[:, :, 0], t, shape, intensity="conserve", antialias=True),

@@ -1,4 +1,4 @@
-"""Fill numba's on-disk cache with every compiled kernel, for every signature the library uses.
+"""Fill numba's on-disk cache with every compiled (antialias) kernel, for every signature used.
 
     python -m warpsvc.core.warmup            # at install / image build (Dockerfile RUN line)
 
@@ -8,9 +8,10 @@ cache folder. Afterwards the first call of each kernel in a fresh process loads 
 instead of compiling it (seconds -> tens of milliseconds; see ``benchmarks/bench_cold_start.py``).
 
 It runs real (small) warps through every path, so it compiles exactly the signatures the
-library dispatches: the scaling kernels for each sampled dtype (uint8, uint16, float32 ->
-float32; float64 -> float64), the polar maps in float32 and float64, and the antialias
-scatter (matrix and generic paths, uniform and mixed node density). Run it in its own
+library dispatches: the antialias scatter (matrix and generic paths, uniform and mixed node
+density) for each dtype. The conserve scalings and the polar maps (:mod:`._scale_kernels`)
+are numpy / OpenCV over strips: nothing to compile, their first call is fast in any process;
+the warm-up still runs them (it checks every path once). Run it in its own
 process (as the command above does), not in a server's parent process before it forks: the
 OpenMP thread pool the parallel kernels start does not survive a fork.
 """
