@@ -1,12 +1,13 @@
 """Per-pixel loops of ``intensity="conserve"`` (determinant scaling) and of the separable polar
-maps, as numpy calls over horizontal strips on the thread pool of :mod:`.strips`.
+maps, as numpy calls over horizontal strips on the thread pool of :mod:`.strips`, plus one
+compiled tier for the projective factor.
 
-Nothing is compiled (the first call costs what any numpy call does, not a JIT and its cache
-load), numpy releases the GIL inside each call's loop, and the strips run in parallel, as many
-as the thread setting (:mod:`.threads`) allows. Each strip works through chunks of about
-:data:`CHUNK_VALUES` values so its temporaries stay in the core's cache; every output value is
-a function of its own pixel only, so neither the strips nor the chunks change a value: the
-results do not depend on the thread count.
+Nothing here is compiled on the first call (it costs what any numpy call does, not a JIT and
+its cache load), numpy releases the GIL inside each call's loop, and the strips run in
+parallel, as many as the thread setting (:mod:`.threads`) allows. Each strip works through
+chunks of about :data:`CHUNK_VALUES` values so its temporaries stay in the core's cache; every
+output value is a function of its own pixel only, so neither the strips nor the chunks change
+a value: the results do not depend on the thread count.
 
 Scaling ``out = sampled * |det J_{T^{-1}}(y)|`` comes in the shapes the determinant takes:
 
@@ -20,18 +21,44 @@ Arrays are ``(H, W, C)`` and C-contiguous; ``out`` is float32 or float64. Each c
 converted into ``out`` (``out = out.dtype(src)``, exact for uint8 / uint16 / float32 values),
 then multiplied in place by the factor in ``out``'s dtype: the numpy formulation
 ``out = src.astype(out.dtype); out *= factor``, bit for bit.
+
+Projective tiers. In numpy the factor ``|det M| / |w|^3`` costs ~8 passes over float64
+temporaries (1080p RGB: ~14 ms at one thread, against ~5 ms for one compiled loop), so
+:func:`scale_by_projective_det` has two tiers with bit-identical results (the same IEEE
+operations in the same order; tier 1 is compiled without fast-math):
+
+* tier 0: :func:`_projective_numpy`, numpy over strips; no numba import, fast first call;
+* tier 1: :func:`_projective_rows`, a numba ``prange`` row loop (GIL released, parallel lazy
+  kernel of :mod:`._compiled`), used for a signature ``(src dtype, out dtype)`` once that
+  signature is compiled.
+
+Switching (:data:`PROJECTIVE_UPGRADE`, a :class:`._compiled.BackgroundUpgrade`): a call uses
+tier 1 when its signature is ready (the warm-up :mod:`.warmup` compiles all four, or an
+earlier upgrade did), else tier 0. At the 3rd tier-0 call in a process (a 1080p warp is 2
+calls: one per scaling band), or at the first one if numba is already imported (antialias
+or a warm-up loaded it), a daemon thread compiles the missing signatures, one at a time,
+and the calls after it finishes use tier 1. Cost: once per process, ~0.5-1 s of CPU in that
+thread when numba's on-disk cache holds the kernel (the numba import and cache load, part
+of it holding the GIL, so the calling threads slow down meanwhile), several seconds when it
+must compile. Errors are logged and ignored (tier 0 stays). ``WARPSVC_KERNEL_UPGRADE=0`` or
+``_compiled.set_kernel_upgrade(False)`` turns the background compile off (tier 1 then only
+after the warm-up).
 """
 
 from __future__ import annotations
 
+import math
+
 import cv2
 import numpy as np
 
+from ._compiled import BackgroundUpgrade, lazy_compiled
 from .strips import run_strips
+
+prange = range  # numba.prange once tier 1 compiles (see ._compiled.lazy_compiled)
 
 CHUNK_VALUES = 1 << 18  # values per chunk of a simple strip: ~0.2 ms of work per numpy call
 CHAIN_CHUNK_VALUES = 1 << 15  # per chunk of a chain of float64 passes: its temporaries stay in L2
-FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def _chunks(r0: int, r1: int, row_values: int, values: int = CHUNK_VALUES):
@@ -99,41 +126,140 @@ def scale_by_map(src, factor, out) -> None:
     run_strips(strip, h, src.size)
 
 
-def scale_by_projective_det(src, m, det_m, row0, out) -> None:
-    """``out[y, x, c] = src[y, x, c] * |det M| / |w(x, row0 + y)|^3``, the factor computed in
-    float64; 0 where ``w = 0`` or the factor is not finite. ``row0``: output row of ``src[0]``
-    (bands).
+def projective_factor_rows(m, det_m, y0: int, y1: int, ax: np.ndarray) -> np.ndarray:
+    """Tier 0's factor ``(y1 - y0, W)`` in float64 for output rows ``y0:y1`` (``ax = M20 x``):
+    ``w = M20 x + (M21 y + M22)``, ``ww = |w|``, ``f = det_m / ((ww ww) ww)``, 0 where not finite
+    (``w = 0`` gives ``det_m / 0`` = inf or NaN, so 0 too). The same IEEE operations in the same
+    order as tier 1's loop."""
+    base = m[2, 1] * np.arange(y0, y1, dtype=np.float64) + m[2, 2]
+    ww = np.abs(np.add(ax, base[:, None]))
+    f = np.multiply(ww, ww)
+    np.multiply(f, ww, out=f)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        np.divide(det_m, f, out=f)
+    if not f.max() < np.inf:  # some inf or NaN (NaN fails every comparison)
+        f[~np.isfinite(f)] = 0.0
+    return f
 
-    Per chunk: ``w = M20 x + (M21 y + M22)``, ``f = |det M| / ((|w| |w|) |w|)`` in float64 (the
-    same operations in the same order as the formula), then ``out = out.dtype(src) *
-    out.dtype(f)``: for float32 output the factor is rounded to float32 before the product
-    (<= 1 ulp from rounding the float64 product once). A chunk whose factor is not finite
-    somewhere or exceeds float32's range takes the exact path: guarded factor, product in
-    float64, rounded once (so 0 counts stay 0 and huge factors give inf, never NaN)."""
+
+def _projective_numpy(src, m, det_m, row0, out) -> None:
+    """Tier 0 of :func:`scale_by_projective_det`: numpy over strips and chunks."""
     h, w, c = src.shape
-    if not np.isfinite(det_m):
-        out[...] = 0
-        return
     ax = m[2, 0] * np.arange(w, dtype=np.float64)
-    limit = FLOAT32_MAX if out.dtype == np.float32 else np.inf
 
     def strip(r0, r1):
         for a, b in _chunks(r0, r1, w, CHAIN_CHUNK_VALUES):
-            base = m[2, 1] * np.arange(a + row0, b + row0, dtype=np.float64) + m[2, 2]
-            ww = np.abs(np.add(ax, base[:, None]))
-            f = np.multiply(ww, ww)
-            np.multiply(f, ww, out=f)
-            with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-                np.divide(det_m, f, out=f)
-            if f.max() <= limit:  # all finite and in range (NaN fails the comparison)
-                np.copyto(out[a:b], src[a:b])
-                _times_pixel_factor(out[a:b], f if out.dtype == np.float64 else f.astype(out.dtype))
-                continue
-            f[~np.isfinite(f)] = 0.0
+            f = projective_factor_rows(m, det_m, a + row0, b + row0, ax)
             with np.errstate(over="ignore"):
-                out[a:b] = src[a:b] * f[:, :, None]
+                fr = f if out.dtype == np.float64 else f.astype(out.dtype)
+            np.copyto(out[a:b], src[a:b])
+            _times_pixel_factor(out[a:b], fr)
+            if not fr.max() < np.inf:  # a finite factor beyond float32: the product in float64
+                huge = np.isinf(fr)
+                with np.errstate(over="ignore"):
+                    out[a:b][huge] = src[a:b][huge] * f[huge][:, None]
 
     run_strips(strip, h, src.size)
+
+
+@lazy_compiled(parallel=True)  # no fast-math: plain IEEE, bit-identical to tier 0
+def _projective_rows(src, m, det_m, row0, out):
+    """Tier 1 of :func:`scale_by_projective_det`: one fused pass per row, rows in parallel.
+    Per row: the float64 factor (tier 0's operations, in its order), rounded to ``out``'s dtype
+    (``fr``), then per pixel and channel ``out = out.dtype(src)``, ``out *= fr`` (1 and 3
+    channels written out, so LLVM vectorises them); where ``fr`` is inf (float32 output, a
+    finite factor beyond its range) the product in float64, rounded once."""
+    h, w, c = src.shape
+    flat_src = src.reshape(h, w * c)
+    flat_out = out.reshape(h, w * c)
+    for i in prange(h):
+        base = m[2, 1] * np.float64(i + row0) + m[2, 2]
+        f = np.empty(w)
+        for j in range(w):
+            ww = abs(m[2, 0] * np.float64(j) + base)
+            fj = det_m / (ww * ww * ww)
+            f[j] = fj if math.isfinite(fj) else 0.0
+        row_src, row_out = flat_src[i], flat_out[i]
+        fr = np.empty_like(row_out[:w])
+        huge = False
+        for j in range(w):
+            fr[j] = f[j]
+            huge |= math.isinf(fr[j])
+        if c == 3:
+            for j in range(w):
+                v = fr[j]
+                row_out[3 * j] = row_src[3 * j]
+                row_out[3 * j] *= v
+                row_out[3 * j + 1] = row_src[3 * j + 1]
+                row_out[3 * j + 1] *= v
+                row_out[3 * j + 2] = row_src[3 * j + 2]
+                row_out[3 * j + 2] *= v
+        elif c == 1:
+            for j in range(w):
+                row_out[j] = row_src[j]
+                row_out[j] *= fr[j]
+        else:
+            for j in range(w):
+                v = fr[j]
+                for ch in range(c):
+                    row_out[j * c + ch] = row_src[j * c + ch]
+                    row_out[j * c + ch] *= v
+        if huge:
+            for j in range(w):
+                if math.isinf(fr[j]):
+                    for ch in range(c):
+                        row_out[j * c + ch] = row_src[j * c + ch] * f[j]
+
+
+def _tier1_examples(key):
+    """Small arguments of the signature ``key = (src dtype, out dtype)`` as the callers pass
+    them (C-contiguous writable 3-D arrays, a float64 matrix, a float, an int)."""
+    src_dtype, out_dtype = key
+    src = np.ones((2, 3, 3), src_dtype)
+    m = np.array([[1.0, 0, 0], [0, 1, 0], [1e-3, 0, 1]])
+    return src, m, 1.0, 0, np.empty(src.shape, out_dtype)
+
+
+PROJECTIVE_UPGRADE = BackgroundUpgrade(_projective_rows, _tier1_examples, after_calls=3)
+TIER1_KEYS = tuple((np.dtype(d), np.dtype(np.float64 if d == np.float64 else np.float32))
+                   for d in (np.uint8, np.uint16, np.float32, np.float64))
+
+
+def compile_tier1(keys=TIER1_KEYS) -> None:
+    """Compile (or load) tier 1 of :func:`scale_by_projective_det` for ``keys`` now, in this
+    thread (the warm-up calls it); later calls of those signatures use it."""
+    for key in keys:
+        PROJECTIVE_UPGRADE.compile_now(key)
+
+
+def projective_tier(src, m, out) -> int:
+    """The tier :func:`scale_by_projective_det` would use now for these arrays (0 or 1)."""
+    key = (src.dtype, out.dtype)
+    if (PROJECTIVE_UPGRADE.ready(key) and src.flags.c_contiguous and out.flags.c_contiguous
+            and src.flags.writeable and out.flags.writeable and m.dtype == np.float64 and m.flags.c_contiguous):
+        return 1
+    return 0
+
+
+def scale_by_projective_det(src, m, det_m, row0, out) -> None:
+    """``out[y, x, c] = out.dtype(src[y, x, c]) * out.dtype(f(x, row0 + y))``, with the factor
+    ``f = |det M| / |w|^3``, ``w = M20 x + M21 y + M22``, computed in float64 and 0 where ``w = 0``
+    or ``f`` is not finite; ``row0``: output row of ``src[0]`` (bands). For float32 output the
+    factor is rounded to float32 before the product (<= 1 ulp from rounding the float64 product
+    once), except where that rounding overflows: there the product is formed in float64 and
+    rounded once (0 counts stay 0, never NaN). Non-finite ``det_m``: 0 everywhere.
+
+    Two tiers, bit-identical (same IEEE operations in the same order, no fast-math): tier 1
+    (a compiled parallel row loop, ~2x faster) once its signature is compiled, else tier 0
+    (numpy over strips, no numba import); see the module docstring for when tier 1 appears."""
+    if not np.isfinite(det_m):
+        out[...] = 0
+        return
+    if projective_tier(src, m, out) == 1:
+        _projective_rows(src, m, float(det_m), int(row0), out)
+        return
+    _projective_numpy(src, m, det_m, row0, out)
+    PROJECTIVE_UPGRADE.tier0_used((src.dtype, out.dtype))
 
 
 def outer_maps(row_cos, row_sin, radius, cx, cy, mx, my) -> None:
