@@ -1,6 +1,7 @@
 """The strip kernels of ``intensity="conserve"`` and the polar maps (numpy / OpenCV over strips on
-the pool of ``warpsvc.core.strips``): oracle values, independence from the strip count, the GIL
-released, guards, polls, and no numba on these paths."""
+the pool of ``warpsvc.core.strips``; the projective scaling's tier 0): oracle values,
+independence from the strip count, the GIL released, guards, polls, and no numba on these
+paths."""
 
 from __future__ import annotations
 
@@ -18,6 +19,16 @@ from warpsvc.core import _scale_kernels, strips, threads
 RNG = np.random.default_rng(3)
 RGB = (RNG.random((260, 310, 3)) * 255).astype(np.uint8)
 M = np.array([[1.05, 0.02, -30.0], [0.01, 0.97, 12.0], [2e-4, -3e-4, 1.01]])
+
+
+@pytest.fixture(autouse=True)
+def tier0(monkeypatch):
+    """These tests are about the strip kernels: the projective scaling stays on tier 0 (numpy)
+    even when tier 1 is compiled in this process (tests/test_projective_tiers.py covers it)."""
+    from warpsvc.core import _compiled
+
+    monkeypatch.setattr(_scale_kernels, "projective_tier", lambda *a: 0)
+    monkeypatch.setattr(_compiled, "_upgrade_setting", False)
 
 
 @pytest.fixture

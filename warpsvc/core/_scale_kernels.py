@@ -150,13 +150,12 @@ def _projective_numpy(src, m, det_m, row0, out) -> None:
     def strip(r0, r1):
         for a, b in _chunks(r0, r1, w, CHAIN_CHUNK_VALUES):
             f = projective_factor_rows(m, det_m, a + row0, b + row0, ax)
-            with np.errstate(over="ignore"):
+            with np.errstate(over="ignore", invalid="ignore"):  # inf / NaN pixels: IEEE results, as tier 1
                 fr = f if out.dtype == np.float64 else f.astype(out.dtype)
-            np.copyto(out[a:b], src[a:b])
-            _times_pixel_factor(out[a:b], fr)
-            if not fr.max() < np.inf:  # a finite factor beyond float32: the product in float64
-                huge = np.isinf(fr)
-                with np.errstate(over="ignore"):
+                np.copyto(out[a:b], src[a:b])
+                _times_pixel_factor(out[a:b], fr)
+                if not fr.max() < np.inf:  # a finite factor beyond float32: the product in float64
+                    huge = np.isinf(fr)
                     out[a:b][huge] = src[a:b][huge] * f[huge][:, None]
 
     run_strips(strip, h, src.size)
