@@ -14,6 +14,12 @@
    threads): the determinant scaling of the 1080p homography and the antialias scatter of the
    photograph case, plus the whole calls' speed-up.
 
+Tiers: the projective conserve factor has a numpy tier 0 and a numba tier 1 (see
+``warpsvc.core._scale_kernels``); the benchmark compiles tier 1 first
+(``_scale_kernels.compile_tier1()``, as the warm-up of a server does), so every timed
+``conserve homography`` call runs tier 1 (checked and recorded as ``projective_tier``);
+tier 0 alone is timed among the kernel rows.
+
 Threads: every thread count in ``--threads`` (``default`` = ``warpsvc.core.threads.available_cpus()``)
 is set on *both* sides (``warpsvc.core.threads.set_threads(n)`` also sets ``cv2.setNumThreads``;
 ``reproject`` runs its own single-threaded loop). Method: one warm-up call each (numba loads
@@ -118,6 +124,7 @@ def kernel_efficiency(repeats):
     sampled = warp(rgb, hom)
     out = np.empty(sampled.shape, np.float32)
     det_m = abs(float(np.linalg.det(m)))
+    assert _scale_kernels.projective_tier(sampled, m, out) == 1, "tier 1 not compiled"
     n, shape = 600, (230, 230)
     t = shrink3_homography(n)
     photo = ndi.zoom(data.camera().astype(np.float64), n / 512, order=1)[:n, :n][:, :, None]
@@ -131,7 +138,10 @@ def kernel_efficiency(repeats):
             lambda: run_strips(lambda a, b: np.copyto(out[a:b], sampled[a:b]), h, sampled.size),
         "scale_by_constant 1920x1080x3": lambda: _scale_kernels.scale_by_constant(sampled, np.float32(0.7), out),
         "scale_by_columns 1920x1080x3": lambda: _scale_kernels.scale_by_columns(sampled, cols, out),
-        "scale_by_projective_det 1920x1080x3": lambda: _scale_kernels.scale_by_projective_det(sampled, m, det_m, 0, out),
+        "scale_by_projective_det 1920x1080x3 (tier 1, numba)":
+            lambda: _scale_kernels.scale_by_projective_det(sampled, m, det_m, 0, out),
+        "scale_by_projective_det 1920x1080x3 tier 0 (numpy strips)":
+            lambda: _scale_kernels._projective_numpy(sampled, m, det_m, 0, out),
         "antialias scatter (photograph 600x600 -> 230x230)": lambda: antialias.scatter(src, p, t, shape),
         "antialias whole call (photograph)": lambda: warp(photo[:, :, 0], t, shape, intensity="conserve", antialias=True),
     }
@@ -237,6 +247,9 @@ def main(argv=None):
     args = ap.parse_args(argv)
     counts = [threads.available_cpus() if x.strip() == "default" else int(x) for x in args.threads.split(",")]
     THREADS[:] = list(dict.fromkeys(counts))
+    from warpsvc.core import _scale_kernels
+
+    _scale_kernels.compile_tier1()  # as a server's warm-up: conserving homographies run tier 1
     load_before = os.getloadavg()
     rows = speed_cases(args.repeats)
     if not args.skip_antialias:
@@ -248,7 +261,9 @@ def main(argv=None):
     args.json.parent.mkdir(parents=True, exist_ok=True)
     meta = {"python": platform.python_version(), "opencv": cv2.__version__, "numpy": np.__version__,
             "machine": platform.machine(), "threads": THREADS, "default_threads": threads.available_cpus(),
-            "repeats": args.repeats, "loadavg_before": load_before, "loadavg_after": load_after}
+            "repeats": args.repeats, "loadavg_before": load_before, "loadavg_after": load_after,
+            "projective_tier": _scale_kernels.projective_tier(np.empty((1, 1, 3), np.uint8), np.eye(3),
+                                                              np.empty((1, 1, 3), np.float32))}
     args.json.write_text(json.dumps({"meta": meta, "results": rows, "kernel_efficiency": efficiency}, indent=2))
     print(f"\nwrote {args.json}")
 

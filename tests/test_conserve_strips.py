@@ -143,8 +143,10 @@ def test_scaling_releases_the_gil(name, restore_threads):
     threads.set_threads(2, opencv=False)
     fn(*args)
     with ProgressProbe() as probe:
-        progress = [probe.during(fn, *args) for _ in range(3)]
-    assert min(progress) > 0
+        progress = [probe.during(fn, *args) for _ in range(5)]
+    # a GIL-holding call gives 0 every time (ProgressProbe); on a loaded box the counting thread
+    # may miss a ~3 ms call's window, so one call with progress is the proof
+    assert max(progress) > 0
 
 
 def test_strip_errors_propagate_and_the_pool_keeps_working(restore_threads):

@@ -165,8 +165,10 @@ def test_tier1_releases_the_gil(restore_threads):
     threads.set_threads(2, opencv=False)
     _scale_kernels.scale_by_projective_det(src, M, 1.0, 0, out)
     with ProgressProbe() as probe:
-        progress = [probe.during(_scale_kernels._projective_rows, src, M, 1.0, 0, out) for _ in range(3)]
-    assert min(progress) > 0
+        progress = [probe.during(_scale_kernels._projective_rows, src, M, 1.0, 0, out) for _ in range(5)]
+    # a GIL-holding call gives 0 every time (ProgressProbe); on a loaded box the counting thread
+    # may miss a ~3 ms call's window, so one call with progress is the proof
+    assert max(progress) > 0
 
 
 UPGRADE_SCRIPT = """

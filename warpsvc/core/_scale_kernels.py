@@ -161,13 +161,14 @@ def _projective_numpy(src, m, det_m, row0, out) -> None:
     run_strips(strip, h, src.size)
 
 
-@lazy_compiled(parallel=True)  # no fast-math: plain IEEE, bit-identical to tier 0
+@lazy_compiled(parallel=True, error_model="numpy")  # no fast-math: plain IEEE, bit-identical to tier 0
 def _projective_rows(src, m, det_m, row0, out):
     """Tier 1 of :func:`scale_by_projective_det`: one fused pass per row, rows in parallel.
     Per row: the float64 factor (tier 0's operations, in its order), rounded to ``out``'s dtype
     (``fr``), then per pixel and channel ``out = out.dtype(src)``, ``out *= fr`` (1 and 3
     channels written out, so LLVM vectorises them); where ``fr`` is inf (float32 output, a
-    finite factor beyond its range) the product in float64, rounded once."""
+    finite factor beyond its range) the product in float64, rounded once. ``error_model="numpy"``:
+    a division by 0 is IEEE (inf / NaN, then guarded), not a ``ZeroDivisionError`` check."""
     h, w, c = src.shape
     flat_src = src.reshape(h, w * c)
     flat_out = out.reshape(h, w * c)
