@@ -11,6 +11,11 @@ first-minus-second difference is the one-time cost (numba import, cache load, di
 ``numba_loaded_by_import`` / ``numba_loaded_by_call``: whether numba is in ``sys.modules`` after
 ``import warpsvc`` and after the first call. A separate probe times ``import numba`` alone (the
 floor of any numba kernel's first call). Medians are printed.
+
+The conserving homography's first call runs tier 0 of the projective factor (numpy; no numba:
+see ``numba_loaded_by_call``); its second warp is the 3rd tier-0 call (a 1080p warp is two
+scaling bands), which starts the background compile of tier 1 (``warpsvc.core._scale_kernels``),
+so that row's second call includes the numba import running in the other thread.
 """
 
 from __future__ import annotations

@@ -25,7 +25,8 @@ is set on *both* sides (``warpsvc.core.threads.set_threads(n)`` also sets ``cv2.
 ``reproject`` runs its own single-threaded loop). Method: one warm-up call each (numba loads
 its cache on first use), then ``--repeats`` rounds; each round runs every thread count, and
 within it ours then the anchor, so drifts in the machine's load hit both sides alike; medians
-reported. Ratios are ours / anchor time. The load average is recorded before and after.
+reported. Ratios are ours / anchor time; "CPU ratio" is the same with process CPU time (at one
+thread the load-robust figure). The load average is recorded before and after.
 """
 
 from __future__ import annotations
@@ -54,25 +55,29 @@ THREADS = [1]  # set by main(): the thread counts every pair is timed at
 
 
 def timed_pair(ours, anchor, repeats):
-    """``{threads: {ours_ms, anchor_ms, ratio}}``, rounds alternating thread counts and sides."""
-    times = {n: ([], []) for n in THREADS}
+    """``{threads: {ours_ms, anchor_ms, ratio, ours_cpu_ms, anchor_cpu_ms, cpu_ratio}}``, rounds
+    alternating thread counts and sides. ``*_cpu_ms``: process CPU time (all threads), less
+    sensitive than wall time to other jobs on a shared box; at 1 thread its ratio is the wall
+    ratio an idle machine would show (at n threads it sums the threads' time)."""
+    times = {n: ([], [], [], []) for n in THREADS}
     for n in THREADS:
         threads.set_threads(n)
         ours(), anchor()  # warm-up
     for _ in range(repeats):
         for n in THREADS:
             threads.set_threads(n)
-            t0 = time.perf_counter()
+            c0, t0 = time.process_time(), time.perf_counter()
             ours()
-            t1 = time.perf_counter()
+            c1, t1 = time.process_time(), time.perf_counter()
             anchor()
-            t2 = time.perf_counter()
-            times[n][0].append(t1 - t0)
-            times[n][1].append(t2 - t1)
+            c2, t2 = time.process_time(), time.perf_counter()
+            for series, value in zip(times[n], (t1 - t0, t2 - t1, c1 - c0, c2 - c1)):
+                series.append(value)
     out = {}
-    for n, (t_ours, t_anchor) in times.items():
-        mo, ma = statistics.median(t_ours), statistics.median(t_anchor)
-        out[n] = {"ours_ms": mo * 1e3, "anchor_ms": ma * 1e3, "ratio": mo / ma}
+    for n, series in times.items():
+        mo, ma, co, ca = (statistics.median(s) for s in series)
+        out[n] = {"ours_ms": mo * 1e3, "anchor_ms": ma * 1e3, "ratio": mo / ma,
+                  "ours_cpu_ms": co * 1e3, "anchor_cpu_ms": ca * 1e3, "cpu_ratio": co / ca if ca else None}
     return out
 
 
@@ -210,11 +215,14 @@ def antialias_case(repeats):
 
 
 def markdown(rows, efficiency=None):
-    lines = ["| case | threads | ours (ms) | anchor (ms) | ours/anchor | target |", "|---|---:|---:|---:|---:|---|"]
+    lines = ["| case | threads | ours (ms) | anchor (ms) | ours/anchor | CPU ratio | target |",
+             "|---|---:|---:|---:|---:|---:|---|"]
     for name, r in rows.items():
         for n, b in r["by_threads"].items():
             ratio = f"1/{1 / b['ratio']:.1f}" if b["ratio"] < 0.2 else f"{b['ratio']:.3f}"
-            lines.append(f"| {name} | {n} | {b['ours_ms']:.2f} | {b['anchor_ms']:.2f} | {ratio} | {r['target']} |")
+            cpu = b.get("cpu_ratio")
+            cpu = "" if cpu is None else (f"1/{1 / cpu:.1f}" if cpu < 0.2 else f"{cpu:.3f}")
+            lines.append(f"| {name} | {n} | {b['ours_ms']:.2f} | {b['anchor_ms']:.2f} | {ratio} | {cpu} | {r['target']} |")
     extra = []
     for name, r in rows.items():
         if "rmse_vs_reference_pct_of_range" in r:
