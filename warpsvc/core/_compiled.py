@@ -145,6 +145,12 @@ class BackgroundUpgrade:
         self._failed: set = set()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        if hasattr(os, "register_at_fork"):  # a forked child has no upgrade thread: let it start its own
+            os.register_at_fork(after_in_child=self._after_fork)
+
+    def _after_fork(self) -> None:
+        self._lock = threading.Lock()
+        self._thread = None
 
     def ready(self, key) -> bool:
         return key in self._ready
