@@ -59,6 +59,7 @@ prange = range  # numba.prange once tier 1 compiles (see ._compiled.lazy_compile
 
 CHUNK_VALUES = 1 << 18  # values per chunk of a simple strip: ~0.2 ms of work per numpy call
 CHAIN_CHUNK_VALUES = 1 << 15  # per chunk of a chain of float64 passes: its temporaries stay in L2
+ROWS_PER_TASK = 8  # rows per parallel task of tier 1 (its row buffers are reused within a task)
 
 
 def _chunks(r0: int, r1: int, row_values: int, values: int = CHUNK_VALUES):
@@ -163,52 +164,55 @@ def _projective_numpy(src, m, det_m, row0, out) -> None:
 
 @lazy_compiled(parallel=True, error_model="numpy")  # no fast-math: plain IEEE, bit-identical to tier 0
 def _projective_rows(src, m, det_m, row0, out):
-    """Tier 1 of :func:`scale_by_projective_det`: one fused pass per row, rows in parallel.
-    Per row: the float64 factor (tier 0's operations, in its order), rounded to ``out``'s dtype
-    (``fr``), then per pixel and channel ``out = out.dtype(src)``, ``out *= fr`` (1 and 3
-    channels written out, so LLVM vectorises them); where ``fr`` is inf (float32 output, a
-    finite factor beyond its range) the product in float64, rounded once. ``error_model="numpy"``:
-    a division by 0 is IEEE (inf / NaN, then guarded), not a ``ZeroDivisionError`` check."""
+    """Tier 1 of :func:`scale_by_projective_det`: one fused pass per row, blocks of
+    :data:`ROWS_PER_TASK` rows in parallel (``prange``; each block reuses its two row buffers).
+    Per row: the float64 factor ``f`` (tier 0's operations, in its order) and its rounding to
+    ``out``'s dtype ``fr``, then per pixel and channel ``out = out.dtype(src)``, ``out *= fr``
+    (1 and 3 channels written out, so LLVM vectorises them); where ``fr`` is inf (float32
+    output, a finite factor beyond its range) the product in float64, rounded once.
+    ``error_model="numpy"``: a division by 0 is IEEE (inf / NaN, then guarded), not a
+    ``ZeroDivisionError`` check."""
     h, w, c = src.shape
     flat_src = src.reshape(h, w * c)
     flat_out = out.reshape(h, w * c)
-    for i in prange(h):
-        base = m[2, 1] * np.float64(i + row0) + m[2, 2]
+    for block in prange((h + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
         f = np.empty(w)
-        for j in range(w):
-            ww = abs(m[2, 0] * np.float64(j) + base)
-            fj = det_m / (ww * ww * ww)
-            f[j] = fj if math.isfinite(fj) else 0.0
-        row_src, row_out = flat_src[i], flat_out[i]
-        fr = np.empty_like(row_out[:w])
-        huge = False
-        for j in range(w):
-            fr[j] = f[j]
-            huge |= math.isinf(fr[j])
-        if c == 3:
+        fr = np.empty_like(flat_out[0, :w])
+        for i in range(block * ROWS_PER_TASK, min(h, (block + 1) * ROWS_PER_TASK)):
+            base = m[2, 1] * np.float64(i + row0) + m[2, 2]
+            huge = False
             for j in range(w):
-                v = fr[j]
-                row_out[3 * j] = row_src[3 * j]
-                row_out[3 * j] *= v
-                row_out[3 * j + 1] = row_src[3 * j + 1]
-                row_out[3 * j + 1] *= v
-                row_out[3 * j + 2] = row_src[3 * j + 2]
-                row_out[3 * j + 2] *= v
-        elif c == 1:
-            for j in range(w):
-                row_out[j] = row_src[j]
-                row_out[j] *= fr[j]
-        else:
-            for j in range(w):
-                v = fr[j]
-                for ch in range(c):
-                    row_out[j * c + ch] = row_src[j * c + ch]
-                    row_out[j * c + ch] *= v
-        if huge:
-            for j in range(w):
-                if math.isinf(fr[j]):
+                ww = abs(m[2, 0] * np.float64(j) + base)
+                fj = det_m / (ww * ww * ww)
+                fj = fj if math.isfinite(fj) else 0.0
+                f[j] = fj
+                fr[j] = fj  # rounded to out's dtype
+                huge |= fr[j] == np.inf
+            row_src, row_out = flat_src[i], flat_out[i]
+            if c == 3:
+                for j in range(w):
+                    v = fr[j]
+                    row_out[3 * j] = row_src[3 * j]
+                    row_out[3 * j] *= v
+                    row_out[3 * j + 1] = row_src[3 * j + 1]
+                    row_out[3 * j + 1] *= v
+                    row_out[3 * j + 2] = row_src[3 * j + 2]
+                    row_out[3 * j + 2] *= v
+            elif c == 1:
+                for j in range(w):
+                    row_out[j] = row_src[j]
+                    row_out[j] *= fr[j]
+            else:
+                for j in range(w):
+                    v = fr[j]
                     for ch in range(c):
-                        row_out[j * c + ch] = row_src[j * c + ch] * f[j]
+                        row_out[j * c + ch] = row_src[j * c + ch]
+                        row_out[j * c + ch] *= v
+            if huge:
+                for j in range(w):
+                    if fr[j] == np.inf:
+                        for ch in range(c):
+                            row_out[j * c + ch] = row_src[j * c + ch] * f[j]
 
 
 def _tier1_examples(key):
