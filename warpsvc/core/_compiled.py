@@ -1,7 +1,8 @@
 """``compiled(...)``: numba's ``njit`` with an on-disk cache when one can be written, the GIL
 released, and an explicit fast-math flag set. Used by the antialias kernels
-(:mod:`._splat_kernels`); the conserve scalings and polar maps (:mod:`._scale_kernels`) are
-numpy / OpenCV over strips and never import numba.
+(:mod:`._splat_kernels`) and by tier 1 of the projective conserve factor
+(:mod:`._scale_kernels`, compiled without fast-math); the other conserve scalings and the
+polar maps are numpy / OpenCV over strips and never import numba.
 
 * **Cache.** numba raises at decoration time when neither the package folder nor a user cache
   folder is writable (a read-only install run by a user without a home, as in some

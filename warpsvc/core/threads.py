@@ -2,7 +2,8 @@
 
 The kernels run in parallel over output rows or strips and release the GIL: the scaling and
 polar-map kernels (:mod:`._scale_kernels`: numpy / OpenCV calls over strips on the pool of
-:mod:`.strips`, nothing compiled) and the antialias scatter (:mod:`._splat_kernels`, numba).
+:mod:`.strips`, nothing compiled, except the projective factor's tier 1, numba, once compiled)
+and the antialias scatter (:mod:`._splat_kernels`, numba).
 The thread count they use is, in order:
 
 1. the value given to :func:`set_threads` (process-wide);
