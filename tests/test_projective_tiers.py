@@ -183,6 +183,12 @@ for _ in range(3):
     warp(img, t, intensity="conserve")
 sk.PROJECTIVE_UPGRADE.join(300)
 seen.append((sk.projective_tier(img, t.inverse().matrix, np.empty(img.shape, np.float32)), "numba" in sys.modules))
+if seen[-1][0] == 1:
+    signatures = len(sk._projective_rows.dispatcher().signatures)
+    warp(img, t, intensity="conserve")  # tier 1, with the transform's read-only matrix
+    warp(img.astype(np.float32), t, intensity="conserve")  # a new signature: tier 0, then compiled
+    sk.PROJECTIVE_UPGRADE.join(300)
+    seen.append(len(sk._projective_rows.dispatcher().signatures) - signatures)
 print(seen)
 """
 
@@ -193,6 +199,7 @@ def test_background_upgrade_after_the_third_call():
     seen = eval(out.stdout.strip().splitlines()[-1])
     assert seen[:3] == [(0, False)] * 3  # the first three calls: tier 0, numba never imported
     assert seen[3] == (1, True)  # after the 3rd: compiled in the background, tier 1
+    assert seen[4] == 1  # the warp on tier 1 compiled nothing in its thread; float32 was added
 
 
 def test_upgrade_can_be_turned_off():

@@ -240,8 +240,8 @@ def projective_tier(src, m, out) -> int:
     """The tier :func:`scale_by_projective_det` would use now for these arrays (0 or 1)."""
     key = (src.dtype, out.dtype)
     if (PROJECTIVE_UPGRADE.ready(key) and src.flags.c_contiguous and out.flags.c_contiguous
-            and src.flags.writeable and out.flags.writeable and m.dtype == np.float64 and m.flags.c_contiguous):
-        return 1
+            and src.flags.writeable and out.flags.writeable and np.shape(m) == (3, 3)):
+        return 1  # exactly the signature compiled: C-contiguous writable arrays (M is copied)
     return 0
 
 
@@ -261,7 +261,9 @@ def scale_by_projective_det(src, m, det_m, row0, out) -> None:
         out[...] = 0
         return
     if projective_tier(src, m, out) == 1:
-        _projective_rows(src, m, float(det_m), int(row0), out)
+        # a fresh writable float64 copy of M: a read-only one (a transform's matrix) would be
+        # another numba signature, compiled in the calling thread
+        _projective_rows(src, np.array(m, dtype=np.float64, order="C"), float(det_m), int(row0), out)
         return
     _projective_numpy(src, m, det_m, row0, out)
     PROJECTIVE_UPGRADE.tier0_used((src.dtype, out.dtype))
