@@ -14,12 +14,19 @@
    threads): the determinant scaling of the 1080p homography and the antialias scatter of the
    photograph case, plus the whole calls' speed-up.
 
+Tiers: the projective conserve factor has a numpy tier 0 and a numba tier 1 (see
+``warpsvc.core._scale_kernels``); the benchmark compiles tier 1 first
+(``_scale_kernels.compile_tier1()``, as the warm-up of a server does), so every timed
+``conserve homography`` call runs tier 1 (checked and recorded as ``projective_tier``);
+tier 0 alone is timed among the kernel rows.
+
 Threads: every thread count in ``--threads`` (``default`` = ``warpsvc.core.threads.available_cpus()``)
 is set on *both* sides (``warpsvc.core.threads.set_threads(n)`` also sets ``cv2.setNumThreads``;
 ``reproject`` runs its own single-threaded loop). Method: one warm-up call each (numba loads
 its cache on first use), then ``--repeats`` rounds; each round runs every thread count, and
 within it ours then the anchor, so drifts in the machine's load hit both sides alike; medians
-reported. Ratios are ours / anchor time. The load average is recorded before and after.
+reported. Ratios are ours / anchor time; "CPU ratio" is the same with process CPU time (at one
+thread the load-robust figure). The load average is recorded before and after.
 """
 
 from __future__ import annotations
@@ -48,25 +55,29 @@ THREADS = [1]  # set by main(): the thread counts every pair is timed at
 
 
 def timed_pair(ours, anchor, repeats):
-    """``{threads: {ours_ms, anchor_ms, ratio}}``, rounds alternating thread counts and sides."""
-    times = {n: ([], []) for n in THREADS}
+    """``{threads: {ours_ms, anchor_ms, ratio, ours_cpu_ms, anchor_cpu_ms, cpu_ratio}}``, rounds
+    alternating thread counts and sides. ``*_cpu_ms``: process CPU time (all threads), less
+    sensitive than wall time to other jobs on a shared box; at 1 thread its ratio is the wall
+    ratio an idle machine would show (at n threads it sums the threads' time)."""
+    times = {n: ([], [], [], []) for n in THREADS}
     for n in THREADS:
         threads.set_threads(n)
         ours(), anchor()  # warm-up
     for _ in range(repeats):
         for n in THREADS:
             threads.set_threads(n)
-            t0 = time.perf_counter()
+            c0, t0 = time.process_time(), time.perf_counter()
             ours()
-            t1 = time.perf_counter()
+            c1, t1 = time.process_time(), time.perf_counter()
             anchor()
-            t2 = time.perf_counter()
-            times[n][0].append(t1 - t0)
-            times[n][1].append(t2 - t1)
+            c2, t2 = time.process_time(), time.perf_counter()
+            for series, value in zip(times[n], (t1 - t0, t2 - t1, c1 - c0, c2 - c1)):
+                series.append(value)
     out = {}
-    for n, (t_ours, t_anchor) in times.items():
-        mo, ma = statistics.median(t_ours), statistics.median(t_anchor)
-        out[n] = {"ours_ms": mo * 1e3, "anchor_ms": ma * 1e3, "ratio": mo / ma}
+    for n, series in times.items():
+        mo, ma, co, ca = (statistics.median(s) for s in series)
+        out[n] = {"ours_ms": mo * 1e3, "anchor_ms": ma * 1e3, "ratio": mo / ma,
+                  "ours_cpu_ms": co * 1e3, "anchor_cpu_ms": ca * 1e3, "cpu_ratio": co / ca if ca else None}
     return out
 
 
@@ -108,6 +119,7 @@ def kernel_efficiency(repeats):
     """Kernel-only times at each thread count: the 1080p homography determinant scaling and the
     antialias scatter (photograph, 600x600 -> 230x230), plus the whole antialias call."""
     from warpsvc.core import _scale_kernels, antialias
+    from warpsvc.core.strips import run_strips
 
     rgb = cv2.resize(data.astronaut(), (1920, 1080), interpolation=cv2.INTER_LINEAR)
     h, w = rgb.shape[:2]
@@ -117,13 +129,24 @@ def kernel_efficiency(repeats):
     sampled = warp(rgb, hom)
     out = np.empty(sampled.shape, np.float32)
     det_m = abs(float(np.linalg.det(m)))
+    assert _scale_kernels.projective_tier(sampled, m, out) == 1, "tier 1 not compiled"
     n, shape = 600, (230, 230)
     t = shrink3_homography(n)
     photo = ndi.zoom(data.camera().astype(np.float64), n / 512, order=1)[:n, :n][:, :, None]
     p = antialias.plan(t, photo.shape[:2], shape, 1, with_coverage=False)
     src = antialias.padded_source(photo, False)
+    cols = np.ones(sampled.shape[1] * sampled.shape[2], np.float32)
+    # Bandwidth anchor: the same bytes (uint8 in, float32 out) converted over the same strips,
+    # no arithmetic: the machine's own 1 -> 2 thread scaling of this traffic.
     cases = {
-        "scale_by_projective_det 1920x1080x3": lambda: _scale_kernels.scale_by_projective_det(sampled, m, det_m, 0, out),
+        "bandwidth anchor: strip copy uint8 -> float32 1920x1080x3":
+            lambda: run_strips(lambda a, b: np.copyto(out[a:b], sampled[a:b]), h, sampled.size),
+        "scale_by_constant 1920x1080x3": lambda: _scale_kernels.scale_by_constant(sampled, np.float32(0.7), out),
+        "scale_by_columns 1920x1080x3": lambda: _scale_kernels.scale_by_columns(sampled, cols, out),
+        "scale_by_projective_det 1920x1080x3 (tier 1, numba)":
+            lambda: _scale_kernels.scale_by_projective_det(sampled, m, det_m, 0, out),
+        "scale_by_projective_det 1920x1080x3 tier 0 (numpy strips)":
+            lambda: _scale_kernels._projective_numpy(sampled, m, det_m, 0, out),
         "antialias scatter (photograph 600x600 -> 230x230)": lambda: antialias.scatter(src, p, t, shape),
         "antialias whole call (photograph)": lambda: warp(photo[:, :, 0], t, shape, intensity="conserve", antialias=True),
     }
@@ -192,11 +215,14 @@ def antialias_case(repeats):
 
 
 def markdown(rows, efficiency=None):
-    lines = ["| case | threads | ours (ms) | anchor (ms) | ours/anchor | target |", "|---|---:|---:|---:|---:|---|"]
+    lines = ["| case | threads | ours (ms) | anchor (ms) | ours/anchor | CPU ratio | target |",
+             "|---|---:|---:|---:|---:|---:|---|"]
     for name, r in rows.items():
         for n, b in r["by_threads"].items():
             ratio = f"1/{1 / b['ratio']:.1f}" if b["ratio"] < 0.2 else f"{b['ratio']:.3f}"
-            lines.append(f"| {name} | {n} | {b['ours_ms']:.2f} | {b['anchor_ms']:.2f} | {ratio} | {r['target']} |")
+            cpu = b.get("cpu_ratio")
+            cpu = "" if cpu is None else (f"1/{1 / cpu:.1f}" if cpu < 0.2 else f"{cpu:.3f}")
+            lines.append(f"| {name} | {n} | {b['ours_ms']:.2f} | {b['anchor_ms']:.2f} | {ratio} | {cpu} | {r['target']} |")
     extra = []
     for name, r in rows.items():
         if "rmse_vs_reference_pct_of_range" in r:
@@ -229,6 +255,9 @@ def main(argv=None):
     args = ap.parse_args(argv)
     counts = [threads.available_cpus() if x.strip() == "default" else int(x) for x in args.threads.split(",")]
     THREADS[:] = list(dict.fromkeys(counts))
+    from warpsvc.core import _scale_kernels
+
+    _scale_kernels.compile_tier1()  # as a server's warm-up: conserving homographies run tier 1
     load_before = os.getloadavg()
     rows = speed_cases(args.repeats)
     if not args.skip_antialias:
@@ -240,7 +269,9 @@ def main(argv=None):
     args.json.parent.mkdir(parents=True, exist_ok=True)
     meta = {"python": platform.python_version(), "opencv": cv2.__version__, "numpy": np.__version__,
             "machine": platform.machine(), "threads": THREADS, "default_threads": threads.available_cpus(),
-            "repeats": args.repeats, "loadavg_before": load_before, "loadavg_after": load_after}
+            "repeats": args.repeats, "loadavg_before": load_before, "loadavg_after": load_after,
+            "projective_tier": _scale_kernels.projective_tier(np.empty((1, 1, 3), np.uint8), np.eye(3),
+                                                              np.empty((1, 1, 3), np.float32))}
     args.json.write_text(json.dumps({"meta": meta, "results": rows, "kernel_efficiency": efficiency}, indent=2))
     print(f"\nwrote {args.json}")
 

@@ -1,5 +1,8 @@
 """``compiled(...)``: numba's ``njit`` with an on-disk cache when one can be written, the GIL
-released, and an explicit fast-math flag set.
+released, and an explicit fast-math flag set. Used by the antialias kernels
+(:mod:`._splat_kernels`) and by tier 1 of the projective conserve factor
+(:mod:`._scale_kernels`, compiled without fast-math); the other conserve scalings and the
+polar maps are numpy / OpenCV over strips and never import numba.
 
 * **Cache.** numba raises at decoration time when neither the package folder nor a user cache
   folder is writable (a read-only install run by a user without a home, as in some
@@ -19,11 +22,20 @@ released, and an explicit fast-math flag set.
   (kernels called from Python only), so importing the library does not import numba. Such
   modules write ``prange = range`` at module level; the real ``numba.prange`` is put in place
   when the kernel compiles. Parallel lazy kernels apply the thread setting on every call.
+* **Tiers.** :class:`BackgroundUpgrade` lets a numpy path (tier 0, no numba) hand over to a
+  compiled kernel (tier 1) once that kernel is ready, compiling it in a daemon thread after
+  the numpy path has been used a few times (see :mod:`._scale_kernels` for the policy).
+  ``WARPSVC_KERNEL_UPGRADE=0`` (or :func:`set_kernel_upgrade` ``(False)``) turns the
+  background compile off: tier 1 is then used only once something else compiled it (the
+  warm-up, a server's warm-up).
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
+import threading
 
 from .threads import kernel_threads
 
@@ -66,12 +78,15 @@ class LazyKernel:
         self.py_func = fn
         self._options = options
         self._dispatcher = None
+        self._lock = threading.Lock()
         self.__doc__ = fn.__doc__
         self.__name__ = fn.__name__
 
     def dispatcher(self):
         if self._dispatcher is None:
-            self._dispatcher = _njit(self.py_func, self._options)
+            with self._lock:  # one dispatcher even when two threads ask at once
+                if self._dispatcher is None:
+                    self._dispatcher = _njit(self.py_func, self._options)
         return self._dispatcher
 
     def __call__(self, *args):
@@ -87,3 +102,94 @@ def lazy_compiled(**options):
         return LazyKernel(fn, options)
 
     return wrap
+
+
+UPGRADE_ENV_VAR = "WARPSVC_KERNEL_UPGRADE"
+_upgrade_setting: bool | None = None
+_log = logging.getLogger(__name__)
+
+
+def set_kernel_upgrade(enabled: bool | None) -> None:
+    """Allow (``True``) or forbid (``False``) background compiles of tier-1 kernels in this
+    process; ``None``: back to the ``WARPSVC_KERNEL_UPGRADE`` environment variable (default on)."""
+    global _upgrade_setting
+    _upgrade_setting = None if enabled is None else bool(enabled)
+
+
+def kernel_upgrade_enabled() -> bool:
+    """Whether background upgrades may start: :func:`set_kernel_upgrade`, else the environment
+    variable (``0`` / ``false`` / ``no`` / ``off`` turn it off)."""
+    if _upgrade_setting is not None:
+        return _upgrade_setting
+    return os.environ.get(UPGRADE_ENV_VAR, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+class BackgroundUpgrade:
+    """Which signatures (``key`` = a tuple of dtypes) of a lazy tier-1 kernel are compiled, and
+    a daemon thread that compiles the missing ones.
+
+    ``ready(key)`` is a set lookup (no numba import). ``tier0_used(key)`` counts the calls that
+    took tier 0; the upgrade starts at the ``after_calls``-th of them, or at the first when
+    numba is already imported (then only the kernel's compile or cache load is left to pay).
+    ``examples(key)`` gives small arguments of exactly the signature the caller will use;
+    calling the dispatcher on them compiles (or loads from numba's cache) that signature. One
+    thread at a time works through every key asked for so far; an error is logged once and
+    the key is dropped (tier 0 stays)."""
+
+    def __init__(self, kernel: LazyKernel, examples, after_calls: int = 3):
+        self.kernel = kernel
+        self.examples = examples
+        self.after_calls = after_calls
+        self.calls = 0
+        self._ready: set = set()
+        self._wanted: list = []
+        self._failed: set = set()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        if hasattr(os, "register_at_fork"):  # a forked child has no upgrade thread: let it start its own
+            os.register_at_fork(after_in_child=self._after_fork)
+
+    def _after_fork(self) -> None:
+        self._lock = threading.Lock()
+        self._thread = None
+
+    def ready(self, key) -> bool:
+        return key in self._ready
+
+    def compile_now(self, key) -> None:
+        """Compile (or load) the signature ``key`` in the calling thread and mark it ready."""
+        self.kernel.dispatcher()(*self.examples(key))
+        self._ready.add(key)
+
+    def tier0_used(self, key) -> None:
+        self.calls += 1
+        if key in self._failed or not kernel_upgrade_enabled():
+            return
+        if self.calls < self.after_calls and "numba" not in sys.modules:
+            return
+        with self._lock:
+            if key not in self._wanted:
+                self._wanted.append(key)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._work, name="warpsvc-kernel-upgrade", daemon=True)
+                self._thread.start()
+
+    def join(self, timeout: float | None = None) -> None:
+        """Wait for a running upgrade (tests, benchmarks)."""
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                todo = [k for k in self._wanted if k not in self._ready and k not in self._failed]
+                if not todo:
+                    self._thread = None
+                    return
+            try:
+                self.compile_now(todo[0])
+            except Exception:  # noqa: BLE001 - tier 0 keeps working; say why once
+                _log.warning("warpsvc: compiling %s%s failed; staying on the numpy path",
+                             self.kernel.__name__, todo[0], exc_info=True)
+                self._failed.add(todo[0])

@@ -1,93 +1,283 @@
-"""Compiled per-pixel loops: determinant scaling (``intensity="conserve"``) and separable polar
-maps. Each runs in parallel over rows (``prange``), GIL released; one fused pass (read the
-sampled image, convert, scale, write float) replaces 2-4 numpy passes.
+"""Per-pixel loops of ``intensity="conserve"`` (determinant scaling) and of the separable polar
+maps, as numpy calls over horizontal strips on the thread pool of :mod:`.strips`, plus one
+compiled tier for the projective factor.
+
+Nothing here is compiled on the first call (it costs what any numpy call does, not a JIT and
+its cache load), numpy releases the GIL inside each call's loop, and the strips run in
+parallel, as many as the thread setting (:mod:`.threads`) allows. Each strip works through
+chunks of about :data:`CHUNK_VALUES` values so its temporaries stay in the core's cache; every
+output value is a function of its own pixel only, so neither the strips nor the chunks change
+a value: the results do not depend on the thread count.
 
 Scaling ``out = sampled * |det J_{T^{-1}}(y)|`` comes in the shapes the determinant takes:
 
 * affine ``S``: a constant ``|det M_2x2|`` (:func:`scale_by_constant`);
-* projective ``S`` with matrix ``M``: ``|det M| / |w|^3``, ``w = M20 x + M21 y + M22``, affine
-  along each row (:func:`scale_by_projective_det`);
+* projective ``S`` with matrix ``M``: ``|det M| / |w|^3``, ``w = M20 x + M21 y + M22``
+  (:func:`scale_by_projective_det`);
 * polar ``S``: a function of the column only (:func:`scale_by_columns`);
 * anything else: a full ``(H, W)`` map (:func:`scale_by_map`).
 
-Arrays are ``(H, W, C)``; ``out`` is float32 or float64. Where the factor is passed in the output
-dtype, the product is formed in that dtype (numba promotes uint8/uint16/float32 x float32 to
-float32, as numpy's ``out = src.astype(float32); out *= factor`` does), so results are
-bit-identical to the numpy formulation and independent of the thread count (elementwise work).
+Arrays are ``(H, W, C)`` and C-contiguous; ``out`` is float32 or float64. Each chunk is first
+converted into ``out`` (``out = out.dtype(src)``, exact for uint8 / uint16 / float32 values),
+then multiplied in place by the factor in ``out``'s dtype: the numpy formulation
+``out = src.astype(out.dtype); out *= factor``, bit for bit.
+
+Projective tiers. In numpy the factor ``|det M| / |w|^3`` costs ~8 passes over float64
+temporaries (1080p RGB at one thread: 14-25 ms, against 3.5-5.6 ms for one compiled loop), so
+:func:`scale_by_projective_det` has two tiers with bit-identical results (the same IEEE
+operations in the same order; tier 1 is compiled without fast-math):
+
+* tier 0: :func:`_projective_numpy`, numpy over strips; no numba import, fast first call;
+* tier 1: :func:`_projective_rows`, a numba ``prange`` row loop (GIL released, parallel lazy
+  kernel of :mod:`._compiled`), used for a signature ``(src dtype, out dtype)`` once that
+  signature is compiled.
+
+Switching (:data:`PROJECTIVE_UPGRADE`, a :class:`._compiled.BackgroundUpgrade`): a call uses
+tier 1 when its signature is ready (the warm-up :mod:`.warmup` compiles all four, or an
+earlier upgrade did), else tier 0. At the 3rd tier-0 call in a process (a 1080p warp is 2
+calls: one per scaling band), or at the first one if numba is already imported (antialias
+or a warm-up loaded it), a daemon thread compiles the missing signatures, one at a time,
+and the calls after it finishes use tier 1. Cost: once per process, ~0.5-1 s of CPU in that
+thread when numba's on-disk cache holds the kernel (the numba import and cache load, part
+of it holding the GIL, so the calling threads slow down meanwhile), several seconds when it
+must compile. Errors are logged and ignored (tier 0 stays). ``WARPSVC_KERNEL_UPGRADE=0`` or
+``_compiled.set_kernel_upgrade(False)`` turns the background compile off (tier 1 then only
+after the warm-up).
 """
 
 from __future__ import annotations
 
 import math
 
+import cv2
 import numpy as np
 
-from ._compiled import FASTMATH, lazy_compiled
+from ._compiled import BackgroundUpgrade, lazy_compiled
+from .strips import run_strips
 
-prange = range  # numba.prange once compiled (see ._compiled.lazy_compiled): numba imports lazily
+prange = range  # numba.prange once tier 1 compiles (see ._compiled.lazy_compiled)
+
+CHUNK_VALUES = 1 << 18  # values per chunk of a simple strip: ~0.2 ms of work per numpy call
+CHAIN_CHUNK_VALUES = 1 << 15  # per chunk of a chain of float64 passes: its temporaries stay in L2
+ROWS_PER_TASK = 8  # rows per parallel task of tier 1 (its row buffers are reused within a task)
 
 
-@lazy_compiled(parallel=True)
-def scale_by_constant(src, factor, out):
-    """``out[y, x, c] = out.dtype(src[y, x, c]) * factor`` (``factor`` in ``out``'s dtype); rows
-    flattened to ``W C`` values (C-contiguous arrays) so the loop vectorises."""
+def _chunks(r0: int, r1: int, row_values: int, values: int = CHUNK_VALUES):
+    """``(a, b)`` row ranges of ``[r0, r1)`` of about ``values`` values each."""
+    step = max(1, values // max(1, row_values))
+    for a in range(r0, r1, step):
+        yield a, min(r1, a + step)
+
+
+def _rows(a: np.ndarray, r0: int, r1: int) -> np.ndarray:
+    """Rows ``r0:r1`` of ``(H, W, C)`` as a ``(rows, W C)`` view (C-contiguous input)."""
+    return a[r0:r1].reshape(r1 - r0, -1)
+
+
+def _times_pixel_factor(out3: np.ndarray, factor: np.ndarray) -> None:
+    """``out3[y, x, c] *= factor[y, x]`` in place (``(h, w, C)`` times ``(h, w)``): the factor is
+    first repeated over the channels, so the product runs along contiguous rows."""
+    c = out3.shape[2]
+    if c == 1:
+        np.multiply(out3[:, :, 0], factor, out=out3[:, :, 0])
+        return
+    flat = out3.reshape(out3.shape[0], -1)
+    spread = cv2.merge([factor] * c) if c <= 4 else np.repeat(factor, c, axis=1)  # merge: ~4x faster
+    np.multiply(flat, spread.reshape(flat.shape), out=flat)
+
+
+def scale_by_constant(src, factor, out) -> None:
+    """``out[y, x, c] = out.dtype(src[y, x, c]) * factor`` (``factor`` in ``out``'s dtype)."""
     h, w, c = src.shape
-    flat_src = src.reshape(h, w * c)
-    flat_out = out.reshape(h, w * c)
-    for i in prange(h):
-        for k in range(w * c):
-            flat_out[i, k] = flat_src[i, k] * factor
+    depth = cv2.CV_32F if out.dtype == np.float32 else cv2.CV_64F
+
+    def strip(r0, r1):
+        s, o = _rows(src, r0, r1), _rows(out, r0, r1)
+        if src.dtype.kind == "f":  # same dtype as out: one fused numpy pass (inf / NaN kept)
+            np.multiply(s, factor, out=o)
+        else:  # integers (always finite): OpenCV's fused convert-and-scale, x * f rounded once
+            cv2.addWeighted(s, float(factor), s, 0.0, 0.0, dst=o, dtype=depth)
+
+    run_strips(strip, h, src.size)
 
 
-@lazy_compiled(parallel=True, fastmath=FASTMATH)
-def scale_by_projective_det(src, m, det_m, row0, out):
-    """``out[y, x, c] = src[y, x, c] * |det M| / |w(x, row0 + y)|^3``; 0 where ``w = 0`` or the
-    factor is not finite (computed in float64). ``row0``: output row of ``src[0]`` (bands).
-    Per row, the factors first (a vectorisable loop), then the products."""
-    h, w, c = src.shape
-    for i in prange(h):
-        base = m[2, 1] * (i + row0) + m[2, 2]
-        f = np.empty(w)
-        for j in range(w):
-            ww = abs(m[2, 0] * j + base)
-            fj = det_m / (ww * ww * ww)
-            f[j] = fj if (ww > 0.0 and math.isfinite(fj)) else 0.0
-        for j in range(w):
-            fj = f[j]
-            for ch in range(c):
-                out[i, j, ch] = src[i, j, ch] * fj
-
-
-@lazy_compiled(parallel=True)
-def scale_by_columns(src, flat_factor, out):
+def scale_by_columns(src, flat_factor, out) -> None:
     """``out[y, x, c] = out.dtype(src[y, x, c]) * flat_factor[x C + c]``: a factor per column,
-    repeated for each channel by the caller (rows flattened to ``W C`` values so the loop
-    vectorises; factor in ``out``'s dtype)."""
+    repeated for each channel by the caller (factor in ``out``'s dtype)."""
     h, w, c = src.shape
-    flat_src = src.reshape(h, w * c)
-    flat_out = out.reshape(h, w * c)
-    for i in prange(h):
-        for k in range(w * c):
-            flat_out[i, k] = flat_src[i, k] * flat_factor[k]
+
+    def strip(r0, r1):
+        for a, b in _chunks(r0, r1, w * c):
+            o = _rows(out, a, b)
+            np.copyto(o, _rows(src, a, b))
+            np.multiply(o, flat_factor, out=o)
+
+    run_strips(strip, h, src.size)
 
 
-@lazy_compiled(parallel=True)
-def scale_by_map(src, factor, out):
+def scale_by_map(src, factor, out) -> None:
     """``out[y, x, c] = out.dtype(src[y, x, c]) * factor[y, x]`` (factor in ``out``'s dtype)."""
     h, w, c = src.shape
-    for i in prange(h):
-        for j in range(w):
-            f = factor[i, j]
-            for ch in range(c):
-                out[i, j, ch] = src[i, j, ch] * f
+
+    def strip(r0, r1):
+        for a, b in _chunks(r0, r1, w * c):
+            np.copyto(out[a:b], src[a:b])
+            _times_pixel_factor(out[a:b], factor[a:b])
+
+    run_strips(strip, h, src.size)
 
 
-@lazy_compiled(parallel=True)
-def outer_maps(row_cos, row_sin, radius, cx, cy, mx, my):
-    """``mx[i, j] = float32(radius[j] * row_cos[i] + cx)`` (and ``my`` with ``row_sin``, ``cy``):
+def projective_factor_rows(m, det_m, y0: int, y1: int, ax: np.ndarray) -> np.ndarray:
+    """Tier 0's factor ``(y1 - y0, W)`` in float64 for output rows ``y0:y1`` (``ax = M20 x``):
+    ``w = M20 x + (M21 y + M22)``, ``ww = |w|``, ``f = det_m / ((ww ww) ww)``, 0 where not finite
+    (``w = 0`` gives ``det_m / 0`` = inf or NaN, so 0 too). The same IEEE operations in the same
+    order as tier 1's loop."""
+    base = m[2, 1] * np.arange(y0, y1, dtype=np.float64) + m[2, 2]
+    ww = np.abs(np.add(ax, base[:, None]))
+    f = np.multiply(ww, ww)
+    np.multiply(f, ww, out=f)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        np.divide(det_m, f, out=f)
+    if not f.max() < np.inf:  # some inf or NaN (NaN fails every comparison)
+        f[~np.isfinite(f)] = 0.0
+    return f
+
+
+def _projective_numpy(src, m, det_m, row0, out) -> None:
+    """Tier 0 of :func:`scale_by_projective_det`: numpy over strips and chunks."""
+    h, w, c = src.shape
+    ax = m[2, 0] * np.arange(w, dtype=np.float64)
+
+    def strip(r0, r1):
+        for a, b in _chunks(r0, r1, w, CHAIN_CHUNK_VALUES):
+            f = projective_factor_rows(m, det_m, a + row0, b + row0, ax)
+            with np.errstate(over="ignore", invalid="ignore"):  # inf / NaN pixels: IEEE results, as tier 1
+                fr = f if out.dtype == np.float64 else f.astype(out.dtype)
+                np.copyto(out[a:b], src[a:b])
+                _times_pixel_factor(out[a:b], fr)
+                if not fr.max() < np.inf:  # a finite factor beyond float32: the product in float64
+                    huge = np.isinf(fr)
+                    out[a:b][huge] = src[a:b][huge] * f[huge][:, None]
+
+    run_strips(strip, h, src.size)
+
+
+@lazy_compiled(parallel=True, error_model="numpy")  # no fast-math: plain IEEE, bit-identical to tier 0
+def _projective_rows(src, m, det_m, row0, out):
+    """Tier 1 of :func:`scale_by_projective_det`: one fused pass per row, blocks of
+    :data:`ROWS_PER_TASK` rows in parallel (``prange``; each block reuses its two row buffers).
+    Per row: the float64 factor ``f`` (tier 0's operations, in its order) and its rounding to
+    ``out``'s dtype ``fr``, then per pixel and channel ``out = out.dtype(src)``, ``out *= fr``
+    (1 and 3 channels written out, so LLVM vectorises them); where ``fr`` is inf (float32
+    output, a finite factor beyond its range) the product in float64, rounded once.
+    ``error_model="numpy"``: a division by 0 is IEEE (inf / NaN, then guarded), not a
+    ``ZeroDivisionError`` check."""
+    h, w, c = src.shape
+    flat_src = src.reshape(h, w * c)
+    flat_out = out.reshape(h, w * c)
+    for block in prange((h + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
+        f = np.empty(w)
+        fr = np.empty_like(flat_out[0, :w])
+        for i in range(block * ROWS_PER_TASK, min(h, (block + 1) * ROWS_PER_TASK)):
+            base = m[2, 1] * np.float64(i + row0) + m[2, 2]
+            huge = False
+            for j in range(w):
+                ww = abs(m[2, 0] * np.float64(j) + base)
+                fj = det_m / (ww * ww * ww)
+                fj = fj if math.isfinite(fj) else 0.0
+                f[j] = fj
+                fr[j] = fj  # rounded to out's dtype
+                huge |= fr[j] == np.inf
+            row_src, row_out = flat_src[i], flat_out[i]
+            if c == 3:
+                for j in range(w):
+                    v = fr[j]
+                    row_out[3 * j] = row_src[3 * j]
+                    row_out[3 * j] *= v
+                    row_out[3 * j + 1] = row_src[3 * j + 1]
+                    row_out[3 * j + 1] *= v
+                    row_out[3 * j + 2] = row_src[3 * j + 2]
+                    row_out[3 * j + 2] *= v
+            elif c == 1:
+                for j in range(w):
+                    row_out[j] = row_src[j]
+                    row_out[j] *= fr[j]
+            else:
+                for j in range(w):
+                    v = fr[j]
+                    for ch in range(c):
+                        row_out[j * c + ch] = row_src[j * c + ch]
+                        row_out[j * c + ch] *= v
+            if huge:
+                for j in range(w):
+                    if fr[j] == np.inf:
+                        for ch in range(c):
+                            row_out[j * c + ch] = row_src[j * c + ch] * f[j]
+
+
+def _tier1_examples(key):
+    """Small arguments of the signature ``key = (src dtype, out dtype)`` as the callers pass
+    them (C-contiguous writable 3-D arrays, a float64 matrix, a float, an int)."""
+    src_dtype, out_dtype = key
+    src = np.ones((2, 3, 3), src_dtype)
+    m = np.array([[1.0, 0, 0], [0, 1, 0], [1e-3, 0, 1]])
+    return src, m, 1.0, 0, np.empty(src.shape, out_dtype)
+
+
+PROJECTIVE_UPGRADE = BackgroundUpgrade(_projective_rows, _tier1_examples, after_calls=3)
+TIER1_KEYS = tuple((np.dtype(d), np.dtype(np.float64 if d == np.float64 else np.float32))
+                   for d in (np.uint8, np.uint16, np.float32, np.float64))
+
+
+def compile_tier1(keys=TIER1_KEYS) -> None:
+    """Compile (or load) tier 1 of :func:`scale_by_projective_det` for ``keys`` now, in this
+    thread (the warm-up calls it); later calls of those signatures use it."""
+    for key in keys:
+        PROJECTIVE_UPGRADE.compile_now(key)
+
+
+def projective_tier(src, m, out) -> int:
+    """The tier :func:`scale_by_projective_det` would use now for these arrays (0 or 1)."""
+    key = (src.dtype, out.dtype)
+    if (PROJECTIVE_UPGRADE.ready(key) and src.flags.c_contiguous and out.flags.c_contiguous
+            and src.flags.writeable and out.flags.writeable and np.shape(m) == (3, 3)):
+        return 1  # exactly the signature compiled: C-contiguous writable arrays (M is copied)
+    return 0
+
+
+def scale_by_projective_det(src, m, det_m, row0, out) -> None:
+    """``out[y, x, c] = out.dtype(src[y, x, c]) * out.dtype(f(x, row0 + y))``, with the factor
+    ``f = |det M| / |w|^3``, ``w = M20 x + M21 y + M22``, computed in float64 and 0 where ``w = 0``
+    or ``f`` is not finite; ``row0``: output row of ``src[0]`` (bands). For float32 output the
+    factor is rounded to float32 before the product (<= 1 ulp from rounding the float64 product
+    once), except where that rounding overflows: there the product is formed in float64 and
+    rounded once (0 counts stay 0, never NaN). Non-finite ``det_m``: 0 everywhere.
+
+    Two tiers, bit-identical (same IEEE operations in the same order, no fast-math): tier 1
+    (a compiled parallel row loop; 1080p RGB at one thread ~5 ms CPU against ~20 ms) once its
+    signature is compiled, else tier 0
+    (numpy over strips, no numba import); see the module docstring for when tier 1 appears."""
+    if not np.isfinite(det_m):
+        out[...] = 0
+        return
+    if projective_tier(src, m, out) == 1:
+        # a fresh writable float64 copy of M: a read-only one (a transform's matrix) would be
+        # another numba signature, compiled in the calling thread
+        _projective_rows(src, np.array(m, dtype=np.float64, order="C"), float(det_m), int(row0), out)
+        return
+    _projective_numpy(src, m, det_m, row0, out)
+    PROJECTIVE_UPGRADE.tier0_used((src.dtype, out.dtype))
+
+
+def outer_maps(row_cos, row_sin, radius, cx, cy, mx, my) -> None:
+    """``mx[i, j] = mx.dtype(radius[j] * row_cos[i] + cx)`` (and ``my`` with ``row_sin``, ``cy``):
     the polar -> Cartesian sampling maps, computed in double and rounded once, as OpenCV does."""
-    for i in prange(mx.shape[0]):
-        c, s = row_cos[i], row_sin[i]
-        for j in range(mx.shape[1]):
-            mx[i, j] = radius[j] * c + cx
-            my[i, j] = radius[j] * s + cy
+    h, w = mx.shape
+
+    def strip(r0, r1):
+        for a, b in _chunks(r0, r1, w, CHAIN_CHUNK_VALUES):
+            for m_out, trig, centre in ((mx, row_cos, cx), (my, row_sin, cy)):
+                prod = np.multiply.outer(trig[a:b], radius)
+                np.add(prod, centre, out=m_out[a:b], casting="same_kind")
+
+    run_strips(strip, h, 2 * mx.size)

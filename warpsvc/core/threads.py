@@ -1,7 +1,10 @@
-"""How many threads one call of the compiled kernels may use.
+"""How many threads one call of the parallel kernels may use.
 
-The compiled kernels (:mod:`._scale_kernels`, :mod:`._splat_kernels`) run in parallel over
-output rows or strips and release the GIL. The thread count they use is, in order:
+The kernels run in parallel over output rows or strips and release the GIL: the scaling and
+polar-map kernels (:mod:`._scale_kernels`: numpy / OpenCV calls over strips on the pool of
+:mod:`.strips`, nothing compiled, except the projective factor's tier 1, numba, once compiled)
+and the antialias scatter (:mod:`._splat_kernels`, numba).
+The thread count they use is, in order:
 
 1. the value given to :func:`set_threads` (process-wide);
 2. the ``WARPSVC_KERNEL_THREADS`` environment variable (read on first use);
@@ -17,7 +20,8 @@ any library code in that environment start 16 threads. The server sets the kerne
 (``warpsvc serve --kernel-threads`` / the same ``WARPSVC_KERNEL_THREADS``, default: its OpenCV
 thread count) with :func:`set_threads` in each worker.
 
-It is capped by numba's pool size (``NUMBA_NUM_THREADS``, fixed when numba starts). OpenCV has
+For the numba kernels it is capped by numba's pool size (``NUMBA_NUM_THREADS``, fixed when
+numba starts); :func:`strip_count` (the strip kernels) never imports numba. OpenCV has
 its own process-wide count (``cv2.setNumThreads``); ``set_threads(n)`` sets both unless
 ``opencv=False``, so one call sizes the whole library.
 
@@ -101,6 +105,15 @@ def set_threads(n: int | None, *, opencv: bool = True) -> int:
 
 
 MIN_WORK_PER_THREAD = 1 << 16  # elements / nodes (~50 us of work): below, waking a thread costs more
+
+
+def strip_count(work: int | None = None) -> int:
+    """Strips (threads) for one strip-kernel call (:mod:`.strips`): the setting, with a ``work``
+    size (elements) at most one per ``MIN_WORK_PER_THREAD``. Does not import numba."""
+    n = get_threads()
+    if work is not None:
+        n = max(1, min(n, int(work) // MIN_WORK_PER_THREAD))
+    return n
 
 
 def kernel_threads(work: int | None = None) -> int:

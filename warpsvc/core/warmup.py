@@ -1,4 +1,5 @@
-"""Fill numba's on-disk cache with every compiled kernel, for every signature the library uses.
+"""Fill numba's on-disk cache with every compiled kernel (antialias, projective tier 1), for
+every signature used.
 
     python -m warpsvc.core.warmup            # at install / image build (Dockerfile RUN line)
 
@@ -8,9 +9,13 @@ cache folder. Afterwards the first call of each kernel in a fresh process loads 
 instead of compiling it (seconds -> tens of milliseconds; see ``benchmarks/bench_cold_start.py``).
 
 It runs real (small) warps through every path, so it compiles exactly the signatures the
-library dispatches: the scaling kernels for each sampled dtype (uint8, uint16, float32 ->
-float32; float64 -> float64), the polar maps in float32 and float64, and the antialias
-scatter (matrix and generic paths, uniform and mixed node density). Run it in its own
+library dispatches: the antialias scatter (matrix and generic paths, uniform and mixed node
+density) for each dtype, and tier 1 of the projective conserve factor
+(:func:`._scale_kernels.compile_tier1`, all four dtypes), so that in the process that ran the
+warm-up (a server's) every conserving homography uses tier 1 at once, and in later processes
+the background upgrade only loads it. The other conserve scalings and the polar maps are
+numpy / OpenCV over strips: nothing to compile; the warm-up still runs them (it checks every
+path once). Run it in its own
 process (as the command above does), not in a server's parent process before it forks: the
 OpenMP thread pool the parallel kernels start does not survive a fork.
 """
@@ -36,13 +41,14 @@ def _cases():
 
 def warm(verbose: bool = False) -> float:
     """Compile (or load) every kernel signature; returns the seconds it took."""
-    from . import threads
+    from . import _scale_kernels, threads
     from .warp import warp
 
     t0 = time.perf_counter()
     previous = threads._chosen
     threads.set_threads(1, opencv=False)  # compiling does not depend on the count
     try:
+        _scale_kernels.compile_tier1()
         aff, hom, pol, comp = _cases()
         for dtype in DTYPES:
             img = (np.arange(40 * 36 * 3).reshape(40, 36, 3) % 200).astype(dtype)

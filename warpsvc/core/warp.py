@@ -26,14 +26,16 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 from . import _scale_kernels as _scale
 from .budget import check_antialias_cost, check_limits, check_transform_steps
 from .errors import InvalidArgumentError, InvalidTransformError
 from .grids import determinant_grid, finite_determinant_grid
-from .sampling import BORDERS, INTERPOLATIONS, SampleOptions, border_indices, resample
-from .transforms import AffineTransform, Transform, compose
+from .grids import GRID_WORK
+from .sampling import BORDERS, CV_MAX_SIDE, INTERPOLATIONS, SampleOptions, border_indices, resample
+from .transforms import AffineTransform, PolarTransform, Transform, compose
 from .validate import check_choice, check_image, check_shape
 
 INTENSITIES = ("plain", "conserve")
@@ -171,11 +173,73 @@ def warp(
 
     if antialias:
         out = _warp_antialiased(img, transform, src_from_dst, shape, opts, intensity, period, lim, poll)
+    elif _is_direct_polar(img, src_from_dst, shape, opts):
+        out = _warp_polar(img, src_from_dst, shape, opts, intensity, poll)
     elif intensity == "plain":
         out = resample(img, src_from_dst, shape, opts, period, poll=poll)
     else:
         out = _conserve(resample(img, src_from_dst, shape, opts, period, poll=poll), src_from_dst, poll)
     return out if image.ndim == 3 else out[:, :, 0]
+
+
+POLAR_BAND_PIXELS = GRID_WORK  # output pixels per band of a forward polar warp (then a poll)
+POLAR_MAX_COORDINATE = 1e6  # |x|, |y| of every map value below this: OpenCV's own borders apply
+
+
+def _is_direct_polar(img, src_from_dst, shape, opts) -> bool:
+    """A forward (Cartesian -> polar) warp that one OpenCV ``remap`` per band does exactly as the
+    general resampler would: float32 maps (the source is not float64), <= 4 channels, sides
+    OpenCV accepts, and map values bounded (``|centre| + max radius``) far from OpenCV's
+    integer-conversion range."""
+    if not (isinstance(src_from_dst, PolarTransform) and src_from_dst.is_inverse):
+        return False
+    if img.dtype == np.float64 or img.shape[2] > 4 or max(*img.shape[:2], *shape) > CV_MAX_SIDE:
+        return False
+    reach = float(src_from_dst._radius(np.float64(shape[1]))) + max(abs(c) for c in src_from_dst.center)
+    return reach < POLAR_MAX_COORDINATE and opts.interpolation in INTERPOLATIONS
+
+
+def _warp_polar(img, polar, shape, opts, intensity, poll=None) -> np.ndarray:
+    """Forward polar warp in row bands of about :data:`POLAR_BAND_PIXELS` output pixels: the
+    band's separable maps (``polar.sampling_grid``: strip-parallel, exactly the maps
+    ``cv2.warpPolar`` builds), one ``cv2.remap`` with OpenCV's own border rule (parallel in
+    OpenCV), then for ``conserve`` the band's scaling by the per-column ``|det J|`` while the
+    band is still in cache; a poll after each band. Pointwise: the banding changes no value
+    (the same maps and remap as :func:`.sampling.resample`'s direct path, bit for bit)."""
+    ho, wo = shape
+    c = img.shape[2]
+    sampled = np.empty((ho, wo, c), dtype=img.dtype)
+    src = np.ascontiguousarray(img if c > 1 else img[:, :, 0])
+    kwargs = dict(borderMode=BORDERS[opts.border], borderValue=(float(opts.border_value),) * 4)
+    out = cols = None
+    if intensity == "conserve":
+        dtype = _float_dtype(img.dtype)
+        out = np.empty((ho, wo, c), dtype=dtype)
+        cols = np.repeat(_finite_det_map(polar, (1, wo))[0].astype(dtype), c)
+    if (poll is None and polar.opencv_sampling and tuple(shape) == polar.polar_shape and opts.border == "constant"
+            and opts.border_value == 0):
+        # Nothing to poll between: OpenCV's own warpPolar builds the same maps (its angle and radius
+        # steps come from dsize = the polar shape; serial C loop, faster than numpy's two passes)
+        # and remaps once; WARP_FILL_OUTLIERS = constant 0.
+        flags = INTERPOLATIONS[opts.interpolation] | cv2.WARP_FILL_OUTLIERS
+        flags |= cv2.WARP_POLAR_LOG if polar.log else cv2.WARP_POLAR_LINEAR
+        res = cv2.warpPolar(src, (wo, ho), polar.center, polar.max_radius, flags)
+        sampled = res.reshape(ho, wo, c)
+        if out is not None:
+            _scale.scale_by_columns(sampled, cols, out)
+        return sampled if out is None else out
+    band = max(1, POLAR_BAND_PIXELS // max(1, wo))
+    for r0 in range(0, ho, band):
+        r1 = min(ho, r0 + band)
+        mx, my = polar.sampling_grid((r0, r1), (0, wo), np.float32)
+        if c > 1:
+            cv2.remap(src, mx, my, INTERPOLATIONS[opts.interpolation], dst=sampled[r0:r1], **kwargs)
+        else:
+            sampled[r0:r1, :, 0] = cv2.remap(src, mx, my, INTERPOLATIONS[opts.interpolation], **kwargs)
+        if out is not None:
+            _scale.scale_by_columns(sampled[r0:r1], cols, out[r0:r1])
+        _poll(poll)
+    return sampled if out is None else out
 
 
 def _conserve(sampled: np.ndarray, src_from_dst: Transform, poll=None) -> np.ndarray:

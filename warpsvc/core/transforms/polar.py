@@ -189,7 +189,7 @@ class PolarTransform(FrozenTransform):
         if self.opencv_sampling:
             r = r.astype(np.float32).astype(np.float64)
             cx, cy = float(np.float32(cx)), float(np.float32(cy))
-        from .._scale_kernels import outer_maps  # compiled (numba): resampling only
+        from .._scale_kernels import outer_maps  # strip-parallel numpy: resampling only
 
         shape = (rows[1] - rows[0], cols[1] - cols[0])
         mx, my = np.empty(shape, dtype), np.empty(shape, dtype)
