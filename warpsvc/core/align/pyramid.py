@@ -15,22 +15,25 @@ Per level we precompute the inverse-compositional quantities that depend on the 
 only: gradients, steepest-descent images, and their Gauss-Newton Hessian (module
 :mod:`.gauss_newton` has the derivation).
 
-Memory. The warp Jacobians are computed for the pixels that take part only: the
-``max_pixels`` strongest-gradient pixels of a sampled level (20 000 by default, whatever the
-template's size), the whole grid otherwise. Whole-grid Jacobians (they depend on the grid's
-shape only) are kept in a :class:`.cache.ByteLRU` of :data:`JACOBIAN_CACHE_BYTES`.
+Memory. The warp Jacobians enter through the six monomials ``(u, v, 1, u^2, u v, v^2)`` of the
+chart coordinates of the pixels that take part only (:class:`Level`): the ``max_pixels``
+strongest-gradient pixels of a sampled level (20 000 by default, whatever the template's size),
+the whole grid otherwise. Whole-grid monomials (they depend on the grid's shape only, not on
+the model) are kept in a :class:`.cache.ByteLRU` of :data:`JACOBIAN_CACHE_BYTES`.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
+
 import cv2
 import numpy as np
 
 from ..errors import InvalidImageError
 from ..validate import check_image
-from ..transforms.models import identity_jacobian
+from ..transforms.models import N_PARAMS, dmatrix_dparams
 from .cache import ByteLRU
 from .chart import chart_scale
 
@@ -101,42 +104,69 @@ def _check(check) -> None:
 
 @dataclass
 class Level:
-    """Template-side precomputation for one pyramid level (``K = P + 2C`` with gain/bias)."""
+    """Template-side precomputation for one pyramid level (``K = P + 2C`` with gain/bias).
+
+    The warp Jacobians are kept in factored form: at ``d = 0`` they are quadratic polynomials of
+    the chart coordinates ``u = (u, v)`` of each pixel (:func:`_jacobian_coefficients`), so
+    ``jx = phi^T Ax`` and ``jy = phi^T Ay`` with ``phi`` the ``(6, n)`` monomials
+    ``(u, v, 1, u^2, u v, v^2)`` and ``Ax, Ay`` ``(6, P)``. :attr:`jx` / :attr:`jy` are formed on
+    first use (only the covariance of a sampled level asks for them)."""
 
     index: int
     factor: float            # level-0 pixels per level pixel, 2**index
     template: np.ndarray     # (h, w, C) float32, NaN where unusable
     image: np.ndarray        # (H, W, C) float32, NaN where missing
     usable: np.ndarray       # (h*w*C,) bool: template elements that enter the cost
-    sd: np.ndarray           # (h*w*C, K) float32 steepest-descent images, zero rows where unusable
-    hessian: np.ndarray      # (K, K) float64 = sd^T sd
+    sdT: np.ndarray          # (K, h*w*C) float32 steepest-descent images (transposed), 0 where unusable
+    hessian: np.ndarray      # (K, K) float64 = sdT sdT^T
     n_params: int            # P (motion parameters; the rest are photometric)
     tflat: np.ndarray        # (h*w*C,) float32 template, NaN where not usable
     n_usable: int
-    jx: np.ndarray = None    # (n, P) float32 chart Jacobians of the level's pixels (x and y rows)
-    jy: np.ndarray = None
+    phi: np.ndarray = None   # (6, n) float32 monomials of the level's pixels (see above)
+    jcoef: tuple = None      # (Ax, Ay), each (6, P) float32
     points: np.ndarray = None  # (n, 3) homogeneous level pixels when only a subset is used, else None
-    sdT: np.ndarray = None   # (K, h*w*C) float32, the transpose of ``sd`` (fast g = sdT e)
     noise_variance: float | None = None  # the template's white-noise variance, once computed
+    _jac: tuple | None = None
+
+    @property
+    def sd(self) -> np.ndarray:
+        """``(h*w*C, K)`` steepest-descent images: the transposed view of :attr:`sdT`."""
+        return self.sdT.T
+
+    def _jacobians(self):
+        if self._jac is None:
+            ax, ay = self.jcoef
+            self._jac = (np.ascontiguousarray((ax.T @ self.phi).T), np.ascontiguousarray((ay.T @ self.phi).T))
+        return self._jac
+
+    @property
+    def jx(self) -> np.ndarray:
+        """``(n, P)`` float32 chart Jacobians of the level's pixels, x rows."""
+        return self._jacobians()[0]
+
+    @property
+    def jy(self) -> np.ndarray:
+        return self._jacobians()[1]
 
     def restrict(self, cols) -> Level:
         """The same level for a sub-model whose parameters are the columns ``cols`` of this
         one's (e.g. translation = homography columns 2 and 5 at ``d = 0``); photometric
         columns are kept."""
-        keep = list(cols) + list(range(self.n_params, self.sd.shape[1]))
-        sd = np.ascontiguousarray(self.sd[:, keep])
-        return Level(self.index, self.factor, self.template, self.image, self.usable, sd,
-                     self.hessian[np.ix_(keep, keep)], len(cols), self.tflat, self.n_usable,
-                     self.jx[:, list(cols)], self.jy[:, list(cols)], self.points, self.sdT[keep])
+        cols = list(cols)
+        keep = cols + list(range(self.n_params, self.sdT.shape[0]))
+        ax, ay = self.jcoef
+        return Level(self.index, self.factor, self.template, self.image, self.usable, self.sdT[keep],
+                     self.hessian[np.ix_(keep, keep)], len(cols), self.tflat, self.n_usable, self.phi,
+                     (ax[:, cols], ay[:, cols]), self.points)
 
     def without_photometric(self) -> Level:
         """The same level without the gain/bias columns (the motion columns only)."""
         p = self.n_params
-        if self.sd.shape[1] == p:
+        if self.sdT.shape[0] == p:
             return self
-        return Level(self.index, self.factor, self.template, self.image, self.usable,
-                     np.ascontiguousarray(self.sd[:, :p]), self.hessian[:p, :p].copy(), p, self.tflat,
-                     self.n_usable, self.jx, self.jy, self.points, np.ascontiguousarray(self.sdT[:p]))
+        return Level(self.index, self.factor, self.template, self.image, self.usable, self.sdT[:p],
+                     self.hessian[:p, :p].copy(), p, self.tflat, self.n_usable, self.phi, self.jcoef,
+                     self.points, self.noise_variance, self._jac)
 
     @property
     def shape(self):
@@ -144,7 +174,20 @@ class Level:
 
 
 def central_gradients(t: np.ndarray):
-    """``(gx, gy)`` by central differences, NaN on the one-pixel border (H, W, C)."""
+    """``(gx, gy)`` by central differences, NaN on the one-pixel border (H, W, C).
+
+    One channel: ``cv2.Sobel`` with the 3-tap kernel scaled by 1/2, which computes
+    ``0.5 (t[x+1] - t[x-1])`` bit for bit like the slice expression (the scaling is exact); it
+    also makes ``gx`` NaN where ``t`` itself is NaN (the centre tap is multiplied by 0), which
+    changes nothing: such pixels are unusable either way."""
+    h, w, c = t.shape
+    if c == 1 and h >= 3 and w >= 3:
+        t2 = t[:, :, 0]
+        gx = cv2.Sobel(t2, cv2.CV_32F, 1, 0, ksize=1, scale=0.5, borderType=cv2.BORDER_REPLICATE)
+        gy = cv2.Sobel(t2, cv2.CV_32F, 0, 1, ksize=1, scale=0.5, borderType=cv2.BORDER_REPLICATE)
+        gx[:, 0] = gx[:, -1] = NAN
+        gy[0] = gy[-1] = NAN
+        return gx[:, :, None], gy[:, :, None]
     gx = np.full_like(t, NAN)
     gy = np.full_like(t, NAN)
     gx[:, 1:-1] = 0.5 * (t[:, 2:] - t[:, :-2])
@@ -152,16 +195,62 @@ def central_gradients(t: np.ndarray):
     return gx, gy
 
 
-JACOBIAN_CACHE_BYTES = 16 << 20  # whole-grid Jacobians kept between calls (all shapes together)
+JACOBIAN_CACHE_BYTES = 16 << 20  # whole-grid monomials and Jacobians kept between calls (all shapes together)
 _JACOBIANS = ByteLRU(JACOBIAN_CACHE_BYTES)
+
+
+@functools.cache
+def _jacobian_coefficients(model: str):
+    """``(Ax, Ay)``, each ``(6, P) float32``: the warp Jacobian at ``d = 0`` in the monomial
+    basis ``(u, v, 1, u^2, u v, v^2)`` of the chart point ``u = (u, v)``.
+
+    With ``m = dM/dp`` at ``p = 0`` (``(3, 3, P)``, :func:`dmatrix_dparams`) the map
+    ``u' = (M u~)_{xy} / (M u~)_z`` (``u~ = (u, v, 1)``) has ::
+
+        du'/dp = m[0] . u~ - u (m[2] . u~)        dv'/dp = m[1] . u~ - v (m[2] . u~)
+
+    so ``Ax = (m00 - m22, m01, m02, -m20, -m21, 0)`` and
+    ``Ay = (m10, m11 - m22, m12, 0, -m20, -m21)`` (rows). For every model the entries are
+    0 or +-1, so ``phi^T Ax`` reproduces the direct evaluation bit for bit."""
+    m = dmatrix_dparams(model, np.zeros(N_PARAMS[model]))
+    z = np.zeros(m.shape[2])
+    ax = np.stack([m[0, 0] - m[2, 2], m[0, 1], m[0, 2], -m[2, 0], -m[2, 1], z])
+    ay = np.stack([m[1, 0], m[1, 1] - m[2, 2], m[1, 2], z, -m[2, 0], -m[2, 1]])
+    ax, ay = ax.astype(np.float32), ay.astype(np.float32)
+    ax.setflags(write=False)
+    ay.setflags(write=False)
+    return ax, ay
+
+
+def _monomials(xs, ys, factor: float, chart: np.ndarray) -> np.ndarray:
+    """``(6, n) float32`` rows ``(u, v, 1, u^2, u v, v^2)`` at level pixels ``(xs, ys)``, with
+    ``u = chart(factor * x)`` (products formed in float64, then rounded once)."""
+    x0 = np.asarray(xs, np.float64) * factor
+    y0 = np.asarray(ys, np.float64) * factor
+    u = x0 * chart[0, 0] + y0 * chart[0, 1] + chart[0, 2]
+    v = x0 * chart[1, 0] + y0 * chart[1, 1] + chart[1, 2]
+    out = np.empty((6, len(u)), np.float32)
+    out[0], out[1], out[2] = u, v, 1.0
+    out[3], out[4], out[5] = u * u, u * v, v * v
+    return out
 
 
 def _pixel_jacobian(model: str, xs: np.ndarray, ys: np.ndarray, factor: float, chart: np.ndarray):
     """``(jx, jy)``, each ``(n, P) float32``: the warp Jacobian at level pixels ``(xs, ys)``."""
-    x0 = np.column_stack([xs, ys]).astype(np.float64) * factor  # (n, 2) level-0 px
-    u = x0 @ chart[:2, :2].T + chart[:2, 2]  # (n, 2) chart coordinates
-    jx, jy = identity_jacobian(model, u)  # (n, P) each
-    return jx.astype(np.float32), jy.astype(np.float32)
+    phi = _monomials(xs, ys, factor, chart)
+    ax, ay = _jacobian_coefficients(model)
+    return np.ascontiguousarray((ax.T @ phi).T), np.ascontiguousarray((ay.T @ phi).T)
+
+
+def _grid_monomials(h: int, w: int, factor: float, chart_key: tuple) -> np.ndarray:
+    """:func:`_monomials` of every pixel of an ``h x w`` level grid, read-only ``(6, h*w)``
+    (cached in :data:`_JACOBIANS`: it depends on shapes only, not on the model)."""
+
+    def make():
+        ys, xs = np.divmod(np.arange(h * w), w)
+        return (_monomials(xs, ys, factor, np.asarray(chart_key).reshape(3, 3)),)
+
+    return _JACOBIANS.get(("phi", h, w, factor, chart_key), make)[0]
 
 
 def _grid_jacobian(model: str, h: int, w: int, factor: float, chart_key: tuple):
@@ -169,20 +258,11 @@ def _grid_jacobian(model: str, h: int, w: int, factor: float, chart_key: tuple):
     (cached in :data:`_JACOBIANS`: it depends on shapes only)."""
 
     def make():
-        ys, xs = np.mgrid[0:h, 0:w]
-        return _pixel_jacobian(model, xs.ravel(), ys.ravel(), factor, np.asarray(chart_key).reshape(3, 3))
+        phi = _grid_monomials(h, w, factor, chart_key)
+        ax, ay = _jacobian_coefficients(model)
+        return np.ascontiguousarray((ax.T @ phi).T), np.ascontiguousarray((ay.T @ phi).T)
 
     return _JACOBIANS.get(("grid", model, h, w, factor, chart_key), make)
-
-
-def _grid_jacobian_t(model: str, h: int, w: int, factor: float, chart_key: tuple):
-    """The transposes of :func:`_grid_jacobian`, contiguous ``(P, h*w)`` each (cached alike)."""
-
-    def make():
-        jx, jy = _grid_jacobian(model, h, w, factor, chart_key)
-        return np.ascontiguousarray(jx.T), np.ascontiguousarray(jy.T)
-
-    return _JACOBIANS.get(("grid.T", model, h, w, factor, chart_key), make)
 
 
 # Pixels sampled (evenly strided) to estimate the gradient threshold: the quantile of ~32k values
@@ -193,8 +273,13 @@ THRESHOLD_SAMPLE = 1 << 15
 def _strongest_pixels(gx, gy, tz, k):
     """Indices (sorted) of about ``k`` pixels with the largest squared gradient, all channels
     usable; the threshold comes from a strided sample (no full sort of the grid)."""
-    score = (gx * gx + gy * gy).sum(axis=1)  # (n,), NaN where a gradient is missing
-    score[np.isnan(tz).any(axis=1)] = np.nan
+    if gx.shape[1] == 1:
+        score = np.multiply(gx[:, 0], gx[:, 0])
+        score += np.square(gy[:, 0])  # (n,), NaN where a gradient is missing
+        score[np.isnan(tz[:, 0])] = np.nan
+    else:
+        score = (gx * gx + gy * gy).sum(axis=1)
+        score[np.isnan(tz).any(axis=1)] = np.nan
     stride = max(1, score.size // THRESHOLD_SAMPLE)
     sample = score[::stride]
     sample = sample[np.isfinite(sample)]
@@ -219,8 +304,15 @@ def build_level(index: int, template: np.ndarray, image: np.ndarray, model: str,
     ``chart`` is level-0 ``chart_from_template``; the level's pixels are ``x_l = x_0 / 2^l``.
     With more than ``max_pixels`` usable pixels, only the ``max_pixels`` with the strongest
     gradient take part (they carry most of the information; flat pixels add cost, not
-    constraint), their Jacobians alone are computed, and the image is sampled at those points
+    constraint), their monomials alone are computed, and the image is sampled at those points
     only (``cv2.remap``). ``check()`` (may raise: the caller's deadline) runs between the stages.
+
+    One channel (the usual case): with ``gs = s grad T`` (``s`` level pixels per chart unit,
+    zero where unusable), ``sd^T = Ax^T (phi * gs_x) + Ay^T (phi * gs_y)`` (:class:`Level`), so
+    the ``(K, n)`` steepest-descent images -- gain/bias rows ``T`` and ``1`` included -- are one
+    float32 product ``B S`` of a ``(K, 12 or 14)`` coefficient block and the stacked
+    ``(12 or 14, n)`` rows ``(phi gs_x, phi gs_y[, T, 1])``: no ``(n, P)`` Jacobian is formed.
+    (Every entry of ``B`` is 0 or +-1, so this equals the elementwise ``jx gs_x + jy gs_y``.)
     """
     factor = float(2 ** index)
     h, w, c = template.shape
@@ -232,31 +324,37 @@ def build_level(index: int, template: np.ndarray, image: np.ndarray, model: str,
     _check(check)
     if sel is not None:
         xs, ys = sel % w, sel // w
-        jx, jy = _pixel_jacobian(model, xs, ys, factor, chart)  # (n, P) each, float32
+        phi = _monomials(xs, ys, factor, chart)  # (6, n) float32
         gx, gy, tz = gx[sel], gy[sel], tz[sel]
         usable = np.ones(len(sel) * c, bool)
-        points = np.column_stack([xs, ys, np.ones(len(sel))]).astype(np.float64)
-        transposed = lambda: (np.ascontiguousarray(jx.T), np.ascontiguousarray(jy.T))
+        points = np.empty((len(sel), 3))
+        points[:, 0], points[:, 1], points[:, 2] = xs, ys, 1.0
     else:
-        chart_key = tuple(chart.ravel())
-        jx, jy = _grid_jacobian(model, h, w, factor, chart_key)  # (h*w, P) each, float32, read-only
-        usable = ~(np.isnan(tz) | np.isnan(gx) | np.isnan(gy)).reshape(-1)  # (h*w*C,)
-        transposed = lambda: _grid_jacobian_t(model, h, w, factor, chart_key)
+        phi = _grid_monomials(h, w, factor, tuple(chart.ravel()))  # (6, h*w) float32, read-only
+        if c == 1:
+            usable = ~np.isnan(tz[:, 0] + gx[:, 0] + gy[:, 0])  # NaN if any of the three is
+        else:
+            usable = ~(np.isnan(tz) | np.isnan(gx) | np.isnan(gy)).reshape(-1)  # (h*w*C,)
     _check(check)
-    p = jx.shape[1]
-    n = len(jx)
+    ax, ay = _jacobian_coefficients(model)
+    p = ax.shape[1]
+    n = phi.shape[1]
     if c == 1:
-        # (P, n) layout: broadcasting a row over contiguous rows is several times faster than
-        # an (n, 1) column over (n, P), and the per-iteration g = sdT e is a contiguous gemv.
         u = usable
-        jxT, jyT = transposed()
-        sdT = jxT * np.where(u, gx[:, 0] * np.float32(scale), np.float32(0)) \
-            + jyT * np.where(u, gy[:, 0] * np.float32(scale), np.float32(0))
+        zero = np.float32(0)
+        rows = 14 if photometric else 12
+        stack = np.empty((rows, n), np.float32)
+        np.multiply(phi, np.where(u, gx[:, 0] * np.float32(scale), zero), out=stack[:6])
+        np.multiply(phi, np.where(u, gy[:, 0] * np.float32(scale), zero), out=stack[6:12])
+        block = np.zeros((p + rows - 12, rows), np.float32)
+        block[:p, :6], block[:p, 6:12] = ax.T, ay.T
         if photometric:
-            sdT = np.vstack([sdT, np.where(u, tz[:, 0], np.float32(0))[None], u.astype(np.float32)[None]])
-        sdT = np.ascontiguousarray(sdT, dtype=np.float32)
-        sd = np.ascontiguousarray(sdT.T)
+            np.copyto(stack[12], np.where(u, tz[:, 0], zero))
+            stack[13] = u
+            block[p, 12] = block[p + 1, 13] = 1.0
+        sdT = block @ stack  # (K, n) contiguous
     else:
+        jx, jy = (ax.T @ phi).T, (ay.T @ phi).T  # (n, P)
         # NaN gradients only occur on unusable elements, whose rows are zeroed below.
         sd = (gx[:, :, None] * scale) * jx[:, None, :] + (gy[:, :, None] * scale) * jy[:, None, :]
         if photometric:
@@ -269,8 +367,8 @@ def build_level(index: int, template: np.ndarray, image: np.ndarray, model: str,
         sd[~usable] = 0.0
         sdT = np.ascontiguousarray(sd.T)
     _check(check)
-    hessian = (sdT @ sd).astype(np.float64)
+    hessian = (sdT @ sdT.T).astype(np.float64)
     tflat = tz.reshape(-1).copy()
     tflat[~usable] = NAN
-    return Level(index, factor, template, image, usable, sd, hessian, p, tflat, int(usable.sum()), jx, jy, points,
-                 sdT)
+    return Level(index, factor, template, image, usable, sdT, hessian, p, tflat, int(np.count_nonzero(usable)),
+                 phi, (ax, ay), points)
