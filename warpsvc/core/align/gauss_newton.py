@@ -214,23 +214,35 @@ def sample_points(image: np.ndarray, W: np.ndarray, points: np.ndarray) -> np.nd
 
 
 def robust_weights(e: np.ndarray, valid: np.ndarray, loss: str, sigma: float) -> np.ndarray:
-    """IRLS weights ``w(|e| / sigma)`` of the loss (:mod:`.losses`), 0 where not valid."""
-    w = LOSSES[loss].weights(np.abs(e) / sigma)
-    return np.where(valid, w, 0.0).astype(np.float32)
+    """IRLS weights ``w(|e| / sigma)`` of the loss (:mod:`.losses`), 0 where not valid
+    (``e`` 0 there)."""
+    return LOSSES[loss].weights_and_rho_sum(e, valid, sigma)[0]
 
 
 def robust_cost(e: np.ndarray, valid: np.ndarray, loss: str, sigma: float) -> float:
-    """Mean ``2 sigma^2 rho(|e| / sigma)`` over the valid residuals (least-squares units)."""
-    z = np.abs(e[valid]) / sigma
-    return float(2.0 * sigma * sigma * LOSSES[loss].rho(z).sum() / max(len(z), 1))
+    """Mean ``2 sigma^2 rho(|e| / sigma)`` over the valid residuals (least-squares units;
+    ``e`` 0 where not valid)."""
+    n = int(np.count_nonzero(valid))
+    return 2.0 * sigma * sigma * LOSSES[loss].weights_and_rho_sum(e, valid, sigma)[1] / max(n, 1)
 
 
 def mad_sigma(e: np.ndarray, valid: np.ndarray, floor: float) -> float:
+    """``1.4826 median |e|`` over the valid residuals (a strided sample of large levels), at
+    least ``floor``. The median is taken by partition, with the invalid residuals moved past
+    every valid one (no boolean gather)."""
     step = max(1, len(e) // 20000)  # a strided sample is plenty for a median
-    v = np.abs(e[::step][valid[::step]])
-    if v.size == 0:
+    if step > 1:
+        e, valid = e[::step], valid[::step]
+    m = int(np.count_nonzero(valid))
+    if m == 0:
         return floor
-    return max(MAD_TO_SIGMA * float(np.median(v)), floor)
+    v = np.abs(e)
+    if m < len(v):
+        v[~valid] = np.inf
+    lo, hi = (m - 1) // 2, m // 2
+    part = np.partition(v, (lo, hi) if lo != hi else lo)
+    med = 0.5 * (float(part[lo]) + float(part[hi]))
+    return max(MAD_TO_SIGMA * med, floor)
 
 
 def evaluate(lv: Level, W0: np.ndarray, affine: bool, robust, photometric: bool,
@@ -248,8 +260,9 @@ def evaluate(lv: Level, W0: np.ndarray, affine: bool, robust, photometric: bool,
     tflat = lv.tflat
     wflat = warped.reshape(-1)
     e = wflat - tflat  # NaN where either side is missing
-    valid = ~np.isnan(e)
-    n_valid = int(np.count_nonzero(valid))
+    missing = np.isnan(e)
+    n_valid = e.size - int(np.count_nonzero(missing))
+    valid = ~missing
     gain = np.ones(c)
     bias = np.zeros(c)
     if photometric and n_valid > 0:
@@ -257,26 +270,65 @@ def evaluate(lv: Level, W0: np.ndarray, affine: bool, robust, photometric: bool,
         # With a robust loss and no weights yet (a level's first evaluation), the outliers
         # would bias the first gain/bias fit: fit, weight by the loss, fit again.
         for _ in range(2 if robust is not None and weights is None else 1):
-            gain, bias = fit_gain_bias(wflat.reshape(-1, c), tflat.reshape(-1, c), valid.reshape(-1, c),
-                                       None if weights is None else weights.reshape(-1, c))
+            if c == 1 and weights is None:
+                gain, bias = _fit_gain_bias_1(lv, e, missing, n_valid)
+            else:
+                gain, bias = fit_gain_bias(wflat.reshape(-1, c), tflat.reshape(-1, c), valid.reshape(-1, c),
+                                           None if weights is None else weights.reshape(-1, c))
             if c == 1:
                 e = (wflat - np.float32(bias[0])) * np.float32(1.0 / gain[0]) - tflat
             else:
                 e = ((wflat.reshape(-1, c) - bias.astype(np.float32)) * (1.0 / gain).astype(np.float32)
                      - tflat.reshape(-1, c)).reshape(-1)
             if robust is not None:
-                e[~valid] = 0.0
+                e[missing] = 0.0
                 weights = robust_weights(e, valid, robust, sigma_for_cost or mad_sigma(e, valid, sigma_floor))
-    e[~valid] = 0.0
+    if n_valid < e.size:
+        e[missing] = 0.0
     if robust is None:
         cost = float(np.dot(e, e)) / max(n_valid, 1)
         return Evaluation(e, valid, n_valid, None, 0.0, cost, gain, bias, warped)
     # The scale is estimated once per level (``sigma_for_cost`` carries it on), so the costs of
     # successive iterations are comparable and the median is not recomputed every time.
     sigma = sigma_for_cost if sigma_for_cost else mad_sigma(e, valid, sigma_floor)
-    cost = robust_cost(e, valid, robust, sigma)
-    weights = robust_weights(e, valid, robust, sigma)
+    weights, rho_sum = LOSSES[robust].weights_and_rho_sum(e, valid, sigma)
+    cost = 2.0 * sigma * sigma * rho_sum / max(n_valid, 1)
     return Evaluation(e, valid, n_valid, weights, sigma, cost, gain, bias, warped)
+
+
+def _fit_gain_bias_1(lv: Level, e: np.ndarray, missing: np.ndarray, n: int):
+    """One channel, unweighted ``I(W x) ~ a T(x) + b`` from the raw residual ``e = I(W x) - T``
+    (NaN where not valid): with ``I = T + e``, ``cov(T, I) = var(T) + cov(T, e)``, so
+    ``a = 1 + cov(T, e) / var(T)``. The template's sums come from the level
+    (:func:`template_sums`) when every usable pixel is valid, so one pass over ``e`` (a
+    two-row product) is all an evaluation adds."""
+    a, b = np.ones(1), np.zeros(1)
+    if n < 2:
+        return a, b
+    tz, st, stt = template_sums(lv)
+    e0 = np.where(missing, np.float32(0), e)
+    if n == lv.n_usable:
+        se, ste = (tz @ e0.reshape(-1, 1)).ravel().tolist()  # rows (1, T): sum e, sum T e
+    else:
+        t0 = np.where(missing, np.float32(0), tz[1])
+        st, stt = float(t0.sum(dtype=np.float64)), float(np.dot(t0, t0))
+        se, ste = float(e0.sum(dtype=np.float64)), float(np.dot(t0, e0))
+    var_t = stt - st * st / n
+    if var_t > 0:
+        a[0] = min(max(1.0 + (ste - st * se / n) / var_t, GAIN_RANGE[0]), GAIN_RANGE[1])
+    b[0] = (st + se) / n - a[0] * st / n
+    return a, b
+
+
+def template_sums(lv: Level):
+    """``(rows, sum T, sum T^2)`` over a one-channel level's usable pixels: ``rows`` the
+    ``(2, n)`` float32 array ``(1, T)``, 0 where unusable (computed once per level)."""
+    if lv.tsums is None:
+        t = np.where(lv.usable, lv.tflat, np.float32(0))
+        rows = np.stack([lv.usable.astype(np.float32), t])
+        t64 = t.astype(np.float64)
+        lv.tsums = (rows, float(t64.sum()), float(t64 @ t64))
+    return lv.tsums
 
 
 def fit_gain_bias(iw, t, valid, weights):
@@ -323,21 +375,21 @@ def fit_gain_bias(iw, t, valid, weights):
 
 def normal_equations(lv: Level, ev: Evaluation):
     """``(H, g)`` over the valid residuals (with robust weights when present)."""
-    sd = lv.sd
+    sdT = lv.sdT
     if ev.weights is None:
-        g = lv.sdT @ ev.e
+        g = sdT @ ev.e
         n_lost = lv.n_usable - ev.n_valid
         if n_lost == 0:
             H = lv.hessian
         elif 3 * n_lost < lv.n_usable:
-            rows = sd[np.flatnonzero(lv.usable & ~ev.valid)]
-            H = lv.hessian - (rows.T @ rows).astype(np.float64)
+            rows = sdT[:, np.flatnonzero(lv.usable & ~ev.valid)]
+            H = lv.hessian - (rows @ rows.T).astype(np.float64)
         else:
-            rows = sd[ev.valid]
-            H = (rows.T @ rows).astype(np.float64)
+            rows = sdT[:, ev.valid]
+            H = (rows @ rows.T).astype(np.float64)
     else:
-        g = lv.sdT @ (ev.weights * ev.e)
-        H = ((lv.sdT * ev.weights) @ sd).astype(np.float64)
+        g = sdT @ (ev.weights * ev.e)
+        H = ((sdT * ev.weights) @ sdT.T).astype(np.float64)
     return H, g.astype(np.float64)
 
 

@@ -12,6 +12,12 @@ iteration. Constants give 95 % efficiency under Gaussian noise::
 
 ``robust=None`` is plain least squares (``rho = z^2 / 2``, ``w = 1``), handled by the solver's
 unweighted fast path rather than by an object here.
+
+``weights_and_rho_sum(e, valid, sigma)`` is the solver's fused form: float32 weights (0 where
+not valid) and ``sum rho`` over the valid residuals in a few in-place passes, with no boolean
+indexing (``e`` is 0 where not valid, and ``rho(0) = 0``). Tukey writes ``q = max(0,
+1 - (z/c)^2)``, so ``w = q^2`` and ``rho = c^2/6 (1 - q w)``; Huber writes ``r = min(z, k)``,
+so ``rho = r (z - r/2)`` and ``w = min(1, k / z)``.
 """
 
 from __future__ import annotations
@@ -33,6 +39,17 @@ class Huber:
     def rho(self, z: np.ndarray) -> np.ndarray:
         return np.where(z <= self.k, 0.5 * z * z, self.k * (z - 0.5 * self.k))
 
+    def weights_and_rho_sum(self, e: np.ndarray, valid: np.ndarray, sigma: float):
+        z = np.abs(e)
+        z *= np.float32(1.0 / sigma)
+        r = np.minimum(z, np.float32(self.k))
+        w = np.maximum(z, np.float32(1e-12))
+        np.divide(np.float32(self.k), w, out=w)
+        np.minimum(w, np.float32(1.0), out=w)
+        w *= valid
+        r *= z - np.float32(0.5) * r  # rho, 0 where e = 0
+        return w, float(r.sum())
+
 
 @dataclass(frozen=True)
 class Tukey:
@@ -44,6 +61,17 @@ class Tukey:
     def rho(self, z: np.ndarray) -> np.ndarray:
         c2 = self.c * self.c / 6.0
         return np.where(z <= self.c, c2 * (1.0 - (1.0 - (z / self.c) ** 2) ** 3), c2)
+
+    def weights_and_rho_sum(self, e: np.ndarray, valid: np.ndarray, sigma: float):
+        q = e * np.float32(1.0 / (sigma * self.c))
+        np.square(q, out=q)
+        np.subtract(np.float32(1.0), q, out=q)
+        np.maximum(q, np.float32(0.0), out=q)
+        w = np.square(q)
+        q *= w
+        np.subtract(np.float32(1.0), q, out=q)  # 1 - q^3, 0 where e = 0
+        w *= valid
+        return w, self.c * self.c / 6.0 * float(q.sum())
 
 
 LOSSES = {"huber": Huber(), "tukey": Tukey()}

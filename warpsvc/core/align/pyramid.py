@@ -127,6 +127,8 @@ class Level:
     points: np.ndarray = None  # (n, 3) homogeneous level pixels when only a subset is used, else None
     noise_variance: float | None = None  # the template's white-noise variance, once computed
     _jac: tuple | None = None
+    grid_key: tuple | None = None  # (model, h, w, factor, chart_key, cols) of a whole-grid level
+    tsums: tuple | None = None  # one channel: template rows and sums (gauss_newton.template_sums)
 
     @property
     def sd(self) -> np.ndarray:
@@ -134,6 +136,10 @@ class Level:
         return self.sdT.T
 
     def _jacobians(self):
+        if self._jac is None and self.grid_key is not None:  # the cached grid Jacobians
+            *key, cols = self.grid_key
+            jx, jy = _grid_jacobian(*key)
+            self._jac = (jx, jy) if cols is None else (jx[:, cols], jy[:, cols])
         if self._jac is None:
             ax, ay = self.jcoef
             self._jac = (np.ascontiguousarray((ax.T @ self.phi).T), np.ascontiguousarray((ay.T @ self.phi).T))
@@ -157,7 +163,9 @@ class Level:
         ax, ay = self.jcoef
         return Level(self.index, self.factor, self.template, self.image, self.usable, self.sdT[keep],
                      self.hessian[np.ix_(keep, keep)], len(cols), self.tflat, self.n_usable, self.phi,
-                     (ax[:, cols], ay[:, cols]), self.points)
+                     (ax[:, cols], ay[:, cols]), self.points, self.noise_variance, None,
+                     None if self.grid_key is None or self.grid_key[-1] is not None else self.grid_key[:-1] + (cols,),
+                     self.tsums)
 
     def without_photometric(self) -> Level:
         """The same level without the gain/bias columns (the motion columns only)."""
@@ -166,7 +174,7 @@ class Level:
             return self
         return Level(self.index, self.factor, self.template, self.image, self.usable, self.sdT[:p],
                      self.hessian[:p, :p].copy(), p, self.tflat, self.n_usable, self.phi, self.jcoef,
-                     self.points, self.noise_variance, self._jac)
+                     self.points, self.noise_variance, self._jac, self.grid_key, self.tsums)
 
     @property
     def shape(self):
@@ -370,5 +378,6 @@ def build_level(index: int, template: np.ndarray, image: np.ndarray, model: str,
     hessian = (sdT @ sdT.T).astype(np.float64)
     tflat = tz.reshape(-1).copy()
     tflat[~usable] = NAN
+    grid_key = None if points is not None else (model, h, w, factor, tuple(chart.ravel()), None)
     return Level(index, factor, template, image, usable, sdT, hessian, p, tflat, int(np.count_nonzero(usable)),
-                 phi, (ax, ay), points)
+                 phi, (ax, ay), points, grid_key=grid_key)
