@@ -305,6 +305,48 @@ def _strongest_pixels(gx, gy, tz, k):
     return sel if len(sel) >= 16 else None
 
 
+@functools.cache
+def _sd_terms(model: str) -> tuple:
+    """Per motion parameter, the nonzero terms ``(axis, monomial, sign)`` of its
+    steepest-descent row ``sum sign * phi[monomial] * gs[axis]`` (``axis`` 0: x, 1: y): the
+    nonzero entries of :func:`_jacobian_coefficients` (all +-1), one or two per parameter."""
+    ax, ay = _jacobian_coefficients(model)
+    rows = []
+    for k in range(ax.shape[1]):
+        terms = [(axis, i, 1.0 if a[i, k] > 0 else -1.0) for axis, a in ((0, ax), (1, ay)) for i in range(6)
+                 if a[i, k] != 0]
+        rows.append(tuple(terms))
+    return tuple(rows)
+
+
+def _sd_rows(out: np.ndarray, terms: tuple, phi: np.ndarray, gs: tuple) -> None:
+    """``out[k] = sum_terms sign * phi[i] * gs[axis]`` in float32, row by row: the sparse
+    product ``(Ax^T, Ay^T) (phi gs_x; phi gs_y)`` with the zero terms skipped (the sums of
+    one or two rounded products are the dense product's bit for bit). The monomial ``1``
+    (index 2) is not multiplied."""
+    tmp = None
+    for k, row_terms in enumerate(terms):
+        row = out[k]
+        sign0 = row_terms[0][2]
+        for j, (axis, i, sign) in enumerate(row_terms):
+            if j == 0:
+                dst = row
+            else:
+                tmp = np.empty_like(row) if tmp is None else tmp
+                dst = tmp
+            if i == 2:
+                np.copyto(dst, gs[axis])
+            else:
+                np.multiply(phi[i], gs[axis], out=dst)
+            if j:
+                if sign == sign0:
+                    row += dst
+                else:
+                    row -= dst
+        if sign0 < 0:
+            np.negative(row, out=row)
+
+
 def build_level(index: int, template: np.ndarray, image: np.ndarray, model: str, chart: np.ndarray,
                 photometric: bool, max_pixels: int | None = None, check=None) -> Level:
     """Steepest-descent images and Hessian of one level.
@@ -316,11 +358,12 @@ def build_level(index: int, template: np.ndarray, image: np.ndarray, model: str,
     only (``cv2.remap``). ``check()`` (may raise: the caller's deadline) runs between the stages.
 
     One channel (the usual case): with ``gs = s grad T`` (``s`` level pixels per chart unit,
-    zero where unusable), ``sd^T = Ax^T (phi * gs_x) + Ay^T (phi * gs_y)`` (:class:`Level`), so
-    the ``(K, n)`` steepest-descent images -- gain/bias rows ``T`` and ``1`` included -- are one
-    float32 product ``B S`` of a ``(K, 12 or 14)`` coefficient block and the stacked
-    ``(12 or 14, n)`` rows ``(phi gs_x, phi gs_y[, T, 1])``: no ``(n, P)`` Jacobian is formed.
-    (Every entry of ``B`` is 0 or +-1, so this equals the elementwise ``jx gs_x + jy gs_y``.)
+    zero where unusable), ``sd^T = Ax^T (phi * gs_x) + Ay^T (phi * gs_y)`` (:class:`Level`).
+    Every entry of ``Ax, Ay`` is 0 or +-1 with one or two nonzeros per parameter, so each
+    motion row of the ``(K, n)`` steepest-descent images is one or two float32 products
+    ``+-phi_i gs`` (:func:`_sd_rows`; equal bit for bit to the elementwise
+    ``jx gs_x + jy gs_y``), followed by the gain/bias rows ``T`` and ``1``: no ``(n, P)``
+    Jacobian and no dense product with the zero coefficients.
     """
     factor = float(2 ** index)
     h, w, c = template.shape
@@ -348,19 +391,13 @@ def build_level(index: int, template: np.ndarray, image: np.ndarray, model: str,
     p = ax.shape[1]
     n = phi.shape[1]
     if c == 1:
-        u = usable
         zero = np.float32(0)
-        rows = 14 if photometric else 12
-        stack = np.empty((rows, n), np.float32)
-        np.multiply(phi, np.where(u, gx[:, 0] * np.float32(scale), zero), out=stack[:6])
-        np.multiply(phi, np.where(u, gy[:, 0] * np.float32(scale), zero), out=stack[6:12])
-        block = np.zeros((p + rows - 12, rows), np.float32)
-        block[:p, :6], block[:p, 6:12] = ax.T, ay.T
+        gs = (np.where(usable, gx[:, 0] * np.float32(scale), zero), np.where(usable, gy[:, 0] * np.float32(scale), zero))
+        sdT = np.empty((p + 2 if photometric else p, n), np.float32)
+        _sd_rows(sdT, _sd_terms(model), phi, gs)
         if photometric:
-            np.copyto(stack[12], np.where(u, tz[:, 0], zero))
-            stack[13] = u
-            block[p, 12] = block[p + 1, 13] = 1.0
-        sdT = block @ stack  # (K, n) contiguous
+            np.copyto(sdT[p], np.where(usable, tz[:, 0], zero))
+            sdT[p + 1] = usable
     else:
         jx, jy = (ax.T @ phi).T, (ay.T @ phi).T  # (n, P)
         # NaN gradients only occur on unusable elements, whose rows are zeroed below.
