@@ -120,7 +120,7 @@ def test_one_channel_gain_bias_matches_least_squares(lost):
     e = warped - lv.tflat
     missing = np.isnan(e)
     n = int(np.count_nonzero(~missing))
-    a, b = gn._fit_gain_bias_1(lv, e, missing, n)
+    a, b = gn._fit_gain_bias_1(lv, np.where(missing, np.float32(0), e), missing, n)
     v = ~missing
     tv, iv = lv.tflat[v].astype(np.float64), warped[v].astype(np.float64)
     a_ls, b_ls = np.polyfit(tv, iv, 1)

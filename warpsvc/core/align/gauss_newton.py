@@ -61,6 +61,7 @@ noise in the template's gradients).
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import dataclass, field
@@ -245,13 +246,31 @@ def mad_sigma(e: np.ndarray, valid: np.ndarray, floor: float) -> float:
     return max(MAD_TO_SIGMA * med, floor)
 
 
+@functools.cache
+def _level_scale(f: float) -> np.ndarray:
+    """``S W S^-1`` as an elementwise product: ``W_l = W_0 * _level_scale(f)`` with
+    ``S = diag(1/f, 1/f, 1)`` (exact: ``f`` is a power of two)."""
+    m = np.array([[1.0, 1.0, 1.0 / f], [1.0, 1.0, 1.0 / f], [f, f, 1.0]])
+    m.setflags(write=False)
+    return m
+
+
+def _unusable_index(lv: Level) -> np.ndarray:
+    """Flat indices of the level's unusable template elements (computed once per level)."""
+    if lv.unusable_index is None:
+        lv.unusable_index = np.flatnonzero(~lv.usable)
+    return lv.unusable_index
+
+
 def evaluate(lv: Level, W0: np.ndarray, affine: bool, robust, photometric: bool,
              prev_weights, sigma_for_cost, sigma_floor) -> Evaluation:
-    """Warp the image by ``W0`` (level-0 ``image_from_template``) and form the residuals."""
-    f = lv.factor
-    Wl = W0.copy()
-    Wl[:2, 2] /= f
-    Wl[2, :2] *= f
+    """Warp the image by ``W0`` (level-0 ``image_from_template``) and form the residuals.
+
+    The unusable template elements are always missing (``tflat`` is NaN there), so when the
+    count of missing residuals equals the count of unusable elements the two sets are equal:
+    ``valid`` is then the level's ``usable`` and the missing residuals are zeroed through the
+    level's index list of them (the common case: the whole template lands in the image)."""
+    Wl = W0 * _level_scale(lv.factor)
     if lv.points is None:
         warped = warp_to_template(lv.image, Wl, lv.shape, affine)
     else:
@@ -262,29 +281,37 @@ def evaluate(lv: Level, W0: np.ndarray, affine: bool, robust, photometric: bool,
     e = wflat - tflat  # NaN where either side is missing
     missing = np.isnan(e)
     n_valid = e.size - int(np.count_nonzero(missing))
-    valid = ~missing
-    gain = np.ones(c)
-    bias = np.zeros(c)
+    if n_valid == lv.n_usable:
+        valid = lv.usable
+        zero_at = _unusable_index(lv)
+    else:
+        valid, zero_at = ~missing, missing
+    gain = bias = None
     if photometric and n_valid > 0:
         weights = prev_weights
         # With a robust loss and no weights yet (a level's first evaluation), the outliers
         # would bias the first gain/bias fit: fit, weight by the loss, fit again.
         for _ in range(2 if robust is not None and weights is None else 1):
             if c == 1 and weights is None:
+                e[zero_at] = 0.0  # the raw residual, zero where missing: its sums fit (a, b)
                 gain, bias = _fit_gain_bias_1(lv, e, missing, n_valid)
             else:
                 gain, bias = fit_gain_bias(wflat.reshape(-1, c), tflat.reshape(-1, c), valid.reshape(-1, c),
                                            None if weights is None else weights.reshape(-1, c))
-            if c == 1:
-                e = (wflat - np.float32(bias[0])) * np.float32(1.0 / gain[0]) - tflat
+            if c == 1:  # e = (I(W x) - b) / a - T, in place
+                np.subtract(wflat, np.float32(bias[0]), out=e)
+                e *= np.float32(1.0 / gain[0])
+                e -= tflat
             else:
                 e = ((wflat.reshape(-1, c) - bias.astype(np.float32)) * (1.0 / gain).astype(np.float32)
                      - tflat.reshape(-1, c)).reshape(-1)
             if robust is not None:
-                e[missing] = 0.0
+                e[zero_at] = 0.0
                 weights = robust_weights(e, valid, robust, sigma_for_cost or mad_sigma(e, valid, sigma_floor))
+    if gain is None:
+        gain, bias = np.ones(c), np.zeros(c)
     if n_valid < e.size:
-        e[missing] = 0.0
+        e[zero_at] = 0.0
     if robust is None:
         cost = float(np.dot(e, e)) / max(n_valid, 1)
         return Evaluation(e, valid, n_valid, None, 0.0, cost, gain, bias, warped)
@@ -296,17 +323,16 @@ def evaluate(lv: Level, W0: np.ndarray, affine: bool, robust, photometric: bool,
     return Evaluation(e, valid, n_valid, weights, sigma, cost, gain, bias, warped)
 
 
-def _fit_gain_bias_1(lv: Level, e: np.ndarray, missing: np.ndarray, n: int):
-    """One channel, unweighted ``I(W x) ~ a T(x) + b`` from the raw residual ``e = I(W x) - T``
-    (NaN where not valid): with ``I = T + e``, ``cov(T, I) = var(T) + cov(T, e)``, so
+def _fit_gain_bias_1(lv: Level, e0: np.ndarray, missing: np.ndarray, n: int):
+    """One channel, unweighted ``I(W x) ~ a T(x) + b`` from the raw residual ``e0 = I(W x) - T``
+    (0 where ``missing``): with ``I = T + e``, ``cov(T, I) = var(T) + cov(T, e)``, so
     ``a = 1 + cov(T, e) / var(T)``. The template's sums come from the level
-    (:func:`template_sums`) when every usable pixel is valid, so one pass over ``e`` (a
+    (:func:`template_sums`) when every usable pixel is valid, so one pass over ``e0`` (a
     two-row product) is all an evaluation adds."""
     a, b = np.ones(1), np.zeros(1)
     if n < 2:
         return a, b
     tz, st, stt = template_sums(lv)
-    e0 = np.where(missing, np.float32(0), e)
     if n == lv.n_usable:
         se, ste = (tz @ e0.reshape(-1, 1)).ravel().tolist()  # rows (1, T): sum e, sum T e
     else:

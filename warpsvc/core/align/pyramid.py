@@ -129,6 +129,7 @@ class Level:
     _jac: tuple | None = None
     grid_key: tuple | None = None  # (model, h, w, factor, chart_key, cols) of a whole-grid level
     tsums: tuple | None = None  # one channel: template rows and sums (gauss_newton.template_sums)
+    unusable_index: np.ndarray | None = None  # flat indices of the unusable elements, once computed
 
     @property
     def sd(self) -> np.ndarray:
@@ -165,7 +166,7 @@ class Level:
                      self.hessian[np.ix_(keep, keep)], len(cols), self.tflat, self.n_usable, self.phi,
                      (ax[:, cols], ay[:, cols]), self.points, self.noise_variance, None,
                      None if self.grid_key is None or self.grid_key[-1] is not None else self.grid_key[:-1] + (cols,),
-                     self.tsums)
+                     self.tsums, self.unusable_index)
 
     def without_photometric(self) -> Level:
         """The same level without the gain/bias columns (the motion columns only)."""
@@ -174,25 +175,30 @@ class Level:
             return self
         return Level(self.index, self.factor, self.template, self.image, self.usable, self.sdT[:p],
                      self.hessian[:p, :p].copy(), p, self.tflat, self.n_usable, self.phi, self.jcoef,
-                     self.points, self.noise_variance, self._jac, self.grid_key, self.tsums)
+                     self.points, self.noise_variance, self._jac, self.grid_key, self.tsums, self.unusable_index)
 
     @property
     def shape(self):
         return self.template.shape
 
 
+HALF_DIFFERENCE = np.array([[-0.5, 0.0, 0.5]], np.float32)  # central difference as a correlation kernel
+
+
 def central_gradients(t: np.ndarray):
     """``(gx, gy)`` by central differences, NaN on the one-pixel border (H, W, C).
 
-    One channel: ``cv2.Sobel`` with the 3-tap kernel scaled by 1/2, which computes
-    ``0.5 (t[x+1] - t[x-1])`` bit for bit like the slice expression (the scaling is exact); it
-    also makes ``gx`` NaN where ``t`` itself is NaN (the centre tap is multiplied by 0), which
-    changes nothing: such pixels are unusable either way."""
+    One channel: ``cv2.filter2D`` with the kernel ``(-1/2, 0, 1/2)`` (half the cost of
+    ``cv2.Sobel``'s separable engine at these sizes), which computes ``0.5 (t[x+1] - t[x-1])``
+    bit for bit like the slice expression (the halvings are exact and adding the centre tap's
+    0 is exact, so one rounding remains); it also makes ``gx`` NaN where ``t`` itself is NaN
+    (the centre tap is multiplied by 0), which changes nothing: such pixels are unusable
+    either way."""
     h, w, c = t.shape
     if c == 1 and h >= 3 and w >= 3:
         t2 = t[:, :, 0]
-        gx = cv2.Sobel(t2, cv2.CV_32F, 1, 0, ksize=1, scale=0.5, borderType=cv2.BORDER_REPLICATE)
-        gy = cv2.Sobel(t2, cv2.CV_32F, 0, 1, ksize=1, scale=0.5, borderType=cv2.BORDER_REPLICATE)
+        gx = cv2.filter2D(t2, cv2.CV_32F, HALF_DIFFERENCE, borderType=cv2.BORDER_REPLICATE)
+        gy = cv2.filter2D(t2, cv2.CV_32F, HALF_DIFFERENCE.T, borderType=cv2.BORDER_REPLICATE)
         gx[:, 0] = gx[:, -1] = NAN
         gy[0] = gy[-1] = NAN
         return gx[:, :, None], gy[:, :, None]
