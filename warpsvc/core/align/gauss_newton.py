@@ -69,7 +69,6 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from ..transforms.models import unchecked_matrix
 from .chart import chart_scale
 from .losses import LOSSES
 from .options import MAD_TO_SIGMA
@@ -419,23 +418,65 @@ def normal_equations(lv: Level, ev: Evaluation):
     return H, g.astype(np.float64)
 
 
-def solve_step(H: np.ndarray, g: np.ndarray, lam: float, n_params: int) -> np.ndarray | None:
-    """``(H + lam diag H) d = g`` for the motion part of ``d`` (``cv2.solve``: Cholesky, SVD
-    if that fails; numpy's ``linalg.solve`` costs more in call overhead than in arithmetic
-    at this size)."""
+def solve_step(H: np.ndarray, g: np.ndarray, lam: float, n_params: int) -> list | None:
+    """``(H + lam diag H) d = g`` for the motion part of ``d``, as a list of floats
+    (``cv2.solve``: Cholesky, SVD if that fails; numpy's ``linalg.solve`` costs more in call
+    overhead than in arithmetic at this size). ``None`` when not finite."""
     A = H + lam * np.diag(np.diag(H)) if lam > 0 else H
     ok, d = cv2.solve(A, g.reshape(-1, 1), flags=cv2.DECOMP_CHOLESKY)
     if not ok:
         ok, d = cv2.solve(A, g.reshape(-1, 1), flags=cv2.DECOMP_SVD)
-    d = d[:n_params, 0]
-    return d if math.isfinite(float(d @ d)) else None
+    d = d[:n_params, 0].tolist()
+    return d if math.isfinite(sum(v * v for v in d)) else None
+
+
+def model_rows(model: str, p: list) -> tuple:
+    """``M(p)`` (:func:`~warpsvc.core.transforms.models.unchecked_matrix`) as three row tuples."""
+    if model == "translation":
+        return (1.0, 0.0, p[0]), (0.0, 1.0, p[1]), (0.0, 0.0, 1.0)
+    if model == "euclidean":
+        c, s = math.cos(p[0]), math.sin(p[0])
+        return (c, -s, p[1]), (s, c, p[2]), (0.0, 0.0, 1.0)
+    if model == "similarity":
+        return (1 + p[0], -p[1], p[2]), (p[1], 1 + p[0], p[3]), (0.0, 0.0, 1.0)
+    if model == "affine":
+        return (1 + p[0], p[1], p[2]), (p[3], 1 + p[4], p[5]), (0.0, 0.0, 1.0)
+    return (1 + p[0], p[1], p[2]), (p[3], 1 + p[4], p[5]), (p[6], p[7], 1.0)
+
+
+def inverse_rows(m: tuple) -> tuple | None:
+    """Inverse of a 3x3 matrix given as rows (adjugate over determinant); ``None`` when the
+    determinant is 0 or not finite."""
+    (a, b, c), (d, e, f), (g, h, i) = m
+    c0, c1, c2 = e * i - f * h, f * g - d * i, d * h - e * g  # cofactors of the first row
+    det = a * c0 + b * c1 + c * c2
+    if det == 0.0 or not math.isfinite(det):
+        return None
+    r = 1.0 / det
+    return ((c0 * r, (c * h - b * i) * r, (b * f - c * e) * r),
+            (c1 * r, (a * i - c * g) * r, (c * d - a * f) * r),
+            (c2 * r, (b * g - a * h) * r, (a * e - b * d) * r))
 
 
 class Stepper:
-    """Applies chart-space updates to ``W`` (level-0 ``image_from_template``) and measures them."""
+    """Applies chart-space updates to ``W`` (level-0 ``image_from_template``) and measures them.
+
+    The 3x3 algebra of a step (``M(d)``, its inverse, the conjugation by the chart, the
+    composition, the corner checks) is written out on Python floats: at this size numpy's
+    call overhead is most of the cost. The chart is ``u = k x + a, v = k y + b``
+    (:func:`.chart.make_chart`), so ``Q = C^-1 N C`` for ``N = M^-1`` is ::
+
+        q00 = n00 - a n20    q01 = n01 - a n21    q02 = (n00 a + n01 b + n02 - a q22) / k
+        q10 = n10 - b n20    q11 = n11 - b n21    q12 = (n10 a + n11 b + n12 - b q22) / k
+        q20 = k n20          q21 = k n21          q22 = n20 a + n21 b + n22
+    """
 
     def __init__(self, model, chart, chart_inv, corners0, scale):
         self.model, self.chart, self.chart_inv = model, chart, chart_inv
+        (k, z01, a), (z10, k1, b), bottom = chart.tolist()
+        if z01 != 0.0 or z10 != 0.0 or k1 != k or bottom != [0.0, 0.0, 1.0] or k == 0.0:
+            raise ValueError("chart must be u = k x + a, v = k y + b")
+        self.k, self.a, self.b = k, a, b
         self.corners0 = corners0  # (4, 3) homogeneous template corners, level-0 pixels
         self.corners_u = corners0 @ chart.T  # (4, 3) in the chart
         self.corner_list = corners0.tolist()
@@ -444,30 +485,50 @@ class Stepper:
         self.keep_affine = model != "homography"
 
     def compose(self, W, m):
-        """``W C^-1 M^-1 C``, normalised to ``W[2, 2] = 1``; ``None`` if ``M`` is singular."""
-        ok, m_inv = cv2.invert(m, flags=cv2.DECOMP_LU)  # 0 when singular (LU pivot vanished)
-        if not ok:
+        """``W C^-1 M^-1 C`` (``W`` an array, ``m`` rows), normalised to ``W[2, 2] = 1``, as
+        rows; ``None`` if ``M`` is singular or the result is at infinity."""
+        n = inverse_rows(m)
+        if n is None:
             return None
-        Wn = W @ (self.chart_inv @ m_inv @ self.chart)
-        if self.keep_affine and W[2, 0] == 0.0 and W[2, 1] == 0.0:
-            Wn[2] = (0.0, 0.0, Wn[2, 2])
-        return Wn / Wn[2, 2] if Wn[2, 2] != 0 else None
+        (n00, n01, n02), (n10, n11, n12), (n20, n21, n22) = n
+        k, a, b = self.k, self.a, self.b
+        q20, q21, q22 = k * n20, k * n21, n20 * a + n21 * b + n22
+        q00, q01, q02 = n00 - a * n20, n01 - a * n21, (n00 * a + n01 * b + n02 - a * q22) / k
+        q10, q11, q12 = n10 - b * n20, n11 - b * n21, (n10 * a + n11 * b + n12 - b * q22) / k
+        (w00, w01, w02), (w10, w11, w12), (w20, w21, w22) = W.tolist()
+        z = w20 * q02 + w21 * q12 + w22 * q22
+        if self.keep_affine and w20 == 0.0 and w21 == 0.0:
+            r20 = r21 = 0.0
+        else:
+            r20 = w20 * q00 + w21 * q10 + w22 * q20
+            r21 = w20 * q01 + w21 * q11 + w22 * q21
+        if z == 0.0:
+            return None
+        r = 1.0 / z
+        return (((w00 * q00 + w01 * q10 + w02 * q20) * r, (w00 * q01 + w01 * q11 + w02 * q21) * r,
+                 (w00 * q02 + w01 * q12 + w02 * q22) * r),
+                ((w10 * q00 + w11 * q10 + w12 * q20) * r, (w10 * q01 + w11 * q11 + w12 * q21) * r,
+                 (w10 * q02 + w11 * q12 + w12 * q22) * r),
+                (r20 * r, r21 * r, 1.0))
 
     def ok(self, W) -> bool:
-        """Finite, orientation-preserving at every template corner (nothing folds or flips)."""
+        """Finite, orientation-preserving at every template corner (nothing folds or flips);
+        ``W`` as rows or an array."""
         if W is None:
             return False
-        a, b, c = W[2].tolist()
+        if isinstance(W, np.ndarray):
+            W = W.tolist()
+        (a, b, c), (d, e, f), (g, h, i) = W
         for x, y, _ in self.corner_list:
-            w = a * x + b * y + c
+            w = g * x + h * y + i
             if not w > 0:  # also catches NaN
                 return False
-        det = cv2.determinant(W)
+        det = a * (e * i - f * h) - b * (d * i - f * g) + c * (d * h - e * g)
         return det > 0 and math.isfinite(det)
 
     def size(self, m) -> float:
-        """Largest motion (level pixels) of a template corner under ``M``."""
-        (m00, m01, m02), (m10, m11, m12), (m20, m21, m22) = m.tolist()
+        """Largest motion (level pixels) of a template corner under ``M`` (rows)."""
+        (m00, m01, m02), (m10, m11, m12), (m20, m21, m22) = m
         worst = 0.0
         for u, v in self.corner_u_list:
             w = m20 * u + m21 * v + m22
@@ -475,14 +536,15 @@ class Stepper:
         return worst * self.scale
 
     def propose(self, base, H, g, lam, n_params):
-        """Damped step from ``base``: raise ``lam`` until the warp stays valid. ``(W, size, lam)``."""
+        """Damped step from ``base``: raise ``lam`` until the warp stays valid. ``(W, size, lam)``
+        with ``W`` a (3, 3) array."""
         while True:
             d = solve_step(H, g, lam, n_params)
             if d is not None:
-                m = unchecked_matrix(self.model, d)
+                m = model_rows(self.model, d)
                 W = self.compose(base, m)
                 if self.ok(W):
-                    return W, self.size(m), lam
+                    return np.array(W), self.size(m), lam
             lam = max(10.0 * lam, 1e-3)
             if lam > MAX_DAMPING:
                 return None, None, lam
@@ -547,7 +609,7 @@ def solve_level(lv: Level, W0: np.ndarray, *, model: str, chart: np.ndarray, cha
     if best is not None and not coarse:
         d = solve_step(best.H, best.g, 0.0, lv.n_params)
         if d is not None:
-            newton = stepper.size(unchecked_matrix(model, d)) * lv.factor
+            newton = stepper.size(model_rows(model, d)) * lv.factor
     return LevelOutcome(W, reason, it, costs, None if best is None else best.ev, newton)
 
 
