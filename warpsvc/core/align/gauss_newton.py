@@ -631,48 +631,60 @@ def translation_search(lv: Level, W: np.ndarray, radius: int, affine: bool) -> n
     window finds the right basin even when the start is a few coarse pixels away.
     """
     h, w, c = lv.shape
-    t = lv.template
-    ok = ~np.isnan(t).any(axis=2)
-    rows, cols = np.flatnonzero(ok.any(axis=1)), np.flatnonzero(ok.any(axis=0))
-    if len(rows) < 4 or len(cols) < 4:
+    box = _template_box(lv)
+    if box is None:
         return W
-    r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
-    tc = t[r0:r1, c0:c1]
-    if np.isnan(tc).any():
-        return W
+    r0, r1, c0, c1, tc = box
     f = lv.factor
     # extended grid: template pixel (x - radius, y - radius) for x in [0, w + 2 radius)
-    shift = np.array([[1.0, 0, -radius], [0, 1.0, -radius], [0, 0, 1.0]])
-    Wl = W.copy()
-    Wl[:2, 2] /= f
-    Wl[2, :2] *= f
-    ext = warp_to_template(lv.image, Wl @ shift, (h + 2 * radius, w + 2 * radius, c), affine)
+    Wl = W * _level_scale(f)
+    Wl[:, 2] -= radius * (Wl[:, 0] + Wl[:, 1])  # Wl @ [[1, 0, -radius], [0, 1, -radius], [0, 0, 1]]
+    ext = warp_to_template(lv.image, Wl, (h + 2 * radius, w + 2 * radius, c), affine)
     region = ext[r0:r1 + 2 * radius, c0:c1 + 2 * radius]
-    missing = np.isnan(region)
-    if missing.any():
+    if not math.isfinite(float(region.sum())):
+        missing = np.isnan(region)
         if missing.all():
             return W
         region = region.copy()
         region[missing] = region[~missing].mean()
-    region, tc = region.astype(np.float32), tc.astype(np.float32)
     if c <= 4:
         score = cv2.matchTemplate(region, tc, cv2.TM_CCOEFF_NORMED)
     else:  # OpenCV takes at most 4 channels: add the per-channel correlations
         score = sum(cv2.matchTemplate(np.ascontiguousarray(region[:, :, i]), np.ascontiguousarray(tc[:, :, i]),
                                       cv2.TM_CCOEFF_NORMED) for i in range(c))
-    if not np.isfinite(score).all():
+    if not math.isfinite(float(score.sum())):
         return W
-    iy, ix = np.unravel_index(int(np.argmax(score)), score.shape)
+    iy, ix = divmod(int(np.argmax(score)), score.shape[1])
     dx, dy = float(ix), float(iy)
     # sub-pixel peak: a parabola through the peak and its neighbours, per axis
     if 0 < ix < score.shape[1] - 1:
-        a, b, cc = score[iy, ix - 1], score[iy, ix], score[iy, ix + 1]
+        a, b, cc = score[iy, ix - 1:ix + 2].tolist()
         den = a - 2 * b + cc
         dx += 0.5 * (a - cc) / den if den < 0 else 0.0
     if 0 < iy < score.shape[0] - 1:
-        a, b, cc = score[iy - 1, ix], score[iy, ix], score[iy + 1, ix]
+        a, b, cc = score[iy - 1:iy + 2, ix].tolist()
         den = a - 2 * b + cc
         dy += 0.5 * (a - cc) / den if den < 0 else 0.0
     dx, dy = (dx - radius) * f, (dy - radius) * f  # level-0 template pixels
     # the template pixel x matches image W(x + d): W <- W T(d)
-    return W @ np.array([[1.0, 0, dx], [0, 1.0, dy], [0, 0, 1.0]])
+    out = W.copy()
+    out[:, 2] += dx * W[:, 0] + dy * W[:, 1]
+    return out
+
+
+def _template_box(lv: Level):
+    """``(r0, r1, c0, c1, tc)``: the bounding box of the level template's usable pixels and
+    the template inside it (float32, contiguous), or ``None`` when it is smaller than 4x4 or
+    has holes (computed once per level)."""
+    if lv.box is None:
+        t = lv.template
+        ok = ~np.isnan(t[:, :, 0] if t.shape[2] == 1 else t.sum(axis=2))
+        rows, cols = np.flatnonzero(ok.any(axis=1)), np.flatnonzero(ok.any(axis=0))
+        box = ()
+        if len(rows) >= 4 and len(cols) >= 4:
+            r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+            tc = np.ascontiguousarray(t[r0:r1, c0:c1], np.float32)
+            if not np.isnan(tc).any():
+                box = (r0, r1, c0, c1, tc)
+        lv.box = box
+    return lv.box or None

@@ -130,6 +130,7 @@ class Level:
     grid_key: tuple | None = None  # (model, h, w, factor, chart_key, cols) of a whole-grid level
     tsums: tuple | None = None  # one channel: template rows and sums (gauss_newton.template_sums)
     unusable_index: np.ndarray | None = None  # flat indices of the unusable elements, once computed
+    box: tuple | None = None  # the template's usable bounding box (gauss_newton._template_box), once computed
 
     @property
     def sd(self) -> np.ndarray:
@@ -166,7 +167,7 @@ class Level:
                      self.hessian[np.ix_(keep, keep)], len(cols), self.tflat, self.n_usable, self.phi,
                      (ax[:, cols], ay[:, cols]), self.points, self.noise_variance, None,
                      None if self.grid_key is None or self.grid_key[-1] is not None else self.grid_key[:-1] + (cols,),
-                     self.tsums, self.unusable_index)
+                     self.tsums, self.unusable_index, self.box)
 
     def without_photometric(self) -> Level:
         """The same level without the gain/bias columns (the motion columns only)."""
@@ -175,7 +176,7 @@ class Level:
             return self
         return Level(self.index, self.factor, self.template, self.image, self.usable, self.sdT[:p],
                      self.hessian[:p, :p].copy(), p, self.tflat, self.n_usable, self.phi, self.jcoef,
-                     self.points, self.noise_variance, self._jac, self.grid_key, self.tsums, self.unusable_index)
+                     self.points, self.noise_variance, self._jac, self.grid_key, self.tsums, self.unusable_index, self.box)
 
     @property
     def shape(self):
