@@ -191,10 +191,10 @@ def central_gradients(t: np.ndarray):
 
     One channel: ``cv2.filter2D`` with the kernel ``(-1/2, 0, 1/2)`` (half the cost of
     ``cv2.Sobel``'s separable engine at these sizes), which computes ``0.5 (t[x+1] - t[x-1])``
-    bit for bit like the slice expression (the halvings are exact and adding the centre tap's
-    0 is exact, so one rounding remains); it also makes ``gx`` NaN where ``t`` itself is NaN
-    (the centre tap is multiplied by 0), which changes nothing: such pixels are unusable
-    either way."""
+    bit for bit like the slice expression (the halvings are exact and OpenCV skips the zero
+    centre tap, so one rounding remains). Like the slices, ``gx`` at a pixel does not see the
+    pixel itself: a NaN ``t`` makes its neighbours' gradients NaN, not its own (the usable mask
+    and the pixel selection test ``t`` separately)."""
     h, w, c = t.shape
     if c == 1 and h >= 3 and w >= 3:
         t2 = t[:, :, 0]
@@ -287,7 +287,7 @@ THRESHOLD_SAMPLE = 1 << 15
 
 def _strongest_pixels(gx, gy, tz, k):
     """Indices (sorted) of about ``k`` pixels with the largest squared gradient, all channels
-    usable; the threshold comes from a strided sample (no full sort of the grid)."""
+    usable (:func:`_select_strongest`), from ``(n, C)`` gradients and template."""
     if gx.shape[1] == 1:
         score = np.multiply(gx[:, 0], gx[:, 0])
         score += np.square(gy[:, 0])  # (n,), NaN where a gradient is missing
@@ -295,6 +295,54 @@ def _strongest_pixels(gx, gy, tz, k):
     else:
         score = (gx * gx + gy * gy).sum(axis=1)
         score[np.isnan(tz).any(axis=1)] = np.nan
+    return _select_strongest(score, k)
+
+
+SCORE_ROWS = 32  # rows per block of _gradient_score: its temporaries stay small (no page faults)
+
+
+def _gradient_score(t2: np.ndarray) -> np.ndarray:
+    """``(h*w,)`` float32 squared central-difference gradient ``gx^2 + gy^2`` of a one-channel
+    ``(h, w)`` level (``h, w >= 3``), NaN on the one-pixel border and where ``T`` or a
+    neighbour is NaN: bit for bit the score of :func:`_strongest_pixels` on
+    :func:`central_gradients`, but formed in blocks of :data:`SCORE_ROWS` rows, so a large
+    level allocates no full-size gradient images (whose first touch, page by page, costs more
+    than the arithmetic)."""
+    h, w = t2.shape
+    score = np.empty((h, w), np.float32)
+    score[0] = score[-1] = NAN
+    score[:, 0] = score[:, -1] = NAN
+    half = np.float32(0.5)
+    for r0 in range(1, h - 1, SCORE_ROWS):
+        r1 = min(r0 + SCORE_ROWS, h - 1)
+        gx = np.subtract(t2[r0:r1, 2:], t2[r0:r1, :-2])
+        gx *= half
+        np.multiply(gx, gx, out=gx)
+        gy = np.subtract(t2[r0 + 1:r1 + 1, 1:-1], t2[r0 - 1:r1 - 1, 1:-1])
+        gy *= half
+        np.multiply(gy, gy, out=gy)
+        np.add(gx, gy, out=score[r0:r1, 1:-1])
+    if not math.isfinite(float(t2.sum())):
+        score[np.isnan(t2)] = NAN
+    return score.reshape(-1)
+
+
+def _gradients_at(t2: np.ndarray, sel: np.ndarray):
+    """``(gx, gy)``, each ``(len(sel), 1)`` float32: the central differences of the ``(h, w)``
+    level ``t2`` at the interior flat indices ``sel`` (equal to :func:`central_gradients` there)."""
+    tf = t2.reshape(-1)
+    w = t2.shape[1]
+    gx = np.subtract(tf[sel + 1], tf[sel - 1])
+    gx *= np.float32(0.5)
+    gy = np.subtract(tf[sel + w], tf[sel - w])
+    gy *= np.float32(0.5)
+    return gx[:, None], gy[:, None]
+
+
+def _select_strongest(score: np.ndarray, k: int):
+    """Indices (sorted) of about ``k`` entries of ``score`` (NaN: unusable) with the largest
+    values; the threshold comes from a strided sample (no full sort of the grid). ``None``
+    when there are not more than ``k`` usable entries or fewer than 16 are selected."""
     stride = max(1, score.size // THRESHOLD_SAMPLE)
     sample = score[::stride]
     sample = sample[np.isfinite(sample)]
@@ -374,16 +422,26 @@ def build_level(index: int, template: np.ndarray, image: np.ndarray, model: str,
     """
     factor = float(2 ** index)
     h, w, c = template.shape
-    gx, gy = central_gradients(template)
-    gx, gy, tz = gx.reshape(h * w, c), gy.reshape(h * w, c), template.reshape(h * w, c)
+    tz = template.reshape(h * w, c)
     scale = float(chart_scale(chart) / factor)  # level pixels per chart unit
-    points = None
-    sel = _strongest_pixels(gx, gy, tz, max_pixels) if max_pixels is not None and h * w > max_pixels else None
+    points = sel = gx = gy = None
+    if max_pixels is not None and h * w > max_pixels:
+        if c == 1 and h >= 3 and w >= 3:  # the score in blocks; gradients at the selection only
+            sel = _select_strongest(_gradient_score(template[:, :, 0]), max_pixels)
+            if sel is not None:
+                gx, gy = _gradients_at(template[:, :, 0], sel)
+        else:
+            gx, gy = (g.reshape(h * w, c) for g in central_gradients(template))
+            sel = _strongest_pixels(gx, gy, tz, max_pixels)
+            if sel is not None:
+                gx, gy = gx[sel], gy[sel]
+    if sel is None and gx is None:
+        gx, gy = (g.reshape(h * w, c) for g in central_gradients(template))
     _check(check)
     if sel is not None:
         xs, ys = sel % w, sel // w
         phi = _monomials(xs, ys, factor, chart)  # (6, n) float32
-        gx, gy, tz = gx[sel], gy[sel], tz[sel]
+        tz = tz[sel]
         usable = np.ones(len(sel) * c, bool)
         points = np.empty((len(sel), 3))
         points[:, 0], points[:, 1], points[:, 2] = xs, ys, 1.0
