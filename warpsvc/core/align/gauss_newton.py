@@ -333,9 +333,9 @@ def _fit_gain_bias_1(lv: Level, e0: np.ndarray, missing: np.ndarray, n: int):
         return a, b
     tz, st, stt = template_sums(lv)
     if n == lv.n_usable:
-        se, ste = (tz @ e0.reshape(-1, 1)).ravel().tolist()  # rows (1, T): sum e, sum T e
+        ste, se = (tz @ e0.reshape(-1, 1)).ravel().tolist()  # rows (T, 1): sum T e, sum e
     else:
-        t0 = np.where(missing, np.float32(0), tz[1])
+        t0 = np.where(missing, np.float32(0), tz[0])
         st, stt = float(t0.sum(dtype=np.float64)), float(np.dot(t0, t0))
         se, ste = float(e0.sum(dtype=np.float64)), float(np.dot(t0, e0))
     var_t = stt - st * st / n
@@ -347,11 +347,15 @@ def _fit_gain_bias_1(lv: Level, e0: np.ndarray, missing: np.ndarray, n: int):
 
 def template_sums(lv: Level):
     """``(rows, sum T, sum T^2)`` over a one-channel level's usable pixels: ``rows`` the
-    ``(2, n)`` float32 array ``(1, T)``, 0 where unusable (computed once per level)."""
+    ``(2, n)`` float32 array ``(T, 1)``, 0 where unusable -- the level's gain/bias
+    steepest-descent rows when it has them -- and the sums in float64 (once per level)."""
     if lv.tsums is None:
-        t = np.where(lv.usable, lv.tflat, np.float32(0))
-        rows = np.stack([lv.usable.astype(np.float32), t])
-        t64 = t.astype(np.float64)
+        p = lv.n_params
+        if lv.sdT.shape[0] == p + 2:
+            rows = lv.sdT[p:p + 2]
+        else:
+            rows = np.stack([np.where(lv.usable, lv.tflat, np.float32(0)), lv.usable.astype(np.float32)])
+        t64 = rows[0].astype(np.float64)
         lv.tsums = (rows, float(t64.sum()), float(t64 @ t64))
     return lv.tsums
 
@@ -478,9 +482,8 @@ class Stepper:
             raise ValueError("chart must be u = k x + a, v = k y + b")
         self.k, self.a, self.b = k, a, b
         self.corners0 = corners0  # (4, 3) homogeneous template corners, level-0 pixels
-        self.corners_u = corners0 @ chart.T  # (4, 3) in the chart
         self.corner_list = corners0.tolist()
-        self.corner_u_list = [(u / w, v / w) for u, v, w in self.corners_u.tolist()]
+        self.corner_u_list = [((k * x + a * w) / w, (k * y + b * w) / w) for x, y, w in self.corner_list]  # chart
         self.scale = scale  # level pixels per chart unit
         self.keep_affine = model != "homography"
 
