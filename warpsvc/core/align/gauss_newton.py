@@ -61,7 +61,6 @@ noise in the template's gradients).
 
 from __future__ import annotations
 
-import functools
 import math
 import time
 from dataclasses import dataclass, field
@@ -70,9 +69,8 @@ import cv2
 import numpy as np
 
 from .chart import chart_scale
-from .losses import LOSSES
-from .options import MAD_TO_SIGMA
-from .pyramid import Level
+from .losses import LOSSES, mad_sigma
+from .pyramid import Level, level_scale, sample_points, warp_to_template  # the samplers: also for api/verify
 from .result import (
     CANCELLED,
     CONVERGED,
@@ -83,7 +81,6 @@ from .result import (
     TIME_BUDGET,
 )
 
-NAN = float("nan")
 MAX_DAMPING = 1e8
 # Fewer usable residuals than this many per unknown and a level is skipped / the call fails.
 MIN_RESIDUALS_PER_UNKNOWN = 4
@@ -167,93 +164,6 @@ class LevelOutcome:
     newton_step: float = float("inf")
 
 
-def warp_to_template(image: np.ndarray, W: np.ndarray, shape, affine: bool) -> np.ndarray:
-    """``I(W x)`` on the template grid (h, w, C), NaN where the sample needs a missing pixel."""
-    h, w, c = shape
-    flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
-    if c == 1:  # the common case, without the channel bookkeeping
-        src = image[:, :, 0]
-        if affine:
-            return cv2.warpAffine(src, W[:2], (w, h), flags=flags, borderMode=cv2.BORDER_CONSTANT, borderValue=NAN)
-        return cv2.warpPerspective(src, W, (w, h), flags=flags, borderMode=cv2.BORDER_CONSTANT, borderValue=NAN)
-    chans = [image] if c <= 4 else [image[:, :, i:i + 4] for i in range(0, c, 4)]
-    outs = []
-    for ch in chans:
-        src = ch if ch.shape[2] > 1 else ch[:, :, 0]
-        if affine:
-            o = cv2.warpAffine(src, W[:2], (w, h), flags=flags, borderMode=cv2.BORDER_CONSTANT, borderValue=(NAN,) * 4)
-        else:
-            o = cv2.warpPerspective(src, W, (w, h), flags=flags, borderMode=cv2.BORDER_CONSTANT,
-                                    borderValue=(NAN,) * 4)
-        outs.append(o.reshape(h, w, -1))
-    return outs[0] if len(outs) == 1 else np.concatenate(outs, axis=2)
-
-
-REMAP_ROW = 4096  # cv2.remap maps stay far below its 32767-pixel side limit
-
-
-def sample_points(image: np.ndarray, W: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """``I(W x)`` at homogeneous points ``(n, 3)``: ``(n, C)`` float32, NaN where missing."""
-    q = points @ W.T  # (n, 3)
-    n = len(points)
-    rows = -(-n // REMAP_ROW)
-    mx = np.full(rows * REMAP_ROW, -1e6, np.float32)
-    my = np.full(rows * REMAP_ROW, -1e6, np.float32)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        mx[:n] = q[:, 0] / q[:, 2]
-        my[:n] = q[:, 1] / q[:, 2]
-    mx, my = mx.reshape(rows, REMAP_ROW), my.reshape(rows, REMAP_ROW)
-    c = image.shape[2]
-    outs = []
-    for i in range(0, c, 4):
-        ch = image[:, :, i:i + 4]
-        src = ch if ch.shape[2] > 1 else ch[:, :, 0]
-        o = cv2.remap(src, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=(NAN,) * 4)
-        outs.append(o.reshape(rows * REMAP_ROW, -1)[:n])
-    return outs[0] if len(outs) == 1 else np.concatenate(outs, axis=1)
-
-
-def robust_weights(e: np.ndarray, valid: np.ndarray, loss: str, sigma: float) -> np.ndarray:
-    """IRLS weights ``w(|e| / sigma)`` of the loss (:mod:`.losses`), 0 where not valid
-    (``e`` 0 there)."""
-    return LOSSES[loss].weights_and_rho_sum(e, valid, sigma)[0]
-
-
-def robust_cost(e: np.ndarray, valid: np.ndarray, loss: str, sigma: float) -> float:
-    """Mean ``2 sigma^2 rho(|e| / sigma)`` over the valid residuals (least-squares units;
-    ``e`` 0 where not valid)."""
-    n = int(np.count_nonzero(valid))
-    return 2.0 * sigma * sigma * LOSSES[loss].weights_and_rho_sum(e, valid, sigma)[1] / max(n, 1)
-
-
-def mad_sigma(e: np.ndarray, valid: np.ndarray, floor: float) -> float:
-    """``1.4826 median |e|`` over the valid residuals (a strided sample of large levels), at
-    least ``floor``. The median is taken by partition, with the invalid residuals moved past
-    every valid one (no boolean gather)."""
-    step = max(1, len(e) // 20000)  # a strided sample is plenty for a median
-    if step > 1:
-        e, valid = e[::step], valid[::step]
-    m = int(np.count_nonzero(valid))
-    if m == 0:
-        return floor
-    v = np.abs(e)
-    if m < len(v):
-        v[~valid] = np.inf
-    lo, hi = (m - 1) // 2, m // 2
-    part = np.partition(v, (lo, hi) if lo != hi else lo)
-    med = 0.5 * (float(part[lo]) + float(part[hi]))
-    return max(MAD_TO_SIGMA * med, floor)
-
-
-@functools.cache
-def _level_scale(f: float) -> np.ndarray:
-    """``S W S^-1`` as an elementwise product: ``W_l = W_0 * _level_scale(f)`` with
-    ``S = diag(1/f, 1/f, 1)`` (exact: ``f`` is a power of two)."""
-    m = np.array([[1.0, 1.0, 1.0 / f], [1.0, 1.0, 1.0 / f], [f, f, 1.0]])
-    m.setflags(write=False)
-    return m
-
-
 def _unusable_index(lv: Level) -> np.ndarray:
     """Flat indices of the level's unusable template elements (computed once per level)."""
     if lv.unusable_index is None:
@@ -269,7 +179,7 @@ def evaluate(lv: Level, W0: np.ndarray, affine: bool, robust, photometric: bool,
     count of missing residuals equals the count of unusable elements the two sets are equal:
     ``valid`` is then the level's ``usable`` and the missing residuals are zeroed through the
     level's index list of them (the common case: the whole template lands in the image)."""
-    Wl = W0 * _level_scale(lv.factor)
+    Wl = W0 * level_scale(lv.factor)
     if lv.points is None:
         warped = warp_to_template(lv.image, Wl, lv.shape, affine)
     else:
@@ -306,7 +216,8 @@ def evaluate(lv: Level, W0: np.ndarray, affine: bool, robust, photometric: bool,
                      - tflat.reshape(-1, c)).reshape(-1)
             if robust is not None:
                 e[zero_at] = 0.0
-                weights = robust_weights(e, valid, robust, sigma_for_cost or mad_sigma(e, valid, sigma_floor))
+                weights = LOSSES[robust].weights_and_rho_sum(
+                    e, valid, sigma_for_cost or mad_sigma(e, valid, sigma_floor))[0]
     if gain is None:
         gain, bias = np.ones(c), np.zeros(c)
     if n_valid < e.size:
@@ -361,23 +272,10 @@ def template_sums(lv: Level):
 
 
 def fit_gain_bias(iw, t, valid, weights):
-    """Per-channel weighted least squares ``iw ~ a t + b`` over valid elements (N, C) -> (a, b)."""
+    """Per-channel weighted least squares ``iw ~ a t + b`` over valid elements (N, C) -> (a, b)
+    (one channel without weights: :func:`_fit_gain_bias_1`)."""
     c = t.shape[1]
     a, b = np.ones(c), np.zeros(c)
-    if c == 1 and weights is None:  # fast path: four float32 reductions over masked arrays
-        v = valid[:, 0]
-        n = int(np.count_nonzero(v))
-        if n < 2:
-            return a, b
-        t0 = np.where(v, t[:, 0], np.float32(0))
-        i0 = np.where(v, iw[:, 0], np.float32(0))
-        st, si = float(t0.sum(dtype=np.float64)), float(i0.sum(dtype=np.float64))
-        var_t = float(np.dot(t0, t0)) - st * st / n
-        cov = float(np.dot(t0, i0)) - st * si / n
-        if var_t > 0:
-            a[0] = min(max(cov / var_t, GAIN_RANGE[0]), GAIN_RANGE[1])
-        b[0] = si / n - a[0] * st / n
-        return a, b
     for ch in range(c):
         v = valid[:, ch]
         tv, iv = t[v, ch].astype(np.float64), iw[v, ch].astype(np.float64)
@@ -640,7 +538,7 @@ def translation_search(lv: Level, W: np.ndarray, radius: int, affine: bool) -> n
     r0, r1, c0, c1, tc = box
     f = lv.factor
     # extended grid: template pixel (x - radius, y - radius) for x in [0, w + 2 radius)
-    Wl = W * _level_scale(f)
+    Wl = W * level_scale(f)
     Wl[:, 2] -= radius * (Wl[:, 0] + Wl[:, 1])  # Wl @ [[1, 0, -radius], [0, 1, -radius], [0, 0, 1]]
     ext = warp_to_template(lv.image, Wl, (h + 2 * radius, w + 2 * radius, c), affine)
     region = ext[r0:r1 + 2 * radius, c0:c1 + 2 * radius]

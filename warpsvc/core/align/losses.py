@@ -10,7 +10,7 @@ iteration. Constants give 95 % efficiency under Gaussian noise::
     tukey  rho = c^2 / 6 (1 - (1 - (z/c)^2)^3)  (z <= c)    c = 4.685
                = c^2 / 6                    (z >  c)    w = max(0, 1 - (z/c)^2)^2
 
-``robust=None`` is plain least squares (``rho = z^2 / 2``, ``w = 1``), handled by the solver's
+The scale is ``sigma = 1.4826 median |e|`` (:func:`mad_sigma`). ``robust=None`` is plain least squares (``rho = z^2 / 2``, ``w = 1``), handled by the solver's
 unweighted fast path rather than by an object here.
 
 ``weights_and_rho_sum(e, valid, sigma)`` is the solver's fused form: float32 weights (0 where
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .options import HUBER_K, TUKEY_C
+from .options import HUBER_K, MAD_TO_SIGMA, TUKEY_C
 
 
 @dataclass(frozen=True)
@@ -76,3 +76,21 @@ class Tukey:
 
 LOSSES = {"huber": Huber(), "tukey": Tukey()}
 
+
+def mad_sigma(e: np.ndarray, valid: np.ndarray, floor: float) -> float:
+    """``1.4826 median |e|`` over the valid residuals (a strided sample of large levels), at
+    least ``floor``. The median is taken by partition, with the invalid residuals moved past
+    every valid one (no boolean gather)."""
+    step = max(1, len(e) // 20000)  # a strided sample is plenty for a median
+    if step > 1:
+        e, valid = e[::step], valid[::step]
+    m = int(np.count_nonzero(valid))
+    if m == 0:
+        return floor
+    v = np.abs(e)
+    if m < len(v):
+        v[~valid] = np.inf
+    lo, hi = (m - 1) // 2, m // 2
+    part = np.partition(v, (lo, hi) if lo != hi else lo)
+    med = 0.5 * (float(part[lo]) + float(part[hi]))
+    return max(MAD_TO_SIGMA * med, floor)

@@ -13,7 +13,8 @@ pixels before each ``pyrDown`` so a coarse pixel whose blur footprint leaves the
 
 Per level we precompute the inverse-compositional quantities that depend on the template
 only: gradients, steepest-descent images, and their Gauss-Newton Hessian (module
-:mod:`.gauss_newton` has the derivation).
+:mod:`.gauss_newton` has the derivation). The samplers of the image on a level's template
+grid or points (:func:`warp_to_template`, :func:`sample_points`) live here too.
 
 Memory. The warp Jacobians enter through the six monomials ``(u, v, 1, u^2, u v, v^2)`` of the
 chart coordinates of the pixels that take part only (:class:`Level`): the ``max_pixels``
@@ -32,8 +33,8 @@ import cv2
 import numpy as np
 
 from ..errors import InvalidImageError
-from ..validate import check_image
 from ..transforms.models import N_PARAMS, dmatrix_dparams
+from ..validate import check_image
 from .cache import ByteLRU
 from .chart import chart_scale
 
@@ -100,6 +101,61 @@ def build_pyramid(img: np.ndarray, levels: int, check=None) -> list:
 def _check(check) -> None:
     if check is not None:
         check()
+
+
+@functools.cache
+def level_scale(f: float) -> np.ndarray:
+    """``S W S^-1`` as an elementwise product: ``W_l = W_0 * level_scale(f)`` with
+    ``S = diag(1/f, 1/f, 1)`` (exact: ``f`` is a power of two)."""
+    m = np.array([[1.0, 1.0, 1.0 / f], [1.0, 1.0, 1.0 / f], [f, f, 1.0]])
+    m.setflags(write=False)
+    return m
+
+
+def warp_to_template(image: np.ndarray, W: np.ndarray, shape, affine: bool) -> np.ndarray:
+    """``I(W x)`` on the template grid (h, w, C), NaN where the sample needs a missing pixel."""
+    h, w, c = shape
+    flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+    if c == 1:  # the common case, without the channel bookkeeping
+        src = image[:, :, 0]
+        if affine:
+            return cv2.warpAffine(src, W[:2], (w, h), flags=flags, borderMode=cv2.BORDER_CONSTANT, borderValue=NAN)
+        return cv2.warpPerspective(src, W, (w, h), flags=flags, borderMode=cv2.BORDER_CONSTANT, borderValue=NAN)
+    chans = [image] if c <= 4 else [image[:, :, i:i + 4] for i in range(0, c, 4)]
+    outs = []
+    for ch in chans:
+        src = ch if ch.shape[2] > 1 else ch[:, :, 0]
+        if affine:
+            o = cv2.warpAffine(src, W[:2], (w, h), flags=flags, borderMode=cv2.BORDER_CONSTANT, borderValue=(NAN,) * 4)
+        else:
+            o = cv2.warpPerspective(src, W, (w, h), flags=flags, borderMode=cv2.BORDER_CONSTANT,
+                                    borderValue=(NAN,) * 4)
+        outs.append(o.reshape(h, w, -1))
+    return outs[0] if len(outs) == 1 else np.concatenate(outs, axis=2)
+
+
+REMAP_ROW = 4096  # cv2.remap maps stay far below its 32767-pixel side limit
+
+
+def sample_points(image: np.ndarray, W: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """``I(W x)`` at homogeneous points ``(n, 3)``: ``(n, C)`` float32, NaN where missing."""
+    q = points @ W.T  # (n, 3)
+    n = len(points)
+    rows = -(-n // REMAP_ROW)
+    mx = np.full(rows * REMAP_ROW, -1e6, np.float32)
+    my = np.full(rows * REMAP_ROW, -1e6, np.float32)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mx[:n] = q[:, 0] / q[:, 2]
+        my[:n] = q[:, 1] / q[:, 2]
+    mx, my = mx.reshape(rows, REMAP_ROW), my.reshape(rows, REMAP_ROW)
+    c = image.shape[2]
+    outs = []
+    for i in range(0, c, 4):
+        ch = image[:, :, i:i + 4]
+        src = ch if ch.shape[2] > 1 else ch[:, :, 0]
+        o = cv2.remap(src, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=(NAN,) * 4)
+        outs.append(o.reshape(rows * REMAP_ROW, -1)[:n])
+    return outs[0] if len(outs) == 1 else np.concatenate(outs, axis=1)
 
 
 @dataclass
