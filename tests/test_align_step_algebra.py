@@ -100,3 +100,22 @@ def test_evaluate_matches_the_residual_definition(photometric, shift):
     np.testing.assert_allclose(ev.e, expect, rtol=1e-4, atol=1e-3)
     assert np.all(ev.e[~valid] == 0.0)
     assert ev.cost == pytest.approx(float(np.dot(expect, expect)) / valid.sum(), rel=1e-4)
+
+
+@pytest.mark.parametrize("perspective", [(0.0, 0.0), (2e-4, -1e-4), (-8.5e-3, 0.0)])  # last: fallback
+def test_sample_points_fast_maps_match_the_direct_division(perspective):
+    rng = np.random.default_rng(5)
+    image = _texture(90, 120, seed=6)
+    image[10:20, 30:50] = np.nan
+    n = 5000  # more than one REMAP_ROW row, with padding
+    points = np.column_stack([rng.uniform(-5, 125, n), rng.uniform(-5, 95, n), np.ones(n)])
+    W = np.array([[1.02, 0.03, 2.5], [-0.02, 0.98, -1.25], [*perspective, 1.0]])
+    fast = pyramid.sample_points(image, W, points, pyramid.point_maps(points))
+    q = points @ W.T
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mx = (q[:, 0] / q[:, 2]).astype(np.float32).reshape(1, -1)
+        my = (q[:, 1] / q[:, 2]).astype(np.float32).reshape(1, -1)
+    direct = cv2.remap(image[:, :, 0], mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                       borderValue=np.nan).reshape(-1, 1)
+    np.testing.assert_array_equal(np.isnan(fast), np.isnan(direct))
+    np.testing.assert_allclose(fast, direct, rtol=0, atol=1e-3, equal_nan=True)

@@ -70,7 +70,7 @@ import numpy as np
 
 from .chart import chart_scale
 from .losses import LOSSES, mad_sigma
-from .pyramid import Level, level_scale, sample_points, warp_to_template  # the samplers: also for api/verify
+from .pyramid import Level, level_scale, point_maps, sample_points, warp_to_template  # samplers: also api/verify
 from .result import (
     CANCELLED,
     CONVERGED,
@@ -183,7 +183,9 @@ def evaluate(lv: Level, W0: np.ndarray, affine: bool, robust, photometric: bool,
     if lv.points is None:
         warped = warp_to_template(lv.image, Wl, lv.shape, affine)
     else:
-        warped = sample_points(lv.image, Wl, lv.points)
+        if lv.pts is None:
+            lv.pts = point_maps(lv.points)
+        warped = sample_points(lv.image, Wl, lv.points, lv.pts)
     c = lv.shape[2]
     tflat = lv.tflat
     wflat = warped.reshape(-1)

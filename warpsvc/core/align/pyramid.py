@@ -137,17 +137,31 @@ def warp_to_template(image: np.ndarray, W: np.ndarray, shape, affine: bool) -> n
 REMAP_ROW = 4096  # cv2.remap maps stay far below its 32767-pixel side limit
 
 
-def sample_points(image: np.ndarray, W: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """``I(W x)`` at homogeneous points ``(n, 3)``: ``(n, C)`` float32, NaN where missing."""
-    q = points @ W.T  # (n, 3)
+def sample_points(image: np.ndarray, W: np.ndarray, points: np.ndarray, pts=None) -> np.ndarray:
+    """``I(W x)`` at homogeneous points ``(n, 3)``: ``(n, C)`` float32, NaN where missing.
+
+    ``pts``: the same points as :func:`point_maps` gives them; then, when ``W``'s denominator
+    stays above 1e-3 on their bounding box (it is linear, so its corners bound it), the remap
+    coordinates come from one ``cv2.perspectiveTransform`` (float32 out, no float64
+    temporaries)."""
     n = len(points)
     rows = -(-n // REMAP_ROW)
-    mx = np.full(rows * REMAP_ROW, -1e6, np.float32)
-    my = np.full(rows * REMAP_ROW, -1e6, np.float32)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        mx[:n] = q[:, 0] / q[:, 2]
-        my[:n] = q[:, 1] / q[:, 2]
-    mx, my = mx.reshape(rows, REMAP_ROW), my.reshape(rows, REMAP_ROW)
+    mx = my = None
+    if pts is not None:
+        xy, box = pts
+        g, h, i = W[2].tolist()
+        if min(g * x + h * y + i for x, y in box) > 1e-3:
+            mx = cv2.perspectiveTransform(xy, W)  # (rows, REMAP_ROW, 2)
+            if rows * REMAP_ROW > n:
+                mx.reshape(-1, 2)[n:] = -1e6  # the padding: outside every image
+    if mx is None:
+        q = points @ W.T  # (n, 3)
+        mx = np.full(rows * REMAP_ROW, -1e6, np.float32)
+        my = np.full(rows * REMAP_ROW, -1e6, np.float32)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            mx[:n] = q[:, 0] / q[:, 2]
+            my[:n] = q[:, 1] / q[:, 2]
+        mx, my = mx.reshape(rows, REMAP_ROW), my.reshape(rows, REMAP_ROW)
     c = image.shape[2]
     outs = []
     for i in range(0, c, 4):
@@ -156,6 +170,18 @@ def sample_points(image: np.ndarray, W: np.ndarray, points: np.ndarray) -> np.nd
         o = cv2.remap(src, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=(NAN,) * 4)
         outs.append(o.reshape(rows * REMAP_ROW, -1)[:n])
     return outs[0] if len(outs) == 1 else np.concatenate(outs, axis=1)
+
+
+def point_maps(points: np.ndarray):
+    """``(xy, box)`` for :func:`sample_points`: the points' ``(x, y)`` as a float32
+    ``(rows, REMAP_ROW, 2)`` array (zero padded) and the four corners of their bounding box."""
+    n = len(points)
+    rows = -(-n // REMAP_ROW)
+    xy = np.zeros((rows * REMAP_ROW, 2), np.float32)
+    xy[:n] = points[:, :2]
+    x0, y0 = points[:, :2].min(axis=0).tolist()
+    x1, y1 = points[:, :2].max(axis=0).tolist()
+    return xy.reshape(rows, REMAP_ROW, 2), ((x0, y0), (x1, y0), (x1, y1), (x0, y1))
 
 
 @dataclass
@@ -187,6 +213,7 @@ class Level:
     tsums: tuple | None = None  # one channel: template rows and sums (gauss_newton.template_sums)
     unusable_index: np.ndarray | None = None  # flat indices of the unusable elements, once computed
     box: tuple | None = None  # the template's usable bounding box (gauss_newton._template_box), once computed
+    pts: tuple | None = None  # point_maps(points) of a sampled level, once computed
 
     @property
     def sd(self) -> np.ndarray:
