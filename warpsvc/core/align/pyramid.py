@@ -323,13 +323,22 @@ def _jacobian_coefficients(model: str):
 def _monomials(xs, ys, factor: float, chart: np.ndarray) -> np.ndarray:
     """``(6, n) float32`` rows ``(u, v, 1, u^2, u v, v^2)`` at level pixels ``(xs, ys)``, with
     ``u = chart(factor * x)`` (products formed in float64, then rounded once)."""
-    x0 = np.asarray(xs, np.float64) * factor
-    y0 = np.asarray(ys, np.float64) * factor
-    u = x0 * chart[0, 0] + y0 * chart[0, 1] + chart[0, 2]
-    v = x0 * chart[1, 0] + y0 * chart[1, 1] + chart[1, 2]
+    (c00, c01, c02), (c10, c11, c12) = chart[:2].tolist()
+    u = np.multiply(xs, factor, dtype=np.float64)
+    v = np.multiply(ys, factor, dtype=np.float64)
+    if c01 == 0.0 and c10 == 0.0:  # the usual chart (scale and shift): in place, the same roundings
+        u *= c00
+        u += c02
+        v *= c11
+        v += c12
+    else:
+        u, v = u * c00 + v * c01 + c02, u * c10 + v * c11 + c12
     out = np.empty((6, len(u)), np.float32)
     out[0], out[1], out[2] = u, v, 1.0
-    out[3], out[4], out[5] = u * u, u * v, v * v
+    tmp = np.multiply(u, u)
+    out[3] = tmp
+    out[4] = np.multiply(u, v, out=tmp)
+    out[5] = np.multiply(v, v, out=tmp)
     return out
 
 
@@ -522,7 +531,7 @@ def build_level(index: int, template: np.ndarray, image: np.ndarray, model: str,
         gx, gy = (g.reshape(h * w, c) for g in central_gradients(template))
     _check(check)
     if sel is not None:
-        xs, ys = sel % w, sel // w
+        ys, xs = np.divmod(sel, w)
         phi = _monomials(xs, ys, factor, chart)  # (6, n) float32
         tz = tz[sel]
         usable = np.ones(len(sel) * c, bool)
