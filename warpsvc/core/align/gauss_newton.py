@@ -68,11 +68,9 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from ..transforms.models import unchecked_matrix
 from .chart import chart_scale
-from .losses import LOSSES
-from .options import MAD_TO_SIGMA
-from .pyramid import Level
+from .losses import LOSSES, mad_sigma
+from .pyramid import Level, level_scale, point_maps, sample_points, warp_to_template  # samplers: also api/verify
 from .result import (
     CANCELLED,
     CONVERGED,
@@ -83,7 +81,6 @@ from .result import (
     TIME_BUDGET,
 )
 
-NAN = float("nan")
 MAX_DAMPING = 1e8
 # Fewer usable residuals than this many per unknown and a level is skipped / the call fails.
 MIN_RESIDUALS_PER_UNKNOWN = 4
@@ -167,136 +164,120 @@ class LevelOutcome:
     newton_step: float = float("inf")
 
 
-def warp_to_template(image: np.ndarray, W: np.ndarray, shape, affine: bool) -> np.ndarray:
-    """``I(W x)`` on the template grid (h, w, C), NaN where the sample needs a missing pixel."""
-    h, w, c = shape
-    flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
-    if c == 1:  # the common case, without the channel bookkeeping
-        src = image[:, :, 0]
-        if affine:
-            return cv2.warpAffine(src, W[:2], (w, h), flags=flags, borderMode=cv2.BORDER_CONSTANT, borderValue=NAN)
-        return cv2.warpPerspective(src, W, (w, h), flags=flags, borderMode=cv2.BORDER_CONSTANT, borderValue=NAN)
-    chans = [image] if c <= 4 else [image[:, :, i:i + 4] for i in range(0, c, 4)]
-    outs = []
-    for ch in chans:
-        src = ch if ch.shape[2] > 1 else ch[:, :, 0]
-        if affine:
-            o = cv2.warpAffine(src, W[:2], (w, h), flags=flags, borderMode=cv2.BORDER_CONSTANT, borderValue=(NAN,) * 4)
-        else:
-            o = cv2.warpPerspective(src, W, (w, h), flags=flags, borderMode=cv2.BORDER_CONSTANT,
-                                    borderValue=(NAN,) * 4)
-        outs.append(o.reshape(h, w, -1))
-    return outs[0] if len(outs) == 1 else np.concatenate(outs, axis=2)
-
-
-REMAP_ROW = 4096  # cv2.remap maps stay far below its 32767-pixel side limit
-
-
-def sample_points(image: np.ndarray, W: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """``I(W x)`` at homogeneous points ``(n, 3)``: ``(n, C)`` float32, NaN where missing."""
-    q = points @ W.T  # (n, 3)
-    n = len(points)
-    rows = -(-n // REMAP_ROW)
-    mx = np.full(rows * REMAP_ROW, -1e6, np.float32)
-    my = np.full(rows * REMAP_ROW, -1e6, np.float32)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        mx[:n] = q[:, 0] / q[:, 2]
-        my[:n] = q[:, 1] / q[:, 2]
-    mx, my = mx.reshape(rows, REMAP_ROW), my.reshape(rows, REMAP_ROW)
-    c = image.shape[2]
-    outs = []
-    for i in range(0, c, 4):
-        ch = image[:, :, i:i + 4]
-        src = ch if ch.shape[2] > 1 else ch[:, :, 0]
-        o = cv2.remap(src, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=(NAN,) * 4)
-        outs.append(o.reshape(rows * REMAP_ROW, -1)[:n])
-    return outs[0] if len(outs) == 1 else np.concatenate(outs, axis=1)
-
-
-def robust_weights(e: np.ndarray, valid: np.ndarray, loss: str, sigma: float) -> np.ndarray:
-    """IRLS weights ``w(|e| / sigma)`` of the loss (:mod:`.losses`), 0 where not valid."""
-    w = LOSSES[loss].weights(np.abs(e) / sigma)
-    return np.where(valid, w, 0.0).astype(np.float32)
-
-
-def robust_cost(e: np.ndarray, valid: np.ndarray, loss: str, sigma: float) -> float:
-    """Mean ``2 sigma^2 rho(|e| / sigma)`` over the valid residuals (least-squares units)."""
-    z = np.abs(e[valid]) / sigma
-    return float(2.0 * sigma * sigma * LOSSES[loss].rho(z).sum() / max(len(z), 1))
-
-
-def mad_sigma(e: np.ndarray, valid: np.ndarray, floor: float) -> float:
-    step = max(1, len(e) // 20000)  # a strided sample is plenty for a median
-    v = np.abs(e[::step][valid[::step]])
-    if v.size == 0:
-        return floor
-    return max(MAD_TO_SIGMA * float(np.median(v)), floor)
+def _unusable_index(lv: Level) -> np.ndarray:
+    """Flat indices of the level's unusable template elements (computed once per level)."""
+    if lv.unusable_index is None:
+        lv.unusable_index = np.flatnonzero(~lv.usable)
+    return lv.unusable_index
 
 
 def evaluate(lv: Level, W0: np.ndarray, affine: bool, robust, photometric: bool,
              prev_weights, sigma_for_cost, sigma_floor) -> Evaluation:
-    """Warp the image by ``W0`` (level-0 ``image_from_template``) and form the residuals."""
-    f = lv.factor
-    Wl = W0.copy()
-    Wl[:2, 2] /= f
-    Wl[2, :2] *= f
+    """Warp the image by ``W0`` (level-0 ``image_from_template``) and form the residuals.
+
+    The unusable template elements are always missing (``tflat`` is NaN there), so when the
+    count of missing residuals equals the count of unusable elements the two sets are equal:
+    ``valid`` is then the level's ``usable`` and the missing residuals are zeroed through the
+    level's index list of them (the common case: the whole template lands in the image)."""
+    Wl = W0 * level_scale(lv.factor)
     if lv.points is None:
         warped = warp_to_template(lv.image, Wl, lv.shape, affine)
     else:
-        warped = sample_points(lv.image, Wl, lv.points)
+        if lv.pts is None:
+            lv.pts = point_maps(lv.points)
+        warped = sample_points(lv.image, Wl, lv.points, lv.pts)
     c = lv.shape[2]
     tflat = lv.tflat
     wflat = warped.reshape(-1)
     e = wflat - tflat  # NaN where either side is missing
-    valid = ~np.isnan(e)
-    n_valid = int(np.count_nonzero(valid))
-    gain = np.ones(c)
-    bias = np.zeros(c)
+    missing = np.isnan(e)
+    n_valid = e.size - int(np.count_nonzero(missing))
+    if n_valid == lv.n_usable:
+        valid = lv.usable
+        zero_at = _unusable_index(lv)
+    else:
+        valid, zero_at = ~missing, missing
+    gain = bias = None
     if photometric and n_valid > 0:
         weights = prev_weights
         # With a robust loss and no weights yet (a level's first evaluation), the outliers
         # would bias the first gain/bias fit: fit, weight by the loss, fit again.
         for _ in range(2 if robust is not None and weights is None else 1):
-            gain, bias = fit_gain_bias(wflat.reshape(-1, c), tflat.reshape(-1, c), valid.reshape(-1, c),
-                                       None if weights is None else weights.reshape(-1, c))
-            if c == 1:
-                e = (wflat - np.float32(bias[0])) * np.float32(1.0 / gain[0]) - tflat
+            if c == 1 and weights is None:
+                e[zero_at] = 0.0  # the raw residual, zero where missing: its sums fit (a, b)
+                gain, bias = _fit_gain_bias_1(lv, e, missing, n_valid)
+            else:
+                gain, bias = fit_gain_bias(wflat.reshape(-1, c), tflat.reshape(-1, c), valid.reshape(-1, c),
+                                           None if weights is None else weights.reshape(-1, c))
+            if c == 1:  # e = (I(W x) - b) / a - T, in place
+                np.subtract(wflat, np.float32(bias[0]), out=e)
+                e *= np.float32(1.0 / gain[0])
+                e -= tflat
             else:
                 e = ((wflat.reshape(-1, c) - bias.astype(np.float32)) * (1.0 / gain).astype(np.float32)
                      - tflat.reshape(-1, c)).reshape(-1)
             if robust is not None:
-                e[~valid] = 0.0
-                weights = robust_weights(e, valid, robust, sigma_for_cost or mad_sigma(e, valid, sigma_floor))
-    e[~valid] = 0.0
+                e[zero_at] = 0.0
+                weights = LOSSES[robust].weights_and_rho_sum(
+                    e, valid, sigma_for_cost or mad_sigma(e, valid, sigma_floor))[0]
+    if gain is None:
+        gain, bias = np.ones(c), np.zeros(c)
+    if n_valid < e.size:
+        e[zero_at] = 0.0
     if robust is None:
         cost = float(np.dot(e, e)) / max(n_valid, 1)
         return Evaluation(e, valid, n_valid, None, 0.0, cost, gain, bias, warped)
     # The scale is estimated once per level (``sigma_for_cost`` carries it on), so the costs of
     # successive iterations are comparable and the median is not recomputed every time.
     sigma = sigma_for_cost if sigma_for_cost else mad_sigma(e, valid, sigma_floor)
-    cost = robust_cost(e, valid, robust, sigma)
-    weights = robust_weights(e, valid, robust, sigma)
+    weights, rho_sum = LOSSES[robust].weights_and_rho_sum(e, valid, sigma)
+    cost = 2.0 * sigma * sigma * rho_sum / max(n_valid, 1)
     return Evaluation(e, valid, n_valid, weights, sigma, cost, gain, bias, warped)
 
 
+def _fit_gain_bias_1(lv: Level, e0: np.ndarray, missing: np.ndarray, n: int):
+    """One channel, unweighted ``I(W x) ~ a T(x) + b`` from the raw residual ``e0 = I(W x) - T``
+    (0 where ``missing``): with ``I = T + e``, ``cov(T, I) = var(T) + cov(T, e)``, so
+    ``a = 1 + cov(T, e) / var(T)``. The template's sums come from the level
+    (:func:`template_sums`) when every usable pixel is valid, so one pass over ``e0`` (a
+    two-row product) is all an evaluation adds."""
+    a, b = np.ones(1), np.zeros(1)
+    if n < 2:
+        return a, b
+    tz, st, stt = template_sums(lv)
+    if n == lv.n_usable:
+        ste, se = (tz @ e0.reshape(-1, 1)).ravel().tolist()  # rows (T, 1): sum T e, sum e
+    else:
+        t0 = np.where(missing, np.float32(0), tz[0])
+        st, stt = float(t0.sum(dtype=np.float64)), float(np.dot(t0, t0))
+        se, ste = float(e0.sum(dtype=np.float64)), float(np.dot(t0, e0))
+    var_t = stt - st * st / n
+    if var_t > 0:
+        a[0] = min(max(1.0 + (ste - st * se / n) / var_t, GAIN_RANGE[0]), GAIN_RANGE[1])
+    b[0] = (st + se) / n - a[0] * st / n
+    return a, b
+
+
+def template_sums(lv: Level):
+    """``(rows, sum T, sum T^2)`` over a one-channel level's usable pixels: ``rows`` the
+    ``(2, n)`` float32 array ``(T, 1)``, 0 where unusable -- the level's gain/bias
+    steepest-descent rows when it has them -- and the sums in float64 (once per level)."""
+    if lv.tsums is None:
+        p = lv.n_params
+        if lv.sdT.shape[0] == p + 2:
+            rows = lv.sdT[p:p + 2]
+        else:
+            rows = np.stack([np.where(lv.usable, lv.tflat, np.float32(0)), lv.usable.astype(np.float32)])
+        t64 = rows[0].astype(np.float64)
+        lv.tsums = (rows, float(t64.sum()), float(t64 @ t64))
+    return lv.tsums
+
+
 def fit_gain_bias(iw, t, valid, weights):
-    """Per-channel weighted least squares ``iw ~ a t + b`` over valid elements (N, C) -> (a, b)."""
+    """Per-channel weighted least squares ``iw ~ a t + b`` over valid elements (N, C) -> (a, b)
+    (one channel without weights: :func:`_fit_gain_bias_1`)."""
     c = t.shape[1]
     a, b = np.ones(c), np.zeros(c)
-    if c == 1 and weights is None:  # fast path: four float32 reductions over masked arrays
-        v = valid[:, 0]
-        n = int(np.count_nonzero(v))
-        if n < 2:
-            return a, b
-        t0 = np.where(v, t[:, 0], np.float32(0))
-        i0 = np.where(v, iw[:, 0], np.float32(0))
-        st, si = float(t0.sum(dtype=np.float64)), float(i0.sum(dtype=np.float64))
-        var_t = float(np.dot(t0, t0)) - st * st / n
-        cov = float(np.dot(t0, i0)) - st * si / n
-        if var_t > 0:
-            a[0] = min(max(cov / var_t, GAIN_RANGE[0]), GAIN_RANGE[1])
-        b[0] = si / n - a[0] * st / n
-        return a, b
     for ch in range(c):
         v = valid[:, ch]
         tv, iv = t[v, ch].astype(np.float64), iw[v, ch].astype(np.float64)
@@ -323,73 +304,134 @@ def fit_gain_bias(iw, t, valid, weights):
 
 def normal_equations(lv: Level, ev: Evaluation):
     """``(H, g)`` over the valid residuals (with robust weights when present)."""
-    sd = lv.sd
+    sdT = lv.sdT
     if ev.weights is None:
-        g = lv.sdT @ ev.e
+        g = sdT @ ev.e
         n_lost = lv.n_usable - ev.n_valid
         if n_lost == 0:
             H = lv.hessian
         elif 3 * n_lost < lv.n_usable:
-            rows = sd[np.flatnonzero(lv.usable & ~ev.valid)]
-            H = lv.hessian - (rows.T @ rows).astype(np.float64)
+            rows = sdT[:, np.flatnonzero(lv.usable & ~ev.valid)]
+            H = lv.hessian - (rows @ rows.T).astype(np.float64)
         else:
-            rows = sd[ev.valid]
-            H = (rows.T @ rows).astype(np.float64)
+            rows = sdT[:, ev.valid]
+            H = (rows @ rows.T).astype(np.float64)
     else:
-        g = lv.sdT @ (ev.weights * ev.e)
-        H = ((lv.sdT * ev.weights) @ sd).astype(np.float64)
+        g = sdT @ (ev.weights * ev.e)
+        H = ((sdT * ev.weights) @ sdT.T).astype(np.float64)
     return H, g.astype(np.float64)
 
 
-def solve_step(H: np.ndarray, g: np.ndarray, lam: float, n_params: int) -> np.ndarray | None:
-    """``(H + lam diag H) d = g`` for the motion part of ``d`` (``cv2.solve``: Cholesky, SVD
-    if that fails; numpy's ``linalg.solve`` costs more in call overhead than in arithmetic
-    at this size)."""
+def solve_step(H: np.ndarray, g: np.ndarray, lam: float, n_params: int) -> list | None:
+    """``(H + lam diag H) d = g`` for the motion part of ``d``, as a list of floats
+    (``cv2.solve``: Cholesky, SVD if that fails; numpy's ``linalg.solve`` costs more in call
+    overhead than in arithmetic at this size). ``None`` when not finite."""
     A = H + lam * np.diag(np.diag(H)) if lam > 0 else H
     ok, d = cv2.solve(A, g.reshape(-1, 1), flags=cv2.DECOMP_CHOLESKY)
     if not ok:
         ok, d = cv2.solve(A, g.reshape(-1, 1), flags=cv2.DECOMP_SVD)
-    d = d[:n_params, 0]
-    return d if math.isfinite(float(d @ d)) else None
+    d = d[:n_params, 0].tolist()
+    return d if math.isfinite(sum(v * v for v in d)) else None
+
+
+def model_rows(model: str, p: list) -> tuple:
+    """``M(p)`` (:func:`~warpsvc.core.transforms.models.unchecked_matrix`) as three row tuples."""
+    if model == "translation":
+        return (1.0, 0.0, p[0]), (0.0, 1.0, p[1]), (0.0, 0.0, 1.0)
+    if model == "euclidean":
+        c, s = math.cos(p[0]), math.sin(p[0])
+        return (c, -s, p[1]), (s, c, p[2]), (0.0, 0.0, 1.0)
+    if model == "similarity":
+        return (1 + p[0], -p[1], p[2]), (p[1], 1 + p[0], p[3]), (0.0, 0.0, 1.0)
+    if model == "affine":
+        return (1 + p[0], p[1], p[2]), (p[3], 1 + p[4], p[5]), (0.0, 0.0, 1.0)
+    return (1 + p[0], p[1], p[2]), (p[3], 1 + p[4], p[5]), (p[6], p[7], 1.0)
+
+
+def inverse_rows(m: tuple) -> tuple | None:
+    """Inverse of a 3x3 matrix given as rows (adjugate over determinant); ``None`` when the
+    determinant is 0 or not finite."""
+    (a, b, c), (d, e, f), (g, h, i) = m
+    c0, c1, c2 = e * i - f * h, f * g - d * i, d * h - e * g  # cofactors of the first row
+    det = a * c0 + b * c1 + c * c2
+    if det == 0.0 or not math.isfinite(det):
+        return None
+    r = 1.0 / det
+    return ((c0 * r, (c * h - b * i) * r, (b * f - c * e) * r),
+            (c1 * r, (a * i - c * g) * r, (c * d - a * f) * r),
+            (c2 * r, (b * g - a * h) * r, (a * e - b * d) * r))
 
 
 class Stepper:
-    """Applies chart-space updates to ``W`` (level-0 ``image_from_template``) and measures them."""
+    """Applies chart-space updates to ``W`` (level-0 ``image_from_template``) and measures them.
+
+    The 3x3 algebra of a step (``M(d)``, its inverse, the conjugation by the chart, the
+    composition, the corner checks) is written out on Python floats: at this size numpy's
+    call overhead is most of the cost. The chart is ``u = k x + a, v = k y + b``
+    (:func:`.chart.make_chart`), so ``Q = C^-1 N C`` for ``N = M^-1`` is ::
+
+        q00 = n00 - a n20    q01 = n01 - a n21    q02 = (n00 a + n01 b + n02 - a q22) / k
+        q10 = n10 - b n20    q11 = n11 - b n21    q12 = (n10 a + n11 b + n12 - b q22) / k
+        q20 = k n20          q21 = k n21          q22 = n20 a + n21 b + n22
+    """
 
     def __init__(self, model, chart, chart_inv, corners0, scale):
         self.model, self.chart, self.chart_inv = model, chart, chart_inv
+        (k, z01, a), (z10, k1, b), bottom = chart.tolist()
+        if z01 != 0.0 or z10 != 0.0 or k1 != k or bottom != [0.0, 0.0, 1.0] or k == 0.0:
+            raise ValueError("chart must be u = k x + a, v = k y + b")
+        self.k, self.a, self.b = k, a, b
         self.corners0 = corners0  # (4, 3) homogeneous template corners, level-0 pixels
-        self.corners_u = corners0 @ chart.T  # (4, 3) in the chart
         self.corner_list = corners0.tolist()
-        self.corner_u_list = [(u / w, v / w) for u, v, w in self.corners_u.tolist()]
+        self.corner_u_list = [((k * x + a * w) / w, (k * y + b * w) / w) for x, y, w in self.corner_list]  # chart
         self.scale = scale  # level pixels per chart unit
         self.keep_affine = model != "homography"
 
     def compose(self, W, m):
-        """``W C^-1 M^-1 C``, normalised to ``W[2, 2] = 1``; ``None`` if ``M`` is singular."""
-        ok, m_inv = cv2.invert(m, flags=cv2.DECOMP_LU)  # 0 when singular (LU pivot vanished)
-        if not ok:
+        """``W C^-1 M^-1 C`` (``W`` an array, ``m`` rows), normalised to ``W[2, 2] = 1``, as
+        rows; ``None`` if ``M`` is singular or the result is at infinity."""
+        n = inverse_rows(m)
+        if n is None:
             return None
-        Wn = W @ (self.chart_inv @ m_inv @ self.chart)
-        if self.keep_affine and W[2, 0] == 0.0 and W[2, 1] == 0.0:
-            Wn[2] = (0.0, 0.0, Wn[2, 2])
-        return Wn / Wn[2, 2] if Wn[2, 2] != 0 else None
+        (n00, n01, n02), (n10, n11, n12), (n20, n21, n22) = n
+        k, a, b = self.k, self.a, self.b
+        q20, q21, q22 = k * n20, k * n21, n20 * a + n21 * b + n22
+        q00, q01, q02 = n00 - a * n20, n01 - a * n21, (n00 * a + n01 * b + n02 - a * q22) / k
+        q10, q11, q12 = n10 - b * n20, n11 - b * n21, (n10 * a + n11 * b + n12 - b * q22) / k
+        (w00, w01, w02), (w10, w11, w12), (w20, w21, w22) = W.tolist()
+        z = w20 * q02 + w21 * q12 + w22 * q22
+        if self.keep_affine and w20 == 0.0 and w21 == 0.0:
+            r20 = r21 = 0.0
+        else:
+            r20 = w20 * q00 + w21 * q10 + w22 * q20
+            r21 = w20 * q01 + w21 * q11 + w22 * q21
+        if z == 0.0:
+            return None
+        r = 1.0 / z
+        return (((w00 * q00 + w01 * q10 + w02 * q20) * r, (w00 * q01 + w01 * q11 + w02 * q21) * r,
+                 (w00 * q02 + w01 * q12 + w02 * q22) * r),
+                ((w10 * q00 + w11 * q10 + w12 * q20) * r, (w10 * q01 + w11 * q11 + w12 * q21) * r,
+                 (w10 * q02 + w11 * q12 + w12 * q22) * r),
+                (r20 * r, r21 * r, 1.0))
 
     def ok(self, W) -> bool:
-        """Finite, orientation-preserving at every template corner (nothing folds or flips)."""
+        """Finite, orientation-preserving at every template corner (nothing folds or flips);
+        ``W`` as rows or an array."""
         if W is None:
             return False
-        a, b, c = W[2].tolist()
+        if isinstance(W, np.ndarray):
+            W = W.tolist()
+        (a, b, c), (d, e, f), (g, h, i) = W
         for x, y, _ in self.corner_list:
-            w = a * x + b * y + c
+            w = g * x + h * y + i
             if not w > 0:  # also catches NaN
                 return False
-        det = cv2.determinant(W)
+        det = a * (e * i - f * h) - b * (d * i - f * g) + c * (d * h - e * g)
         return det > 0 and math.isfinite(det)
 
     def size(self, m) -> float:
-        """Largest motion (level pixels) of a template corner under ``M``."""
-        (m00, m01, m02), (m10, m11, m12), (m20, m21, m22) = m.tolist()
+        """Largest motion (level pixels) of a template corner under ``M`` (rows)."""
+        (m00, m01, m02), (m10, m11, m12), (m20, m21, m22) = m
         worst = 0.0
         for u, v in self.corner_u_list:
             w = m20 * u + m21 * v + m22
@@ -397,14 +439,15 @@ class Stepper:
         return worst * self.scale
 
     def propose(self, base, H, g, lam, n_params):
-        """Damped step from ``base``: raise ``lam`` until the warp stays valid. ``(W, size, lam)``."""
+        """Damped step from ``base``: raise ``lam`` until the warp stays valid. ``(W, size, lam)``
+        with ``W`` a (3, 3) array."""
         while True:
             d = solve_step(H, g, lam, n_params)
             if d is not None:
-                m = unchecked_matrix(self.model, d)
+                m = model_rows(self.model, d)
                 W = self.compose(base, m)
                 if self.ok(W):
-                    return W, self.size(m), lam
+                    return np.array(W), self.size(m), lam
             lam = max(10.0 * lam, 1e-3)
             if lam > MAX_DAMPING:
                 return None, None, lam
@@ -469,7 +512,7 @@ def solve_level(lv: Level, W0: np.ndarray, *, model: str, chart: np.ndarray, cha
     if best is not None and not coarse:
         d = solve_step(best.H, best.g, 0.0, lv.n_params)
         if d is not None:
-            newton = stepper.size(unchecked_matrix(model, d)) * lv.factor
+            newton = stepper.size(model_rows(model, d)) * lv.factor
     return LevelOutcome(W, reason, it, costs, None if best is None else best.ev, newton)
 
 
@@ -491,48 +534,60 @@ def translation_search(lv: Level, W: np.ndarray, radius: int, affine: bool) -> n
     window finds the right basin even when the start is a few coarse pixels away.
     """
     h, w, c = lv.shape
-    t = lv.template
-    ok = ~np.isnan(t).any(axis=2)
-    rows, cols = np.flatnonzero(ok.any(axis=1)), np.flatnonzero(ok.any(axis=0))
-    if len(rows) < 4 or len(cols) < 4:
+    box = _template_box(lv)
+    if box is None:
         return W
-    r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
-    tc = t[r0:r1, c0:c1]
-    if np.isnan(tc).any():
-        return W
+    r0, r1, c0, c1, tc = box
     f = lv.factor
     # extended grid: template pixel (x - radius, y - radius) for x in [0, w + 2 radius)
-    shift = np.array([[1.0, 0, -radius], [0, 1.0, -radius], [0, 0, 1.0]])
-    Wl = W.copy()
-    Wl[:2, 2] /= f
-    Wl[2, :2] *= f
-    ext = warp_to_template(lv.image, Wl @ shift, (h + 2 * radius, w + 2 * radius, c), affine)
+    Wl = W * level_scale(f)
+    Wl[:, 2] -= radius * (Wl[:, 0] + Wl[:, 1])  # Wl @ [[1, 0, -radius], [0, 1, -radius], [0, 0, 1]]
+    ext = warp_to_template(lv.image, Wl, (h + 2 * radius, w + 2 * radius, c), affine)
     region = ext[r0:r1 + 2 * radius, c0:c1 + 2 * radius]
-    missing = np.isnan(region)
-    if missing.any():
+    if not math.isfinite(float(region.sum())):
+        missing = np.isnan(region)
         if missing.all():
             return W
         region = region.copy()
         region[missing] = region[~missing].mean()
-    region, tc = region.astype(np.float32), tc.astype(np.float32)
     if c <= 4:
         score = cv2.matchTemplate(region, tc, cv2.TM_CCOEFF_NORMED)
     else:  # OpenCV takes at most 4 channels: add the per-channel correlations
         score = sum(cv2.matchTemplate(np.ascontiguousarray(region[:, :, i]), np.ascontiguousarray(tc[:, :, i]),
                                       cv2.TM_CCOEFF_NORMED) for i in range(c))
-    if not np.isfinite(score).all():
+    if not math.isfinite(float(score.sum())):
         return W
-    iy, ix = np.unravel_index(int(np.argmax(score)), score.shape)
+    iy, ix = divmod(int(np.argmax(score)), score.shape[1])
     dx, dy = float(ix), float(iy)
     # sub-pixel peak: a parabola through the peak and its neighbours, per axis
     if 0 < ix < score.shape[1] - 1:
-        a, b, cc = score[iy, ix - 1], score[iy, ix], score[iy, ix + 1]
+        a, b, cc = score[iy, ix - 1:ix + 2].tolist()
         den = a - 2 * b + cc
         dx += 0.5 * (a - cc) / den if den < 0 else 0.0
     if 0 < iy < score.shape[0] - 1:
-        a, b, cc = score[iy - 1, ix], score[iy, ix], score[iy + 1, ix]
+        a, b, cc = score[iy - 1:iy + 2, ix].tolist()
         den = a - 2 * b + cc
         dy += 0.5 * (a - cc) / den if den < 0 else 0.0
     dx, dy = (dx - radius) * f, (dy - radius) * f  # level-0 template pixels
     # the template pixel x matches image W(x + d): W <- W T(d)
-    return W @ np.array([[1.0, 0, dx], [0, 1.0, dy], [0, 0, 1.0]])
+    out = W.copy()
+    out[:, 2] += dx * W[:, 0] + dy * W[:, 1]
+    return out
+
+
+def _template_box(lv: Level):
+    """``(r0, r1, c0, c1, tc)``: the bounding box of the level template's usable pixels and
+    the template inside it (float32, contiguous), or ``None`` when it is smaller than 4x4 or
+    has holes (computed once per level)."""
+    if lv.box is None:
+        t = lv.template
+        ok = ~np.isnan(t[:, :, 0] if t.shape[2] == 1 else t.sum(axis=2))
+        rows, cols = np.flatnonzero(ok.any(axis=1)), np.flatnonzero(ok.any(axis=0))
+        box = ()
+        if len(rows) >= 4 and len(cols) >= 4:
+            r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+            tc = np.ascontiguousarray(t[r0:r1, c0:c1], np.float32)
+            if not np.isnan(tc).any():
+                box = (r0, r1, c0, c1, tc)
+        lv.box = box
+    return lv.box or None
