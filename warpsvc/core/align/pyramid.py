@@ -372,6 +372,18 @@ def _grid_jacobian(model: str, h: int, w: int, factor: float, chart_key: tuple):
     return _JACOBIANS.get(("grid", model, h, w, factor, chart_key), make)
 
 
+def _grid_jacobian_t(model: str, h: int, w: int, factor: float, chart_key: tuple):
+    """The transposes of :func:`_grid_jacobian`, contiguous ``(P, h*w)`` each (cached alike; the
+    covariance's cross Hessian builds the aligned image's steepest descent with them)."""
+
+    def make():
+        phi = _grid_monomials(h, w, factor, chart_key)
+        ax, ay = _jacobian_coefficients(model)
+        return np.ascontiguousarray(ax.T @ phi), np.ascontiguousarray(ay.T @ phi)
+
+    return _JACOBIANS.get(("grid.T", model, h, w, factor, chart_key), make)
+
+
 # Pixels sampled (evenly strided) to estimate the gradient threshold: the quantile of ~32k values
 # is within a few percent of the exact one, at a tenth of the cost of partitioning a full frame.
 THRESHOLD_SAMPLE = 1 << 15
