@@ -9,5 +9,7 @@ PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 # The server and the demo (extras of pyproject.toml: compute + api + health/reflection, scikit-image).
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[server,demo]' >/dev/null
+# Install step: fill numba's on-disk cache (seconds once; later starts load it, see docs/warping.md).
+.venv/bin/python -m warpsvc.core.warmup -q
 if [ $# -eq 0 ]; then set -- serve; fi
 exec .venv/bin/warpsvc "$@"

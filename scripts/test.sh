@@ -13,4 +13,8 @@ if [ -f package.json ] && command -v npm >/dev/null 2>&1; then
     npm ci --no-audit --no-fund --loglevel=error >/dev/null
   fi
 fi
+# The install step the README and the Dockerfile run: fill numba's cache, so servers started by
+# the tests load their kernels in their background warm-up instead of compiling them for ~10 s
+# of CPU each (which made shutdown and timing tests on 2 cores depend on the compile's progress).
+.venv/bin/python -m warpsvc.core.warmup -q
 exec .venv/bin/python -m pytest "$@"

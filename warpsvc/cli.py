@@ -44,11 +44,26 @@ def main(argv: list[str] | None = None) -> int:
         logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
                             format="%(asctime)s %(levelname)s %(name)s %(message)s")
         try:
-            return serve(settings)
+            code = serve(settings)
         except OSError as err:  # a port that cannot be bound (gRPC or metrics)
             print(f"warpsvc serve: {err}", file=sys.stderr)
             return 1
+        _exit_now(code)
     return 2  # pragma: no cover - argparse rejects unknown commands
+
+
+def _exit_now(code: int) -> None:
+    """End a served process once :func:`warpsvc.server.serve` has drained and cleaned up, without
+    the interpreter's finalisation (as the forked workers already do): a daemon thread may still
+    be inside native code then -- the kernel warm-up compiling in LLVM or starting OpenMP threads
+    -- and C++ static destructors running under it abort the process (SIGABRT, exit -6, seen on
+    a SIGTERM half a second after SERVING). Logs and standard streams are flushed first."""
+    import os
+
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":  # pragma: no cover
