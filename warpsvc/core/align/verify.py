@@ -78,7 +78,19 @@ def peak_margin(t_pyr, i_pyr, W, affine: bool, side: int | None = None) -> float
         if missing.all():
             return float("inf")
         ext = ext.copy()
-        ext[missing] = ext[~missing].mean()
+        fill = ext[~missing].mean()
+        ext[missing] = fill
+        # Template pixels whose counterpart at the estimate is missing (the template reaches
+        # beyond the image) compare with nothing: set to the template's mean elsewhere they add
+        # no variance to either side. Left in, their contrast (a constant-filled corner of a
+        # rotated crop, say) lowers rho(0) and the margin (tuning, large motion: a right
+        # 0.03 px result was called ambiguous).
+        unseen = missing[r:r + tmpl.shape[0], r:r + tmpl.shape[1]]
+        if unseen.any():
+            if unseen.mean() > 0.75:
+                return float("inf")
+            tmpl = tmpl.copy()
+            tmpl[unseen] = tmpl[~unseen].mean()
     score = cv2.matchTemplate(np.ascontiguousarray(ext, np.float32), np.ascontiguousarray(tmpl, np.float32),
                               cv2.TM_CCOEFF_NORMED)
     if not math.isfinite(float(score.sum())):
