@@ -454,8 +454,22 @@ def _same_exposure(ev, lv) -> bool:
     :data:`SAME_BIAS` of the template's mean intensity."""
     if ev is None:
         return False
-    scale = float(np.nanmean(np.abs(lv.tflat))) if lv.n_usable else 0.0
+    scale = _template_mean(lv)
     return bool(np.all(np.abs(ev.gain - 1.0) <= SAME_GAIN) and np.all(np.abs(ev.bias) <= SAME_BIAS * scale))
+
+
+def _template_mean(lv) -> float:
+    """``|sum T| / n`` over a level's usable template elements (all channels), read off its
+    Hessian when the gain/bias columns ``[T_c, 1]`` are in it (entries ``(T_c, 1)`` and
+    ``(1, 1)`` of ``sd^T sd`` are ``sum T_c`` and ``n_c``): no pass over the pixels. The
+    mean absolute intensity otherwise (the same for non-negative images)."""
+    if not lv.n_usable:
+        return 0.0
+    p, k = lv.n_params, lv.hessian.shape[0]
+    if k > p:
+        ch = np.arange(p, k, 2)
+        return float(np.abs(lv.hessian[ch, ch + 1]).sum() / max(lv.hessian[ch + 1, ch + 1].sum(), 1.0))
+    return float(np.nanmean(np.abs(lv.tflat)))
 
 
 def _region(image_shape, template_shape, W, align: int):
