@@ -65,3 +65,31 @@ def test_unique_texture_still_converged(noise):
 def test_reason_vocabulary_has_ambiguous():
     from warpsvc.core.align import REASONS
     assert "ambiguous" in REASONS
+
+
+def _beyond_the_edge(fill):
+    """A 100x100 template whose right 30 columns lie beyond the image's right edge, filled with
+    ``fill`` there (a crop taken with a constant border), and its image."""
+    img = _texture(3)
+    t = np.empty((100, 100), np.float32)
+    t[:, :70] = img[60:160, 250:320]
+    t[:, 70:] = fill
+    return t, img
+
+
+@pytest.mark.parametrize("fill", [0.0, 500.0])
+def test_margin_ignores_template_pixels_beyond_the_image(fill):
+    # those pixels compare with nothing: the margin is the one of the template without them
+    # (any fill gives the same margin, and a unique optimum keeps a large one)
+    t, img = _beyond_the_edge(fill)
+    reference, _ = _beyond_the_edge(float(np.mean(t[:, :70])))
+    m = peak_margin(_pyr(t), _pyr(img), _shift(250, 60), affine=True)
+    assert m == pytest.approx(peak_margin(_pyr(reference), _pyr(img), _shift(250, 60), affine=True), rel=1e-4)
+    assert m >= 3 * MIN_MARGIN
+
+
+def test_constant_filled_template_part_beyond_the_image_still_converges():
+    t, img = _beyond_the_edge(0.0)
+    r = warpsvc.align(t, img, "homography", _shift(-250.7, -60.4))
+    assert r.converged, r.reason
+    assert np.allclose(r.inverse, _shift(250, 60), atol=0.05)

@@ -59,6 +59,12 @@ RESAMPLED_NOISE = 4.0 / 9.0
 NOISE_SHARE = 0.25
 
 
+# Side of the centred window on which a large template's white noise is estimated
+# (:func:`template_noise_variance`): 65 536 samples, a relative standard error of the
+# estimate well under 1 %.
+NOISE_WINDOW = 256
+
+
 # With a robust loss the check correlates the inliers only: residuals whose IRLS weight is at
 # least this (|e| <= ~2.6 sigma for both Huber and Tukey).
 INLIER_WEIGHT = 0.5
@@ -122,7 +128,14 @@ def final_statistics(lv: Level, W, opts, affine: bool, chart, corners0, sigma_fl
 def template_noise_variance(template: np.ndarray) -> float:
     """Immerkaer's (1996) estimate of white-noise variance: the mean absolute response to the
     Laplacian-difference kernel, ``sigma = sqrt(pi / 2) / 6 * mean |T * N|``, over pixels whose
-    3x3 neighbourhood is usable (texture biases it slightly upwards)."""
+    3x3 neighbourhood is usable (texture biases it slightly upwards). A template larger than
+    :data:`NOISE_WINDOW` pixels on a side is measured on its centred ``NOISE_WINDOW``-square
+    window (white noise is the same everywhere; a 640x480 template then costs ~0.3 ms, not
+    ~3 ms)."""
+    h, w = template.shape[:2]
+    if h > NOISE_WINDOW + 2 or w > NOISE_WINDOW + 2:
+        y0, x0 = max((h - NOISE_WINDOW - 2) // 2, 0), max((w - NOISE_WINDOW - 2) // 2, 0)
+        template = template[y0:y0 + NOISE_WINDOW + 2, x0:x0 + NOISE_WINDOW + 2]
     kernel = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
     total, count = 0.0, 0
     for ch in range(template.shape[2]):
