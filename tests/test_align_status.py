@@ -93,3 +93,23 @@ def test_constant_filled_template_part_beyond_the_image_still_converges():
     r = warpsvc.align(t, img, "homography", _shift(-250.7, -60.4))
     assert r.converged, r.reason
     assert np.allclose(r.inverse, _shift(250, 60), atol=0.05)
+
+
+
+def test_rotated_crop_with_constant_fill_started_at_the_truth_stays_there():
+    # Oracle: the known homography of bench_align_real's large-motion trial 22 (tuning set, the
+    # rocket photograph): 10 % of the 240x240 template lies beyond the image, filled with 0, and
+    # its straight dark edge is the template's strongest contrast. Started at the truth, the
+    # coarse translation search used to pull the band onto dark image content: 118 px off.
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "bench_align_real.py"
+    spec = importlib.util.spec_from_file_location("bench_align_real", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    trial = bench.large_trial(bench.TUNING, 22, 0)
+    truth = warpsvc.HomographyTransform.from_points(trial["tp"], trial["truth_pts"]).matrix
+    r = warpsvc.align(trial["template"], trial["image"], "homography", np.linalg.inv(truth))
+    assert bench.rms(r.inverse, trial["tp"], trial["truth_pts"]) < 0.2
+    assert r.converged, r.reason

@@ -550,6 +550,13 @@ def translation_search(lv: Level, W: np.ndarray, radius: int, affine: bool) -> n
             return W
         region = region.copy()
         region[missing] = region[~missing].mean()
+        # Template pixels unseen at the start get its mean (no variance): a constant-filled part
+        # of a rotated crop drew the search onto dark image content (118 px off from the truth).
+        unseen = missing[radius:radius + tc.shape[0], radius:radius + tc.shape[1]]
+        unseen = unseen.any(axis=2) if unseen.ndim == 3 else unseen
+        if unseen.any() and not unseen.all():
+            tc = tc.copy()
+            tc[unseen] = tc[~unseen].mean(axis=0)
     if c <= 4:
         score = cv2.matchTemplate(region, tc, cv2.TM_CCOEFF_NORMED)
     else:  # OpenCV takes at most 4 channels: add the per-channel correlations
