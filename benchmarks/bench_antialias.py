@@ -46,7 +46,9 @@ from scipy import ndimage as ndi
 from skimage import data
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from tests.oracles import point_field, shrink3_homography, supersampled_reference, window_flux  # noqa: E402
+from bench_warp import reproject_adaptive_anchor  # noqa: E402  (the same anchor as bench_warp)
 from warpsvc import warp  # noqa: E402
 from warpsvc.core import antialias, threads  # noqa: E402
 
@@ -58,27 +60,6 @@ CLOCK = [time.perf_counter]  # set by main(): wall clock or process CPU time
 
 def photograph() -> np.ndarray:
     return ndi.zoom(data.camera().astype(np.float64), N / 512, order=1)[:N, :N]
-
-
-def reproject_adaptive_anchor(t):
-    """``reproject_adaptive``'s engine with our pixel transform (it takes any output->input map);
-    the same call as ``bench_warp.reproject_adaptive_anchor``."""
-    from reproject.adaptive.deforest import map_coordinates
-
-    inv = t.inverse()
-
-    def transformer(pixel_out):
-        x, y = pixel_out[:, :, 0], pixel_out[:, :, 1]
-        p = inv.map(np.column_stack([x.ravel(), y.ravel()]))
-        return np.stack([p[:, 0].reshape(x.shape), p[:, 1].reshape(x.shape)], -1)
-
-    def run(img, shape):
-        out = np.zeros((1, *shape))
-        map_coordinates(img[None].astype(np.float64), out, transformer, out_of_range_nan=True, conserve_flux=True,
-                        kernel="Gaussian", kernel_width=1.3, sample_region_width=4, boundary_mode="strict")
-        return np.nan_to_num(out[0])
-
-    return run
 
 
 def interleaved(fns: dict, counts, repeats) -> dict:
