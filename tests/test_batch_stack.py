@@ -402,6 +402,17 @@ def test_a_middle_reference_frame_locally_and_over_the_stream(seq, server):
         assert bench.corner_error(np.asarray(a["matrix"]), np.asarray(b["matrix"])) < 1e-3  # measured 1e-5
 
 
+def _floats_close(a, b, rel=1e-9) -> bool:
+    """Equal JSON documents, numbers within ``rel`` (structure, strings and nulls exactly)."""
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_floats_close(a[k], b[k], rel) for k in a)
+    if isinstance(a, list):
+        return isinstance(b, list) and len(a) == len(b) and all(_floats_close(x, y, rel) for x, y in zip(a, b))
+    if isinstance(a, float) or isinstance(b, float):
+        return isinstance(a, (int, float)) and isinstance(b, (int, float)) and abs(a - b) <= rel * max(abs(a), abs(b), 1.0)
+    return a == b
+
+
 def test_fsspec_memory_urls_give_the_same_outputs(seq, local_run):
     fsspec = pytest.importorskip("fsspec")
     from warpsvc_client.batch import cli
@@ -412,7 +423,11 @@ def test_fsspec_memory_urls_give_the_same_outputs(seq, local_run):
     try:
         assert cli.main(["stack", "memory://stackseq/in", "memory://stackseq/out", "--no-progress"]) == 0
         for name in PRODUCTS + ("aligned/f005.tif",):
-            assert fs.cat_file(f"/stackseq/out/{name}") == (local_run / name).read_bytes(), name
+            got, want = fs.cat_file(f"/stackseq/out/{name}"), (local_run / name).read_bytes()
+            if name == "trajectory.json":  # floats of the solver: equal to 1e-9 (last-bit drift, see note)
+                assert _floats_close(json.loads(got), json.loads(want)), name
+            else:
+                assert got == want, name
         recs = [json.loads(x) for x in fs.cat_file("/stackseq/out/manifest.jsonl").splitlines()]
         assert sum(1 for r in recs if r["status"] == "ok") == N_FRAMES + 4
     finally:
