@@ -413,6 +413,16 @@ def _floats_close(a, b, rel=1e-9) -> bool:
     return a == b
 
 
+def _csv_cells(data: bytes) -> list:
+    """Rows of a CSV, numeric cells as floats (for :func:`_floats_close`)."""
+    def cell(v):
+        try:
+            return float(v)
+        except ValueError:
+            return v
+    return [[cell(v) for v in line.split(",")] for line in data.decode().splitlines()]
+
+
 def test_fsspec_memory_urls_give_the_same_outputs(seq, local_run):
     fsspec = pytest.importorskip("fsspec")
     from warpsvc_client.batch import cli
@@ -426,6 +436,8 @@ def test_fsspec_memory_urls_give_the_same_outputs(seq, local_run):
             got, want = fs.cat_file(f"/stackseq/out/{name}"), (local_run / name).read_bytes()
             if name == "trajectory.json":  # floats of the solver: equal to 1e-9 (last-bit drift, see note)
                 assert _floats_close(json.loads(got), json.loads(want)), name
+            elif name == "trajectory.csv":
+                assert _floats_close(_csv_cells(got), _csv_cells(want)), name
             else:
                 assert got == want, name
         recs = [json.loads(x) for x in fs.cat_file("/stackseq/out/manifest.jsonl").splitlines()]
