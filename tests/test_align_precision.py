@@ -120,6 +120,20 @@ def test_max_corner_error_guard_names_the_field():
         assert info.value.field == "max_corner_error"
 
 
+def test_max_corner_error_inf_is_off_like_none():
+    """``inf`` (the gRPC field's spelling of "off") gives exactly the ``None`` result, and a
+    bound no estimate meets makes the same alignment ``uncertain`` with the same matrix."""
+    img = _texture(7)
+    t, init = img[40:140, 50:150], np.array([[1.0, 0, -48.0], [0, 1.0, -41.0], [0, 0, 1.0]])
+    off = warpsvc.align(t, img, "homography", init, max_corner_error=None)
+    inf = warpsvc.align(t, img, "homography", init, max_corner_error=float("inf"))
+    strict = warpsvc.align(t, img, "homography", init, max_corner_error=1e-12)
+    assert off.converged and inf.converged and (inf.reason, inf.iterations) == (off.reason, off.iterations)
+    np.testing.assert_array_equal(inf.matrix, off.matrix)
+    assert strict.reason == "uncertain" and not strict.converged
+    np.testing.assert_array_equal(strict.matrix, off.matrix)
+
+
 def test_uncertain_in_the_reason_vocabulary():
     from warpsvc.core.align import REASONS
     assert REASONS[-1] == "uncertain"

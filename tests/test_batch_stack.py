@@ -515,6 +515,24 @@ def test_align_search_over_the_server(rotated_pair, server):
     assert res.returncode == 2 and "--search" in res.stderr
 
 
+@pytest.mark.parametrize("where", ["local", "server"])
+def test_align_max_corner_error_option(rotated_pair, server, where):
+    """``--max-corner-error`` reaches the library, in-process and over the server: a bound below
+    any achievable error marks the (correct) result uncertain, ``inf`` turns the check off."""
+    root, truth = rotated_pair
+    target = ["--target", server.target] if where == "server" else []
+    for bound, converged in (("1e-12", False), ("inf", True)):
+        out = root / f"out_corner_{where}_{bound}"
+        res = run_batch("align", root / "in", out, "--reference", root / "template.png", "--search", "global",
+                        "--max-corner-error", bound, "--no-report", *target)
+        assert res.returncode == 0, res.stderr
+        rec = read_manifest(out / "manifest.jsonl")[0]
+        assert rec["convergence"]["converged"] is converged, rec["convergence"]
+        if not converged:
+            assert rec["convergence"]["reason"] == "uncertain", rec["convergence"]
+        assert _template_corner_error(np.asarray(rec["matrix"]), truth) < CORNER_TOL_PX
+
+
 def test_server_killed_mid_run_then_resumed_locally(seq, local_run):
     """The server dies mid-stream: the frames not registered yet fail, the stack is not written
     (the manifest says so), exit 1; ``--resume --target local`` re-uses the frames the server

@@ -117,6 +117,22 @@ def test_search_equals_library_on_a_large_rotation(client, search):
     assert info.value.field == "search"
 
 
+def test_max_corner_error_travels(client):
+    """``max_corner_error`` reaches the library: a bound below any achievable corner error makes
+    a good alignment ``uncertain``, ``inf`` turns the check off, the default (field 0) is the
+    library's 1 px; each equals the in-process call field for field."""
+    default = client.align(TEMPLATE, IMAGE, "homography", init=INIT)
+    assert default.converged and default.reason == "converged"
+    _same(default, warpsvc.align(TEMPLATE, IMAGE, "homography", init=INIT))
+    strict = client.align(TEMPLATE, IMAGE, "homography", init=INIT, max_corner_error=1e-12)
+    assert not strict.converged and strict.reason == "uncertain"
+    _same(strict, warpsvc.align(TEMPLATE, IMAGE, "homography", init=INIT, max_corner_error=1e-12))
+    off = client.align(TEMPLATE, IMAGE, "homography", init=INIT, max_corner_error=float("inf"))
+    _same(off, warpsvc.align(TEMPLATE, IMAGE, "homography", init=INIT, max_corner_error=None))
+    assert off.converged
+    np.testing.assert_array_equal(off.matrix, strict.matrix)  # the check changes the status only
+
+
 def test_deadline_reaches_the_alignment_as_should_stop(monkeypatch):
     """The servicer hands the library a ``should_stop`` built from the call's deadline: a slow
     alignment ends soon after the deadline and frees its handler thread."""
@@ -161,6 +177,8 @@ BAD = [
     ("iterations-negative", dict(max_iterations=-5), "max_iterations"),
     ("tolerance-negative", dict(tolerance=-1.0), "tolerance"),
     ("budget-nan", dict(time_budget_seconds=float("nan")), "time_budget_seconds"),
+    ("corner-negative", dict(max_corner_error=-1.0), "max_corner_error"),
+    ("corner-nan", dict(max_corner_error=float("nan")), "max_corner_error"),
     ("channels-differ", dict(image=_tensor(np.dstack([IMAGE, IMAGE]))), "image"),
     ("mask-shape", dict(template_mask=_tensor(np.ones((5, 5), np.uint8))), "template_mask"),
 ]

@@ -246,7 +246,8 @@ def align_options(req: pb.AlignRequest) -> dict:
         if value is not vocab.DEFAULT:
             options[name] = value
     for option, value in (("levels", req.levels), ("max_iterations", req.max_iterations),
-                          ("tolerance", req.tolerance), ("time_budget", req.time_budget_seconds)):
+                          ("tolerance", req.tolerance), ("time_budget", req.time_budget_seconds),
+                          ("max_corner_error", req.max_corner_error)):
         if value != 0:
             options[option] = value
     if len(req.init):
@@ -257,14 +258,14 @@ def align_options(req: pb.AlignRequest) -> dict:
 
 def align_request(model: str = "homography", init=None, *, search="auto", levels="auto", robust=None,
                   photometric="auto", max_iterations=None, tolerance=None, time_budget=None, template_mask=None,
-                  image_mask=None) -> pb.AlignRequest:
+                  image_mask=None, max_corner_error=None) -> pb.AlignRequest:
     """An ``AlignRequest`` without its two images (the client appends them). Every option is
     sent explicitly (``"auto"`` as ``*_AUTO``), so the server applies exactly the caller's."""
     req = pb.AlignRequest(
         model=vocab.MOTION_MODEL.to_wire(model), robust=vocab.ROBUST_LOSS.to_wire(robust),
         photometric=vocab.PHOTOMETRIC.to_wire(photometric), search=vocab.SEARCH.to_wire(search), levels=0 if levels == "auto" else int(levels),
         max_iterations=int(max_iterations or 0), tolerance=float(tolerance or 0.0),
-        time_budget_seconds=float(time_budget or 0.0))
+        time_budget_seconds=float(time_budget or 0.0), max_corner_error=float(max_corner_error or 0.0))
     if init is not None:
         req.init.extend(_values(getattr(init, "matrix", init)))
     if template_mask is not None:

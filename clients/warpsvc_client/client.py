@@ -167,13 +167,16 @@ class WarpClient:
 
     def align(self, template, image, model: str = "homography", init=None, *, search: str = "auto",
               levels="auto", template_mask=None, image_mask=None, robust=None, photometric="auto",
-              max_iterations=None, tolerance=None, time_budget=None, timeout: float | None = None):
+              max_iterations=None, tolerance=None, time_budget=None, max_corner_error=None,
+              timeout: float | None = None):
         """``warpsvc.align`` on the server; returns a ``warpsvc.AlignResult``. The call's deadline
         also stops the server's iterations (``reason="cancelled"`` reaches no one: the client
-        gets DEADLINE_EXCEEDED)."""
+        gets DEADLINE_EXCEEDED). ``None`` options take the server library's default; for
+        ``max_corner_error`` (pixels) ``float("inf")`` turns the ``uncertain`` check off."""
         fields = convert.align_request(
             model, init, search=search, levels=levels, robust=robust, photometric=photometric, max_iterations=max_iterations,
-            tolerance=tolerance, time_budget=time_budget, template_mask=template_mask, image_mask=image_mask)
+            tolerance=tolerance, time_budget=time_budget, template_mask=template_mask, image_mask=image_mask,
+            max_corner_error=max_corner_error)
         request = wire.Parts.of(fields).then(*(convert.image_field(value, wire.number(pb.AlignRequest, name), name)
                                               for name, value in (("template", template), ("image", image))))
         return convert.align_result(self._call(self._rpc["Align"], request, timeout).message)

@@ -276,7 +276,7 @@ class JacobianDeterminantResponse(_message.Message):
     def __init__(self, determinant: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class AlignRequest(_message.Message):
-    __slots__ = ("template", "image", "model", "init", "levels", "template_mask", "image_mask", "robust", "photometric", "max_iterations", "tolerance", "time_budget_seconds", "search")
+    __slots__ = ("template", "image", "model", "init", "levels", "template_mask", "image_mask", "robust", "photometric", "max_iterations", "tolerance", "time_budget_seconds", "search", "max_corner_error")
     TEMPLATE_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -290,6 +290,7 @@ class AlignRequest(_message.Message):
     TOLERANCE_FIELD_NUMBER: _ClassVar[int]
     TIME_BUDGET_SECONDS_FIELD_NUMBER: _ClassVar[int]
     SEARCH_FIELD_NUMBER: _ClassVar[int]
+    MAX_CORNER_ERROR_FIELD_NUMBER: _ClassVar[int]
     template: Image
     image: Image
     model: MotionModel
@@ -303,7 +304,8 @@ class AlignRequest(_message.Message):
     tolerance: float
     time_budget_seconds: float
     search: Search
-    def __init__(self, template: _Optional[_Union[Image, _Mapping]] = ..., image: _Optional[_Union[Image, _Mapping]] = ..., model: _Optional[_Union[MotionModel, str]] = ..., init: _Optional[_Iterable[float]] = ..., levels: _Optional[int] = ..., template_mask: _Optional[_Union[Image, _Mapping]] = ..., image_mask: _Optional[_Union[Image, _Mapping]] = ..., robust: _Optional[_Union[RobustLoss, str]] = ..., photometric: _Optional[_Union[Photometric, str]] = ..., max_iterations: _Optional[int] = ..., tolerance: _Optional[float] = ..., time_budget_seconds: _Optional[float] = ..., search: _Optional[_Union[Search, str]] = ...) -> None: ...
+    max_corner_error: float
+    def __init__(self, template: _Optional[_Union[Image, _Mapping]] = ..., image: _Optional[_Union[Image, _Mapping]] = ..., model: _Optional[_Union[MotionModel, str]] = ..., init: _Optional[_Iterable[float]] = ..., levels: _Optional[int] = ..., template_mask: _Optional[_Union[Image, _Mapping]] = ..., image_mask: _Optional[_Union[Image, _Mapping]] = ..., robust: _Optional[_Union[RobustLoss, str]] = ..., photometric: _Optional[_Union[Photometric, str]] = ..., max_iterations: _Optional[int] = ..., tolerance: _Optional[float] = ..., time_budget_seconds: _Optional[float] = ..., search: _Optional[_Union[Search, str]] = ..., max_corner_error: _Optional[float] = ...) -> None: ...
 
 class LevelCosts(_message.Message):
     __slots__ = ("costs",)

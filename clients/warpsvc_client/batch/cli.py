@@ -141,6 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-iterations", type=int)
     g.add_argument("--tolerance", type=float)
     g.add_argument("--time-budget", type=float, help="seconds per alignment")
+    g.add_argument("--max-corner-error", type=float, metavar="PX",
+                   help="largest predicted corner error (1 sigma, pixels) of a converged alignment; "
+                        "above it reason 'uncertain' (default: the library's, 1 px; 'inf' turns it off)")
     g.add_argument("--fail-unconverged", action="store_true", help="record non-converged alignments as failed")
     j = sub.add_parser("jacobian", parents=[common, transform_opts], help="Jacobian-determinant map per image")
     j.add_argument("--format", dest="jacobian_format", default="tiff", choices=("tiff", "npy"),
@@ -199,7 +202,8 @@ def make_spec(args, inputs=None, outputs=None, run_id: str = "000000000000") -> 
         spec["align"] = AlignOptions(model=args.model, search=args.search, robust=args.robust,
                                      photometric=args.photometric, levels=levels,
                                      max_iterations=args.max_iterations, tolerance=args.tolerance,
-                                     time_budget=args.time_budget, fail_unconverged=args.fail_unconverged)
+                                     time_budget=args.time_budget, fail_unconverged=args.fail_unconverged,
+                                     max_corner_error=args.max_corner_error)
         try:
             spec["reference"] = _read_reference(args.reference, args.storage_options, args.max_pixels)
         except Exception as err:  # noqa: BLE001

@@ -93,11 +93,12 @@ class AlignOptions:
     time_budget: float | None = None
     fail_unconverged: bool = False
     search: str = "auto"
+    max_corner_error: float | None = None  # pixels; inf turns the "uncertain" check off
 
     def kwargs(self) -> dict:
         kw = dict(model=self.model, search=self.search, robust=self.robust, photometric=self.photometric,
                   levels=self.levels)
-        for name in ("max_iterations", "tolerance", "time_budget"):
+        for name in ("max_iterations", "tolerance", "time_budget", "max_corner_error"):
             if getattr(self, name) is not None:
                 kw[name] = getattr(self, name)
         return kw

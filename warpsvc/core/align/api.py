@@ -88,6 +88,7 @@ def align(
     tolerance: float = 1e-3,
     time_budget=None,
     should_stop=None,
+    max_corner_error: float | None = 1.0,
     options: AlignOptions | None = None,
     _given: frozenset = frozenset(),
 ) -> AlignResult:
@@ -117,6 +118,9 @@ def align(
     time_budget : seconds, checked between iterations and set-up stages (``reason="time_budget"``).
     should_stop : zero-argument callable polled where ``time_budget`` is checked; true ends the
         call with ``reason="cancelled"`` (for server deadlines and cancellation).
+    max_corner_error : image pixels; a converged result must predict a corner RMS error (1
+        sigma, from its covariance) at most this, else ``reason="uncertain"``. ``None`` (or
+        ``inf``) turns the check off.
     options : an :class:`AlignOptions` with further settings; keyword arguments given with
         non-default values override its fields.
 
@@ -127,7 +131,8 @@ def align(
     """
     opts = merge_options(options, _given, model=model, search=search, levels=levels, robust=robust,
                          photometric=photometric, max_iterations=max_iterations, tolerance=tolerance,
-                         time_budget=time_budget, should_stop=should_stop).checked()
+                         time_budget=time_budget, should_stop=should_stop,
+                         max_corner_error=max_corner_error).checked()
     clock = Clock(opts.time_budget, opts.should_stop)
     tmpl = prepare(template, template_mask, "template", "template_mask")
     full = check_image(image, "image")

@@ -74,7 +74,7 @@ class AlignOptions:
     max_corner_error : a result is ``converged`` only if its covariance is estimable and
         predicts a template-corner RMS error (``image pixels``, :func:`.verify.corner_bound`:
         :data:`.verify.BOUND_SIGMAS` standard deviations) of at most this; otherwise
-        ``reason="uncertain"``. ``None`` turns the check off. The default, 1 px, is the
+        ``reason="uncertain"``. ``None`` (or ``inf``, the wire's spelling) turns the check off. The default, 1 px, is the
         benchmarks' success threshold.
     coarse_tolerance : level pixels; coarse levels also stop at the first step that does not
         lower the cost.
@@ -149,7 +149,7 @@ class AlignOptions:
             raise InvalidArgumentError("should_stop must be callable or None", field="should_stop")
         _number_in(self.min_zncc, -1.0, 1.0, "min_zncc")
         _number_in(self.min_overlap, 0.0, 1.0, "min_overlap")
-        if self.max_corner_error is not None:
+        if self.max_corner_error is not None and self.max_corner_error != math.inf:  # inf: off, like None
             _positive(self.max_corner_error, "max_corner_error")
         _int_in(self.min_level_side, 4, 1 << 20, "min_level_side")
         _int_in(self.auto_max_levels, 1, MAX_LEVELS, "auto_max_levels")
