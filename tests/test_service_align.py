@@ -129,7 +129,11 @@ def test_max_corner_error_travels(client):
     _same(strict, warpsvc.align(TEMPLATE, IMAGE, "homography", init=INIT, max_corner_error=1e-12))
     off = client.align(TEMPLATE, IMAGE, "homography", init=INIT, max_corner_error=float("inf"))
     _same(off, warpsvc.align(TEMPLATE, IMAGE, "homography", init=INIT, max_corner_error=None))
+    _same(client.align(TEMPLATE, IMAGE, "homography", init=INIT, max_corner_error=None), off)
     assert off.converged
+    with pytest.raises(warpsvc.InvalidArgumentError) as info:  # the library refuses 0; so does the client
+        client.align(TEMPLATE, IMAGE, "homography", init=INIT, max_corner_error=0.0)
+    assert info.value.field == "max_corner_error"
     np.testing.assert_array_equal(off.matrix, strict.matrix)  # the check changes the status only
 
 

@@ -258,14 +258,18 @@ def align_options(req: pb.AlignRequest) -> dict:
 
 def align_request(model: str = "homography", init=None, *, search="auto", levels="auto", robust=None,
                   photometric="auto", max_iterations=None, tolerance=None, time_budget=None, template_mask=None,
-                  image_mask=None, max_corner_error=None) -> pb.AlignRequest:
+                  image_mask=None, max_corner_error=1.0) -> pb.AlignRequest:
     """An ``AlignRequest`` without its two images (the client appends them). Every option is
-    sent explicitly (``"auto"`` as ``*_AUTO``), so the server applies exactly the caller's."""
+    sent explicitly (``"auto"`` as ``*_AUTO``), so the server applies exactly the caller's;
+    ``max_corner_error=None`` (the library's "off") travels as ``+inf``, and zero, which the
+    wire reads as "default", is refused here as the library refuses it."""
+    if max_corner_error is not None and max_corner_error == 0:
+        raise InvalidArgumentError("max_corner_error must be positive, got 0", field="max_corner_error")
     req = pb.AlignRequest(
         model=vocab.MOTION_MODEL.to_wire(model), robust=vocab.ROBUST_LOSS.to_wire(robust),
         photometric=vocab.PHOTOMETRIC.to_wire(photometric), search=vocab.SEARCH.to_wire(search), levels=0 if levels == "auto" else int(levels),
         max_iterations=int(max_iterations or 0), tolerance=float(tolerance or 0.0),
-        time_budget_seconds=float(time_budget or 0.0), max_corner_error=float(max_corner_error or 0.0))
+        time_budget_seconds=float(time_budget or 0.0), max_corner_error=float("inf") if max_corner_error is None else float(max_corner_error))
     if init is not None:
         req.init.extend(_values(getattr(init, "matrix", init)))
     if template_mask is not None:

@@ -167,12 +167,13 @@ class WarpClient:
 
     def align(self, template, image, model: str = "homography", init=None, *, search: str = "auto",
               levels="auto", template_mask=None, image_mask=None, robust=None, photometric="auto",
-              max_iterations=None, tolerance=None, time_budget=None, max_corner_error=None,
+              max_iterations=None, tolerance=None, time_budget=None, max_corner_error: float | None = 1.0,
               timeout: float | None = None):
         """``warpsvc.align`` on the server; returns a ``warpsvc.AlignResult``. The call's deadline
         also stops the server's iterations (``reason="cancelled"`` reaches no one: the client
-        gets DEADLINE_EXCEEDED). ``None`` options take the server library's default; for
-        ``max_corner_error`` (pixels) ``float("inf")`` turns the ``uncertain`` check off."""
+        gets DEADLINE_EXCEEDED). ``max_iterations`` / ``tolerance`` ``None``: the server's default;
+        ``max_corner_error`` (pixels) as in the library: ``None`` (or ``inf``) turns the
+        ``uncertain`` check off."""
         fields = convert.align_request(
             model, init, search=search, levels=levels, robust=robust, photometric=photometric, max_iterations=max_iterations,
             tolerance=tolerance, time_budget=time_budget, template_mask=template_mask, image_mask=image_mask,
