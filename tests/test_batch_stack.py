@@ -531,6 +531,10 @@ def test_align_max_corner_error_option(rotated_pair, server, where):
         if not converged:
             assert rec["convergence"]["reason"] == "uncertain", rec["convergence"]
         assert _template_corner_error(np.asarray(rec["matrix"]), truth) < CORNER_TOL_PX
+    for bad in ("-2", "0", "nan", "wide"):  # refused up front (exit 2), not image by image
+        res = run_batch("align", root / "in", root / f"out_corner_bad_{where}", "--reference",
+                        root / "template.png", "--max-corner-error", bad, *target)
+        assert res.returncode == 2 and "--max-corner-error" in res.stderr, (bad, res.returncode, res.stderr)
 
 
 def test_server_killed_mid_run_then_resumed_locally(seq, local_run):

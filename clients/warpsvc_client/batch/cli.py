@@ -40,6 +40,16 @@ def _shard(text: str):
     return i, n
 
 
+def _pixels_or_inf(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected a number of pixels or 'inf'") from None
+    if not value > 0:  # NaN, 0 and negatives
+        raise argparse.ArgumentTypeError(f"expected a positive number of pixels or 'inf', got {text}")
+    return value
+
+
 def _json_object(text: str):
     try:
         value = json.loads(text)
@@ -141,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-iterations", type=int)
     g.add_argument("--tolerance", type=float)
     g.add_argument("--time-budget", type=float, help="seconds per alignment")
-    g.add_argument("--max-corner-error", type=float, metavar="PX",
+    g.add_argument("--max-corner-error", type=_pixels_or_inf, metavar="PX",
                    help="largest predicted corner error (1 sigma, pixels) of a converged alignment; "
                         "above it reason 'uncertain' (default: the library's, 1 px; 'inf' turns it off)")
     g.add_argument("--fail-unconverged", action="store_true", help="record non-converged alignments as failed")
