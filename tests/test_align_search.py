@@ -175,3 +175,35 @@ def test_auto_photometric_switches_off_for_identical_exposure():
     changed = align(cut(camera, W, n=100) * 0.8 + 10.0, camera, "homography", start)
     assert changed.converged
     assert changed.gain[0] == pytest.approx(1 / 0.8, rel=1e-3) and changed.bias[0] == pytest.approx(-12.5, abs=0.1)
+
+
+def test_failure_reports_the_start_that_got_furthest(frame):
+    """search='auto' tries the identity, a feature start and the identity again with restarts.
+    When all fail, the reported result is the one that passed the most checks: here the
+    feature start lands on the truth and fails only an impossible ``max_corner_error``, so the
+    result says ``uncertain`` and ``features`` at the right placement -- not the identity's
+    ``low_correlation`` (what was reported before, the last fallback's reason)."""
+    W = placed(**LARGE_MOTIONS["perspective"])
+    template = cut(frame, W)
+    result = align(template, frame, "homography", max_corner_error=1e-9)
+    assert not result.converged
+    assert result.reason == "uncertain" and result.start == "features"
+    assert corner_error(result, W) < LARGE_TOL
+    assert align(template, frame, "homography").converged  # the same call without the tight bound
+
+
+def test_closest_failure_order():
+    """Depth through the checks first (ambiguous > uncertain > the rest; zncc, NaN lowest,
+    breaks ties among the first two), else the last result."""
+    from types import SimpleNamespace as R
+
+    from warpsvc.core.align.verify import closest_failure
+
+    low, unc, amb = (R(reason=r, zncc=z) for r, z in
+                     (("low_correlation", 0.99), ("uncertain", 0.5), ("ambiguous", 0.2)))
+    assert closest_failure([low, unc]) is unc
+    assert closest_failure([unc, amb, low]) is amb
+    unc2, unc_nan = R(reason="uncertain", zncc=0.6), R(reason="uncertain", zncc=float("nan"))
+    assert closest_failure([unc_nan, unc2, unc]) is unc2
+    a, b = R(reason="max_iterations", zncc=0.9), R(reason="degenerate_warp", zncc=0.1)
+    assert closest_failure([a, low, b]) is b

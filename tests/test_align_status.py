@@ -8,7 +8,7 @@ import pytest
 
 import warpsvc
 from warpsvc.core.align.pyramid import build_pyramid
-from warpsvc.core.align.verify import MIN_MARGIN, peak_margin
+from warpsvc.core.align.verify import MAX_BLOCK_MARGIN, MIN_MARGIN, margins, peak_margin
 
 
 def _texture(seed, shape=(240, 320)):
@@ -96,11 +96,7 @@ def test_constant_filled_template_part_beyond_the_image_still_converges():
 
 
 
-def test_rotated_crop_with_constant_fill_started_at_the_truth_stays_there():
-    # Oracle: the known homography of bench_align_real's large-motion trial 22 (tuning set, the
-    # rocket photograph): 10 % of the 240x240 template lies beyond the image, filled with 0, and
-    # its straight dark edge is the template's strongest contrast. Started at the truth, the
-    # coarse translation search used to pull the band onto dark image content: 118 px off.
+def _bench():
     import importlib.util
     import pathlib
 
@@ -108,6 +104,62 @@ def test_rotated_crop_with_constant_fill_started_at_the_truth_stays_there():
     spec = importlib.util.spec_from_file_location("bench_align_real", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
+    return bench
+
+
+def _tilted(x, y, dy_right):
+    """image_from_template of a 100x100 crop at (x, y) whose right corners are dy_right lower:
+    the left half in place, the right half sheared away (a wrong perspective)."""
+    tp = np.array([[0, 0], [99, 0], [99, 99], [0, 99]], np.float64)
+    pts = tp + [x, y] + [[0, 0], [0, dy_right], [0, dy_right], [0, 0]]
+    return warpsvc.HomographyTransform.from_points(tp, pts).matrix.copy()
+
+
+def test_block_margin_sees_a_half_sheared_placement():
+    """Oracle: a known crop of a seeded texture. At the truth every block of the template
+    peaks at zero shift (block margin 0); with its right corners 6 px off, the right blocks
+    peak 3-6 px away, far above MAX_BLOCK_MARGIN, while the whole template's peak cannot tell
+    (no competing peak: the left half holds it at the estimate)."""
+    img = _texture(3)
+    t = img[60:160, 80:180]
+    assert margins(_pyr(t), _pyr(img), _shift(80, 60), affine=False)[1] == 0.0
+    assert margins(_pyr(t), _pyr(img), _tilted(80, 60, 6.0), affine=False)[1] > 3 * MAX_BLOCK_MARGIN
+    # a sub-pixel error is no block shift (peaks within 1 px count as the estimate's own)
+    assert margins(_pyr(t), _pyr(img), _tilted(80, 60, 0.8), affine=False)[1] == 0.0
+
+
+def test_sheared_wrong_stationary_point_is_not_converged():
+    """Oracle: bench_align_real's large-motion trial 10 (tuning, rocket photograph, gain/bias/
+    gamma, noise 4, JPEG 85), started at the known truth with two pyramid levels: Gauss-Newton
+    ends 7.4 px off at a stationary point that correlates 0.973 (above min_zncc), with a tight
+    covariance and no competing whole-template peak -- it used to be reported converged. The
+    block check (margin ~12 at level 0) makes it ambiguous; the retries then reach the truth or
+    stay unconverged, never converged-but-wrong. One level, from the same start: converged
+    within 0.2 px."""
+    bench = _bench()
+    trial = bench.large_trial(bench.TUNING, 10, 0)
+    truth = warpsvc.HomographyTransform.from_points(trial["tp"], trial["truth_pts"]).matrix
+    for levels in (1, 2):
+        r = warpsvc.align(trial["template"], trial["image"], "homography", np.linalg.inv(truth), levels=levels)
+        error = bench.rms(r.inverse, trial["tp"], trial["truth_pts"])
+        assert r.converged == (error <= 1.0), (levels, r.reason, error)
+        if levels == 1:
+            assert r.converged and error < 0.2
+    r = warpsvc.align(trial["template"], trial["image"], "homography", np.linalg.inv(truth),
+                      options=warpsvc.AlignOptions(levels=2, retry=False))
+    assert not r.converged and r.reason == "ambiguous"
+    t_pyr = _pyr(trial["template"], 2)
+    peak, blocks = margins(t_pyr, _pyr(trial["image"], 2), r.inverse, affine=False)
+    assert peak >= MIN_MARGIN and blocks > MAX_BLOCK_MARGIN  # the peak check alone passed it
+    assert bench.rms(r.inverse, trial["tp"], trial["truth_pts"]) > 5
+
+
+def test_rotated_crop_with_constant_fill_started_at_the_truth_stays_there():
+    # Oracle: the known homography of bench_align_real's large-motion trial 22 (tuning set, the
+    # rocket photograph): 10 % of the 240x240 template lies beyond the image, filled with 0, and
+    # its straight dark edge is the template's strongest contrast. Started at the truth, the
+    # coarse translation search used to pull the band onto dark image content: 118 px off.
+    bench = _bench()
     trial = bench.large_trial(bench.TUNING, 22, 0)
     truth = warpsvc.HomographyTransform.from_points(trial["tp"], trial["truth_pts"]).matrix
     r = warpsvc.align(trial["template"], trial["image"], "homography", np.linalg.inv(truth))

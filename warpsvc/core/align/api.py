@@ -19,7 +19,7 @@ from .gauss_newton import Clock, Stopped, solve_level, translation_search, warp_
 from .chart import make_chart
 from .options import AlignOptions, explicit_keywords, merge_options
 from .pyramid import auto_levels, channel_mean, build_level, build_pyramid, prepare
-from .verify import MIN_MARGIN, corner_bound, peak_margin
+from .verify import MAX_BLOCK_MARGIN, MIN_MARGIN, closest_failure, corner_bound, margins
 from .result import (
     AMBIGUOUS,
     CANCELLED,
@@ -167,9 +167,14 @@ def align(
     found = _global(tmpl, image, image_mask, opts, clock)
     if found is not None and found.converged:
         return found
+    failures = [result] if found is None else [result, found]
     if opts.retry and clock.stop_reason() is None:
-        return _solve(tmpl, image, image_mask, np.eye(3), opts, clock, Start.IDENTITY)
-    return result
+        again = _solve(tmpl, image, image_mask, np.eye(3), opts, clock, Start.IDENTITY)
+        if again.converged or again.reason in (TIME_BUDGET, CANCELLED):
+            return again
+        failures.append(again)
+    stopped = [r for r in failures if r.reason in (TIME_BUDGET, CANCELLED)]
+    return stopped[-1] if stopped else closest_failure(failures)
 
 
 def _refine(tmpl, image, image_mask, W0, opts, clock) -> AlignResult:
@@ -472,8 +477,8 @@ def _attempt(problem: _Problem, opts: AlignOptions, clock: Clock, coarse_gate: f
     outcome.check(opts)
     if outcome.converged:
         # The one check that can tell a wrong stationary point from the optimum (see .verify)
-        outcome.margin = peak_margin(t_pyr, i_pyr, W, affine)
-        if not outcome.margin >= MIN_MARGIN:
+        outcome.margin, outcome.block_margin = margins(t_pyr, i_pyr, W, affine)
+        if not (outcome.margin >= MIN_MARGIN and outcome.block_margin <= MAX_BLOCK_MARGIN):
             outcome.converged, outcome.reason = False, AMBIGUOUS
     return outcome
 

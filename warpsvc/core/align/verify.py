@@ -30,6 +30,7 @@ import cv2
 import numpy as np
 
 from .gauss_newton import warp_to_template
+from .result import AMBIGUOUS, UNCERTAIN
 
 # Competing correlation peaks closer than this many nominal standard errors make the result
 # ambiguous (tuning set: right results >= 44, wrong ones at repeated structure 0-18).
@@ -45,14 +46,51 @@ CHECK_RADIUS = 8    # level-0 pixels of shift searched on either side
 # Standard deviations of the predicted corner RMS error that must fit in
 # ``AlignOptions.max_corner_error`` (chosen on the tuning photographs: see corner_bound).
 BOUND_SIGMAS = 1.0
+# Blocks per side of the block check (:func:`block_margin`) and the largest block margin a
+# converged result may have (see docs/alignment.md, "Status hole").
+BLOCKS = 3
+MAX_BLOCK_MARGIN = 10.0
+# Largest template side (level pixels) the block check runs on: full resolution up to 256 px
+# (a 240x240 template's shear shows at level 0 -- block margin 12.2 -- not at level 1: 2.5).
+BLOCK_SIDE = 256
+# Blocks whose standard deviation is below this share of the template's are not checked: a
+# flat block (held-out "made" photograph, noise 0: std 1e-4 of float rounding) gives
+# matchTemplate's normalised score as garbage (+-1 at arbitrary shifts).
+MIN_BLOCK_CONTRAST = 0.01
 
 
 def peak_margin(t_pyr, i_pyr, W, affine: bool, side: int | None = None) -> float:
     """:data:`margin <MIN_MARGIN>` of the correlation peak at ``W`` (level-0 ``image_from_template``),
     ``inf`` when it cannot be judged (masked template, no shift window, no competing peak).
     ``side``: largest template side of the level used (default :data:`CHECK_SIDE`)."""
+    return margins(t_pyr, i_pyr, W, affine, side)[0]
+
+
+def margins(t_pyr, i_pyr, W, affine: bool, side: int | None = None) -> tuple[float, float]:
+    """``(peak margin, block margin)`` at ``W``: :func:`peak_margin` on the finest level whose
+    template side is at most ``side`` (:data:`CHECK_SIDE`), :func:`block_margin` on the finest
+    level whose side is at most :data:`BLOCK_SIDE` (the same warp when that is the same level).
+    ``inf`` / ``0`` when they cannot be judged."""
     side = CHECK_SIDE if side is None else side
-    index = next((i for i, t in enumerate(t_pyr) if max(t.shape[:2]) <= side), len(t_pyr) - 1)
+    index = _level(t_pyr, side)
+    aligned = _aligned(t_pyr, i_pyr, W, affine, index)
+    peak = float("inf") if aligned is None else _peak(*aligned)
+    b_index = _level(t_pyr, BLOCK_SIDE)
+    if b_index != index:
+        aligned = _aligned(t_pyr, i_pyr, W, affine, b_index)
+    return peak, (0.0 if aligned is None else block_margin(*aligned))
+
+
+def _level(t_pyr, side: int) -> int:
+    return next((i for i, t in enumerate(t_pyr) if max(t.shape[:2]) <= side), len(t_pyr) - 1)
+
+
+def _aligned(t_pyr, i_pyr, W, affine: bool, index: int):
+    """``(template, aligned image extended by r, r, missing)`` on pyramid level ``index``, grey
+    (channel means), ``r`` = :data:`CHECK_RADIUS` in level pixels (at least 2); missing pixels
+    of the aligned image are filled with its mean and template pixels they cover with the
+    template's mean (``missing`` says where). ``None`` when it cannot be judged (masked
+    template, under 8 px, nothing or under a quarter of the template seen)."""
     t, img = t_pyr[index], i_pyr[index]
     f = float(2 ** index)
     h, w, c = t.shape
@@ -64,13 +102,13 @@ def peak_margin(t_pyr, i_pyr, W, affine: bool, side: int | None = None) -> float
         ok = ~np.isnan(tmpl)
         rows, cols = np.flatnonzero(ok.any(axis=1)), np.flatnonzero(ok.any(axis=0))
         if len(rows) < 8 or len(cols) < 8:
-            return float("inf")
+            return None
         r0, c0 = rows[0], cols[0]
         tmpl = tmpl[r0:rows[-1] + 1, c0:cols[-1] + 1]
         if np.isnan(tmpl).any():  # masked or missing pixels: matchTemplate cannot skip them
-            return float("inf")
+            return None
     if min(tmpl.shape) < 8:
-        return float("inf")
+        return None
     Wl = W.copy()
     Wl[:2, 2] /= f
     Wl[2, :2] *= f
@@ -78,13 +116,12 @@ def peak_margin(t_pyr, i_pyr, W, affine: bool, side: int | None = None) -> float
     eh, ew = tmpl.shape[0] + 2 * r, tmpl.shape[1] + 2 * r
     ext = warp_to_template(img, Wl @ shift, (eh, ew, c), affine).reshape(eh, ew, c)
     ext = ext.mean(axis=2) if c > 1 else ext[:, :, 0]
-    if not math.isfinite(float(ext.sum())):
-        missing = np.isnan(ext)
+    missing = np.isnan(ext)
+    if missing.any():
         if missing.all():
-            return float("inf")
+            return None
         ext = ext.copy()
-        fill = ext[~missing].mean()
-        ext[missing] = fill
+        ext[missing] = ext[~missing].mean()
         # Template pixels whose counterpart at the estimate is missing (the template reaches
         # beyond the image) compare with nothing: set to the template's mean elsewhere they add
         # no variance to either side. Left in, their contrast (a constant-filled corner of a
@@ -93,9 +130,13 @@ def peak_margin(t_pyr, i_pyr, W, affine: bool, side: int | None = None) -> float
         unseen = missing[r:r + tmpl.shape[0], r:r + tmpl.shape[1]]
         if unseen.any():
             if unseen.mean() > 0.75:
-                return float("inf")
+                return None
             tmpl = tmpl.copy()
             tmpl[unseen] = tmpl[~unseen].mean()
+    return tmpl, ext, r, missing
+
+
+def _peak(tmpl, ext, r, missing) -> float:
     score = cv2.matchTemplate(np.ascontiguousarray(ext, np.float32), np.ascontiguousarray(tmpl, np.float32),
                               cv2.TM_CCOEFF_NORMED)
     if not math.isfinite(float(score.sum())):
@@ -109,6 +150,46 @@ def peak_margin(t_pyr, i_pyr, W, affine: bool, side: int | None = None) -> float
     return (centre - other) * math.sqrt(tmpl.size) / max(1.0 - centre * centre, 1e-6)
 
 
+def block_margin(tmpl, ext, r: int, missing) -> float:
+    """How much better some part of the template fits *shifted*: the largest, over the
+    :data:`BLOCKS` x :data:`BLOCKS` blocks ``B`` of the template, of::
+
+        (rho_B(s*) - rho_B(0)) * sqrt(n_B) / (1 - rho_B(s*)^2)
+
+    where ``rho_B(s)`` is the block's zero-normalised correlation with the aligned image shifted
+    by ``s`` (``|s| <= r`` level pixels, ``ext`` the aligned image extended by ``r``), ``s*`` its
+    peak and ``rho_B(0)`` the best of the 3x3 shifts around 0; counted only when the peak is at
+    least 2 level pixels away (0 otherwise). Same units as :func:`peak_margin`'s margin.
+
+    At the optimum every block peaks at 0 (up to noise). A wrong stationary point that fits the
+    whole template well -- part of it aligned, part sheared away (a homography off in its
+    perspective terms) -- has blocks whose own peak is several pixels off, which the whole
+    template's peak cannot show (the aligned part holds it at 0). Blocks with a missing or
+    unseen pixel, a flat block (:data:`MIN_BLOCK_CONTRAST`) or a non-finite score are skipped."""
+    h, w = tmpl.shape
+    bh, bw = h // BLOCKS, w // BLOCKS
+    if min(bh, bw) < 12:
+        return 0.0
+    worst, floor = 0.0, MIN_BLOCK_CONTRAST * float(tmpl.std())
+    for i in range(BLOCKS):
+        for j in range(BLOCKS):
+            y0, x0 = i * bh, j * bw
+            window = ext[y0:y0 + bh + 2 * r, x0:x0 + bw + 2 * r]
+            block = tmpl[y0:y0 + bh, x0:x0 + bw]
+            if missing[y0:y0 + bh + 2 * r, x0:x0 + bw + 2 * r].any() or not block.std() > floor:
+                continue
+            score = cv2.matchTemplate(np.ascontiguousarray(window, np.float32),
+                                      np.ascontiguousarray(block, np.float32), cv2.TM_CCOEFF_NORMED)
+            if not math.isfinite(float(score.sum())):
+                continue
+            py, px = np.unravel_index(int(np.argmax(score)), score.shape)
+            if max(abs(py - r), abs(px - r)) < 2:
+                continue
+            peak, centre = float(score[py, px]), float(score[r - 1:r + 2, r - 1:r + 2].max())
+            worst = max(worst, (peak - centre) * math.sqrt(block.size) / max(1.0 - peak * peak, 1e-6))
+    return worst
+
+
 def corner_bound(corner_covariance) -> float:
     """:data:`BOUND_SIGMAS` times the predicted RMS error of the template corners (image
     pixels), ``sqrt(mean_i trace(C_i) / 2)`` for the ``(4, 2, 2)`` corner covariances ``C_i`` --
@@ -120,3 +201,24 @@ def corner_bound(corner_covariance) -> float:
     traces = np.trace(np.asarray(corner_covariance), axis1=1, axis2=2)
     value = float(np.mean(traces)) / 2.0
     return BOUND_SIGMAS * math.sqrt(value) if value >= 0 and math.isfinite(value) else float("inf")
+
+
+# How far through the checks an unconverged result got (see ``api._Outcome.check`` and the margin in
+# ``api._attempt``): one that failed only the margin or the corner bound passed overlap and correlation.
+FAILURE_DEPTH = {AMBIGUOUS: 2, UNCERTAIN: 1}
+
+
+def closest_failure(failures):
+    """The unconverged result to report after ``search="auto"`` tried several starts (in the
+    order given): the one that got furthest through the status checks (:data:`FAILURE_DEPTH`:
+    ``ambiguous``, then ``uncertain``; ties broken by the higher correlation ``zncc``, NaN
+    lowest), else the last one (the final fallback). Before, the last was always reported:
+    ``low_correlation`` from the identity when the feature start had found the right place
+    and failed only ``max_corner_error``."""
+    def key(item):
+        i, r = item
+        depth = FAILURE_DEPTH.get(r.reason, 0)
+        z = r.zncc if depth and np.isfinite(r.zncc) else -np.inf
+        return (depth, z, i)
+
+    return max(enumerate(failures), key=key)[1]
