@@ -263,7 +263,7 @@ def align_request(model: str = "homography", init=None, *, search="auto", levels
     sent explicitly (``"auto"`` as ``*_AUTO``), so the server applies exactly the caller's;
     ``max_corner_error=None`` (the library's "off") travels as ``+inf``, and zero, which the
     wire reads as "default", is refused here as the library refuses it."""
-    if max_corner_error is not None and max_corner_error == 0:
+    if max_corner_error == 0:
         raise InvalidArgumentError("max_corner_error must be positive, got 0", field="max_corner_error")
     req = pb.AlignRequest(
         model=vocab.MOTION_MODEL.to_wire(model), robust=vocab.ROBUST_LOSS.to_wire(robust),
