@@ -19,6 +19,7 @@ from .gauss_newton import Clock, Stopped, solve_level, translation_search, warp_
 from .chart import make_chart
 from .options import AlignOptions, explicit_keywords, merge_options
 from .pyramid import auto_levels, channel_mean, build_level, build_pyramid, prepare
+from .tone import fit_tone_curve
 from .verify import MAX_BLOCK_MARGIN, MIN_MARGIN, closest_failure, corner_bound, margins
 from .result import (
     AMBIGUOUS,
@@ -69,6 +70,9 @@ SPARSE_PIXELS = 2_000
 # estimate is below this many tolerances: it is at the optimum, oscillating at the noise floor
 # (tuning set: such results had steps of 0.003-0.011 px and errors <= 0.5 px), so converged.
 NOISE_FLOOR_STEPS = 20
+# photometric="auto" with an exposure change: a quadratic tone curve fitted after the level
+# above the finest maps the finest level's template when significant (:mod:`.tone`).
+TONE_CURVE = True
 
 
 @explicit_keywords
@@ -107,9 +111,9 @@ def align(
     levels : pyramid levels, or ``"auto"``.
     template_mask, image_mask : optional ``(H, W)`` boolean (or 0/non-0) masks of usable pixels.
     robust : ``None``, ``"huber"`` or ``"tukey"`` (iteratively reweighted least squares).
-    photometric : ``"auto"`` (default: ``"gain_bias"`` unless a robust loss is asked for),
-        ``"gain_bias"`` (per channel ``image ~ gain * template + bias``) or ``None`` (identical
-        exposure assumed).
+    photometric : ``"auto"`` (default: ``"gain_bias"`` unless a robust loss is asked for, plus
+        a tone curve when the exposure change is a curve: :mod:`.tone`), ``"gain_bias"`` (per
+        channel ``image ~ gain * template + bias``) or ``None`` (identical exposure assumed).
     search : ``"auto"`` (default), ``"local"`` or ``"global"``: how a start is found when
         ``init`` is ``None`` (see :class:`AlignOptions`); ``result.start`` says which was used.
     max_iterations : per pyramid level.
@@ -405,7 +409,7 @@ def _attempt(problem: _Problem, opts: AlignOptions, clock: Clock, coarse_gate: f
     reason = CONVERGED
     last = None
     newton_step = float("inf")
-    finest = lv = None
+    finest = lv = curve = None
     if coarse_gate is None or n_levels == 1:
         finest = build_level(0, t_pyr[0], i_pyr[0], opts.model, chart, photometric_on, opts.max_pixels, clock.check)
         if not _well_posed(finest):
@@ -469,9 +473,16 @@ def _attempt(problem: _Problem, opts: AlignOptions, clock: Clock, coarse_gate: f
         elif photometric_on and opts.photometric == "auto" and _same_exposure(out.last, lv):
             photometric_on = False  # the cheap decision: finer levels without the gain/bias columns
             finest = None if finest is None else finest.without_photometric()
+        elif index == 1 and photometric_on and opts.photometric == "auto" and TONE_CURVE and lv.shape[2] == 1:
+            curve = None if out.last is None else fit_tone_curve(lv.tflat, out.last.warped, t_pyr[0])
+            if curve is not None:  # the finest level on the template mapped through it (.tone)
+                finest = build_level(0, curve(t_pyr[0]), i_pyr[0], opts.model, chart, True, opts.max_pixels,
+                                     clock.check)
     stats = final_statistics(finest if finest is not None else lv, W, opts, affine, chart, corners0, problem.sigma_floor,
                              image_noise=problem.image_noise, last=last if reason == CONVERGED else None,
                              photometric=photometric_on)
+    if curve is not None:  # report I ~ a f(T) + b as its tangent line at the template's mean
+        stats.gain, stats.bias = curve.line(stats.gain, stats.bias)
     outcome = _Outcome(W, reason, iterations, histories, stats, len(t_pyr))
     outcome.newton_step = newton_step
     outcome.check(opts)
