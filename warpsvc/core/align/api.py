@@ -20,7 +20,7 @@ from .chart import make_chart
 from .options import AlignOptions, explicit_keywords, merge_options
 from .pyramid import auto_levels, channel_mean, build_level, build_pyramid, prepare
 from .tone import fit_tone_curve
-from .verify import MAX_BLOCK_MARGIN, MIN_MARGIN, closest_failure, corner_bound, margins
+from .verify import MAX_BLOCK_MARGIN, MIN_MARGIN, closest_failure, corner_bound, margins, outlier_mask
 from .result import (
     AMBIGUOUS,
     CANCELLED,
@@ -488,7 +488,7 @@ def _attempt(problem: _Problem, opts: AlignOptions, clock: Clock, coarse_gate: f
     outcome.check(opts)
     if outcome.converged:
         # The one check that can tell a wrong stationary point from the optimum (see .verify)
-        outcome.margin, outcome.block_margin = margins(t_pyr, i_pyr, W, affine)
+        outcome.margin, outcome.block_margin = margins(t_pyr, i_pyr, W, affine, outliers=outlier_mask(finest, last))
         if not (outcome.margin >= MIN_MARGIN and outcome.block_margin <= MAX_BLOCK_MARGIN):
             outcome.converged, outcome.reason = False, AMBIGUOUS
     return outcome
