@@ -167,3 +167,29 @@ def test_rotated_crop_with_constant_fill_started_at_the_truth_stays_there():
     r = warpsvc.align(trial["template"], trial["image"], "homography", np.linalg.inv(truth))
     assert bench.rms(r.inverse, trial["tp"], trial["truth_pts"]) < 0.2
     assert r.converged, r.reason
+
+
+def test_block_check_skips_blocks_a_robust_loss_calls_outliers():
+    """Oracle: a known homography crop of the camera photograph with a 50x50 occluder (brick
+    texture, the Baker-Matthews occlusion condition) in its lower-right quarter, aligned with
+    the Tukey loss from 1-2 px off. The occluded block peaks somewhere else (block margin 18 >
+    MAX_BLOCK_MARGIN when every block is judged), but the loss calls its pixels outliers, so
+    the block is not judged and the right result stays converged."""
+    from skimage import data
+
+    from test_align_search import cut
+
+    camera = data.camera().astype(np.float32)
+    W = np.array([[1.02, 0.03, 181.0], [-0.02, 0.98, 148.0], [1e-4, -5e-5, 1.0]])
+    t = cut(camera, W, n=100).copy()
+    t[50:100, 50:100] = data.brick().astype(np.float32)[100:150, 200:250]
+    r = warpsvc.align(t, camera, "homography", np.linalg.inv(_shift(180, 150)), robust="tukey")
+    assert r.converged, r.reason
+    corners = np.column_stack([np.array([[0, 0], [99, 0], [99, 99], [0, 99]], float), np.ones(4)])
+    a, b = corners @ r.inverse.T, corners @ W.T
+    assert np.abs(a[:, :2] / a[:, 2:] - b[:, :2] / b[:, 2:]).max() < 0.1
+    p3 = lambda x: build_pyramid(np.asarray(x, np.float32)[:, :, None], 3)  # noqa: E731
+    assert margins(p3(t), p3(camera), r.inverse, affine=False)[1] > MAX_BLOCK_MARGIN
+    occluder = np.zeros((100, 100), bool)
+    occluder[50:, 50:] = True
+    assert margins(p3(t), p3(camera), r.inverse, affine=False, outliers=occluder)[1] <= MAX_BLOCK_MARGIN
