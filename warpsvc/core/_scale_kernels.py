@@ -86,21 +86,19 @@ def _times_pixel_factor(out3: np.ndarray, factor: np.ndarray) -> None:
     np.multiply(flat, spread.reshape(flat.shape), out=flat)
 
 
-def constant_rows(src, factor, out) -> None:
-    """:func:`scale_by_constant` on one block of rows, in the calling thread (the fused conserve
-    warps of :mod:`.warp` call it from their own strips)."""
-    rows = src.shape[0]
-    s, o = src.reshape(rows, -1), out.reshape(rows, -1)
-    if src.dtype.kind == "f":  # same dtype as out: one fused numpy pass (inf / NaN kept)
-        np.multiply(s, factor, out=o)
-    else:  # integers (always finite): OpenCV's fused convert-and-scale, x * f rounded once
-        depth = cv2.CV_32F if out.dtype == np.float32 else cv2.CV_64F
-        cv2.addWeighted(s, float(factor), s, 0.0, 0.0, dst=o, dtype=depth)
-
-
 def scale_by_constant(src, factor, out) -> None:
     """``out[y, x, c] = out.dtype(src[y, x, c]) * factor`` (``factor`` in ``out``'s dtype)."""
-    run_strips(lambda r0, r1: constant_rows(src[r0:r1], factor, out[r0:r1]), src.shape[0], src.size)
+    h, w, c = src.shape
+    depth = cv2.CV_32F if out.dtype == np.float32 else cv2.CV_64F
+
+    def strip(r0, r1):
+        s, o = _rows(src, r0, r1), _rows(out, r0, r1)
+        if src.dtype.kind == "f":  # same dtype as out: one fused numpy pass (inf / NaN kept)
+            np.multiply(s, factor, out=o)
+        else:  # integers (always finite): OpenCV's fused convert-and-scale, x * f rounded once
+            cv2.addWeighted(s, float(factor), s, 0.0, 0.0, dst=o, dtype=depth)
+
+    run_strips(strip, h, src.size)
 
 
 def scale_by_columns(src, flat_factor, out) -> None:
@@ -145,28 +143,23 @@ def projective_factor_rows(m, det_m, y0: int, y1: int, ax: np.ndarray) -> np.nda
     return f
 
 
-def _projective_numpy_rows(src, m, det_m, row0, out, ax=None) -> None:
-    """Tier 0 on one block of rows, in the calling thread: chunks of
-    :data:`CHAIN_CHUNK_VALUES` values so the float64 temporaries stay in cache."""
-    w = src.shape[1]
-    if ax is None:
-        ax = m[2, 0] * np.arange(w, dtype=np.float64)
-    for a, b in _chunks(0, src.shape[0], w, CHAIN_CHUNK_VALUES):
-        f = projective_factor_rows(m, det_m, a + row0, b + row0, ax)
-        with np.errstate(over="ignore", invalid="ignore"):  # inf / NaN pixels: IEEE results, as tier 1
-            fr = f if out.dtype == np.float64 else f.astype(out.dtype)
-            np.copyto(out[a:b], src[a:b])
-            _times_pixel_factor(out[a:b], fr)
-            if not fr.max() < np.inf:  # a finite factor beyond float32: the product in float64
-                huge = np.isinf(fr)
-                out[a:b][huge] = src[a:b][huge] * f[huge][:, None]
-
-
 def _projective_numpy(src, m, det_m, row0, out) -> None:
     """Tier 0 of :func:`scale_by_projective_det`: numpy over strips and chunks."""
-    ax = m[2, 0] * np.arange(src.shape[1], dtype=np.float64)
-    run_strips(lambda r0, r1: _projective_numpy_rows(src[r0:r1], m, det_m, row0 + r0, out[r0:r1], ax),
-               src.shape[0], src.size)
+    h, w, c = src.shape
+    ax = m[2, 0] * np.arange(w, dtype=np.float64)
+
+    def strip(r0, r1):
+        for a, b in _chunks(r0, r1, w, CHAIN_CHUNK_VALUES):
+            f = projective_factor_rows(m, det_m, a + row0, b + row0, ax)
+            with np.errstate(over="ignore", invalid="ignore"):  # inf / NaN pixels: IEEE results, as tier 1
+                fr = f if out.dtype == np.float64 else f.astype(out.dtype)
+                np.copyto(out[a:b], src[a:b])
+                _times_pixel_factor(out[a:b], fr)
+                if not fr.max() < np.inf:  # a finite factor beyond float32: the product in float64
+                    huge = np.isinf(fr)
+                    out[a:b][huge] = src[a:b][huge] * f[huge][:, None]
+
+    run_strips(strip, h, src.size)
 
 
 @lazy_compiled(parallel=True, error_model="numpy")  # no fast-math: plain IEEE, bit-identical to tier 0
@@ -274,26 +267,6 @@ def scale_by_projective_det(src, m, det_m, row0, out) -> None:
         return
     _projective_numpy(src, m, det_m, row0, out)
     PROJECTIVE_UPGRADE.tier0_used((src.dtype, out.dtype))
-
-
-def projective_rows(src, m, det_m, row0, out, tier: int) -> None:
-    """:func:`scale_by_projective_det` on one block of rows, in the calling thread (the fused
-    conserve warps call it from their own strips), with the ``tier`` the caller chose once for
-    the whole call (:func:`projective_tier`; the caller also reports a tier-0 use). Tier 1
-    runs its compiled kernel with numba's thread count set to 1 in this thread (the setting is
-    thread-local): the strips are the parallelism, a kernel launched from each would put
-    ``threads x threads`` threads on the cores. Same values as the whole-image call."""
-    if not np.isfinite(det_m):
-        out[...] = 0
-        return
-    if tier == 1:
-        import numba  # already imported: tier 1 is compiled
-
-        if numba.get_num_threads() != 1:
-            numba.set_num_threads(1)
-        _projective_rows.dispatcher()(src, np.array(m, dtype=np.float64, order="C"), float(det_m), int(row0), out)
-        return
-    _projective_numpy_rows(src, m, det_m, row0, out)
 
 
 def outer_maps(row_cos, row_sin, radius, cx, cy, mx, my) -> None:

@@ -168,7 +168,8 @@ def _resample(image, src_from_dst, out_shape, opts, row_period, poll=None):
         band = max(1, POLL_BAND_PIXELS // (wo * -(-c // CHANNEL_GROUP)))
         for r0 in range(0, ho, band):
             r1 = min(ho, r0 + band)
-            out[r0:r1] = _warp_matrix(image, src_from_dst.matrix @ row_shift(r0), (r1 - r0, wo), opts)
+            shift = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, r0], [0.0, 0.0, 1.0]])
+            out[r0:r1] = _warp_matrix(image, src_from_dst.matrix @ shift, (r1 - r0, wo), opts)
             _poll(poll)
         return out
     out = np.empty((ho, wo, c), dtype=image.dtype)
@@ -190,47 +191,6 @@ def _warp_matrix(image, m, out_shape, opts):
             res = cv2.warpPerspective(chunk, m, (wo, ho), **kwargs)
         parts.append(res.reshape(ho, wo, -1))
     return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=2)
-
-
-def row_shift(r0: int) -> np.ndarray:
-    """``[[1, 0, 0], [0, 1, r0], [0, 0, 1]]``: output row ``r0`` of a band becomes its row 0, so
-    the band's ``dst -> src`` matrix is ``M @ row_shift(r0)``."""
-    return np.array([[1.0, 0.0, 0.0], [0.0, 1.0, float(r0)], [0.0, 0.0, 1.0]])
-
-
-def fits_opencv_rows(image, src_from_dst, out_shape, row_period=None) -> bool:
-    """Whether :func:`warp_matrix_rows` can warp this call (what :func:`_resample` would give
-    OpenCV whole): a matrix map, no periodic rows, sides OpenCV accepts, at most 4 channels
-    (one OpenCV call per block) and not float64 (sampled in float64 here, not by OpenCV)."""
-    return (src_from_dst.is_matrix() and row_period is None and image.dtype != np.float64
-            and image.shape[2] <= CHANNEL_GROUP and max(*image.shape[:2], *out_shape) <= CV_MAX_SIDE)
-
-
-def opencv_source(image) -> np.ndarray:
-    """The image as :func:`warp_matrix_rows` takes it: C-contiguous, 2-D for one channel (made
-    once per call: OpenCV would copy a strided image at every block)."""
-    return np.ascontiguousarray(image if image.shape[2] > 1 else image[:, :, 0])
-
-
-def warp_matrix_rows(src, m, r0: int, dst, opts: SampleOptions) -> None:
-    """Output rows ``r0 : r0 + len(dst)`` of OpenCV's warp of ``src`` (:func:`opencv_source`)
-    with the ``dst -> src`` matrix ``m``, written into ``dst`` (``(rows, Wo, C)`` C-contiguous,
-    the image's dtype, ``C <= 4``) by one OpenCV call in the calling thread, with the band
-    matrix ``m @ row_shift(r0)``.
-
-    OpenCV rounds the matrix to float32 and forms each row's offset ``y M01 + M02`` in float32,
-    so a band's coordinates can differ from the whole-image call's by float32 round-off
-    (~1e-7 relative): on a 1080p photograph ~5e-5 of uint8 values differ, by one count. The
-    values depend on ``r0``, so callers use a fixed grid of bands (never the thread count)."""
-    rows, wo = dst.shape[:2]
-    mb = m @ row_shift(r0) if r0 else np.asarray(m, dtype=np.float64)
-    flags = INTERPOLATIONS[opts.interpolation] | cv2.WARP_INVERSE_MAP
-    target = dst if dst.shape[2] > 1 else dst.reshape(rows, wo)
-    kwargs = dict(dst=target, flags=flags, borderMode=BORDERS[opts.border], borderValue=_cv_value(opts.border_value))
-    if np.array_equal(m[2], [0.0, 0.0, 1.0]):
-        cv2.warpAffine(src, mb[:2], (wo, rows), **kwargs)
-    else:
-        cv2.warpPerspective(src, mb, (wo, rows), **kwargs)
 
 
 def _tiles(ho, wo):

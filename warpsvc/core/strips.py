@@ -2,9 +2,7 @@
 
 ``run_strips(fn, rows, work)`` splits ``[0, rows)`` into ``n`` contiguous strips, runs ``n - 1``
 of them on pool threads and one on the calling thread, and returns when all are done (the
-first exception raised by a strip is re-raised in the caller). ``run_blocks(fn, blocks,
-work)`` runs ``fn(i, scratch)`` over a fixed list of blocks on the same threads, each thread
-taking the next free block (dynamic balance). ``n`` is
+first exception raised by a strip is re-raised in the caller). ``n`` is
 :func:`.threads.strip_count` ``(work)``: the thread setting (:mod:`.threads`), at most one
 strip per ``MIN_WORK_PER_THREAD`` elements and one per row.
 
@@ -15,21 +13,11 @@ costs the pool's thread start (~0.1 ms per thread), not a JIT.
 
 Rules for strip functions: they write only their own rows of the output (so the result does
 not depend on the number of strips, i.e. on the thread count) and never call
-:func:`run_strips` themselves (a strip waiting for the pool could wait for itself). Work whose
-values depend on where a block of rows starts (the fused conserve warps of :mod:`.warp`:
-OpenCV warps each block with the matrix shifted to its first row) uses :func:`run_blocks`
-over a fixed grid of blocks, so the values are the same whatever the thread count.
-
-Strip and block functions may call OpenCV. OpenCV runs at most one ``parallel_for_`` at a time
-in a process (a call made while another one is parallel runs serially in its own thread: the
-``flagNestedParallelFor`` of its ``parallel.cpp``), so two threads warping at once use at most
-the OpenCV pool's workers on top: measured on two cores, two concurrent threads of block
-warps took the same time with ``cv2.setNumThreads(2)`` as with 1.
+:func:`run_strips` themselves (a strip waiting for the pool could wait for itself).
 """
 
 from __future__ import annotations
 
-import itertools
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -73,51 +61,6 @@ def run_strips(fn, rows: int, work: int | None = None) -> int:
     error = None
     try:
         fn(edges[0], edges[1])
-    except BaseException as exc:  # noqa: BLE001 - wait for the others, then re-raise
-        error = exc
-    for f in futures:
-        try:
-            f.result()
-        except BaseException as exc:  # noqa: BLE001
-            error = error or exc
-    if error is not None:
-        raise error
-    return n
-
-
-def run_blocks(fn, blocks: int, work: int | None = None) -> int:
-    """``fn(i, scratch)`` for every ``i`` in ``range(blocks)``, on as many threads as
-    :func:`run_strips` would use (the caller's among them), each taking the next block when it
-    is free (dynamic: a thread slowed by another process on its core takes fewer blocks, as
-    OpenCV's own ``parallel_for_`` balances its rows). ``scratch`` is a dict owned by one
-    thread (buffers reused from block to block). The same rules as strip functions: ``fn``
-    writes only its block's output, so which thread ran a block changes no value. Returns the
-    thread count."""
-    if blocks <= 0:
-        return 0
-    n = min(strip_count(work), blocks)
-    counter = itertools.count()  # next() is atomic under the GIL
-    failed = threading.Event()
-
-    def worker():
-        scratch: dict = {}
-        for i in counter:
-            if i >= blocks or failed.is_set():
-                return
-            try:
-                fn(i, scratch)
-            except BaseException:
-                failed.set()
-                raise
-
-    if n == 1:
-        worker()
-        return 1
-    pool = _workers(n - 1)
-    futures = [pool.submit(worker) for _ in range(n - 1)]
-    error = None
-    try:
-        worker()
     except BaseException as exc:  # noqa: BLE001 - wait for the others, then re-raise
         error = exc
     for f in futures:

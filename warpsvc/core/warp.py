@@ -35,8 +35,6 @@ from .errors import InvalidArgumentError, InvalidTransformError
 from .grids import determinant_grid, finite_determinant_grid
 from .grids import GRID_WORK
 from .sampling import BORDERS, CV_MAX_SIDE, INTERPOLATIONS, SampleOptions, border_indices, resample
-from .sampling import fits_opencv_rows, opencv_source, warp_matrix_rows
-from .strips import run_blocks
 from .transforms import AffineTransform, PolarTransform, Transform, compose
 from .validate import check_choice, check_image, check_shape
 
@@ -45,7 +43,6 @@ INTENSITIES = ("plain", "conserve")
 # (the node lattice's coverage ripple is < 0.3 %, so interiors are not blended with the border).
 FULL_COVERAGE_SLACK = 0.01
 SCALE_BAND_ELEMENTS = 1 << 22  # values per determinant-scaling launch (then a poll)
-FUSED_BLOCK_VALUES = 1 << 18  # output values per block of a fused conserve warp (warped, then scaled)
 POST_BAND_ELEMENTS = 1 << 16  # values per antialias post-processing strip (then a poll)
 POST_BYTES_PER_ELEMENT = 40  # a strip's float64 temporaries (determinant, inside, mean, blend, ...)
 
@@ -180,8 +177,6 @@ def warp(
         out = _warp_polar(img, src_from_dst, shape, opts, intensity, poll)
     elif intensity == "plain":
         out = resample(img, src_from_dst, shape, opts, period, poll=poll)
-    elif fits_opencv_rows(img, src_from_dst, shape, period):
-        out = _conserve_fused(img, src_from_dst.matrix, shape, opts, poll)
     else:
         out = _conserve(resample(img, src_from_dst, shape, opts, period, poll=poll), src_from_dst, poll)
     return out if image.ndim == 3 else out[:, :, 0]
@@ -249,9 +244,7 @@ def _warp_polar(img, polar, shape, opts, intensity, poll=None) -> np.ndarray:
 
 def _conserve(sampled: np.ndarray, src_from_dst: Transform, poll=None) -> np.ndarray:
     """``sampled * |det J_{T^{-1}}|`` as float32 (float64 for float64 input), one fused
-    parallel pass (convert and scale, :mod:`._scale_kernels`) per band of rows: conserving
-    warps that :func:`_conserve_fused` does not take (float64 images, > 4 channels, maps
-    other than matrices, sides beyond OpenCV's).
+    parallel pass (convert and scale, :mod:`._scale_kernels`) per band of rows.
 
     The interpolation itself ran in the image's dtype, as OpenCV does (integer images: values
     rounded to whole counts, <= 1/2 count before scaling); pass float32 for unrounded values.
@@ -279,64 +272,6 @@ def _conserve(sampled: np.ndarray, src_from_dst: Transform, poll=None) -> np.nda
     band = max(1, SCALE_BAND_ELEMENTS // max(1, sampled.shape[1] * sampled.shape[2]))
     for r0 in range(0, h, band):
         kernel(r0, min(h, r0 + band))
-        _poll(poll)
-    return out
-
-
-def _conserve_fused(img, m, shape, opts, poll=None) -> np.ndarray:
-    """``warp(img, S, intensity="conserve")`` for a matrix ``S`` that OpenCV warps
-    (:func:`.sampling.fits_opencv_rows`), warp and scaling fused per block of rows.
-
-    The output rows are cut into a fixed grid of blocks of ``FUSED_BLOCK_VALUES // (Wo C)`` rows
-    (1080p RGB: 45 rows, 256 KiB of uint8). Each block is warped by OpenCV into a small buffer
-    of the image's dtype (:func:`.sampling.warp_matrix_rows`, the matrix shifted to the block's
-    first row) and scaled into the float output at once, while the buffer is in the core's
-    cache: the uint8 image OpenCV would write whole (and the scaling read back from memory)
-    never exists. The blocks go to the threads of :mod:`.strips` (``run_blocks``: each thread
-    takes the next free block, as OpenCV's own pool balances its rows), in bands of about
-    ``SCALE_BAND_ELEMENTS`` values with a poll after each.
-
-    Values. Per block exactly the whole-image scaling (the same kernels of
-    :mod:`._scale_kernels`, the factor from absolute output rows). The sampled values are
-    OpenCV's on the block's shifted matrix: equal to the whole-image warp's except where
-    OpenCV's float32 row offsets round differently (~5e-5 of uint8 values on a 1080p
-    photograph, by one count; tests/test_conserve_fused.py). The blocks depend only on the
-    output width and channels, so the result is the same at every thread count, with or
-    without ``poll``."""
-    ho, wo = shape
-    c = img.shape[2]
-    dtype = _float_dtype(img.dtype)
-    out = np.empty((ho, wo, c), dtype=dtype)
-    src = opencv_source(img)
-    m = np.array(m, dtype=np.float64, order="C")
-    block = max(1, FUSED_BLOCK_VALUES // (wo * c))
-    tier = None
-    if np.array_equal(m[2], [0.0, 0.0, 1.0]):
-        factor = dtype.type(abs(np.linalg.det(m[:2, :2])))
-
-        def scale(sampled, r0, o):
-            _scale.constant_rows(sampled, factor, o)
-    else:
-        det_m = abs(float(np.linalg.det(m)))
-        tier = _scale.projective_tier(np.empty((1, wo, c), img.dtype), m, out)
-
-        def scale(sampled, r0, o):
-            _scale.projective_rows(sampled, m, det_m, r0, o, tier)
-
-    def one_block(a, b, scratch):
-        buf = scratch.get("buf")
-        if buf is None:
-            buf = scratch["buf"] = np.empty((block, wo, c), dtype=img.dtype)
-        warp_matrix_rows(src, m, a, buf[:b - a], opts)
-        scale(buf[:b - a], a, out[a:b])
-
-    band = block * max(1, SCALE_BAND_ELEMENTS // (block * wo * c))
-    for r0 in range(0, ho, band):
-        r1 = min(ho, r0 + band)
-        run_blocks(lambda i, scratch: one_block(r0 + i * block, min(r1, r0 + (i + 1) * block), scratch),
-                   -(-(r1 - r0) // block), (r1 - r0) * wo * c)
-        if tier == 0:
-            _scale.PROJECTIVE_UPGRADE.tier0_used((img.dtype, dtype))
         _poll(poll)
     return out
 
