@@ -24,8 +24,11 @@ Threads: every thread count in ``--threads`` (``default`` = ``warpsvc.core.threa
 is set on *both* sides (``warpsvc.core.threads.set_threads(n)`` also sets ``cv2.setNumThreads``;
 ``reproject`` runs its own single-threaded loop). Method: one warm-up call each (numba loads
 its cache on first use), then ``--repeats`` rounds; each round runs every thread count, and
-within it ours then the anchor, so drifts in the machine's load hit both sides alike; medians
-reported. Ratios are ours / anchor time; "CPU ratio" is the same with process CPU time (at one
+within it one untimed anchor call (the first OpenCV call after ``cv2.setNumThreads`` changes
+the count restarts OpenCV's pool: measured ~1 ms at 2 threads, which before this call fell on
+whichever side ran first, always ours), then ours and the anchor, ours first in even rounds
+and second in odd ones, so drifts in the machine's load and cache state hit both sides
+alike; medians reported. Ratios are ours / anchor time; "CPU ratio" is the same with process CPU time (at one
 thread the load-robust figure). The load average is recorded before and after.
 """
 
@@ -63,15 +66,20 @@ def timed_pair(ours, anchor, repeats):
     for n in THREADS:
         threads.set_threads(n)
         ours(), anchor()  # warm-up
-    for _ in range(repeats):
+    for r in range(repeats):
         for n in THREADS:
             threads.set_threads(n)
+            anchor()  # untimed: the first OpenCV call after a thread-count change restarts its pool
+            first, second = (ours, anchor) if r % 2 == 0 else (anchor, ours)
             c0, t0 = time.process_time(), time.perf_counter()
-            ours()
+            first()
             c1, t1 = time.process_time(), time.perf_counter()
-            anchor()
+            second()
             c2, t2 = time.process_time(), time.perf_counter()
-            for series, value in zip(times[n], (t1 - t0, t2 - t1, c1 - c0, c2 - c1)):
+            spans = (t1 - t0, t2 - t1, c1 - c0, c2 - c1)
+            if r % 2:  # anchor ran first
+                spans = (spans[1], spans[0], spans[3], spans[2])
+            for series, value in zip(times[n], spans):
                 series.append(value)
     out = {}
     for n, series in times.items():
