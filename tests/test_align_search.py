@@ -193,8 +193,8 @@ def test_failure_reports_the_start_that_got_furthest(frame):
 
 
 def test_closest_failure_order():
-    """Depth through the checks first (ambiguous > uncertain > the rest; zncc, NaN lowest,
-    breaks ties among the first two), else the last result."""
+    """Depth through the checks first (ambiguous > uncertain > an unconverged or uncorrelated
+    solve > the rest; zncc, NaN lowest, breaks ties among the first three), else the last."""
     from types import SimpleNamespace as R
 
     from warpsvc.core.align.verify import closest_failure
@@ -205,5 +205,7 @@ def test_closest_failure_order():
     assert closest_failure([unc, amb, low]) is amb
     unc2, unc_nan = R(reason="uncertain", zncc=0.6), R(reason="uncertain", zncc=float("nan"))
     assert closest_failure([unc_nan, unc2, unc]) is unc2
-    a, b = R(reason="max_iterations", zncc=0.9), R(reason="degenerate_warp", zncc=0.1)
-    assert closest_failure([a, low, b]) is b
+    a, b = R(reason="max_iterations", zncc=0.3), R(reason="degenerate_warp", zncc=0.9)
+    assert closest_failure([a, low, b]) is low  # the better-correlated solve, not the degenerate warp
+    c, d = R(reason="insufficient_overlap", zncc=0.9), R(reason="degenerate_warp", zncc=0.1)
+    assert closest_failure([c, d]) is d  # none got that far: the last

@@ -31,7 +31,7 @@ import numpy as np
 
 from .gauss_newton import warp_to_template
 from .covariance import INLIER_WEIGHT
-from .result import AMBIGUOUS, UNCERTAIN
+from .result import AMBIGUOUS, LOW_CORRELATION, MAX_ITERATIONS, NO_PROGRESS, UNCERTAIN
 
 # Competing correlation peaks closer than this many nominal standard errors make the result
 # ambiguous (tuning set: right results >= 44, wrong ones at repeated structure 0-18).
@@ -230,18 +230,21 @@ def corner_bound(corner_covariance) -> float:
     return BOUND_SIGMAS * math.sqrt(value) if value >= 0 and math.isfinite(value) else float("inf")
 
 
-# How far through the checks an unconverged result got (see ``api._Outcome.check`` and the margin in
-# ``api._attempt``): one that failed only the margin or the corner bound passed overlap and correlation.
-FAILURE_DEPTH = {AMBIGUOUS: 2, UNCERTAIN: 1}
+# How far through the checks an unconverged result got (see ``api._Outcome.check`` and the
+# margin in ``api._attempt``): one that failed only the margin or the corner bound passed
+# overlap and correlation; a solve that ended with too low a correlation or without
+# converging still had the overlap and a regular warp.
+FAILURE_DEPTH = {AMBIGUOUS: 3, UNCERTAIN: 2, LOW_CORRELATION: 1, MAX_ITERATIONS: 1, NO_PROGRESS: 1}
 
 
 def closest_failure(failures):
     """The unconverged result to report after ``search="auto"`` tried several starts (in the
     order given): the one that got furthest through the status checks (:data:`FAILURE_DEPTH`:
-    ``ambiguous``, then ``uncertain``; ties broken by the higher correlation ``zncc``, NaN
-    lowest), else the last one (the final fallback). Before, the last was always reported:
-    ``low_correlation`` from the identity when the feature start had found the right place
-    and failed only ``max_corner_error``."""
+    ``ambiguous``, then ``uncertain``, then a solve that ended unconverged or correlating too
+    little; ties broken by the higher correlation ``zncc``, NaN lowest), else the last one (the
+    final fallback). Before, the last was always reported: ``low_correlation`` from the
+    identity, 170 px off, when the feature start had refined to 0.05 px and failed only the
+    correlation threshold, or only ``max_corner_error``."""
     def key(item):
         i, r = item
         depth = FAILURE_DEPTH.get(r.reason, 0)
