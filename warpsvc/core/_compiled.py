@@ -136,10 +136,12 @@ class BackgroundUpgrade:
     thread at a time works through every key asked for so far; an error is logged once and
     the key is dropped (tier 0 stays)."""
 
-    def __init__(self, kernel: LazyKernel, examples, after_calls: int = 3):
+    def __init__(self, kernel: LazyKernel | None, examples, after_calls: int = 3, load=None, name: str | None = None):
         self.kernel = kernel
         self.examples = examples
         self.after_calls = after_calls
+        self._load = load  # load(key): compile / load that key itself (several kernels: the antialias scatter)
+        self.name = name or kernel.__name__
         self.calls = 0
         self._ready: set = set()
         self._wanted: list = []
@@ -156,20 +158,35 @@ class BackgroundUpgrade:
     def ready(self, key) -> bool:
         return key in self._ready
 
+    def failed(self, key) -> bool:
+        """Whether compiling ``key`` failed in this process (tier 0 stays for it)."""
+        return key in self._failed
+
+    def running(self) -> bool:
+        """Whether the upgrade thread is working."""
+        return self._thread is not None
+
     def compile_now(self, key) -> None:
         """Compile (or load) the signature ``key`` in the calling thread and mark it ready."""
-        self.kernel.dispatcher()(*self.examples(key))
+        if self._load is not None:
+            self._load(key)
+        else:
+            self.kernel.dispatcher()(*self.examples(key))
         self._ready.add(key)
 
-    def tier0_used(self, key) -> None:
+    def mark_failed(self, key) -> None:
+        self._failed.add(key)
+
+    def tier0_used(self, key, *more) -> None:
+        """A call took tier 0 for ``key`` (and ``more`` keys, wanted in that order after it)."""
         self.calls += 1
-        if key in self._failed or not kernel_upgrade_enabled():
+        keys = [k for k in (key, *more) if k not in self._failed and k not in self._ready]
+        if not keys or not kernel_upgrade_enabled():
             return
         if self.calls < self.after_calls and "numba" not in sys.modules:
             return
         with self._lock:
-            if key not in self._wanted:
-                self._wanted.append(key)
+            self._wanted.extend(k for k in keys if k not in self._wanted)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._work, name="warpsvc-kernel-upgrade", daemon=True)
                 self._thread.start()
@@ -191,5 +208,5 @@ class BackgroundUpgrade:
                 self.compile_now(todo[0])
             except Exception:  # noqa: BLE001 - tier 0 keeps working; say why once
                 _log.warning("warpsvc: compiling %s%s failed; staying on the numpy path",
-                             self.kernel.__name__, todo[0], exc_info=True)
+                             self.name, todo[0], exc_info=True)
                 self._failed.add(todo[0])

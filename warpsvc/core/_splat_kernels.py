@@ -24,11 +24,8 @@ import math
 import numpy as np
 from numba import prange
 
-from ._compiled import FASTMATH, compiled
-
-PAD = 2
-BLOCK = 32
-GUARD = 4
+from ._compiled import compiled
+from ._splat_numpy import BLOCK, GUARD, PAD  # noqa: F401 - shared with tier 0 (numpy)
 
 
 @compiled(inline="always")
@@ -293,7 +290,7 @@ def _node_value_at(src, sx, sy, row0, pad, value):
     return nonzero, finite
 
 
-@compiled(parallel=True, fastmath=FASTMATH, error_model="numpy")
+@compiled(parallel=True, error_model="numpy")  # no fast-math: bit-identical to tier 0 (._splat_numpy)
 def scatter_matrix(src, blocks, strip_rows, strip_ptr, strip_blocks, h, w, mat, acc, row0, pad):
     """Fused scatter for a projective ``dst_from_src`` matrix ``mat (3, 3)`` (``w > 0`` side),
     in parallel over output strips; ``src`` is the window of source rows from ``row0`` (its
@@ -445,7 +442,7 @@ def list_nodes(pieces, first, h, w, out_xy, out_m):
                         n += 1
 
 
-@compiled(parallel=True, fastmath=FASTMATH)
+@compiled(parallel=True)  # no fast-math: bit-identical to tier 0
 def scatter_points(src, node_xy, node_m, pos, rows, strip_rows, acc, row0):
     """Generic scatter, in parallel over output strips (as :func:`scatter_matrix`): node ``k`` at
     source ``node_xy[k]`` lands at ``pos[k]`` with Jacobian row norms ``rows[k]`` (precomputed

@@ -56,12 +56,16 @@ The working memory is then the accumulator (output size) plus one window.
 
 from __future__ import annotations
 
+import logging
+import sys
+import threading
 import warnings
 from dataclasses import dataclass
 
 import numpy as np
 
-from . import _splat_kernels as k
+from . import _splat_numpy as k  # tier 0 (numpy) and the shared constants PAD, BLOCK, GUARD
+from ._compiled import BackgroundUpgrade
 from .threads import kernel_threads
 
 OVERSAMPLING = 1.5  # m = ceil(1.5 s): 1 node per pixel for shrinks >= 1.5x; moire < 0.3 % when rotating
@@ -73,6 +77,108 @@ NODES_PER_BAND = 1 << 21  # nodes between two poll() calls (~50 ms on one core)
 MATRIX_MARGIN = 4.0  # output px: a node's footprint reaches < 2.5 px beyond the block's exact image box
 GENERIC_BYTES_PER_NODE = 320  # node list, positions, Jacobians and the transform's temporaries
 LAYOUT_WORK_PER_BLOCK = 64  # kernel_threads() work units per block of the compiled layout (~0.1 us each)
+
+KERNELS = ("matrix_layout", "scatter_matrix", "tent_sums", "list_nodes", "scatter_points")
+_TIER1_MODULE = "warpsvc.core._splat_kernels"
+_LOADING = threading.Lock()  # held while tier 1 is being imported / loaded (upgrade thread or warm-up)
+_log = logging.getLogger(__name__)
+
+
+def _tier1():
+    from . import _splat_kernels  # imports numba
+
+    return _splat_kernels
+
+
+def _tier1_examples(name: str) -> tuple:
+    """Small arguments of exactly the types the scatter passes to kernel ``name`` (C-contiguous
+    writable float64 / int64 / bool arrays, Python ints)."""
+    i8 = np.int64
+    mat = np.array([[0.5, 0.0, 1.0], [0.0, 0.5, 1.0], [0.0, 0.0, 1.0]])
+    blocks = np.array([[-1, -1, 1]], dtype=i8)
+    strips = np.array([[0, 4 + 2 * k.GUARD]], dtype=i8)
+    acc = np.zeros((4 + 2 * k.GUARD, 4 + 2 * k.GUARD, 2))
+    src = np.ones((2 + 2 * k.PAD, 3 + 2 * k.PAD, 2))
+    if name == "matrix_layout":
+        return (mat, mat.copy(), np.arange(-1, 3, k.BLOCK), np.arange(-1, 3, k.BLOCK), 3, np.empty(1),
+                np.empty((1, 2)), np.empty((1, 2)), np.empty(1, dtype=bool), np.empty(1, dtype=bool))
+    if name == "scatter_matrix":
+        return (src, blocks, strips, np.array([0, 1], dtype=i8), np.array([0], dtype=i8), 2, 3, mat, acc, 0, k.PAD)
+    if name == "tent_sums":
+        return blocks, np.array([0, 1], dtype=i8), np.array([0], dtype=i8), 2, 3, np.zeros(src.shape[:2]), -1, 3, 0
+    xy, node_m = np.zeros((2, 2)), np.ones(2, dtype=i8)
+    if name == "list_nodes":
+        return np.array([[0, 0, 1, 1]], dtype=i8), np.array([0], dtype=i8), 1, 2, xy, node_m
+    return src, xy, node_m, np.zeros((2, 2)), np.ones((2, 2)), strips, acc, 0  # scatter_points
+
+
+def _load_tier1(name: str) -> None:
+    """Import the compiled kernels and compile / load kernel ``name`` (numba's on-disk cache)."""
+    with _LOADING:
+        getattr(_tier1(), name)(*_tier1_examples(name))
+
+
+UPGRADE = BackgroundUpgrade(None, _tier1_examples, after_calls=2, load=_load_tier1, name="warpsvc.core._splat_kernels.")
+
+
+def _use_tier1(*names: str) -> bool:
+    """Whether the scatter step needing kernels ``names`` runs compiled (tier 1) now: all of
+    them loaded; or none failed, the compiled module was imported by someone else (tests,
+    benchmarks, code calling the kernels: numba is already paid for) and nobody is loading
+    tier 1 right now: then they are loaded here, in the calling thread. Else tier 0."""
+    if all(UPGRADE.ready(n) for n in names):
+        return True
+    if any(UPGRADE.failed(n) for n in names) or _TIER1_MODULE not in sys.modules:
+        return False
+    if not _LOADING.acquire(blocking=False):
+        return False  # the upgrade thread or a warm-up is loading it: do not wait for it
+    try:
+        _LOADING.release()
+        for n in names:
+            if not UPGRADE.ready(n):
+                UPGRADE.compile_now(n)
+    except Exception:  # noqa: BLE001 - tier 0 keeps working; say why once
+        _log.warning("warpsvc: loading the compiled antialias kernels failed; staying on numpy", exc_info=True)
+        for n in names:
+            if not UPGRADE.ready(n):
+                UPGRADE.mark_failed(n)
+        return False
+    return True
+
+
+def compile_tier1() -> None:
+    """Compile (or load) every compiled scatter kernel now, in this thread (the warm-up calls it);
+    later scatters use them."""
+    for name in KERNELS:
+        UPGRADE.compile_now(name)
+
+
+def scatter_tier(*names: str) -> int:
+    """The tier a scatter step needing kernels ``names`` (default: all) would use now, without
+    loading anything (0 or 1)."""
+    return int(all(UPGRADE.ready(n) for n in (names or KERNELS)))
+
+
+class _Tiers:
+    """Which kernels one scatter ran in tier 0 (reported to :data:`UPGRADE` at its end)."""
+
+    def __init__(self):
+        self.tier0: list[str] = []
+
+    def pick(self, *names: str):
+        """``(kernels module, threads(work))`` for a step needing kernels ``names``."""
+        if _use_tier1(*names):
+            return _tier1(), kernel_threads
+        self.tier0.extend(n for n in names if n not in self.tier0)
+        return k, _one_thread
+
+    def report(self) -> None:
+        if self.tier0:
+            UPGRADE.tier0_used(*self.tier0, *(n for n in KERNELS if n not in self.tier0))
+
+
+def _one_thread(work=None) -> int:
+    return 1
 
 
 def _block_grid(h: int, w: int):
@@ -156,8 +262,9 @@ def block_layout(dst_from_src, h: int, w: int, poll=None) -> dict:
         stretch, lo, hi = np.empty(nb), np.empty((nb, 2)), np.empty((nb, 2))
         finite, dead = np.empty(nb, dtype=bool), np.empty(nb, dtype=bool)
         mat = np.ascontiguousarray(dst_from_src.matrix, dtype=np.float64)
-        kernel_threads(nb * LAYOUT_WORK_PER_BLOCK)
-        k.matrix_layout(mat, source_side_matrix(dst_from_src, h, w), by, bx, 3, stretch, lo, hi, finite, dead)
+        kern, threads = _Tiers().pick("matrix_layout")
+        threads(nb * LAYOUT_WORK_PER_BLOCK)
+        kern.matrix_layout(mat, source_side_matrix(dst_from_src, h, w), by, bx, 3, stretch, lo, hi, finite, dead)
         margin = np.full(nb, MATRIX_MARGIN)
     else:
         stretch, lo, hi, finite = _sampled_layout(dst_from_src, by, bx, poll)
@@ -285,7 +392,7 @@ def _windows(source, p: ScatterPlan):
              int(origins[q0 + step]) if q0 + step < n_rows else source.h) for q0 in range(0, n_rows, step)]
 
 
-def _normalise_tent_sums(src, p: ScatterPlan, h: int, w: int, window, poll) -> None:
+def _normalise_tent_sums(src, p: ScatterPlan, h: int, w: int, window, poll, tiers=None) -> None:
     """Divide the window ``src`` (block rows ``[q0, q1)``, source rows ``[y_lo, y_hi)``) by the
     lattice's tent sums (only needed where blocks of different ``m`` meet). Its nodes read rows
     ``y_lo .. y_hi``, whose sums come from pixel rows ``y_lo - 1 .. y_hi`` of block rows
@@ -298,11 +405,12 @@ def _normalise_tent_sums(src, p: ScatterPlan, h: int, w: int, window, poll) -> N
     row_ptr = np.arange(0, len(p.blocks) + 1, per_row, dtype=np.int64)
     row_nodes = (p.layout["pixels"] * p.blocks[:, 2] ** 2).reshape(n_rows, per_row).sum(axis=1)
     lo, hi = max(0, q0 - 1), min(n_rows, q1 + 1)
+    kern, threads = (tiers or _Tiers()).pick("tent_sums")
     for parity in (0, 1):
         todo = np.arange(lo + (lo + parity) % 2, hi, 2, dtype=np.int64)
         for group in _groups(todo, row_nodes[todo], NODES_PER_BAND):
-            kernel_threads(int(row_nodes[group].sum()))
-            k.tent_sums(p.blocks, row_ptr, group, h, w, sums, y_lo - 1, y_hi + 1, y_lo)
+            threads(int(row_nodes[group].sum()))
+            kern.tent_sums(p.blocks, row_ptr, group, h, w, sums, y_lo - 1, y_hi + 1, y_lo)
             _poll(poll)
     np.divide(src, sums[:, :, None], out=src, where=(sums > 0)[:, :, None])
 
@@ -391,21 +499,23 @@ def scatter(src, p: ScatterPlan, dst_from_src, out_shape, *, row_period=None, po
     image = _readable_as_is(src, p) if mat is not None else None
     windows = [(0, len(p.blocks) // per_row, 0, h)] if image is not None else _windows(src, p)
     window = None
+    tiers = _Tiers()
     for q0, q1, y_lo, y_hi in windows:
         blocks = slice(q0 * per_row, q1 * per_row)
         if not p.block_nodes[blocks].any():
             continue  # no node of these rows reaches the output
         if image is not None:
-            _scatter_matrix(image, 0, p, blocks, mat, h, w, acc, poll, pad=0)
+            _scatter_matrix(image, 0, p, blocks, mat, h, w, acc, poll, pad=0, tiers=tiers)
             continue
         window = None  # the previous one is freed before the next is built
         window = src if isinstance(src, np.ndarray) else src.window(y_lo, y_hi)
         if p.mixed:
-            _normalise_tent_sums(window, p, h, w, (q0, q1, y_lo, y_hi), poll)
+            _normalise_tent_sums(window, p, h, w, (q0, q1, y_lo, y_hi), poll, tiers)
         if mat is not None:
-            _scatter_matrix(window, y_lo, p, blocks, mat, h, w, acc, poll)
+            _scatter_matrix(window, y_lo, p, blocks, mat, h, w, acc, poll, tiers=tiers)
         else:
-            _scatter_generic(window, y_lo, p, blocks, h, w, dst_from_src, acc, poll)
+            _scatter_generic(window, y_lo, p, blocks, h, w, dst_from_src, acc, poll, tiers)
+    tiers.report()
     if row_period is not None and row_period == ho:
         acc[ho:ho + g] += acc[:g]  # rows -g..-1 are rows ho-g..ho-1
         acc[g:2 * g] += acc[ho + g:]  # rows ho..ho+g-1 are rows 0..g-1
@@ -426,8 +536,9 @@ def _readable_as_is(src, p: ScatterPlan):
     return img if ok else None
 
 
-def _scatter_matrix(src, row0, p: ScatterPlan, blocks: slice, mat, h, w, acc, poll, pad=k.PAD):
+def _scatter_matrix(src, row0, p: ScatterPlan, blocks: slice, mat, h, w, acc, poll, pad=k.PAD, tiers=None):
     ho = acc.shape[0] - 2 * k.GUARD
+    kern, kernel_threads = (tiers or _Tiers()).pick("scatter_matrix")
     lay = p.layout
     work = _row_work(p, ho, blocks)
     live = blocks.start + np.nonzero(p.block_nodes[blocks] > 0)[0]
@@ -439,8 +550,8 @@ def _scatter_matrix(src, row0, p: ScatterPlan, blocks: slice, mat, h, w, acc, po
         edges = _split_rows(work, b0, b1, threads)
         lists = [live[anywhere | ((bottom >= r0) & (top <= r1))] for r0, r1 in zip(edges[:-1], edges[1:])]
         ptr = np.concatenate([[0], np.cumsum([len(x) for x in lists])]).astype(np.int64)
-        k.scatter_matrix(src, p.blocks, _strip_rows(edges, ho), ptr, np.concatenate(lists).astype(np.int64),
-                         h, w, mat, acc, row0, pad)
+        kern.scatter_matrix(src, p.blocks, _strip_rows(edges, ho), ptr, np.concatenate(lists).astype(np.int64),
+                            h, w, mat, acc, row0, pad)
         _poll(poll)
 
 
@@ -462,13 +573,14 @@ def _pieces(p: ScatterPlan, blocks: slice, h: int, w: int, chunk: int) -> tuple[
     return pieces, (end - start) * per_row[idx]
 
 
-def _scatter_generic(src, row0, p: ScatterPlan, blocks: slice, h, w, dst_from_src, acc, poll):
+def _scatter_generic(src, row0, p: ScatterPlan, blocks: slice, h, w, dst_from_src, acc, poll, tiers=None):
     """Nodes listed in chunks, mapped by the transform in numpy, deposited by the kernel; a
     chunk holds ``CHUNK_NODES / steps`` nodes of a chain of ``steps`` (so each costs about the
     same whatever the chain length), in node order (the deposits' order is unchanged)."""
     from .budget import transform_steps
 
     ho = acc.shape[0] - 2 * k.GUARD
+    kern, kernel_threads = (tiers or _Tiers()).pick("list_nodes", "scatter_points")
     chunk_nodes = max(MIN_CHUNK_NODES, CHUNK_NODES // transform_steps(dst_from_src))
     pieces, counts = _pieces(p, blocks, h, w, chunk_nodes)
     for chunk in _groups(np.arange(len(pieces)), counts, chunk_nodes):
@@ -477,7 +589,7 @@ def _scatter_generic(src, row0, p: ScatterPlan, blocks: slice, h, w, dst_from_sr
         xy = np.empty((total, 2))
         node_m = np.empty(total, dtype=np.int64)
         kernel_threads(total)
-        k.list_nodes(np.ascontiguousarray(pieces[chunk]), first, h, w, xy, node_m)
+        kern.list_nodes(np.ascontiguousarray(pieces[chunk]), first, h, w, xy, node_m)
         with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
             pos = np.ascontiguousarray(dst_from_src.map(xy))
             jac = dst_from_src.jacobian(xy)
@@ -487,5 +599,5 @@ def _scatter_generic(src, row0, p: ScatterPlan, blocks: slice, h, w, dst_from_sr
         work = np.bincount(np.clip(np.nan_to_num(pos[:, 1], nan=-1.0), 0, ho - 1).astype(np.int64),
                            minlength=ho) + 1.0
         edges = _split_rows(work, 0, ho, threads)
-        k.scatter_points(src, xy, node_m, pos, np.ascontiguousarray(rows), _strip_rows(edges, ho), acc, row0)
+        kern.scatter_points(src, xy, node_m, pos, np.ascontiguousarray(rows), _strip_rows(edges, ho), acc, row0)
         _poll(poll)
