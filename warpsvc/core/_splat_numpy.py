@@ -210,37 +210,55 @@ def scatter_points(src, node_xy, node_m, pos, rows, strip_rows, acc, row0):
         _deposit(acc, vals[live], px[sel], py[sel], hx, hy, inv_m * inv_m, row_lo, row_hi)
 
 
+_TENT_PATTERNS: dict = {}
+
+
+def _tent_pattern(m: int, n_iy: int, n_ix: int, wp: int):
+    """``(offsets, weights)`` of one block's tent-sum terms, in the compiled loop's order
+    ``(iy, ky, ix, kx, corner)``: flat offsets from the block's first sum and the weights
+    ``(1 - fy)(1 - fx) area``, ``(1 - fy) fx area``, ``fy (1 - fx) area``, ``fy fx area``
+    (``f = k / m``, ``area = 1 / m^2``); cached (a few shapes per image)."""
+    key = (m, n_iy, n_ix, wp)
+    got = _TENT_PATTERNS.get(key)
+    if got is None:
+        inv_m = 1.0 / m
+        area = inv_m * inv_m
+        f = np.arange(m) * inv_m
+        g = 1 - f
+        wk = np.stack([g[:, None] * g[None, :] * area, g[:, None] * f[None, :] * area,
+                       f[:, None] * g[None, :] * area, f[:, None] * f[None, :] * area], axis=-1)  # (ky, kx, corner)
+        corner = np.array([0, 1, wp, wp + 1], dtype=np.int64)
+        base = np.arange(n_iy)[:, None] * wp + np.arange(n_ix)[None, :]
+        shape = (n_iy, m, n_ix, m, 4)
+        offs = np.broadcast_to(base[:, None, :, None, None] + corner, shape).ravel()
+        wgt = np.broadcast_to(wk[None, :, None, :, :], shape).ravel()
+        if len(_TENT_PATTERNS) > 64:
+            _TENT_PATTERNS.clear()
+        got = _TENT_PATTERNS[key] = (offs, wgt)
+    return got
+
+
 def tent_sums(blocks, row_ptr, block_rows, h, w, sums, iy_lo, iy_hi, row0):
     """:func:`._splat_kernels.tent_sums` in numpy: the same terms added in the same order per
     sum (block rows in the given order, then blocks, pixel rows, node rows, columns, the four
     corners)."""
     wp = sums.shape[1]
-    corner = np.array([0, 1, wp, wp + 1], dtype=np.int64)
     flat = sums.reshape(-1)
-    idx_parts, wgt_parts = [], []
+    idx_parts, wgt_parts, count = [], [], 0
     for br in block_rows:
         for b in range(row_ptr[br], row_ptr[br + 1]):
             y0, x0, m = int(blocks[b, 0]), int(blocks[b, 1]), int(blocks[b, 2])
-            iy = np.arange(max(y0, iy_lo), min(y0 + BLOCK, h, iy_hi))
-            ix = np.arange(x0, min(x0 + BLOCK, w))
-            if len(iy) == 0 or len(ix) == 0:
+            iy0, iy1 = max(y0, iy_lo), min(y0 + BLOCK, h, iy_hi)
+            n_ix = min(x0 + BLOCK, w) - x0
+            if iy1 <= iy0 or n_ix <= 0:
                 continue
-            inv_m = 1.0 / m
-            area = inv_m * inv_m
-            f = np.arange(m) * inv_m
-            g = 1 - f
-            # (ky, kx, corner) weights: (1-fy)(1-fx), (1-fy)fx, fy(1-fx), fy fx, each times area
-            wk = np.stack([g[:, None] * g[None, :], g[:, None] * f[None, :], f[:, None] * g[None, :],
-                           f[:, None] * f[None, :]], axis=-1) * area
-            base = (iy + PAD - row0)[:, None] * wp + (ix + PAD)[None, :]  # (iy, ix)
-            idx = base[:, None, :, None, None] + corner[None, None, None, None, :]  # (iy, ky, ix, kx, corner)
-            idx = np.broadcast_to(idx, (len(iy), m, len(ix), m, 4))
-            wgt = np.broadcast_to(wk[None, :, None, :, :], idx.shape)
-            idx_parts.append(idx.ravel())
-            wgt_parts.append(wgt.ravel())
-            if sum(len(p) for p in idx_parts) >= 4 * CHUNK_NODES:
+            offs, wgt = _tent_pattern(m, iy1 - iy0, n_ix, wp)
+            idx_parts.append(offs + ((iy0 + PAD - row0) * wp + x0 + PAD))
+            wgt_parts.append(wgt)
+            count += len(offs)
+            if count >= 8 * CHUNK_NODES:
                 np.add.at(flat, np.concatenate(idx_parts), np.concatenate(wgt_parts))
-                idx_parts, wgt_parts = [], []
+                idx_parts, wgt_parts, count = [], [], 0
     if idx_parts:
         np.add.at(flat, np.concatenate(idx_parts), np.concatenate(wgt_parts))
 

@@ -573,6 +573,22 @@ def _pieces(p: ScatterPlan, blocks: slice, h: int, w: int, chunk: int) -> tuple[
     return pieces, (end - start) * per_row[idx]
 
 
+def _nonzero_reads(src):
+    """``True`` if every value of the padded window ``src`` is non-zero, else a ``(rows, cols)``
+    mask: whether any of the pixels ``(r .. r + 1, c .. c + 1)`` (any channel) is non-zero or
+    NaN. A node whose bilinear reads start at ``(r, c)`` (the window row and column of its
+    ``floor``) and lie where the mask is False has the value 0 exactly: it deposits nothing, so
+    it need not be mapped (sparse sources, point fields: most nodes)."""
+    nz = (src != 0.0).any(axis=2)
+    if nz.all():
+        return True
+    rows = nz.copy()
+    rows[:-1] |= nz[1:]
+    out = rows.copy()
+    out[:, :-1] |= rows[:, 1:]
+    return out
+
+
 def _scatter_generic(src, row0, p: ScatterPlan, blocks: slice, h, w, dst_from_src, acc, poll, tiers=None):
     """Nodes listed in chunks, mapped by the transform in numpy, deposited by the kernel; a
     chunk holds ``CHUNK_NODES / steps`` nodes of a chain of ``steps`` (so each costs about the
@@ -583,6 +599,7 @@ def _scatter_generic(src, row0, p: ScatterPlan, blocks: slice, h, w, dst_from_sr
     kern, kernel_threads = (tiers or _Tiers()).pick("list_nodes", "scatter_points")
     chunk_nodes = max(MIN_CHUNK_NODES, CHUNK_NODES // transform_steps(dst_from_src))
     pieces, counts = _pieces(p, blocks, h, w, chunk_nodes)
+    reads = None
     for chunk in _groups(np.arange(len(pieces)), counts, chunk_nodes):
         first = np.concatenate([[0], np.cumsum(counts[chunk])[:-1]]).astype(np.int64)
         total = int(counts[chunk].sum())
@@ -590,6 +607,15 @@ def _scatter_generic(src, row0, p: ScatterPlan, blocks: slice, h, w, dst_from_sr
         node_m = np.empty(total, dtype=np.int64)
         kernel_threads(total)
         kern.list_nodes(np.ascontiguousarray(pieces[chunk]), first, h, w, xy, node_m)
+        if reads is None:
+            reads = _nonzero_reads(src)
+        if reads is not True:  # drop the nodes whose value is 0 before the transform maps them
+            live = reads[np.floor(xy[:, 1]).astype(np.int64) + (k.PAD - row0), np.floor(xy[:, 0]).astype(np.int64) + k.PAD]
+            xy, node_m = xy[live], node_m[live]
+            total = len(xy)
+            if total == 0:
+                _poll(poll)
+                continue
         with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
             pos = np.ascontiguousarray(dst_from_src.map(xy))
             jac = dst_from_src.jacobian(xy)
