@@ -210,57 +210,97 @@ def scatter_points(src, node_xy, node_m, pos, rows, strip_rows, acc, row0):
         _deposit(acc, vals[live], px[sel], py[sel], hx, hy, inv_m * inv_m, row_lo, row_hi)
 
 
-_TENT_PATTERNS: dict = {}
+_SEQUENCES: dict = {}
+_FOLD_VALUES = 1 << 20  # values per np.add.accumulate call of the tent sums (8 MB)
 
 
-def _tent_pattern(m: int, n_iy: int, n_ix: int, wp: int):
-    """``(offsets, weights)`` of one block's tent-sum terms, in the compiled loop's order
-    ``(iy, ky, ix, kx, corner)``: flat offsets from the block's first sum and the weights
-    ``(1 - fy)(1 - fx) area``, ``(1 - fy) fx area``, ``fy (1 - fx) area``, ``fy fx area``
-    (``f = k / m``, ``area = 1 / m^2``); cached (a few shapes per image)."""
-    key = (m, n_iy, n_ix, wp)
-    got = _TENT_PATTERNS.get(key)
-    if got is None:
+def _tent_sequence(m: int, row_kind: int, col_kind: int) -> np.ndarray:
+    """The terms one block adds to one of its sums, in the compiled loop's order, for a sum on
+    the block's first (``kind 0``), inner (1) or last (2) pixel row / column of its footprint.
+
+    The loop visits node pixel rows ``iy``, node rows ``ky``, pixel columns ``ix``, node
+    columns ``kx`` and adds to the sums at ``(iy, ix)`` ``(1 - fy)(1 - fx) a``, ``(iy, ix + 1)``
+    ``(1 - fy) fx a``, ``(iy + 1, ix)`` ``fy (1 - fx) a``, ``(iy + 1, ix + 1)`` ``fy fx a``
+    (``f = k / m``, ``a = 1 / m^2``). So sum ``(R, C)`` receives, in order: from ``iy = R - 1``
+    (not on the first row), per ``ky``: the ``kx`` terms of ``ix = C - 1`` (not on the first
+    column) then those of ``ix = C`` (not on the last); then the same from ``iy = R`` (not on
+    the last row) with ``1 - fy``. Cached."""
+    key = (m, row_kind, col_kind)
+    seq = _SEQUENCES.get(key)
+    if seq is None:
         inv_m = 1.0 / m
         area = inv_m * inv_m
         f = np.arange(m) * inv_m
         g = 1 - f
-        wk = np.stack([g[:, None] * g[None, :] * area, g[:, None] * f[None, :] * area,
-                       f[:, None] * g[None, :] * area, f[:, None] * f[None, :] * area], axis=-1)  # (ky, kx, corner)
-        corner = np.array([0, 1, wp, wp + 1], dtype=np.int64)
-        base = np.arange(n_iy)[:, None] * wp + np.arange(n_ix)[None, :]
-        shape = (n_iy, m, n_ix, m, 4)
-        offs = np.broadcast_to(base[:, None, :, None, None] + corner, shape).ravel()
-        wgt = np.broadcast_to(wk[None, :, None, :, :], shape).ravel()
-        if len(_TENT_PATTERNS) > 64:
-            _TENT_PATTERNS.clear()
-        got = _TENT_PATTERNS[key] = (offs, wgt)
-    return got
+        parts = []
+        for lower, fy in ((True, f), (False, g)):  # iy = R - 1 (corners 2, 3), then iy = R (corners 0, 1)
+            if (lower and row_kind == 0) or (not lower and row_kind == 2):
+                continue
+            cols = []
+            if col_kind != 0:
+                cols.append(fy[:, None] * f[None, :] * area)  # ix = C - 1: the pixel is its + 1 corner
+            if col_kind != 2:
+                cols.append(fy[:, None] * g[None, :] * area)  # ix = C
+            parts.append(np.concatenate(cols, axis=1).ravel())  # (ky, [ix, kx])
+        seq = _SEQUENCES[key] = np.concatenate(parts)
+    return seq
+
+
+def _fold(flat, idx, seq) -> None:
+    """``flat[i] = (((flat[i] + seq[0]) + seq[1]) + ...)`` for every (distinct) index ``i`` of
+    ``idx``: a left-to-right ``np.add.accumulate`` per row (sequential, not pairwise)."""
+    per = max(1, _FOLD_VALUES // (len(seq) + 1))
+    for a in range(0, len(idx), per):
+        part = idx[a:a + per]
+        run = np.empty((len(part), len(seq) + 1))
+        run[:, 0] = flat[part]
+        run[:, 1:] = seq
+        np.add.accumulate(run, axis=1, out=run)
+        flat[part] = run[:, -1]
+
+
+def _kind_indices(kind: int, n: int) -> np.ndarray:
+    """Footprint offsets ``0 .. n`` (``n`` node pixels: ``n + 1`` sums) of a row / column kind."""
+    return np.array([0]) if kind == 0 else (np.arange(1, n) if kind == 1 else np.array([n]))
 
 
 def tent_sums(blocks, row_ptr, block_rows, h, w, sums, iy_lo, iy_hi, row0):
-    """:func:`._splat_kernels.tent_sums` in numpy: the same terms added in the same order per
-    sum (block rows in the given order, then blocks, pixel rows, node rows, columns, the four
-    corners)."""
+    """:func:`._splat_kernels.tent_sums` in numpy, the same terms added in the same order to
+    every sum, without listing them one by one.
+
+    A call's block rows have one parity: they share no sum row, and each block shares sums
+    only with its left and right neighbours (its first / last footprint column), where the
+    compiled loop adds the left block's terms first. So: first the inner and last columns of
+    every block, then their first columns; each sum is folded from its current value through
+    its block's sequence (:func:`_tent_sequence`: one of nine per ``m``). A block's inner sums
+    start at 0 (no other block reaches them): their fold is one value per ``m``."""
+    bl = np.concatenate([np.arange(row_ptr[br], row_ptr[br + 1]) for br in block_rows]) if len(block_rows) else []
+    if len(bl) == 0:
+        return
+    y0, x0, m = blocks[bl, 0], blocks[bl, 1], blocks[bl, 2]
+    iy0 = np.maximum(y0, iy_lo)
+    n_r = np.minimum(np.minimum(y0 + BLOCK, h), iy_hi) - iy0
+    n_c = np.minimum(x0 + BLOCK, w) - x0
+    ok = (n_r > 0) & (n_c > 0)
     wp = sums.shape[1]
     flat = sums.reshape(-1)
-    idx_parts, wgt_parts, count = [], [], 0
-    for br in block_rows:
-        for b in range(row_ptr[br], row_ptr[br + 1]):
-            y0, x0, m = int(blocks[b, 0]), int(blocks[b, 1]), int(blocks[b, 2])
-            iy0, iy1 = max(y0, iy_lo), min(y0 + BLOCK, h, iy_hi)
-            n_ix = min(x0 + BLOCK, w) - x0
-            if iy1 <= iy0 or n_ix <= 0:
-                continue
-            offs, wgt = _tent_pattern(m, iy1 - iy0, n_ix, wp)
-            idx_parts.append(offs + ((iy0 + PAD - row0) * wp + x0 + PAD))
-            wgt_parts.append(wgt)
-            count += len(offs)
-            if count >= 8 * CHUNK_NODES:
-                np.add.at(flat, np.concatenate(idx_parts), np.concatenate(wgt_parts))
-                idx_parts, wgt_parts, count = [], [], 0
-    if idx_parts:
-        np.add.at(flat, np.concatenate(idx_parts), np.concatenate(wgt_parts))
+    base = (iy0 + PAD - row0) * wp + x0 + PAD  # flat index of each block's first sum
+    groups = np.unique(np.stack([m[ok], n_r[ok], n_c[ok]], 1), axis=0)
+    for col_kinds in ((1, 2), (0,)):
+        for mv, nr, nc in groups:
+            sel = ok & (m == mv) & (n_r == nr) & (n_c == nc)
+            for row_kind in (0, 1, 2):
+                rows = _kind_indices(row_kind, nr)
+                for col_kind in col_kinds:
+                    rel = (rows[:, None] * wp + _kind_indices(col_kind, nc)[None, :]).ravel()
+                    if len(rel) == 0:
+                        continue
+                    idx = (base[sel][:, None] + rel[None, :]).ravel()
+                    seq = _tent_sequence(int(mv), row_kind, col_kind)
+                    if row_kind == 1 and col_kind == 1:  # inner sums: from 0, one value
+                        flat[idx] = np.add.accumulate(np.concatenate([[0.0], seq]))[-1]
+                    else:
+                        _fold(flat, idx, seq)
 
 
 def matrix_layout(mat, side, by, bx, n, stretch, lo, hi, finite, dead):
