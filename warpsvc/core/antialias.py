@@ -261,7 +261,7 @@ def block_layout(dst_from_src, h: int, w: int, poll=None) -> dict:
         nb = len(by) * len(bx)
         stretch, lo, hi = np.empty(nb), np.empty((nb, 2)), np.empty((nb, 2))
         finite, dead = np.empty(nb, dtype=bool), np.empty(nb, dtype=bool)
-        mat = np.ascontiguousarray(dst_from_src.matrix, dtype=np.float64)
+        mat = np.array(dst_from_src.matrix, dtype=np.float64)  # a writable copy: one numba signature
         kern, threads = _Tiers().pick("matrix_layout")
         threads(nb * LAYOUT_WORK_PER_BLOCK)
         kern.matrix_layout(mat, source_side_matrix(dst_from_src, h, w), by, bx, 3, stretch, lo, hi, finite, dead)
