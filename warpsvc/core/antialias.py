@@ -56,6 +56,7 @@ The working memory is then the accumulator (output size) plus one window.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import threading
@@ -118,6 +119,23 @@ def _load_tier1(name: str) -> None:
         getattr(_tier1(), name)(*_tier1_examples(name))
 
 
+_WARM_UP_IDLE = threading.Event()  # cleared while warmup.warm() runs (a server's background warm-up)
+_WARM_UP_IDLE.set()
+WARM_UP_WAIT_S = 120.0
+
+
+@contextlib.contextmanager
+def warming_up():
+    """Mark a warm-up in progress (:func:`.warmup.warm`): antialiased calls made meanwhile wait
+    for it, as they did before tier 0 existed (they blocked on numba's import and compile),
+    so a server's first requests find tier 1 loaded and its memory settled."""
+    _WARM_UP_IDLE.clear()
+    try:
+        yield
+    finally:
+        _WARM_UP_IDLE.set()
+
+
 UPGRADE = BackgroundUpgrade(None, _tier1_examples, after_calls=2, load=_load_tier1, name="warpsvc.core._splat_kernels.")
 
 
@@ -128,6 +146,10 @@ def _use_tier1(*names: str) -> bool:
     tier 1 right now: then they are loaded here, in the calling thread. Else tier 0."""
     if all(UPGRADE.ready(n) for n in names):
         return True
+    if not _WARM_UP_IDLE.is_set():
+        _WARM_UP_IDLE.wait(WARM_UP_WAIT_S)
+        if all(UPGRADE.ready(n) for n in names):
+            return True
     if any(UPGRADE.failed(n) for n in names) or _TIER1_MODULE not in sys.modules:
         return False
     if not _LOADING.acquire(blocking=False):

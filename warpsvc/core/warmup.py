@@ -49,8 +49,9 @@ def warm(verbose: bool = False) -> float:
     previous = threads._chosen
     threads.set_threads(1, opencv=False)  # compiling does not depend on the count
     try:
-        _scale_kernels.compile_tier1()
-        antialias.compile_tier1()
+        with antialias.warming_up():  # antialiased calls of other threads wait for these loads
+            _scale_kernels.compile_tier1()
+            antialias.compile_tier1()
         aff, hom, pol, comp = _cases()
         for dtype in DTYPES:
             img = (np.arange(40 * 36 * 3).reshape(40, 36, 3) % 200).astype(dtype)
