@@ -21,7 +21,7 @@ from tests.oracles import point_field, shrink3_homography
 from tests.test_antialias_speed_paths import CASES as MATRIX_CASES
 from tests.test_antialias_speed_paths import reference_scatter
 from warpsvc import AffineTransform, HomographyTransform, PolarTransform, compose, warp
-from warpsvc.core import _compiled, _splat_numpy, antialias
+from warpsvc.core import _compiled, _splat_numpy, _splat_numpy_tiers, antialias
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -245,7 +245,7 @@ def test_upgrade_can_be_turned_off():
 
 def test_failed_load_is_logged_and_tier0_stays(monkeypatch, caplog):
     up = _compiled.BackgroundUpgrade(None, None, after_calls=1, load=lambda key: 1 / 0, name="probe.")
-    monkeypatch.setattr(antialias, "UPGRADE", up)
+    monkeypatch.setattr(_splat_numpy_tiers, "UPGRADE", up)
     with caplog.at_level(logging.WARNING):
         zero = warp(SPARSE, shrink3_homography(150), (50, 50), intensity="conserve", antialias=True)
         up.join(10)

@@ -1,8 +1,9 @@
-"""``compiled(...)``: numba's ``njit`` with an on-disk cache when one can be written, the GIL
-released, and an explicit fast-math flag set. Used by the antialias kernels
-(:mod:`._splat_kernels`) and by tier 1 of the projective conserve factor
-(:mod:`._scale_kernels`, compiled without fast-math); the other conserve scalings and the
-polar maps are numpy / OpenCV over strips and never import numba.
+"""``compiled(...)``: numba's ``njit`` with an on-disk cache when one can be written and the GIL
+released. Used by tier 1 of the antialias scatter (:mod:`._splat_kernels`) and of the
+projective conserve factor (:mod:`._scale_kernels`), both compiled without fast-math so that
+they stay bit-identical to their numpy tier 0 (:mod:`._splat_numpy`, :mod:`._scale_kernels`);
+the other conserve scalings and the polar maps are numpy / OpenCV over strips and never import
+numba.
 
 * **Cache.** numba raises at decoration time when neither the package folder nor a user cache
   folder is writable (a read-only install run by a user without a home, as in some
@@ -10,9 +11,10 @@ polar maps are numpy / OpenCV over strips and never import numba.
   use); set ``NUMBA_CACHE_DIR`` to a writable folder to keep the cache, and run
   ``python -m warpsvc.core.warmup`` once (at install / image build) to fill it.
 * **GIL.** Every kernel is ``nogil=True``: a long call never stalls the caller's other threads.
-* **Fast math without** ``nnan`` / ``ninf``: :data:`FASTMATH` lets LLVM reassociate, contract
-  to FMA, use reciprocals and fast library functions and ignore the sign of zero, but not
-  assume values are finite: the kernels' ``isfinite`` / ``x < inf`` / NaN guards stay code.
+* **Fast math**: :data:`FASTMATH` (every flag but ``nnan`` / ``ninf``: the ``isfinite`` /
+  ``x < inf`` / NaN guards would stay code) is kept for kernels that may use it; none does
+  now: FMA contraction, reassociation and approximate reciprocals / functions would change
+  the last bits against tier 0 (measured on the antialias scatter: no speed difference).
 * **Threads.** Parallel kernels use numba's thread-safe layer (``tbb`` or ``omp``; the
   ``workqueue`` fallback aborts when two Python threads launch kernels at once) unless
   ``NUMBA_THREADING_LAYER`` says otherwise; the count comes from :mod:`.threads`. Idle OpenMP
@@ -24,7 +26,8 @@ polar maps are numpy / OpenCV over strips and never import numba.
   when the kernel compiles. Parallel lazy kernels apply the thread setting on every call.
 * **Tiers.** :class:`BackgroundUpgrade` lets a numpy path (tier 0, no numba) hand over to a
   compiled kernel (tier 1) once that kernel is ready, compiling it in a daemon thread after
-  the numpy path has been used a few times (see :mod:`._scale_kernels` for the policy).
+  the numpy path has been used a few times (see :mod:`._scale_kernels` and :mod:`.antialias`
+  for the policies; ``load=`` lets one upgrade load several kernels, one key each).
   ``WARPSVC_KERNEL_UPGRADE=0`` (or :func:`set_kernel_upgrade` ``(False)``) turns the
   background compile off: tier 1 is then used only once something else compiled it (the
   warm-up, a server's warm-up).

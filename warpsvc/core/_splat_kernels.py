@@ -1,10 +1,15 @@
-"""Compiled inner loops of the antialiased scatter (numba; see :mod:`.antialias` for the math).
+"""Compiled inner loops of the antialiased scatter: tier 1 (numba; see :mod:`.antialias` for the
+math and for when each tier runs).
 
 Why compiled: the scatter visits every source sub-node once and deposits into a 3x3 output
-window; in numpy that is ~50 array passes plus nine ``bincount`` calls (~10x slower). The
+window; in numpy (tier 0, :mod:`._splat_numpy`, used while this module loads in a background
+thread) that is ~50 array passes and ordered ``np.add.at`` deposits (5-20x slower). The
 loops release the GIL and run in parallel (``prange``) over output strips (the scatters) or
 block rows (the tent sums), each writing only its own rows, so results are bit-identical for
 every thread count; cached on disk after the first run (``python -m warpsvc.core.warmup``).
+No fast-math (the same IEEE operations in the source order, no FMA contraction): tier 0 repeats
+them and gives the same bits (``tests/test_antialias_tiers.py``); measured, no slower.
+Importing this module imports numba: :mod:`.antialias` does it only to use tier 1.
 
 Arrays:
 * ``src (n + 2P, w + 2P, C) float64``: a window of source rows divided by the tent-sum

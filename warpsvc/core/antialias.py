@@ -30,6 +30,22 @@ Cost: about one node per source pixel when shrinking, one per output pixel when 
 The loops are compiled (:mod:`._splat_kernels`), release the GIL and run in parallel over
 output row strips, each strip owning its rows (bit-identical results for any thread count).
 
+Tiers. numba's one-time cost in a fresh process (its import, typing context, cache load and
+thread pool: 0.5-0.9 s) is far above a first call's 150 ms budget, so each kernel has a numpy
+twin (:mod:`._splat_numpy`, tier 0) with the same arguments and bit-identical results (the
+compiled kernels are built without fast-math; tier 0 repeats their IEEE operations and adds
+the deposits in their order). A step uses tier 1 when its kernels are loaded; else, when
+``warpsvc.core._splat_kernels`` was imported by someone else (tests, benchmarks, code calling
+the kernels) and nobody is loading it, it loads them in the calling thread (as before tiers);
+else it runs tier 0. Calls made while :func:`.warmup.warm` loads the kernels wait for it (a
+server's first requests then behave as before). :data:`UPGRADE` (a
+:class:`._compiled.BackgroundUpgrade`, one key per kernel) starts a daemon thread at the 2nd
+tier-0 scatter of a process, or at the first once numba is imported, which imports numba and
+loads the five kernels from numba's cache (~0.5-1 s of CPU, part of it holding the GIL); the
+calls after it use tier 1. ``WARPSVC_KERNEL_UPGRADE=0`` turns that off (tier 1 only after a
+warm-up / :func:`compile_tier1`). Tier 0 is single-threaded: 600x600 -> 230x230 shrink of a
+point field ~20 ms (tier 1 ~2 ms), of a photograph ~100-150 ms (~6 ms).
+
 The matrix scatter works on runs of a node row in two passes: a branch-free one that LLVM
 vectorises (positions, half-widths, footprint shares and 2x2 weights of every node), then the
 deposits in node order; runs whose source values are all zero, and node rows whose image misses
@@ -42,7 +58,11 @@ memory before anything large is allocated, so :mod:`.budget` can refuse a call. 
 then runs in row *bands* of about :data:`NODES_PER_BAND` nodes (the work histogram over output
 rows comes from each block's image), calling ``poll()`` between bands so a caller's deadline
 or cancellation stops the work; each band is split into as many strips as there are threads,
-balanced by the same histogram.
+balanced by the same histogram (tier 0: one strip per band, the same bands and polls).
+
+Generic path: the nodes whose bilinear reads are all zero are dropped before the transform
+maps them (:func:`_nonzero_reads`; they deposit nothing): a sparse source costs the map and
+Jacobian of its few live nodes only (same bits).
 
 Memory. The float64 source (with its coverage channel, its border extension over the output's
 preimage for non-constant borders and polar seams: up to 3x3 source sizes) is never
@@ -56,17 +76,14 @@ The working memory is then the accumulator (output size) plus one window.
 
 from __future__ import annotations
 
-import contextlib
-import logging
-import sys
-import threading
 import warnings
 from dataclasses import dataclass
 
 import numpy as np
 
 from . import _splat_numpy as k  # tier 0 (numpy) and the shared constants PAD, BLOCK, GUARD
-from ._compiled import BackgroundUpgrade
+from . import _splat_numpy_tiers as tier_policy
+from ._splat_numpy_tiers import KERNELS, UPGRADE, _tier1, _use_tier1, compile_tier1, scatter_tier, warming_up  # noqa: F401
 from .threads import kernel_threads
 
 OVERSAMPLING = 1.5  # m = ceil(1.5 s): 1 node per pixel for shrinks >= 1.5x; moire < 0.3 % when rotating
@@ -78,108 +95,6 @@ NODES_PER_BAND = 1 << 21  # nodes between two poll() calls (~50 ms on one core)
 MATRIX_MARGIN = 4.0  # output px: a node's footprint reaches < 2.5 px beyond the block's exact image box
 GENERIC_BYTES_PER_NODE = 320  # node list, positions, Jacobians and the transform's temporaries
 LAYOUT_WORK_PER_BLOCK = 64  # kernel_threads() work units per block of the compiled layout (~0.1 us each)
-
-KERNELS = ("matrix_layout", "scatter_matrix", "tent_sums", "list_nodes", "scatter_points")
-_TIER1_MODULE = "warpsvc.core._splat_kernels"
-_LOADING = threading.Lock()  # held while tier 1 is being imported / loaded (upgrade thread or warm-up)
-_log = logging.getLogger(__name__)
-
-
-def _tier1():
-    from . import _splat_kernels  # imports numba
-
-    return _splat_kernels
-
-
-def _tier1_examples(name: str) -> tuple:
-    """Small arguments of exactly the types the scatter passes to kernel ``name`` (C-contiguous
-    writable float64 / int64 / bool arrays, Python ints)."""
-    i8 = np.int64
-    mat = np.array([[0.5, 0.0, 1.0], [0.0, 0.5, 1.0], [0.0, 0.0, 1.0]])
-    blocks = np.array([[-1, -1, 1]], dtype=i8)
-    strips = np.array([[0, 4 + 2 * k.GUARD]], dtype=i8)
-    acc = np.zeros((4 + 2 * k.GUARD, 4 + 2 * k.GUARD, 2))
-    src = np.ones((2 + 2 * k.PAD, 3 + 2 * k.PAD, 2))
-    if name == "matrix_layout":
-        return (mat, mat.copy(), np.arange(-1, 3, k.BLOCK), np.arange(-1, 3, k.BLOCK), 3, np.empty(1),
-                np.empty((1, 2)), np.empty((1, 2)), np.empty(1, dtype=bool), np.empty(1, dtype=bool))
-    if name == "scatter_matrix":
-        return (src, blocks, strips, np.array([0, 1], dtype=i8), np.array([0], dtype=i8), 2, 3, mat, acc, 0, k.PAD)
-    if name == "tent_sums":
-        return blocks, np.array([0, 1], dtype=i8), np.array([0], dtype=i8), 2, 3, np.zeros(src.shape[:2]), -1, 3, 0
-    xy, node_m = np.zeros((2, 2)), np.ones(2, dtype=i8)
-    if name == "list_nodes":
-        return np.array([[0, 0, 1, 1]], dtype=i8), np.array([0], dtype=i8), 1, 2, xy, node_m
-    return src, xy, node_m, np.zeros((2, 2)), np.ones((2, 2)), strips, acc, 0  # scatter_points
-
-
-def _load_tier1(name: str) -> None:
-    """Import the compiled kernels and compile / load kernel ``name`` (numba's on-disk cache)."""
-    with _LOADING:
-        getattr(_tier1(), name)(*_tier1_examples(name))
-
-
-_WARM_UP_IDLE = threading.Event()  # cleared while warmup.warm() runs (a server's background warm-up)
-_WARM_UP_IDLE.set()
-WARM_UP_WAIT_S = 120.0
-
-
-@contextlib.contextmanager
-def warming_up():
-    """Mark a warm-up in progress (:func:`.warmup.warm`): antialiased calls made meanwhile wait
-    for it, as they did before tier 0 existed (they blocked on numba's import and compile),
-    so a server's first requests find tier 1 loaded and its memory settled."""
-    _WARM_UP_IDLE.clear()
-    try:
-        yield
-    finally:
-        _WARM_UP_IDLE.set()
-
-
-UPGRADE = BackgroundUpgrade(None, _tier1_examples, after_calls=2, load=_load_tier1, name="warpsvc.core._splat_kernels.")
-
-
-def _use_tier1(*names: str) -> bool:
-    """Whether the scatter step needing kernels ``names`` runs compiled (tier 1) now: all of
-    them loaded; or none failed, the compiled module was imported by someone else (tests,
-    benchmarks, code calling the kernels: numba is already paid for) and nobody is loading
-    tier 1 right now: then they are loaded here, in the calling thread. Else tier 0."""
-    if all(UPGRADE.ready(n) for n in names):
-        return True
-    if not _WARM_UP_IDLE.is_set():
-        _WARM_UP_IDLE.wait(WARM_UP_WAIT_S)
-        if all(UPGRADE.ready(n) for n in names):
-            return True
-    if any(UPGRADE.failed(n) for n in names) or _TIER1_MODULE not in sys.modules:
-        return False
-    if not _LOADING.acquire(blocking=False):
-        return False  # the upgrade thread or a warm-up is loading it: do not wait for it
-    try:
-        _LOADING.release()
-        for n in names:
-            if not UPGRADE.ready(n):
-                UPGRADE.compile_now(n)
-    except Exception:  # noqa: BLE001 - tier 0 keeps working; say why once
-        _log.warning("warpsvc: loading the compiled antialias kernels failed; staying on numpy", exc_info=True)
-        for n in names:
-            if not UPGRADE.ready(n):
-                UPGRADE.mark_failed(n)
-        return False
-    return True
-
-
-def compile_tier1() -> None:
-    """Compile (or load) every compiled scatter kernel now, in this thread (the warm-up calls it);
-    later scatters use them."""
-    for name in KERNELS:
-        UPGRADE.compile_now(name)
-
-
-def scatter_tier(*names: str) -> int:
-    """The tier a scatter step needing kernels ``names`` (default: all) would use now, without
-    loading anything (0 or 1)."""
-    return int(all(UPGRADE.ready(n) for n in (names or KERNELS)))
-
 
 class _Tiers:
     """Which kernels one scatter ran in tier 0 (reported to :data:`UPGRADE` at its end)."""
@@ -196,7 +111,7 @@ class _Tiers:
 
     def report(self) -> None:
         if self.tier0:
-            UPGRADE.tier0_used(*self.tier0, *(n for n in KERNELS if n not in self.tier0))
+            tier_policy.UPGRADE.tier0_used(*self.tier0, *(n for n in KERNELS if n not in self.tier0))
 
 
 def _one_thread(work=None) -> int:
