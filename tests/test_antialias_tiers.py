@@ -253,3 +253,26 @@ def test_failed_load_is_logged_and_tier0_stays(monkeypatch, caplog):
     assert "ZeroDivisionError" in caplog.text and "numpy" in caplog.text  # logged, with the reason
     again = warp(SPARSE, shrink3_homography(150), (50, 50), intensity="conserve", antialias=True)
     np.testing.assert_array_equal(zero, again)  # still tier 0, still the same bits
+
+
+@pytest.mark.parametrize("case", ["homography shrink, point field", "homography shrink, photo, plain",
+                                  "enlarging affine, mixed m", "wrap border, colour uint8", "polar, photo"])
+def test_tier0_stays_within_the_estimated_working_memory(monkeypatch, case):
+    """The plan counts tier 0's chunk (``_splat_numpy.chunk_bytes``): its real peak allocations
+    (tracemalloc sees numpy) stay below the estimate, as tier 1's do."""
+    import tracemalloc
+
+    from warpsvc import antialias_cost
+
+    args, kwargs = WARPS[case]
+    img = np.tile(args[0], (3, 3, 1)[:args[0].ndim])  # larger, so the chunks are full
+    t = args[1]
+    shape = None if len(args) < 3 else tuple(3 * s for s in args[2])
+    cost = antialias_cost(img, t, shape, **kwargs)
+    tier0(monkeypatch)
+    warp(img, t, shape, antialias=True, **kwargs)
+    tracemalloc.start()
+    warp(img, t, shape, antialias=True, **kwargs)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak <= cost.working_bytes, (peak, cost.working_bytes)

@@ -18,7 +18,8 @@ an accumulator never holds ``-0``). Tests: ``tests/test_antialias_tiers.py``.
 
 Vectorised over nodes, looping in Python only over blocks (to list their nodes) and over the
 footprint's 3x3 offsets; work is done in chunks of at most :data:`CHUNK_NODES` nodes, so the
-temporaries stay within :data:`BYTES_PER_NODE` x :data:`CHUNK_NODES` (~8 MB). Each numpy call
+temporaries stay within :func:`chunk_bytes` (~1.3 MB; :func:`.antialias.plan` counts it for the
+matrix path; the generic path's are within its own node chunks' allowance). Each numpy call
 releases the GIL inside its loop and lasts well under a millisecond, so other Python threads
 keep running. Single-threaded (a first call; tier 1 is parallel).
 
@@ -35,8 +36,15 @@ PAD = 2  # zero rows / columns around a source window
 BLOCK = 32  # block side (source pixels)
 GUARD = 4  # accumulator ring (output pixels)
 
-CHUNK_NODES = 1 << 15  # nodes per vectorised chunk
-BYTES_PER_NODE = 256  # float64 / int64 temporaries per node of a chunk (geometry, 9 deposits)
+CHUNK_NODES = 1 << 11  # nodes per vectorised chunk of the matrix scatter
+POINT_CHUNK_NODES = 1 << 15  # of the generic scatter (within the allowance of its node chunks)
+BYTES_PER_NODE = 512  # temporaries per node of a chunk (geometry, 9 deposits' indices and weights) ...
+BYTES_PER_NODE_CHANNEL = 64  # ... plus per channel (tracemalloc peaks: see tests)
+
+
+def chunk_bytes(nodes: int, channels: int) -> int:
+    """Working memory of one matrix-scatter chunk (counted in the plan's ``working_bytes``)."""
+    return min(int(nodes), CHUNK_NODES) * (BYTES_PER_NODE + BYTES_PER_NODE_CHANNEL * channels)
 
 
 def _block_nodes(y0, x0, m, y_end, h, w):
@@ -186,11 +194,11 @@ def list_nodes(pieces, first, h, w, out_xy, out_m):
 
 
 def scatter_points(src, node_xy, node_m, pos, rows, strip_rows, acc, row0):
-    """:func:`._splat_kernels.scatter_points` in numpy, in chunks of :data:`CHUNK_NODES` nodes."""
+    """:func:`._splat_kernels.scatter_points` in numpy, in chunks of :data:`POINT_CHUNK_NODES` nodes."""
     ho, wo = acc.shape[0] - 2 * GUARD, acc.shape[1] - 2 * GUARD
     row_lo, row_hi = int(strip_rows[0, 0]), int(strip_rows[-1, 1])
-    for a in range(0, node_xy.shape[0], CHUNK_NODES):
-        sl = slice(a, a + CHUNK_NODES)
+    for a in range(0, node_xy.shape[0], POINT_CHUNK_NODES):
+        sl = slice(a, a + POINT_CHUNK_NODES)
         px, py = pos[sl, 0], pos[sl, 1]
         keep = (px > -3.0) & (py > -3.0) & (px < wo + 2) & (py < ho + 2)  # also rejects NaN
         if not keep.any():

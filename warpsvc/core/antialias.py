@@ -244,7 +244,7 @@ def plan(dst_from_src, src_shape, out_shape, channels: int, with_coverage: bool 
     """Plan the scatter of a ``src_shape`` source with ``channels`` channels onto ``out_shape``.
 
     ``working_bytes``: one source window (:func:`window_rows`) and its tent sums, the
-    accumulator, and the generic path's node chunks."""
+    accumulator, and the generic path's node chunks or the matrix path's tier-0 chunk."""
     h, w = src_shape
     ho, wo = out_shape
     layout = block_layout(dst_from_src, h, w, poll)
@@ -260,6 +260,8 @@ def plan(dst_from_src, src_shape, out_shape, channels: int, with_coverage: bool 
     working = 8 * window * nch + (9 * window if mixed else 0) + 8 * (ho + 2 * g) * (wo + 2 * g) * nch
     if not dst_from_src.is_matrix():
         working += GENERIC_BYTES_PER_NODE * min(nodes, 2 * CHUNK_NODES)
+    else:
+        working += k.chunk_bytes(nodes, nch)  # tier 0's chunk (the same budget whichever tier runs)
     return ScatterPlan(layout, blocks, visible, block_nodes, nodes, mixed, int(working))
 
 
