@@ -62,6 +62,8 @@ WARPS = {
                                                                            translation=(30, 5)), (230, 260)), {}),
     "anisotropic affine (m up to 8)": ((PHOTO, AffineTransform.from_components(scale=(5.0, 0.4), rotation=0.1),
                                         (80, 700)), {"intensity": "conserve"}),
+    "strong enlargement (m = 18: blocks in pieces of node rows)": ((PHOTO[:14, :40], AffineTransform.from_components(
+        scale=(12.0, 11.0), rotation=0.2), (170, 480)), {}),
     "edges beyond the output, reflect": ((PHOTO, AffineTransform.from_components(scale=(0.5, 0.5),
                                                                                   translation=(-20, -15)), (40, 50)),
                                          {"border": "reflect"}),

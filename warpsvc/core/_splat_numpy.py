@@ -57,21 +57,6 @@ def _block_nodes(y0, x0, m, y_end, h, w):
     return np.tile(xs, len(ys)), np.repeat(ys, len(xs))
 
 
-def _chunks_of_blocks(ids, blocks, h, w):
-    """Consecutive runs of block ids with at most :data:`CHUNK_NODES` nodes each (>= 1 block)."""
-    y0, x0, m = blocks[ids, 0], blocks[ids, 1], blocks[ids, 2]
-    nodes = (np.minimum(y0 + BLOCK, h) - y0) * (np.minimum(x0 + BLOCK, w) - x0) * m * m
-    run, count = [], 0
-    for b, n in zip(ids, nodes):
-        if run and count + n > CHUNK_NODES:
-            yield run
-            run, count = [], 0
-        run.append(b)
-        count += n
-    if run:
-        yield run
-
-
 def _gather(src, r, c, pad_checked: bool):
     """``src[r, c, :]`` as ``(N, C)``, 0 where ``(r, c)`` lies outside the array (unless the
     caller knows every index is inside: a padded window)."""
@@ -148,6 +133,53 @@ def _deposit(acc, values, px, py, hx, hy, scale, row_lo, row_hi):
             np.add.at(flat, idx + ch if ch else idx, values[node, ch] * wgt)
 
 
+def _block_pieces(src, block, h, w, row0, pad):
+    """The block's live nodes (value not 0 in every channel) as ``(sx, sy, values (N, C),
+    1 / m)`` pieces of at most :data:`CHUNK_NODES` nodes each (runs of node rows), in node
+    order. ``m = 1``: the nodes are the pixel centres, their values the pixels (one slice of
+    the window per piece, 0 outside the array)."""
+    y0, x0, m = (int(v) for v in block)
+    inv_m = 1.0 / m
+    xs = (np.arange(x0, min(x0 + BLOCK, w), dtype=np.float64)[:, None] + np.arange(m) * inv_m).ravel()
+    ys = (np.arange(y0, min(y0 + BLOCK, h), dtype=np.float64)[:, None] + np.arange(m) * inv_m).ravel()
+    per = max(1, CHUNK_NODES // max(1, len(xs)))  # node rows per piece (one node row <= 32 x 64 nodes)
+    for a in range(0, len(ys), per):
+        if m == 1:
+            r = np.arange(y0 + a, min(y0 + a + per, y0 + len(ys))) + (pad - row0)
+            c = np.arange(x0, x0 + len(xs)) + pad
+            v = _gather(src, r[:, None], c[None, :], False)
+            iy, ix = np.nonzero((v != 0.0).any(axis=2))
+            if len(iy):
+                yield xs[ix], ys[a + iy], v[iy, ix], inv_m
+            continue
+        sy = np.repeat(ys[a:a + per], len(xs))
+        sx = np.tile(xs, len(sy) // len(xs))
+        vals = node_values(src, sx, sy, row0, pad)
+        live = (vals != 0.0).any(axis=1)
+        if live.any():
+            yield sx[live], sy[live], vals[live], inv_m
+
+
+def _live_chunks(src, blocks, ids, h, w, row0, pad):
+    """``(sx, sy, inv_m, values)`` of the live nodes of blocks ``ids``, in node order, in chunks
+    of at most :data:`CHUNK_NODES` nodes."""
+    pending, count = [], 0
+    for b in ids:
+        for piece in _block_pieces(src, blocks[b], h, w, row0, pad):
+            if count + len(piece[0]) > CHUNK_NODES and pending:
+                yield _joined(pending)
+                pending, count = [], 0
+            pending.append(piece)
+            count += len(piece[0])
+    if pending:
+        yield _joined(pending)
+
+
+def _joined(pieces):
+    return (np.concatenate([p[0] for p in pieces]), np.concatenate([p[1] for p in pieces]),
+            np.concatenate([np.full(len(p[0]), p[3]) for p in pieces]), np.concatenate([p[2] for p in pieces]))
+
+
 def scatter_matrix(src, blocks, strip_rows, strip_ptr, strip_blocks, h, w, mat, acc, row0, pad):
     """:func:`._splat_kernels.scatter_matrix` in numpy: the listed blocks (each once, in global
     block order) deposit into the rows of all strips, ``[strip_rows[0, 0], strip_rows[-1, 1])``."""
@@ -155,17 +187,7 @@ def scatter_matrix(src, blocks, strip_rows, strip_ptr, strip_blocks, h, w, mat, 
     row_lo, row_hi = int(strip_rows[0, 0]), int(strip_rows[-1, 1])
     (m00, m01, m02), (m10, m11, m12), (m20, m21, m22) = (tuple(float(v) for v in row) for row in mat)
     ids = np.unique(strip_blocks[strip_ptr[0]:strip_ptr[-1]])
-    for run in _chunks_of_blocks(ids, blocks, h, w):
-        parts = [(_block_nodes(blocks[b, 0], blocks[b, 1], blocks[b, 2], blocks[b, 0] + BLOCK, h, w),
-                  blocks[b, 2]) for b in run]
-        sx = np.concatenate([p[0][0] for p in parts])
-        sy = np.concatenate([p[0][1] for p in parts])
-        inv_m = np.concatenate([np.full(len(p[0][0]), 1.0 / p[1]) for p in parts])
-        vals = node_values(src, sx, sy, row0, pad)
-        live = (vals != 0.0).any(axis=1)
-        if not live.any():
-            continue
-        sx, sy, inv_m, vals = sx[live], sy[live], inv_m[live], vals[live]
+    for sx, sy, inv_m, vals in _live_chunks(src, blocks, ids, h, w, row0, pad):
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             cx, cy, cw = m01 * sy + m02, m11 * sy + m12, m21 * sy + m22
             ww = m20 * sx + cw
@@ -219,7 +241,7 @@ def scatter_points(src, node_xy, node_m, pos, rows, strip_rows, acc, row0):
 
 
 _SEQUENCES: dict = {}
-_FOLD_VALUES = 1 << 20  # values per np.add.accumulate call of the tent sums (8 MB)
+_FOLD_VALUES = 1 << 16  # values per np.add.accumulate call of the tent sums (0.5 MB)
 
 
 def _tent_sequence(m: int, row_kind: int, col_kind: int) -> np.ndarray:
@@ -296,19 +318,26 @@ def tent_sums(blocks, row_ptr, block_rows, h, w, sums, iy_lo, iy_hi, row0):
     groups = np.unique(np.stack([m[ok], n_r[ok], n_c[ok]], 1), axis=0)
     for col_kinds in ((1, 2), (0,)):
         for mv, nr, nc in groups:
-            sel = ok & (m == mv) & (n_r == nr) & (n_c == nc)
-            for row_kind in (0, 1, 2):
-                rows = _kind_indices(row_kind, nr)
-                for col_kind in col_kinds:
-                    rel = (rows[:, None] * wp + _kind_indices(col_kind, nc)[None, :]).ravel()
-                    if len(rel) == 0:
-                        continue
-                    idx = (base[sel][:, None] + rel[None, :]).ravel()
-                    seq = _tent_sequence(int(mv), row_kind, col_kind)
-                    if row_kind == 1 and col_kind == 1:  # inner sums: from 0, one value
-                        flat[idx] = np.add.accumulate(np.concatenate([[0.0], seq]))[-1]
-                    else:
-                        _fold(flat, idx, seq)
+            group = np.nonzero(ok & (m == mv) & (n_r == nr) & (n_c == nc))[0]
+            for g0 in range(0, len(group), 64):  # <= 64 blocks at once: index arrays <= 0.5 MB
+                _tent_group(flat, base[group[g0:g0 + 64]], int(mv), int(nr), int(nc), wp, col_kinds)
+
+
+def _tent_group(flat, bases, mv, nr, nc, wp, col_kinds) -> None:
+    """The sums of the footprint columns ``col_kinds`` of blocks with first sums ``bases``
+    (all with node factor ``mv``, ``nr`` x ``nc`` node pixels)."""
+    for row_kind in (0, 1, 2):
+        rows = _kind_indices(row_kind, nr)
+        for col_kind in col_kinds:
+            rel = (rows[:, None] * wp + _kind_indices(col_kind, nc)[None, :]).ravel()
+            if len(rel) == 0:
+                continue
+            idx = (bases[:, None] + rel[None, :]).ravel()
+            seq = _tent_sequence(mv, row_kind, col_kind)
+            if row_kind == 1 and col_kind == 1:  # inner sums: from 0, one value
+                flat[idx] = np.add.accumulate(np.concatenate([[0.0], seq]))[-1]
+            else:
+                _fold(flat, idx, seq)
 
 
 def matrix_layout(mat, side, by, bx, n, stretch, lo, hi, finite, dead):
