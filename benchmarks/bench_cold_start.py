@@ -4,8 +4,9 @@
 
 The conserve and polar kernels are numpy / OpenCV over strips (nothing to compile); the antialias
 scatter starts on its numpy tier 0 (``warpsvc.core._splat_numpy``) and hands over to numba
-(tier 1) once a background thread has loaded it (from its 2nd tier-0 call). Runs ``python -m warpsvc.core.warmup`` first (the install / Docker build step
-that fills numba's cache), then for each case spawns ``--runs`` fresh interpreters, alternating cases, each of which
+(tier 1) once a background thread has loaded it (from its 2nd tier-0 call). Runs
+``python -m warpsvc.core.warmup`` first (the install / Docker build step that fills numba's
+cache), then for each case spawns ``--runs`` fresh interpreters, alternating cases, each of which
 imports warpsvc, builds its inputs, and times the first and the second call of one warp
 (1920x1080 RGB uint8 for the scaling kernels, 600x600 -> 230x230 float64 for antialias). The
 first-minus-second difference is the one-time cost (numba import, cache load, dispatch set-up).

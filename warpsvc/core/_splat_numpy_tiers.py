@@ -78,15 +78,16 @@ def _use_tier1(*names: str) -> bool:
     """Whether the scatter step needing kernels ``names`` runs compiled (tier 1) now: all of
     them loaded; or none failed, the compiled module was imported by someone else (tests,
     benchmarks, code calling the kernels: numba is already paid for) and nobody is loading
-    tier 1 right now: then they are loaded here, in the calling thread. Else tier 0."""
+    tier 1 right now: then they are loaded here, in the calling thread. Else tier 0. While
+    :func:`warming_up` is on, it first waits for the warm-up (at most :data:`WARM_UP_WAIT_S`)."""
     if all(UPGRADE.ready(n) for n in names):
         return True
     if not _WARM_UP_IDLE.is_set():
         _WARM_UP_IDLE.wait(WARM_UP_WAIT_S)
         if all(UPGRADE.ready(n) for n in names):
             return True
-    if any(UPGRADE.failed(n) for n in names) or _TIER1_MODULE not in sys.modules:
-        return False
+    if any(UPGRADE.failed(n) for n in names) or _TIER1_MODULE not in sys.modules or UPGRADE.running():
+        return False  # (the upgrade thread releases the lock between two kernels: do not take over)
     if not _LOADING.acquire(blocking=False):
         return False  # the upgrade thread or a warm-up is loading it: do not wait for it
     try:

@@ -44,7 +44,7 @@ tier-0 scatter of a process, or at the first once numba is imported, which impor
 loads the five kernels from numba's cache (~0.5-1 s of CPU, part of it holding the GIL); the
 calls after it use tier 1. ``WARPSVC_KERNEL_UPGRADE=0`` turns that off (tier 1 only after a
 warm-up / :func:`compile_tier1`). Tier 0 is single-threaded: 600x600 -> 230x230 shrink of a
-point field ~20 ms (tier 1 ~2 ms), of a photograph ~100-150 ms (~6 ms).
+point field ~12 ms (tier 1 ~1.5 ms), of a photograph 65-90 ms (3-6 ms).
 
 The matrix scatter works on runs of a node row in two passes: a branch-free one that LLVM
 vectorises (positions, half-widths, footprint shares and 2x2 weights of every node), then the
@@ -83,7 +83,8 @@ import numpy as np
 
 from . import _splat_numpy as k  # tier 0 (numpy) and the shared constants PAD, BLOCK, GUARD
 from . import _splat_numpy_tiers as tier_policy
-from ._splat_numpy_tiers import KERNELS, UPGRADE, _tier1, _use_tier1, compile_tier1, scatter_tier, warming_up  # noqa: F401
+from ._splat_numpy_tiers import (KERNELS, UPGRADE, _tier1, _use_tier1, compile_tier1,  # noqa: F401
+                                 scatter_tier, warming_up)
 from .threads import kernel_threads
 
 OVERSAMPLING = 1.5  # m = ceil(1.5 s): 1 node per pixel for shrinks >= 1.5x; moire < 0.3 % when rotating
@@ -95,6 +96,7 @@ NODES_PER_BAND = 1 << 21  # nodes between two poll() calls (~50 ms on one core)
 MATRIX_MARGIN = 4.0  # output px: a node's footprint reaches < 2.5 px beyond the block's exact image box
 GENERIC_BYTES_PER_NODE = 320  # node list, positions, Jacobians and the transform's temporaries
 LAYOUT_WORK_PER_BLOCK = 64  # kernel_threads() work units per block of the compiled layout (~0.1 us each)
+
 
 class _Tiers:
     """Which kernels one scatter ran in tier 0 (reported to :data:`UPGRADE` at its end)."""
@@ -549,7 +551,8 @@ def _scatter_generic(src, row0, p: ScatterPlan, blocks: slice, h, w, dst_from_sr
         if reads is None:
             reads = _nonzero_reads(src)
         if reads is not True:  # drop the nodes whose value is 0 before the transform maps them
-            live = reads[np.floor(xy[:, 1]).astype(np.int64) + (k.PAD - row0), np.floor(xy[:, 0]).astype(np.int64) + k.PAD]
+            r = np.floor(xy[:, 1]).astype(np.int64) + (k.PAD - row0)
+            live = reads[r, np.floor(xy[:, 0]).astype(np.int64) + k.PAD]
             xy, node_m = xy[live], node_m[live]
             total = len(xy)
             if total == 0:

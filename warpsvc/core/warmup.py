@@ -14,9 +14,10 @@ factor (:func:`._scale_kernels.compile_tier1`, all four dtypes), then runs real 
 through every path (the antialias scatter's matrix and generic paths, uniform and mixed node
 density, for each dtype), so that in the process that ran the warm-up (a server's) every
 antialiased warp and every conserving homography uses tier 1 at once, and in later processes
-the background upgrades only load them (the first calls run tier 0, numpy, meanwhile). The other conserve scalings and the polar maps are
-numpy / OpenCV over strips: nothing to compile; the warm-up still runs them (it checks every
-path once). Run it in its own
+the background upgrades only load them (the first calls run tier 0, numpy, meanwhile).
+Antialiased calls of other threads made while it loads the kernels wait for it. The other
+conserve scalings and the polar maps are numpy / OpenCV over strips: nothing to compile; the
+warm-up still runs them (it checks every path once). Run it in its own
 process (as the command above does), not in a server's parent process before it forks: the
 OpenMP thread pool the parallel kernels start does not survive a fork.
 """
