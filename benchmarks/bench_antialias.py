@@ -180,6 +180,7 @@ def main(argv=None):
     CLOCK[0] = time.perf_counter if args.clock == "wall" else time.process_time
     counts = list(dict.fromkeys(threads.available_cpus() if x.strip() == "default" else int(x)
                                 for x in args.threads.split(",")))
+    antialias.compile_tier1()  # as a server's warm-up: every scatter runs the compiled kernels (tier 1)
     load_before = os.getloadavg()
     rows = speed_vs_anchor(counts, max(3, args.repeats // 3))
     prof = stages(counts, args.repeats)

@@ -3,8 +3,10 @@
     python benchmarks/bench_cold_start.py [--runs 7] [--json benchmarks/results/cold_start.json]
 
 The conserve and polar kernels are numpy / OpenCV over strips (nothing to compile); the antialias
-scatter is numba. Runs ``python -m warpsvc.core.warmup`` first (the install / Docker build step
-that fills numba's cache), then for each case spawns ``--runs`` fresh interpreters, alternating cases, each of which
+scatter starts on its numpy tier 0 (``warpsvc.core._splat_numpy``) and hands over to numba
+(tier 1) once a background thread has loaded it (from its 2nd tier-0 call). Runs
+``python -m warpsvc.core.warmup`` first (the install / Docker build step that fills numba's
+cache), then for each case spawns ``--runs`` fresh interpreters, alternating cases, each of which
 imports warpsvc, builds its inputs, and times the first and the second call of one warp
 (1920x1080 RGB uint8 for the scaling kernels, 600x600 -> 230x230 float64 for antialias). The
 first-minus-second difference is the one-time cost (numba import, cache load, dispatch set-up).
@@ -15,7 +17,10 @@ floor of any numba kernel's first call). Medians are printed.
 The conserving homography's first call runs tier 0 of the projective factor (numpy; no numba:
 see ``numba_loaded_by_call``); its second warp is the 3rd tier-0 call (a 1080p warp is two
 scaling bands), which starts the background compile of tier 1 (``warpsvc.core._scale_kernels``),
-so that row's second call includes the numba import running in the other thread.
+so that row's second call includes the numba import running in the other thread. The antialias
+rows' second call is their 2nd tier-0 scatter (it starts the upgrade when it ends). The
+"photograph" rows (every source value non-zero: no node skipped, 2M nodes in the polar case)
+show what tier 0 costs on dense sources.
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ pts = np.zeros((600, 600)); pts[20:580:24, 20:580:24] = 1000.0
 shrink = HomographyTransform.from_points([[0, 0], [599, 0], [599, 599], [0, 599]],
                                          [[10, 20], [190, 10], [200, 215], [5, 190]])
 small_pol = PolarTransform((300.0, 300.0), 280.0, (360, 200))
+photo = (np.arange(600 * 600) % 251 + 1.0).reshape(600, 600)
 """
 
 CASES = {
@@ -60,6 +66,8 @@ CASES = {
     "antialias homography (scatter_matrix)": "warp(pts, shrink, (230, 230), intensity='conserve', antialias=True)",
     "antialias polar (list_nodes, tent_sums, scatter_points)":
         "warp(pts, small_pol, intensity='conserve', antialias=True)",
+    "antialias homography, photograph": "warp(photo, shrink, (230, 230), intensity='conserve', antialias=True)",
+    "antialias polar, photograph": "warp(photo, small_pol, intensity='conserve', antialias=True)",
 }
 
 CASE_SCRIPT = PRELUDE + """

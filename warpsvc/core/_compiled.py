@@ -1,8 +1,9 @@
-"""``compiled(...)``: numba's ``njit`` with an on-disk cache when one can be written, the GIL
-released, and an explicit fast-math flag set. Used by the antialias kernels
-(:mod:`._splat_kernels`) and by tier 1 of the projective conserve factor
-(:mod:`._scale_kernels`, compiled without fast-math); the other conserve scalings and the
-polar maps are numpy / OpenCV over strips and never import numba.
+"""``compiled(...)``: numba's ``njit`` with an on-disk cache when one can be written and the GIL
+released. Used by tier 1 of the antialias scatter (:mod:`._splat_kernels`) and of the
+projective conserve factor (:mod:`._scale_kernels`), both compiled without fast-math so that
+they stay bit-identical to their numpy tier 0 (:mod:`._splat_numpy`, :mod:`._scale_kernels`);
+the other conserve scalings and the polar maps are numpy / OpenCV over strips and never import
+numba.
 
 * **Cache.** numba raises at decoration time when neither the package folder nor a user cache
   folder is writable (a read-only install run by a user without a home, as in some
@@ -10,9 +11,10 @@ polar maps are numpy / OpenCV over strips and never import numba.
   use); set ``NUMBA_CACHE_DIR`` to a writable folder to keep the cache, and run
   ``python -m warpsvc.core.warmup`` once (at install / image build) to fill it.
 * **GIL.** Every kernel is ``nogil=True``: a long call never stalls the caller's other threads.
-* **Fast math without** ``nnan`` / ``ninf``: :data:`FASTMATH` lets LLVM reassociate, contract
-  to FMA, use reciprocals and fast library functions and ignore the sign of zero, but not
-  assume values are finite: the kernels' ``isfinite`` / ``x < inf`` / NaN guards stay code.
+* **Fast math**: :data:`FASTMATH` (every flag but ``nnan`` / ``ninf``: the ``isfinite`` /
+  ``x < inf`` / NaN guards would stay code) is kept for kernels that may use it; none does
+  now: FMA contraction, reassociation and approximate reciprocals / functions would change
+  the last bits against tier 0 (measured on the antialias scatter: no speed difference).
 * **Threads.** Parallel kernels use numba's thread-safe layer (``tbb`` or ``omp``; the
   ``workqueue`` fallback aborts when two Python threads launch kernels at once) unless
   ``NUMBA_THREADING_LAYER`` says otherwise; the count comes from :mod:`.threads`. Idle OpenMP
@@ -24,7 +26,8 @@ polar maps are numpy / OpenCV over strips and never import numba.
   when the kernel compiles. Parallel lazy kernels apply the thread setting on every call.
 * **Tiers.** :class:`BackgroundUpgrade` lets a numpy path (tier 0, no numba) hand over to a
   compiled kernel (tier 1) once that kernel is ready, compiling it in a daemon thread after
-  the numpy path has been used a few times (see :mod:`._scale_kernels` for the policy).
+  the numpy path has been used a few times (see :mod:`._scale_kernels` and :mod:`.antialias`
+  for the policies; ``load=`` lets one upgrade load several kernels, one key each).
   ``WARPSVC_KERNEL_UPGRADE=0`` (or :func:`set_kernel_upgrade` ``(False)``) turns the
   background compile off: tier 1 is then used only once something else compiled it (the
   warm-up, a server's warm-up).
@@ -136,10 +139,12 @@ class BackgroundUpgrade:
     thread at a time works through every key asked for so far; an error is logged once and
     the key is dropped (tier 0 stays)."""
 
-    def __init__(self, kernel: LazyKernel, examples, after_calls: int = 3):
+    def __init__(self, kernel: LazyKernel | None, examples, after_calls: int = 3, load=None, name: str | None = None):
         self.kernel = kernel
         self.examples = examples
         self.after_calls = after_calls
+        self._load = load  # load(key): compile / load that key itself (several kernels: the antialias scatter)
+        self.name = name or kernel.__name__
         self.calls = 0
         self._ready: set = set()
         self._wanted: list = []
@@ -156,20 +161,35 @@ class BackgroundUpgrade:
     def ready(self, key) -> bool:
         return key in self._ready
 
+    def failed(self, key) -> bool:
+        """Whether compiling ``key`` failed in this process (tier 0 stays for it)."""
+        return key in self._failed
+
+    def running(self) -> bool:
+        """Whether the upgrade thread is working."""
+        return self._thread is not None
+
     def compile_now(self, key) -> None:
         """Compile (or load) the signature ``key`` in the calling thread and mark it ready."""
-        self.kernel.dispatcher()(*self.examples(key))
+        if self._load is not None:
+            self._load(key)
+        else:
+            self.kernel.dispatcher()(*self.examples(key))
         self._ready.add(key)
 
-    def tier0_used(self, key) -> None:
+    def mark_failed(self, key) -> None:
+        self._failed.add(key)
+
+    def tier0_used(self, key, *more) -> None:
+        """A call took tier 0 for ``key`` (and ``more`` keys, wanted in that order after it)."""
         self.calls += 1
-        if key in self._failed or not kernel_upgrade_enabled():
+        keys = [k for k in (key, *more) if k not in self._failed and k not in self._ready]
+        if not keys or not kernel_upgrade_enabled():
             return
         if self.calls < self.after_calls and "numba" not in sys.modules:
             return
         with self._lock:
-            if key not in self._wanted:
-                self._wanted.append(key)
+            self._wanted.extend(k for k in keys if k not in self._wanted)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._work, name="warpsvc-kernel-upgrade", daemon=True)
                 self._thread.start()
@@ -191,5 +211,5 @@ class BackgroundUpgrade:
                 self.compile_now(todo[0])
             except Exception:  # noqa: BLE001 - tier 0 keeps working; say why once
                 _log.warning("warpsvc: compiling %s%s failed; staying on the numpy path",
-                             self.kernel.__name__, todo[0], exc_info=True)
+                             self.name, todo[0], exc_info=True)
                 self._failed.add(todo[0])

@@ -1,10 +1,15 @@
-"""Compiled inner loops of the antialiased scatter (numba; see :mod:`.antialias` for the math).
+"""Compiled inner loops of the antialiased scatter: tier 1 (numba; see :mod:`.antialias` for the
+math and for when each tier runs).
 
 Why compiled: the scatter visits every source sub-node once and deposits into a 3x3 output
-window; in numpy that is ~50 array passes plus nine ``bincount`` calls (~10x slower). The
+window; in numpy (tier 0, :mod:`._splat_numpy`, used while this module loads in a background
+thread) that is ~50 array passes and ordered ``np.add.at`` deposits (5-20x slower). The
 loops release the GIL and run in parallel (``prange``) over output strips (the scatters) or
 block rows (the tent sums), each writing only its own rows, so results are bit-identical for
 every thread count; cached on disk after the first run (``python -m warpsvc.core.warmup``).
+No fast-math (the same IEEE operations in the source order, no FMA contraction): tier 0 repeats
+them and gives the same bits (``tests/test_antialias_tiers.py``); measured, no slower.
+Importing this module imports numba: :mod:`.antialias` does it only to use tier 1.
 
 Arrays:
 * ``src (n + 2P, w + 2P, C) float64``: a window of source rows divided by the tent-sum
@@ -24,11 +29,8 @@ import math
 import numpy as np
 from numba import prange
 
-from ._compiled import FASTMATH, compiled
-
-PAD = 2
-BLOCK = 32
-GUARD = 4
+from ._compiled import compiled
+from ._splat_numpy import BLOCK, GUARD, PAD  # noqa: F401 - shared with tier 0 (numpy)
 
 
 @compiled(inline="always")
@@ -293,7 +295,7 @@ def _node_value_at(src, sx, sy, row0, pad, value):
     return nonzero, finite
 
 
-@compiled(parallel=True, fastmath=FASTMATH, error_model="numpy")
+@compiled(parallel=True, error_model="numpy")  # no fast-math: bit-identical to tier 0 (._splat_numpy)
 def scatter_matrix(src, blocks, strip_rows, strip_ptr, strip_blocks, h, w, mat, acc, row0, pad):
     """Fused scatter for a projective ``dst_from_src`` matrix ``mat (3, 3)`` (``w > 0`` side),
     in parallel over output strips; ``src`` is the window of source rows from ``row0`` (its
@@ -445,7 +447,7 @@ def list_nodes(pieces, first, h, w, out_xy, out_m):
                         n += 1
 
 
-@compiled(parallel=True, fastmath=FASTMATH)
+@compiled(parallel=True)  # no fast-math: bit-identical to tier 0
 def scatter_points(src, node_xy, node_m, pos, rows, strip_rows, acc, row0):
     """Generic scatter, in parallel over output strips (as :func:`scatter_matrix`): node ``k`` at
     source ``node_xy[k]`` lands at ``pos[k]`` with Jacobian row norms ``rows[k]`` (precomputed

@@ -30,6 +30,22 @@ Cost: about one node per source pixel when shrinking, one per output pixel when 
 The loops are compiled (:mod:`._splat_kernels`), release the GIL and run in parallel over
 output row strips, each strip owning its rows (bit-identical results for any thread count).
 
+Tiers. numba's one-time cost in a fresh process (its import, typing context, cache load and
+thread pool: 0.5-0.9 s) is far above a first call's 150 ms budget, so each kernel has a numpy
+twin (:mod:`._splat_numpy`, tier 0) with the same arguments and bit-identical results (the
+compiled kernels are built without fast-math; tier 0 repeats their IEEE operations and adds
+the deposits in their order). A step uses tier 1 when its kernels are loaded; else, when
+``warpsvc.core._splat_kernels`` was imported by someone else (tests, benchmarks, code calling
+the kernels) and nobody is loading it, it loads them in the calling thread (as before tiers);
+else it runs tier 0. Calls made while :func:`.warmup.warm` loads the kernels wait for it (a
+server's first requests then behave as before). :data:`UPGRADE` (a
+:class:`._compiled.BackgroundUpgrade`, one key per kernel) starts a daemon thread at the 2nd
+tier-0 scatter of a process, or at the first once numba is imported, which imports numba and
+loads the five kernels from numba's cache (~0.5-1 s of CPU, part of it holding the GIL); the
+calls after it use tier 1. ``WARPSVC_KERNEL_UPGRADE=0`` turns that off (tier 1 only after a
+warm-up / :func:`compile_tier1`). Tier 0 is single-threaded: 600x600 -> 230x230 shrink of a
+point field ~12 ms (tier 1 ~1.5 ms), of a photograph 65-90 ms (3-6 ms).
+
 The matrix scatter works on runs of a node row in two passes: a branch-free one that LLVM
 vectorises (positions, half-widths, footprint shares and 2x2 weights of every node), then the
 deposits in node order; runs whose source values are all zero, and node rows whose image misses
@@ -42,7 +58,11 @@ memory before anything large is allocated, so :mod:`.budget` can refuse a call. 
 then runs in row *bands* of about :data:`NODES_PER_BAND` nodes (the work histogram over output
 rows comes from each block's image), calling ``poll()`` between bands so a caller's deadline
 or cancellation stops the work; each band is split into as many strips as there are threads,
-balanced by the same histogram.
+balanced by the same histogram (tier 0: one strip per band, the same bands and polls).
+
+Generic path: the nodes whose bilinear reads are all zero are dropped before the transform
+maps them (:func:`_nonzero_reads`; they deposit nothing): a sparse source costs the map and
+Jacobian of its few live nodes only (same bits).
 
 Memory. The float64 source (with its coverage channel, its border extension over the output's
 preimage for non-constant borders and polar seams: up to 3x3 source sizes) is never
@@ -61,7 +81,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import _splat_kernels as k
+from . import _splat_numpy as k  # tier 0 (numpy) and the shared constants PAD, BLOCK, GUARD
+from . import _splat_numpy_tiers as tier_policy
+from ._splat_numpy_tiers import (KERNELS, UPGRADE, _tier1, _use_tier1, compile_tier1,  # noqa: F401
+                                 scatter_tier, warming_up)
 from .threads import kernel_threads
 
 OVERSAMPLING = 1.5  # m = ceil(1.5 s): 1 node per pixel for shrinks >= 1.5x; moire < 0.3 % when rotating
@@ -73,6 +96,28 @@ NODES_PER_BAND = 1 << 21  # nodes between two poll() calls (~50 ms on one core)
 MATRIX_MARGIN = 4.0  # output px: a node's footprint reaches < 2.5 px beyond the block's exact image box
 GENERIC_BYTES_PER_NODE = 320  # node list, positions, Jacobians and the transform's temporaries
 LAYOUT_WORK_PER_BLOCK = 64  # kernel_threads() work units per block of the compiled layout (~0.1 us each)
+
+
+class _Tiers:
+    """Which kernels one scatter ran in tier 0 (reported to :data:`UPGRADE` at its end)."""
+
+    def __init__(self):
+        self.tier0: list[str] = []
+
+    def pick(self, *names: str):
+        """``(kernels module, threads(work))`` for a step needing kernels ``names``."""
+        if _use_tier1(*names):
+            return _tier1(), kernel_threads
+        self.tier0.extend(n for n in names if n not in self.tier0)
+        return k, _one_thread
+
+    def report(self) -> None:
+        if self.tier0:
+            tier_policy.UPGRADE.tier0_used(*self.tier0, *(n for n in KERNELS if n not in self.tier0))
+
+
+def _one_thread(work=None) -> int:
+    return 1
 
 
 def _block_grid(h: int, w: int):
@@ -155,9 +200,10 @@ def block_layout(dst_from_src, h: int, w: int, poll=None) -> dict:
         nb = len(by) * len(bx)
         stretch, lo, hi = np.empty(nb), np.empty((nb, 2)), np.empty((nb, 2))
         finite, dead = np.empty(nb, dtype=bool), np.empty(nb, dtype=bool)
-        mat = np.ascontiguousarray(dst_from_src.matrix, dtype=np.float64)
-        kernel_threads(nb * LAYOUT_WORK_PER_BLOCK)
-        k.matrix_layout(mat, source_side_matrix(dst_from_src, h, w), by, bx, 3, stretch, lo, hi, finite, dead)
+        mat = np.array(dst_from_src.matrix, dtype=np.float64)  # a writable copy: one numba signature
+        kern, threads = _Tiers().pick("matrix_layout")
+        threads(nb * LAYOUT_WORK_PER_BLOCK)
+        kern.matrix_layout(mat, source_side_matrix(dst_from_src, h, w), by, bx, 3, stretch, lo, hi, finite, dead)
         margin = np.full(nb, MATRIX_MARGIN)
     else:
         stretch, lo, hi, finite = _sampled_layout(dst_from_src, by, bx, poll)
@@ -200,7 +246,7 @@ def plan(dst_from_src, src_shape, out_shape, channels: int, with_coverage: bool 
     """Plan the scatter of a ``src_shape`` source with ``channels`` channels onto ``out_shape``.
 
     ``working_bytes``: one source window (:func:`window_rows`) and its tent sums, the
-    accumulator, and the generic path's node chunks."""
+    accumulator, and the generic path's node chunks or the matrix path's tier-0 chunk."""
     h, w = src_shape
     ho, wo = out_shape
     layout = block_layout(dst_from_src, h, w, poll)
@@ -216,6 +262,8 @@ def plan(dst_from_src, src_shape, out_shape, channels: int, with_coverage: bool 
     working = 8 * window * nch + (9 * window if mixed else 0) + 8 * (ho + 2 * g) * (wo + 2 * g) * nch
     if not dst_from_src.is_matrix():
         working += GENERIC_BYTES_PER_NODE * min(nodes, 2 * CHUNK_NODES)
+    else:
+        working += k.chunk_bytes(nodes, nch)  # tier 0's chunk (the same budget whichever tier runs)
     return ScatterPlan(layout, blocks, visible, block_nodes, nodes, mixed, int(working))
 
 
@@ -285,7 +333,7 @@ def _windows(source, p: ScatterPlan):
              int(origins[q0 + step]) if q0 + step < n_rows else source.h) for q0 in range(0, n_rows, step)]
 
 
-def _normalise_tent_sums(src, p: ScatterPlan, h: int, w: int, window, poll) -> None:
+def _normalise_tent_sums(src, p: ScatterPlan, h: int, w: int, window, poll, tiers=None) -> None:
     """Divide the window ``src`` (block rows ``[q0, q1)``, source rows ``[y_lo, y_hi)``) by the
     lattice's tent sums (only needed where blocks of different ``m`` meet). Its nodes read rows
     ``y_lo .. y_hi``, whose sums come from pixel rows ``y_lo - 1 .. y_hi`` of block rows
@@ -298,11 +346,12 @@ def _normalise_tent_sums(src, p: ScatterPlan, h: int, w: int, window, poll) -> N
     row_ptr = np.arange(0, len(p.blocks) + 1, per_row, dtype=np.int64)
     row_nodes = (p.layout["pixels"] * p.blocks[:, 2] ** 2).reshape(n_rows, per_row).sum(axis=1)
     lo, hi = max(0, q0 - 1), min(n_rows, q1 + 1)
+    kern, threads = (tiers or _Tiers()).pick("tent_sums")
     for parity in (0, 1):
         todo = np.arange(lo + (lo + parity) % 2, hi, 2, dtype=np.int64)
         for group in _groups(todo, row_nodes[todo], NODES_PER_BAND):
-            kernel_threads(int(row_nodes[group].sum()))
-            k.tent_sums(p.blocks, row_ptr, group, h, w, sums, y_lo - 1, y_hi + 1, y_lo)
+            threads(int(row_nodes[group].sum()))
+            kern.tent_sums(p.blocks, row_ptr, group, h, w, sums, y_lo - 1, y_hi + 1, y_lo)
             _poll(poll)
     np.divide(src, sums[:, :, None], out=src, where=(sums > 0)[:, :, None])
 
@@ -391,21 +440,23 @@ def scatter(src, p: ScatterPlan, dst_from_src, out_shape, *, row_period=None, po
     image = _readable_as_is(src, p) if mat is not None else None
     windows = [(0, len(p.blocks) // per_row, 0, h)] if image is not None else _windows(src, p)
     window = None
+    tiers = _Tiers()
     for q0, q1, y_lo, y_hi in windows:
         blocks = slice(q0 * per_row, q1 * per_row)
         if not p.block_nodes[blocks].any():
             continue  # no node of these rows reaches the output
         if image is not None:
-            _scatter_matrix(image, 0, p, blocks, mat, h, w, acc, poll, pad=0)
+            _scatter_matrix(image, 0, p, blocks, mat, h, w, acc, poll, pad=0, tiers=tiers)
             continue
         window = None  # the previous one is freed before the next is built
         window = src if isinstance(src, np.ndarray) else src.window(y_lo, y_hi)
         if p.mixed:
-            _normalise_tent_sums(window, p, h, w, (q0, q1, y_lo, y_hi), poll)
+            _normalise_tent_sums(window, p, h, w, (q0, q1, y_lo, y_hi), poll, tiers)
         if mat is not None:
-            _scatter_matrix(window, y_lo, p, blocks, mat, h, w, acc, poll)
+            _scatter_matrix(window, y_lo, p, blocks, mat, h, w, acc, poll, tiers=tiers)
         else:
-            _scatter_generic(window, y_lo, p, blocks, h, w, dst_from_src, acc, poll)
+            _scatter_generic(window, y_lo, p, blocks, h, w, dst_from_src, acc, poll, tiers)
+    tiers.report()
     if row_period is not None and row_period == ho:
         acc[ho:ho + g] += acc[:g]  # rows -g..-1 are rows ho-g..ho-1
         acc[g:2 * g] += acc[ho + g:]  # rows ho..ho+g-1 are rows 0..g-1
@@ -426,8 +477,9 @@ def _readable_as_is(src, p: ScatterPlan):
     return img if ok else None
 
 
-def _scatter_matrix(src, row0, p: ScatterPlan, blocks: slice, mat, h, w, acc, poll, pad=k.PAD):
+def _scatter_matrix(src, row0, p: ScatterPlan, blocks: slice, mat, h, w, acc, poll, pad=k.PAD, tiers=None):
     ho = acc.shape[0] - 2 * k.GUARD
+    kern, kernel_threads = (tiers or _Tiers()).pick("scatter_matrix")
     lay = p.layout
     work = _row_work(p, ho, blocks)
     live = blocks.start + np.nonzero(p.block_nodes[blocks] > 0)[0]
@@ -439,8 +491,8 @@ def _scatter_matrix(src, row0, p: ScatterPlan, blocks: slice, mat, h, w, acc, po
         edges = _split_rows(work, b0, b1, threads)
         lists = [live[anywhere | ((bottom >= r0) & (top <= r1))] for r0, r1 in zip(edges[:-1], edges[1:])]
         ptr = np.concatenate([[0], np.cumsum([len(x) for x in lists])]).astype(np.int64)
-        k.scatter_matrix(src, p.blocks, _strip_rows(edges, ho), ptr, np.concatenate(lists).astype(np.int64),
-                         h, w, mat, acc, row0, pad)
+        kern.scatter_matrix(src, p.blocks, _strip_rows(edges, ho), ptr, np.concatenate(lists).astype(np.int64),
+                            h, w, mat, acc, row0, pad)
         _poll(poll)
 
 
@@ -462,22 +514,50 @@ def _pieces(p: ScatterPlan, blocks: slice, h: int, w: int, chunk: int) -> tuple[
     return pieces, (end - start) * per_row[idx]
 
 
-def _scatter_generic(src, row0, p: ScatterPlan, blocks: slice, h, w, dst_from_src, acc, poll):
+def _nonzero_reads(src):
+    """``True`` if every value of the padded window ``src`` is non-zero, else a ``(rows, cols)``
+    mask: whether any of the pixels ``(r .. r + 1, c .. c + 1)`` (any channel) is non-zero or
+    NaN. A node whose bilinear reads start at ``(r, c)`` (the window row and column of its
+    ``floor``) and lie where the mask is False has the value 0 exactly: it deposits nothing, so
+    it need not be mapped (sparse sources, point fields: most nodes)."""
+    nz = (src != 0.0).any(axis=2)
+    if nz.all():
+        return True
+    rows = nz.copy()
+    rows[:-1] |= nz[1:]
+    out = rows.copy()
+    out[:, :-1] |= rows[:, 1:]
+    return out
+
+
+def _scatter_generic(src, row0, p: ScatterPlan, blocks: slice, h, w, dst_from_src, acc, poll, tiers=None):
     """Nodes listed in chunks, mapped by the transform in numpy, deposited by the kernel; a
     chunk holds ``CHUNK_NODES / steps`` nodes of a chain of ``steps`` (so each costs about the
     same whatever the chain length), in node order (the deposits' order is unchanged)."""
     from .budget import transform_steps
 
     ho = acc.shape[0] - 2 * k.GUARD
+    kern, kernel_threads = (tiers or _Tiers()).pick("list_nodes", "scatter_points")
     chunk_nodes = max(MIN_CHUNK_NODES, CHUNK_NODES // transform_steps(dst_from_src))
     pieces, counts = _pieces(p, blocks, h, w, chunk_nodes)
+    reads = None
     for chunk in _groups(np.arange(len(pieces)), counts, chunk_nodes):
         first = np.concatenate([[0], np.cumsum(counts[chunk])[:-1]]).astype(np.int64)
         total = int(counts[chunk].sum())
         xy = np.empty((total, 2))
         node_m = np.empty(total, dtype=np.int64)
         kernel_threads(total)
-        k.list_nodes(np.ascontiguousarray(pieces[chunk]), first, h, w, xy, node_m)
+        kern.list_nodes(np.ascontiguousarray(pieces[chunk]), first, h, w, xy, node_m)
+        if reads is None:
+            reads = _nonzero_reads(src)
+        if reads is not True:  # drop the nodes whose value is 0 before the transform maps them
+            r = np.floor(xy[:, 1]).astype(np.int64) + (k.PAD - row0)
+            live = reads[r, np.floor(xy[:, 0]).astype(np.int64) + k.PAD]
+            xy, node_m = xy[live], node_m[live]
+            total = len(xy)
+            if total == 0:
+                _poll(poll)
+                continue
         with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
             pos = np.ascontiguousarray(dst_from_src.map(xy))
             jac = dst_from_src.jacobian(xy)
@@ -487,5 +567,5 @@ def _scatter_generic(src, row0, p: ScatterPlan, blocks: slice, h, w, dst_from_sr
         work = np.bincount(np.clip(np.nan_to_num(pos[:, 1], nan=-1.0), 0, ho - 1).astype(np.int64),
                            minlength=ho) + 1.0
         edges = _split_rows(work, 0, ho, threads)
-        k.scatter_points(src, xy, node_m, pos, np.ascontiguousarray(rows), _strip_rows(edges, ho), acc, row0)
+        kern.scatter_points(src, xy, node_m, pos, np.ascontiguousarray(rows), _strip_rows(edges, ho), acc, row0)
         _poll(poll)

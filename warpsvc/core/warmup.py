@@ -8,14 +8,16 @@ cache next to the package (``__pycache__``) when that folder is writable, else i
 cache folder. Afterwards the first call of each kernel in a fresh process loads machine code
 instead of compiling it (seconds -> tens of milliseconds; see ``benchmarks/bench_cold_start.py``).
 
-It runs real (small) warps through every path, so it compiles exactly the signatures the
-library dispatches: the antialias scatter (matrix and generic paths, uniform and mixed node
-density) for each dtype, and tier 1 of the projective conserve factor
-(:func:`._scale_kernels.compile_tier1`, all four dtypes), so that in the process that ran the
-warm-up (a server's) every conserving homography uses tier 1 at once, and in later processes
-the background upgrade only loads it. The other conserve scalings and the polar maps are
-numpy / OpenCV over strips: nothing to compile; the warm-up still runs them (it checks every
-path once). Run it in its own
+It loads tier 1 of the antialias scatter (:func:`.antialias.compile_tier1`: the five compiled
+kernels; every source is float64 there, so one signature each) and of the projective conserve
+factor (:func:`._scale_kernels.compile_tier1`, all four dtypes), then runs real (small) warps
+through every path (the antialias scatter's matrix and generic paths, uniform and mixed node
+density, for each dtype), so that in the process that ran the warm-up (a server's) every
+antialiased warp and every conserving homography uses tier 1 at once, and in later processes
+the background upgrades only load them (the first calls run tier 0, numpy, meanwhile).
+Antialiased calls of other threads made while it loads the kernels wait for it. The other
+conserve scalings and the polar maps are numpy / OpenCV over strips: nothing to compile; the
+warm-up still runs them (it checks every path once). Run it in its own
 process (as the command above does), not in a server's parent process before it forks: the
 OpenMP thread pool the parallel kernels start does not survive a fork.
 """
@@ -41,14 +43,16 @@ def _cases():
 
 def warm(verbose: bool = False) -> float:
     """Compile (or load) every kernel signature; returns the seconds it took."""
-    from . import _scale_kernels, threads
+    from . import _scale_kernels, antialias, threads
     from .warp import warp
 
     t0 = time.perf_counter()
     previous = threads._chosen
     threads.set_threads(1, opencv=False)  # compiling does not depend on the count
     try:
-        _scale_kernels.compile_tier1()
+        with antialias.warming_up():  # antialiased calls of other threads wait for these loads
+            _scale_kernels.compile_tier1()
+            antialias.compile_tier1()
         aff, hom, pol, comp = _cases()
         for dtype in DTYPES:
             img = (np.arange(40 * 36 * 3).reshape(40, 36, 3) % 200).astype(dtype)

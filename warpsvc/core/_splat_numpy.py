@@ -1,0 +1,379 @@
+"""Tier 0 of the antialiased scatter: the kernels of :mod:`._splat_kernels` in numpy, with the
+same arguments and bit-identical results (see :mod:`.antialias` for the math and for when
+each tier runs).
+
+Why: numba's one-time cost in a fresh process (importing it, its typing context, loading the
+cached machine code, starting its thread pool: 0.5-0.9 s) is far above the 150 ms target for
+a first call; these functions import nothing but numpy, so the first antialiased warps of a
+process run here while tier 1 is loaded in a background thread.
+
+Bit-identical, not merely close: every node's position, half-widths, footprint shares and
+weights are computed with the same IEEE operations in the same order as the compiled loops
+(which are compiled without fast-math for that reason: no FMA contraction, no reassociation,
+no approximate reciprocals), and the deposits are added with ``np.add.at`` in the compiled
+kernels' order (node order, which is also each output pixel's order there), so every sum
+receives the same terms in the same order. A zero share adds an exact 0 in the compiled
+kernels (or is skipped there); here it is always skipped: the same sums (``x + 0 = x``, and
+an accumulator never holds ``-0``). Tests: ``tests/test_antialias_tiers.py``.
+
+Vectorised over nodes, looping in Python only over blocks (to list their nodes) and over the
+footprint's 3x3 offsets; work is done in chunks of at most :data:`CHUNK_NODES` nodes, so the
+temporaries stay within :func:`chunk_bytes` (~1.3 MB; :func:`.antialias.plan` counts it for the
+matrix path; the generic path's are within its own node chunks' allowance). Each numpy call
+releases the GIL inside its loop and lasts well under a millisecond, so other Python threads
+keep running. Single-threaded (a first call; tier 1 is parallel).
+
+The compiled kernels' skips (node rows that miss a strip, runs of zero values, the ``_reaches``
+test) only save work: a skipped node deposits nothing there either. Strips do not exist here:
+a scatter call covers the rows of all its strips at once, visiting each listed block once.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+PAD = 2  # zero rows / columns around a source window
+BLOCK = 32  # block side (source pixels)
+GUARD = 4  # accumulator ring (output pixels)
+
+CHUNK_NODES = 1 << 11  # nodes per vectorised chunk of the matrix scatter
+POINT_CHUNK_NODES = 1 << 15  # of the generic scatter (within the allowance of its node chunks)
+BYTES_PER_NODE = 512  # temporaries per node of a chunk (geometry, 9 deposits' indices and weights) ...
+BYTES_PER_NODE_CHANNEL = 64  # ... plus per channel (tracemalloc peaks: see tests)
+
+
+def chunk_bytes(nodes: int, channels: int) -> int:
+    """Working memory of one matrix-scatter chunk (counted in the plan's ``working_bytes``)."""
+    return min(int(nodes), CHUNK_NODES) * (BYTES_PER_NODE + BYTES_PER_NODE_CHANNEL * channels)
+
+
+def _block_nodes(y0, x0, m, y_end, h, w):
+    """``(sx, sy)`` of a block's nodes (pixel rows ``y0 .. min(y_end, h) - 1``) in the compiled
+    kernels' order: node rows ``iy + ky/m`` outer, node columns ``(x0 + i) + kx/m`` inner."""
+    inv_m = 1.0 / m
+    frac = np.arange(m) * inv_m  # kx * inv_m
+    xs = (np.arange(x0, min(x0 + BLOCK, w), dtype=np.float64)[:, None] + frac[None, :]).ravel()
+    ys = (np.arange(y0, min(y_end, h), dtype=np.float64)[:, None] + frac[None, :]).ravel()
+    return np.tile(xs, len(ys)), np.repeat(ys, len(xs))
+
+
+def _gather(src, r, c, pad_checked: bool):
+    """``src[r, c, :]`` as ``(N, C)``, 0 where ``(r, c)`` lies outside the array (unless the
+    caller knows every index is inside: a padded window)."""
+    if pad_checked:
+        return src[r, c]
+    inside = (r >= 0) & (c >= 0) & (r < src.shape[0]) & (c < src.shape[1])
+    out = src[np.where(inside, r, 0), np.where(inside, c, 0)]
+    out[~inside] = 0.0
+    return out
+
+
+def node_values(src, sx, sy, row0, pad, inside_known=False):
+    """Bilinear values ``(N, C)`` of the source window at nodes ``(sx, sy)`` (``_node_value`` /
+    ``_node_value_at``): a pixel centre reads its pixel, other nodes
+    ``(1 - fy) ((1 - fx) a + fx b) + fy ((1 - fx) c + fx d)``; 0 outside the array."""
+    fx0, fy0 = np.floor(sx), np.floor(sy)
+    fx, fy = sx - fx0, sy - fy0
+    r = fy0.astype(np.int64) + (pad - row0)
+    c = fx0.astype(np.int64) + pad
+    a = _gather(src, r, c, inside_known)
+    centre = (fx == 0.0) & (fy == 0.0)
+    if centre.all():
+        return a
+    b = _gather(src, r, c + 1, inside_known)
+    cc = _gather(src, r + 1, c, inside_known)
+    d = _gather(src, r + 1, c + 1, inside_known)
+    gx, gy = (1 - fx)[:, None], (1 - fy)[:, None]
+    fx, fy = fx[:, None], fy[:, None]
+    with np.errstate(invalid="ignore", over="ignore"):
+        v = gy * (gx * a + fx * b) + fy * (gx * cc + fx * d)
+    v[centre] = a[centre]
+    return v
+
+
+def _shares(p, half):
+    """``(i0, s (3, N))``: the compiled ``_axis_shares`` / ``_triangle_shares``, same operations."""
+    i0 = np.floor(p - half + 0.5)
+    inv = 1.0 / half
+    u0 = np.clip((i0 + 0.5 - p) * inv, -1.0, 1.0)
+    u1 = np.clip((i0 + 1.5 - p) * inv, -1.0, 1.0)
+    c0 = 0.5 + u0 * (1.0 - 0.5 * np.abs(u0))
+    c1 = 0.5 + u1 * (1.0 - 0.5 * np.abs(u1))
+    return i0, (c0, c1 - c0, 1.0 - c1)
+
+
+def _deposit(acc, values, px, py, hx, hy, scale, row_lo, row_hi):
+    """Add ``values[k, ch] * ((sx_dx sy_dy) scale_k)`` at accumulator pixel ``(iy0 + dy + G,
+    ix0 + dx + G)`` for every node ``k`` and offsets ``dx, dy in 0..2`` whose two shares are
+    non-zero, inside rows ``[row_lo, row_hi)`` and the accumulator's columns; node-major order
+    (each pixel receives its deposits in node order, as in the compiled kernels)."""
+    if len(px) == 0:
+        return
+    ix0, sx = _shares(px, hx)
+    iy0, sy = _shares(py, hy)
+    ix0 = ix0.astype(np.int64) + GUARD
+    iy0 = iy0.astype(np.int64) + GUARD
+    wa, nch = acc.shape[1], acc.shape[2]
+    idx, wgt = np.empty((len(px), 3, 3), np.int64), np.empty((len(px), 3, 3))
+    ok = np.empty((len(px), 3, 3), dtype=bool)
+    for dy in range(3):
+        yy = iy0 + dy
+        row_ok = (sy[dy] != 0.0) & (yy >= row_lo) & (yy < row_hi)
+        for dx in range(3):
+            xx = ix0 + dx
+            ok[:, dy, dx] = row_ok & (sx[dx] != 0.0) & (xx >= 0) & (xx < wa)
+            idx[:, dy, dx] = (yy * wa + xx) * nch
+            np.multiply(sx[dx] * sy[dy], scale, out=wgt[:, dy, dx])
+    sel = ok.ravel()
+    idx, wgt = idx.ravel()[sel], wgt.ravel()[sel]
+    node = np.repeat(np.arange(len(px)), 9)[sel]
+    flat = acc.reshape(-1)
+    with np.errstate(invalid="ignore", over="ignore"):
+        for ch in range(nch):
+            np.add.at(flat, idx + ch if ch else idx, values[node, ch] * wgt)
+
+
+def _block_pieces(src, block, h, w, row0, pad):
+    """The block's live nodes (value not 0 in every channel) as ``(sx, sy, values (N, C),
+    1 / m)`` pieces of at most :data:`CHUNK_NODES` nodes each (runs of node rows), in node
+    order. ``m = 1``: the nodes are the pixel centres, their values the pixels (one slice of
+    the window per piece, 0 outside the array)."""
+    y0, x0, m = (int(v) for v in block)
+    inv_m = 1.0 / m
+    xs = (np.arange(x0, min(x0 + BLOCK, w), dtype=np.float64)[:, None] + np.arange(m) * inv_m).ravel()
+    ys = (np.arange(y0, min(y0 + BLOCK, h), dtype=np.float64)[:, None] + np.arange(m) * inv_m).ravel()
+    per = max(1, CHUNK_NODES // max(1, len(xs)))  # node rows per piece (one node row <= 32 x 64 nodes)
+    for a in range(0, len(ys), per):
+        if m == 1:
+            r = np.arange(y0 + a, min(y0 + a + per, y0 + len(ys))) + (pad - row0)
+            c = np.arange(x0, x0 + len(xs)) + pad
+            v = _gather(src, r[:, None], c[None, :], False)
+            iy, ix = np.nonzero((v != 0.0).any(axis=2))
+            if len(iy):
+                yield xs[ix], ys[a + iy], v[iy, ix], inv_m
+            continue
+        sy = np.repeat(ys[a:a + per], len(xs))
+        sx = np.tile(xs, len(sy) // len(xs))
+        vals = node_values(src, sx, sy, row0, pad)
+        live = (vals != 0.0).any(axis=1)
+        if live.any():
+            yield sx[live], sy[live], vals[live], inv_m
+
+
+def _live_chunks(src, blocks, ids, h, w, row0, pad):
+    """``(sx, sy, inv_m, values)`` of the live nodes of blocks ``ids``, in node order, in chunks
+    of at most :data:`CHUNK_NODES` nodes."""
+    pending, count = [], 0
+    for b in ids:
+        for piece in _block_pieces(src, blocks[b], h, w, row0, pad):
+            if count + len(piece[0]) > CHUNK_NODES and pending:
+                yield _joined(pending)
+                pending, count = [], 0
+            pending.append(piece)
+            count += len(piece[0])
+    if pending:
+        yield _joined(pending)
+
+
+def _joined(pieces):
+    return (np.concatenate([p[0] for p in pieces]), np.concatenate([p[1] for p in pieces]),
+            np.concatenate([np.full(len(p[0]), p[3]) for p in pieces]), np.concatenate([p[2] for p in pieces]))
+
+
+def scatter_matrix(src, blocks, strip_rows, strip_ptr, strip_blocks, h, w, mat, acc, row0, pad):
+    """:func:`._splat_kernels.scatter_matrix` in numpy: the listed blocks (each once, in global
+    block order) deposit into the rows of all strips, ``[strip_rows[0, 0], strip_rows[-1, 1])``."""
+    ho, wo = acc.shape[0] - 2 * GUARD, acc.shape[1] - 2 * GUARD
+    row_lo, row_hi = int(strip_rows[0, 0]), int(strip_rows[-1, 1])
+    (m00, m01, m02), (m10, m11, m12), (m20, m21, m22) = (tuple(float(v) for v in row) for row in mat)
+    ids = np.unique(strip_blocks[strip_ptr[0]:strip_ptr[-1]])
+    for sx, sy, inv_m, vals in _live_chunks(src, blocks, ids, h, w, row0, pad):
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            cx, cy, cw = m01 * sy + m02, m11 * sy + m12, m21 * sy + m22
+            ww = m20 * sx + cw
+            rw = 1.0 / ww
+            px = (m00 * sx + cx) * rw
+            py = (m10 * sx + cy) * rw
+            a0, a1 = m00 - px * m20, m01 - px * m21
+            b0, b1 = m10 - py * m20, m11 - py * m21
+            sc = rw * inv_m
+            hx = np.clip(np.sqrt(a0 * a0 + a1 * a1) * sc, 1e-9, 1.0)
+            hy = np.clip(np.sqrt(b0 * b0 + b1 * b1) * sc, 1e-9, 1.0)
+            keep = (ww > 0.0) & (px >= -3.0) & (py >= -3.0) & (px <= wo + 2) & (py <= ho + 2)
+            area = inv_m * inv_m
+            _deposit(acc, vals[keep], px[keep], py[keep], hx[keep], hy[keep], area[keep], row_lo, row_hi)
+
+
+def list_nodes(pieces, first, h, w, out_xy, out_m):
+    """:func:`._splat_kernels.list_nodes` in numpy (the same node coordinates, same order)."""
+    for b in range(pieces.shape[0]):
+        y0, x0, m, y1 = (int(v) for v in pieces[b])
+        sx, sy = _block_nodes(y0, x0, m, y1, h, w)
+        n = int(first[b])
+        out_xy[n:n + len(sx), 0] = sx
+        out_xy[n:n + len(sx), 1] = sy
+        out_m[n:n + len(sx)] = m
+
+
+def scatter_points(src, node_xy, node_m, pos, rows, strip_rows, acc, row0):
+    """:func:`._splat_kernels.scatter_points` in numpy, in chunks of :data:`POINT_CHUNK_NODES` nodes."""
+    ho, wo = acc.shape[0] - 2 * GUARD, acc.shape[1] - 2 * GUARD
+    row_lo, row_hi = int(strip_rows[0, 0]), int(strip_rows[-1, 1])
+    for a in range(0, node_xy.shape[0], POINT_CHUNK_NODES):
+        sl = slice(a, a + POINT_CHUNK_NODES)
+        px, py = pos[sl, 0], pos[sl, 1]
+        keep = (px > -3.0) & (py > -3.0) & (px < wo + 2) & (py < ho + 2)  # also rejects NaN
+        if not keep.any():
+            continue
+        xy = node_xy[sl][keep]
+        vals = node_values(src, xy[:, 0], xy[:, 1], row0, PAD, inside_known=True)
+        live = (vals != 0.0).any(axis=1)
+        sel = np.nonzero(keep)[0][live]
+        if len(sel) == 0:
+            continue
+        inv_m = 1.0 / node_m[sl][sel]
+        hx, hy = rows[sl][sel, 0] * inv_m, rows[sl][sel, 1] * inv_m
+        hx = np.where(hx < np.inf, hx, 1.0)  # singular point (a pole) or NaN: widest footprint
+        hy = np.where(hy < np.inf, hy, 1.0)
+        hx = np.minimum(np.maximum(hx, 1e-9), 1.0)
+        hy = np.minimum(np.maximum(hy, 1e-9), 1.0)
+        _deposit(acc, vals[live], px[sel], py[sel], hx, hy, inv_m * inv_m, row_lo, row_hi)
+
+
+_SEQUENCES: dict = {}
+_FOLD_VALUES = 1 << 16  # values per np.add.accumulate call of the tent sums (0.5 MB)
+
+
+def _tent_sequence(m: int, row_kind: int, col_kind: int) -> np.ndarray:
+    """The terms one block adds to one of its sums, in the compiled loop's order, for a sum on
+    the block's first (``kind 0``), inner (1) or last (2) pixel row / column of its footprint.
+
+    The loop visits node pixel rows ``iy``, node rows ``ky``, pixel columns ``ix``, node
+    columns ``kx`` and adds to the sums at ``(iy, ix)`` ``(1 - fy)(1 - fx) a``, ``(iy, ix + 1)``
+    ``(1 - fy) fx a``, ``(iy + 1, ix)`` ``fy (1 - fx) a``, ``(iy + 1, ix + 1)`` ``fy fx a``
+    (``f = k / m``, ``a = 1 / m^2``). So sum ``(R, C)`` receives, in order: from ``iy = R - 1``
+    (not on the first row), per ``ky``: the ``kx`` terms of ``ix = C - 1`` (not on the first
+    column) then those of ``ix = C`` (not on the last); then the same from ``iy = R`` (not on
+    the last row) with ``1 - fy``. Cached."""
+    key = (m, row_kind, col_kind)
+    seq = _SEQUENCES.get(key)
+    if seq is None:
+        inv_m = 1.0 / m
+        area = inv_m * inv_m
+        f = np.arange(m) * inv_m
+        g = 1 - f
+        parts = []
+        for lower, fy in ((True, f), (False, g)):  # iy = R - 1 (corners 2, 3), then iy = R (corners 0, 1)
+            if (lower and row_kind == 0) or (not lower and row_kind == 2):
+                continue
+            cols = []
+            if col_kind != 0:
+                cols.append(fy[:, None] * f[None, :] * area)  # ix = C - 1: the pixel is its + 1 corner
+            if col_kind != 2:
+                cols.append(fy[:, None] * g[None, :] * area)  # ix = C
+            parts.append(np.concatenate(cols, axis=1).ravel())  # (ky, [ix, kx])
+        seq = _SEQUENCES[key] = np.concatenate(parts)
+    return seq
+
+
+def _fold(flat, idx, seq) -> None:
+    """``flat[i] = (((flat[i] + seq[0]) + seq[1]) + ...)`` for every (distinct) index ``i`` of
+    ``idx``: a left-to-right ``np.add.accumulate`` per row (sequential, not pairwise)."""
+    per = max(1, _FOLD_VALUES // (len(seq) + 1))
+    for a in range(0, len(idx), per):
+        part = idx[a:a + per]
+        run = np.empty((len(part), len(seq) + 1))
+        run[:, 0] = flat[part]
+        run[:, 1:] = seq
+        np.add.accumulate(run, axis=1, out=run)
+        flat[part] = run[:, -1]
+
+
+def _kind_indices(kind: int, n: int) -> np.ndarray:
+    """Footprint offsets ``0 .. n`` (``n`` node pixels: ``n + 1`` sums) of a row / column kind."""
+    return np.array([0]) if kind == 0 else (np.arange(1, n) if kind == 1 else np.array([n]))
+
+
+def tent_sums(blocks, row_ptr, block_rows, h, w, sums, iy_lo, iy_hi, row0):
+    """:func:`._splat_kernels.tent_sums` in numpy, the same terms added in the same order to
+    every sum, without listing them one by one.
+
+    A call's block rows have one parity: they share no sum row, and each block shares sums
+    only with its left and right neighbours (its first / last footprint column), where the
+    compiled loop adds the left block's terms first. So: first the inner and last columns of
+    every block, then their first columns; each sum is folded from its current value through
+    its block's sequence (:func:`_tent_sequence`: one of nine per ``m``). A block's inner sums
+    start at 0 (no other block reaches them): their fold is one value per ``m``."""
+    bl = np.concatenate([np.arange(row_ptr[br], row_ptr[br + 1]) for br in block_rows]) if len(block_rows) else []
+    if len(bl) == 0:
+        return
+    y0, x0, m = blocks[bl, 0], blocks[bl, 1], blocks[bl, 2]
+    iy0 = np.maximum(y0, iy_lo)
+    n_r = np.minimum(np.minimum(y0 + BLOCK, h), iy_hi) - iy0
+    n_c = np.minimum(x0 + BLOCK, w) - x0
+    ok = (n_r > 0) & (n_c > 0)
+    wp = sums.shape[1]
+    flat = sums.reshape(-1)
+    base = (iy0 + PAD - row0) * wp + x0 + PAD  # flat index of each block's first sum
+    groups = np.unique(np.stack([m[ok], n_r[ok], n_c[ok]], 1), axis=0)
+    for col_kinds in ((1, 2), (0,)):
+        for mv, nr, nc in groups:
+            group = np.nonzero(ok & (m == mv) & (n_r == nr) & (n_c == nc))[0]
+            for g0 in range(0, len(group), 64):  # <= 64 blocks at once: index arrays <= 0.5 MB
+                _tent_group(flat, base[group[g0:g0 + 64]], int(mv), int(nr), int(nc), wp, col_kinds)
+
+
+def _tent_group(flat, bases, mv, nr, nc, wp, col_kinds) -> None:
+    """The sums of the footprint columns ``col_kinds`` of blocks with first sums ``bases``
+    (all with node factor ``mv``, ``nr`` x ``nc`` node pixels)."""
+    for row_kind in (0, 1, 2):
+        rows = _kind_indices(row_kind, nr)
+        for col_kind in col_kinds:
+            rel = (rows[:, None] * wp + _kind_indices(col_kind, nc)[None, :]).ravel()
+            if len(rel) == 0:
+                continue
+            idx = (bases[:, None] + rel[None, :]).ravel()
+            seq = _tent_sequence(mv, row_kind, col_kind)
+            if row_kind == 1 and col_kind == 1:  # inner sums: from 0, one value
+                flat[idx] = np.add.accumulate(np.concatenate([[0.0], seq]))[-1]
+            else:
+                _fold(flat, idx, seq)
+
+
+def matrix_layout(mat, side, by, bx, n, stretch, lo, hi, finite, dead):
+    """:func:`._splat_kernels.matrix_layout` in numpy (the same IEEE operations, vectorised over
+    blocks and grid points)."""
+    t = by.shape[0], bx.shape[0]
+    steps = np.arange(n) / (n - 1)  # a / (n - 1)
+    ys = by[:, None] + BLOCK * steps[None, :]  # (nby, n)
+    xs = bx[:, None] + BLOCK * steps[None, :]  # (nbx, n)
+    # points (i, j, a, c): y = ys[i, a], x = xs[j, c]
+    y = np.broadcast_to(ys[:, None, :, None], (t[0], t[1], n, n))
+    x = np.broadcast_to(xs[None, :, None, :], (t[0], t[1], n, n))
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        wv = x * mat[2, 0] + y * mat[2, 1] + mat[2, 2]
+        nz = wv != 0.0
+        px = np.where(nz, (x * mat[0, 0] + y * mat[0, 1] + mat[0, 2]) / wv, np.nan)
+        py = np.where(nz, (x * mat[1, 0] + y * mat[1, 1] + mat[1, 2]) / wv, np.nan)
+        ok = np.isfinite(px) & np.isfinite(py)
+        ws = x * side[2, 0] + y * side[2, 1] + side[2, 2]
+        jac = []
+        for num in ((mat[0, 0] - px * mat[2, 0]), (mat[0, 1] - px * mat[2, 1]),
+                    (mat[1, 0] - py * mat[2, 0]), (mat[1, 1] - py * mat[2, 1])):
+            j = np.where(nz, num / wv, 0.0)
+            jac.append(np.where(np.isfinite(j), j, 0.0))
+        j00, j01, j10, j11 = jac
+        fro = j00 * j00 + j01 * j01 + j10 * j10 + j11 * j11
+        det = j00 * j11 - j01 * j10
+        s2 = 0.5 * (fro + np.sqrt(np.maximum(fro * fro - 4.0 * det * det, 0.0)))
+        s = np.where(np.isfinite(s2), np.sqrt(s2), np.inf)
+    nb = t[0] * t[1]
+    stretch[:] = np.maximum(s.reshape(nb, -1).max(axis=1), 0.0)
+    okb = ok.reshape(nb, -1)
+    any_ok = okb.any(axis=1)
+    for k, (coord, out, red, start) in enumerate(((px, lo, np.min, np.inf), (py, lo, np.min, np.inf),
+                                                  (px, hi, np.max, -np.inf), (py, hi, np.max, -np.inf))):
+        vals = red(np.where(okb, coord.reshape(nb, -1), start), axis=1)
+        out[:, k % 2] = np.where(any_ok, vals, np.nan)
+    finite[:] = (okb & (ws.reshape(nb, -1) > 0.0)).all(axis=1)
+    dead[:] = (ws.reshape(nb, -1) <= 0.0).all(axis=1)
