@@ -68,7 +68,8 @@ def peak_margin(t_pyr, i_pyr, W, affine: bool, side: int | None = None) -> float
     """:data:`margin <MIN_MARGIN>` of the correlation peak at ``W`` (level-0 ``image_from_template``),
     ``inf`` when it cannot be judged (masked template, no shift window, no competing peak).
     ``side``: largest template side of the level used (default :data:`CHECK_SIDE`)."""
-    return margins(t_pyr, i_pyr, W, affine, side)[0]
+    aligned = _aligned(t_pyr, i_pyr, W, affine, _level(t_pyr, CHECK_SIDE if side is None else side))
+    return float("inf") if aligned is None else _peak(*aligned)
 
 
 def margins(t_pyr, i_pyr, W, affine: bool, side: int | None = None, outliers=None) -> tuple[float, float]:
