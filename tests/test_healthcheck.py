@@ -138,14 +138,23 @@ def test_draining_server_is_not_serving():
     from warpsvc.v1 import warp_pb2 as pb
     from warpsvc.v1 import warp_pb2_grpc
 
+    from test_metrics import scrape, value
+    from test_service_metrics import free_port
+
     slow = pb.JacobianDeterminantRequest(transforms=polar_chain(16, 1000),
                                          output_shape=pb.ImageSize(height=1000, width=1000))
-    with ServerProcess("--port", "0", "--grace-seconds", "30", "--max-output-pixels", str(1 << 20)) as srv:
+    metrics_port = free_port()
+    with ServerProcess("--port", "0", "--grace-seconds", "30", "--max-output-pixels", str(1 << 20),
+                       env={"WARPSVC_METRICS_PORT": str(metrics_port)}) as srv:
         wait_serving(srv.target)
         assert probe(srv.target).returncode == 0
         with grpc.insecure_channel(srv.target, options=BIG_MESSAGES) as channel:
             call = warp_pb2_grpc.WarpServiceStub(channel).JacobianDeterminant.future(slow, timeout=60)
-            time.sleep(0.5)  # the call reaches its handler (it runs for seconds)
+            # SIGTERM once the call runs in its handler (it runs for seconds), not after a fixed sleep
+            deadline = time.monotonic() + 30
+            while value(scrape(metrics_port), "warpsvc_rpcs_in_flight", grpc_method="JacobianDeterminant") < 1:
+                assert time.monotonic() < deadline and not call.done()
+                time.sleep(0.02)
             assert not call.done()
             srv.signal(signal.SIGTERM)
             time.sleep(0.3)

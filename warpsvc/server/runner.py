@@ -30,10 +30,15 @@ import signal
 import socket
 import sys
 import threading
+import time
 
 from .settings import Settings
 
 log = logging.getLogger("warpsvc.server")
+
+# Seconds a worker that drained calls stays up after gRPC stopped, for the transport to flush
+# their last responses (see _serve_until_signal).
+EXIT_LINGER = 0.5
 
 
 # glibc mallopt parameters (malloc.h).
@@ -128,7 +133,13 @@ def _serve_until_signal(srv, settings: Settings, index: int, stop: threading.Eve
         pass
     log.info("worker %d draining: health NOT_SERVING, up to %.1f s for in-flight calls", index,
              settings.grace_seconds)
+    had_calls = srv.gate.active > 0
     srv.stop().wait()
+    if had_calls:
+        # gRPC counts a call done once its response is queued on the transport, not sent: exiting
+        # at once closed the socket under a large unsent response (the client saw a connection
+        # reset instead of its 8 MB JacobianDeterminant, ~1 run in 20). Let the transport flush.
+        time.sleep(EXIT_LINGER)
     log.info("worker %d stopped", index)
     return 0
 
