@@ -87,11 +87,15 @@ def run_worker(settings: Settings, index: int = 0) -> int:
     tracing = setup_tracing()
     try:
         srv = build_server(settings, tracing=tracing)
-        srv.start()
-        if settings.warm_up:
-            # After SERVING, off the critical path: the first conserving/antialiased call then
-            # finds the compiled kernels loaded (warpsvc.core.warmup; numba's on-disk cache).
-            threading.Thread(target=_warm_up, args=(index,), name="warpsvc-warm-up", daemon=True).start()
+        warming, mark = _begin_warm_up(index) if settings.warm_up else (None, None)
+        try:
+            srv.start()
+        except BaseException:
+            if mark is not None:
+                mark.close()
+            raise
+        if warming is not None:
+            warming.start()
         return _serve_until_signal(srv, settings, index, stop)
     finally:
         tracing.shutdown()
@@ -114,13 +118,35 @@ def configure_threads(settings: Settings) -> None:
     threadpool_limits(limits=settings.blas_threads, user_api="blas")
 
 
-def _warm_up(index: int) -> None:
+def _begin_warm_up(index: int):
+    """``(thread, mark)``: the worker's warm-up thread, not started yet, and the mark that says a
+    warm-up is under way, set already (``mark.close()`` clears it; the thread does when done).
+
+    It runs after SERVING, off the critical path: the first conserving / antialiased calls then
+    find the compiled kernels loaded (:func:`warpsvc.core.warmup.warm`; numba's on-disk cache).
+    Antialiased calls made while a warm-up runs wait for it (``antialias.warming_up``) instead of
+    starting a second, concurrent load; the mark is set *here*, before the server starts, so a
+    request that arrives before the thread is scheduled waits too (it used to run the numpy tier
+    and start the background upgrade beside the warm-up). The thread clears the mark when done."""
+    import contextlib
+
+    from warpsvc.core import antialias
+
+    mark = contextlib.ExitStack()
+    mark.enter_context(antialias.warming_up())
+    return threading.Thread(target=_warm_up, args=(index, mark), name="warpsvc-warm-up", daemon=True), mark
+
+
+def _warm_up(index: int, mark=None) -> None:
     from warpsvc.core.warmup import warm
 
     try:
         log.info("worker %d warmed the compiled kernels in %.2f s", index, warm())
     except Exception:  # pragma: no cover - a warm-up failure must not stop serving
         log.exception("worker %d: warm-up failed (first calls will compile)", index)
+    finally:
+        if mark is not None:
+            mark.close()
 
 
 def _serve_until_signal(srv, settings: Settings, index: int, stop: threading.Event) -> int:
