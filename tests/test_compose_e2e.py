@@ -294,6 +294,11 @@ def test_replicas_healthy_non_root_limited_and_published_on_loopback(stack):
         procs = run(["docker", "top", cid, "-o", "pid,args"]).stdout.splitlines()[1:]
         assert sum("python" in ln and "warpsvc serve" in ln for ln in procs) == 1, procs
         assert sum("docker-init" in ln for ln in procs) == 1, procs
+        # The image's numba cache works for the runtime user: a new process loads every kernel
+        # signature instead of compiling it (the image once shipped an empty cache: every replica
+        # compiled for ~17 s and its first antialiased Warp waited for that).
+        check = run(["docker", "exec", cid, "python", "-m", "warpsvc.core.warmup", "--check"], check=False)
+        assert check.returncode == 0 and "loaded from numba's cache" in check.stdout, check
         ports.append(stack.published_port(cid))
         # The image's own health probe, from the host, through the published loopback port.
         probe = run([sys.executable, "-m", "warpsvc.healthcheck", f"127.0.0.1:{ports[-1]}"], check=False)
