@@ -179,8 +179,10 @@ def point_maps(points: np.ndarray):
     rows = -(-n // REMAP_ROW)
     xy = np.zeros((rows * REMAP_ROW, 2), np.float32)
     xy[:n] = points[:, :2]
-    x0, y0 = points[:, :2].min(axis=0).tolist()
-    x1, y1 = points[:, :2].max(axis=0).tolist()
+    # Per column (1-D reductions): ``points[:, :2].min(axis=0)`` on the strided (n, 2) view
+    # costs ~0.45 ms for 2e4 points, 30x this; four of them were ~20 % of a 640x480 align.
+    px, py = points[:, 0], points[:, 1]
+    x0, y0, x1, y1 = float(px.min()), float(py.min()), float(px.max()), float(py.max())
     return xy.reshape(rows, REMAP_ROW, 2), ((x0, y0), (x1, y0), (x1, y1), (x0, y1))
 
 
