@@ -530,6 +530,22 @@ def _nonzero_reads(src):
     return out
 
 
+def _map_and_row_norms(t, xy):
+    """``(t.map(xy), n)``, C-contiguous ``(n, 2)``, with ``n[:, i]`` the norm of row ``i`` of
+    ``t``'s Jacobian at each node: a transform's own ``map_and_row_norms`` when it has one
+    (polar: closed form, no ``(n, 2, 2)`` Jacobian), else from ``map`` and ``jacobian``."""
+    fused = getattr(t, "map_and_row_norms", None)
+    if fused is not None:
+        pos, rows = fused(xy)
+        return np.ascontiguousarray(pos), np.ascontiguousarray(rows)
+    pos = np.ascontiguousarray(t.map(xy))
+    jac = t.jacobian(xy)
+    rows = np.empty((len(jac), 2))
+    np.hypot(jac[:, 0, 0], jac[:, 0, 1], out=rows[:, 0])
+    np.hypot(jac[:, 1, 0], jac[:, 1, 1], out=rows[:, 1])
+    return pos, rows
+
+
 def _scatter_generic(src, row0, p: ScatterPlan, blocks: slice, h, w, dst_from_src, acc, poll, tiers=None):
     """Nodes listed in chunks, mapped by the transform in numpy, deposited by the kernel; a
     chunk holds ``CHUNK_NODES / steps`` nodes of a chain of ``steps`` (so each costs about the
@@ -559,13 +575,10 @@ def _scatter_generic(src, row0, p: ScatterPlan, blocks: slice, h, w, dst_from_sr
                 _poll(poll)
                 continue
         with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-            pos = np.ascontiguousarray(dst_from_src.map(xy))
-            jac = dst_from_src.jacobian(xy)
-        rows = np.stack([np.hypot(jac[:, 0, 0], jac[:, 0, 1]), np.hypot(jac[:, 1, 0], jac[:, 1, 1])], 1)
-        del jac
+            pos, rows = _map_and_row_norms(dst_from_src, xy)
         threads = kernel_threads(total)
         work = np.bincount(np.clip(np.nan_to_num(pos[:, 1], nan=-1.0), 0, ho - 1).astype(np.int64),
                            minlength=ho) + 1.0
         edges = _split_rows(work, 0, ho, threads)
-        kern.scatter_points(src, xy, node_m, pos, np.ascontiguousarray(rows), _strip_rows(edges, ho), acc, row0)
+        kern.scatter_points(src, xy, node_m, pos, rows, _strip_rows(edges, ho), acc, row0)
         _poll(poll)
