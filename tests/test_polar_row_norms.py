@@ -51,19 +51,11 @@ def test_antialiased_polar_warp_unchanged_by_the_closed_form(monkeypatch, log):
 
 
 def test_generic_fallback_gives_contiguous_norms():
-    class NoFused:
-        def __init__(self, t):
-            self.t = t
-
-        def map(self, xy):
-            return self.t.map(xy)
-
-        def jacobian(self, xy):
-            return self.t.jacobian(xy)
+    from test_warp_opencv import NotAMatrix  # map + jacobian only: no fused method
 
     t = PolarTransform((5.0, 5.0), 4.0, (16, 8))
     xy = np.array([[1.0, 2.0], [7.0, 3.5], [4.0, 9.0]])
-    pos, rows = antialias._map_and_row_norms(NoFused(t), xy)
+    pos, rows = antialias._map_and_row_norms(NotAMatrix(t), xy)
     want_pos, want_rows = _oracle(t, xy)
     assert rows.flags.c_contiguous and pos.flags.c_contiguous
     np.testing.assert_array_equal(pos, want_pos)
