@@ -120,6 +120,32 @@ def test_tier0_matches_the_reference_scatter(monkeypatch, case):
     np.testing.assert_allclose(ours, ref, rtol=1e-12, atol=1e-12 * np.abs(ref).max())
 
 
+def test_non_finite_values_behind_the_horizon_deposit_nothing(monkeypatch):
+    """Nodes with ``w <= 0`` (beyond the horizon: not part of the source's image) are skipped
+    whatever their value. Here the straddling block's row-0 nodes behind the horizon map to
+    ``py = 0`` inside the output; tier 1 used to send a non-finite value of such a node to the
+    general deposits, which spread NaN over 65 output pixels. Oracle: the same source with those
+    pixels finite, bit for bit, in both tiers."""
+    t = HomographyTransform([[-1, 0, 60], [0, 1, 0], [-0.02, 0, 1]])  # horizon at x = 50
+    h, w, shape = 6, 90, (40, 200)
+    img = np.random.default_rng(3).random((h, w)) * 100
+    side = antialias.source_side_matrix(t, h, w)
+    yy, xx = np.mgrid[0:h, 0:w]
+    behind = side[2, 0] * xx + side[2, 1] * yy + side[2, 2] <= 0
+    bad = img.copy()
+    bad[behind] = np.where(np.arange(behind.sum()) % 2, np.nan, np.inf)
+    p = antialias.plan(t, img.shape, shape, 1, with_coverage=False)
+
+    def scatter(a):
+        return antialias.scatter(antialias.padded_source(a[:, :, None], False), p, t, shape)[:, :, 0]
+
+    finite = scatter(img)
+    assert np.isfinite(finite).all() and finite.max() > 0
+    np.testing.assert_array_equal(scatter(bad), finite)
+    tier0(monkeypatch)
+    np.testing.assert_array_equal(scatter(bad), finite)
+
+
 def test_kernels_directly_layout_and_tent_sums():
     """``matrix_layout`` on random homographies and ``tent_sums`` over a random mixed lattice,
     window by window (rows cut at ``iy_lo`` / ``iy_hi``), tier 0 against tier 1, bit for bit."""

@@ -167,15 +167,21 @@ def _clip(x, lo, hi):
 
 
 @compiled(inline="always")
-def _axis_shares(p, half, out, k):
-    """:func:`_triangle_shares` in floating point for the vectorised pass: ``out[:, k] = (i0,
-    s0, s1, s2)`` with ``i0`` still a float (NaN-safe; converted once the node is accepted)."""
+def _tent_cdfs(p, half):
+    """``(i0, c0, c1)`` of :func:`_triangle_shares` in floating point, for the vectorised pass:
+    the shares are ``(c0, c1 - c0, 1 - c1)`` over pixels ``i0 .. i0 + 2``, ``i0`` still a float
+    (NaN-safe; converted once the node is accepted)."""
     i0 = np.floor(p - half + 0.5)
     inv = 1.0 / half
     u0 = _clip((i0 + 0.5 - p) * inv, -1.0, 1.0)
     u1 = _clip((i0 + 1.5 - p) * inv, -1.0, 1.0)
-    c0 = 0.5 + u0 * (1.0 - 0.5 * abs(u0))
-    c1 = 0.5 + u1 * (1.0 - 0.5 * abs(u1))
+    return i0, 0.5 + u0 * (1.0 - 0.5 * abs(u0)), 0.5 + u1 * (1.0 - 0.5 * abs(u1))
+
+
+@compiled(inline="always")
+def _axis_shares(p, half, out, k):
+    """:func:`_tent_cdfs` as columns: ``out[:, k] = (i0, s0, s1, s2)``."""
+    i0, c0, c1 = _tent_cdfs(p, half)
     out[0, k] = i0
     out[1, k] = c0
     out[2, k] = c1 - c0
@@ -295,6 +301,25 @@ def _node_value_at(src, sx, sy, row0, pad, value):
     return nonzero, finite
 
 
+@compiled(inline="always")
+def _node_footprint(sx, m00, m01, m10, m11, m20, m21, cx, cy, cw, inv_m):
+    """``(w, px, py, hx, hy)`` of the node ``(sx, sy)`` of a node row (``cx, cy, cw`` =
+    ``M_i1 sy + M_i2``): ``y = (M[:2] x~) / w`` and the footprint half-widths, the Jacobian's
+    row norms over ``m``: ``|M_i: - y_i M_2:| / (w m)`` (first two columns), capped to
+    ``[1e-9, 1]``. Shared by the vectorised pass and the general deposits (the same operations
+    in the same order: the same bits)."""
+    ww = m20 * sx + cw
+    rw = 1.0 / ww
+    px = (m00 * sx + cx) * rw
+    py = (m10 * sx + cy) * rw
+    a0, a1 = m00 - px * m20, m01 - px * m21
+    b0, b1 = m10 - py * m20, m11 - py * m21
+    sc = rw * inv_m
+    hx = _clip(math.sqrt(a0 * a0 + a1 * a1) * sc, 1e-9, 1.0)
+    hy = _clip(math.sqrt(b0 * b0 + b1 * b1) * sc, 1e-9, 1.0)
+    return ww, px, py, hx, hy
+
+
 @compiled(parallel=True, error_model="numpy")  # no fast-math: bit-identical to tier 0 (._splat_numpy)
 def scatter_matrix(src, blocks, strip_rows, strip_ptr, strip_blocks, h, w, mat, acc, row0, pad):
     """Fused scatter for a projective ``dst_from_src`` matrix ``mat (3, 3)`` (``w > 0`` side),
@@ -314,7 +339,10 @@ def scatter_matrix(src, blocks, strip_rows, strip_ptr, strip_blocks, h, w, mat, 
     (vectorised by LLVM: 4 nodes per instruction) computing every node's position, half-widths,
     footprint shares, 2x2 weights and what to do with it (:data:`SKIP`: ``w <= 0``, NaN, out of
     reach; :data:`FAST`: a 2x2 window inside the strip and the ring; else :data:`GENERAL`),
-    then the deposits in node order. Runs whose source values are all zero are skipped.
+    keeping only the 2x2 weights, the first pixel and that decision per node, then the deposits
+    in node order; a :data:`GENERAL` node recomputes its shares there (the same operations:
+    the same bits; keeping all 11 values of every node for the rare general one cost ~15 % of
+    the scatter of a photograph). Runs whose source values are all zero are skipped.
     ``error_model="numpy"``: no zero-division checks (a node with ``w <= 0`` computes values
     the second pass never reads)."""
     ho, wo = acc.shape[0] - 2 * GUARD, acc.shape[1] - 2 * GUARD
@@ -330,16 +358,14 @@ def scatter_matrix(src, blocks, strip_rows, strip_ptr, strip_blocks, h, w, mat, 
         for q in range(strip_ptr[s], strip_ptr[s + 1]):
             m_most = max(m_most, blocks[strip_blocks[q], 2])
         sxs = np.empty(BLOCK * m_most)  # a block's node columns
-        # Per node of a run (one row per quantity: vectorisable): half-widths, shares
-        # (i0, s0, s1, s2) per axis, 2x2 weights, first pixel per axis, what to do.
-        half = np.empty((2, RUN))
-        shx = np.empty((4, RUN))
-        shy = np.empty((4, RUN))
+        # Per node of a run (one row per quantity: vectorisable): 2x2 weights, first pixel
+        # per axis, what to do; the shares (i0, s0, s1, s2) per axis of one general node.
+        shx = np.empty((4, 1))
+        shy = np.empty((4, 1))
         wq = np.empty((4, RUN))
         first = np.empty((2, RUN), dtype=np.int64)
         todo = np.empty(RUN, dtype=np.int64)
         vals = np.empty((nch, RUN))  # node values per channel
-        nonzero = np.empty(RUN, dtype=np.bool_)
         finite = np.empty(RUN, dtype=np.bool_)
         for q in range(strip_ptr[s], strip_ptr[s + 1]):
             b = strip_blocks[q]
@@ -362,52 +388,53 @@ def scatter_matrix(src, blocks, strip_rows, strip_ptr, strip_blocks, h, w, mat, 
                         if _run_is_zero(src, sxs[k0], sxs[k0 + n - 1], sy, row0, pad):
                             continue  # sparse sources (point fields): no node of the run deposits
                         for k in range(n):  # branch-free: vectorised
-                            sx = sxs[k0 + k]
-                            ww = m20 * sx + cw
-                            rw = 1.0 / ww
-                            px = (m00 * sx + cx) * rw
-                            py = (m10 * sx + cy) * rw
-                            # |Jacobian row i| / m = |M_i: - y_i M_2:| / (w m) (first two columns)
-                            a0, a1 = m00 - px * m20, m01 - px * m21
-                            b0, b1 = m10 - py * m20, m11 - py * m21
-                            sc = rw * inv_m
-                            hx = _clip(math.sqrt(a0 * a0 + a1 * a1) * sc, 1e-9, 1.0)
-                            hy = _clip(math.sqrt(b0 * b0 + b1 * b1) * sc, 1e-9, 1.0)
-                            half[0, k], half[1, k] = hx, hy
-                            _axis_shares(px, hx, shx, k)
-                            _axis_shares(py, hy, shy, k)
-                            xx = _floor_index(shx[0, k], -2.0 * GUARD, wo + 2.0 * GUARD) + GUARD
-                            yy = _floor_index(shy[0, k], -2.0 * GUARD, ho + 2.0 * GUARD) + GUARD
+                            ww, px, py, hx, hy = _node_footprint(sxs[k0 + k], m00, m01, m10, m11, m20, m21,
+                                                                 cx, cy, cw, inv_m)
+                            ix0, cx0, cx1 = _tent_cdfs(px, hx)
+                            iy0, cy0, cy1 = _tent_cdfs(py, hy)
+                            xx = _floor_index(ix0, -2.0 * GUARD, wo + 2.0 * GUARD) + GUARD
+                            yy = _floor_index(iy0, -2.0 * GUARD, ho + 2.0 * GUARD) + GUARD
                             first[0, k], first[1, k] = xx, yy
                             # NaN fails every comparison: such nodes are skipped
                             keep = ((ww > 0.0) & (px >= -3.0) & (py >= -3.0) & (px <= wo + 2) & (py <= ho + 2)
                                     & _reaches(py, row_lo, row_hi))
-                            fast = ((hx <= 0.5) & (hy <= 0.5) & (shx[3, k] == 0.0) & (shy[3, k] == 0.0)
+                            fast = ((hx <= 0.5) & (hy <= 0.5) & (1.0 - cx1 == 0.0) & (1.0 - cy1 == 0.0)
                                     & (xx >= 0) & (xx + 2 <= wa) & (yy >= row_lo) & (yy + 2 <= row_hi))
                             todo[k] = (FAST if fast else GENERAL) if keep else SKIP
-                            nonzero[k], finite[k] = False, True
-                            wq[0, k] = shx[1, k] * shy[1, k] * area
-                            wq[1, k] = shx[2, k] * shy[1, k] * area
-                            wq[2, k] = shx[1, k] * shy[2, k] * area
-                            wq[3, k] = shx[2, k] * shy[2, k] * area
-                        if m == 1:  # nodes on pixel centres: one value each, consecutive (vectorised)
-                            c0 = x0 + k0 + pad  # >= -1 (pixel -1, left of an unpadded image: 0)
-                            k_in = max(0, -c0)  # _run_is_zero has already checked row r exists
-                            for ch in range(nch):
-                                for k in range(k_in):
-                                    vals[ch, k] = 0.0
-                                for k in range(k_in, n):
-                                    v = src[r, c0 + k, ch]
-                                    vals[ch, k] = v
-                                    nonzero[k] |= v != 0.0
-                                    finite[k] &= abs(v) < math.inf
+                            sx1, sy1 = cx1 - cx0, cy1 - cy0
+                            wq[0, k] = cx0 * cy0 * area
+                            wq[1, k] = sx1 * cy0 * area
+                            wq[2, k] = cx0 * sy1 * area
+                            wq[3, k] = sx1 * sy1 * area
+                        # the node values and what to do: a zero value deposits nothing, a
+                        # non-finite one only where its shares are non-zero (general deposits);
+                        # a skipped node stays skipped. One pass per node; grey pixel centres
+                        # (m = 1) have their own loop (vectorised)
+                        c0 = x0 + k0 + pad  # m = 1: the window column of the run's first node (>= -1)
+                        if m == 1 and nch == 1:
+                            for k in range(n):
+                                v = src[r, c0 + k, 0] if c0 + k >= 0 else 0.0
+                                vals[0, k] = v
+                                fin = abs(v) < math.inf
+                                finite[k] = fin
+                                t = todo[k]
+                                todo[k] = SKIP if (t == SKIP or v == 0.0) else (t if fin else GENERAL)
                         else:
                             for k in range(n):
-                                nonzero[k], finite[k] = _node_value_at(src, sxs[k0 + k], sy, row0, pad, value)
-                                for ch in range(nch):
-                                    vals[ch, k] = value[ch]
-                        for k in range(n):
-                            todo[k] = SKIP if not nonzero[k] else (GENERAL if not finite[k] else todo[k])
+                                if m == 1:  # a pixel centre: its pixel (0 left of an unpadded image)
+                                    nz, fin = False, True
+                                    for ch in range(nch):
+                                        v = src[r, c0 + k, ch] if c0 + k >= 0 else 0.0
+                                        vals[ch, k] = v
+                                        nz |= v != 0.0
+                                        fin &= abs(v) < math.inf
+                                else:
+                                    nz, fin = _node_value_at(src, sxs[k0 + k], sy, row0, pad, value)
+                                    for ch in range(nch):
+                                        vals[ch, k] = value[ch]
+                                finite[k] = fin
+                                t = todo[k]
+                                todo[k] = SKIP if (t == SKIP or not nz) else (t if fin else GENERAL)
                         for k in range(n):  # the deposits, in node order
                             if todo[k] == SKIP:
                                 continue
@@ -422,9 +449,15 @@ def scatter_matrix(src, blocks, strip_rows, strip_ptr, strip_blocks, h, w, mat, 
                                 continue
                             for ch in range(nch):
                                 value[ch] = vals[ch, k]
-                            nx = 3 if (half[0, k] > 0.5 or shx[3, k] != 0.0) else 2
-                            ny = 3 if (half[1, k] > 0.5 or shy[3, k] != 0.0) else 2
-                            _deposit_shares(acc, xx - GUARD, nx, shx, yy - GUARD, ny, shy, k,
+                            # the general window (rare: expansions, edges, non-finite values)
+                            # recomputes its node's shares instead of keeping every node's
+                            _, px, py, hx, hy = _node_footprint(sxs[k0 + k], m00, m01, m10, m11, m20, m21,
+                                                                cx, cy, cw, inv_m)
+                            _axis_shares(px, hx, shx, 0)
+                            _axis_shares(py, hy, shy, 0)
+                            nx = 3 if (hx > 0.5 or shx[3, 0] != 0.0) else 2
+                            ny = 3 if (hy > 0.5 or shy[3, 0] != 0.0) else 2
+                            _deposit_shares(acc, xx - GUARD, nx, shx, yy - GUARD, ny, shy, 0,
                                             value, finite[k], area, row_lo, row_hi)
 
 
