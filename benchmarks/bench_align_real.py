@@ -105,7 +105,10 @@ def rms(W, tp, truth_pts):
     return e if np.isfinite(e) else float("inf")
 
 
-def bm_trial(photos, k, noise, seed):
+def bm_trial(photos, k, noise, seed, noise_rng=None):
+    """Trial ``k`` of condition ``bm_noise{noise}``. ``noise_rng``: draw the two noise fields from
+    this generator instead (same photograph, position, warp and photometric change: another
+    noise realisation of the same trial, for ``bound_status_agreement.py``)."""
     rng = np.random.default_rng([seed, k, int(noise)])
     name = photos[k % len(photos)]
     im = grey(photo(name))
@@ -119,8 +122,9 @@ def bm_trial(photos, k, noise, seed):
     truth = warpsvc.HomographyTransform.from_points(tp, truth_pts).matrix.copy()
     t = cv2.warpPerspective(im, truth, (100, 100), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
     t = photometric(t, rng)
-    t = t + rng.normal(0, noise, t.shape).astype(np.float32)
-    img = im + rng.normal(0, noise, im.shape).astype(np.float32)
+    nrng = rng if noise_rng is None else noise_rng
+    t = t + nrng.normal(0, noise, t.shape).astype(np.float32)
+    img = im + nrng.normal(0, noise, im.shape).astype(np.float32)
     start = np.array([[1, 0, x0 + 0.5], [0, 1, y0 + 0.5], [0, 0, 1.0]])
     return dict(template=t, image=img, tp=tp, truth_pts=truth_pts, start=start, photo=name)
 
