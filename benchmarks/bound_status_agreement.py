@@ -71,8 +71,7 @@ def main() -> None:
             prec_num += int(np.sum(ok & c))
             prec_den += int(np.sum(c))
             if 0.1 < ok.mean() < 0.9:
-                coin.append((k, B.TUNING[k % len(B.TUNING)] if args.set == "tuning" else B.HELD_OUT[k % len(B.HELD_OUT)],
-                             round(float(ok.mean()), 2), round(float(np.median(e)), 2)))
+                coin.append((k, photos[k % len(photos)], round(float(ok.mean()), 2), round(float(np.median(e)), 2)))
         p = np.array(p)
         bound = float(np.mean(np.maximum(p, 1 - p)))
         row = {"bound_agree_pct": 100 * bound, "coin_trials": coin, "warpsvc_agree_pct": 100 * float(np.mean(agree)),
