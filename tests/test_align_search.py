@@ -13,6 +13,7 @@ from skimage import data
 
 from warpsvc import AlignOptions, HomographyTransform, align
 from warpsvc.core.align import Start
+from warpsvc.core.align.features import IMAGE_SCALE, feature_start
 from warpsvc.core.errors import InvalidArgumentError
 
 LARGE_TOL = 0.05  # px, corner error after refinement on noise-free synthetic pairs
@@ -88,6 +89,20 @@ def test_explicit_global_search_and_its_guard(frame):
     with pytest.raises(InvalidArgumentError) as info:
         align(template, frame, search="everywhere")
     assert info.value.field == "search"
+
+
+def test_dark_uint8_image_is_searched_stretched(frame):
+    """A grey uint8 image exposed into the bottom 6 % of its range (values 0-16): SIFT's
+    contrast threshold finds no start in it as it is, while the template (another exposure) is
+    stretched to its percentiles; the global search then searches the image stretched too."""
+    dark = np.round(frame * (16 / 255.0)).astype(np.uint8)
+    W = placed(150.0, 1.2, (330.0, 230.0), (10, -8, -9, 6, 8, 9, -6, -10))
+    template = cut(frame, W)
+    for scale in (IMAGE_SCALE, 1.0):  # the raw searches alone find nothing
+        assert feature_start(template[:, :, None], dark, "homography", scale) is None
+    result = align(template, dark, "homography")
+    assert result.converged and result.start == Start.FEATURES
+    assert corner_error(result, W) < LARGE_TOL
 
 
 def test_similarity_model_from_a_global_start(frame):

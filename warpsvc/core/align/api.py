@@ -199,11 +199,17 @@ def _refine(tmpl, image, image_mask, W0, opts, clock) -> AlignResult:
 def _global(tmpl, image, image_mask, opts, clock) -> AlignResult | None:
     """A feature start (:mod:`.features`) refined by Gauss-Newton: the image searched at 3/4
     resolution first, at full resolution when that finds no start or its refinement fails
-    (extra cost only on such failures). ``None`` when no start was found."""
+    (extra cost only on such failures). A grey ``uint8`` image goes to the detector as it is
+    (the template is always stretched to its own 0.5 / 99.5 % percentiles); when both of those
+    searches fail, it is searched again stretched like the template, at both resolutions: a
+    dark or low-contrast image shows SIFT few keypoints above its contrast threshold (night sky:
+    measured on the large-motion benchmark, 800 trials, 5 more successes, none lost; searching
+    only the stretched image instead lost starts the raw one had). ``None`` when no start was
+    found."""
     best = None
-    for scale in (IMAGE_SCALE, 1.0):
+    for scale, stretch in _feature_searches(image, image_mask):
         try:
-            found = _feature_start(tmpl, image, image_mask, opts, scale, clock)
+            found = _feature_start(tmpl, image, image_mask, opts, scale, clock, stretch)
         except Stopped:  # the clock stopped the feature search: what was found so far
             break
         if found is not None:
@@ -216,11 +222,25 @@ def _global(tmpl, image, image_mask, opts, clock) -> AlignResult | None:
     return best
 
 
-def _feature_start(tmpl, image, image_mask, opts, scale, clock):
+def _raw_detector_input(image, image_mask) -> bool:
+    """Whether the image is already what the detector takes: grey ``uint8``, no mask."""
+    return image_mask is None and np.asarray(image).dtype == np.uint8 and np.ndim(image) == 2
+
+
+def _feature_searches(image, image_mask) -> list[tuple[float, bool]]:
+    """``(image_scale, stretch)`` of each feature search, in order (see :func:`_global`)."""
+    searches = [(IMAGE_SCALE, False), (1.0, False)]
+    if _raw_detector_input(image, image_mask):
+        searches += [(IMAGE_SCALE, True), (1.0, True)]
+    return searches
+
+
+def _feature_start(tmpl, image, image_mask, opts, scale, clock, stretch=False):
     """``image_from_template`` from feature matches (:mod:`.features`) or ``None``; raises
-    :class:`Stopped` between its stages when the clock says stop."""
+    :class:`Stopped` between its stages when the clock says stop. ``stretch``: map a grey
+    ``uint8`` image to 8 bits by its percentiles too (other images always are)."""
     clock.check()
-    if image_mask is None and np.asarray(image).dtype == np.uint8 and np.ndim(image) == 2:
+    if not stretch and _raw_detector_input(image, image_mask):
         img = image  # already what the detector takes
     else:
         img = prepare(image, image_mask, "image", "image_mask")

@@ -6,7 +6,10 @@ rotation, scale 0.5-2x, strong perspective, half the template outside the image 
 comes from local features instead:
 
 1. both images are mapped to 8 bits by their own 0.5 / 99.5 % intensity percentiles (so a
-   gain / bias / gamma change between them does not matter; missing pixels are masked);
+   gain / bias / gamma change between them does not matter; missing pixels are masked); a
+   grey ``uint8`` image is passed as it is, and the caller searches it stretched only when
+   that fails (``align``'s ``_global``: cheaper, and measured to keep starts that the
+   stretched image loses, while a dark image needs the stretch);
 2. SIFT keypoints and descriptors (``cv2.SIFT_create``: invariant to rotation and scale,
    tolerant of affine exposure changes and moderate noise), the image at 3/4 resolution
    (:data:`IMAGE_SCALE`). ORB was measured too: 6x faster, but only 45 % of the
