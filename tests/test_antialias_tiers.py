@@ -21,7 +21,7 @@ from tests.oracles import point_field, shrink3_homography
 from tests.test_antialias_speed_paths import CASES as MATRIX_CASES
 from tests.test_antialias_speed_paths import reference_scatter
 from warpsvc import AffineTransform, HomographyTransform, PolarTransform, compose, warp
-from warpsvc.core import _compiled, _splat_numpy, _splat_numpy_tiers, antialias
+from warpsvc.core import _compiled, _splat_numpy, _splat_numpy_tiers, antialias, strips
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -100,6 +100,27 @@ def test_windows_and_bands_same_bits_in_both_tiers(monkeypatch, case):
     assert len(polls) > 10
     np.testing.assert_array_equal(zero, whole)
     np.testing.assert_array_equal(one, whole)
+
+
+@pytest.mark.parametrize("case", ["polar, photo", "non-finite values, polar", "polar inverse",
+                                  "homography then polar, replicate border"])
+def test_generic_path_same_bits_with_many_strips_in_both_tiers(monkeypatch, case):
+    """The generic path's map runs over runs of nodes in parallel (``strips.run_strips``) and
+    tier 0's scatter runs its strips in parallel, as tier 1's does: 7 runs and 7 strips give
+    the bits of one."""
+    args, kwargs = WARPS[case]
+    with monkeypatch.context() as m:
+        m.setattr(strips, "strip_count", lambda work=None: 1)
+        m.setattr(antialias, "kernel_threads", lambda work=None: 1)
+        one = warp(*args, antialias=True, **kwargs)
+    runs = []
+    monkeypatch.setattr(strips, "strip_count", lambda work=None: runs.append(work) or 7)
+    monkeypatch.setattr(antialias, "strip_count", lambda work=None: 7)  # tier 0's strips
+    monkeypatch.setattr(antialias, "kernel_threads", lambda work=None: 7)  # tier 1's
+    zero, many = both(monkeypatch, *args, **kwargs)
+    assert runs  # the map was split
+    np.testing.assert_array_equal(zero, one)
+    np.testing.assert_array_equal(many, one)
 
 
 @pytest.mark.parametrize("case", ["shrinking homography (2x2 fast path)", "enlarging affine (m = 2..3, 3x3 windows)",

@@ -85,7 +85,8 @@ from . import _splat_numpy as k  # tier 0 (numpy) and the shared constants PAD, 
 from . import _splat_numpy_tiers as tier_policy
 from ._splat_numpy_tiers import (KERNELS, UPGRADE, _tier1, _use_tier1, compile_tier1,  # noqa: F401
                                  scatter_tier, warming_up)
-from .threads import kernel_threads
+from .strips import run_strips
+from .threads import kernel_threads, strip_count
 
 OVERSAMPLING = 1.5  # m = ceil(1.5 s): 1 node per pixel for shrinks >= 1.5x; moire < 0.3 % when rotating
 MAX_NODES_PER_PIXEL_AXIS = 64
@@ -95,6 +96,7 @@ WINDOW_BYTES = 1 << 23  # padded float64 source window (block rows scattered tog
 NODES_PER_BAND = 1 << 21  # nodes between two poll() calls (~50 ms on one core)
 MATRIX_MARGIN = 4.0  # output px: a node's footprint reaches < 2.5 px beyond the block's exact image box
 GENERIC_BYTES_PER_NODE = 320  # node list, positions, Jacobians and the transform's temporaries
+WORK_SAMPLE = 8  # every 8th node's output row estimates the generic scatter's work per row
 LAYOUT_WORK_PER_BLOCK = 64  # kernel_threads() work units per block of the compiled layout (~0.1 us each)
 
 
@@ -109,7 +111,9 @@ class _Tiers:
         if _use_tier1(*names):
             return _tier1(), kernel_threads
         self.tier0.extend(n for n in names if n not in self.tier0)
-        return k, _one_thread
+        # tier 0's generic scatter runs its strips on the strip pool (no numba); the others
+        # are single-threaded
+        return k, (strip_count if "scatter_points" in names else _one_thread)
 
     def report(self) -> None:
         if self.tier0:
@@ -533,12 +537,28 @@ def _nonzero_reads(src):
 def _map_and_row_norms(t, xy):
     """``(t.map(xy), n)``, C-contiguous ``(n, 2)``, with ``n[:, i]`` the norm of row ``i`` of
     ``t``'s Jacobian at each node: a transform's own ``map_and_row_norms`` when it has one
-    (polar: closed form, no ``(n, 2, 2)`` Jacobian), else from ``map`` and ``jacobian``."""
+    (polar: closed form, no ``(n, 2, 2)`` Jacobian), else from ``map`` and ``jacobian``.
+
+    In parallel over runs of nodes (:func:`.strips.run_strips`; numpy releases the GIL inside
+    each call): maps are pointwise, so a node's values do not depend on the run it is in (the
+    chunks of :func:`_scatter_generic` rely on the same), and the result is the same for any
+    thread count (``tests/test_antialias_tiers.py``)."""
+    n = len(xy)
+    pos, rows = np.empty((n, 2)), np.empty((n, 2))
+
+    def run(a, b):
+        pos[a:b], rows[a:b] = _map_and_row_norms_serial(t, xy[a:b])
+
+    run_strips(run, n, n)
+    return pos, rows
+
+
+def _map_and_row_norms_serial(t, xy):
+    """:func:`_map_and_row_norms` on the calling thread."""
     fused = getattr(t, "map_and_row_norms", None)
     if fused is not None:
-        pos, rows = fused(xy)
-        return np.ascontiguousarray(pos), np.ascontiguousarray(rows)
-    pos = np.ascontiguousarray(t.map(xy))
+        return fused(xy)
+    pos = t.map(xy)
     jac = t.jacobian(xy)
     rows = np.empty((len(jac), 2))
     np.hypot(jac[:, 0, 0], jac[:, 0, 1], out=rows[:, 0])
@@ -577,7 +597,9 @@ def _scatter_generic(src, row0, p: ScatterPlan, blocks: slice, h, w, dst_from_sr
         with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
             pos, rows = _map_and_row_norms(dst_from_src, xy)
         threads = kernel_threads(total)
-        work = np.bincount(np.clip(np.nan_to_num(pos[:, 1], nan=-1.0), 0, ho - 1).astype(np.int64),
+        # nodes per output row, from every WORK_SAMPLE-th node: only balances the strips (each
+        # strip deposits its own rows in node order whatever the split)
+        work = np.bincount(np.clip(np.nan_to_num(pos[::WORK_SAMPLE, 1], nan=-1.0), 0, ho - 1).astype(np.int64),
                            minlength=ho) + 1.0
         edges = _split_rows(work, 0, ho, threads)
         kern.scatter_points(src, xy, node_m, pos, rows, _strip_rows(edges, ho), acc, row0)

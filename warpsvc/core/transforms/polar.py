@@ -37,6 +37,33 @@ TWO_PI = 2.0 * math.pi
 MAX_COORDINATE = 1e8
 
 
+# |offsets| within which sqrt(dx^2 + dy^2) neither overflows nor loses precision to underflow
+SQUARES_SAFE = (1e-150, 1e150)
+
+
+def _radius(dx: np.ndarray, dy: np.ndarray) -> np.ndarray:
+    """``hypot(dx, dy)`` as ``sqrt(dx^2 + dy^2)`` (what the Jacobian uses; ~8x faster than
+    numpy's ``hypot``, within an ulp of it), with ``hypot`` itself wherever the squares could
+    overflow or underflow or a value is not finite (``r`` outside :data:`SQUARES_SAFE`, NaN)."""
+    r = np.sqrt(dx * dx + dy * dy)
+    odd = ~((r > SQUARES_SAFE[0]) & (r < SQUARES_SAFE[1]))
+    odd &= (dx != 0.0) | (dy != 0.0)  # the centre itself: exactly 0 either way
+    if odd.any():
+        r[odd] = np.hypot(dx[odd], dy[odd])
+    return r
+
+
+def _angle(dx: np.ndarray, dy: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """``np.mod(np.arctan2(dy, dx), 2 pi)`` in ``[0, 2 pi)``, bit for bit, without numpy's scalar
+    ``mod`` loop (~10x slower): ``arctan2`` lies in ``[-pi, pi]``, where ``mod`` returns ``a``
+    for ``a > 0``, ``a + 2 pi`` for ``a < 0`` (one rounding, as here) and ``+0`` for ``a = -0``
+    (``+ 0.0`` turns ``-0`` into ``+0`` and changes nothing else); NaN stays NaN."""
+    a = np.arctan2(dy, dx, out=out)
+    np.add(a, TWO_PI, out=a, where=a < 0.0)
+    a += 0.0
+    return a
+
+
 def _positive_shape(shape, field: str) -> tuple[int, int]:
     try:
         h, w = (int(s) for s in shape)
@@ -127,8 +154,8 @@ class PolarTransform(FrozenTransform):
 
     def _to_polar(self, xy):
         dx, dy = xy[:, 0] - self.center[0], xy[:, 1] - self.center[1]
-        r = np.hypot(dx, dy)
-        theta = np.mod(np.arctan2(dy, dx), TWO_PI)
+        r = _radius(dx, dy)
+        theta = _angle(dx, dy)
         return np.column_stack([self._column(r), theta * (self.polar_shape[0] / TWO_PI)])
 
     def _jacobian_to_cartesian(self, uv):
@@ -224,12 +251,11 @@ class PolarTransform(FrozenTransform):
             return self._to_cartesian(pts), np.column_stack([np.hypot(jac[:, 0, 0], jac[:, 0, 1]),
                                                             np.hypot(jac[:, 1, 0], jac[:, 1, 1])])
         dx, dy = pts[:, 0] - self.center[0], pts[:, 1] - self.center[1]
-        r = np.hypot(dx, dy)
+        r = _radius(dx, dy)
         k = self.polar_shape[0] / TWO_PI
         pos, norms = np.empty((len(pts), 2)), np.empty((len(pts), 2))
         pos[:, 0] = self._column(r)
-        np.arctan2(dy, dx, out=pos[:, 1])
-        np.mod(pos[:, 1], TWO_PI, out=pos[:, 1])
+        _angle(dx, dy, out=pos[:, 1])
         pos[:, 1] *= k
         with np.errstate(divide="ignore", invalid="ignore"):
             np.divide(1.0, self._dradius(r), out=norms[:, 0])
@@ -244,7 +270,7 @@ class PolarTransform(FrozenTransform):
         if self.is_inverse:
             r = self._radius(pts[:, 0])
             return self._dradius(r) * r * k_angle
-        r = np.hypot(pts[:, 0] - self.center[0], pts[:, 1] - self.center[1])
+        r = _radius(pts[:, 0] - self.center[0], pts[:, 1] - self.center[1])
         with np.errstate(divide="ignore"):
             return 1.0 / (self._dradius(r) * r * k_angle)
 
