@@ -119,17 +119,19 @@ def _deposit(acc, values, px, py, hx, hy, scale, row_lo, row_hi):
     wa, nch = acc.shape[1], acc.shape[2]
     idx, wgt = np.empty((len(px), 3, 3), np.int64), np.empty((len(px), 3, 3))
     ok = np.empty((len(px), 3, 3), dtype=bool)
+    cols = [ix0 + dx for dx in range(3)]
+    col_ok = [(sx[dx] != 0.0) & (cols[dx] >= 0) & (cols[dx] < wa) for dx in range(3)]
     for dy in range(3):
         yy = iy0 + dy
         row_ok = (sy[dy] != 0.0) & (yy >= row_lo) & (yy < row_hi)
+        base = yy * wa
         for dx in range(3):
-            xx = ix0 + dx
-            ok[:, dy, dx] = row_ok & (sx[dx] != 0.0) & (xx >= 0) & (xx < wa)
-            idx[:, dy, dx] = (yy * wa + xx) * nch
+            np.logical_and(row_ok, col_ok[dx], out=ok[:, dy, dx])
+            np.multiply(base + cols[dx], nch, out=idx[:, dy, dx])
             np.multiply(sx[dx] * sy[dy], scale, out=wgt[:, dy, dx])
-    sel = ok.ravel()
-    idx, wgt = idx.ravel()[sel], wgt.ravel()[sel]
-    node = np.repeat(np.arange(len(px)), 9)[sel]
+    sel = np.flatnonzero(ok)  # node-major, then dy, dx (indices: faster than a boolean mask)
+    idx, wgt = idx.ravel().take(sel), wgt.ravel().take(sel)
+    node = sel // 9
     flat = acc.reshape(-1)
     with np.errstate(invalid="ignore", over="ignore"):
         for ch in range(nch):
