@@ -105,9 +105,8 @@ def test_windows_and_bands_same_bits_in_both_tiers(monkeypatch, case):
 @pytest.mark.parametrize("case", ["polar, photo", "non-finite values, polar", "polar inverse",
                                   "homography then polar, replicate border"])
 def test_generic_path_same_bits_with_many_strips_in_both_tiers(monkeypatch, case):
-    """The generic path's map runs over runs of nodes in parallel (``strips.run_strips``) and
-    tier 0's scatter runs its strips in parallel, as tier 1's does: 7 runs and 7 strips give
-    the bits of one."""
+    """The generic path's map runs over runs of nodes in parallel (``strips.run_strips``), and
+    tier 1's scatter over strips: 7 runs and 7 strips give the bits of one, in both tiers."""
     args, kwargs = WARPS[case]
     with monkeypatch.context() as m:
         m.setattr(strips, "strip_count", lambda work=None: 1)
@@ -115,7 +114,6 @@ def test_generic_path_same_bits_with_many_strips_in_both_tiers(monkeypatch, case
         one = warp(*args, antialias=True, **kwargs)
     runs = []
     monkeypatch.setattr(strips, "strip_count", lambda work=None: runs.append(work) or 7)
-    monkeypatch.setattr(antialias, "strip_count", lambda work=None: 7)  # tier 0's strips
     monkeypatch.setattr(antialias, "kernel_threads", lambda work=None: 7)  # tier 1's
     zero, many = both(monkeypatch, *args, **kwargs)
     assert runs  # the map was split

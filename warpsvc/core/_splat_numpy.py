@@ -21,8 +21,10 @@ footprint's 3x3 offsets; work is done in chunks of at most :data:`CHUNK_NODES` n
 temporaries stay within :func:`chunk_bytes` (~1.3 MB; :func:`.antialias.plan` counts it for the
 matrix path; the generic path's are within its own node chunks' allowance). Each numpy call
 releases the GIL inside its loop and lasts well under a millisecond, so other Python threads
-keep running. Single-threaded (a first call; tier 1 is parallel), except the generic
-scatter (:func:`scatter_points`), whose strips run on the strip pool (:mod:`.strips`).
+keep running. Single-threaded (a first call; tier 1 is parallel): measured on a dense polar
+first call (600x600 -> 360x200, 2M nodes), the generic scatter's strips on two threads were no
+faster in a fresh process (the second thread's allocations page-fault its own arena, and
+the numpy calls contend for the GIL).
 
 The compiled kernels' skips (node rows that miss a strip, runs of zero values, the ``_reaches``
 test) only save work: a skipped node deposits nothing there either. The matrix scatter has no
@@ -33,14 +35,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from .strips import run_parts
 
 PAD = 2  # zero rows / columns around a source window
 BLOCK = 32  # block side (source pixels)
 GUARD = 4  # accumulator ring (output pixels)
 
 CHUNK_NODES = 1 << 11  # nodes per vectorised chunk of the matrix scatter
-POINT_CHUNK_NODES = 1 << 15  # of the generic scatter (within the allowance of its node chunks)
+POINT_CHUNK_NODES = 1 << 14  # of the generic scatter (within the allowance of its node chunks; 2^15
+# made 3x the page faults in a fresh process: 59k against 21k, first dense polar call ~7 % slower)
 BYTES_PER_NODE = 512  # temporaries per node of a chunk (geometry, 9 deposits' indices and weights) ...
 BYTES_PER_NODE_CHANNEL = 64  # ... plus per channel (tracemalloc peaks: see tests)
 
@@ -221,25 +223,13 @@ def list_nodes(pieces, first, h, w, out_xy, out_m):
 
 
 def scatter_points(src, node_xy, node_m, pos, rows, strip_rows, acc, row0):
-    """:func:`._splat_kernels.scatter_points` in numpy, in chunks of :data:`POINT_CHUNK_NODES`
-    nodes; the strips of ``strip_rows`` run in parallel (:func:`.strips.run_parts`) as in the
-    compiled kernel: each takes the nodes that can reach its rows (``_reaches``) and deposits
-    into its own rows only, in node order, so every pixel gets the same sums as in one strip.
-    Two strips write disjoint rows of ``acc`` (disjoint elements of ``np.add.at``)."""
-    def strip(s):
-        _scatter_points_rows(src, node_xy, node_m, pos, rows, int(strip_rows[s, 0]), int(strip_rows[s, 1]), acc, row0)
-
-    run_parts(strip, strip_rows.shape[0])
-
-
-def _scatter_points_rows(src, node_xy, node_m, pos, rows, row_lo, row_hi, acc, row0):
-    """:func:`scatter_points` into accumulator rows ``[row_lo, row_hi)``."""
+    """:func:`._splat_kernels.scatter_points` in numpy, in chunks of :data:`POINT_CHUNK_NODES` nodes."""
+    row_lo, row_hi = int(strip_rows[0, 0]), int(strip_rows[-1, 1])
     ho, wo = acc.shape[0] - 2 * GUARD, acc.shape[1] - 2 * GUARD
     for a in range(0, node_xy.shape[0], POINT_CHUNK_NODES):
         sl = slice(a, a + POINT_CHUNK_NODES)
         px, py = pos[sl, 0], pos[sl, 1]
         keep = (px > -3.0) & (py > -3.0) & (px < wo + 2) & (py < ho + 2)  # also rejects NaN
-        keep &= (py + GUARD + 3.0 >= row_lo) & (py + GUARD - 3.0 < row_hi)  # _reaches
         if not keep.any():
             continue
         xy = node_xy[sl][keep]

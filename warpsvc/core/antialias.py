@@ -86,7 +86,7 @@ from . import _splat_numpy_tiers as tier_policy
 from ._splat_numpy_tiers import (KERNELS, UPGRADE, _tier1, _use_tier1, compile_tier1,  # noqa: F401
                                  scatter_tier, warming_up)
 from .strips import run_strips
-from .threads import kernel_threads, strip_count
+from .threads import kernel_threads
 
 OVERSAMPLING = 1.5  # m = ceil(1.5 s): 1 node per pixel for shrinks >= 1.5x; moire < 0.3 % when rotating
 MAX_NODES_PER_PIXEL_AXIS = 64
@@ -112,9 +112,7 @@ class _Tiers:
         if _use_tier1(*names):
             return _tier1(), kernel_threads
         self.tier0.extend(n for n in names if n not in self.tier0)
-        # tier 0's generic scatter runs its strips on the strip pool (no numba); the others
-        # are single-threaded
-        return k, (strip_count if "scatter_points" in names else _one_thread)
+        return k, _one_thread
 
     def report(self) -> None:
         if self.tier0:
