@@ -62,7 +62,9 @@ balanced by the same histogram (tier 0: one strip per band, the same bands and p
 
 Generic path: the nodes whose bilinear reads are all zero are dropped before the transform
 maps them (:func:`_nonzero_reads`; they deposit nothing): a sparse source costs the map and
-Jacobian of its few live nodes only (same bits).
+Jacobian of its few live nodes only (same bits). A window whose reads are at least
+:data:`DENSE_READS` non-zero keeps every node (the filter's gathers cost more there than
+mapping its few zero nodes: ~40 ms of a 2M-node first call).
 
 Memory. The float64 source (with its coverage channel, its border extension over the output's
 preimage for non-constant borders and polar seams: up to 3x3 source sizes) is never
@@ -97,6 +99,7 @@ NODES_PER_BAND = 1 << 21  # nodes between two poll() calls (~50 ms on one core)
 MATRIX_MARGIN = 4.0  # output px: a node's footprint reaches < 2.5 px beyond the block's exact image box
 GENERIC_BYTES_PER_NODE = 320  # node list, positions, Jacobians and the transform's temporaries
 MAP_RUN = 1 << 14  # nodes per call of the transform's map (temporaries ~128 KB each, not fresh pages)
+DENSE_READS = 0.9  # share of non-zero reads above which no node is dropped before the map
 WORK_SAMPLE = 8  # every 8th node's output row estimates the generic scatter's work per row
 LAYOUT_WORK_PER_BLOCK = 64  # kernel_threads() work units per block of the compiled layout (~0.1 us each)
 
@@ -606,6 +609,8 @@ def _scatter_generic(src, row0, p: ScatterPlan, blocks: slice, h, w, dst_from_sr
         kern.list_nodes(np.ascontiguousarray(pieces[chunk]), first, h, w, xy, node_m)
         if reads is None:
             reads = _nonzero_reads(src)
+            if reads is not True and reads.mean() >= DENSE_READS:
+                reads = True  # dense: filtering would cost more than mapping the few zero nodes
         if reads is not True:  # drop the nodes whose value is 0 before the transform maps them
             r = np.floor(xy[:, 1]).astype(np.int64) + (k.PAD - row0)
             live = reads[r, np.floor(xy[:, 0]).astype(np.int64) + k.PAD]
