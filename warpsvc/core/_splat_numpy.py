@@ -119,21 +119,25 @@ def _deposit(acc, values, px, py, hx, hy, scale, row_lo, row_hi):
     ix0 = ix0.astype(np.int64) + GUARD
     iy0 = iy0.astype(np.int64) + GUARD
     wa, nch = acc.shape[1], acc.shape[2]
-    idx, wgt = np.empty((len(px), 3, 3), np.int64), np.empty((len(px), 3, 3))
-    ok = np.empty((len(px), 3, 3), dtype=bool)
-    cols = [ix0 + dx for dx in range(3)]
-    col_ok = [(sx[dx] != 0.0) & (cols[dx] >= 0) & (cols[dx] < wa) for dx in range(3)]
-    for dy in range(3):
+    # footprints of half-width <= 1/2 cover at most 2 pixels per axis: when no node's third
+    # share is non-zero, the third offset deposits nothing and is not visited
+    nx = 3 if (sx[2] != 0.0).any() else 2
+    ny = 3 if (sy[2] != 0.0).any() else 2
+    idx, wgt = np.empty((len(px), ny, nx), np.int64), np.empty((len(px), ny, nx))
+    ok = np.empty((len(px), ny, nx), dtype=bool)
+    cols = [ix0 + dx for dx in range(nx)]
+    col_ok = [(sx[dx] != 0.0) & (cols[dx] >= 0) & (cols[dx] < wa) for dx in range(nx)]
+    for dy in range(ny):
         yy = iy0 + dy
         row_ok = (sy[dy] != 0.0) & (yy >= row_lo) & (yy < row_hi)
         base = yy * wa
-        for dx in range(3):
+        for dx in range(nx):
             np.logical_and(row_ok, col_ok[dx], out=ok[:, dy, dx])
             np.multiply(base + cols[dx], nch, out=idx[:, dy, dx])
             np.multiply(sx[dx] * sy[dy], scale, out=wgt[:, dy, dx])
     sel = np.flatnonzero(ok)  # node-major, then dy, dx (indices: faster than a boolean mask)
     idx, wgt = idx.ravel().take(sel), wgt.ravel().take(sel)
-    node = sel // 9
+    node = sel // (ny * nx)
     flat = acc.reshape(-1)
     with np.errstate(invalid="ignore", over="ignore"):
         for ch in range(nch):
