@@ -236,19 +236,24 @@ def scatter_points(src, node_xy, node_m, pos, rows, strip_rows, acc, row0):
         keep = (px > -3.0) & (py > -3.0) & (px < wo + 2) & (py < ho + 2)  # also rejects NaN
         if not keep.any():
             continue
-        xy = node_xy[sl][keep]
+        every = bool(keep.all())  # dense chunks: slices instead of gathers (same values)
+        xy = node_xy[sl] if every else node_xy[sl][keep]
         vals = node_values(src, xy[:, 0], xy[:, 1], row0, PAD, inside_known=True)
         live = (vals != 0.0).any(axis=1)
-        sel = np.nonzero(keep)[0][live]
-        if len(sel) == 0:
+        if every and live.all():
+            sel, vals_live = sl, vals
+        else:
+            sel = np.nonzero(keep)[0][live] + a
+            vals_live = vals[live]
+        if len(vals_live) == 0:
             continue
-        inv_m = 1.0 / node_m[sl][sel]
-        hx, hy = rows[sl][sel, 0] * inv_m, rows[sl][sel, 1] * inv_m
+        inv_m = 1.0 / node_m[sel]
+        hx, hy = rows[sel, 0] * inv_m, rows[sel, 1] * inv_m
         hx = np.where(hx < np.inf, hx, 1.0)  # singular point (a pole) or NaN: widest footprint
         hy = np.where(hy < np.inf, hy, 1.0)
         hx = np.minimum(np.maximum(hx, 1e-9), 1.0)
         hy = np.minimum(np.maximum(hy, 1e-9), 1.0)
-        _deposit(acc, vals[live], px[sel], py[sel], hx, hy, inv_m * inv_m, row_lo, row_hi)
+        _deposit(acc, vals_live, pos[sel, 0], pos[sel, 1], hx, hy, inv_m * inv_m, row_lo, row_hi)
 
 
 _SEQUENCES: dict = {}
