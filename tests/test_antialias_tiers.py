@@ -263,9 +263,11 @@ pol = PolarTransform((100.0, 100.0), 90.0, (180, 80))
 first = warp(pts, t, (75, 75), intensity="conserve", antialias=True)
 after_first = "numba" in sys.modules
 second = warp(pts, pol, intensity="conserve", antialias=True)
+dense = warp(pts + 1.0, pol, intensity="conserve", antialias=True)  # mixed m: the tent sums' groups
+numpy_ma = "numpy.ma" in sys.modules  # the first np.unique of a process imports it (~14 ms)
 antialias.UPGRADE.join(60)
 third = warp(pts, t, (75, 75), intensity="conserve", antialias=True)
-print(json.dumps({{"numba_after_first": after_first, "tier": antialias.scatter_tier(),
+print(json.dumps({{"numba_after_first": after_first, "numpy_ma": numpy_ma, "tier": antialias.scatter_tier(),
                   "same": bool(np.array_equal(first, third)), "running": antialias.UPGRADE.running()}}))
 """
 
@@ -281,7 +283,17 @@ def _fresh(setup: str = "", env=None) -> dict:
 
 def test_fresh_process_starts_on_tier0_and_upgrades_in_the_background():
     got = _fresh()
-    assert got == {"numba_after_first": False, "tier": 1, "same": True, "running": False}
+    assert got == {"numba_after_first": False, "numpy_ma": False, "tier": 1, "same": True, "running": False}
+
+
+def test_unique_helpers_match_numpy_unique():
+    """The first-call paths' replacements of ``np.unique`` (which imports ``numpy.ma``)."""
+    rng = np.random.default_rng(5)
+    for n in (0, 1, 2, 7, 500):
+        a = np.sort(rng.integers(0, 9, n))
+        np.testing.assert_array_equal(_splat_numpy.unique_sorted(a), np.unique(a))
+        rows = rng.integers(0, 3, (n, 3))
+        np.testing.assert_array_equal(_splat_numpy.unique_rows(rows).reshape(-1, 3), np.unique(rows, axis=0).reshape(-1, 3))
 
 
 def test_upgrade_can_be_turned_off():

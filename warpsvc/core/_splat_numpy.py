@@ -47,6 +47,28 @@ BYTES_PER_NODE = 512  # temporaries per node of a chunk (geometry, 9 deposits' i
 BYTES_PER_NODE_CHANNEL = 64  # ... plus per channel (tracemalloc peaks: see tests)
 
 
+def unique_sorted(a) -> np.ndarray:
+    """``np.unique`` of an array already sorted (non-decreasing): its distinct values.
+
+    ``np.unique`` itself is avoided on the first-call paths: numpy 2.4's ``_unique1d`` asks
+    ``np.ma.is_masked``, so a process's first ``np.unique`` imports ``numpy.ma`` (~14 ms, half
+    of a first antialiased homography warp of a point field)."""
+    a = np.asarray(a)
+    if a.size < 2:
+        return a.ravel().copy()
+    a = a.ravel()
+    return a[np.concatenate(([True], a[1:] != a[:-1]))]
+
+
+def unique_rows(a: np.ndarray) -> np.ndarray:
+    """``np.unique(a, axis=0)`` of a 2-D integer array: its distinct rows, sorted
+    lexicographically (see :func:`unique_sorted` for why not ``np.unique``)."""
+    if len(a) < 2:
+        return a.copy()
+    s = a[np.lexsort(a.T[::-1])]
+    return s[np.concatenate(([True], np.any(s[1:] != s[:-1], axis=1)))]
+
+
 def chunk_bytes(nodes: int, channels: int) -> int:
     """Working memory of one matrix-scatter chunk (counted in the plan's ``working_bytes``)."""
     return min(int(nodes), CHUNK_NODES) * (BYTES_PER_NODE + BYTES_PER_NODE_CHANNEL * channels)
@@ -197,7 +219,7 @@ def scatter_matrix(src, blocks, strip_rows, strip_ptr, strip_blocks, h, w, mat, 
     ho, wo = acc.shape[0] - 2 * GUARD, acc.shape[1] - 2 * GUARD
     row_lo, row_hi = int(strip_rows[0, 0]), int(strip_rows[-1, 1])
     (m00, m01, m02), (m10, m11, m12), (m20, m21, m22) = (tuple(float(v) for v in row) for row in mat)
-    ids = np.unique(strip_blocks[strip_ptr[0]:strip_ptr[-1]])
+    ids = unique_sorted(np.sort(strip_blocks[strip_ptr[0]:strip_ptr[-1]]))
     for sx, sy, inv_m, vals in _live_chunks(src, blocks, ids, h, w, row0, pad):
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             cx, cy, cw = m01 * sy + m02, m11 * sy + m12, m21 * sy + m22
@@ -331,7 +353,7 @@ def tent_sums(blocks, row_ptr, block_rows, h, w, sums, iy_lo, iy_hi, row0):
     wp = sums.shape[1]
     flat = sums.reshape(-1)
     base = (iy0 + PAD - row0) * wp + x0 + PAD  # flat index of each block's first sum
-    groups = np.unique(np.stack([m[ok], n_r[ok], n_c[ok]], 1), axis=0)
+    groups = unique_rows(np.stack([m[ok], n_r[ok], n_c[ok]], 1))
     for col_kinds in ((1, 2), (0,)):
         for mv, nr, nc in groups:
             group = np.nonzero(ok & (m == mv) & (n_r == nr) & (n_c == nc))[0]

@@ -261,7 +261,7 @@ def plan(dst_from_src, src_shape, out_shape, channels: int, with_coverage: bool 
     blocks = np.column_stack([layout["origins"], m])
     block_nodes = np.where(visible, layout["pixels"] * m * m, 0)
     nodes = int(block_nodes.sum())
-    mixed = len(np.unique(m)) > 1
+    mixed = bool(m.size > 1 and np.any(m != m.flat[0]))
     nch = channels + 1 if with_coverage else channels
     window = (min(h, window_rows(w, nch)) + 2 * k.PAD) * (w + 2 * k.PAD)
     g = k.GUARD
@@ -368,7 +368,7 @@ def _groups(items: np.ndarray, cost: np.ndarray, budget: float):
     if len(items) == 0:
         return []
     cuts = np.searchsorted(cum, np.arange(budget, cum[-1], budget), side="right")
-    cuts = np.unique(np.clip(cuts, 1, len(items) - 1)) if len(items) > 1 else np.array([], int)
+    cuts = k.unique_sorted(np.clip(cuts, 1, len(items) - 1)) if len(items) > 1 else np.array([], int)
     return np.split(items, cuts)
 
 
@@ -404,7 +404,7 @@ def _split_rows(work: np.ndarray, r0: int, r1: int, parts: int) -> np.ndarray:
         return np.array([r0, r1])
     cum = np.cumsum(work[r0:r1])
     cuts = r0 + 1 + np.searchsorted(cum, cum[-1] * np.arange(1, parts) / parts)
-    return np.unique(np.concatenate([[r0], np.clip(cuts, r0 + 1, r1 - 1), [r1]]))
+    return k.unique_sorted(np.concatenate([[r0], np.clip(cuts, r0 + 1, r1 - 1), [r1]]))
 
 
 def _strip_rows(edges: np.ndarray, ho: int) -> np.ndarray:
@@ -421,7 +421,7 @@ def _bands(work: np.ndarray):
     ho = len(work)
     cum = np.cumsum(work)
     cuts = np.searchsorted(cum, np.arange(NODES_PER_BAND, cum[-1], NODES_PER_BAND), side="right")
-    edges = np.unique(np.concatenate([[0], np.clip(cuts, 1, ho - 1), [ho]])) if ho > 1 else np.array([0, ho])
+    edges = k.unique_sorted(np.concatenate([[0], np.clip(cuts, 1, ho - 1), [ho]])) if ho > 1 else np.array([0, ho])
     return list(zip(edges[:-1], edges[1:]))
 
 
