@@ -265,6 +265,7 @@ after_first = "numba" in sys.modules
 second = warp(pts, pol, intensity="conserve", antialias=True)
 dense = warp(pts + 1.0, pol, intensity="conserve", antialias=True)  # mixed m: the tent sums' groups
 numpy_ma = "numpy.ma" in sys.modules  # the first np.unique of a process imports it (~14 ms)
+# (asserted with the upgrade off: a background load of the compiled kernels may import it)
 antialias.UPGRADE.join(60)
 third = warp(pts, t, (75, 75), intensity="conserve", antialias=True)
 print(json.dumps({{"numba_after_first": after_first, "numpy_ma": numpy_ma, "tier": antialias.scatter_tier(),
@@ -283,7 +284,8 @@ def _fresh(setup: str = "", env=None) -> dict:
 
 def test_fresh_process_starts_on_tier0_and_upgrades_in_the_background():
     got = _fresh()
-    assert got == {"numba_after_first": False, "numpy_ma": False, "tier": 1, "same": True, "running": False}
+    del got["numpy_ma"]  # the background load may have imported it (see the next test)
+    assert got == {"numba_after_first": False, "tier": 1, "same": True, "running": False}
 
 
 def test_unique_helpers_match_numpy_unique():
@@ -297,7 +299,9 @@ def test_unique_helpers_match_numpy_unique():
 
 
 def test_upgrade_can_be_turned_off():
-    assert _fresh(env={"WARPSVC_KERNEL_UPGRADE": "0"})["tier"] == 0
+    got = _fresh(env={"WARPSVC_KERNEL_UPGRADE": "0"})
+    assert got["tier"] == 0
+    assert got["numpy_ma"] is False  # tier 0's first calls (matrix, generic, mixed m) avoid np.unique
     assert _fresh("_compiled.set_kernel_upgrade(False)")["tier"] == 0
     assert _fresh("_compiled.set_kernel_upgrade(False); antialias.compile_tier1()")["tier"] == 1  # a warm-up
 
