@@ -52,24 +52,15 @@ def run_strips(fn, rows: int, work: int | None = None) -> int:
     if rows <= 0:
         return 0
     n = min(strip_count(work), rows)
+    if n == 1:
+        fn(0, rows)
+        return 1
     edges = strip_edges(rows, n)
-    run_parts(lambda i: fn(edges[i], edges[i + 1]), n)
-    return n
-
-
-def run_parts(fn, n: int) -> None:
-    """``fn(i)`` for ``i in range(n)`` in parallel (``n - 1`` on pool threads, part 0 on the
-    calling thread): parts the caller has already cut (their own rows of an output, as for
-    :func:`run_strips`). The first exception is re-raised after all parts end."""
-    if n <= 1:
-        if n == 1:
-            fn(0)
-        return
     pool = _workers(n - 1)
-    futures = [pool.submit(fn, i) for i in range(1, n)]
+    futures = [pool.submit(fn, edges[i], edges[i + 1]) for i in range(1, n)]
     error = None
     try:
-        fn(0)
+        fn(edges[0], edges[1])
     except BaseException as exc:  # noqa: BLE001 - wait for the others, then re-raise
         error = exc
     for f in futures:
@@ -79,3 +70,4 @@ def run_parts(fn, n: int) -> None:
             error = error or exc
     if error is not None:
         raise error
+    return n
