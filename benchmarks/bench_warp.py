@@ -18,7 +18,9 @@ Tiers: the projective conserve factor has a numpy tier 0 and a numba tier 1 (see
 ``warpsvc.core._scale_kernels``); the benchmark compiles tier 1 first
 (``_scale_kernels.compile_tier1()``, as the warm-up of a server does), so every timed
 ``conserve homography`` call runs tier 1 (checked and recorded as ``projective_tier``);
-tier 0 alone is timed among the kernel rows.
+tier 0 alone is timed among the kernel rows. The antialias scatter's tier 1 is compiled first
+too (``antialias.compile_tier1()``): on a fresh install, without it, the timed antialias calls
+ran tier 0 while numba's cache filled in the background (point sources 16x instead of ~160x).
 
 Threads: every thread count in ``--threads`` (``default`` = ``warpsvc.core.threads.available_cpus()``)
 is set on *both* sides (``warpsvc.core.threads.set_threads(n)`` also sets ``cv2.setNumThreads``;
@@ -266,6 +268,10 @@ def main(argv=None):
     from warpsvc.core import _scale_kernels
 
     _scale_kernels.compile_tier1()  # as a server's warm-up: conserving homographies run tier 1
+    if not args.skip_antialias:
+        from warpsvc.core import antialias
+
+        antialias.compile_tier1()  # and every timed scatter runs the compiled kernels, not tier 0
     load_before = os.getloadavg()
     rows = speed_cases(args.repeats)
     if not args.skip_antialias:
