@@ -386,7 +386,7 @@ def _attempt(problem: Problem, opts: AlignOptions, clock: Clock, coarse_gate: fl
                 finest = build_level(0, curve(t_pyr[0]), i_pyr[0], opts.model, chart, True, opts.max_pixels,
                                      clock.check)
     stats = final_statistics(finest if finest is not None else lv, W, opts, affine, chart, corners0, problem.sigma_floor,
-                             image_noise=problem.image_noise, last=last if reason == CONVERGED else None,
+                             image_noise=problem.check_noise, last=last if reason == CONVERGED else None,
                              photometric=photometric_on)
     if curve is not None:  # report I ~ a f(T) + b as its tangent line at the template's mean
         stats.gain, stats.bias = curve.line(stats.gain, stats.bias)

@@ -40,10 +40,10 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
-from .gauss_newton import evaluate, normal_equations
 from .chart import chart_scale, point_covariance
+from .gauss_newton import evaluate, normal_equations
+from .noise import check_noise_variance
 from .pyramid import Level, _grid_jacobian, _grid_jacobian_t, central_gradients
-
 
 # Share of white-noise variance that survives bilinear resampling at uniformly distributed
 # sub-pixel offsets: E[(1 - f)^2 + f^2] = 2/3 per axis.
@@ -86,8 +86,9 @@ def final_statistics(lv: Level, W, opts, affine: bool, chart, corners0, sigma_fl
                      image_noise: float = 0.0, photometric: bool | None = None) -> FinalStats:
     """Statistics at ``W``; ``last`` (the residuals of the finest level's last accepted estimate,
     which a converged level leaves within ``tolerance`` of ``W``) saves one more warp.
-    ``image_noise``: white-noise variance of the image (:func:`template_noise_variance` of the
-    image), for the noise-corrected correlation that decides ``converged``. ``photometric``:
+    ``image_noise``: noise variance of the image (:func:`template_noise_variance` of the
+    image, or :func:`.noise.check_noise_variance` on a JPEG), for the noise-corrected correlation
+    that decides ``converged``. ``photometric``:
     whether the gain/bias model was solved (default: as ``opts`` says)."""
     photometric = opts.gain_bias if photometric is None else photometric
     ev = last
@@ -107,7 +108,9 @@ def final_statistics(lv: Level, W, opts, affine: bool, chart, corners0, sigma_fl
     # image (bilinear resampling keeps on average (2/3)^2 of its variance; divided by the gain^2
     # to template units).
     gain2 = float(np.mean(np.square(ev.gain)))
-    noise = (level_noise_variance(lv), RESAMPLED_NOISE * image_noise / max(gain2, 1e-12))
+    # Both noises as the check subtracts them (.noise: the larger half-resolution estimate on a JPEG).
+    noise = (check_noise_variance(lv.template, level_noise_variance(lv)),
+             RESAMPLED_NOISE * image_noise / max(gain2, 1e-12))
     inliers = None if ev.weights is None else (ev.weights >= INLIER_WEIGHT).astype(np.float32)
     zncc_check = zncc(lv, ev, inliers, noise)
     cov = corner_cov = None

@@ -13,6 +13,7 @@ import numpy as np
 from .chart import make_chart
 from .covariance import template_noise_variance
 from .gauss_newton import warp_to_template
+from .noise import check_noise_variance
 from .pyramid import auto_levels, build_pyramid
 from .result import CONVERGED, INSUFFICIENT_OVERLAP, LOW_CORRELATION, UNCERTAIN, AlignResult
 from .verify import corner_bound
@@ -47,10 +48,19 @@ class Problem:
         """White-noise variance of the image (Immerkaer), for the final check:
         estimated on a window of about the template's size at the centre of the image part in
         use (the sensor's noise is the same everywhere; the window bounds the cost)."""
+        return template_noise_variance(self._noise_window())
+
+    @functools.cached_property
+    def check_noise(self) -> float:
+        """The image's noise variance as the final check subtracts it (:mod:`.noise`): the white
+        estimate, or the half-resolution one on a JPEG-decoded image when that is larger."""
+        return check_noise_variance(self._noise_window(), self.image_noise)
+
+    def _noise_window(self):
         H, W = self.img.shape[:2]
         h, w = min(H, self.tmpl.shape[0] + 2), min(W, self.tmpl.shape[1] + 2)
         y0, x0 = (H - h) // 2, (W - w) // 2
-        return template_noise_variance(self.img[y0:y0 + h, x0:x0 + w])
+        return self.img[y0:y0 + h, x0:x0 + w]
 
     def same_exposure(self, n_levels) -> bool:
         """The cheap decision of ``photometric="auto"``: at the coarsest level (blurred, so a
