@@ -99,3 +99,26 @@ def test_jpeg_pair_of_different_scenes_is_not_converged(search):
     init = np.linalg.inv(SHIFT) if search == "local" else None
     r = warpsvc.align(t8, i8, "homography", init, search=search)
     assert not r.converged
+
+
+def test_degenerate_feature_start_returns_a_result_not_an_exception():
+    """A real pair (scikit-image's retina, JPEG'd, rotated ~-110 deg) whose feature start is a
+    singular homography: ``align`` raised ``LinAlgError`` inverting it; now the call returns an
+    unconverged result with a finite ``inverse``."""
+    from skimage import data
+
+    img = cv2.resize(cv2.cvtColor(data.retina()[:, :, :3], cv2.COLOR_RGB2GRAY), (640, 480),
+                     interpolation=cv2.INTER_AREA).astype(np.float32)
+    rng = np.random.default_rng([6, 5])
+    th, s, n = np.deg2rad(rng.uniform(-180, 180)), rng.uniform(0.7, 1.4), 200
+    tp = np.array([[0, 0], [n - 1, 0], [n - 1, n - 1], [0, n - 1]], float)
+    rot = s * np.array([[np.cos(th), -np.sin(th)], [np.sin(th), np.cos(th)]])
+    pts = (tp - (n - 1) / 2) @ rot.T + [rng.uniform(200, 440), rng.uniform(160, 320)] + rng.normal(0, 6, (4, 2))
+    H = cv2.getPerspectiveTransform(tp.astype(np.float32), pts.astype(np.float32)).astype(float)
+    t = cv2.warpPerspective(img, H, (n, n), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
+    t = t * rng.uniform(0.8, 1.2) + rng.uniform(-10, 10)
+    t8, i8 = _jpeg(t + rng.normal(0, 4, t.shape)), _jpeg(img + rng.normal(0, 4, img.shape))
+    r = warpsvc.align(t8, i8, "homography")
+    assert np.all(np.isfinite(r.inverse))
+    if not np.all(np.isfinite(r.matrix)):
+        assert not r.converged and r.reason == "degenerate_warp"

@@ -18,7 +18,7 @@ from .gauss_newton import Clock, Stopped, solve_level, translation_search
 from .chart import make_chart
 from .options import AlignOptions, explicit_keywords, merge_options
 from .pyramid import channel_mean, build_level, prepare
-from .problem import Outcome, Problem, same_exposure_fit
+from .problem import Outcome, Problem, same_exposure_fit, template_from_image
 from .tone import fit_tone_curve
 from .verify import MAX_BLOCK_MARGIN, MIN_MARGIN, closest_failure, margins, outlier_mask
 from .result import (
@@ -287,10 +287,7 @@ def _stopped(W0, template_shape, opts, clock, reason, start) -> AlignResult:
     """The result of a call the clock stopped before any iteration: the start ``W0`` (level-0
     ``image_from_template``), nothing measured (``rms_error``, ``zncc``, ``overlap`` NaN)."""
     inverse = W0 / W0[2, 2]
-    matrix = np.linalg.inv(inverse)
-    matrix = matrix / matrix[2, 2]
-    if np.array_equal(inverse[2], [0.0, 0.0, 1.0]):
-        matrix[2] = (0.0, 0.0, 1.0)
+    matrix = template_from_image(inverse)
     c = template_shape[2]
     nan = float("nan")
     return AlignResult(

@@ -15,7 +15,7 @@ from .covariance import template_noise_variance
 from .gauss_newton import warp_to_template
 from .noise import check_noise_variance
 from .pyramid import auto_levels, build_pyramid
-from .result import CONVERGED, INSUFFICIENT_OVERLAP, LOW_CORRELATION, UNCERTAIN, AlignResult
+from .result import CONVERGED, DEGENERATE_WARP, INSUFFICIENT_OVERLAP, LOW_CORRELATION, UNCERTAIN, AlignResult
 from .verify import corner_bound
 
 # photometric="auto": "same exposure" when a gain/bias fit is this close to (1, 0) -- gain within
@@ -127,18 +127,32 @@ class Outcome:
         x0, y0 = problem.offset
         W = np.array([[1.0, 0, x0], [0, 1.0, y0], [0, 0, 1.0]]) @ self.W  # back to full-image pixels
         inverse = W / W[2, 2]
-        matrix = np.linalg.inv(inverse)
-        matrix = matrix / matrix[2, 2]
-        if np.array_equal(inverse[2], [0.0, 0.0, 1.0]):
-            matrix[2] = (0.0, 0.0, 1.0)
+        matrix = template_from_image(inverse)
+        converged, reason = self.converged, self.reason
+        if not np.all(np.isfinite(matrix)):  # a singular warp (e.g. a degenerate start): nothing to invert
+            converged, reason = False, DEGENERATE_WARP
         return AlignResult(
-            matrix=matrix, inverse=inverse, converged=self.converged, reason=self.reason,
+            matrix=matrix, inverse=inverse, converged=converged, reason=reason,
             iterations=tuple(self.iterations), rms_error=stats.rms, zncc=stats.zncc,
             cost_history=tuple(self.histories), covariance=stats.covariance,
             corner_covariance=stats.corner_covariance, overlap=stats.overlap, gain=tuple(stats.gain),
             bias=tuple(stats.bias), model=opts.model, levels=self.n_levels, elapsed=clock.elapsed(),
             chart=problem.chart, start=start,
         )
+
+
+def template_from_image(inverse: np.ndarray) -> np.ndarray:
+    """The inverse of ``image_from_template`` ``inverse`` (3, 3), normalised so that its ``[2, 2]`` is 1
+    (bottom row exactly ``(0, 0, 1)`` for an affine ``inverse``); all NaN when ``inverse`` is singular."""
+    try:
+        matrix = np.linalg.inv(inverse)
+    except np.linalg.LinAlgError:
+        return np.full((3, 3), np.nan)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        matrix = matrix / matrix[2, 2]
+    if np.array_equal(inverse[2], [0.0, 0.0, 1.0]):
+        matrix[2] = (0.0, 0.0, 1.0)
+    return matrix
 
 
 def same_exposure_fit(ev, lv) -> bool:
