@@ -224,3 +224,66 @@ def test_closest_failure_order():
     assert closest_failure([a, low, b]) is low  # the better-correlated solve, not the degenerate warp
     c, d = R(reason="insufficient_overlap", zncc=0.9), R(reason="degenerate_warp", zncc=0.1)
     assert closest_failure([c, d]) is d  # none got that far: the last
+
+
+def _stop_on_entry(monkeypatch, what, then=None):
+    """Wrap ``api.<what>`` so that the returned ``should_stop`` turns true once it is entered
+    (``then``: a callable run there instead, e.g. a sleep past a time budget). The real
+    function still runs, on a stopped clock."""
+    from warpsvc.core.align import api
+
+    flag = {"stop": False}
+    real = getattr(api, what)
+
+    def wrapped(*args, **kwargs):
+        if then is None:
+            flag["stop"] = True
+        else:
+            then()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(api, what, wrapped)
+    return lambda: flag["stop"]
+
+
+@pytest.mark.parametrize("search", ["auto", "global"])
+def test_search_cut_short_is_reported_as_the_stop(frame, monkeypatch, search):
+    """The clock stops the call just as the global search starts: the result is the best
+    failure so far, reported ``cancelled``, not that failure's own reason (``auto``: the
+    identity's ``low_correlation``, which this reported before) -- more time might find the
+    motion. ``global``: the first feature search is stopped, nothing was found, and the
+    identity start is reported stopped before it began."""
+    W = placed(**LARGE_MOTIONS["rotation_180"])
+    template = cut(frame, W)
+    stop = _stop_on_entry(monkeypatch, "_feature_start" if search == "global" else "_global")
+    result = align(template, frame, "homography", search=search, should_stop=stop)
+    assert not result.converged
+    assert result.reason == "cancelled"
+    if search == "auto":  # the identity's attempt, which the search did not get past
+        assert result.start == "identity" and corner_error(result, W) > 50
+
+
+def test_search_that_ran_out_of_budget_reports_time_budget(frame, monkeypatch):
+    """Same with a time budget: the budget expires while the identity attempt's failure is
+    already known (the wrapper sleeps past it before the global search starts)."""
+    import time
+
+    W = placed(**LARGE_MOTIONS["rotation_180"])
+    template = cut(frame, W)
+    budget = 2.0
+    t0 = time.perf_counter()
+    _stop_on_entry(monkeypatch, "_global", then=lambda: time.sleep(max(0.0, budget + 0.05 - (time.perf_counter() - t0))))
+    result = align(template, frame, "homography", time_budget=budget)
+    assert not result.converged and result.reason == "time_budget"
+    assert result.elapsed >= budget
+    unlimited = align(template, frame, "homography")  # the same pair with time: found
+    assert unlimited.converged and unlimited.start == "features"
+
+
+def test_failed_search_with_time_left_keeps_its_own_reason(frame):
+    """Unrelated images, a generous budget: every start is tried and fails; the reason is the
+    failure's own, not a stop."""
+    rng = np.random.default_rng(3)
+    noise = rng.uniform(0, 255, (SIDE, SIDE)).astype(np.float32)
+    result = align(noise, frame, "homography", time_budget=60.0)
+    assert not result.converged and result.reason not in ("time_budget", "cancelled")

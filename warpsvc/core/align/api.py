@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import cv2
@@ -154,25 +155,45 @@ def align(
             raise InvalidArgumentError("search='global' finds its own start: pass init=None", field="search")
         return _solve(tmpl, image, image_mask, _initial_warp(init), opts, clock, Start.INIT)
     if opts.search == "global":
-        found = _global(tmpl, image, image_mask, opts, clock)
-        return found if found is not None else _solve(tmpl, image, image_mask, np.eye(3), opts, clock, Start.IDENTITY)
+        found, complete = _global(tmpl, image, image_mask, opts, clock)
+        if found is None:
+            return _solve(tmpl, image, image_mask, np.eye(3), opts, clock, Start.IDENTITY)
+        return found if complete else _cut_short(found, clock)
     auto = opts.search == "auto"
     result = _solve(tmpl, image, image_mask, np.eye(3), opts.replace(retry=False) if auto else opts, clock,
                     Start.IDENTITY, COARSE_GATE if auto else None)
-    if result.converged or opts.search == "local" or clock.stop_reason() is not None:
+    if result.converged or opts.search == "local":
         return result
+    if clock.stop_reason() is not None:  # no time left for the global search
+        return _cut_short(result, clock)
     # auto: the local solve from the identity failed; a global start, else the local retries
-    found = _global(tmpl, image, image_mask, opts, clock)
+    found, complete = _global(tmpl, image, image_mask, opts, clock)
     if found is not None and found.converged:
         return found
     failures = [result] if found is None else [result, found]
+    complete = complete and not (opts.retry and clock.stop_reason() is not None)  # a skipped retry
     if opts.retry and clock.stop_reason() is None:
         again = _solve(tmpl, image, image_mask, np.eye(3), opts, clock, Start.IDENTITY)
         if again.converged or again.reason in (TIME_BUDGET, CANCELLED):
             return again
         failures.append(again)
     stopped = [r for r in failures if r.reason in (TIME_BUDGET, CANCELLED)]
-    return stopped[-1] if stopped else closest_failure(failures)
+    if stopped:
+        return stopped[-1]
+    best = closest_failure(failures)
+    return best if complete else _cut_short(best, clock)
+
+
+def _cut_short(result: AlignResult, clock: Clock) -> AlignResult:
+    """A failed search result, relabelled ``time_budget`` / ``cancelled`` when the clock
+    stopped the search before it had tried every start (the caller knows whether it did; SIFT
+    cannot be interrupted, so the clock is often found expired only after a stage). The matrix
+    and statistics are those of the best failure so far; ``reason`` then says that more time
+    might find the motion, not why that failure failed. ``elapsed`` becomes the whole call's."""
+    stop = clock.stop_reason()
+    if result.converged or stop is None or result.reason in (TIME_BUDGET, CANCELLED):
+        return result
+    return dataclasses.replace(result, reason=stop, elapsed=clock.elapsed())
 
 
 def _refine(tmpl, image, image_mask, W0, opts, clock) -> AlignResult:
@@ -196,7 +217,7 @@ def _refine(tmpl, image, image_mask, W0, opts, clock) -> AlignResult:
     return sparse if sparse.converged or not result.zncc >= sparse.zncc else result
 
 
-def _global(tmpl, image, image_mask, opts, clock) -> AlignResult | None:
+def _global(tmpl, image, image_mask, opts, clock) -> tuple[AlignResult | None, bool]:
     """A feature start (:mod:`.features`) refined by Gauss-Newton: the image searched at 3/4
     resolution first, at full resolution when that finds no start or its refinement fails
     (extra cost only on such failures). A grey ``uint8`` image goes to the detector as it is
@@ -204,22 +225,24 @@ def _global(tmpl, image, image_mask, opts, clock) -> AlignResult | None:
     searches fail, it is searched again stretched like the template, at both resolutions: a
     dark or low-contrast image shows SIFT few keypoints above its contrast threshold (night sky:
     measured on the large-motion benchmark, 800 trials, 5 more successes, none lost; searching
-    only the stretched image instead lost starts the raw one had). ``None`` when no start was
-    found."""
+    only the stretched image instead lost starts the raw one had). Returns ``(result,
+    complete)``: the converged result, else the best-correlated refinement (``None`` when no
+    start was found), and whether every search ran (``False``: the clock cut it short)."""
     best = None
-    for scale, stretch in _feature_searches(image, image_mask):
+    searches = _feature_searches(image, image_mask)
+    for n, (scale, stretch) in enumerate(searches, 1):
         try:
             found = _feature_start(tmpl, image, image_mask, opts, scale, clock, stretch)
         except Stopped:  # the clock stopped the feature search: what was found so far
-            break
+            return best, False
         if found is not None:
             result = _refine(tmpl, image, image_mask, found, opts, clock)
             if result.converged:
-                return result
+                return result, True
             best = result if best is None or result.zncc > best.zncc else best
         if clock.stop_reason() is not None:
-            break
-    return best
+            return best, n == len(searches)
+    return best, True
 
 
 def _raw_detector_input(image, image_mask) -> bool:
