@@ -287,3 +287,27 @@ def test_failed_search_with_time_left_keeps_its_own_reason(frame):
     noise = rng.uniform(0, 255, (SIDE, SIDE)).astype(np.float32)
     result = align(noise, frame, "homography", time_budget=60.0)
     assert not result.converged and result.reason not in ("time_budget", "cancelled")
+
+
+def test_feature_start_plausibility_guard():
+    """``features.plausible``: the benchmark's motions pass; a mirror, a fold (two image
+    corners swapped: a bow-tie), a corner behind the camera, a rank-2 fit and a 10x shrink
+    per side are refused (``feature_start`` then returns no start)."""
+    from warpsvc.core.align.features import plausible
+
+    shape = (SIDE, SIDE)
+    for case in LARGE_MOTIONS.values():
+        assert plausible(placed(**case), shape)
+    assert plausible(placed(0.0, 0.2, (100.0, 100.0)), shape)  # 5x smaller per side: within 8x
+    tp = corners()
+    good = tp * 1.1 + 30
+    assert plausible(HomographyTransform.from_points(tp, good).matrix, shape)
+    mirror = np.diag([-1.0, 1.0, 1.0]) @ placed(**LARGE_MOTIONS["perspective"])
+    assert not plausible(mirror, shape)
+    bowtie = good[[0, 1, 3, 2]]  # BR and BL swapped: the quadrilateral crosses itself
+    assert not plausible(cv2.getPerspectiveTransform(tp.astype(np.float32), bowtie.astype(np.float32)), shape)
+    behind = np.array([[1.0, 0, 0], [0, 1.0, 0], [-0.01, 0, 1.0]])  # w < 0 for x > 100
+    assert not plausible(behind, shape)
+    rank2 = np.array([[1.0, 2.0, 5.0], [2.0, 4.0, 10.0], [0.0, 0.0, 1.0]])
+    assert not plausible(rank2, shape)
+    assert not plausible(placed(0.0, 0.1, (100.0, 100.0)), shape)  # 100x less area

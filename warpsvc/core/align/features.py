@@ -114,7 +114,41 @@ def feature_start(template: np.ndarray, image: np.ndarray, model: str,
         return None
     H = np.asarray(H, np.float64)
     H = _in_family(H / H[2, 2], model, template.shape)
+    if not plausible(H, template.shape):
+        return None
     return H, int(inl.sum())
+
+
+# Largest area change (either way) a start may claim between template and image: 8x in scale
+# per side, well beyond the 0.5-2x that the search is built for.
+MAX_AREA_RATIO = 64.0
+
+
+def plausible(H: np.ndarray, shape) -> bool:
+    """Whether ``H`` (image_from_template) maps the template to a start Gauss-Newton can
+    refine: every corner in front of the camera (``w > 0``), the mapped corners a convex
+    quadrilateral with the template's own orientation (no fold, no mirror: the solver keeps
+    orientation, :class:`.gauss_newton.Stepper`), and an area within :data:`MAX_AREA_RATIO` of
+    the template's. MAGSAC can return a near-singular fit on few, nearly collinear inliers
+    (a held-out retina pair: a rank-2 homography), which is none of these.
+
+    Orientation: with the corners ``p_k`` in template order (TL, TR, BR, BL) the cross product
+    ``(p_{k+1} - p_k) x (p_{k+2} - p_{k+1})`` has the sign of the template's own at every
+    ``k`` exactly when the quadrilateral is convex and not mirrored; the shoelace sum gives
+    its area."""
+    h, w = shape[:2]
+    c = np.array([[0, 0, 1], [w - 1, 0, 1], [w - 1, h - 1, 1], [0, h - 1, 1]], np.float64)
+    q = c @ np.asarray(H, np.float64).T
+    if not (np.all(np.isfinite(q)) and np.all(q[:, 2] > 0)):
+        return False
+    p = q[:, :2] / q[:, 2:]
+    e = np.roll(p, -1, axis=0) - p  # edges p_k -> p_{k+1}
+    turn = e[:, 0] * np.roll(e, -1, axis=0)[:, 1] - e[:, 1] * np.roll(e, -1, axis=0)[:, 0]
+    if not np.all(turn > 0):  # the template's corners turn positively (x right, y down)
+        return False
+    area = 0.5 * float(np.sum(p[:, 0] * np.roll(p[:, 1], -1) - np.roll(p[:, 0], -1) * p[:, 1]))
+    area0 = float((w - 1) * (h - 1))
+    return area0 > 0 and 1.0 / MAX_AREA_RATIO <= area / area0 <= MAX_AREA_RATIO
 
 
 MATCH_ROWS = 1024  # template descriptors matched per brute-force call (then a check)
