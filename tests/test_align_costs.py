@@ -6,9 +6,9 @@ Oracles: seeded white noise of known variance (the windowed noise estimate), dir
 import numpy as np
 import pytest
 
-from warpsvc.core.align.problem import _template_mean
 from warpsvc.core.align.chart import make_chart
-from warpsvc.core.align.covariance import NOISE_WINDOW, template_noise_variance
+from warpsvc.core.align.noise import NOISE_WINDOW, template_noise_variance
+from warpsvc.core.align.problem import _template_mean
 from warpsvc.core.align.pyramid import build_level
 
 

@@ -9,7 +9,7 @@ import pytest
 
 import warpsvc
 from warpsvc.core.align import noise
-from warpsvc.core.align.covariance import template_noise_variance
+from warpsvc.core.align.noise import template_noise_variance
 
 
 def _jpeg(a, quality=85):

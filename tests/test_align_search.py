@@ -272,7 +272,8 @@ def test_search_that_ran_out_of_budget_reports_time_budget(frame, monkeypatch):
     template = cut(frame, W)
     budget = 2.0
     t0 = time.perf_counter()
-    _stop_on_entry(monkeypatch, "_global", then=lambda: time.sleep(max(0.0, budget + 0.05 - (time.perf_counter() - t0))))
+    _stop_on_entry(monkeypatch, "_global",
+                   then=lambda: time.sleep(max(0.0, budget + 0.05 - (time.perf_counter() - t0))))
     result = align(template, frame, "homography", time_budget=budget)
     assert not result.converged and result.reason == "time_budget"
     assert result.elapsed >= budget

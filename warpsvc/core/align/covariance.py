@@ -42,7 +42,7 @@ import numpy as np
 
 from .chart import chart_scale, point_covariance
 from .gauss_newton import evaluate, normal_equations
-from .noise import check_noise_variance
+from .noise import check_noise_variance, template_noise_variance
 from .pyramid import Level, _grid_jacobian, _grid_jacobian_t, central_gradients
 
 # Share of white-noise variance that survives bilinear resampling at uniformly distributed
@@ -57,12 +57,6 @@ RESAMPLED_NOISE = 4.0 / 9.0
 # patches) it errs towards a larger covariance. Noise 8: shares 0.34-1.07 (10-90 %), so noisy
 # pairs take the cross product (:func:`cross_hessian`, ~0.3 ms for 100x100).
 NOISE_SHARE = 0.25
-
-
-# Side of the centred window on which a large template's white noise is estimated
-# (:func:`template_noise_variance`): 65 536 samples, a relative standard error of the
-# estimate well under 1 %.
-NOISE_WINDOW = 256
 
 
 # With a robust loss the check correlates the inliers only: residuals whose IRLS weight is at
@@ -126,30 +120,6 @@ def final_statistics(lv: Level, W, opts, affine: bool, chart, corners0, sigma_fl
             cov = cov_full[:lv.n_params, :lv.n_params]
             corner_cov = point_covariance(W, chart, opts.model, cov, corners0[:, :2])
     return FinalStats(rms, raw, overlap, ev.gain, ev.bias, cov, corner_cov, zncc_check)
-
-
-def template_noise_variance(template: np.ndarray) -> float:
-    """Immerkaer's (1996) estimate of white-noise variance: the mean absolute response to the
-    Laplacian-difference kernel, ``sigma = sqrt(pi / 2) / 6 * mean |T * N|``, over pixels whose
-    3x3 neighbourhood is usable (texture biases it slightly upwards). A template larger than
-    :data:`NOISE_WINDOW` pixels on a side is measured on its centred ``NOISE_WINDOW``-square
-    window (white noise is the same everywhere; a 640x480 template then costs ~0.3 ms, not
-    ~3 ms)."""
-    h, w = template.shape[:2]
-    if h > NOISE_WINDOW + 2 or w > NOISE_WINDOW + 2:
-        y0, x0 = max((h - NOISE_WINDOW - 2) // 2, 0), max((w - NOISE_WINDOW - 2) // 2, 0)
-        template = template[y0:y0 + NOISE_WINDOW + 2, x0:x0 + NOISE_WINDOW + 2]
-    kernel = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
-    total, count = 0.0, 0
-    for ch in range(template.shape[2]):
-        r = cv2.filter2D(template[:, :, ch], cv2.CV_32F, kernel, borderType=cv2.BORDER_REPLICATE)[1:-1, 1:-1]
-        r = np.abs(r[np.isfinite(r)])
-        total += float(r.sum())
-        count += r.size
-    if count == 0:
-        return 0.0
-    sigma = np.sqrt(np.pi / 2) / 6.0 * total / count
-    return float(sigma * sigma)
 
 
 def level_noise_variance(lv: Level) -> float:

@@ -11,9 +11,8 @@ import functools
 import numpy as np
 
 from .chart import make_chart
-from .covariance import template_noise_variance
 from .gauss_newton import warp_to_template
-from .noise import check_noise_variance
+from .noise import check_noise_variance, template_noise_variance
 from .pyramid import auto_levels, build_pyramid
 from .result import CONVERGED, DEGENERATE_WARP, INSUFFICIENT_OVERLAP, LOW_CORRELATION, UNCERTAIN, AlignResult
 from .verify import corner_bound
