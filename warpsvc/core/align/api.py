@@ -14,9 +14,10 @@ from ..transforms.matrix import _check_matrix
 from ..transforms.models import submodel_columns
 from ..validate import check_image
 from .features import IMAGE_SCALE, feature_start
-from .covariance import final_statistics, zncc
+from .covariance import final_statistics, level_noise_variance, template_noise_share, zncc
 from .gauss_newton import Clock, Stopped, solve_level, translation_search
 from .chart import make_chart
+from .denoise import MIN_NOISE_RATIO, NOISE_DOMINATED
 from .options import AlignOptions, explicit_keywords, merge_options
 from .pyramid import channel_mean, build_level, prepare
 from .problem import Outcome, Problem, same_exposure_fit, template_from_image
@@ -68,6 +69,9 @@ NOISE_FLOOR_STEPS = 20
 # photometric="auto" with an exposure change: a quadratic tone curve fitted after the level
 # above the finest maps the finest level's template when significant (:mod:`.tone`).
 TONE_CURVE = True
+# A template whose gradient noise dominates its Hessian in some direction is solved on a denoised
+# copy, then polished on itself at the finest level (:mod:`.denoise`).
+DENOISE = True
 
 
 @explicit_keywords
@@ -326,7 +330,8 @@ def _attempt(problem: Problem, opts: AlignOptions, clock: Clock, coarse_gate: fl
     cheap decision of ``search="auto"`` that the motion is not local. With a gate the finest
     level (the costliest set-up: strongest-pixel selection, Jacobians) is built only when the
     gate is passed, and an attempt given up above it reports the statistics of the last level
-    solved (large motion, tuning: ~5 ms of a 16 ms gated attempt)."""
+    solved (large motion, tuning: ~5 ms of a 16 ms gated attempt). A noise-dominated template
+    is solved on a denoised copy and polished on itself (:mod:`.denoise`)."""
     n_levels = problem.n_levels(opts)
     t_pyr, i_pyr = problem.pyramids(n_levels, clock.check)
     chart, chart_inv, corners0, affine = problem.chart, problem.chart_inv, problem.corners0, problem.affine
@@ -337,12 +342,15 @@ def _attempt(problem: Problem, opts: AlignOptions, clock: Clock, coarse_gate: fl
     last = None
     newton_step = float("inf")
     finest = lv = curve = None
+    solve_pyr, solved = t_pyr, None  # what the solve runs on: the template's, or a denoised copy's
     if coarse_gate is None or n_levels == 1:
         finest = build_level(0, t_pyr[0], i_pyr[0], opts.model, chart, photometric_on, opts.max_pixels, clock.check)
         if not _well_posed(finest):
             n_levels = 0  # nothing to solve: report the start
             reason = FLAT_TEMPLATE
             iterations, histories = [0] * len(t_pyr), [()] * len(t_pyr)
+        else:
+            solve_pyr, solved = _solve_levels(problem, finest, n_levels, t_pyr, i_pyr, opts, photometric_on, clock)
     for index in range(n_levels - 1, -1, -1):
         if index == 0 and finest is None:  # the gate was passed: build it now
             finest = build_level(0, t_pyr[0], i_pyr[0], opts.model, chart, photometric_on, opts.max_pixels,
@@ -352,7 +360,8 @@ def _attempt(problem: Problem, opts: AlignOptions, clock: Clock, coarse_gate: fl
                 iterations.append(0)
                 histories.append(())
                 break
-        lv = finest if index == 0 else build_level(index, t_pyr[index], i_pyr[index], opts.model, chart,
+            solved = _solve_levels(problem, finest, n_levels, t_pyr, i_pyr, opts, photometric_on, clock)[1]
+        lv = solved if index == 0 else build_level(index, solve_pyr[index], i_pyr[index], opts.model, chart,
                                                    photometric_on, opts.max_pixels, clock.check)
         if lv.n_usable < 4 * lv.sd.shape[1]:
             iterations.append(0)
@@ -374,6 +383,15 @@ def _attempt(problem: Problem, opts: AlignOptions, clock: Clock, coarse_gate: fl
             level_costs += out.costs
             if out.reason in (TIME_BUDGET, CANCELLED):
                 break
+        if index == 0 and solved is not finest and out is not None and out.reason not in (TIME_BUDGET, CANCELLED):
+            # solved on the denoised template: continue on the template itself (.denoise)
+            out = solve_level(finest, W, model=opts.model, chart=chart, chart_inv=chart_inv, corners0=corners0,
+                              affine=affine, robust=opts.robust, photometric=photometric_on,
+                              max_iterations=opts.max_iterations, tolerance=tol, clock=clock,
+                              sigma_floor=problem.sigma_floor)
+            W = out.W
+            level_its += out.iterations
+            level_costs += out.costs
         if out is None:
             iterations.append(0)
             histories.append(())
@@ -399,15 +417,21 @@ def _attempt(problem: Problem, opts: AlignOptions, clock: Clock, coarse_gate: fl
                 reason = CONVERGED
         elif photometric_on and opts.photometric == "auto" and same_exposure_fit(out.last, lv):
             photometric_on = False  # the cheap decision: finer levels without the gain/bias columns
+            denoising = solved is not finest
             finest = None if finest is None else finest.without_photometric()
+            solved = solved.without_photometric() if denoising and solved is not None else finest
         elif index == 1 and photometric_on and opts.photometric == "auto" and TONE_CURVE and lv.shape[2] == 1:
             curve = None if out.last is None else fit_tone_curve(lv.tflat, out.last.warped, t_pyr[0])
             if curve is not None:  # the finest level on the template mapped through it (.tone)
+                denoising = solved is not finest
                 finest = build_level(0, curve(t_pyr[0]), i_pyr[0], opts.model, chart, True, opts.max_pixels,
                                      clock.check)
+                solved = finest if not denoising else build_level(0, curve(solve_pyr[0]), i_pyr[0], opts.model,
+                                                                  chart, True, opts.max_pixels, clock.check)
     stats = final_statistics(finest if finest is not None else lv, W, opts, affine, chart, corners0, problem.sigma_floor,
                              image_noise=problem.check_noise, last=last if reason == CONVERGED else None,
-                             photometric=photometric_on)
+                             photometric=photometric_on,
+                             denoised=solved if solved is not None and solved is not finest else None)
     if curve is not None:  # report I ~ a f(T) + b as its tangent line at the template's mean
         stats.gain, stats.bias = curve.line(stats.gain, stats.bias)
     outcome = Outcome(W, reason, iterations, histories, stats, len(t_pyr))
@@ -419,6 +443,25 @@ def _attempt(problem: Problem, opts: AlignOptions, clock: Clock, coarse_gate: fl
         if not (outcome.margin >= MIN_MARGIN and outcome.block_margin <= MAX_BLOCK_MARGIN):
             outcome.converged, outcome.reason = False, AMBIGUOUS
     return outcome
+
+
+def _noise_dominated(problem, finest, opts) -> bool:
+    """Whether the template's gradient noise dominates its Hessian in some direction
+    (:func:`.covariance.template_noise_share` above :data:`.denoise.NOISE_DOMINATED`) and its
+    noise is a real share of its contrast (:data:`.denoise.MIN_NOISE_RATIO`)."""
+    return bool(template_noise_share(finest, opts.model, problem.chart) > NOISE_DOMINATED
+                and level_noise_variance(finest) >= (MIN_NOISE_RATIO * problem.template_std) ** 2)
+
+
+def _solve_levels(problem, finest, n_levels, t_pyr, i_pyr, opts, photometric_on, clock):
+    """``(template pyramid, finest level)`` the attempt solves on: the template's own, or, for
+    a noise-dominated template (:func:`_noise_dominated`), a denoised copy's (the finest level
+    is then polished on ``finest``, the template's own: :mod:`.denoise`)."""
+    if not (DENOISE and _noise_dominated(problem, finest, opts)):
+        return t_pyr, finest
+    pyr = problem.denoised_pyramid(n_levels, level_noise_variance(finest), clock.check)
+    return pyr, build_level(0, pyr[0], i_pyr[0], opts.model, problem.chart, photometric_on, opts.max_pixels,
+                            clock.check)
 
 
 def _region(image_shape, template_shape, W, align: int):

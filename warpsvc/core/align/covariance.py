@@ -77,13 +77,18 @@ class FinalStats:
 
 
 def final_statistics(lv: Level, W, opts, affine: bool, chart, corners0, sigma_floor, last=None,
-                     image_noise: float = 0.0, photometric: bool | None = None) -> FinalStats:
+                     image_noise: float = 0.0, photometric: bool | None = None,
+                     denoised: Level | None = None) -> FinalStats:
     """Statistics at ``W``; ``last`` (the residuals of the finest level's last accepted estimate,
     which a converged level leaves within ``tolerance`` of ``W``) saves one more warp.
     ``image_noise``: noise variance of the image (:func:`template_noise_variance` of the
     image, or :func:`.noise.check_noise_variance` on a JPEG), for the noise-corrected correlation
     that decides ``converged``. ``photometric``:
-    whether the gain/bias model was solved (default: as ``opts`` says)."""
+    whether the gain/bias model was solved (default: as ``opts`` says). ``denoised``: the same
+    level on a denoised copy of the template (:mod:`.denoise`, a noise-dominated template),
+    whose steepest-descent images then give the sandwich's bread: the curvature of the
+    noise-free template, which neither ``H - N`` (not positive definite there) nor the cross
+    Hessian (its weak directions are noise) estimates well."""
     photometric = opts.gain_bias if photometric is None else photometric
     ev = last
     if ev is None:
@@ -113,7 +118,10 @@ def final_statistics(lv: Level, W, opts, affine: bool, chart, corners0, sigma_fl
         H, _ = normal_equations(lv, ev)
         debiased, meat_fix, noise = _debiased_hessian(lv, ev, H, opts.model, chart)
         bread = debiased
-        if lv.points is None and not _noise_share(H, noise) <= NOISE_SHARE:
+        if denoised is not None:
+            bread, _ = normal_equations(denoised, ev)
+            bread = bread if _positive_definite(bread) else None
+        elif lv.points is None and not _noise_share(H, noise) <= NOISE_SHARE:
             bread = cross_hessian(lv, ev, chart, opts.model)
         cov_full = None if bread is None else _sandwich(lv, ev, bread, k, meat_fix)
         if cov_full is not None:
@@ -214,6 +222,22 @@ def _interior_energy(model, h, w, factor, chart_key):
     inner[1:-1, 1:-1] = 1.0
     inner = inner.reshape(-1, 1)
     return (jx.T @ (jx * inner) + jy.T @ (jy * inner)).astype(np.float64)
+
+
+def template_noise_share(lv: Level, model: str, chart) -> float:
+    """:func:`_noise_share` of a whole-grid level's Hessian before any solve (every usable pixel
+    counted, as :func:`_debiased_hessian` counts them when all are valid): how far the
+    template's own gradient noise dominates its weakest direction (:mod:`.denoise`). 0.0 for a
+    level that samples a pixel subset or shows no noise."""
+    var_t = level_noise_variance(lv)
+    if lv.points is not None or var_t <= 0:
+        return 0.0
+    h, w, c = lv.shape
+    p = lv.n_params
+    scale = chart_scale(chart) / lv.factor
+    energy = c * _interior_energy(model, h, w, lv.factor, tuple(chart.ravel()))
+    # the motion block (the photometric columns, when present, carry no gradient noise)
+    return _noise_share(lv.hessian[:p, :p], 0.5 * var_t * scale * scale * energy)
 
 
 def _noise_share(H, noise) -> float:

@@ -11,6 +11,7 @@ import functools
 import numpy as np
 
 from .chart import make_chart
+from .denoise import denoised
 from .gauss_newton import warp_to_template
 from .noise import check_noise_variance, template_noise_variance
 from .pyramid import auto_levels, build_pyramid
@@ -39,8 +40,15 @@ class Problem:
             finite = tmpl[np.isfinite(tmpl)]
             self.sigma_floor = max(1e-6 * float(finite.std()) if finite.size else 0.0, 1e-12)
         self._pyramids = {}
+        self._denoised = {}
         self._same_exposure = {}
         self.offset = (0, 0)
+
+    @functools.cached_property
+    def template_std(self) -> float:
+        """Standard deviation of the template's usable values (0.0 when none)."""
+        finite = self.tmpl[np.isfinite(self.tmpl)]
+        return float(finite.std()) if finite.size else 0.0
 
     @functools.cached_property
     def image_noise(self) -> float:
@@ -100,6 +108,16 @@ class Problem:
             self._pyramids[n_levels] = (build_pyramid(self.tmpl, n_levels, check),
                                         build_pyramid(self.img, n_levels, check))
         return self._pyramids[n_levels]
+
+    def denoised_pyramid(self, n_levels, variance, check=None):
+        """The pyramid of the template denoised for a white noise of ``variance``
+        (:func:`.denoise.denoised`, run once per problem: the restarts that change the depth
+        reuse it), computed once per depth."""
+        if "template" not in self._denoised:
+            self._denoised["template"] = denoised(self.tmpl, variance)
+        if n_levels not in self._denoised:
+            self._denoised[n_levels] = build_pyramid(self._denoised["template"], n_levels, check)
+        return self._denoised[n_levels]
 
 
 class Outcome:
