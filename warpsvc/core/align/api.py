@@ -13,16 +13,14 @@ from ..transforms import Transform
 from ..transforms.matrix import _check_matrix
 from ..transforms.models import submodel_columns
 from ..validate import check_image
-from .features import IMAGE_SCALE, feature_start
-from .covariance import final_statistics, level_noise_variance, template_noise_share, zncc
-from .gauss_newton import Clock, Stopped, solve_level, translation_search
 from .chart import make_chart
+from .covariance import final_statistics, level_noise_variance, template_noise_share, zncc
 from .denoise import MIN_NOISE_RATIO, NOISE_DOMINATED
+from .features import IMAGE_SCALE, feature_start
+from .gauss_newton import Clock, Stopped, solve_level, translation_search
 from .options import AlignOptions, explicit_keywords, merge_options
-from .pyramid import channel_mean, build_level, prepare
 from .problem import Outcome, Problem, same_exposure_fit, template_from_image
-from .tone import fit_tone_curve
-from .verify import MAX_BLOCK_MARGIN, MIN_MARGIN, closest_failure, margins, outlier_mask
+from .pyramid import build_level, channel_mean, prepare
 from .result import (
     AMBIGUOUS,
     CANCELLED,
@@ -37,6 +35,8 @@ from .result import (
     AlignResult,
     Start,
 )
+from .tone import fit_tone_curve
+from .verify import MAX_BLOCK_MARGIN, MIN_MARGIN, closest_failure, margins, outlier_mask
 
 # Relative size of the smallest Hessian eigenvalue below which the template cannot constrain
 # the motion (flat, or texture in one direction only).
