@@ -129,3 +129,15 @@ def test_noisy_colour_template_goes_through_the_denoised_path(channels):
     result = warpsvc.align(t3, i3, "homography", np.linalg.inv(start),
                            options=warpsvc.AlignOptions(channels=channels))
     assert _corner_rms(result, tp, truth_pts) < 1.0
+
+
+def test_denoised_does_not_depend_on_the_data_scale():
+    """The same scene as 8-bit values, as floats in [0, 1] and x200: the same result up to the
+    scale (the uint16 the filter takes spans each channel's own range). With a quantisation
+    fixed per grey level, [0, 1] data got ~58 levels in all."""
+    rng = np.random.default_rng(2)
+    noisy = (_steps() + rng.normal(0, 8, (96, 96))).astype(np.float32)
+    ref = denoise.denoised(noisy[:, :, None], 64.0)[:, :, 0]
+    for scale in (1 / 255.0, 200.0):
+        out = denoise.denoised((noisy * scale)[:, :, None], (8.0 * scale) ** 2)[:, :, 0] / scale
+        assert np.allclose(out, ref, atol=0.02)

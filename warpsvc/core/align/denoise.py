@@ -50,15 +50,15 @@ MIN_NOISE_RATIO = 0.05
 STRENGTH = 0.8
 PATCH = 5    # templateWindowSize
 SEARCH = 11  # searchWindowSize
-_LEVELS = 64.0  # quantisation steps per grey level in the uint16 the filter takes (at most)
 
 
 def denoised(template: np.ndarray, variance: float) -> np.ndarray:
     """Non-local means of ``template`` ``(h, w, C)`` float32 (NaN where unusable, kept NaN) for a
-    white noise of ``variance``, per channel. The filter takes uint16: each channel is mapped to
-    ``(t - min) * q`` with ``q <= 64`` steps per grey level (quantisation error <= 1/128, far
-    below the noise), filtered, and mapped back; NaN pixels are filled with the channel mean for
-    the filter only."""
+    white noise of ``variance``, per channel. The filter takes uint16: each channel is mapped
+    onto the full 0..65535 range (quantisation error <= 1/131070 of the channel's range, far
+    below any noise that passes the gate, whatever the data's scale: 8-bit, float in [0, 1],
+    16-bit), filtered with a strength scaled alike, and mapped back; NaN pixels are filled with
+    the channel mean for the filter only."""
     sigma = float(np.sqrt(max(variance, 0.0)))
     out = np.array(template, dtype=np.float32, copy=True)
     if sigma <= 0:
@@ -71,7 +71,7 @@ def denoised(template: np.ndarray, variance: float) -> np.ndarray:
         lo, hi = float(np.min(t[~bad])), float(np.max(t[~bad]))
         if not hi > lo:
             continue
-        q = min(_LEVELS, 65535.0 / (hi - lo))
+        q = 65535.0 / (hi - lo)
         u = np.where(bad, float(np.mean(t[~bad])), t)
         u16 = np.clip(np.rint((u - lo) * q), 0, 65535).astype(np.uint16)
         d = cv2.fastNlMeansDenoising(u16, h=[STRENGTH * sigma * q], templateWindowSize=PATCH,
