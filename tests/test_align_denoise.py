@@ -102,9 +102,21 @@ def test_denoised_solve_rescues_the_rippled_rocket_trial(monkeypatch):
     err = _corner_rms(result, tp, truth_pts)
     assert err < 1.0
     assert result.levels == 4 and len(result.iterations) == 4
-    monkeypatch.setattr(api, "DENOISE", False)
-    plain = warpsvc.align(t, img, "homography", init)
+    plain = warpsvc.align(t, img, "homography", init, denoise=None)  # the option: the solve as before
     assert _corner_rms(plain, tp, truth_pts) > 3.0
+    monkeypatch.setattr(api, "DENOISE", False)  # the module switch: the same
+    switched = warpsvc.align(t, img, "homography", init)
+    np.testing.assert_array_equal(switched.matrix, plain.matrix)
+
+
+def test_denoise_option_is_checked():
+    t, img, start, *_ = _rocket_trial()
+    for bad in ("always", True, 1):
+        with pytest.raises(warpsvc.InvalidArgumentError) as info:
+            warpsvc.align(t, img, "homography", np.linalg.inv(start), denoise=bad)
+        assert info.value.field == "denoise"
+    with pytest.raises(warpsvc.InvalidArgumentError):
+        warpsvc.AlignOptions(denoise="yes").checked()
 
 
 def test_clean_templates_are_not_denoised(monkeypatch):

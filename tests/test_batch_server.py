@@ -153,8 +153,29 @@ def test_reference_given_as_its_file_matches_the_decoded_reference(server, tmp_p
                 matrices[name, kind] = [r.matrix for r in recs]
     finally:
         grpc_engine.close()
-    oracle = [warpsvc.align(tmpl, cv2.imread(str(src / rel), cv2.IMREAD_UNCHANGED), model="affine", robust=None,
-                            photometric=None, levels="auto").matrix.tolist() for rel in sorted(truth)]
+    oracle = [warpsvc.align(tmpl, cv2.imread(str(src / rel), cv2.IMREAD_UNCHANGED), model="affine").matrix.tolist()
+              for rel in sorted(truth)]  # the library's defaults (photometric "auto", denoise "auto")
     assert all(m == oracle for m in matrices.values()), matrices.keys()
     with pytest.raises(warpsvc.InvalidImageError, match="--max-pixels 100"):
         jobs.read_image(ref_file, max_pixels=100)
+
+
+def test_align_cli_options_default_to_the_librarys(tmp_path):
+    """``warpsvc-batch align`` passes the library's defaults: ``photometric`` "auto" (it passed
+    ``None`` -- the library's identical-exposure opt-out -- when the flag was absent) and
+    ``denoise`` "auto"; ``none`` is the opt-out of each."""
+    from warpsvc_client.batch import cli
+
+    (tmp_path / "in").mkdir()
+    ref = tmp_path / "ref.png"
+    cv2.imwrite(str(ref), np.zeros((8, 8), np.uint8))
+    base = ["align", str(tmp_path / "in"), str(tmp_path / "out"), "--reference", str(ref)]
+
+    def kwargs(*extra):
+        return cli.make_spec(cli.build_parser().parse_args(base + list(extra))).align.kwargs()
+
+    assert (kwargs()["photometric"], kwargs()["denoise"]) == ("auto", "auto")
+    assert (kwargs("--photometric", "none")["photometric"], kwargs("--denoise", "none")["denoise"]) == (None, None)
+    assert kwargs("--photometric", "gain_bias")["photometric"] == "gain_bias"
+    with pytest.raises(SystemExit):
+        kwargs("--denoise", "always")

@@ -137,6 +137,27 @@ def test_max_corner_error_travels(client):
     np.testing.assert_array_equal(off.matrix, strict.matrix)  # the check changes the status only
 
 
+def test_denoise_travels(client):
+    """``denoise`` reaches the library: on a noise-dominated template (a bar on flat ground, noise
+    8) the server's result equals the in-process one with the same option, and the two options
+    give different results (so the field is not dropped on the way)."""
+    rng = np.random.default_rng(5)
+    image = np.full((160, 200), 60.0, np.float32)
+    image[:, 70:86] = 190.0  # a vertical bar ...
+    image[40:44, 70:86] = 120.0  # ... with two rungs
+    image[110:113, 70:86] = 120.0
+    noisy = image + rng.normal(0, 8, image.shape).astype(np.float32)
+    template = np.ascontiguousarray(noisy[30:130, 50:150] + rng.normal(0, 8, (100, 100)).astype(np.float32))
+    init = np.array([[1.0, 0.0, -49.0], [0.0, 1.0, -31.0], [0.0, 0.0, 1.0]])
+    results = {}
+    for denoise in ("auto", None):
+        remote = client.align(template, noisy, "homography", init=init, denoise=denoise)
+        _same(remote, warpsvc.align(template, noisy, "homography", init, denoise=denoise))
+        results[denoise] = remote
+    assert not np.array_equal(results["auto"].matrix, results[None].matrix)
+    _same(client.align(template, noisy, "homography", init=init), results["auto"])  # the default
+
+
 def test_deadline_reaches_the_alignment_as_should_stop(monkeypatch):
     """The servicer hands the library a ``should_stop`` built from the call's deadline: a slow
     alignment ends soon after the deadline and frees its handler thread."""
@@ -175,6 +196,7 @@ BAD = [
     ("robust-unknown", dict(robust=9), "robust"),
     ("photometric-unknown", dict(photometric=9), "photometric"),
     ("search-unknown", dict(search=9), "search"),
+    ("denoise-unknown", dict(denoise=9), "denoise"),
     ("init-7-values", dict(init=[1.0] * 7), "init"),
     ("init-singular", dict(init=[0.0] * 9), "init"),
     ("levels-negative", dict(levels=-1), "levels"),

@@ -26,6 +26,7 @@ LIBRARY = {
     "robust": (vocab.ROBUST_LOSS, set(align_options.ROBUST_LOSSES)),
     "photometric": (vocab.PHOTOMETRIC, set(align_options.PHOTOMETRIC_OPTIONS)),
     "search": (vocab.SEARCH, set(align_options.SEARCHES)),
+    "denoise": (vocab.DENOISE, set(align_options.DENOISE_OPTIONS)),
     "dtype": (vocab.DTYPE, {np.dtype(d).name for d in SUPPORTED_DTYPES}),
 }
 

@@ -241,7 +241,7 @@ def align_options(req: pb.AlignRequest) -> dict:
     library default and is left out; anything else goes to the library, which checks it."""
     options = {}
     for name, words in (("model", vocab.MOTION_MODEL), ("robust", vocab.ROBUST_LOSS),
-                        ("photometric", vocab.PHOTOMETRIC), ("search", vocab.SEARCH)):
+                        ("photometric", vocab.PHOTOMETRIC), ("search", vocab.SEARCH), ("denoise", vocab.DENOISE)):
         value = words.from_wire(getattr(req, name))
         if value is not vocab.DEFAULT:
             options[name] = value
@@ -258,7 +258,7 @@ def align_options(req: pb.AlignRequest) -> dict:
 
 def align_request(model: str = "homography", init=None, *, search="auto", levels="auto", robust=None,
                   photometric="auto", max_iterations=None, tolerance=None, time_budget=None, template_mask=None,
-                  image_mask=None, max_corner_error=1.0) -> pb.AlignRequest:
+                  image_mask=None, max_corner_error=1.0, denoise="auto") -> pb.AlignRequest:
     """An ``AlignRequest`` without its two images (the client appends them). Every option is
     sent explicitly (``"auto"`` as ``*_AUTO``), so the server applies exactly the caller's;
     ``max_corner_error=None`` (the library's "off") travels as ``+inf``, and zero, which the
@@ -269,7 +269,8 @@ def align_request(model: str = "homography", init=None, *, search="auto", levels
         model=vocab.MOTION_MODEL.to_wire(model), robust=vocab.ROBUST_LOSS.to_wire(robust),
         photometric=vocab.PHOTOMETRIC.to_wire(photometric), search=vocab.SEARCH.to_wire(search), levels=0 if levels == "auto" else int(levels),
         max_iterations=int(max_iterations or 0), tolerance=float(tolerance or 0.0),
-        time_budget_seconds=float(time_budget or 0.0), max_corner_error=float("inf") if max_corner_error is None else float(max_corner_error))
+        time_budget_seconds=float(time_budget or 0.0), max_corner_error=float("inf") if max_corner_error is None else float(max_corner_error),
+        denoise=vocab.DENOISE.to_wire(denoise))
     if init is not None:
         req.init.extend(_values(getattr(init, "matrix", init)))
     if template_mask is not None:

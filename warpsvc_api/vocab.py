@@ -66,6 +66,7 @@ MOTION_MODEL = Vocabulary(pb.MotionModel, "model")
 ROBUST_LOSS = Vocabulary(pb.RobustLoss, "robust")
 PHOTOMETRIC = Vocabulary(pb.Photometric, "photometric")
 SEARCH = Vocabulary(pb.Search, "search")
+DENOISE = Vocabulary(pb.Denoise, "denoise")
 RESPONSE_FORM = Vocabulary(pb.ResponseForm, "response_form")
 IMAGE_FORMAT = Vocabulary(pb.ImageFormat, "format")
 DTYPE = Vocabulary(pb.Dtype, "dtype")  # option names are numpy's: "uint8", ..., "float64"

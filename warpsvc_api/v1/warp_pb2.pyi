@@ -83,6 +83,12 @@ class Search(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SEARCH_LOCAL: _ClassVar[Search]
     SEARCH_GLOBAL: _ClassVar[Search]
 
+class Denoise(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DENOISE_UNSPECIFIED: _ClassVar[Denoise]
+    DENOISE_NONE: _ClassVar[Denoise]
+    DENOISE_AUTO: _ClassVar[Denoise]
+
 class Channels(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     CHANNELS_UNSPECIFIED: _ClassVar[Channels]
@@ -140,6 +146,9 @@ SEARCH_UNSPECIFIED: Search
 SEARCH_AUTO: Search
 SEARCH_LOCAL: Search
 SEARCH_GLOBAL: Search
+DENOISE_UNSPECIFIED: Denoise
+DENOISE_NONE: Denoise
+DENOISE_AUTO: Denoise
 CHANNELS_UNSPECIFIED: Channels
 CHANNELS_MEAN: Channels
 CHANNELS_ALL: Channels
@@ -276,7 +285,7 @@ class JacobianDeterminantResponse(_message.Message):
     def __init__(self, determinant: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class AlignRequest(_message.Message):
-    __slots__ = ("template", "image", "model", "init", "levels", "template_mask", "image_mask", "robust", "photometric", "max_iterations", "tolerance", "time_budget_seconds", "search", "max_corner_error")
+    __slots__ = ("template", "image", "model", "init", "levels", "template_mask", "image_mask", "robust", "photometric", "max_iterations", "tolerance", "time_budget_seconds", "search", "max_corner_error", "denoise")
     TEMPLATE_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -291,6 +300,7 @@ class AlignRequest(_message.Message):
     TIME_BUDGET_SECONDS_FIELD_NUMBER: _ClassVar[int]
     SEARCH_FIELD_NUMBER: _ClassVar[int]
     MAX_CORNER_ERROR_FIELD_NUMBER: _ClassVar[int]
+    DENOISE_FIELD_NUMBER: _ClassVar[int]
     template: Image
     image: Image
     model: MotionModel
@@ -305,7 +315,8 @@ class AlignRequest(_message.Message):
     time_budget_seconds: float
     search: Search
     max_corner_error: float
-    def __init__(self, template: _Optional[_Union[Image, _Mapping]] = ..., image: _Optional[_Union[Image, _Mapping]] = ..., model: _Optional[_Union[MotionModel, str]] = ..., init: _Optional[_Iterable[float]] = ..., levels: _Optional[int] = ..., template_mask: _Optional[_Union[Image, _Mapping]] = ..., image_mask: _Optional[_Union[Image, _Mapping]] = ..., robust: _Optional[_Union[RobustLoss, str]] = ..., photometric: _Optional[_Union[Photometric, str]] = ..., max_iterations: _Optional[int] = ..., tolerance: _Optional[float] = ..., time_budget_seconds: _Optional[float] = ..., search: _Optional[_Union[Search, str]] = ..., max_corner_error: _Optional[float] = ...) -> None: ...
+    denoise: Denoise
+    def __init__(self, template: _Optional[_Union[Image, _Mapping]] = ..., image: _Optional[_Union[Image, _Mapping]] = ..., model: _Optional[_Union[MotionModel, str]] = ..., init: _Optional[_Iterable[float]] = ..., levels: _Optional[int] = ..., template_mask: _Optional[_Union[Image, _Mapping]] = ..., image_mask: _Optional[_Union[Image, _Mapping]] = ..., robust: _Optional[_Union[RobustLoss, str]] = ..., photometric: _Optional[_Union[Photometric, str]] = ..., max_iterations: _Optional[int] = ..., tolerance: _Optional[float] = ..., time_budget_seconds: _Optional[float] = ..., search: _Optional[_Union[Search, str]] = ..., max_corner_error: _Optional[float] = ..., denoise: _Optional[_Union[Denoise, str]] = ...) -> None: ...
 
 class LevelCosts(_message.Message):
     __slots__ = ("costs",)

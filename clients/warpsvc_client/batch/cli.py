@@ -146,7 +146,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "then a feature-based global start if it finds no match; 'local' only the local solve; "
                         "'global' always the global start (the library's search=)")
     g.add_argument("--robust", choices=("huber", "tukey"))
-    g.add_argument("--photometric", choices=("gain_bias",))
+    g.add_argument("--photometric", default="auto", choices=("auto", "gain_bias", "none"),
+                   help="exposure model: 'auto' (default, the library's: gain/bias, with a tone curve when the "
+                        "change is a curve), 'gain_bias', or 'none' (identical exposure assumed)")
+    g.add_argument("--denoise", default="auto", choices=("auto", "none"),
+                   help="'auto' (default, the library's): a noise-dominated template is solved on a denoised copy "
+                        "first; 'none': never")
     g.add_argument("--levels", default="auto", help="pyramid levels or 'auto'")
     g.add_argument("--max-iterations", type=int)
     g.add_argument("--tolerance", type=float)
@@ -210,7 +215,8 @@ def make_spec(args, inputs=None, outputs=None, run_id: str = "000000000000") -> 
     if args.job == "align":
         levels = args.levels if args.levels == "auto" else int(args.levels)
         spec["align"] = AlignOptions(model=args.model, search=args.search, robust=args.robust,
-                                     photometric=args.photometric, levels=levels,
+                                     photometric=None if args.photometric == "none" else args.photometric,
+                                     denoise=None if args.denoise == "none" else args.denoise, levels=levels,
                                      max_iterations=args.max_iterations, tolerance=args.tolerance,
                                      time_budget=args.time_budget, fail_unconverged=args.fail_unconverged,
                                      max_corner_error=args.max_corner_error)

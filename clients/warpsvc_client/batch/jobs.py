@@ -86,7 +86,7 @@ class AlignOptions:
 
     model: str = "homography"
     robust: str | None = None
-    photometric: str | None = None
+    photometric: str | None = "auto"  # the library's default; None is its opt-out (identical exposure)
     levels: object = "auto"
     max_iterations: int | None = None
     tolerance: float | None = None
@@ -94,10 +94,11 @@ class AlignOptions:
     fail_unconverged: bool = False
     search: str = "auto"
     max_corner_error: float | None = None  # pixels; inf turns the "uncertain" check off
+    denoise: str | None = "auto"  # the library's default; None: never solve on a denoised copy
 
     def kwargs(self) -> dict:
         kw = dict(model=self.model, search=self.search, robust=self.robust, photometric=self.photometric,
-                  levels=self.levels)
+                  levels=self.levels, denoise=self.denoise)
         for name in ("max_iterations", "tolerance", "time_budget", "max_corner_error"):
             if getattr(self, name) is not None:
                 kw[name] = getattr(self, name)

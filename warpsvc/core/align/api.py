@@ -87,6 +87,7 @@ def align(
     image_mask=None,
     robust=None,
     photometric="auto",
+    denoise="auto",
     max_iterations: int = 50,
     tolerance: float = 1e-3,
     time_budget=None,
@@ -113,6 +114,8 @@ def align(
     photometric : ``"auto"`` (default: ``"gain_bias"`` unless a robust loss is asked for, plus
         a tone curve when the exposure change is a curve: :mod:`.tone`), ``"gain_bias"`` (per
         channel ``image ~ gain * template + bias``) or ``None`` (identical exposure assumed).
+    denoise : ``"auto"`` (default) or ``None``: solve a noise-dominated template on a denoised
+        copy, then polish on itself (:class:`AlignOptions`, :mod:`.denoise`).
     search : ``"auto"`` (default), ``"local"`` or ``"global"``: how a start is found when
         ``init`` is ``None`` (see :class:`AlignOptions`); ``result.start`` says which was used.
     max_iterations : per pyramid level.
@@ -133,7 +136,8 @@ def align(
     never raised; invalid arguments raise :class:`InvalidArgumentError` subclasses with ``field``.
     """
     opts = merge_options(options, _given, model=model, search=search, levels=levels, robust=robust,
-                         photometric=photometric, max_iterations=max_iterations, tolerance=tolerance,
+                         photometric=photometric, denoise=denoise, max_iterations=max_iterations,
+                         tolerance=tolerance,
                          time_budget=time_budget, should_stop=should_stop,
                          max_corner_error=max_corner_error).checked()
     clock = Clock(opts.time_budget, opts.should_stop)
@@ -457,7 +461,7 @@ def _solve_levels(problem, finest, n_levels, t_pyr, i_pyr, opts, photometric_on,
     """``(template pyramid, finest level)`` the attempt solves on: the template's own, or, for
     a noise-dominated template (:func:`_noise_dominated`), a denoised copy's (the finest level
     is then polished on ``finest``, the template's own: :mod:`.denoise`)."""
-    if not (DENOISE and _noise_dominated(problem, finest, opts)):
+    if not (DENOISE and opts.denoise == "auto" and _noise_dominated(problem, finest, opts)):
         return t_pyr, finest
     pyr = problem.denoised_pyramid(n_levels, level_noise_variance(finest), clock.check)
     return pyr, build_level(0, pyr[0], i_pyr[0], opts.model, problem.chart, photometric_on, opts.max_pixels,

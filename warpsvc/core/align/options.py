@@ -26,6 +26,8 @@ PHOTOMETRIC_MODELS = (None, "gain_bias")  # the appearance models (the proto's P
 PHOTOMETRIC_OPTIONS = PHOTOMETRIC_MODELS + ("auto",)
 MAX_LEVELS = 12
 SEARCHES = ("auto", "local", "global")
+# Accepted ``denoise`` values (the proto's Denoise values): "auto" (default) or None (off).
+DENOISE_OPTIONS = (None, "auto")
 CHANNELS = ("mean", "all")
 
 
@@ -53,6 +55,11 @@ class AlignOptions:
         line over a template's intensity range) or ``None`` (identical exposure assumed: the
         opt-out, ~10 % faster per iteration; on photographs with exposure changes it captures
         half as often, see ``docs/alignment.md``).
+    denoise : ``"auto"`` (default): a template whose gradient noise dominates its Hessian in
+        some direction (and whose noise is >= 5 % of its contrast) is solved on a denoised copy
+        and polished on itself (:mod:`.denoise`: at noise 8 on the tuning photographs, capture
+        89.0 -> 95.5 %; ~3.5 ms more per 100x100 template, only on such templates); ``None``:
+        never (the solve of earlier versions).
     max_iterations : Gauss-Newton iterations allowed per pyramid level.
     tolerance : stop a level when the update moves no template corner by more than this many
         full-resolution pixels (coarse levels stop at ``coarse_tolerance`` level pixels).
@@ -109,6 +116,7 @@ class AlignOptions:
     levels: object = "auto"
     robust: str | None = None
     photometric: str | None = "auto"
+    denoise: str | None = "auto"
     max_iterations: int = 50
     tolerance: float = 1e-3
     time_budget: float | None = None
@@ -140,6 +148,9 @@ class AlignOptions:
             raise InvalidArgumentError(
                 f"photometric must be one of {PHOTOMETRIC_OPTIONS}, got {self.photometric!r}", field="photometric"
             )
+        if self.denoise not in DENOISE_OPTIONS:
+            raise InvalidArgumentError(f"denoise must be one of {DENOISE_OPTIONS}, got {self.denoise!r}",
+                                       field="denoise")
         _int_in(self.max_iterations, 1, 100_000, "max_iterations")
         _positive(self.tolerance, "tolerance")
         _positive(self.coarse_tolerance, "coarse_tolerance")
