@@ -6,13 +6,19 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
-
-import warpsvc
 from interop.harness import ServerProcess, wait_serving
 from test_batch_helpers import (
-    CORNER_TOL_PX, all_files, corner_error, make_align_folder, make_mixed_folder, read_manifest, run_batch,
+    CORNER_TOL_PX,
+    all_files,
+    corner_error,
+    make_align_folder,
+    make_mixed_folder,
+    read_manifest,
+    run_batch,
     unreadable_file,
 )
+
+import warpsvc
 
 H = "0.95,0.05,4,-0.03,1.02,2,2e-4,-1e-4,1"
 

@@ -30,7 +30,6 @@ import numpy as np
 
 from warpsvc.core.errors import InvalidArgumentError, InvalidImageError, WarpsvcError
 from warpsvc.core.transforms import ComposedTransform, PolarTransform
-
 from warpsvc_api.image_probe import ImageCost
 
 from .. import tracing
