@@ -453,8 +453,9 @@ def _noise_dominated(problem, finest, opts) -> bool:
     """Whether the template's gradient noise dominates its Hessian in some direction
     (:func:`.covariance.template_noise_share` above :data:`.denoise.NOISE_DOMINATED`) and its
     noise is a real share of its contrast (:data:`.denoise.MIN_NOISE_RATIO`)."""
-    return bool(template_noise_share(finest, opts.model, problem.chart) > NOISE_DOMINATED
-                and level_noise_variance(finest) >= (MIN_NOISE_RATIO * problem.template_std) ** 2)
+    # the cheap test first: on clean templates it fails and the share (~0.15 ms) is not computed
+    return bool(level_noise_variance(finest) >= (MIN_NOISE_RATIO * problem.template_std) ** 2
+                and template_noise_share(finest, opts.model, problem.chart) > NOISE_DOMINATED)
 
 
 def _solve_levels(problem, finest, n_levels, t_pyr, i_pyr, opts, photometric_on, clock):
