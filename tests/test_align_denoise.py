@@ -153,3 +153,24 @@ def test_denoised_does_not_depend_on_the_data_scale():
     for scale in (1 / 255.0, 200.0):
         out = denoise.denoised((noisy * scale)[:, :, None], (8.0 * scale) ** 2)[:, :, 0] / scale
         assert np.allclose(out, ref, atol=0.02)
+
+
+def test_calibrated_hessian_restores_the_motion_energy():
+    """``covariance.calibrated_hessian``: the motion block's trace becomes ``tr(H - N)``, the
+    photometric block is untouched, the cross terms scale by sqrt(s), and without a noise
+    estimate the matrix is returned as it is."""
+    from warpsvc.core.align.covariance import calibrated_hessian
+
+    rng = np.random.default_rng(4)
+    a = rng.normal(size=(10, 10))
+    h_d = a @ a.T + 10 * np.eye(10)
+    b = rng.normal(size=(10, 10))
+    H = b @ b.T + 40 * np.eye(10)
+    noise = np.zeros((10, 10))
+    noise[:8, :8] = 5 * np.eye(8)
+    out = calibrated_hessian(h_d, H, noise, 8)
+    s = np.trace(H[:8, :8] - noise[:8, :8]) / np.trace(h_d[:8, :8])
+    assert np.trace(out[:8, :8]) == pytest.approx(np.trace(H[:8, :8] - noise[:8, :8]))
+    np.testing.assert_allclose(out[8:, 8:], h_d[8:, 8:])
+    np.testing.assert_allclose(out[:8, 8:], np.sqrt(s) * h_d[:8, 8:])
+    assert calibrated_hessian(h_d, H, None, 8) is h_d
