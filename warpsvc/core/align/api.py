@@ -69,9 +69,6 @@ NOISE_FLOOR_STEPS = 20
 # photometric="auto" with an exposure change: a quadratic tone curve fitted after the level
 # above the finest maps the finest level's template when significant (:mod:`.tone`).
 TONE_CURVE = True
-# A template whose gradient noise dominates its Hessian in some direction is solved on a denoised
-# copy, then polished on itself at the finest level (:mod:`.denoise`).
-DENOISE = True
 
 
 @explicit_keywords
@@ -462,7 +459,7 @@ def _solve_levels(problem, finest, n_levels, t_pyr, i_pyr, opts, photometric_on,
     """``(template pyramid, finest level)`` the attempt solves on: the template's own, or, for
     a noise-dominated template (:func:`_noise_dominated`), a denoised copy's (the finest level
     is then polished on ``finest``, the template's own: :mod:`.denoise`)."""
-    if not (DENOISE and opts.denoise == "auto" and _noise_dominated(problem, finest, opts)):
+    if not (opts.denoise == "auto" and _noise_dominated(problem, finest, opts)):
         return t_pyr, finest
     pyr = problem.denoised_pyramid(n_levels, level_noise_variance(finest), clock.check)
     return pyr, build_level(0, pyr[0], i_pyr[0], opts.model, problem.chart, photometric_on, opts.max_pixels,
