@@ -16,7 +16,7 @@ from ..validate import check_image
 from .chart import make_chart
 from .covariance import final_statistics, level_noise_variance, template_noise_share, zncc
 from .denoise import MIN_NOISE_RATIO, NOISE_DOMINATED
-from .features import IMAGE_SCALE, feature_start
+from .features import IMAGE_SCALE, TemplateFeatures, feature_start
 from .gauss_newton import Clock, Stopped, solve_level, translation_search
 from .options import AlignOptions, explicit_keywords, merge_options
 from .problem import Outcome, Problem, same_exposure_fit, template_from_image
@@ -235,9 +235,10 @@ def _global(tmpl, image, image_mask, opts, clock) -> tuple[AlignResult | None, b
     start was found), and whether every search ran (``False``: the clock cut it short)."""
     best = None
     searches = _feature_searches(image, image_mask)
+    features = TemplateFeatures(tmpl)  # the template's keypoints, detected once for every search
     for n, (scale, stretch) in enumerate(searches, 1):
         try:
-            found = _feature_start(tmpl, image, image_mask, opts, scale, clock, stretch)
+            found = _feature_start(features, image, image_mask, opts, scale, clock, stretch)
         except Stopped:  # the clock stopped the feature search: what was found so far
             return best, False
         if found is not None:
@@ -263,7 +264,7 @@ def _feature_searches(image, image_mask) -> list[tuple[float, bool]]:
     return searches
 
 
-def _feature_start(tmpl, image, image_mask, opts, scale, clock, stretch=False):
+def _feature_start(features, image, image_mask, opts, scale, clock, stretch=False):
     """``image_from_template`` from feature matches (:mod:`.features`) or ``None``; raises
     :class:`Stopped` between its stages when the clock says stop. ``stretch``: map a grey
     ``uint8`` image to 8 bits by its percentiles too (other images always are)."""
@@ -272,7 +273,7 @@ def _feature_start(tmpl, image, image_mask, opts, scale, clock, stretch=False):
         img = image  # already what the detector takes
     else:
         img = prepare(image, image_mask, "image", "image_mask")
-    found = feature_start(tmpl, img, opts.model, scale, check=clock.check)
+    found = feature_start(features.template, img, opts.model, scale, check=clock.check, template_features=features)
     return None if found is None else found[0]
 
 
