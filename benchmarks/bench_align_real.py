@@ -2,6 +2,7 @@
 
     python benchmarks/bench_align_real.py --trials 200          # the table in docs/alignment.md
     python benchmarks/bench_align_real.py --trials 20 --quick   # smoke run
+    python benchmarks/bench_align_real.py --only large --large-trials 200 --threads 2 --json /tmp/l.json
 
 Photographs: scikit-image's bundled data (offline). *Tuning* set (the defaults were chosen on
 it): camera, astronaut, coffee, chelsea, rocket, coins. *Held-out* set (never tuned on, own
@@ -288,6 +289,13 @@ def table(res):
             lines.append(f"| {subset} | {cond} | {m} | {r['n']} | {r['success_pct']:.1f} ({r['success_ci95'][0]:.1f}-"
                          f"{r['success_ci95'][1]:.1f}) | {ag} | {cw} | {nr} | {med} | {r['mean_ms']:.1f} | {r['median_ms']:.1f} | "
                          f"{r.get('starts', '')} | {r.get('reasons', '')} |")
+    anchors = {"large": "sift_magsac"}
+    for key, rows in res["conditions"].items():
+        anchor = anchors.get(key.split("/")[1], "ecc_ms")
+        if "warpsvc" in rows and anchor in rows:
+            lines.append(f"\n{key}: mean time warpsvc / {anchor} = "
+                         f"{rows['warpsvc']['mean_ms'] / rows[anchor]['mean_ms']:.2f} (medians "
+                         f"{rows['warpsvc']['median_ms'] / rows[anchor]['median_ms']:.2f})")
     for subset, c in res["colour"].items():
         lines.append(f"\ncolour/grey ({subset}, n={c['n']}): mean {c['mean_ms_colour']:.1f} / {c['mean_ms_grey']:.1f} ms = "
                      f"{c['ratio_mean']:.2f} (medians {c['ratio_median']:.2f}); success {c['success_pct_colour']:.1f} / "
@@ -303,22 +311,29 @@ def main():
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="tuning set only")
+    ap.add_argument("--only", default="bm,large,colour",
+                    help="comma-separated rows to run: bm (bm_noise0/8/16), large, colour (default: all)")
     ap.add_argument("--json", default=str(pathlib.Path(__file__).parent / "results" / "align_real.json"))
     args = ap.parse_args()
     cv2.setNumThreads(args.threads)
+    only = set(args.only.split(","))
+    if not only or only - {"bm", "large", "colour"}:
+        ap.error(f"--only takes bm, large, colour; got {args.only!r}")
     sets = {"tuning": TUNING} if args.quick else {"tuning": TUNING, "held_out": HELD_OUT}
     res = {"threads": args.threads, "loadavg_start": os.getloadavg(), "trials": args.trials, "conditions": {},
            "colour": {}, "opencv": cv2.__version__}
     for subset, photos in sets.items():
-        for noise in (0, 8, 16):
+        for noise in (0, 8, 16) if "bm" in only else ():
             res["conditions"][f"{subset}/bm_noise{noise}"] = measure(
                 lambda k, p=photos, nz=noise: bm_trial(p, k, nz, args.seed), ("warpsvc", "ecc_ms"), args.trials)
             print(subset, noise, json.dumps(res["conditions"][f"{subset}/bm_noise{noise}"]), flush=True)
-        res["conditions"][f"{subset}/large"] = measure(
-            lambda k, p=photos: large_trial(p, k, args.seed), ("warpsvc", "sift_magsac", "sift_magsac_ecc"),
-            args.large_trials or args.trials)
-        print(subset, "large", json.dumps(res["conditions"][f"{subset}/large"]), flush=True)
-        res["colour"][subset] = colour_ratio(photos, args.colour_trials, args.seed)
+        if "large" in only:
+            res["conditions"][f"{subset}/large"] = measure(
+                lambda k, p=photos: large_trial(p, k, args.seed), ("warpsvc", "sift_magsac", "sift_magsac_ecc"),
+                args.large_trials or args.trials)
+            print(subset, "large", json.dumps(res["conditions"][f"{subset}/large"]), flush=True)
+        if "colour" in only:
+            res["colour"][subset] = colour_ratio(photos, args.colour_trials, args.seed)
     res["loadavg_end"] = os.getloadavg()
     text = table(res)
     print(text)
