@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 from scipy import ndimage as ndi
 
@@ -46,3 +47,29 @@ def window_flux(out: np.ndarray, pos: np.ndarray, half: int = 3) -> np.ndarray:
         ix, iy = int(round(px)), int(round(py))
         sums.append(out[iy - half:iy + half + 1, ix - half:ix + half + 1].sum())
     return np.asarray(sums)
+
+
+def photo_bm_trial(im: np.ndarray, k: int, noise: float, seed: int = 0, noise_rng=None):
+    """Trial ``k`` of ``benchmarks/bench_align_real.py``'s ``bm_noise{noise}`` rows on the grey
+    float32 photograph ``im`` (the benchmark's recipe, same seeded draws): a 100x100 template at a
+    random position with grey-level std >= 20, its corners moved by 8 px (Gaussian), gain / bias
+    / gamma, then noise on both images -- drawn from ``noise_rng`` when given (another noise
+    draw of the same trial). Returns ``(template, image, start image_from_template, truth points,
+    template points)``."""
+    rng = np.random.default_rng([seed, k, int(noise)])
+    h, w = im.shape
+    while True:
+        x0, y0 = int(rng.integers(40, w - 140)), int(rng.integers(40, h - 140))
+        if im[y0:y0 + 100, x0:x0 + 100].std() >= 20.0:
+            break
+    tp = np.array([[0, 0], [99, 0], [99, 99], [0, 99]], np.float64)
+    truth_pts = tp + [x0, y0] + 8.0 * rng.normal(size=(4, 2))
+    truth = HomographyTransform.from_points(tp, truth_pts).matrix.copy()
+    t = cv2.warpPerspective(im, truth, (100, 100), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
+    g, b, gam = rng.uniform(0.7, 1.3), rng.uniform(-20, 20), rng.uniform(0.8, 1.25)
+    t = (255.0 * (np.clip(t, 0, 255) / 255.0) ** gam * g + b).astype(np.float32)
+    nrng = rng if noise_rng is None else noise_rng
+    t = t + nrng.normal(0, noise, t.shape).astype(np.float32)
+    img = im + nrng.normal(0, noise, im.shape).astype(np.float32)
+    start = np.array([[1, 0, x0 + 0.5], [0, 1, y0 + 0.5], [0, 0, 1.0]])
+    return t, img, start, truth_pts, tp

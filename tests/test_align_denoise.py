@@ -11,6 +11,7 @@ import pytest
 from skimage import data
 
 import warpsvc
+from tests.oracles import photo_bm_trial
 from warpsvc.core.align import denoise
 from warpsvc.core.align import problem as problem_module
 from warpsvc.core.align.chart import make_chart
@@ -54,27 +55,10 @@ def test_denoised_keeps_nan_and_large_ranges_and_zero_noise():
 
 
 def _rocket_trial(k=94, noise=8.0, seed=0):
-    """Trial ``k`` of the photograph benchmark's ``bm_noise8`` on the rocket (its recipe:
-    ``benchmarks/bench_align_real.py``): a 100x100 template, corners moved by 8 px, gain / bias /
-    gamma, noise on both images. Returns (template, image, start image_from_template, truth
-    points, template points)."""
-    rng = np.random.default_rng([seed, k, int(noise)])
+    """Trial ``k`` of the photograph benchmark's ``bm_noise8`` on the rocket
+    (:func:`tests.oracles.photo_bm_trial`)."""
     im = cv2.cvtColor(data.rocket(), cv2.COLOR_RGB2GRAY).astype(np.float32)
-    h, w = im.shape
-    while True:
-        x0, y0 = int(rng.integers(40, w - 140)), int(rng.integers(40, h - 140))
-        if im[y0:y0 + 100, x0:x0 + 100].std() >= 20.0:
-            break
-    tp = np.array([[0, 0], [99, 0], [99, 99], [0, 99]], np.float64)
-    truth_pts = tp + [x0, y0] + 8.0 * rng.normal(size=(4, 2))
-    truth = warpsvc.HomographyTransform.from_points(tp, truth_pts).matrix.copy()
-    t = cv2.warpPerspective(im, truth, (100, 100), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
-    g, b, gam = rng.uniform(0.7, 1.3), rng.uniform(-20, 20), rng.uniform(0.8, 1.25)
-    t = (255.0 * (np.clip(t, 0, 255) / 255.0) ** gam * g + b).astype(np.float32)
-    t = t + rng.normal(0, noise, t.shape).astype(np.float32)
-    img = im + rng.normal(0, noise, im.shape).astype(np.float32)
-    start = np.array([[1, 0, x0 + 0.5], [0, 1, y0 + 0.5], [0, 0, 1.0]])
-    return t, img, start, truth_pts, tp
+    return photo_bm_trial(im, k, noise, seed)
 
 
 def _corner_rms(result, tp, truth_pts):

@@ -17,6 +17,7 @@ import pytest
 from skimage import data
 
 import warpsvc
+from tests.oracles import photo_bm_trial
 from warpsvc.core.align import covariance
 from warpsvc.core.align.chart import make_chart
 from warpsvc.core.align.pyramid import build_level
@@ -27,26 +28,9 @@ DRAWS = 20
 
 def _trial(k=82, noise=16.0, seed=0, noise_rng=None):
     """Trial ``k`` of ``bench_align_real.py``'s held-out ``bm_noise16`` row (the Hubble deep
-    field): geometry and photometric change from its seeded generator, the two noise fields from
-    ``noise_rng`` when given (another draw of the same trial)."""
-    rng = np.random.default_rng([seed, k, int(noise)])
+    field; :func:`tests.oracles.photo_bm_trial`), the noise from ``noise_rng`` when given."""
     im = cv2.cvtColor(data.hubble_deep_field(), cv2.COLOR_RGB2GRAY).astype(np.float32)
-    h, w = im.shape
-    while True:
-        x0, y0 = int(rng.integers(40, w - 140)), int(rng.integers(40, h - 140))
-        if im[y0:y0 + 100, x0:x0 + 100].std() >= 20.0:
-            break
-    tp = np.array([[0, 0], [99, 0], [99, 99], [0, 99]], np.float64)
-    truth_pts = tp + [x0, y0] + 8.0 * rng.normal(size=(4, 2))
-    truth = warpsvc.HomographyTransform.from_points(tp, truth_pts).matrix.copy()
-    t = cv2.warpPerspective(im, truth, (100, 100), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
-    g, b, gam = rng.uniform(0.7, 1.3), rng.uniform(-20, 20), rng.uniform(0.8, 1.25)
-    t = (255.0 * (np.clip(t, 0, 255) / 255.0) ** gam * g + b).astype(np.float32)
-    nrng = rng if noise_rng is None else noise_rng
-    t = t + nrng.normal(0, noise, t.shape).astype(np.float32)
-    img = im + nrng.normal(0, noise, im.shape).astype(np.float32)
-    start = np.array([[1, 0, x0 + 0.5], [0, 1, y0 + 0.5], [0, 0, 1.0]])
-    return t, img, start, truth_pts, tp
+    return photo_bm_trial(im, k, noise, seed, noise_rng)
 
 
 def _corner_rms(result, tp, truth_pts):
