@@ -89,7 +89,7 @@ def test_search_stage_is_polled():
     free = StopAt(10**9)
     align(template, scene, "affine", search="global", should_stop=free)
     assert len(free.calls) >= 4
-    stop = StopAt(2)  # the first check inside feature_start (after the template's SIFT)
+    stop = StopAt(2)  # the first check inside feature_start (before any SIFT)
     result = align(template, scene, "affine", search="global", should_stop=stop)
     assert result.reason == "cancelled" and result.iterations == ()
     assert len(stop.calls) == 2

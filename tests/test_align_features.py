@@ -8,6 +8,8 @@ the detector; a dark image whose raw searches find nothing (so every search of t
 """
 
 import threading
+import time
+import types
 
 import cv2
 import numpy as np
@@ -55,13 +57,14 @@ def _same(a, b):
     np.testing.assert_array_equal(da, db)
 
 
-def test_concurrent_detection_is_the_sequential_one(frame, opencv_threads):
+def test_concurrent_detection_is_the_sequential_one(frame, opencv_threads, monkeypatch):
     """Two threads: the template's keypoints come from a second thread, and both sets equal
     those of one detection after the other, bit for bit."""
     W = _placed(120.0, 1.3, (320.0, 240.0))
     template = _cut(frame, W)[:, :, None]
     image8 = np.clip(frame, 0, 255).astype(np.uint8)
     opencv_threads(2)
+    monkeypatch.setattr(features, "_SIDE_THREADS", threading.BoundedSemaphore(1))  # one free, whatever the CPUs
     names = []
     real = features._detect
 
@@ -74,41 +77,74 @@ def test_concurrent_detection_is_the_sequential_one(frame, opencv_threads):
         got_t, got_i = features.TemplateFeatures(template).with_image(image8, None)
     finally:
         features._detect = real
-    assert sorted(names) == sorted([threading.main_thread().name, "warpsvc-template-sift"])
+    assert sorted(names) == sorted([threading.main_thread().name, features.WORKER_NAME])
     t8, tm = features.to_uint8(template)
     _same(got_t, real(t8, tm))
     _same(got_i, real(image8, None))
 
 
+def _no_thread(*args, **kwargs):
+    raise AssertionError("a second thread was started")
+
+
 def test_one_thread_detects_in_the_calling_thread(frame, opencv_threads, monkeypatch):
     """One OpenCV thread: no second thread is started (the thread setting is honoured)."""
     opencv_threads(1)
-
-    def no_thread(*args, **kwargs):
-        raise AssertionError("a thread was started at one OpenCV thread")
-
-    monkeypatch.setattr(features.threading, "Thread", no_thread)
+    monkeypatch.setattr(features, "threading", types.SimpleNamespace(Thread=_no_thread))
     template = _cut(frame, _placed(30.0, 1.0, (300.0, 250.0)))[:, :, None]
     t, i = features.TemplateFeatures(template).with_image(np.clip(frame, 0, 255).astype(np.uint8), None)
     assert len(t[0]) > 20 and len(i[0]) > 20
 
 
-def test_worker_errors_reach_the_caller(frame, opencv_threads, monkeypatch):
-    """An exception in the template's thread is raised in the calling thread, after the
-    worker has ended."""
+def test_no_second_thread_when_the_process_has_none_free(frame, opencv_threads, monkeypatch):
+    """Concurrent calls (a server's) hold every side thread: this call detects one after the
+    other instead of oversubscribing the cores, with the same keypoints."""
+    opencv_threads(2)
+    template = _cut(frame, _placed(30.0, 1.0, (300.0, 250.0)))[:, :, None]
+    image8 = np.clip(frame, 0, 255).astype(np.uint8)
+    monkeypatch.setattr(features, "_SIDE_THREADS", threading.BoundedSemaphore(1))
+    features._SIDE_THREADS.acquire()  # held by another call
+    monkeypatch.setattr(features, "threading", types.SimpleNamespace(Thread=_no_thread))
+    got_t, got_i = features.TemplateFeatures(template).with_image(image8, None)
+    monkeypatch.undo()
+    _same(got_t, features._detect(*features.to_uint8(template)))
+    _same(got_i, features._detect(image8, None))
+
+
+def test_errors_reach_the_caller_after_the_worker_ended(frame, opencv_threads, monkeypatch):
+    """An exception in either detection is raised in the calling thread, and only after the
+    template's thread has ended (a slow template detection, a failing image detection); the
+    side thread is given back either way."""
     opencv_threads(2)
     real = features._detect
+    slots = threading.BoundedSemaphore(1)
+    monkeypatch.setattr(features, "_SIDE_THREADS", slots)
+    template = _cut(frame, _placed(30.0, 1.0, (300.0, 250.0)))[:, :, None]
+    image8 = np.clip(frame, 0, 255).astype(np.uint8)
+    ended = []
 
-    def failing_on_template(img, mask):
-        if threading.current_thread().name == "warpsvc-template-sift":
+    def slow_template_failing_image(img, mask):
+        if threading.current_thread().name == features.WORKER_NAME:
+            time.sleep(0.3)
+            ended.append(True)
+            return real(img, mask)
+        raise MemoryError("image detection failed")
+
+    monkeypatch.setattr(features, "_detect", slow_template_failing_image)
+    with pytest.raises(MemoryError, match="image detection"):
+        features.TemplateFeatures(template).with_image(image8, None)
+    assert ended == [True]  # the worker had finished when the error arrived
+
+    def failing_template(img, mask):
+        if threading.current_thread().name == features.WORKER_NAME:
             raise MemoryError("template detection failed")
         return real(img, mask)
 
-    monkeypatch.setattr(features, "_detect", failing_on_template)
-    template = _cut(frame, _placed(30.0, 1.0, (300.0, 250.0)))[:, :, None]
+    monkeypatch.setattr(features, "_detect", failing_template)
     with pytest.raises(MemoryError, match="template detection"):
-        features.TemplateFeatures(template).with_image(np.clip(frame, 0, 255).astype(np.uint8), None)
-    assert not [t for t in threading.enumerate() if t.name == "warpsvc-template-sift"]
+        features.TemplateFeatures(template).with_image(image8, None)
+    assert not [t for t in threading.enumerate() if t.name == features.WORKER_NAME]
+    assert slots.acquire(blocking=False)  # both side threads were given back
 
 
 @pytest.mark.parametrize("threads", [1, 2])

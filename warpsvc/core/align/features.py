@@ -38,6 +38,8 @@ import threading
 import cv2
 import numpy as np
 
+from ..threads import available_cpus
+
 # Matches needed after the robust fit to accept a start (a homography has 8 unknowns; a start
 # from few matches is often still in the refinement's basin, and the final checks judge it).
 MIN_INLIERS = 6
@@ -67,6 +69,10 @@ def to_uint8(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.clip(out, 0, 255).astype(np.uint8), valid.astype(np.uint8) * 255
 
 
+WORKER_NAME = "warpsvc-template-sift"
+# Template detections running beside their call's image detection, process-wide (see
+# TemplateFeatures): at most one fewer than the CPUs the process may use.
+_SIDE_THREADS = threading.BoundedSemaphore(max(0, available_cpus() - 1))
 _LOCAL = threading.local()  # one detector per thread (a server runs several calls at once)
 
 
@@ -94,7 +100,13 @@ class TemplateFeatures:
     side by side they finish sooner: on the large-motion benchmark at 2 threads, 33 -> 27 ms for
     the two detections alone, 4-5 ms less per ``align`` call (median of 150 paired calls), the
     keypoints bit-identical. At one thread they run one after the other,
-    as the thread setting asks."""
+    as the thread setting asks.
+
+    The second threads are counted process-wide (:data:`_SIDE_THREADS`: one fewer than the CPUs
+    the process may use): when a server's concurrent calls already hold them all, a call
+    detects one after the other, so concurrent alignments do not oversubscribe the cores. The
+    clock is checked before and after the pair (neither OpenCV call can be interrupted), so a
+    deadline passing meanwhile is seen after the longer of the two detections."""
 
     def __init__(self, template: np.ndarray):
         self.template = template
@@ -109,7 +121,7 @@ class TemplateFeatures:
     def with_image(self, i8: np.ndarray, im: np.ndarray | None, check=None):
         """``((kt, dt), (ki, di))``: the template's (computed now, beside the image's, when
         not yet known) and the image's keypoints and descriptors."""
-        if self._found is not None or cv2.getNumThreads() < 2:
+        if self._found is not None or cv2.getNumThreads() < 2 or not _SIDE_THREADS.acquire(blocking=False):
             template = self.get()
             _check(check)
             return template, _detect(i8, im)
@@ -120,9 +132,15 @@ class TemplateFeatures:
                 box["found"] = self.get()
             except BaseException as error:  # noqa: BLE001 -- re-raised in the calling thread
                 box["error"] = error
+            finally:
+                _SIDE_THREADS.release()
 
-        worker = threading.Thread(target=run, name="warpsvc-template-sift", daemon=True)
-        worker.start()
+        try:
+            worker = threading.Thread(target=run, name=WORKER_NAME, daemon=True)
+            worker.start()
+        except BaseException:
+            _SIDE_THREADS.release()
+            raise
         try:
             image = _detect(i8, im)
         finally:
@@ -143,6 +161,7 @@ def feature_start(template: np.ndarray, image: np.ndarray, model: str,
     ``template_features``: the template's keypoints shared by several searches of one call
     (:class:`TemplateFeatures` of ``template``)."""
     features = TemplateFeatures(template) if template_features is None else template_features
+    assert features.template is template, "template_features must be the template's own"
     i8, im = (image, None) if image.dtype == np.uint8 and image.ndim == 2 else to_uint8(image)
     _check(check)
     scale = image_scale if min(i8.shape) * image_scale >= MIN_SCALED_SIDE else 1.0
