@@ -273,7 +273,7 @@ def _feature_start(features, image, image_mask, opts, scale, clock, stretch=Fals
         img = image  # already what the detector takes
     else:
         img = prepare(image, image_mask, "image", "image_mask")
-    found = feature_start(features.template, img, opts.model, scale, check=clock.check, template_features=features)
+    found = feature_start(features, img, opts.model, scale, check=clock.check)
     return None if found is None else found[0]
 
 

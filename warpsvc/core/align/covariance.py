@@ -244,13 +244,13 @@ def gain_attenuation(lv: Level) -> float:
     Why the sandwich needs it. With gain/bias the residual is ``e = (I(W x) - b) / a - T``, so
     the bread of the estimating equation ``sum_x SD_T^T e = 0`` is ``sum_x SD_T^T SD_I`` with
     ``SD_I`` the steepest-descent images of ``(I(W x) - b) / a`` (:func:`cross_hessian` is
-    exactly that). Only the motion block is divided (the motion-photometric coupling is left
-    as it is: an approximation where motion and gain are strongly coupled); multi-channel
-    templates use the mean of the channels' own variances. Its expectation is ``(a_0 / a) A`` with ``A`` the
-    noise-free template's curvature and ``a_0`` the true gain, i.e. ``A / kappa``. The breads
-    built from the template alone -- ``H - N`` and the denoised template's
-    (:func:`calibrated_hessian`) -- estimate ``A``, so they are divided by ``kappa`` when the gain
-    was fitted. Left out, a low-contrast noisy template's covariance was several times too wide:
+    exactly that). Its expectation is ``(a_0 / a) A`` with ``A`` the noise-free template's
+    curvature and ``a_0`` the true gain, i.e. ``A / kappa``. The breads built from the template
+    alone -- ``H - N`` and the denoised template's (:func:`calibrated_hessian`) -- estimate
+    ``A``, so their motion block is divided by ``kappa`` when the gain was fitted (the
+    motion-photometric coupling is left as it is: an approximation where motion and gain are
+    strongly coupled). Multi-channel templates use the mean of the channels' own variances.
+    Left out, a low-contrast noisy template's covariance was several times too wide:
     held-out ``hubble_deep_field`` patches at noise 16, corner errors 0.15-0.36 px, predicted
     1.05-1.7 px (``uncertain``); with it 0.57-0.82 px (``converged``)."""
     c = lv.shape[2]

@@ -150,18 +150,17 @@ class TemplateFeatures:
         return box["found"], image
 
 
-def feature_start(template: np.ndarray, image: np.ndarray, model: str,
-                  image_scale: float = 1.0, check=None,
-                  template_features: TemplateFeatures | None = None) -> tuple[np.ndarray, int] | None:
+def feature_start(template: np.ndarray | TemplateFeatures, image: np.ndarray, model: str,
+                  image_scale: float = 1.0, check=None) -> tuple[np.ndarray, int] | None:
     """``(image_from_template (3, 3), inliers)`` from SIFT matches, or ``None`` when the
     matches do not determine the model. Inputs as :func:`to_uint8` takes them (or, for
     ``image``, already a grey ``uint8`` array); the image is searched at ``image_scale`` of its
     resolution (:data:`IMAGE_SCALE`: faster, as robust on the benchmark). ``check()`` (may
     raise: the caller's deadline) runs between the stages (each OpenCV call is one piece).
-    ``template_features``: the template's keypoints shared by several searches of one call
-    (:class:`TemplateFeatures` of ``template``)."""
-    features = TemplateFeatures(template) if template_features is None else template_features
-    assert features.template is template, "template_features must be the template's own"
+    ``template`` may be its :class:`TemplateFeatures`, to share its keypoints between the
+    searches of one call."""
+    features = template if isinstance(template, TemplateFeatures) else TemplateFeatures(template)
+    template = features.template
     i8, im = (image, None) if image.dtype == np.uint8 and image.ndim == 2 else to_uint8(image)
     _check(check)
     scale = image_scale if min(i8.shape) * image_scale >= MIN_SCALED_SIDE else 1.0
