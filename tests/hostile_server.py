@@ -105,6 +105,7 @@ class HostileServer:
             request.CopyFrom(warm)
             request.antialias = antialias
             self.stub.Warp(request, timeout=60, metadata=auth)
+        self._await_access_lines("Warp", 3)  # else a late warm-up line could pass for a test call's
         self.baseline = proc_status(srv.proc.pid)
 
     @property
@@ -135,6 +136,25 @@ class HostileServer:
                 except grpc.RpcError:
                     time.sleep(0.2)
 
+    def _access_entries(self, method: str, after: int = 0) -> list[dict]:
+        entries = []
+        for line in list(self.srv.stderr)[after:]:
+            if "warpsvc.access" in line and "{" in line:
+                entry = json.loads(line[line.index("{"):])
+                if entry["method"].endswith("/" + method):
+                    entries.append(entry)
+        return entries
+
+    def _await_access_lines(self, method: str, count: int, timeout: float = 10.0) -> None:
+        """Wait until ``count`` access-log lines of ``method`` were read from the server's stderr:
+        the server logs a call after answering it and a reader thread collects stderr, so a line
+        can arrive after its response (a mark taken too early would then see it)."""
+        end = time.monotonic() + timeout
+        while len(self._access_entries(method)) < count:
+            if time.monotonic() > end:
+                raise AssertionError(f"{count} access-log lines of {method} not seen in {timeout} s")
+            time.sleep(0.02)
+
     def log_mark(self) -> int:
         """A position in the server's stderr: :meth:`access_log` reads only lines after it."""
         return len(self.srv.stderr)
@@ -145,11 +165,9 @@ class HostileServer:
         ``<time> INFO warpsvc.access {"method": ..., "status": ..., "ms": ...}``."""
         end = time.monotonic() + timeout
         while time.monotonic() < end:
-            for line in list(self.srv.stderr)[after:]:
-                if "warpsvc.access" in line and "{" in line:
-                    entry = json.loads(line[line.index("{"):])
-                    if entry["method"].endswith("/" + method):
-                        return entry
+            entries = self._access_entries(method, after)
+            if entries:
+                return entries[0]
             time.sleep(0.1)
         raise AssertionError(f"no access-log line for {method}")
 
