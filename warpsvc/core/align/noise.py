@@ -106,12 +106,17 @@ def block_grid_ratio(a: np.ndarray) -> float:
     """The weaker direction's block-boundary step ratio of ``a`` ``(H, W)``, NaN pixels left
     out (see the module)."""
     a = np.asarray(a, np.float32)
+    finite = bool(np.isfinite(a.sum(dtype=np.float64)))  # then every step is finite: no masking
     ratios = []
     for axis in (1, 0):  # steps between columns j, j + 1 (pooled over rows), then between rows
         d = np.abs(np.diff(a, axis=axis))
-        ok = np.isfinite(d)
         other = 1 - axis
-        ratios.append(_phase_ratio(np.where(ok, d, 0.0).sum(axis=other, dtype=np.float64), ok.sum(axis=other)))
+        if finite:  # the same sums as the masked ones below (nothing masked), and counts
+            sums, counts = d.sum(axis=other, dtype=np.float64), np.full(d.shape[axis], d.shape[other])
+        else:
+            ok = np.isfinite(d)
+            sums, counts = np.where(ok, d, 0.0).sum(axis=other, dtype=np.float64), ok.sum(axis=other)
+        ratios.append(_phase_ratio(sums, counts))
     return min(ratios)
 
 

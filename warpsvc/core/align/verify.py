@@ -196,8 +196,10 @@ def block_margin(tmpl, ext, r: int, missing, outliers=None, factor: int = 1) -> 
     bh, bw = h // BLOCKS, w // BLOCKS
     if min(bh, bw) < 12:
         return 0.0
-    grid = tmpl[:BLOCKS * bh, :BLOCKS * bw].reshape(BLOCKS, bh, BLOCKS, bw)
-    judged = grid.std(axis=(1, 3)) > MIN_BLOCK_CONTRAST * float(tmpl.std())  # (BLOCKS, BLOCKS)
+    # (BLOCKS, BLOCKS, bh bw): each block's pixels contiguous (a std over axes (1, 3) of the
+    # strided view took 1.5x as long)
+    grid = tmpl[:BLOCKS * bh, :BLOCKS * bw].reshape(BLOCKS, bh, BLOCKS, bw).transpose(0, 2, 1, 3)
+    judged = grid.reshape(BLOCKS, BLOCKS, bh * bw).std(axis=2) > MIN_BLOCK_CONTRAST * float(tmpl.std())
     if missing.any():
         judged &= ~np.array([[missing[i * bh:(i + 1) * bh + 2 * r, j * bw:(j + 1) * bw + 2 * r].any()
                               for j in range(BLOCKS)] for i in range(BLOCKS)])
