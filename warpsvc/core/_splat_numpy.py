@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import numpy as np
 
-
 PAD = 2  # zero rows / columns around a source window
 BLOCK = 32  # block side (source pixels)
 GUARD = 4  # accumulator ring (output pixels)
@@ -95,27 +94,67 @@ def _gather(src, r, c, pad_checked: bool):
     return out
 
 
+_CORNERS = ((0, 0), (0, 1), (1, 0), (1, 1))  # (row, column) offsets of the bilinear reads a, b, c, d
+
+
+def _corner_reads(src, r, c, inside_known, corners):
+    """``src[r + dr, c + dc, :]`` for the offsets ``corners`` of :data:`_CORNERS`, each ``(N, C)``
+    in column-major layout (a contiguous column per channel, for the per-channel arithmetic of
+    :func:`node_values`). A contiguous window read inside (``inside_known``) is read as one
+    flat ``take`` per channel and corner (~2.5x faster than indexing with ``(r, c)``; the
+    same elements)."""
+    if not (inside_known and src.flags.c_contiguous):
+        return [np.asfortranarray(_gather(src, r + dr, c + dc, inside_known)) for dr, dc in corners]
+    w, nch = src.shape[1], src.shape[2]
+    flat = src.reshape(-1)
+    first = r * (w * nch)
+    first += c * nch
+    reads = []
+    for dr, dc in corners:
+        out = np.empty((len(first), nch), order="F")
+        for ch in range(nch):
+            off = (dr * w + dc) * nch + ch
+            flat.take(first + off if off else first, out=out[:, ch])
+        reads.append(out)
+    return reads
+
+
 def node_values(src, sx, sy, row0, pad, inside_known=False):
     """Bilinear values ``(N, C)`` of the source window at nodes ``(sx, sy)`` (``_node_value`` /
     ``_node_value_at``): a pixel centre reads its pixel, other nodes
-    ``(1 - fy) ((1 - fx) a + fx b) + fy ((1 - fx) c + fx d)``; 0 outside the array."""
+    ``(1 - fy) ((1 - fx) a + fx b) + fy ((1 - fx) c + fx d)``; 0 outside the array. Column-major
+    (each channel's values contiguous); computed channel by channel, in place, with every
+    product and sum's operands in the order written above (the same bits, NaN payloads too)."""
     fx0, fy0 = np.floor(sx), np.floor(sy)
     fx, fy = sx - fx0, sy - fy0
-    r = fy0.astype(np.int64) + (pad - row0)
-    c = fx0.astype(np.int64) + pad
-    a = _gather(src, r, c, inside_known)
+    r = fy0.astype(np.int64)
+    r += pad - row0
+    c = fx0.astype(np.int64)
+    c += pad
     centre = (fx == 0.0) & (fy == 0.0)
     if centre.all():
-        return a
-    b = _gather(src, r, c + 1, inside_known)
-    cc = _gather(src, r + 1, c, inside_known)
-    d = _gather(src, r + 1, c + 1, inside_known)
-    gx, gy = (1 - fx)[:, None], (1 - fy)[:, None]
-    fx, fy = fx[:, None], fy[:, None]
+        return _corner_reads(src, r, c, inside_known, _CORNERS[:1])[0]
+    a, b, cc, d = _corner_reads(src, r, c, inside_known, _CORNERS)
+    gx, gy = 1 - fx, 1 - fy
+    v = np.empty(a.shape, order="F")
     with np.errstate(invalid="ignore", over="ignore"):
-        v = gy * (gx * a + fx * b) + fy * (gx * cc + fx * d)
-    v[centre] = a[centre]
+        for ch in range(a.shape[1]):
+            _bilinear(a[:, ch], b[:, ch], cc[:, ch], d[:, ch], fx, fy, gx, gy, v[:, ch])
+            np.copyto(v[:, ch], a[:, ch], where=centre)
     return v
+
+
+def _bilinear(a, b, c, d, fx, fy, gx, gy, out) -> None:
+    """``out = gy * (gx * a + fx * b) + fy * (gx * c + fx * d)``, overwriting ``b``, ``c``, ``d``."""
+    np.multiply(gx, a, out=out)
+    np.multiply(fx, b, out=b)
+    np.add(out, b, out=out)
+    np.multiply(gy, out, out=out)
+    np.multiply(gx, c, out=c)
+    np.multiply(fx, d, out=d)
+    np.add(c, d, out=c)
+    np.multiply(fy, c, out=c)
+    np.add(out, c, out=out)
 
 
 def _shares(p, half):
@@ -129,41 +168,90 @@ def _shares(p, half):
     return i0, (c0, c1 - c0, 1.0 - c1)
 
 
+def _axis_masks(s, i0, n_off, lo, hi) -> list:
+    """Per offset ``d < n_off`` of an axis: which nodes deposit there (share ``s[d]`` non-zero,
+    pixel ``i0 + d`` inside ``[lo, hi)``), ``True`` where every node does (found by reductions
+    first: the common case)."""
+    inside = i0.min() >= lo and i0.max() + (n_off - 1) < hi
+    masks = []
+    for d in range(n_off):
+        if inside:
+            masks.append(True if s[d].all() else s[d] != 0.0)
+        else:
+            masks.append((s[d] != 0.0) & (i0 + d >= lo) & (i0 + d < hi))
+    return masks
+
+
 def _deposit(acc, values, px, py, hx, hy, scale, row_lo, row_hi):
     """Add ``values[k, ch] * ((sx_dx sy_dy) scale_k)`` at accumulator pixel ``(iy0 + dy + G,
     ix0 + dx + G)`` for every node ``k`` and offsets ``dx, dy in 0..2`` whose two shares are
     non-zero, inside rows ``[row_lo, row_hi)`` and the accumulator's columns; node-major order
-    (each pixel receives its deposits in node order, as in the compiled kernels)."""
-    if len(px) == 0:
+    (each pixel receives its deposits in node order, as in the compiled kernels).
+
+    The weights are built offset-major (contiguous rows: numpy is slow on short inner
+    dimensions), then each channel's deposits ``value * weight`` are written node-major, the
+    order ``np.add.at`` adds them in; where some slots ``(k, dy, dx)`` deposit nothing, the
+    others are picked (:func:`_slots`, their order unchanged). The same products as before,
+    operands in the same order; the zero-share slots' products (``NaN`` for a non-finite
+    value) are computed but never added."""
+    n = len(px)
+    if n == 0:
         return
     ix0, sx = _shares(px, hx)
     iy0, sy = _shares(py, hy)
-    ix0 = ix0.astype(np.int64) + GUARD
-    iy0 = iy0.astype(np.int64) + GUARD
     wa, nch = acc.shape[1], acc.shape[2]
     # footprints of half-width <= 1/2 cover at most 2 pixels per axis: when no node's third
     # share is non-zero, the third offset deposits nothing and is not visited
-    nx = 3 if (sx[2] != 0.0).any() else 2
-    ny = 3 if (sy[2] != 0.0).any() else 2
-    idx, wgt = np.empty((len(px), ny, nx), np.int64), np.empty((len(px), ny, nx))
-    ok = np.empty((len(px), ny, nx), dtype=bool)
-    cols = [ix0 + dx for dx in range(nx)]
-    col_ok = [(sx[dx] != 0.0) & (cols[dx] >= 0) & (cols[dx] < wa) for dx in range(nx)]
-    for dy in range(ny):
-        yy = iy0 + dy
-        row_ok = (sy[dy] != 0.0) & (yy >= row_lo) & (yy < row_hi)
-        base = yy * wa
-        for dx in range(nx):
-            np.logical_and(row_ok, col_ok[dx], out=ok[:, dy, dx])
-            np.multiply(base + cols[dx], nch, out=idx[:, dy, dx])
-            np.multiply(sx[dx] * sy[dy], scale, out=wgt[:, dy, dx])
-    sel = np.flatnonzero(ok)  # node-major, then dy, dx (indices: faster than a boolean mask)
-    idx, wgt = idx.ravel().take(sel), wgt.ravel().take(sel)
-    node = sel // (ny * nx)
+    nx = 3 if sx[2].any() else 2
+    ny = 3 if sy[2].any() else 2
+    ix0 = ix0.astype(np.int64) + GUARD
+    iy0 = iy0.astype(np.int64) + GUARD
+    col_ok, row_ok = _axis_masks(sx, ix0, nx, 0, wa), _axis_masks(sy, iy0, ny, row_lo, row_hi)
+    slots = None if all(m is True for m in col_ok + row_ok) else _slots(col_ok, row_ok, n)
+    idx, wgt = _slot_indices(iy0, ix0, ny, nx, wa, nch), _slot_weights(sx, sy, ny, nx, scale)
+    if slots is not None:
+        idx = idx.take(slots)
     flat = acc.reshape(-1)
+    dep = np.empty((n, ny * nx))
     with np.errstate(invalid="ignore", over="ignore"):
         for ch in range(nch):
-            np.add.at(flat, idx + ch if ch else idx, values[node, ch] * wgt)
+            for o in range(ny * nx):
+                np.multiply(values[:, ch], wgt[o], out=dep[:, o])
+            added = dep.reshape(-1) if slots is None else dep.reshape(-1).take(slots)
+            np.add.at(flat, idx + ch if ch else idx, added)
+
+
+def _slots(col_ok, row_ok, n):
+    """Flat node-major slots ``(k, dy, dx)`` of the ``n`` nodes that deposit (both axes' masks
+    true), in order."""
+    ok = np.empty((n, len(row_ok), len(col_ok)), dtype=bool)
+    for dy in range(len(row_ok)):
+        for dx in range(len(col_ok)):
+            np.logical_and(row_ok[dy], col_ok[dx], out=ok[:, dy, dx])
+    return np.flatnonzero(ok)  # indices: faster than a boolean mask
+
+
+def _slot_indices(iy0, ix0, ny, nx, wa, nch):
+    """Flat accumulator index of every slot ``(k, dy, dx)``, node-major (integer arithmetic)."""
+    base = iy0 * wa
+    base += ix0
+    base *= nch
+    idx = np.empty((len(base), ny, nx), np.int64)
+    for dy in range(ny):
+        for dx in range(nx):
+            np.add(base, (dy * wa + dx) * nch, out=idx[:, dy, dx])
+    return idx.reshape(-1)
+
+
+def _slot_weights(sx, sy, ny, nx, scale):
+    """``(sx[dx] * sy[dy]) * scale`` per offset ``dy * nx + dx``, offset-major (contiguous rows)."""
+    wgt = np.empty((ny * nx, len(scale)))
+    for dy in range(ny):
+        for dx in range(nx):
+            o = wgt[dy * nx + dx]
+            np.multiply(sx[dx], sy[dy], out=o)
+            np.multiply(o, scale, out=o)
+    return wgt
 
 
 def _block_pieces(src, block, h, w, row0, pad):
@@ -249,33 +337,48 @@ def list_nodes(pieces, first, h, w, out_xy, out_m):
 
 
 def scatter_points(src, node_xy, node_m, pos, rows, strip_rows, acc, row0):
-    """:func:`._splat_kernels.scatter_points` in numpy, in chunks of :data:`POINT_CHUNK_NODES` nodes."""
+    """:func:`._splat_kernels.scatter_points` in numpy, in chunks of :data:`POINT_CHUNK_NODES` nodes.
+
+    A chunk whose nodes all land inside and are all live (the common case, found by
+    reductions) is read through slices instead of gathers (the same values)."""
     row_lo, row_hi = int(strip_rows[0, 0]), int(strip_rows[-1, 1])
     ho, wo = acc.shape[0] - 2 * GUARD, acc.shape[1] - 2 * GUARD
     for a in range(0, node_xy.shape[0], POINT_CHUNK_NODES):
         sl = slice(a, a + POINT_CHUNK_NODES)
-        px, py = pos[sl, 0], pos[sl, 1]
-        keep = (px > -3.0) & (py > -3.0) & (px < wo + 2) & (py < ho + 2)  # also rejects NaN
-        if not keep.any():
+        kept = _landing(pos[sl], wo, ho)
+        if kept is not None and len(kept) == 0:
             continue
-        every = bool(keep.all())  # dense chunks: slices instead of gathers (same values)
-        xy = node_xy[sl] if every else node_xy[sl][keep]
+        xy = node_xy[sl] if kept is None else node_xy[sl].take(kept, axis=0)
         vals = node_values(src, xy[:, 0], xy[:, 1], row0, PAD, inside_known=True)
         live = (vals != 0.0).any(axis=1)
-        if every and live.all():
-            sel, vals_live = sl, vals
+        if live.all():
+            sel = sl if kept is None else kept + a
         else:
-            sel = np.nonzero(keep)[0][live] + a
-            vals_live = vals[live]
-        if len(vals_live) == 0:
+            sel = (np.flatnonzero(live) if kept is None else kept[live]) + a
+            vals = vals[live]
+        if len(vals) == 0:
             continue
         inv_m = 1.0 / node_m[sel]
-        hx, hy = rows[sel, 0] * inv_m, rows[sel, 1] * inv_m
-        hx = np.where(hx < np.inf, hx, 1.0)  # singular point (a pole) or NaN: widest footprint
-        hy = np.where(hy < np.inf, hy, 1.0)
-        hx = np.minimum(np.maximum(hx, 1e-9), 1.0)
-        hy = np.minimum(np.maximum(hy, 1e-9), 1.0)
-        _deposit(acc, vals_live, pos[sel, 0], pos[sel, 1], hx, hy, inv_m * inv_m, row_lo, row_hi)
+        hx, hy = _half_width(rows[sel, 0], inv_m), _half_width(rows[sel, 1], inv_m)
+        _deposit(acc, vals, pos[sel, 0], pos[sel, 1], hx, hy, inv_m * inv_m, row_lo, row_hi)
+
+
+def _landing(p, wo, ho):
+    """Chunk positions of the nodes landing strictly inside ``(-3, Wo + 2) x (-3, Ho + 2)``
+    (NaN does not), or None when all do (min / max: NaN propagates, so it fails the test)."""
+    px, py = p[:, 0], p[:, 1]
+    if px.min() > -3.0 and py.min() > -3.0 and px.max() < wo + 2 and py.max() < ho + 2:
+        return None
+    return np.flatnonzero((px > -3.0) & (py > -3.0) & (px < wo + 2) & (py < ho + 2))
+
+
+def _half_width(norm, inv_m):
+    """``clip(norm * inv_m, 1e-9, 1)``, infinite or NaN (a singular point: a pole) as 1, the
+    widest footprint: ``fmin`` maps NaN and inf to 1, then the floor (the same values as
+    replacing them by 1 before clipping)."""
+    h = norm * inv_m
+    np.fmin(h, 1.0, out=h)
+    return np.maximum(h, 1e-9, out=h)
 
 
 _SEQUENCES: dict = {}
