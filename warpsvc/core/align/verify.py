@@ -29,8 +29,8 @@ import math
 import cv2
 import numpy as np
 
-from .gauss_newton import warp_to_template
 from .covariance import INLIER_WEIGHT
+from .gauss_newton import warp_to_template
 from .result import AMBIGUOUS, LOW_CORRELATION, MAX_ITERATIONS, NO_PROGRESS, UNCERTAIN
 
 # Competing correlation peaks closer than this many nominal standard errors make the result
@@ -117,8 +117,8 @@ def _aligned(t_pyr, i_pyr, W, affine: bool, index: int):
     template, under 8 px, nothing or under a quarter of the template seen)."""
     t, img = t_pyr[index], i_pyr[index]
     f = float(2 ** index)
-    h, w, c = t.shape
-    r = max(2, int(math.ceil(CHECK_RADIUS / f)))
+    c = t.shape[2]
+    r = max(2, math.ceil(CHECK_RADIUS / f))
     tmpl = t.mean(axis=2) if c > 1 else t[:, :, 0]
     r0 = c0 = 0
     if not math.isfinite(float(tmpl.sum())):
