@@ -110,27 +110,48 @@ def test_scatter_points_same_bits_as_tier1(k1, nch, zeros):
 
 @pytest.mark.parametrize("case", ["all_slots", "some_slots", "clipped"])
 def test_deposits_same_bits_as_tier1(k1, case, monkeypatch):
-    """Footprints 3 pixels wide with every share non-zero, inside the frame (no slot picked:
-    ``_slots`` never called), the same with some nodes near the frame's edge (slots picked), and
-    a strip of rows only, with non-finite values among 3 channels."""
+    """``all_slots``: footprints 3 pixels wide with every share non-zero, inside the frame (no
+    slot picked: ``_slots`` never called); ``some_slots``: the same with every 50th footprint
+    narrow (half-width 0.3: some of its shares are zero, so the others are picked);
+    ``clipped``: a strip of rows only, with non-finite values among 3 channels."""
     rng = np.random.default_rng(len(case))
     n, h, w, ho, wo, nch = 20000, 60, 70, 60, 70, 3
     src = _window(rng, h, w, nch, specials=case == "clipped")
     px = rng.integers(2, w - 3, n) + rng.uniform(0.1, 0.45, n)
     py = rng.integers(2, h - 3, n) + rng.uniform(0.1, 0.45, n)
-    if case == "some_slots":
-        px[::50] = rng.uniform(-2.9, -1.0, len(px[::50]))
-    xy = np.stack([np.floor(px), np.floor(py)], 1)  # pixel centres: every value a source pixel
+    xy = np.stack([rng.integers(0, w, n), rng.integers(0, h, n)], 1).astype(np.float64)  # pixel centres
     m = np.ones(n, dtype=np.int64)
     rows = np.full((n, 2), 0.999)
+    if case == "some_slots":
+        rows[::50] = 0.3
     picked = []
-    if case == "all_slots":
-        real_slots = k._slots
-        monkeypatch.setattr(k, "_slots", lambda *a: picked.append(1) or real_slots(*a))
+    real_slots = k._slots
+    monkeypatch.setattr(k, "_slots", lambda *a: picked.append(1) or real_slots(*a))
     full = ho + 2 * k.GUARD
     strips = np.array([[20, 41]] if case == "clipped" else [[0, full]], dtype=np.int64)
     zero, one = _both(k1, src, xy, m, np.stack([px, py], 1), rows, strips, (ho, wo), nch)
     _same(zero, one)
     assert np.count_nonzero(zero) > 0
-    if case == "all_slots":
-        assert not picked  # every slot deposited: none picked
+    assert bool(picked) == (case != "all_slots")  # the path each case is built for
+
+
+def test_landing_and_strip_bounds_same_bits_as_tier1(k1):
+    """Nodes exactly on the landing bounds (``x`` or ``y = -3``, ``x = Wo + 2``, ``y = Ho + 2``:
+    outside, the inequalities are strict) among nodes inside; and, in a strip of rows
+    ``[0, 20)``, a footprint whose third row is row 20 of the accumulator (not deposited) while
+    every other node's rows lie inside the strip."""
+    rng = np.random.default_rng(5)
+    h, w, ho, wo, nch = 20, 20, 22, 22, 1
+    src = _window(rng, h, w, nch, specials=False)
+    src[k.PAD:-k.PAD, k.PAD:-k.PAD] += 2.0  # no dead node
+    inner = np.stack([rng.uniform(2.0, 12.0, 200), rng.uniform(2.0, 12.0, 200)], 1)
+    full = ho + 2 * k.GUARD
+    edges = [[-3.0, 5.0], [5.0, -3.0], [wo + 2.0, 5.0], [5.0, ho + 2.0]]  # one per case: each bound alone
+    cases = [(np.vstack([inner, [e]]), full) for e in edges] + [(np.vstack([inner, [[10.2, 15.2]]]), 20)]
+    for pos, end in cases:
+        n = len(pos)
+        xy = np.stack([rng.integers(0, w, n), rng.integers(0, h, n)], 1).astype(np.float64)
+        zero, one = _both(k1, src, xy, np.ones(n, dtype=np.int64), pos, np.full((n, 2), 1.0),
+                          np.array([[0, end]], dtype=np.int64), (ho, wo), nch)
+        _same(zero, one)
+        assert np.count_nonzero(zero) > 0

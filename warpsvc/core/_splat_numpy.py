@@ -124,7 +124,8 @@ def node_values(src, sx, sy, row0, pad, inside_known=False):
     ``_node_value_at``): a pixel centre reads its pixel, other nodes
     ``(1 - fy) ((1 - fx) a + fx b) + fy ((1 - fx) c + fx d)``; 0 outside the array. Column-major
     (each channel's values contiguous); computed channel by channel, in place, with every
-    product and sum's operands in the order written above (the same bits, NaN payloads too)."""
+    product and sum's operands in the order written above (the same bits; which NaN an operation
+    on two NaNs returns, and so a NaN's sign, may differ)."""
     fx0, fy0 = np.floor(sx), np.floor(sy)
     fx, fy = sx - fx0, sy - fy0
     r = fy0.astype(np.int64)
