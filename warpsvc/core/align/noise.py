@@ -106,13 +106,13 @@ def block_grid_ratio(a: np.ndarray) -> float:
     """The weaker direction's block-boundary step ratio of ``a`` ``(H, W)``, NaN pixels left
     out (see the module)."""
     a = np.asarray(a, np.float32)
-    finite = bool(np.isfinite(a.sum(dtype=np.float64)))  # then every step is finite: no masking
     ratios = []
     for axis in (1, 0):  # steps between columns j, j + 1 (pooled over rows), then between rows
         d = np.abs(np.diff(a, axis=axis))
         other = 1 - axis
-        if finite:  # the same sums as the masked ones below (nothing masked), and counts
-            sums, counts = d.sum(axis=other, dtype=np.float64), np.full(d.shape[axis], d.shape[other])
+        sums = d.sum(axis=other, dtype=np.float64)
+        if np.isfinite(sums).all():  # no step was NaN or inf: the masked sums below, unmasked
+            counts = np.full(d.shape[axis], d.shape[other])
         else:
             ok = np.isfinite(d)
             sums, counts = np.where(ok, d, 0.0).sum(axis=other, dtype=np.float64), ok.sum(axis=other)
