@@ -16,7 +16,7 @@ from ..validate import check_image
 from .chart import make_chart
 from .covariance import final_statistics, level_noise_variance, template_noise_share, zncc
 from .denoise import MIN_NOISE_RATIO, NOISE_DOMINATED
-from .features import IMAGE_SCALE, TemplateFeatures, feature_start
+from .features import IMAGE_SCALE, TemplateFeatures, detection_factor, feature_start, reduced
 from .gauss_newton import Clock, Stopped, solve_level, translation_search
 from .options import AlignOptions, explicit_keywords, merge_options
 from .problem import Outcome, Problem, same_exposure_fit, template_from_image
@@ -225,7 +225,9 @@ def _refine(tmpl, image, image_mask, W0, opts, clock) -> AlignResult:
 def _global(tmpl, image, image_mask, opts, clock) -> tuple[AlignResult | None, bool]:
     """A feature start (:mod:`.features`) refined by Gauss-Newton: the image searched at 3/4
     resolution first, at full resolution when that finds no start or its refinement fails
-    (extra cost only on such failures). A grey ``uint8`` image goes to the detector as it is
+    (extra cost only on such failures); an image of more than ``features.DETECT_PIXELS`` at 3/4
+    is searched, with the template, at the common factor ``features.detection_factor`` of
+    those resolutions (the refinement is at full resolution either way). A grey ``uint8`` image goes to the detector as it is
     (the template is always stretched to its own 0.5 / 99.5 % percentiles); when both of those
     searches fail, it is searched again stretched like the template, at both resolutions: a
     dark or low-contrast image shows SIFT few keypoints above its contrast threshold (night sky:
@@ -235,10 +237,14 @@ def _global(tmpl, image, image_mask, opts, clock) -> tuple[AlignResult | None, b
     start was found), and whether every search ran (``False``: the clock cut it short)."""
     best = None
     searches = _feature_searches(image, image_mask)
-    features = TemplateFeatures(tmpl)  # the template's keypoints, detected once for every search
+    # the template's keypoints, detected once for every search; high-resolution pairs are both
+    # detected at a common factor f (features.detection_factor), each search's scale times f
+    f = detection_factor(np.shape(tmpl), np.shape(image))
+    features = TemplateFeatures(tmpl, f)
+    inputs: dict = {}  # the detector's image per stretch setting (made once: a 12 MP conversion is slow)
     for n, (scale, stretch) in enumerate(searches, 1):
         try:
-            found = _feature_start(features, image, image_mask, opts, scale, clock, stretch)
+            found = _feature_start(features, image, image_mask, opts, scale, clock, stretch, f, inputs)
         except Stopped:  # the clock stopped the feature search: what was found so far
             return best, False
         if found is not None:
@@ -264,16 +270,25 @@ def _feature_searches(image, image_mask) -> list[tuple[float, bool]]:
     return searches
 
 
-def _feature_start(features, image, image_mask, opts, scale, clock, stretch=False):
+def _feature_start(features, image, image_mask, opts, scale, clock, stretch=False, factor=1.0, inputs=None):
     """``image_from_template`` from feature matches (:mod:`.features`) or ``None``; raises
     :class:`Stopped` between its stages when the clock says stop. ``stretch``: map a grey
-    ``uint8`` image to 8 bits by its percentiles too (other images always are)."""
+    ``uint8`` image to 8 bits by its percentiles too (other images always are). ``factor``: the
+    detection factor (``features.detection_factor``); below 1 the image is first reduced to it
+    (``cv2.INTER_AREA``; a missing pixel makes its area missing), and the search runs at ``scale``
+    of that. ``inputs``: a dict that keeps the detector's image between the searches of a call."""
     clock.check()
-    if not stretch and _raw_detector_input(image, image_mask):
-        img = image  # already what the detector takes
-    else:
-        img = prepare(image, image_mask, "image", "image_mask")
-    found = feature_start(features, img, opts.model, scale, check=clock.check)
+    img = None if inputs is None else inputs.get(stretch)
+    if img is None:
+        if not stretch and _raw_detector_input(image, image_mask):
+            img = image  # already what the detector takes
+        else:
+            img = prepare(image, image_mask, "image", "image_mask")
+        if factor != 1.0:
+            img = reduced(img, factor)
+        if inputs is not None:
+            inputs[stretch] = img
+    found = feature_start(features, img, opts.model, scale, check=clock.check, image_factor=factor)
     return None if found is None else found[0]
 
 

@@ -53,6 +53,31 @@ CONFIDENCE = 0.999
 # same share of starts within 3 px (90 %); at 1/2, 27 ms but 70 %.
 IMAGE_SCALE = 0.75
 MIN_SCALED_SIDE = 96
+# High-resolution inputs: SIFT's time and memory grow with the pixels it is shown (it doubles its
+# input and keeps ~11 float32 scale images per octave: a 4000x4000 image at 3/4 took 2.5 s and a
+# 2.4 GB peak here). Beyond DETECT_PIXELS (the image at IMAGE_SCALE), template and image are
+# both detected at a common factor f < 1 (:func:`detection_factor`), which keeps their relative
+# scale -- what SIFT must bridge -- as it is at full resolution; f never takes the template's
+# longer side below MIN_DETECT_SIDE pixels (twice the benchmark's 240 px template at 3/4 scale
+# of the image: its own structure must survive).
+DETECT_PIXELS = 1 << 21
+MIN_DETECT_SIDE = 320
+
+
+def detection_factor(template_shape, image_shape) -> float:
+    """The common detection factor ``f`` of template and image (1 for inputs up to
+    :data:`DETECT_PIXELS`)::
+
+        f = clip(sqrt(DETECT_PIXELS / (H W IMAGE_SCALE^2)), MIN_DETECT_SIDE / max(h, w), 1)
+
+    for an ``(H, W)`` image and an ``(h, w)`` template: the image search at ``IMAGE_SCALE``
+    then sees at most ``DETECT_PIXELS`` pixels unless that would take the template below
+    :data:`MIN_DETECT_SIDE`."""
+    pixels = float(image_shape[0]) * float(image_shape[1]) * IMAGE_SCALE * IMAGE_SCALE
+    if pixels <= DETECT_PIXELS:
+        return 1.0
+    floor = MIN_DETECT_SIDE / float(max(template_shape[0], template_shape[1]))
+    return float(min(1.0, max(np.sqrt(DETECT_PIXELS / pixels), floor)))
 
 
 def to_uint8(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -106,15 +131,21 @@ class TemplateFeatures:
     the process may use): when a server's concurrent calls already hold them all, a call
     detects one after the other, so concurrent alignments do not oversubscribe the cores. The
     clock is checked before and after the pair (neither OpenCV call can be interrupted), so a
-    deadline passing meanwhile is seen after the longer of the two detections."""
+    deadline passing meanwhile is seen after the longer of the two detections.
 
-    def __init__(self, template: np.ndarray):
+    ``scale``: the template is detected at this factor of its resolution (:func:`detection_factor`;
+    ``cv2.INTER_AREA``), its keypoints mapped back to full-resolution pixels by the fit."""
+
+    def __init__(self, template: np.ndarray, scale: float = 1.0):
         self.template = template
+        self.scale = float(scale)
         self._found = None
 
     def get(self):
         if self._found is None:
             t8, tm = to_uint8(self.template)
+            if self.scale != 1.0:
+                t8, tm = _resized(t8, tm, self.scale)
             self._found = _detect(t8, tm)
         return self._found
 
@@ -151,22 +182,23 @@ class TemplateFeatures:
 
 
 def feature_start(template: np.ndarray | TemplateFeatures, image: np.ndarray, model: str,
-                  image_scale: float = 1.0, check=None) -> tuple[np.ndarray, int] | None:
+                  image_scale: float = 1.0, check=None, image_factor: float = 1.0) -> tuple[np.ndarray, int] | None:
     """``(image_from_template (3, 3), inliers)`` from SIFT matches, or ``None`` when the
     matches do not determine the model. Inputs as :func:`to_uint8` takes them (or, for
     ``image``, already a grey ``uint8`` array); the image is searched at ``image_scale`` of its
     resolution (:data:`IMAGE_SCALE`: faster, as robust on the benchmark). ``check()`` (may
     raise: the caller's deadline) runs between the stages (each OpenCV call is one piece).
     ``template`` may be its :class:`TemplateFeatures`, to share its keypoints between the
-    searches of one call."""
+    searches of one call. ``image_factor``: ``image`` is the caller's image reduced to this factor
+    of its resolution (:func:`reduced`); the start is returned in the caller's full-resolution
+    pixels either way."""
     features = template if isinstance(template, TemplateFeatures) else TemplateFeatures(template)
     template = features.template
     i8, im = (image, None) if image.dtype == np.uint8 and image.ndim == 2 else to_uint8(image)
     _check(check)
     scale = image_scale if min(i8.shape) * image_scale >= MIN_SCALED_SIDE else 1.0
     if scale != 1.0:
-        i8 = cv2.resize(i8, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
-        im = None if im is None else cv2.resize(im, (i8.shape[1], i8.shape[0]), interpolation=cv2.INTER_NEAREST)
+        i8, im = _resized(i8, im, scale)
     (kt, dt), (ki, di) = features.with_image(i8, im, check)
     _check(check)
     if dt is None or di is None or len(kt) < 4 or len(ki) < 4:
@@ -175,8 +207,10 @@ def feature_start(template: np.ndarray | TemplateFeatures, image: np.ndarray, mo
     if len(good) < max(MIN_INLIERS, 4):
         return None
     src = np.float32([kt[m.queryIdx].pt for m in good])  # template points (x, y)
+    if features.scale != 1.0:  # back in full-resolution template pixels, as below
+        src = (src + 0.5) / np.float32(features.scale) - 0.5
     # image points, back in full-resolution pixels (pixel centres: x_full = (x_s + 0.5) / scale - 0.5)
-    dst = (np.float32([ki[m.trainIdx].pt for m in good]) + 0.5) / np.float32(scale) - 0.5
+    dst = (np.float32([ki[m.trainIdx].pt for m in good]) + 0.5) / np.float32(scale * image_factor) - 0.5
     if model == "homography":
         H, inl = cv2.findHomography(src, dst, cv2.USAC_MAGSAC, MAGSAC_THRESHOLD, maxIters=MAGSAC_ITERATIONS,
                                     confidence=CONFIDENCE)
@@ -192,6 +226,20 @@ def feature_start(template: np.ndarray | TemplateFeatures, image: np.ndarray, mo
     if not plausible(H, template.shape):
         return None
     return H, int(inl.sum())
+
+
+def reduced(img: np.ndarray, factor: float) -> np.ndarray:
+    """``img`` (grey ``uint8`` ``(H, W)`` or ``(H, W, C) float32``, NaN where missing) at
+    ``factor < 1`` of its resolution by ``cv2.INTER_AREA`` (the mean over each output pixel's
+    area; NaN wherever that area holds a missing pixel), in the same layout."""
+    out = cv2.resize(img, None, fx=factor, fy=factor, interpolation=cv2.INTER_AREA)
+    return out.reshape(out.shape[0], out.shape[1], -1) if img.ndim == 3 else out
+
+
+def _resized(img8: np.ndarray, mask: np.ndarray | None, scale: float):
+    """``img8`` at ``scale`` of its resolution (``cv2.INTER_AREA``) and its mask (nearest)."""
+    out = cv2.resize(img8, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    return out, None if mask is None else cv2.resize(mask, (out.shape[1], out.shape[0]), interpolation=cv2.INTER_NEAREST)
 
 
 # Largest area change (either way) a start may claim between template and image: 8x in scale
