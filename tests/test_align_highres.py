@@ -81,10 +81,17 @@ def test_detection_factor_closed_form():
     f = features.detection_factor((800, 800), (3000, 4000))
     assert f == pytest.approx(math.sqrt(features.DETECT_PIXELS / (3000 * 4000 * s2)), rel=1e-12)
     assert 0.5 < f < 0.6
-    # the template's floor: a 400 px template stays at >= MIN_DETECT_SIDE
-    assert features.detection_factor((400, 300), (3000, 4000)) == pytest.approx(features.MIN_DETECT_SIDE / 400)
-    # never above 1 (a template smaller than the floor is detected as it is)
-    assert features.detection_factor((200, 200), (3000, 4000)) == 1.0
+    # the template's floor: a 350 px template stays at MIN_DETECT_SIDE (2000x2400: the hard bound
+    # sqrt(MAX_DETECT_PIXELS / (H W)) = 0.93 does not bind)
+    assert features.detection_factor((350, 350), (2000, 2400)) == pytest.approx(features.MIN_DETECT_SIDE / 350)
+    # ... unless the hard bound does: no search shows SIFT more than MAX_DETECT_PIXELS
+    cap = math.sqrt(features.MAX_DETECT_PIXELS / (3000 * 4000))
+    assert features.detection_factor((400, 300), (3000, 4000)) == pytest.approx(cap, rel=1e-12)
+    assert features.detection_factor((100, 100), (6000, 5500)) == pytest.approx(
+        math.sqrt(features.MAX_DETECT_PIXELS / (6000 * 5500)), rel=1e-12)
+    # never above 1 (a template smaller than the floor is detected as it is, the bound allowing)
+    assert features.detection_factor((200, 200), (1800, 2200)) == 1.0
+    assert features.detection_factor((500, 500), (1800, 2200)) < 1.0
 
 
 def test_small_pairs_detect_as_before(detector_inputs):
@@ -111,8 +118,10 @@ def test_high_resolution_pair_is_detected_reduced_and_refined_at_full_resolution
     reduced = (round(3000 * f), round(4000 * f))
     small_i = (round(reduced[0] * features.IMAGE_SCALE), round(reduced[1] * features.IMAGE_SCALE))
     assert sorted(detector_inputs[:2]) == sorted([small_t, small_i])
-    # within DETECT_PIXELS, unless the template's floor set f (then the template is at the floor)
-    assert small_i[0] * small_i[1] <= features.DETECT_PIXELS * 1.01 or small_t[0] == features.MIN_DETECT_SIDE
+    # within DETECT_PIXELS, unless the template's floor set f; never above MAX_DETECT_PIXELS
+    assert small_i[0] * small_i[1] <= features.DETECT_PIXELS * 1.01 or small_t[0] == features.MIN_DETECT_SIDE \
+        or f == pytest.approx(math.sqrt(features.MAX_DETECT_PIXELS / (3000 * 4000)))
+    assert reduced[0] * reduced[1] <= features.MAX_DETECT_PIXELS * 1.01
     # refined at full resolution: hundredths of a pixel from the truth
     assert _corner_rms(r.inverse, truth, n) < 0.05
 

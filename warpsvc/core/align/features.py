@@ -62,22 +62,31 @@ MIN_SCALED_SIDE = 96
 # of the image: its own structure must survive).
 DETECT_PIXELS = 1 << 21
 MIN_DETECT_SIDE = 320
+# Hard bound on the pixels any search shows SIFT, the template's floor included (its peak memory
+# is ~210 MB per million pixels here: 4 MP +0.76 GB, 19 MP +4.1 GB and 13 s): a small template
+# in a huge image is then detected smaller than the floor, and may find no start, rather than
+# cost gigabytes (a server accepts 32 MP inputs).
+MAX_DETECT_PIXELS = 1 << 22
 
 
 def detection_factor(template_shape, image_shape) -> float:
     """The common detection factor ``f`` of template and image (1 for inputs up to
     :data:`DETECT_PIXELS`)::
 
-        f = clip(sqrt(DETECT_PIXELS / (H W IMAGE_SCALE^2)), MIN_DETECT_SIDE / max(h, w), 1)
+        f = min(clip(sqrt(DETECT_PIXELS / (H W IMAGE_SCALE^2)), MIN_DETECT_SIDE / max(h, w), 1),
+                sqrt(MAX_DETECT_PIXELS / (H W)))
 
-    for an ``(H, W)`` image and an ``(h, w)`` template: the image search at ``IMAGE_SCALE``
-    then sees at most ``DETECT_PIXELS`` pixels unless that would take the template below
-    :data:`MIN_DETECT_SIDE`."""
-    pixels = float(image_shape[0]) * float(image_shape[1]) * IMAGE_SCALE * IMAGE_SCALE
-    if pixels <= DETECT_PIXELS:
+    for an ``(H, W)`` image and an ``(h, w)`` template: the search at ``IMAGE_SCALE`` then sees
+    at most ``DETECT_PIXELS`` pixels unless that would take the template below
+    :data:`MIN_DETECT_SIDE`, and no search (the full-resolution one included, ``f H x f W``)
+    more than :data:`MAX_DETECT_PIXELS`."""
+    full = float(image_shape[0]) * float(image_shape[1])
+    pixels = full * IMAGE_SCALE * IMAGE_SCALE
+    if pixels <= DETECT_PIXELS and full <= MAX_DETECT_PIXELS:
         return 1.0
     floor = MIN_DETECT_SIDE / float(max(template_shape[0], template_shape[1]))
-    return float(min(1.0, max(np.sqrt(DETECT_PIXELS / pixels), floor)))
+    f = min(1.0, max(np.sqrt(DETECT_PIXELS / pixels), floor))
+    return float(min(f, np.sqrt(MAX_DETECT_PIXELS / full)))
 
 
 def to_uint8(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
