@@ -1,6 +1,7 @@
 """Large motion on high-resolution photographs: ``align(template, image, "homography")`` with no
 start on a 12 MP (4000x3000) image, against SIFT + MAGSAC at full resolution (the anchor) and
-against warpsvc detecting at full resolution (the behaviour before ``features.DETECT_PIXELS``).
+against warpsvc detecting at full resolution in one piece (the behaviour before
+``features.DETECT_PIXELS`` and ``features.TILE_PIXELS``: both set to infinity).
 
     python benchmarks/bench_align_highres.py --trials 24 --json benchmarks/results/align_highres.json
 
@@ -12,7 +13,12 @@ astronaut, coffee, chelsea, rocket, coins); *held-out* set (never tuned on, own 
 immunohistochemistry, hubble_deep_field, each as it is and mirrored, and six ``made``
 photographs (different seeds, made at the cell's size: full-resolution detail).
 
-Trial ``k``: a template of side 400, 800 or 1200 (``k mod 3``) taken through a random homography
+*Huge* set (its own rows, not tuned on): a 5700x5700 collage (32.5 MP, about the server's input
+limit) of 36 cells of 950 px -- the tuning photographs as they are and mirrored, and 24 ``made``
+photographs -- with templates of side 100, 200 or 300: small templates, for which the detection
+factor stays 1 and the detection runs in tiles.
+
+Trial ``k``: a template of side 400, 800 or 1200 (``k mod 3``; huge: 100, 200, 300) taken through a random homography
 (rotation U(-180, 180) deg, scale U(0.6, 1.6), corners jittered by 6 % of the side, >= 50 % of
 the template inside the image), gain U(0.7, 1.3), bias U(-20, 20), gamma U(0.8, 1.25), noise 4 on
 both, both JPEG-encoded at quality 85, grey. Success: corner RMS <= 1 px.
@@ -49,6 +55,9 @@ CELL = 1000
 GRID = (3, 4)  # rows, columns of cells: a 3000x4000 image
 SIDES = (400, 800, 1200)
 MADE_SEEDS = (21, 22, 23, 24, 25, 26)
+# ``huge``: 5700x5700 (32.5 MP, the server's input limit is 32 Mi pixels), 36 cells of 950 px: the
+# tuning photographs as they are and mirrored and 24 made photographs; small templates.
+HUGE_CELL, HUGE_GRID, HUGE_SIDES = 950, 6, (100, 200, 300)
 
 
 def _cell(img):
@@ -61,7 +70,13 @@ def _cell(img):
 
 
 def collage(subset: str) -> np.ndarray:
-    """The subset's 3000x4000 RGB collage (see the module docstring)."""
+    """The subset's 3000x4000 RGB collage (``huge``: 5700x5700; see the module docstring)."""
+    if subset == "huge":
+        cells = [cv2.resize(real.photo(n), (HUGE_CELL, HUGE_CELL), interpolation=cv2.INTER_CUBIC) for n in real.TUNING]
+        cells += [c[:, ::-1] for c in cells] + [real.made_photo(100 + i, (HUGE_CELL, HUGE_CELL)) for i in range(24)]
+        order = np.random.default_rng(7).permutation(len(cells))
+        g = HUGE_GRID
+        return np.vstack([np.hstack([np.ascontiguousarray(cells[order[r * g + j]]) for j in range(g)]) for r in range(g)])
     if subset == "tuning":
         cells = [real.photo(n) for n in real.TUNING]
         cells = [_cell(c) for c in cells] + [_cell(c[:, ::-1]) for c in cells]
@@ -75,10 +90,10 @@ def collage(subset: str) -> np.ndarray:
     return np.vstack([np.hstack(tiles[r * cols:(r + 1) * cols]) for r in range(rows)])
 
 
-def trial(image_rgb, k, seed):
+def trial(image_rgb, k, seed, sides=SIDES):
     rng = np.random.default_rng([seed, k, 4000])
     H, W = image_rgb.shape[:2]
-    n = SIDES[k % len(SIDES)]
+    n = sides[k % len(sides)]
     theta, s = np.deg2rad(rng.uniform(-180, 180)), rng.uniform(0.6, 1.6)
     tp = real.corners(n)
     c = (n - 1) / 2.0
@@ -122,23 +137,23 @@ def run(method, tr):
     t, i = tr["template"], tr["image"]
     if method == "sift_magsac":
         return real.sift_magsac(t, i), None
-    saved = features.DETECT_PIXELS
-    if method == "warpsvc_full_res":
-        features.DETECT_PIXELS = float("inf")
+    saved = features.DETECT_PIXELS, features.TILE_PIXELS
+    if method == "warpsvc_full_res":  # the detection before the common factor and the tiles
+        features.DETECT_PIXELS = features.TILE_PIXELS = float("inf")
     try:
         r = warpsvc.align(t, i, "homography")
     finally:
-        features.DETECT_PIXELS = saved
+        features.DETECT_PIXELS, features.TILE_PIXELS = saved
     return r.inverse, r
 
 
 METHODS = ("warpsvc", "warpsvc_full_res", "sift_magsac")
 
 
-def measure(image, n, seed):
+def measure(image, n, seed, sides=SIDES):
     rows = {m: [] for m in METHODS}
     for k in range(n):
-        tr = trial(image, k, seed)
+        tr = trial(image, k, seed, sides)
         for m in METHODS:
             before = _rss_kb("VmRSS")
             peak_ok = _reset_peak()
@@ -196,7 +211,8 @@ def main(argv=None):
     ap.add_argument("--trials", type=int, default=24)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--sets", default="tuning,held_out")
+    ap.add_argument("--sets", default="tuning,held_out,huge")
+    ap.add_argument("--huge-trials", type=int, default=6)
     ap.add_argument("--json", type=pathlib.Path, default=None)
     args = ap.parse_args(argv)
     cv2.setNumThreads(args.threads)
@@ -205,9 +221,12 @@ def main(argv=None):
         run(m, dict(warm, template=warm["template"][:200, :200], image=warm["image"][:800, :800]))
     res = {"command": "python benchmarks/bench_align_highres.py " + " ".join(argv or sys.argv[1:]),
            "threads": args.threads, "opencv": cv2.__version__, "detect_pixels": features.DETECT_PIXELS,
+           "tile_pixels": features.TILE_PIXELS,
            "min_detect_side": features.MIN_DETECT_SIDE, "load_before": os.getloadavg(), "sets": {}}
     for subset in args.sets.split(","):
-        rows = measure(collage(subset), args.trials, args.seed)
+        huge = subset == "huge"
+        rows = measure(collage(subset), args.huge_trials if huge else args.trials, args.seed,
+                       HUGE_SIDES if huge else SIDES)
         res["sets"][subset] = summary(rows)
         res.setdefault("trials", {})[subset] = rows
         print(subset, json.dumps(res["sets"][subset]), flush=True)

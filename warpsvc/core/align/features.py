@@ -33,6 +33,7 @@ perspective and partial overlap, and costs several FFTs of the larger image per 
 
 from __future__ import annotations
 
+import itertools
 import threading
 
 import cv2
@@ -62,31 +63,28 @@ MIN_SCALED_SIDE = 96
 # of the image: its own structure must survive).
 DETECT_PIXELS = 1 << 21
 MIN_DETECT_SIDE = 320
-# Hard bound on the pixels any search shows SIFT, the template's floor included (its peak memory
-# is ~210 MB per million pixels here: 4 MP +0.76 GB, 19 MP +4.1 GB and 13 s): a small template
-# in a huge image is then detected smaller than the floor, and may find no start, rather than
-# cost gigabytes (a server accepts 32 MP inputs).
-MAX_DETECT_PIXELS = 1 << 22
+# Larger detector inputs are detected in tiles (:func:`_detect`): SIFT's peak memory is ~210 MB
+# per million pixels here (4 MP +0.76 GB, 19 MP +4.1 GB), and a server accepts 32 MP inputs.
+TILE = 1024          # core side of a tile (pixels of the detector's input)
+TILE_MARGIN = 128    # context on each side of a core (a keypoint's scale-space and descriptor support)
+TILE_PIXELS = 1 << 21  # inputs up to this many pixels are detected whole
 
 
 def detection_factor(template_shape, image_shape) -> float:
     """The common detection factor ``f`` of template and image (1 for inputs up to
     :data:`DETECT_PIXELS`)::
 
-        f = min(clip(sqrt(DETECT_PIXELS / (H W IMAGE_SCALE^2)), MIN_DETECT_SIDE / max(h, w), 1),
-                sqrt(MAX_DETECT_PIXELS / (H W)))
+        f = clip(sqrt(DETECT_PIXELS / (H W IMAGE_SCALE^2)), MIN_DETECT_SIDE / max(h, w), 1)
 
-    for an ``(H, W)`` image and an ``(h, w)`` template: the search at ``IMAGE_SCALE`` then sees
-    at most ``DETECT_PIXELS`` pixels unless that would take the template below
-    :data:`MIN_DETECT_SIDE`, and no search (the full-resolution one included, ``f H x f W``)
-    more than :data:`MAX_DETECT_PIXELS`."""
-    full = float(image_shape[0]) * float(image_shape[1])
-    pixels = full * IMAGE_SCALE * IMAGE_SCALE
-    if pixels <= DETECT_PIXELS and full <= MAX_DETECT_PIXELS:
+    for an ``(H, W)`` image and an ``(h, w)`` template: the image search at ``IMAGE_SCALE`` then
+    sees at most ``DETECT_PIXELS`` pixels unless that would take the template below
+    :data:`MIN_DETECT_SIDE` (a small template in a huge image keeps its detail; the detection
+    is then tiled, so its memory stays bounded and its time grows with the image)."""
+    pixels = float(image_shape[0]) * float(image_shape[1]) * IMAGE_SCALE * IMAGE_SCALE
+    if pixels <= DETECT_PIXELS:
         return 1.0
     floor = MIN_DETECT_SIDE / float(max(template_shape[0], template_shape[1]))
-    f = min(1.0, max(np.sqrt(DETECT_PIXELS / pixels), floor))
-    return float(min(f, np.sqrt(MAX_DETECT_PIXELS / full)))
+    return float(min(1.0, max(np.sqrt(DETECT_PIXELS / pixels), floor)))
 
 
 def to_uint8(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -118,8 +116,50 @@ def _sift():
 
 
 def _detect(img: np.ndarray, mask: np.ndarray | None):
-    """``(keypoints, descriptors)`` of ``img`` (``cv2.SIFT.detectAndCompute``; releases the GIL)."""
-    return _sift().detectAndCompute(img, mask)
+    """``(keypoints, descriptors)`` of ``img`` (``cv2.SIFT.detectAndCompute``; releases the GIL),
+    in tiles when it has more than :data:`TILE_PIXELS` pixels (:func:`_detect_tiled`)."""
+    if img.shape[0] * img.shape[1] <= TILE_PIXELS:
+        return _sift().detectAndCompute(img, mask)
+    return _detect_tiled(img, mask)
+
+
+def _tile_edges(n: int) -> list[int]:
+    """Core boundaries ``0, TILE, 2 TILE, ..., n`` (the last core takes a remainder below half
+    a tile, so no core is a thin strip)."""
+    edges = list(range(0, n, TILE)) + [n]
+    if len(edges) > 2 and edges[-1] - edges[-2] < TILE // 2:
+        del edges[-2]
+    return edges
+
+
+def _detect_tiled(img: np.ndarray, mask: np.ndarray | None):
+    """SIFT over tiles: each core of :data:`TILE` x :data:`TILE` pixels is detected with
+    :data:`TILE_MARGIN` pixels of context around it and keeps the keypoints whose centre lies
+    in the core, moved to image coordinates. Peak memory is that of one tile (~1.6 MP: ~0.3 GB)
+    whatever the image size; the time stays about proportional to the pixels.
+
+    Within a core, keypoints of the finer octaves are those of a whole-image detection (their
+    Gaussian and difference-of-Gaussian support, a few ``sigma`` of up to ~20 px, is inside the
+    context); coarse ones -- a scale-space support beyond the margin -- can differ or be missed
+    (measured in ``tests/test_align_highres.py``). Descriptors come back as one ``(N, 128)``
+    array, keypoints in tile order."""
+    h, w = img.shape[:2]
+    rows, cols = _tile_edges(h), _tile_edges(w)
+    keypoints, descriptors = [], []
+    for y0, y1 in itertools.pairwise(rows):
+        for x0, x1 in itertools.pairwise(cols):
+            a, b = max(0, y0 - TILE_MARGIN), min(h, y1 + TILE_MARGIN)
+            c, d = max(0, x0 - TILE_MARGIN), min(w, x1 + TILE_MARGIN)
+            kp, desc = _sift().detectAndCompute(img[a:b, c:d], None if mask is None else mask[a:b, c:d])
+            if desc is None:
+                continue
+            keep = [i for i, k in enumerate(kp) if x0 <= k.pt[0] + c < x1 and y0 <= k.pt[1] + a < y1]
+            keypoints.extend(cv2.KeyPoint(kp[i].pt[0] + c, kp[i].pt[1] + a, kp[i].size, kp[i].angle, kp[i].response,
+                                          kp[i].octave, kp[i].class_id) for i in keep)
+            descriptors.append(desc[keep])
+    if not keypoints:
+        return (), None
+    return tuple(keypoints), np.vstack(descriptors)
 
 
 class TemplateFeatures:
