@@ -199,7 +199,8 @@ def markdown(res):
         for m, v in s.items():
             sides = " / ".join(f"{x['success_pct']:.0f}" for x in v["by_side"].values())
             err = "-" if v["median_err_px"] is None else f"{v['median_err_px']:.3f}"
-            lines.append(f"| {subset} | {m} | {v['n']} | {v['success_pct']:.1f} | {v.get('agree_pct', float('nan')):.1f} "
+            agree = f"{v['agree_pct']:.1f}" if "agree_pct" in v else "-"
+            lines.append(f"| {subset} | {m} | {v['n']} | {v['success_pct']:.1f} | {agree} "
                          f"| {err} | {v['mean_ms']:.0f} | {v['median_ms']:.0f} "
                          f"| {v.get('mean_time_vs_sift_magsac', 1.0):.2f} | {v['median_peak_mb']:.0f} "
                          f"| {v['max_peak_mb']:.0f} | {sides} |")
