@@ -108,21 +108,24 @@ def test_scatter_points_same_bits_as_tier1(k1, nch, zeros):
         assert np.count_nonzero(zero) > 0
 
 
-@pytest.mark.parametrize("case", ["all_slots", "some_slots", "clipped"])
+@pytest.mark.parametrize("case", ["all_slots", "zero_shares", "some_slots", "clipped"])
 def test_deposits_same_bits_as_tier1(k1, case, monkeypatch):
     """``all_slots``: footprints 3 pixels wide with every share non-zero, inside the frame (no
-    slot picked: ``_slots`` never called); ``some_slots``: the same with every 50th footprint
-    narrow (half-width 0.3: some of its shares are zero, so the others are picked);
-    ``clipped``: a strip of rows only, with non-finite values among 3 channels."""
+    slot picked: ``_slots`` never called); ``zero_shares``: the same with every 50th footprint
+    narrow (half-width 0.3: some of its shares are zero), every value finite: the zero-share
+    slots are added as exact zeros (no slot picked); ``some_slots``: those narrow footprints
+    with non-finite values among the source's (a zero share of an infinite value would add
+    NaN), so the others are picked; ``clipped``: a strip of rows only, with non-finite values
+    among 3 channels."""
     rng = np.random.default_rng(len(case))
     n, h, w, ho, wo, nch = 20000, 60, 70, 60, 70, 3
-    src = _window(rng, h, w, nch, specials=case == "clipped")
+    src = _window(rng, h, w, nch, specials=case in ("clipped", "some_slots"))
     px = rng.integers(2, w - 3, n) + rng.uniform(0.1, 0.45, n)
     py = rng.integers(2, h - 3, n) + rng.uniform(0.1, 0.45, n)
     xy = np.stack([rng.integers(0, w, n), rng.integers(0, h, n)], 1).astype(np.float64)  # pixel centres
     m = np.ones(n, dtype=np.int64)
     rows = np.full((n, 2), 0.999)
-    if case == "some_slots":
+    if case in ("zero_shares", "some_slots"):
         rows[::50] = 0.3
     picked = []
     real_slots = k._slots
@@ -132,7 +135,7 @@ def test_deposits_same_bits_as_tier1(k1, case, monkeypatch):
     zero, one = _both(k1, src, xy, m, np.stack([px, py], 1), rows, strips, (ho, wo), nch)
     _same(zero, one)
     assert np.count_nonzero(zero) > 0
-    assert bool(picked) == (case != "all_slots")  # the path each case is built for
+    assert bool(picked) == (case in ("some_slots", "clipped"))  # the path each case is built for
 
 
 def test_landing_and_strip_bounds_same_bits_as_tier1(k1):

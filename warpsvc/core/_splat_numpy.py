@@ -169,15 +169,17 @@ def _shares(p, half):
     return i0, (c0, c1 - c0, 1.0 - c1)
 
 
-def _axis_masks(s, i0, n_off, lo, hi) -> list:
+def _axis_masks(s, i0, n_off, lo, hi, zeros_harmless=False) -> list:
     """Per offset ``d < n_off`` of an axis: which nodes deposit there (share ``s[d]`` non-zero,
     pixel ``i0 + d`` inside ``[lo, hi)``), ``True`` where every node does (found by reductions
-    first: the common case)."""
+    first: the common case). ``zeros_harmless``: every value is finite, so a zero share deposits
+    an exact ``+-0`` that changes no sum (``x + 0 = x``; an accumulator never holds ``-0``):
+    with every pixel inside, each offset is then ``True`` and no slot needs picking."""
     inside = i0.min() >= lo and i0.max() + (n_off - 1) < hi
     masks = []
     for d in range(n_off):
         if inside:
-            masks.append(True if s[d].all() else s[d] != 0.0)
+            masks.append(True if zeros_harmless or s[d].all() else s[d] != 0.0)
         else:
             masks.append((s[d] != 0.0) & (i0 + d >= lo) & (i0 + d < hi))
     return masks
@@ -194,7 +196,9 @@ def _deposit(acc, values, px, py, hx, hy, scale, row_lo, row_hi):
     order ``np.add.at`` adds them in; where some slots ``(k, dy, dx)`` deposit nothing, the
     others are picked (:func:`_slots`, their order unchanged). The same products as before,
     operands in the same order; the zero-share slots' products (``NaN`` for a non-finite
-    value) are computed but never added."""
+    value) are computed but never added -- except when every value and scale is finite and
+    every pixel inside: then the zero-share slots are added too (exact zeros: the same sums,
+    and picking the others, ~35 ms of a 2M-node first call, is skipped)."""
     n = len(px)
     if n == 0:
         return
@@ -207,7 +211,9 @@ def _deposit(acc, values, px, py, hx, hy, scale, row_lo, row_hi):
     ny = 3 if sy[2].any() else 2
     ix0 = ix0.astype(np.int64) + GUARD
     iy0 = iy0.astype(np.int64) + GUARD
-    col_ok, row_ok = _axis_masks(sx, ix0, nx, 0, wa), _axis_masks(sy, iy0, ny, row_lo, row_hi)
+    finite = bool(np.isfinite(values).all() and np.isfinite(scale).all())
+    col_ok = _axis_masks(sx, ix0, nx, 0, wa, finite)
+    row_ok = _axis_masks(sy, iy0, ny, row_lo, row_hi, finite)
     slots = None if all(m is True for m in col_ok + row_ok) else _slots(col_ok, row_ok, n)
     idx, wgt = _slot_indices(iy0, ix0, ny, nx, wa, nch), _slot_weights(sx, sy, ny, nx, scale)
     if slots is not None:
