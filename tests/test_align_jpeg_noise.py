@@ -81,7 +81,12 @@ def test_images_without_a_jpeg_grid_keep_the_white_estimate():
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_right_alignment_of_jpeg_pair_is_converged(seed, monkeypatch):
     """Before the JPEG-aware estimate these right results (<= 0.1 px) were ``low_correlation``
-    (checked below by switching the grid detection off)."""
+    (checked below by switching the grid detection off, and the level-1 second look of
+    ``api._attempt`` with it: that look alone also accepts them, the correlation at half
+    resolution being ~1)."""
+    import importlib
+
+    api = importlib.import_module("warpsvc.core.align.api")
     _, t8, i8 = _pair(seed)
     start = SHIFT.copy()
     start[:2, 2] += (1.5, -1.0)
@@ -89,6 +94,9 @@ def test_right_alignment_of_jpeg_pair_is_converged(seed, monkeypatch):
     assert np.abs(r.inverse - SHIFT)[:2].max() < 0.2
     assert r.converged, r.reason
     monkeypatch.setattr(noise, "JPEG_GRID", np.inf)
+    look_only = warpsvc.align(t8, i8, "homography", np.linalg.inv(start))
+    assert look_only.converged, look_only.reason
+    monkeypatch.setattr(api, "SECOND_LOOK", False)
     old = warpsvc.align(t8, i8, "homography", np.linalg.inv(start))
     assert not old.converged and old.reason == "low_correlation"
 

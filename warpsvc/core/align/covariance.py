@@ -135,6 +135,29 @@ def final_statistics(lv: Level, W, opts, affine: bool, chart, corners0, sigma_fl
     return FinalStats(rms, raw, overlap, ev.gain, ev.bias, cov, corner_cov, zncc_check)
 
 
+def coarse_check_zncc(lv: Level, W, opts, affine: bool, photometric: bool, sigma_floor, image_level) -> float:
+    """The check's noise-corrected correlation (as in :func:`final_statistics`) on a coarser
+    level ``lv`` at ``W``: the second look of a result the finest level called
+    ``low_correlation`` (see ``api._attempt``). Noise on both sides is estimated on that level
+    itself (the template's, and the image's on a template-sized window at the centre of
+    ``image_level``, the same level of the image pyramid)."""
+    ev = evaluate(lv, W, affine, opts.robust, photometric, None, None, sigma_floor)
+    if opts.robust is not None and ev.n_valid > 0:
+        ev = evaluate(lv, W, affine, opts.robust, photometric, ev.weights, None, sigma_floor)
+    if ev.n_valid == 0:
+        return float("nan")
+    H, Wi = image_level.shape[:2]
+    h, w = min(H, lv.template.shape[0] + 2), min(Wi, lv.template.shape[1] + 2)
+    y0, x0 = (H - h) // 2, (Wi - w) // 2
+    window = image_level[y0:y0 + h, x0:x0 + w]
+    image_noise = check_noise_variance(window, template_noise_variance(window))
+    gain2 = float(np.mean(np.square(ev.gain)))
+    noise = (check_noise_variance(lv.template, level_noise_variance(lv)),
+             RESAMPLED_NOISE * image_noise / max(gain2, 1e-12))
+    inliers = None if ev.weights is None else (ev.weights >= INLIER_WEIGHT).astype(np.float32)
+    return zncc(lv, ev, inliers, noise)
+
+
 def level_noise_variance(lv: Level) -> float:
     """:func:`template_noise_variance` of a level's template, computed once per level."""
     if lv.noise_variance is None:
