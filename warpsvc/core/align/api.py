@@ -227,8 +227,8 @@ def _global(tmpl, image, image_mask, opts, clock) -> tuple[AlignResult | None, b
     resolution first, at full resolution when that finds no start or its refinement fails
     (extra cost only on such failures); an image of more than ``features.DETECT_PIXELS`` at 3/4
     is searched, with the template, at the common factor ``features.detection_factor`` of
-    those resolutions (the refinement is at full resolution either way). A grey ``uint8`` image goes to the detector as it is
-    (the template is always stretched to its own 0.5 / 99.5 % percentiles); when both of those
+    those resolutions (the refinement is at full resolution either way). A grey ``uint8``
+    image goes to the detector as it is (the template is always stretched to its own 0.5 / 99.5 % percentiles); when both of those
     searches fail, it is searched again stretched like the template, at both resolutions: a
     dark or low-contrast image shows SIFT few keypoints above its contrast threshold (night sky:
     measured on the large-motion benchmark, 800 trials, 5 more successes, none lost; searching

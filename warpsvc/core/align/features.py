@@ -59,8 +59,8 @@ MIN_SCALED_SIDE = 96
 # 2.4 GB peak here). Beyond DETECT_PIXELS (the image at IMAGE_SCALE), template and image are
 # both detected at a common factor f < 1 (:func:`detection_factor`), which keeps their relative
 # scale -- what SIFT must bridge -- as it is at full resolution; f never takes the template's
-# longer side below MIN_DETECT_SIDE pixels (twice the benchmark's 240 px template at 3/4 scale
-# of the image: its own structure must survive).
+# longer side below MIN_DETECT_SIDE pixels (its own structure must survive: 320 = 240 / 0.75,
+# the large-motion benchmark's template against its image searched at 3/4).
 DETECT_PIXELS = 1 << 21
 MIN_DETECT_SIDE = 320
 # Larger detector inputs are detected in tiles (:func:`_detect`): SIFT's peak memory is ~210 MB
