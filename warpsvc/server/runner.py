@@ -37,8 +37,11 @@ from .settings import Settings
 log = logging.getLogger("warpsvc.server")
 
 # Seconds a worker that drained calls stays up after gRPC stopped, for the transport to flush
-# their last responses (see _serve_until_signal).
-EXIT_LINGER = 0.5
+# their last responses (see _serve_until_signal). 0.5 s was too short for 25 MB responses to a
+# client reading 24 of them from two replicas on a loaded 2-core box (the compose test's stop
+# with calls in flight: one call lost UNAVAILABLE "GOAWAY: Server shutdown" 0.56 s after the
+# last handler ended, though every handler had ended OK).
+EXIT_LINGER = 2.0
 
 
 # glibc mallopt parameters (malloc.h).
