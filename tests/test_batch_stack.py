@@ -537,6 +537,34 @@ def test_align_max_corner_error_option(rotated_pair, server, where):
         assert res.returncode == 2 and "--max-corner-error" in res.stderr, (bad, res.returncode, res.stderr)
 
 
+@pytest.mark.parametrize("where", ["local", "server"])
+def test_align_min_zncc_option(rotated_pair, server, where):
+    """``--min-zncc`` reaches the align call, in-process and over the server: the parsed job carries
+    the value (absent: no keyword, the library's 0.97), a run with it ends as the library says (the
+    correct matrix, converged: a keyword the library or the client lacked would fail the image),
+    and values outside [-1, 1] are refused up front (exit 2). Its effect on the status over the
+    wire is ``tests/test_service_align.py::test_min_zncc_travels``."""
+    from warpsvc_client.batch import cli
+
+    root, truth = rotated_pair
+    target = ["--target", server.target] if where == "server" else []
+    common = ["align", str(root / "in"), str(root / f"out_zncc_{where}"), "--reference", str(root / "template.png")]
+    parsed = cli.make_spec(cli.build_parser().parse_args([*common, "--min-zncc", "0.25"]))
+    assert parsed.align.kwargs()["min_zncc"] == 0.25
+    assert "min_zncc" not in cli.make_spec(cli.build_parser().parse_args(common)).align.kwargs()
+    out = root / f"out_zncc_{where}"
+    res = run_batch("align", root / "in", out, "--reference", root / "template.png", "--search", "global",
+                    "--min-zncc", "0.5", "--no-report", *target)
+    assert res.returncode == 0, res.stderr
+    rec = read_manifest(out / "manifest.jsonl")[0]
+    assert rec["convergence"]["converged"] is True, rec["convergence"]
+    assert _template_corner_error(np.asarray(rec["matrix"]), truth) < CORNER_TOL_PX
+    for bad in ("1.5", "-2", "nan", "high"):
+        res = run_batch("align", root / "in", root / f"out_zncc_bad_{where}", "--reference",
+                        root / "template.png", "--min-zncc", bad, *target)
+        assert res.returncode == 2 and "--min-zncc" in res.stderr, (bad, res.returncode, res.stderr)
+
+
 def test_server_killed_mid_run_then_resumed_locally(seq, local_run):
     """The server dies mid-stream: the frames not registered yet fail, the stack is not written
     (the manifest says so), exit 1; ``--resume --target local`` re-uses the frames the server

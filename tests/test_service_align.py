@@ -137,6 +137,28 @@ def test_max_corner_error_travels(client):
     np.testing.assert_array_equal(off.matrix, strict.matrix)  # the check changes the status only
 
 
+def test_min_zncc_travels(client):
+    """``min_zncc`` reaches the library in both directions, and its absence is the library's
+    0.97: a template blurred by sigma 1.5 px (noise-corrected ZNCC ~0.994 at the right warp) is
+    ``converged`` by default and ``low_correlation`` at 0.999; blurred by 3 px (~0.946) it is
+    ``low_correlation`` by default and ``converged`` at 0.9 and at 0 (0 is a threshold, not
+    "default": the field has presence). Each equals the in-process call field for field."""
+    import cv2
+
+    soft, blurred = (cv2.GaussianBlur(TEMPLATE, (0, 0), s) for s in (1.5, 3.0))
+    default = client.align(soft, IMAGE, "homography", init=INIT)
+    assert default.converged
+    _same(default, warpsvc.align(soft, IMAGE, "homography", init=INIT))
+    strict = client.align(soft, IMAGE, "homography", init=INIT, min_zncc=0.999)
+    assert not strict.converged and strict.reason == "low_correlation"
+    _same(strict, warpsvc.align(soft, IMAGE, "homography", init=INIT, min_zncc=0.999))
+    assert client.align(blurred, IMAGE, "homography", init=INIT).reason == "low_correlation"
+    for lenient in (0.9, 0.0):
+        remote = client.align(blurred, IMAGE, "homography", init=INIT, min_zncc=lenient)
+        assert remote.converged, lenient
+        _same(remote, warpsvc.align(blurred, IMAGE, "homography", init=INIT, min_zncc=lenient))
+
+
 def test_denoise_travels(client):
     """``denoise`` reaches the library: on a noise-dominated template (a bar on flat ground, noise
     8) the server's result equals the in-process one with the same option, and the two options
@@ -205,6 +227,8 @@ BAD = [
     ("budget-nan", dict(time_budget_seconds=float("nan")), "time_budget_seconds"),
     ("corner-negative", dict(max_corner_error=-1.0), "max_corner_error"),
     ("corner-nan", dict(max_corner_error=float("nan")), "max_corner_error"),
+    ("zncc-above-1", dict(min_zncc=1.5), "min_zncc"),
+    ("zncc-nan", dict(min_zncc=float("nan")), "min_zncc"),
     ("channels-differ", dict(image=_tensor(np.dstack([IMAGE, IMAGE]))), "image"),
     ("mask-shape", dict(template_mask=_tensor(np.ones((5, 5), np.uint8))), "template_mask"),
 ]

@@ -250,6 +250,8 @@ def align_options(req: pb.AlignRequest) -> dict:
                           ("max_corner_error", req.max_corner_error)):
         if value != 0:
             options[option] = value
+    if req.HasField("min_zncc"):  # presence, not zero, means "given": 0 is a valid threshold
+        options["min_zncc"] = req.min_zncc
     if len(req.init):
         init = np.asarray(req.init, dtype=np.float64)
         options["init"] = init.reshape(-1, 3) if init.size in (6, 9) else init
@@ -258,11 +260,12 @@ def align_options(req: pb.AlignRequest) -> dict:
 
 def align_request(model: str = "homography", init=None, *, search="auto", levels="auto", robust=None,
                   photometric="auto", max_iterations=None, tolerance=None, time_budget=None, template_mask=None,
-                  image_mask=None, max_corner_error=1.0, denoise="auto") -> pb.AlignRequest:
+                  image_mask=None, max_corner_error=1.0, denoise="auto", min_zncc=None) -> pb.AlignRequest:
     """An ``AlignRequest`` without its two images (the client appends them). Every option is
     sent explicitly (``"auto"`` as ``*_AUTO``), so the server applies exactly the caller's;
     ``max_corner_error=None`` (the library's "off") travels as ``+inf``, and zero, which the
-    wire reads as "default", is refused here as the library refuses it."""
+    wire reads as "default", is refused here as the library refuses it. ``min_zncc=None``
+    leaves the field absent (the server's library default)."""
     if max_corner_error == 0:
         raise InvalidArgumentError("max_corner_error must be positive, got 0", field="max_corner_error")
     req = pb.AlignRequest(
@@ -271,6 +274,8 @@ def align_request(model: str = "homography", init=None, *, search="auto", levels
         max_iterations=int(max_iterations or 0), tolerance=float(tolerance or 0.0),
         time_budget_seconds=float(time_budget or 0.0), max_corner_error=float("inf") if max_corner_error is None else float(max_corner_error),
         denoise=vocab.DENOISE.to_wire(denoise))
+    if min_zncc is not None:
+        req.min_zncc = float(min_zncc)
     if init is not None:
         req.init.extend(_values(getattr(init, "matrix", init)))
     if template_mask is not None:

@@ -168,16 +168,18 @@ class WarpClient:
     def align(self, template, image, model: str = "homography", init=None, *, search: str = "auto",
               levels="auto", template_mask=None, image_mask=None, robust=None, photometric="auto",
               max_iterations=None, tolerance=None, time_budget=None, max_corner_error: float | None = 1.0,
-              denoise="auto", timeout: float | None = None):
+              denoise="auto", min_zncc: float | None = None, timeout: float | None = None):
         """``warpsvc.align`` on the server; returns a ``warpsvc.AlignResult``. The call's deadline
         also stops the server's iterations (``reason="cancelled"`` reaches no one: the client
         gets DEADLINE_EXCEEDED). ``max_iterations`` / ``tolerance`` ``None``: the server's default;
         ``max_corner_error`` (pixels) as in the library: ``None`` (or ``inf``) turns the
-        ``uncertain`` check off; ``denoise`` ``"auto"`` or ``None`` as in the library."""
+        ``uncertain`` check off; ``denoise`` ``"auto"`` or ``None`` as in the library;
+        ``min_zncc`` ``None``: the server's library default (0.97), else the threshold of the
+        ``low_correlation`` check."""
         fields = convert.align_request(
             model, init, search=search, levels=levels, robust=robust, photometric=photometric, max_iterations=max_iterations,
             tolerance=tolerance, time_budget=time_budget, template_mask=template_mask, image_mask=image_mask,
-            max_corner_error=max_corner_error, denoise=denoise)
+            max_corner_error=max_corner_error, denoise=denoise, min_zncc=min_zncc)
         request = wire.Parts.of(fields).then(*(convert.image_field(value, wire.number(pb.AlignRequest, name), name)
                                               for name, value in (("template", template), ("image", image))))
         return convert.align_result(self._call(self._rpc["Align"], request, timeout).message)

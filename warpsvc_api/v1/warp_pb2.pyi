@@ -285,7 +285,7 @@ class JacobianDeterminantResponse(_message.Message):
     def __init__(self, determinant: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class AlignRequest(_message.Message):
-    __slots__ = ("template", "image", "model", "init", "levels", "template_mask", "image_mask", "robust", "photometric", "max_iterations", "tolerance", "time_budget_seconds", "search", "max_corner_error", "denoise")
+    __slots__ = ("template", "image", "model", "init", "levels", "template_mask", "image_mask", "robust", "photometric", "max_iterations", "tolerance", "time_budget_seconds", "search", "max_corner_error", "denoise", "min_zncc")
     TEMPLATE_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -301,6 +301,7 @@ class AlignRequest(_message.Message):
     SEARCH_FIELD_NUMBER: _ClassVar[int]
     MAX_CORNER_ERROR_FIELD_NUMBER: _ClassVar[int]
     DENOISE_FIELD_NUMBER: _ClassVar[int]
+    MIN_ZNCC_FIELD_NUMBER: _ClassVar[int]
     template: Image
     image: Image
     model: MotionModel
@@ -316,7 +317,8 @@ class AlignRequest(_message.Message):
     search: Search
     max_corner_error: float
     denoise: Denoise
-    def __init__(self, template: _Optional[_Union[Image, _Mapping]] = ..., image: _Optional[_Union[Image, _Mapping]] = ..., model: _Optional[_Union[MotionModel, str]] = ..., init: _Optional[_Iterable[float]] = ..., levels: _Optional[int] = ..., template_mask: _Optional[_Union[Image, _Mapping]] = ..., image_mask: _Optional[_Union[Image, _Mapping]] = ..., robust: _Optional[_Union[RobustLoss, str]] = ..., photometric: _Optional[_Union[Photometric, str]] = ..., max_iterations: _Optional[int] = ..., tolerance: _Optional[float] = ..., time_budget_seconds: _Optional[float] = ..., search: _Optional[_Union[Search, str]] = ..., max_corner_error: _Optional[float] = ..., denoise: _Optional[_Union[Denoise, str]] = ...) -> None: ...
+    min_zncc: float
+    def __init__(self, template: _Optional[_Union[Image, _Mapping]] = ..., image: _Optional[_Union[Image, _Mapping]] = ..., model: _Optional[_Union[MotionModel, str]] = ..., init: _Optional[_Iterable[float]] = ..., levels: _Optional[int] = ..., template_mask: _Optional[_Union[Image, _Mapping]] = ..., image_mask: _Optional[_Union[Image, _Mapping]] = ..., robust: _Optional[_Union[RobustLoss, str]] = ..., photometric: _Optional[_Union[Photometric, str]] = ..., max_iterations: _Optional[int] = ..., tolerance: _Optional[float] = ..., time_budget_seconds: _Optional[float] = ..., search: _Optional[_Union[Search, str]] = ..., max_corner_error: _Optional[float] = ..., denoise: _Optional[_Union[Denoise, str]] = ..., min_zncc: _Optional[float] = ...) -> None: ...
 
 class LevelCosts(_message.Message):
     __slots__ = ("costs",)

@@ -50,6 +50,16 @@ def _pixels_or_inf(text: str) -> float:
     return value
 
 
+def _correlation(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected a correlation in [-1, 1]") from None
+    if not -1.0 <= value <= 1.0:  # NaN too
+        raise argparse.ArgumentTypeError(f"expected a correlation in [-1, 1], got {text}")
+    return value
+
+
 def _json_object(text: str):
     try:
         value = json.loads(text)
@@ -159,6 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-corner-error", type=_pixels_or_inf, metavar="PX",
                    help="largest predicted corner error (1 sigma, pixels) of a converged alignment; "
                         "above it reason 'uncertain' (default: the library's, 1 px; 'inf' turns it off)")
+    g.add_argument("--min-zncc", type=_correlation, metavar="Z",
+                   help="smallest noise-corrected correlation of a converged alignment, in [-1, 1]; below it "
+                        "reason 'low_correlation' (default: the library's, 0.97)")
     g.add_argument("--fail-unconverged", action="store_true", help="record non-converged alignments as failed")
     j = sub.add_parser("jacobian", parents=[common, transform_opts], help="Jacobian-determinant map per image")
     j.add_argument("--format", dest="jacobian_format", default="tiff", choices=("tiff", "npy"),
@@ -219,7 +232,7 @@ def make_spec(args, inputs=None, outputs=None, run_id: str = "000000000000") -> 
                                      denoise=None if args.denoise == "none" else args.denoise, levels=levels,
                                      max_iterations=args.max_iterations, tolerance=args.tolerance,
                                      time_budget=args.time_budget, fail_unconverged=args.fail_unconverged,
-                                     max_corner_error=args.max_corner_error)
+                                     max_corner_error=args.max_corner_error, min_zncc=args.min_zncc)
         try:
             spec["reference"] = _read_reference(args.reference, args.storage_options, args.max_pixels)
         except Exception as err:  # noqa: BLE001

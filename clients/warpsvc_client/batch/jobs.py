@@ -94,11 +94,12 @@ class AlignOptions:
     search: str = "auto"
     max_corner_error: float | None = None  # pixels; inf turns the "uncertain" check off
     denoise: str | None = "auto"  # the library's default; None: never solve on a denoised copy
+    min_zncc: float | None = None  # None: the library's default (0.97)
 
     def kwargs(self) -> dict:
         kw = dict(model=self.model, search=self.search, robust=self.robust, photometric=self.photometric,
                   levels=self.levels, denoise=self.denoise)
-        for name in ("max_iterations", "tolerance", "time_budget", "max_corner_error"):
+        for name in ("max_iterations", "tolerance", "time_budget", "max_corner_error", "min_zncc"):
             if getattr(self, name) is not None:
                 kw[name] = getattr(self, name)
         return kw

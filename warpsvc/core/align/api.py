@@ -90,6 +90,7 @@ def align(
     time_budget=None,
     should_stop=None,
     max_corner_error: float | None = 1.0,
+    min_zncc: float = 0.97,
     options: AlignOptions | None = None,
     _given: frozenset = frozenset(),
 ) -> AlignResult:
@@ -124,6 +125,8 @@ def align(
     max_corner_error : image pixels; a converged result must predict a corner RMS error (1
         sigma, from its covariance) at most this, else ``reason="uncertain"``. ``None`` (or
         ``inf``) turns the check off.
+    min_zncc : a converged result's noise-corrected correlation must reach this (in
+        ``[-1, 1]``), else ``reason="low_correlation"`` (:class:`AlignOptions`).
     options : an :class:`AlignOptions` with further settings; keyword arguments given with
         non-default values override its fields.
 
@@ -136,7 +139,7 @@ def align(
                          photometric=photometric, denoise=denoise, max_iterations=max_iterations,
                          tolerance=tolerance,
                          time_budget=time_budget, should_stop=should_stop,
-                         max_corner_error=max_corner_error).checked()
+                         max_corner_error=max_corner_error, min_zncc=min_zncc).checked()
     clock = Clock(opts.time_budget, opts.should_stop)
     tmpl = prepare(template, template_mask, "template", "template_mask")
     full = check_image(image, "image")
