@@ -260,7 +260,7 @@ def align_options(req: pb.AlignRequest) -> dict:
 
 def align_request(model: str = "homography", init=None, *, search="auto", levels="auto", robust=None,
                   photometric="auto", max_iterations=None, tolerance=None, time_budget=None, template_mask=None,
-                  image_mask=None, max_corner_error=1.0, denoise="auto", min_zncc=None) -> pb.AlignRequest:
+                  image_mask=None, max_corner_error=1.0, denoise="auto", min_zncc=0.97) -> pb.AlignRequest:
     """An ``AlignRequest`` without its two images (the client appends them). Every option is
     sent explicitly (``"auto"`` as ``*_AUTO``), so the server applies exactly the caller's;
     ``max_corner_error=None`` (the library's "off") travels as ``+inf``, and zero, which the

@@ -168,14 +168,14 @@ class WarpClient:
     def align(self, template, image, model: str = "homography", init=None, *, search: str = "auto",
               levels="auto", template_mask=None, image_mask=None, robust=None, photometric="auto",
               max_iterations=None, tolerance=None, time_budget=None, max_corner_error: float | None = 1.0,
-              denoise="auto", min_zncc: float | None = None, timeout: float | None = None):
+              denoise="auto", min_zncc: float = 0.97, timeout: float | None = None):
         """``warpsvc.align`` on the server; returns a ``warpsvc.AlignResult``. The call's deadline
         also stops the server's iterations (``reason="cancelled"`` reaches no one: the client
         gets DEADLINE_EXCEEDED). ``max_iterations`` / ``tolerance`` ``None``: the server's default;
         ``max_corner_error`` (pixels) as in the library: ``None`` (or ``inf``) turns the
         ``uncertain`` check off; ``denoise`` ``"auto"`` or ``None`` as in the library;
-        ``min_zncc`` ``None``: the server's library default (0.97), else the threshold of the
-        ``low_correlation`` check."""
+        ``min_zncc`` the threshold of the ``low_correlation`` check, sent as given (default the
+        library's 0.97; ``None`` leaves the field absent: the server's library default)."""
         fields = convert.align_request(
             model, init, search=search, levels=levels, robust=robust, photometric=photometric, max_iterations=max_iterations,
             tolerance=tolerance, time_budget=time_budget, template_mask=template_mask, image_mask=image_mask,
