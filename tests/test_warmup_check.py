@@ -36,3 +36,30 @@ def test_cache_use_lists_nothing_before_numba_is_imported():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "([], [])"
+
+
+def test_warm_up_writes_the_packages_bytecode(tmp_path, monkeypatch):
+    """``compile_bytecode`` (run by the warm-up) writes a package's missing ``.pyc`` files even
+    with ``PYTHONDONTWRITEBYTECODE`` on (as ``pip install`` does for a wheel), so a new process
+    imports the bytecode instead of compiling the sources; the oracle is the import system's
+    own cache path, and a second import of the fresh copy reads that file."""
+    import importlib.util
+
+    from warpsvc.core import warmup
+
+    pkg = tmp_path / "warm_pkg_probe"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("VALUE = 41 + 1\n")
+    (pkg / "inner.py").write_text("def f():\n    return 'inner'\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(warmup, "PACKAGES", ("warm_pkg_probe", "no_such_package_here"))
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)
+    caches = [importlib.util.cache_from_source(str(pkg / n)) for n in ("__init__.py", "inner.py")]
+    assert not any(os.path.exists(c) for c in caches)
+    assert warmup.compile_bytecode() == [str(pkg)]
+    assert all(os.path.exists(c) for c in caches)
+    env = dict(os.environ, PYTHONPATH=str(tmp_path), PYTHONDONTWRITEBYTECODE="1", PYTHONVERBOSE="1")
+    out = subprocess.run([sys.executable, "-c", "import warm_pkg_probe.inner as m; print(m.f())"], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "inner"
+    assert f"matches {pkg / 'inner.py'}" in out.stderr  # imported from the .pyc the warm-up wrote

@@ -73,16 +73,6 @@ def chunk_bytes(nodes: int, channels: int) -> int:
     return min(int(nodes), CHUNK_NODES) * (BYTES_PER_NODE + BYTES_PER_NODE_CHANNEL * channels)
 
 
-def _block_nodes(y0, x0, m, y_end, h, w):
-    """``(sx, sy)`` of a block's nodes (pixel rows ``y0 .. min(y_end, h) - 1``) in the compiled
-    kernels' order: node rows ``iy + ky/m`` outer, node columns ``(x0 + i) + kx/m`` inner."""
-    inv_m = 1.0 / m
-    frac = np.arange(m) * inv_m  # kx * inv_m
-    xs = (np.arange(x0, min(x0 + BLOCK, w), dtype=np.float64)[:, None] + frac[None, :]).ravel()
-    ys = (np.arange(y0, min(y_end, h), dtype=np.float64)[:, None] + frac[None, :]).ravel()
-    return np.tile(xs, len(ys)), np.repeat(ys, len(xs))
-
-
 def _gather(src, r, c, pad_checked: bool):
     """``src[r, c, :]`` as ``(N, C)``, 0 where ``(r, c)`` lies outside the array (unless the
     caller knows every index is inside: a padded window)."""
@@ -159,14 +149,34 @@ def _bilinear(a, b, c, d, fx, fy, gx, gy, out) -> None:
 
 
 def _shares(p, half):
-    """``(i0, s (3, N))``: the compiled ``_axis_shares`` / ``_triangle_shares``, same operations."""
-    i0 = np.floor(p - half + 0.5)
-    inv = 1.0 / half
-    u0 = np.clip((i0 + 0.5 - p) * inv, -1.0, 1.0)
-    u1 = np.clip((i0 + 1.5 - p) * inv, -1.0, 1.0)
-    c0 = 0.5 + u0 * (1.0 - 0.5 * np.abs(u0))
-    c1 = 0.5 + u1 * (1.0 - 0.5 * np.abs(u1))
-    return i0, (c0, c1 - c0, 1.0 - c1)
+    """``(i0, s (3, N))``: the compiled ``_axis_shares`` / ``_triangle_shares``, same operations
+    (``0.5 + u (1 - 0.5 |u|)`` of ``u = clip((i0 + 1/2 - p) / half, -1, 1)`` and of the next
+    pixel's ``u``; ``1 / half`` once, as there). Computed in place, a few arrays per axis
+    instead of a dozen temporaries: the products and sums are the same IEEE operations
+    (``x * 0.5 = 0.5 * x``, ``u * a = a * u``, ``a + 0.5 = 0.5 + a`` exactly)."""
+    i0 = np.subtract(p, half)
+    i0 += 0.5
+    np.floor(i0, out=i0)
+    inv = np.divide(1.0, half)
+    c0, c1 = _tent_cdf(i0, 0.5, p, inv), _tent_cdf(i0, 1.5, p, inv)
+    np.subtract(c1, c0, out=inv)  # (inv is not needed any more)
+    np.subtract(1.0, c1, out=c1)
+    return i0, (c0, inv, c1)
+
+
+def _tent_cdf(i0, edge, p, inv):
+    """``0.5 + u (1 - 0.5 |u|)``, ``u = clip((i0 + edge - p) * inv, -1, 1)`` (compiled
+    ``_tent_cdf``), in two arrays."""
+    u = np.add(i0, edge)
+    u -= p
+    u *= inv
+    np.clip(u, -1.0, 1.0, out=u)
+    c = np.abs(u)
+    c *= 0.5
+    np.subtract(1.0, c, out=c)
+    c *= u
+    c += 0.5
+    return c
 
 
 def _axis_masks(s, i0, n_off, lo, hi, zeros_harmless=False) -> list:
@@ -333,14 +343,24 @@ def scatter_matrix(src, blocks, strip_rows, strip_ptr, strip_blocks, h, w, mat, 
 
 
 def list_nodes(pieces, first, h, w, out_xy, out_m):
-    """:func:`._splat_kernels.list_nodes` in numpy (the same node coordinates, same order)."""
+    """:func:`._splat_kernels.list_nodes` in numpy (the same node coordinates, same order): a
+    piece's nodes form a ``(node rows, node columns)`` grid in ``out_xy``, written by
+    broadcasting its column coordinates down and its row coordinates across: node rows
+    ``iy + ky/m`` outer, node columns ``(x0 + i) + kx/m`` inner (no tiled temporaries)."""
     for b in range(pieces.shape[0]):
         y0, x0, m, y1 = (int(v) for v in pieces[b])
-        sx, sy = _block_nodes(y0, x0, m, y1, h, w)
-        n = int(first[b])
-        out_xy[n:n + len(sx), 0] = sx
-        out_xy[n:n + len(sx), 1] = sy
-        out_m[n:n + len(sx)] = m
+        inv_m = 1.0 / m
+        frac = np.arange(m) * inv_m  # kx * inv_m
+        xs = (np.arange(x0, min(x0 + BLOCK, w), dtype=np.float64)[:, None] + frac[None, :]).ravel()
+        ys = (np.arange(y0, min(y1, h), dtype=np.float64)[:, None] + frac[None, :]).ravel()
+        n, count = int(first[b]), len(xs) * len(ys)
+        block = out_xy[n:n + count]
+        grid = block.reshape(len(ys), len(xs), 2)  # a view of the callers' C-contiguous rows
+        grid[:, :, 0] = xs
+        grid[:, :, 1] = ys[:, None]
+        if grid.base is None:  # reshape had to copy (rows not contiguous): write the copy back
+            block[...] = grid.reshape(count, 2)
+        out_m[n:n + count] = m
 
 
 def scatter_points(src, node_xy, node_m, pos, rows, strip_rows, acc, row0):
@@ -374,7 +394,7 @@ def _landing(p, wo, ho):
     """Chunk positions of the nodes landing strictly inside ``(-3, Wo + 2) x (-3, Ho + 2)``
     (NaN does not), or None when all do (min / max: NaN propagates, so it fails the test)."""
     px, py = p[:, 0], p[:, 1]
-    if px.min() > -3.0 and py.min() > -3.0 and px.max() < wo + 2 and py.max() < ho + 2:
+    if p.min() > -3.0 and px.max() < wo + 2 and py.max() < ho + 2:  # p.min(): both lower bounds in one contiguous pass
         return None
     return np.flatnonzero((px > -3.0) & (py > -3.0) & (px < wo + 2) & (py < ho + 2))
 

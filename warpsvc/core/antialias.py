@@ -93,6 +93,9 @@ from .threads import kernel_threads
 OVERSAMPLING = 1.5  # m = ceil(1.5 s): 1 node per pixel for shrinks >= 1.5x; moire < 0.3 % when rotating
 MAX_NODES_PER_PIXEL_AXIS = 64
 CHUNK_NODES = 1 << 18  # nodes x chain steps per generic-path chunk (memory: ~GENERIC_BYTES_PER_NODE each)
+TIER0_CHUNK_NODES = 1 << 16  # the same on tier 0 (numpy): its chunk arrays are fresh pages once
+# per call, so smaller chunks fault less (dense 600x600 polar first call, 2M nodes: 11.7k -> 4.7k
+# page faults, ~25 ms); tier 1 keeps the larger chunks (kernel_threads gives one thread per 2^16)
 MIN_CHUNK_NODES = 1 << 12
 WINDOW_BYTES = 1 << 23  # padded float64 source window (block rows scattered together)
 NODES_PER_BAND = 1 << 21  # nodes between two poll() calls (~50 ms on one core)
@@ -192,14 +195,27 @@ def _sampled_layout(dst_from_src, by, bx, poll=None):
     return stretch, lo, hi, finite.all(axis=1)
 
 
+def _exact_boxes(dst_from_src, by, bx):
+    """``(lo, hi)`` of each block's image from the transform's ``image_boxes`` (exact bounds of
+    the images of the closed squares ``[origin, origin + BLOCK]``, which hold every node of a
+    block), or None when it has none (or declines): then the sampled boxes and their margin."""
+    boxes = getattr(dst_from_src, "image_boxes", None)
+    if boxes is None:
+        return None
+    gx, gy = np.meshgrid(bx.astype(float), by.astype(float))
+    origins = np.stack([gx.ravel(), gy.ravel()], 1)
+    return boxes(origins, origins + k.BLOCK)
+
+
 def block_layout(dst_from_src, h: int, w: int, poll=None) -> dict:
     """Blocks of source pixels: origins, node factor ``m``, node count and the bounding box of
     each block's image (sampled on a 3x3 grid; ``finite`` is False where a horizon crosses the
     block, ``dead`` True where the whole block lies beyond it).
 
     For matrix transforms the box is exact (a block with ``w > 0`` at its four corners maps to
-    the convex quadrilateral of their images), so the search margin is a few pixels; other
-    transforms keep a margin of two block images."""
+    the convex quadrilateral of their images), so the search margin is a few pixels, as for
+    transforms that bound their blocks' images exactly themselves (``image_boxes``: the forward
+    polar warp); other transforms keep a margin of two block images around the sampled box."""
     by, bx = _block_grid(h, w)
     if dst_from_src.is_matrix():
         nb = len(by) * len(bx)
@@ -214,6 +230,9 @@ def block_layout(dst_from_src, h: int, w: int, poll=None) -> dict:
         stretch, lo, hi, finite = _sampled_layout(dst_from_src, by, bx, poll)
         dead = np.zeros(len(stretch), dtype=bool)
         margin = 2.0 * k.BLOCK * np.maximum(stretch, 1.0)
+        exact = _exact_boxes(dst_from_src, by, bx)
+        if exact is not None:  # the transform bounds its blocks' images itself: the matrices' margin
+            (lo, hi), margin = exact, np.full(len(stretch), MATRIX_MARGIN)
     m = np.clip(np.ceil(OVERSAMPLING * stretch), 1, MAX_NODES_PER_PIXEL_AXIS).astype(np.int64)
     gx, gy = np.meshgrid(bx, by)
     origins = np.stack([gy.ravel(), gx.ravel()], 1).astype(np.int64)
@@ -521,13 +540,14 @@ def _pieces(p: ScatterPlan, blocks: slice, h: int, w: int, chunk: int) -> tuple[
 
 def _scatter_generic(src, row0, p: ScatterPlan, blocks: slice, h, w, dst_from_src, acc, poll, tiers=None):
     """Nodes listed in chunks, mapped by the transform in numpy, deposited by the kernel; a
-    chunk holds ``CHUNK_NODES / steps`` nodes of a chain of ``steps`` (so each costs about the
+    chunk holds ``CHUNK_NODES / steps`` nodes (``TIER0_CHUNK_NODES / steps`` on tier 0) of a chain of ``steps`` (so each costs about the
     same whatever the chain length), in node order (the deposits' order is unchanged)."""
     from .budget import transform_steps
 
     ho = acc.shape[0] - 2 * k.GUARD
     kern, kernel_threads = (tiers or _Tiers()).pick("list_nodes", "scatter_points")
-    chunk_nodes = max(MIN_CHUNK_NODES, CHUNK_NODES // transform_steps(dst_from_src))
+    per_chunk = TIER0_CHUNK_NODES if kern is k else CHUNK_NODES
+    chunk_nodes = max(MIN_CHUNK_NODES, per_chunk // transform_steps(dst_from_src))
     pieces, counts = _pieces(p, blocks, h, w, chunk_nodes)
     reads = None
     buffers = _Buffers()  # the chunks' arrays, reused: fresh ones cost page faults every chunk

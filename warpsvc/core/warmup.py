@@ -28,6 +28,11 @@ conserve scalings and the polar maps are numpy / OpenCV over strips: nothing to 
 warm-up still runs them (it checks every path once). Run it in its own
 process (as the command above does), not in a server's parent process before it forks: the
 OpenMP thread pool the parallel kernels start does not survive a fork.
+
+It also byte-compiles warpsvc's own packages (:func:`compile_bytecode`), as ``pip install``
+of a wheel does: an editable install, or any environment with ``PYTHONDONTWRITEBYTECODE=1``,
+otherwise compiles every module from source in every new process (~10 ms of a first
+antialiased polar warp for the modules it imports lazily, more for ``import warpsvc``).
 """
 
 from __future__ import annotations
@@ -98,12 +103,36 @@ def kernel_cache_use() -> tuple[list[str], list[str]]:
     return loaded, compiled
 
 
+PACKAGES = ("warpsvc", "warpsvc_api", "warpsvc_client")
+
+
+def compile_bytecode() -> list[str]:
+    """Write the ``.pyc`` files of :data:`PACKAGES` where they are missing or stale (what
+    ``pip install`` does for a wheel; an editable install leaves it to the first import, which
+    ``PYTHONDONTWRITEBYTECODE`` turns off). Folders that cannot be written are skipped: the
+    bytecode is a start-up speed-up, nothing more. Returns the package folders compiled."""
+    import compileall
+    import importlib.util
+    import os
+
+    done = []
+    for name in PACKAGES:
+        spec = importlib.util.find_spec(name)
+        for folder in (spec.submodule_search_locations or []) if spec is not None else []:
+            if os.access(folder, os.W_OK) and compileall.compile_dir(folder, quiet=2):
+                done.append(folder)
+    return done
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-q", "--quiet", action="store_true")
     ap.add_argument("--check", action="store_true",
                     help="exit 1 if a kernel had to be compiled instead of loaded from the cache")
     args = ap.parse_args(argv)
+    compiled_packages = compile_bytecode()
+    if not args.quiet and not args.check:
+        print(f"warpsvc bytecode up to date in {len(compiled_packages)} package folder(s)")
     seconds = warm(verbose=not args.quiet and not args.check)
     if not args.check:
         if not args.quiet:

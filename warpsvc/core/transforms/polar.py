@@ -263,6 +263,37 @@ class PolarTransform(FrozenTransform):
         norms[r == 0.0] = np.nan  # the pole: the Jacobian is 0/0 there
         return pos, norms
 
+    def image_boxes(self, lo_xy, hi_xy):
+        """Exact bounding boxes ``(lo, hi)``, each ``(n, 2)`` output ``(u, v)``, of the images of
+        the closed source rectangles ``[lo_xy[i], hi_xy[i]]`` (``(n, 2)`` ``(x, y)`` corners)
+        under Cartesian -> polar; ``None`` for polar -> Cartesian (not provided). The antialias
+        scatter uses them to skip source blocks whose whole image misses the output
+        (:func:`warpsvc.core.antialias.block_layout`).
+
+        Radius: ``r`` over a rectangle ranges from the distance of the centre to it (0 inside)
+        to its farthest corner, and ``u(r)`` increases, so ``u`` spans ``[u(r_min), u(r_max)]``.
+        Angle: a rectangle that meets the cut ``theta = 0`` (the ray ``y = c_y``, ``x > c_x``)
+        or holds the centre spans every row ``[0, H]``; any other lies in a sector of less than
+        ``pi`` seen from the centre, so its angles range between those of its corners (the
+        extreme directions of a convex polygon not containing the origin are at vertices)."""
+        if self.is_inverse:
+            return None
+        lo_xy, hi_xy = np.asarray(lo_xy, dtype=np.float64), np.asarray(hi_xy, dtype=np.float64)
+        cx, cy = self.center
+        x0, y0, x1, y1 = lo_xy[:, 0] - cx, lo_xy[:, 1] - cy, hi_xy[:, 0] - cx, hi_xy[:, 1] - cy
+        near_x = np.maximum(np.maximum(x0, -x1), 0.0)  # distance to the rectangle along each axis
+        near_y = np.maximum(np.maximum(y0, -y1), 0.0)
+        far_x, far_y = np.maximum(np.abs(x0), np.abs(x1)), np.maximum(np.abs(y0), np.abs(y1))
+        lo, hi = np.empty((len(x0), 2)), np.empty((len(x0), 2))
+        lo[:, 0] = self._column(np.hypot(near_x, near_y))
+        hi[:, 0] = self._column(np.hypot(far_x, far_y))
+        k = self.polar_shape[0] / TWO_PI
+        corners = np.stack([_angle(dx, dy) for dx, dy in ((x0, y0), (x1, y0), (x0, y1), (x1, y1))]) * k
+        lo[:, 1], hi[:, 1] = corners.min(axis=0), corners.max(axis=0)
+        full = (y0 <= 0.0) & (y1 >= 0.0) & (x1 >= 0.0)  # meets the cut, or holds the centre
+        lo[full, 1], hi[full, 1] = 0.0, float(self.polar_shape[0])
+        return lo, hi
+
     def jacobian_determinant(self, xy) -> np.ndarray:
         """Closed forms: ``(dr/du) r 2 pi / H`` polar->Cartesian, its reciprocal the other way."""
         pts = as_points(xy)
