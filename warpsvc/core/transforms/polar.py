@@ -46,6 +46,8 @@ def _radius(dx: np.ndarray, dy: np.ndarray) -> np.ndarray:
     numpy's ``hypot``, within an ulp of it), with ``hypot`` itself wherever the squares could
     overflow or underflow or a value is not finite (``r`` outside :data:`SQUARES_SAFE`, NaN)."""
     r = np.sqrt(dx * dx + dy * dy)
+    if r.size and r.min() > SQUARES_SAFE[0] and r.max() < SQUARES_SAFE[1]:
+        return r  # every r safe (NaN fails both tests): two reductions instead of the masks below
     odd = ~((r > SQUARES_SAFE[0]) & (r < SQUARES_SAFE[1]))
     odd &= (dx != 0.0) | (dy != 0.0)  # the centre itself: exactly 0 either way
     if odd.any():
@@ -254,13 +256,20 @@ class PolarTransform(FrozenTransform):
         r = _radius(dx, dy)
         k = self.polar_shape[0] / TWO_PI
         pos, norms = np.empty((len(pts), 2)), np.empty((len(pts), 2))
-        pos[:, 0] = self._column(r)
+        if self.log:
+            pos[:, 0] = self._column(r)
+        else:
+            np.divide(r, self._k, out=pos[:, 0])  # _column(r), written in place
         _angle(dx, dy, out=pos[:, 1])
         pos[:, 1] *= k
         with np.errstate(divide="ignore", invalid="ignore"):
-            np.divide(1.0, self._dradius(r), out=norms[:, 0])
+            if self.log:
+                np.divide(1.0, self._dradius(r), out=norms[:, 0])
+            else:  # dr/du = R / W everywhere: one division (the same IEEE quotient as per element)
+                norms[:, 0] = 1.0 / self._k
             np.divide(k, r, out=norms[:, 1])
-        norms[r == 0.0] = np.nan  # the pole: the Jacobian is 0/0 there
+        if not (len(r) and r.min() > 0.0):  # (r >= 0, or NaN: then the mask finds what it must)
+            norms[r == 0.0] = np.nan  # the pole: the Jacobian is 0/0 there
         return pos, norms
 
     def image_boxes(self, lo_xy, hi_xy):
