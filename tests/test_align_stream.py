@@ -70,7 +70,11 @@ def _same(remote, local):
     np.testing.assert_array_equal(remote.zncc, local.zncc)
     assert remote.reference_shape == local.reference_shape
     assert remote.to_dict().keys() == local.to_dict().keys()
-    assert remote.to_dict()["corner_sd"] == pytest.approx(local.to_dict()["corner_sd"], rel=1e-12, abs=0)
+    remote_sd, local_sd = remote.to_dict()["corner_sd"], local.to_dict()["corner_sd"]
+    if local_sd is None:  # no covariance (an unregistered frame)
+        assert remote_sd is None
+    else:
+        assert remote_sd == pytest.approx(local_sd, rel=1e-12, abs=0)
 
 
 @pytest.mark.parametrize("model,options", [
@@ -123,6 +127,38 @@ def test_bad_setup_names_the_option(client):
     with pytest.raises(warpsvc.InvalidArgumentError) as info:
         list(client.align_stream(FRAMES[:2], 0, motion_prior="wobbly"))
     assert info.value.field == "motion_prior"  # refused by the client before sending
+
+
+@pytest.mark.parametrize("blur, min_zncc, registered", [
+    (2.0, None, True), (2.0, 0.99, False),  # noise-corrected ZNCC ~0.986: over the default, under 0.99
+    (3.0, None, False), (3.0, 0.5, True),  # ~0.966: under the default 0.97, over 0.5
+])
+def test_min_zncc_travels(client, blur, min_zncc, registered):
+    """``min_zncc`` reaches every pairwise alignment of the stream: frames blurred against a
+    sharp reference pass or fail the correlation check by the threshold sent; each result equals
+    ``align_sequence`` in-process with the same ``AlignOptions``, and registered frames match the
+    known camera path."""
+    frames = [FRAMES[0]] + [ndi.gaussian_filter(f, blur) for f in FRAMES[1:5]]
+    options = {} if min_zncc is None else {"min_zncc": min_zncc}
+    remote = list(client.align_stream(iter(frames), 0, "homography", **options))
+    align = SequenceOptions().align_options("homography").replace(**options) if options else None
+    local = list(align_sequence(frames, "homography", options=SequenceOptions(align=align)))
+    assert len(remote) == len(local) == len(frames)
+    for r, loc in zip(remote, local):
+        _same(r, loc)
+    assert all(r.registered == registered for r in remote[1:])
+    if registered:
+        truth = np.linalg.inv(PATH[0]) @ PATH[4]
+        assert np.abs(remote[-1].matrix - truth).max() < 0.5
+    else:
+        assert {r.reason for r in remote[1:]} == {"low_correlation"}
+
+
+@pytest.mark.parametrize("value", [1.5, float("nan")])
+def test_bad_min_zncc_names_the_option(client, value):
+    with pytest.raises(warpsvc.InvalidArgumentError) as info:
+        list(client.align_stream(FRAMES[:2], 0, min_zncc=value))
+    assert info.value.field == "setup.options.min_zncc", info.value
 
 
 def test_frame_over_the_pixel_limit():

@@ -565,6 +565,47 @@ def test_align_min_zncc_option(rotated_pair, server, where):
         assert res.returncode == 2 and "--min-zncc" in res.stderr, (bad, res.returncode, res.stderr)
 
 
+@pytest.fixture(scope="module")
+def blurred_seq(tmp_path_factory):
+    """A sharp reference frame, then frames blurred by 3 px (``test_align_stream``'s camera path):
+    noise-corrected ZNCC ~0.966 against the reference, under the library's default 0.97."""
+    from scipy import ndimage as ndi
+    from test_align_stream import FRAMES, PATH
+
+    src = tmp_path_factory.mktemp("blurred") / "in"
+    src.mkdir()
+    for i, f in enumerate(FRAMES[:4]):
+        assert cv2.imwrite(str(src / f"f{i:03d}.tif"), f if i == 0 else ndi.gaussian_filter(f, 3.0))
+    return src, [np.linalg.inv(PATH[0]) @ m for m in PATH[:4]]
+
+
+@pytest.mark.parametrize("where", ["local", "server"])
+def test_stack_min_zncc_option(blurred_seq, server, where, tmp_path):
+    """``stack --min-zncc`` reaches every pairwise alignment, locally and over AlignStream: by
+    default the blurred frames fail ``low_correlation`` (recorded failed, exit 1, the summary
+    counting them as not registered); with ``--min-zncc 0.5`` all register on the true path;
+    values outside [-1, 1] exit 2 before any work."""
+    from warpsvc_client.batch import cli, stack_job
+
+    src, truth = blurred_seq
+    target = ["--target", server.target] if where == "server" else []
+    args = cli.build_parser().parse_args(["stack", str(src), str(tmp_path / "o"), "--min-zncc", "0.25"])
+    assert stack_job.registration_options(args)[0] == {"min_zncc": 0.25}
+    default = run_batch("stack", src, tmp_path / "default", "--no-report", *target)
+    assert default.returncode == 1 and "registered 1 of 4 aligned" in default.stdout, default.stdout + default.stderr
+    assert [r["method"] for r in trajectory(tmp_path / "default")["frames"]] == ["reference"] + ["unregistered"] * 3
+    assert all("low_correlation" in r["error"] for r in frame_records(tmp_path / "default") if r["status"] == "failed")
+    low = run_batch("stack", src, tmp_path / "low", "--min-zncc", "0.5", "--no-report", *target)
+    assert low.returncode == 0 and "registered 4 of 4 aligned" in low.stdout, low.stdout + low.stderr
+    rows = trajectory(tmp_path / "low")["frames"]
+    assert all(r["registered"] for r in rows)
+    for row, want in zip(rows, truth):
+        assert np.abs(np.asarray(row["matrix"], np.float64).reshape(3, 3) - want).max() < 0.5
+    for bad in ("1.5", "nan", "high"):
+        res = run_batch("stack", src, tmp_path / f"bad_{bad}", "--min-zncc", bad, *target)
+        assert res.returncode == 2 and "--min-zncc" in res.stderr, (bad, res.returncode, res.stderr)
+
+
 def test_server_killed_mid_run_then_resumed_locally(seq, local_run):
     """The server dies mid-stream: the frames not registered yet fail, the stack is not written
     (the manifest says so), exit 1; ``--resume --target local`` re-uses the frames the server

@@ -36,3 +36,22 @@ def test_robust_none_and_unset_numbers():
     assert setup.options.robust == pb.ROBUST_LOSS_NONE
     sequence, pairwise = stream.setup_options(setup)
     assert pairwise == {"robust": None} and "max_keyframes" not in sequence
+
+
+@pytest.mark.parametrize("value", [0.0, 0.5, -1.0])
+def test_min_zncc_has_presence(value):
+    """0 is a valid threshold: sent with presence and read back as given; absent or None is
+    the library default (left out)."""
+    setup = _setup(min_zncc=value)
+    assert setup.options.HasField("min_zncc") and setup.options.min_zncc == value
+    assert stream.setup_options(setup)[1] == {"min_zncc": value}
+    for unset in (_setup(), _setup(min_zncc=None)):
+        assert not unset.options.HasField("min_zncc") and "min_zncc" not in stream.setup_options(unset)[1]
+
+
+def test_min_zncc_not_a_number_is_refused_before_sending():
+    from warpsvc_api.convert import InvalidArgumentError
+
+    with pytest.raises(InvalidArgumentError) as info:
+        _setup(min_zncc="high")
+    assert info.value.field == "min_zncc"

@@ -35,6 +35,7 @@ SEQUENCE_FIELDS = ("reanchor", "anchor_min_overlap", "keyframe_overlap", "trust_
                    "max_anchor_attempts", "anchor_margin", "fuse")
 ALIGN_ENUMS = (("robust", vocab.ROBUST_LOSS), ("photometric", vocab.PHOTOMETRIC), ("channels", CHANNELS))
 ALIGN_NUMBERS = ("levels", "max_iterations", "tolerance")  # 0 = the library default
+ALIGN_PRESENT = ("min_zncc",)  # AlignOptions fields with presence (0 is a valid value; unset = default)
 
 
 # -- client -> server --------------------------------------------------------------------------
@@ -58,6 +59,11 @@ def setup_request(reference, model: str = "homography", *, reference_index: int 
             setattr(opts, name, enums[name].to_wire(value))
         elif name in ALIGN_NUMBERS:
             setattr(opts, name, 0 if value == "auto" else value)
+        elif name in ALIGN_PRESENT:
+            try:
+                setattr(opts, name, float(value))
+            except (TypeError, ValueError):
+                raise convert.InvalidArgumentError(f"{name} must be a number, got {value!r}", field=name) from None
         else:
             raise convert.InvalidArgumentError(f"unknown sequence option {name!r}", field=name)
     setup = pb.AlignStreamSetup(model=vocab.MOTION_MODEL.to_wire(model), options=opts)
@@ -90,6 +96,7 @@ def setup_options(setup: pb.AlignStreamSetup) -> tuple[dict, dict]:
         if value is not vocab.DEFAULT:
             pairwise[name] = value
     pairwise.update({name: getattr(o, name) for name in ALIGN_NUMBERS if getattr(o, name) != 0})
+    pairwise.update({name: getattr(o, name) for name in ALIGN_PRESENT if o.HasField(name)})
     return sequence, pairwise
 
 

@@ -367,7 +367,7 @@ class AlignResponse(_message.Message):
     def __init__(self, matrix: _Optional[_Iterable[float]] = ..., inverse: _Optional[_Iterable[float]] = ..., converged: _Optional[bool] = ..., reason: _Optional[str] = ..., iterations: _Optional[_Iterable[int]] = ..., rms_error: _Optional[float] = ..., zncc: _Optional[float] = ..., cost_history: _Optional[_Iterable[_Union[LevelCosts, _Mapping]]] = ..., covariance: _Optional[_Union[Tensor, _Mapping]] = ..., corner_covariance: _Optional[_Union[Tensor, _Mapping]] = ..., overlap: _Optional[float] = ..., gain: _Optional[_Iterable[float]] = ..., bias: _Optional[_Iterable[float]] = ..., model: _Optional[_Union[MotionModel, str]] = ..., levels: _Optional[int] = ..., elapsed_seconds: _Optional[float] = ..., chart: _Optional[_Iterable[float]] = ..., start: _Optional[str] = ...) -> None: ...
 
 class SequenceOptions(_message.Message):
-    __slots__ = ("reanchor", "anchor_min_overlap", "keyframe_overlap", "trust_overlap", "max_keyframes", "max_anchor_attempts", "anchor_margin", "motion_prior", "fuse", "robust", "photometric", "levels", "max_iterations", "tolerance", "channels")
+    __slots__ = ("reanchor", "anchor_min_overlap", "keyframe_overlap", "trust_overlap", "max_keyframes", "max_anchor_attempts", "anchor_margin", "motion_prior", "fuse", "robust", "photometric", "levels", "max_iterations", "tolerance", "channels", "min_zncc")
     REANCHOR_FIELD_NUMBER: _ClassVar[int]
     ANCHOR_MIN_OVERLAP_FIELD_NUMBER: _ClassVar[int]
     KEYFRAME_OVERLAP_FIELD_NUMBER: _ClassVar[int]
@@ -383,6 +383,7 @@ class SequenceOptions(_message.Message):
     MAX_ITERATIONS_FIELD_NUMBER: _ClassVar[int]
     TOLERANCE_FIELD_NUMBER: _ClassVar[int]
     CHANNELS_FIELD_NUMBER: _ClassVar[int]
+    MIN_ZNCC_FIELD_NUMBER: _ClassVar[int]
     reanchor: bool
     anchor_min_overlap: float
     keyframe_overlap: float
@@ -398,7 +399,8 @@ class SequenceOptions(_message.Message):
     max_iterations: int
     tolerance: float
     channels: Channels
-    def __init__(self, reanchor: _Optional[bool] = ..., anchor_min_overlap: _Optional[float] = ..., keyframe_overlap: _Optional[float] = ..., trust_overlap: _Optional[float] = ..., max_keyframes: _Optional[int] = ..., max_anchor_attempts: _Optional[int] = ..., anchor_margin: _Optional[int] = ..., motion_prior: _Optional[_Union[MotionPrior, str]] = ..., fuse: _Optional[bool] = ..., robust: _Optional[_Union[RobustLoss, str]] = ..., photometric: _Optional[_Union[Photometric, str]] = ..., levels: _Optional[int] = ..., max_iterations: _Optional[int] = ..., tolerance: _Optional[float] = ..., channels: _Optional[_Union[Channels, str]] = ...) -> None: ...
+    min_zncc: float
+    def __init__(self, reanchor: _Optional[bool] = ..., anchor_min_overlap: _Optional[float] = ..., keyframe_overlap: _Optional[float] = ..., trust_overlap: _Optional[float] = ..., max_keyframes: _Optional[int] = ..., max_anchor_attempts: _Optional[int] = ..., anchor_margin: _Optional[int] = ..., motion_prior: _Optional[_Union[MotionPrior, str]] = ..., fuse: _Optional[bool] = ..., robust: _Optional[_Union[RobustLoss, str]] = ..., photometric: _Optional[_Union[Photometric, str]] = ..., levels: _Optional[int] = ..., max_iterations: _Optional[int] = ..., tolerance: _Optional[float] = ..., channels: _Optional[_Union[Channels, str]] = ..., min_zncc: _Optional[float] = ...) -> None: ...
 
 class AlignStreamSetup(_message.Message):
     __slots__ = ("reference", "model", "options", "reference_index")

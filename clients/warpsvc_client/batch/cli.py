@@ -17,6 +17,7 @@ import sys
 
 from . import manifest, paths, probe, stack_job, storage
 from .jobs import AlignOptions, JobSpec, Task, WarpOptions, output_name
+from .argtypes import correlation as _correlation
 from .paths import printable
 from .record import Record
 from .transforms import TransformSpecError, from_matrix, numbers, polar_option, read_file
@@ -47,16 +48,6 @@ def _pixels_or_inf(text: str) -> float:
         raise argparse.ArgumentTypeError("expected a number of pixels or 'inf'") from None
     if not value > 0:  # NaN, 0 and negatives
         raise argparse.ArgumentTypeError(f"expected a positive number of pixels or 'inf', got {text}")
-    return value
-
-
-def _correlation(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError("expected a correlation in [-1, 1]") from None
-    if not -1.0 <= value <= 1.0:  # NaN too
-        raise argparse.ArgumentTypeError(f"expected a correlation in [-1, 1], got {text}")
     return value
 
 

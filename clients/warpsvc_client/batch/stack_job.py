@@ -58,6 +58,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import files, manifest, paths, pixels, storage
+from .argtypes import correlation
 from .jobs import EncodedImage, WarpOptions, _error_text, decode, read_image
 from .paths import printable
 from .record import Record
@@ -90,6 +91,9 @@ def add_parser(sub, common) -> argparse.ArgumentParser:
     g.add_argument("--levels", default="auto", help="pyramid levels or 'auto'")
     g.add_argument("--max-iterations", type=int)
     g.add_argument("--tolerance", type=float)
+    g.add_argument("--min-zncc", type=correlation, metavar="Z",
+                   help="smallest noise-corrected correlation of a converged pairwise alignment, in [-1, 1]; "
+                        "below it that alignment fails with reason 'low_correlation' (default: the library's, 0.97)")
     g.add_argument("--motion-prior", choices=("static", "constant_velocity"),
                    help="initial guess of a frame-to-frame step (default static: a shaky camera)")
     g.add_argument("--max-keyframes", type=int, help="keyframes kept as extra anchors (default 4)")
@@ -129,7 +133,7 @@ def refuse(args) -> None:
 def registration_options(args) -> tuple[dict, dict]:
     """``(pairwise, sequence)`` keyword options given on the command line (unset: library default)."""
     pairwise = {"robust": args.robust, "levels": None if args.levels == "auto" else args.levels,
-                "max_iterations": args.max_iterations, "tolerance": args.tolerance}
+                "max_iterations": args.max_iterations, "tolerance": args.tolerance, "min_zncc": args.min_zncc}
     pairwise = {k: v for k, v in pairwise.items() if v is not None}
     if args.photometric is not None:  # 'none' is the library's None (sent as PHOTOMETRIC_NONE)
         pairwise["photometric"] = None if args.photometric == "none" else args.photometric
@@ -229,7 +233,8 @@ class Tally:
     ok: int = 0
     failed: int = 0
     skipped: int = 0          # verified frames re-used
-    registered: int = 0       # frames registered in this run
+    registered: int = 0       # frames aligned in this run (registered or not: the rate's count)
+    unregistered: int = 0     # ... of which the sequence could not register (recorded failed)
     replayed: int = 0         # verified frames registered again to rebuild the chain
     replay_mismatch: int = 0  # ... whose new result differs from the recorded one
     elapsed: float = 0.0
@@ -469,7 +474,8 @@ def summary(r: Run, report_note: str) -> None:
     rate = t.registered / t.elapsed if t.elapsed > 0 else 0.0
     replay = f" (replayed {t.replayed}, {t.replay_mismatch} differing from the manifest)" if t.replayed else ""
     print(f"warpsvc-batch stack: {t.ok} ok, {t.failed} failed, {t.skipped} skipped (verified, re-used) of {n} frames "
-          f"in {t.elapsed:.1f} s; registered {t.registered} ({rate:.1f} frames/s){replay}; reference "
+          f"in {t.elapsed:.1f} s; registered {t.registered - t.unregistered} of {t.registered} aligned "
+          f"({rate:.1f} frames/s){replay}; reference "
           f"{printable(r.reference.name) if r.reference else '-'}; manifest "
           f"{printable(r.m_store.canonical(r.m_name))}{report_note}", flush=True)
 

@@ -191,6 +191,7 @@ def register_and_resample(r, before) -> None:
                 r.tally.registered += 1
                 left.discard(f.index)
                 if not res.registered:
+                    r.tally.unregistered += 1
                     r.record(Record(input=f.input, output=f.output, job=JOB, target=r.target_name, attempts=1,
                                     error=f"not registered: {res.reason}",
                                     timings=Timings(compute=res.elapsed, total=res.elapsed), **fields), f.index)

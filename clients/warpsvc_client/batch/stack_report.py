@@ -165,7 +165,8 @@ def page(r, result) -> str:
            f"<style>{CSS}</style></head><body>",
            f"<h1>warpsvc-batch stack: {t.ok} ok, {t.failed} failed, {t.skipped} re-used of {len(r.frames)} frames; "
            f"{stacked} stacked ({esc(r.args.combine)})</h1>",
-           f"<p>{t.elapsed:.1f} s, {t.registered} frames registered in this run ({rate:.1f} frames/s)"
+           f"<p>{t.elapsed:.1f} s, {t.registered} frames aligned in this run, {t.registered - t.unregistered} "
+           f"registered ({rate:.1f} frames/s)"
            + (f", {t.replayed} replayed to rebuild the chain" if t.replayed else "") + f". {when}<br>"
            f"Reference: <b>{esc(printable(ref.name))}</b> ({where}; {ref.shape[1]}x{ref.shape[0]}"
            f", {ref.channels} channel(s)); model {esc(r.args.model)}; registered by {esc(printable(r.target_name))}"
