@@ -16,8 +16,8 @@ import shlex
 import sys
 
 from . import manifest, paths, probe, stack_job, storage
-from .jobs import AlignOptions, JobSpec, Task, WarpOptions, output_name
 from .argtypes import correlation as _correlation
+from .jobs import AlignOptions, JobSpec, Task, WarpOptions, output_name
 from .paths import printable
 from .record import Record
 from .transforms import TransformSpecError, from_matrix, numbers, polar_option, read_file
