@@ -26,7 +26,7 @@ import pytest
 
 import warpsvc
 from interop.harness import ServerProcess, wait_serving
-from test_batch_helpers import REPO, batch_cmd, read_manifest, run_batch, unreadable_file
+from test_batch_helpers import REPO, batch_cmd, run_batch, unreadable_file
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 try:
@@ -462,107 +462,6 @@ def test_report_renders_in_headless_chromium(bad_run, tmp_path):
                          capture_output=True, text=True, timeout=120, check=True).stdout
     assert dom.index("Trajectory") < dom.index("Failed frames (3)") < dom.index("Frames (8 ok)")
     (bad_run["out"] / "screenshot.png").write_bytes(shot.read_bytes())  # kept for a look by eye
-
-
-# -- align --search ----------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def rotated_pair(tmp_path_factory):
-    """A 160x160 template from the astronaut and a 320x320 view of it turned 120 deg, scaled 1.2."""
-    from skimage import color, data
-
-    root = tmp_path_factory.mktemp("search")
-    photo = (color.rgb2gray(data.astronaut()) * 255).astype(np.float32)
-    c, s = 1.2 * math.cos(math.radians(120)), 1.2 * math.sin(math.radians(120))
-    image_from_template = translation(160, 160) @ np.array([[c, -s, 0], [s, c, 0], [0, 0, 1.0]]) @ translation(-80, -80)
-    image = warpsvc.warp(photo, warpsvc.HomographyTransform(image_from_template @ translation(-176, -176)), (320, 320),
-                         antialias=True)
-    (root / "in").mkdir()
-    cv2.imwrite(str(root / "in" / "turned.png"), np.clip(image, 0, 255).astype(np.uint8))
-    cv2.imwrite(str(root / "template.png"), photo[176:336, 176:336].astype(np.uint8))
-    return root, np.linalg.inv(image_from_template)  # truth: template_from_image
-
-
-def _template_corner_error(matrix, truth) -> float:
-    x = np.array([[0, 0, 1], [159, 0, 1], [159, 159, 1], [0, 159, 1.0]]).T
-    a, b = np.linalg.inv(matrix) @ x, np.linalg.inv(truth) @ x
-    return float(np.abs(a[:2] / a[2] - b[:2] / b[2]).max())
-
-
-@pytest.mark.parametrize("search, finds", [("local", False), ("auto", True), ("global", True)])
-def test_align_search_option(rotated_pair, search, finds):
-    root, truth = rotated_pair
-    out = root / f"out_{search}"
-    res = run_batch("align", root / "in", out, "--reference", root / "template.png", "--search", search, "--no-report")
-    assert res.returncode == 0, res.stderr
-    rec = read_manifest(out / "manifest.jsonl")[0]
-    assert rec["convergence"]["converged"] is finds, rec["convergence"]
-    if finds:
-        assert _template_corner_error(np.asarray(rec["matrix"]), truth) < CORNER_TOL_PX
-    else:
-        assert _template_corner_error(np.asarray(rec["matrix"]), truth) > 10
-
-
-def test_align_search_over_the_server(rotated_pair, server):
-    root, truth = rotated_pair
-    out = root / "out_server_global"
-    res = run_batch("align", root / "in", out, "--reference", root / "template.png", "--search", "global",
-                    "--target", server.target, "--no-report")
-    assert res.returncode == 0, res.stderr
-    rec = read_manifest(out / "manifest.jsonl")[0]
-    assert rec["convergence"]["converged"] and rec["target"] == server.target
-    assert _template_corner_error(np.asarray(rec["matrix"]), truth) < CORNER_TOL_PX
-    res = run_batch("align", root / "in", out, "--reference", root / "template.png", "--search", "sideways")
-    assert res.returncode == 2 and "--search" in res.stderr
-
-
-@pytest.mark.parametrize("where", ["local", "server"])
-def test_align_max_corner_error_option(rotated_pair, server, where):
-    """``--max-corner-error`` reaches the library, in-process and over the server: a bound below
-    any achievable error marks the (correct) result uncertain, ``inf`` turns the check off."""
-    root, truth = rotated_pair
-    target = ["--target", server.target] if where == "server" else []
-    for bound, converged in (("1e-12", False), ("inf", True)):
-        out = root / f"out_corner_{where}_{bound}"
-        res = run_batch("align", root / "in", out, "--reference", root / "template.png", "--search", "global",
-                        "--max-corner-error", bound, "--no-report", *target)
-        assert res.returncode == 0, res.stderr
-        rec = read_manifest(out / "manifest.jsonl")[0]
-        assert rec["convergence"]["converged"] is converged, rec["convergence"]
-        if not converged:
-            assert rec["convergence"]["reason"] == "uncertain", rec["convergence"]
-        assert _template_corner_error(np.asarray(rec["matrix"]), truth) < CORNER_TOL_PX
-    for bad in ("-2", "0", "nan", "wide"):  # refused up front (exit 2), not image by image
-        res = run_batch("align", root / "in", root / f"out_corner_bad_{where}", "--reference",
-                        root / "template.png", "--max-corner-error", bad, *target)
-        assert res.returncode == 2 and "--max-corner-error" in res.stderr, (bad, res.returncode, res.stderr)
-
-
-@pytest.mark.parametrize("where", ["local", "server"])
-def test_align_min_zncc_option(rotated_pair, server, where):
-    """``--min-zncc`` reaches the align call, in-process and over the server: the parsed job carries
-    the value (absent: no keyword, the library's 0.97), a run with it ends as the library says (the
-    correct matrix, converged: a keyword the library or the client lacked would fail the image),
-    and values outside [-1, 1] are refused up front (exit 2). Its effect on the status over the
-    wire is ``tests/test_service_align.py::test_min_zncc_travels``."""
-    from warpsvc_client.batch import cli
-
-    root, truth = rotated_pair
-    target = ["--target", server.target] if where == "server" else []
-    common = ["align", str(root / "in"), str(root / f"out_zncc_{where}"), "--reference", str(root / "template.png")]
-    parsed = cli.make_spec(cli.build_parser().parse_args([*common, "--min-zncc", "0.25"]))
-    assert parsed.align.kwargs()["min_zncc"] == 0.25
-    assert "min_zncc" not in cli.make_spec(cli.build_parser().parse_args(common)).align.kwargs()
-    out = root / f"out_zncc_{where}"
-    res = run_batch("align", root / "in", out, "--reference", root / "template.png", "--search", "global",
-                    "--min-zncc", "0.5", "--no-report", *target)
-    assert res.returncode == 0, res.stderr
-    rec = read_manifest(out / "manifest.jsonl")[0]
-    assert rec["convergence"]["converged"] is True, rec["convergence"]
-    assert _template_corner_error(np.asarray(rec["matrix"]), truth) < CORNER_TOL_PX
-    for bad in ("1.5", "-2", "nan", "high"):
-        res = run_batch("align", root / "in", root / f"out_zncc_bad_{where}", "--reference",
-                        root / "template.png", "--min-zncc", bad, *target)
-        assert res.returncode == 2 and "--min-zncc" in res.stderr, (bad, res.returncode, res.stderr)
 
 
 @pytest.fixture(scope="module")

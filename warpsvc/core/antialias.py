@@ -133,13 +133,17 @@ def _block_grid(h: int, w: int):
     return np.arange(-1, h, k.BLOCK), np.arange(-1, w, k.BLOCK)
 
 
+def _block_origins_xy(by, bx) -> np.ndarray:
+    """``(nb, 2)`` float ``(x, y)`` origins of the blocks (row-major blocks)."""
+    gx, gy = np.meshgrid(bx.astype(float), by.astype(float))
+    return np.stack([gx.ravel(), gy.ravel()], 1)
+
+
 def _block_samples(by, bx, n: int):
     """``(nb * n * n, 2)`` points on an ``n x n`` grid over each block (row-major blocks)."""
     t = np.linspace(0.0, k.BLOCK, n)
     offs = np.stack(np.meshgrid(t, t), -1).reshape(-1, 2)
-    gx, gy = np.meshgrid(bx.astype(float), by.astype(float))
-    origins = np.stack([gx.ravel(), gy.ravel()], 1)
-    return (origins[:, None, :] + offs[None]).reshape(-1, 2), len(offs)
+    return (_block_origins_xy(by, bx)[:, None, :] + offs[None]).reshape(-1, 2), len(offs)
 
 
 def _largest_singular_value(jac: np.ndarray) -> np.ndarray:
@@ -202,8 +206,7 @@ def _exact_boxes(dst_from_src, by, bx):
     boxes = getattr(dst_from_src, "image_boxes", None)
     if boxes is None:
         return None
-    gx, gy = np.meshgrid(bx.astype(float), by.astype(float))
-    origins = np.stack([gx.ravel(), gy.ravel()], 1)
+    origins = _block_origins_xy(by, bx)
     return boxes(origins, origins + k.BLOCK)
 
 
@@ -540,8 +543,9 @@ def _pieces(p: ScatterPlan, blocks: slice, h: int, w: int, chunk: int) -> tuple[
 
 def _scatter_generic(src, row0, p: ScatterPlan, blocks: slice, h, w, dst_from_src, acc, poll, tiers=None):
     """Nodes listed in chunks, mapped by the transform in numpy, deposited by the kernel; a
-    chunk holds ``CHUNK_NODES / steps`` nodes (``TIER0_CHUNK_NODES / steps`` on tier 0) of a chain of ``steps`` (so each costs about the
-    same whatever the chain length), in node order (the deposits' order is unchanged)."""
+    chunk holds ``CHUNK_NODES / steps`` nodes (``TIER0_CHUNK_NODES / steps`` on tier 0) of a
+    chain of ``steps`` (so each costs about the same whatever the chain length), in node order
+    (the deposits' order is unchanged)."""
     from .budget import transform_steps
 
     ho = acc.shape[0] - 2 * k.GUARD
