@@ -278,6 +278,10 @@ def test_conserve_scaling_is_polled_per_band(monkeypatch):
     assert len(launched) == 2
     monkeypatch.setattr(warp_module, "SCALE_BAND_ELEMENTS", 1 << 22)
     np.testing.assert_array_equal(banded, warp(RGB, HOM, intensity="conserve"))
+    launched.clear()
+    monkeypatch.setattr(warp_module, "SCALE_BAND_ELEMENTS", 700 * 3 * 100)
+    np.testing.assert_array_equal(banded, warp(RGB, HOM, intensity="conserve"))  # no poll: nothing to band for
+    assert len(launched) == 1
 
 
 def _polar_chain(n, side=400):

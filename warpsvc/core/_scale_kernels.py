@@ -86,9 +86,16 @@ def _times_pixel_factor(out3: np.ndarray, factor: np.ndarray) -> None:
     np.multiply(flat, spread.reshape(flat.shape), out=flat)
 
 
-def scale_by_constant(src, factor, out) -> None:
-    """``out[y, x, c] = out.dtype(src[y, x, c]) * factor`` (``factor`` in ``out``'s dtype)."""
+def scale_by_constant(src, factor, out, stream: bool = False) -> None:
+    """``out[y, x, c] = out.dtype(src[y, x, c]) * factor`` (``factor`` in ``out``'s dtype).
+    ``stream``: the whole result is large (:data:`STREAM_MIN_BYTES`): write it with streaming
+    stores once that tier is compiled (:func:`stream_kernels`)."""
     h, w, c = src.shape
+    sk = stream_kernels(src, out, stream)
+    if sk is not None:
+        fac = np.full(w * c, factor, np.float32)
+        run_strips(lambda r0, r1: sk.rows_times_row(_rows(src, r0, r1), fac, _rows(out, r0, r1)), h, src.size)
+        return
     depth = cv2.CV_32F if out.dtype == np.float32 else cv2.CV_64F
 
     def strip(r0, r1):
@@ -101,10 +108,16 @@ def scale_by_constant(src, factor, out) -> None:
     run_strips(strip, h, src.size)
 
 
-def scale_by_columns(src, flat_factor, out) -> None:
+def scale_by_columns(src, flat_factor, out, stream: bool = False) -> None:
     """``out[y, x, c] = out.dtype(src[y, x, c]) * flat_factor[x C + c]``: a factor per column,
-    repeated for each channel by the caller (factor in ``out``'s dtype)."""
+    repeated for each channel by the caller (factor in ``out``'s dtype). ``stream``: as
+    :func:`scale_by_constant`."""
     h, w, c = src.shape
+    sk = stream_kernels(src, out, stream)
+    if sk is not None and flat_factor.dtype == np.float32 and flat_factor.flags.c_contiguous:
+        run_strips(lambda r0, r1: sk.rows_times_row(_rows(src, r0, r1), flat_factor, _rows(out, r0, r1)), h,
+                   src.size)
+        return
 
     def strip(r0, r1):
         for a, b in _chunks(r0, r1, w * c):
@@ -245,7 +258,53 @@ def projective_tier(src, m, out) -> int:
     return 0
 
 
-def scale_by_projective_det(src, m, det_m, row0, out) -> None:
+# -- the streaming tier (._stream_kernels) ---------------------------------------------------
+# Results at least this large are written with streaming stores once that tier is compiled:
+# a 1080p RGB float32 result (25 MB) written through the cache evicted the source and the
+# sampled image (32 MB last-level cache here), slowing the next warp (see ._stream_kernels).
+# Below it the result may still be in cache when the caller reads it, so plain stores stay.
+STREAM_MIN_BYTES = 8 << 20
+STREAM_KEYS = tuple(np.dtype(d) for d in (np.uint8, np.uint16, np.float32))  # source dtypes; out float32
+
+
+def _load_stream(key) -> None:
+    """Compile (or load from numba's cache) the streaming kernels for source dtype ``key``."""
+    from . import _stream_kernels as sk
+
+    src, out = np.zeros((2, 40), key), np.empty((2, 40), np.float32)
+    sk.rows_times_row(src, np.ones(40, np.float32), out)
+    sk.rows_projective(src, 1, np.eye(3), 1.0, 0, out)
+
+
+STREAM_UPGRADE = BackgroundUpgrade(None, None, after_calls=3, load=_load_stream, name="streaming scaling")
+
+
+def compile_stream_tier1(keys=STREAM_KEYS) -> None:
+    """Compile (or load) the streaming tier for ``keys`` now, in this thread (the warm-up)."""
+    for key in keys:
+        STREAM_UPGRADE.compile_now(key)
+
+
+def stream_kernels(src, out, stream: bool):
+    """:mod:`._stream_kernels` when this call may write with streaming stores: ``stream`` asked
+    (a large result), float32 ``out``, a :data:`STREAM_KEYS` source, both C-contiguous,
+    writable (the compiled signatures) and aligned, and the tier loaded for the source dtype; else
+    ``None``. A large call that cannot use it yet counts towards its background upgrade."""
+    if not stream or out.dtype != np.float32 or src.dtype not in STREAM_KEYS:
+        return None
+    flags = (src.flags.c_contiguous, out.flags.c_contiguous, src.flags.writeable, out.flags.writeable,
+             src.flags.aligned, out.flags.aligned)  # aligned: the 64-byte vector stores need 4-byte floats
+    if not all(flags):
+        return None
+    if not STREAM_UPGRADE.ready(src.dtype):
+        STREAM_UPGRADE.tier0_used(src.dtype)
+        return None
+    from . import _stream_kernels as sk
+
+    return sk
+
+
+def scale_by_projective_det(src, m, det_m, row0, out, stream: bool = False) -> None:
     """``out[y, x, c] = out.dtype(src[y, x, c]) * out.dtype(f(x, row0 + y))``, with the factor
     ``f = |det M| / |w|^3``, ``w = M20 x + M21 y + M22``, computed in float64 and 0 where ``w = 0``
     or ``f`` is not finite; ``row0``: output row of ``src[0]`` (bands). For float32 output the
@@ -256,9 +315,16 @@ def scale_by_projective_det(src, m, det_m, row0, out) -> None:
     Two tiers, bit-identical (same IEEE operations in the same order, no fast-math): tier 1
     (a compiled parallel row loop; 1080p RGB at one thread ~5 ms CPU against ~20 ms) once its
     signature is compiled, else tier 0
-    (numpy over strips, no numba import); see the module docstring for when tier 1 appears."""
+    (numpy over strips, no numba import); see the module docstring for when tier 1 appears.
+    ``stream``: as :func:`scale_by_constant` (the streaming tier is bit-identical too)."""
     if not np.isfinite(det_m):
         out[...] = 0
+        return
+    sk = stream_kernels(src, out, stream)
+    if sk is not None:
+        mc, c = np.array(m, dtype=np.float64, order="C"), src.shape[2]
+        run_strips(lambda r0, r1: sk.rows_projective(_rows(src, r0, r1), c, mc, float(det_m), int(row0) + r0,
+                                                     _rows(out, r0, r1)), src.shape[0], src.size)
         return
     if projective_tier(src, m, out) == 1:
         # a fresh writable float64 copy of M: a read-only one (a transform's matrix) would be

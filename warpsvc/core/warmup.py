@@ -18,14 +18,16 @@ instead of compiling it (seconds -> tens of milliseconds; see ``benchmarks/bench
 
 It loads tier 1 of the antialias scatter (:func:`.antialias.compile_tier1`: the five compiled
 kernels; every source is float64 there, so one signature each) and of the projective conserve
-factor (:func:`._scale_kernels.compile_tier1`, all four dtypes), then runs real (small) warps
+factor (:func:`._scale_kernels.compile_tier1`, all four dtypes) and the streaming stores of
+large conserve results (:func:`._scale_kernels.compile_stream_tier1`: uint8, uint16, float32
+sources; see :mod:`._stream_kernels`), then runs real (small) warps
 through every path (the antialias scatter's matrix and generic paths, uniform and mixed node
 density, for each dtype), so that in the process that ran the warm-up (a server's) every
 antialiased warp and every conserving homography uses tier 1 at once, and in later processes
 the background upgrades only load them (the first calls run tier 0, numpy, meanwhile).
 Antialiased calls of other threads made while it loads the kernels wait for it. The other
-conserve scalings and the polar maps are numpy / OpenCV over strips: nothing to compile; the
-warm-up still runs them (it checks every path once). Run it in its own
+conserve scalings of results under 8 MB and the polar maps are numpy / OpenCV over strips:
+nothing to compile; the warm-up still runs them (it checks every path once). Run it in its own
 process (as the command above does), not in a server's parent process before it forks: the
 OpenMP thread pool the parallel kernels start does not survive a fork.
 
@@ -66,6 +68,7 @@ def warm(verbose: bool = False) -> float:
     try:
         with antialias.warming_up():  # antialiased calls of other threads wait for these loads
             _scale_kernels.compile_tier1()
+            _scale_kernels.compile_stream_tier1()
             antialias.compile_tier1()
         aff, hom, pol, comp = _cases()
         for dtype in DTYPES:
@@ -90,7 +93,7 @@ def kernel_cache_use() -> tuple[list[str], list[str]]:
     strings, over the compiled kernels of :mod:`._splat_kernels` and :mod:`._scale_kernels`
     that exist in this process (none if numba was never imported)."""
     loaded, compiled = [], []
-    for name in ("warpsvc.core._splat_kernels", "warpsvc.core._scale_kernels"):
+    for name in ("warpsvc.core._splat_kernels", "warpsvc.core._scale_kernels", "warpsvc.core._stream_kernels"):
         module = sys.modules.get(name)
         for attr, value in sorted(vars(module).items()) if module is not None else ():
             dispatcher = getattr(value, "_dispatcher", value)  # a LazyKernel holds its dispatcher
