@@ -78,6 +78,7 @@ The working memory is then the accumulator (output size) plus one window.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from dataclasses import dataclass
 
@@ -131,6 +132,22 @@ def _one_thread(work=None) -> int:
 def _block_grid(h: int, w: int):
     """Block origins: pixels ``-1 .. h-1`` (the tent of pixel 0 reaches back to -1)."""
     return np.arange(-1, h, k.BLOCK), np.arange(-1, w, k.BLOCK)
+
+
+@functools.lru_cache(maxsize=32)
+def _block_origins_and_pixels(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(nb, 2)`` int64 ``(row, column)`` origins of the blocks of an ``h x w`` source
+    (row-major) and each block's pixel count; read-only, cached per shape (~40 us of numpy calls
+    that every antialiased call of that source size repeated)."""
+    by, bx = _block_grid(h, w)
+    origins = np.empty((len(by) * len(bx), 2), np.int64)
+    origins[:, 0] = np.repeat(by, len(bx))
+    origins[:, 1] = np.tile(bx, len(by))
+    pixels = (np.minimum(origins[:, 0] + k.BLOCK, h) - origins[:, 0]) * (np.minimum(origins[:, 1] + k.BLOCK, w)
+                                                                         - origins[:, 1])
+    origins.setflags(write=False)
+    pixels.setflags(write=False)
+    return origins, pixels
 
 
 def _block_origins_xy(by, bx) -> np.ndarray:
@@ -237,10 +254,7 @@ def block_layout(dst_from_src, h: int, w: int, poll=None) -> dict:
         if exact is not None:  # the transform bounds its blocks' images itself: the matrices' margin
             (lo, hi), margin = exact, np.full(len(stretch), MATRIX_MARGIN)
     m = np.clip(np.ceil(OVERSAMPLING * stretch), 1, MAX_NODES_PER_PIXEL_AXIS).astype(np.int64)
-    gx, gy = np.meshgrid(bx, by)
-    origins = np.stack([gy.ravel(), gx.ravel()], 1).astype(np.int64)
-    pixels = (np.minimum(origins[:, 0] + k.BLOCK, h) - origins[:, 0]) * (np.minimum(origins[:, 1] + k.BLOCK, w)
-                                                                         - origins[:, 1])
+    origins, pixels = _block_origins_and_pixels(h, w)
     return {"origins": origins, "m": m, "lo": lo, "hi": hi, "finite": finite, "dead": dead, "margin": margin,
             "pixels": pixels, "blocks_per_row": len(bx)}
 
@@ -405,14 +419,15 @@ def _row_work(p: ScatterPlan, ho: int, blocks: slice = slice(None)) -> np.ndarra
     lay = p.layout
     live = np.zeros(len(p.block_nodes), dtype=bool)
     live[blocks] = p.block_nodes[blocks] > 0
-    diff = np.zeros(ho + 1)
     ok = live & lay["finite"]
     r0 = np.clip(np.floor(lay["lo"][ok, 1] - 3), 0, ho).astype(np.int64)
     r1 = np.clip(np.ceil(lay["hi"][ok, 1] + 4), 0, ho).astype(np.int64)
     span = r1 > r0
-    dens = p.block_nodes[ok][span] / (r1[span] - r0[span])
-    np.add.at(diff, r0[span], dens)
-    np.add.at(diff, r1[span], -dens)
+    r0, r1 = r0[span], r1[span]
+    dens = p.block_nodes[ok][span] / (r1 - r0)
+    # +dens at each box's first row, -dens past its last (bincount: ~10x faster than add.at;
+    # the estimate only balances the strips, and the strips do not change the result)
+    diff = np.bincount(r0, dens, ho + 1) - np.bincount(r1, dens, ho + 1)
     work = np.cumsum(diff)[:ho]
     work += p.block_nodes[live & ~lay["finite"]].sum() / ho
     return np.maximum(work, 0.0) + 1.0  # +1: every row costs a little (empty rows included)
