@@ -134,17 +134,18 @@ def test_the_machine_code_streams(sk):
 
 UPGRADE_SCRIPT = """
 import sys, numpy as np
-from warpsvc import AffineTransform, warp
+from warpsvc import PolarTransform, warp
 from warpsvc.core import _scale_kernels as sk
 img = (np.arange(1100 * 1000 * 3) % 251).astype(np.uint8).reshape(1100, 1000, 3)
-t = AffineTransform.from_components(scale=(0.9, 0.8))
+t = PolarTransform((500.0, 550.0), 480.0, (1100, 1000))  # with a poll: ~20 bands of remap and scaling
 seen = []
+polled = lambda: None  # a poll: the scaling runs in bands, still one count per call
 for _ in range(3):
     seen.append((sk.STREAM_UPGRADE.ready(img.dtype), "numba" in sys.modules))
-    first = warp(img, t, intensity="conserve")
+    first = warp(img, t, intensity="conserve", poll=polled)
 sk.STREAM_UPGRADE.join(300)
 seen.append((sk.STREAM_UPGRADE.ready(img.dtype), "numba" in sys.modules))
-print(seen, bool(np.array_equal(first, warp(img, t, intensity="conserve"))))
+print(seen, bool(np.array_equal(first, warp(img, t, intensity="conserve", poll=polled))))
 """
 
 
@@ -153,7 +154,7 @@ def test_background_upgrade_after_the_third_large_call():
                          timeout=600)
     line = out.stdout.strip().splitlines()[-1]
     seen, same = line.rsplit(" ", 1)
-    assert eval(seen) == [(False, False)] * 3 + [(True, True)]  # tier 0 until the 3rd, then loaded
+    assert eval(seen) == [(False, False)] * 3 + [(True, True)]  # tier 0 until the 3rd call (not band), then loaded
     assert same == "True"  # the streamed result equals the tier-0 one
 
 

@@ -289,7 +289,8 @@ def stream_kernels(src, out, stream: bool):
     """:mod:`._stream_kernels` when this call may write with streaming stores: ``stream`` asked
     (a large result), float32 ``out``, a :data:`STREAM_KEYS` source, both C-contiguous,
     writable (the compiled signatures) and aligned, and the tier loaded for the source dtype; else
-    ``None``. A large call that cannot use it yet counts towards its background upgrade."""
+    ``None``. (The warp counts its large calls towards the background upgrade once per call,
+    :func:`count_stream_call`, not once per band.)"""
     if not stream or out.dtype != np.float32 or src.dtype not in STREAM_KEYS:
         return None
     flags = (src.flags.c_contiguous, out.flags.c_contiguous, src.flags.writeable, out.flags.writeable,
@@ -297,11 +298,20 @@ def stream_kernels(src, out, stream: bool):
     if not all(flags):
         return None
     if not STREAM_UPGRADE.ready(src.dtype):
-        STREAM_UPGRADE.tier0_used(src.dtype)
         return None
     from . import _stream_kernels as sk
 
     return sk
+
+
+def count_stream_call(src_dtype, out_dtype, stream: bool) -> None:
+    """One warp with a large result (``stream``) ran while the streaming tier was not loaded
+    for ``src_dtype``: count it towards :data:`STREAM_UPGRADE` (the third such call starts it,
+    or the first when numba is already imported). Small results never count: numba is not
+    imported for them."""
+    key = np.dtype(src_dtype)
+    if stream and np.dtype(out_dtype) == np.float32 and key in STREAM_KEYS and not STREAM_UPGRADE.ready(key):
+        STREAM_UPGRADE.tier0_used(key)
 
 
 def scale_by_projective_det(src, m, det_m, row0, out, stream: bool = False) -> None:

@@ -217,6 +217,8 @@ def _warp_polar(img, polar, shape, opts, intensity, poll=None) -> np.ndarray:
         out = np.empty((ho, wo, c), dtype=dtype)
         cols = np.repeat(_finite_det_map(polar, (1, wo))[0].astype(dtype), c)
     stream = out is not None and out.nbytes >= _scale.STREAM_MIN_BYTES  # streaming stores (._stream_kernels)
+    if stream:
+        _scale.count_stream_call(img.dtype, out.dtype, stream)
     if (poll is None and polar.opencv_sampling and tuple(shape) == polar.polar_shape and opts.border == "constant"
             and opts.border_value == 0):
         # Nothing to poll between: OpenCV's own warpPolar builds the same maps (its angle and radius
@@ -254,6 +256,8 @@ def _conserve(sampled: np.ndarray, src_from_dst: Transform, poll=None) -> np.nda
     sampled = np.ascontiguousarray(sampled)
     out = np.empty(sampled.shape, dtype=dtype)
     stream = out.nbytes >= _scale.STREAM_MIN_BYTES  # a large result: streaming stores (._stream_kernels)
+    if stream:
+        _scale.count_stream_call(sampled.dtype, dtype, stream)
     if src_from_dst.is_matrix():
         m = np.ascontiguousarray(src_from_dst.matrix, dtype=np.float64)
         if np.array_equal(m[2], [0.0, 0.0, 1.0]):
