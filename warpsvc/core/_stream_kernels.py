@@ -125,7 +125,7 @@ def rows_projective(src, c, m, det_m, row0, out):
     0 where not finite, rounded to float32) repeated over the ``c`` channels into a row
     buffer, then :func:`_row_times` per row of the ``(h, W c)`` arrays. Where the rounded
     factor overflows to inf, the product is formed in float64 and rounded once (after a fence,
-    with plain stores). Each loop is a separate pass over the row so that LLVM vectorises it (a
+    with plain stores). Each loop is a separate pass over the row so that LLVM vectorises it (an
     earlier version with a running maximum in place of the ``huge`` flag took 1.7x as long)."""
     h, n = src.shape
     w = n // c
