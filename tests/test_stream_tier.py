@@ -112,6 +112,7 @@ def test_other_layouts_and_dtypes_keep_tier0(sk):
     assert _scale_kernels.stream_kernels(src[:, ::2], out[:, ::2], True) is None  # not C-contiguous
     assert _scale_kernels.stream_kernels(src.astype(np.int16), out, True) is None  # no such signature
     assert _scale_kernels.stream_kernels(src, out.astype(np.float64), True) is None  # float64 result
+    assert _scale_kernels.stream_kernels(src, out[:3], True) is None  # shapes differ: the kernels would overrun
     frozen = src.copy()
     frozen.setflags(write=False)
     assert _scale_kernels.stream_kernels(frozen, out, True) is None  # read-only: another numba type

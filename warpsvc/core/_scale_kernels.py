@@ -114,7 +114,8 @@ def scale_by_columns(src, flat_factor, out, stream: bool = False) -> None:
     :func:`scale_by_constant`."""
     h, w, c = src.shape
     sk = stream_kernels(src, out, stream)
-    if sk is not None and flat_factor.dtype == np.float32 and flat_factor.flags.c_contiguous:
+    if (sk is not None and flat_factor.dtype == np.float32 and flat_factor.flags.c_contiguous
+            and flat_factor.shape == (w * c,)):
         run_strips(lambda r0, r1: sk.rows_times_row(_rows(src, r0, r1), flat_factor, _rows(out, r0, r1)), h,
                    src.size)
         return
@@ -291,8 +292,8 @@ def stream_kernels(src, out, stream: bool):
     writable (the compiled signatures) and aligned, and the tier loaded for the source dtype; else
     ``None``. (The warp counts its large calls towards the background upgrade once per call,
     :func:`count_stream_call`, not once per band.)"""
-    if not stream or out.dtype != np.float32 or src.dtype not in STREAM_KEYS:
-        return None
+    if not stream or out.dtype != np.float32 or src.dtype not in STREAM_KEYS or src.shape != out.shape:
+        return None  # (the kernels index both arrays with one count: the shapes must agree)
     flags = (src.flags.c_contiguous, out.flags.c_contiguous, src.flags.writeable, out.flags.writeable,
              src.flags.aligned, out.flags.aligned)  # aligned: the 64-byte vector stores need 4-byte floats
     if not all(flags):
@@ -331,7 +332,7 @@ def scale_by_projective_det(src, m, det_m, row0, out, stream: bool = False) -> N
         out[...] = 0
         return
     sk = stream_kernels(src, out, stream)
-    if sk is not None:
+    if sk is not None and np.shape(m) == (3, 3):
         mc, c = np.array(m, dtype=np.float64, order="C"), src.shape[2]
         run_strips(lambda r0, r1: sk.rows_projective(_rows(src, r0, r1), c, mc, float(det_m), int(row0) + r0,
                                                      _rows(out, r0, r1)), src.shape[0], src.size)
