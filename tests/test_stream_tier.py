@@ -104,6 +104,16 @@ def test_small_results_neither_stream_nor_count_towards_the_upgrade(sk, monkeypa
     assert calls == [] and _scale_kernels.STREAM_UPGRADE.calls == before
 
 
+def test_a_float64_constant_keeps_tier0(sk):
+    """numpy multiplies a float32 source by a float64 scalar in float64; the stream kernels
+    take a float32 factor, so such a call stays on tier 0 (warp passes out's dtype)."""
+    src = (np.random.default_rng(5).random((30, 40, 1)) * 100).astype(np.float32)
+    a, b = np.empty(src.shape, np.float32), np.empty(src.shape, np.float32)
+    _scale_kernels.scale_by_constant(src, np.float64(0.7123456789), a, stream=True)
+    _scale_kernels.scale_by_constant(src, np.float64(0.7123456789), b)
+    np.testing.assert_array_equal(a, b)
+
+
 def test_other_layouts_and_dtypes_keep_tier0(sk):
     src = np.zeros((4, 8, 3), np.uint8)
     out = np.empty(src.shape, np.float32)

@@ -108,6 +108,9 @@ def lazy_compiled(**options):
 
 
 UPGRADE_ENV_VAR = "WARPSVC_KERNEL_UPGRADE"
+# Seconds a fork waits for a running background upgrade to finish (BackgroundUpgrade._before_fork):
+# loading from numba's cache takes ~0.5-1 s, compiling with an empty cache several seconds.
+FORK_WAIT = 60.0
 _upgrade_setting: bool | None = None
 _log = logging.getLogger(__name__)
 
@@ -151,10 +154,22 @@ class BackgroundUpgrade:
         self._failed: set = set()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self._forked_mid_upgrade = False
         if hasattr(os, "register_at_fork"):  # a forked child has no upgrade thread: let it start its own
-            os.register_at_fork(after_in_child=self._after_fork)
+            os.register_at_fork(before=self._before_fork, after_in_child=self._after_fork)
+
+    def _before_fork(self) -> None:
+        """Let a running upgrade finish (up to :data:`FORK_WAIT` seconds) before the process
+        forks: forked in the middle of numba's import or compile, the child would inherit the
+        import and compiler locks held by a thread it does not have, and hang (or find a
+        half-imported kernel module) at its own first compile."""
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(FORK_WAIT)
 
     def _after_fork(self) -> None:
+        thread = self._thread
+        self._forked_mid_upgrade = thread is not None and thread.is_alive()
         self._lock = threading.Lock()
         self._thread = None
 
@@ -184,8 +199,8 @@ class BackgroundUpgrade:
         """A call took tier 0 for ``key`` (and ``more`` keys, wanted in that order after it)."""
         self.calls += 1
         keys = [k for k in (key, *more) if k not in self._failed and k not in self._ready]
-        if not keys or not kernel_upgrade_enabled():
-            return
+        if not keys or not kernel_upgrade_enabled() or self._forked_mid_upgrade:
+            return  # (forked while the parent's upgrade still ran after FORK_WAIT: its locks may be held)
         if self.calls < self.after_calls and "numba" not in sys.modules:
             return
         with self._lock:

@@ -92,7 +92,7 @@ def scale_by_constant(src, factor, out, stream: bool = False) -> None:
     stores once that tier is compiled (:func:`stream_kernels`)."""
     h, w, c = src.shape
     sk = stream_kernels(src, out, stream)
-    if sk is not None:
+    if sk is not None and isinstance(factor, np.float32):  # (a float64 factor: numpy multiplies in float64)
         fac = np.full(w * c, factor, np.float32)
         run_strips(lambda r0, r1: sk.rows_times_row(_rows(src, r0, r1), fac, _rows(out, r0, r1)), h, src.size)
         return
@@ -114,8 +114,8 @@ def scale_by_columns(src, flat_factor, out, stream: bool = False) -> None:
     :func:`scale_by_constant`."""
     h, w, c = src.shape
     sk = stream_kernels(src, out, stream)
-    if (sk is not None and flat_factor.dtype == np.float32 and flat_factor.flags.c_contiguous
-            and flat_factor.shape == (w * c,)):
+    if (sk is not None and flat_factor.dtype == np.float32 and flat_factor.shape == (w * c,)
+            and flat_factor.flags.c_contiguous and flat_factor.flags.writeable and flat_factor.flags.aligned):
         run_strips(lambda r0, r1: sk.rows_times_row(_rows(src, r0, r1), flat_factor, _rows(out, r0, r1)), h,
                    src.size)
         return

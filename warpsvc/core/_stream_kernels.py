@@ -15,8 +15,8 @@ row (``W C`` values), in the order and with the IEEE operations of tier 0
 (:mod:`._scale_kernels`: convert, then one float32 multiply), so results are bit for bit the
 same. A row is written as a scalar head up to the first 64-byte boundary of ``out``, then
 16-float vectors (one cache line each) with ``!nontemporal`` stores, then a scalar tail; one
-``fence seq_cst`` (``mfence`` on x86) per call orders the streaming stores before anyone
-reads the rows. The kernels are serial and release the GIL: the caller runs them over
+``fence seq_cst`` per call (on x86 a locked instruction, ``lock or`` to the stack, or
+``mfence``: both order the streaming stores) makes them visible before anyone reads the rows. The kernels are serial and release the GIL: the caller runs them over
 strips on :mod:`.strips`' pool (numba's own thread pool would compete with OpenCV's for the
 cores between the warp and the scaling).
 
@@ -74,7 +74,8 @@ def _stream_times(typingctx, src, fac, out, i, j):
 
 @intrinsic
 def _fence(typingctx):
-    """A sequentially consistent fence (x86: ``mfence``, which orders streaming stores)."""
+    """A sequentially consistent fence (x86: a locked instruction or ``mfence``, which order
+    streaming stores)."""
     sig = types.void()
 
     def codegen(context, builder, signature, args):

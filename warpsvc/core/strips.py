@@ -11,6 +11,9 @@ release the GIL inside their loops, so the strips really run at once and other P
 (a server's handlers, its health service) keep running. Nothing is compiled: the first call
 costs the pool's thread start (~0.1 ms per thread), not a JIT.
 
+Fork: a forked child starts a pool of its own at its first strip call (the parent's threads
+do not exist in it).
+
 Rules for strip functions: they write only their own rows of the output (so the result does
 not depend on the number of strips, i.e. on the thread count) and never call
 :func:`run_strips` themselves (a strip waiting for the pool could wait for itself).
@@ -18,6 +21,7 @@ not depend on the number of strips, i.e. on the thread count) and never call
 
 from __future__ import annotations
 
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -26,6 +30,19 @@ from .threads import strip_count
 _lock = threading.Lock()
 _pool: ThreadPoolExecutor | None = None
 _pool_size = 0
+
+
+def _after_fork_in_child() -> None:
+    """A forked child has none of the parent's pool threads: forget the pool (and a lock a
+    parent thread may have held), so the child's first strip call starts its own instead of
+    waiting forever for threads that do not exist."""
+    global _lock, _pool, _pool_size
+    _lock = threading.Lock()
+    _pool, _pool_size = None, 0
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _workers(n: int) -> ThreadPoolExecutor:
