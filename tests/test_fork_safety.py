@@ -63,7 +63,7 @@ print("exit", child(body), flush=True)
 
 @pytest.mark.parametrize("script", [STRIPS, MID_UPGRADE], ids=["strip pool", "mid upgrade"])
 def test_forked_child_keeps_working(script):
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=False)
     assert "child ok" in out.stdout and "exit 0" in out.stdout, out.stdout + out.stderr
     if script is MID_UPGRADE:
         assert "running at fork True" in out.stdout  # the fork did fall inside the upgrade
