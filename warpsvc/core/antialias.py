@@ -89,6 +89,7 @@ from . import _splat_numpy_tiers as tier_policy
 from ._splat_numpy_tiers import (KERNELS, UPGRADE, _tier1, _use_tier1, compile_tier1,  # noqa: F401
                                  scatter_tier, warming_up)
 from ._generic_nodes import _Buffers, _map_and_row_norms, _nonzero_reads  # noqa: F401 (tests use them here)
+from ._strip_work import _row_work, _split_rows, _strip_rows
 from .threads import kernel_threads
 
 OVERSAMPLING = 1.5  # m = ceil(1.5 s): 1 node per pixel for shrinks >= 1.5x; moire < 0.3 % when rotating
@@ -410,46 +411,6 @@ def _groups(items: np.ndarray, cost: np.ndarray, budget: float):
 def _poll(poll) -> None:
     if poll is not None:
         poll()
-
-
-def _row_work(p: ScatterPlan, ho: int, blocks: slice = slice(None)) -> np.ndarray:
-    """Estimated nodes per output row of the ``blocks``: each visible block's nodes spread evenly
-    over the rows of its image box (plus the footprint reach); blocks a horizon crosses over
-    every row."""
-    lay = p.layout
-    live = np.zeros(len(p.block_nodes), dtype=bool)
-    live[blocks] = p.block_nodes[blocks] > 0
-    ok = live & lay["finite"]
-    r0 = np.clip(np.floor(lay["lo"][ok, 1] - 3), 0, ho).astype(np.int64)
-    r1 = np.clip(np.ceil(lay["hi"][ok, 1] + 4), 0, ho).astype(np.int64)
-    span = r1 > r0
-    r0, r1 = r0[span], r1[span]
-    dens = p.block_nodes[ok][span] / (r1 - r0)
-    # +dens at each box's first row, -dens past its last (bincount: ~10x faster than add.at;
-    # the estimate only balances the strips, and the strips do not change the result)
-    diff = np.bincount(r0, dens, ho + 1) - np.bincount(r1, dens, ho + 1)
-    work = np.cumsum(diff)[:ho]
-    work += p.block_nodes[live & ~lay["finite"]].sum() / ho
-    return np.maximum(work, 0.0) + 1.0  # +1: every row costs a little (empty rows included)
-
-
-def _split_rows(work: np.ndarray, r0: int, r1: int, parts: int) -> np.ndarray:
-    """Boundaries ``[r0, ..., r1]`` splitting rows ``[r0, r1)`` into up to ``parts`` runs of
-    about equal ``work``."""
-    if parts <= 1 or r1 - r0 <= 1:
-        return np.array([r0, r1])
-    cum = np.cumsum(work[r0:r1])
-    cuts = r0 + 1 + np.searchsorted(cum, cum[-1] * np.arange(1, parts) / parts)
-    return k.unique_sorted(np.concatenate([[r0], np.clip(cuts, r0 + 1, r1 - 1), [r1]]))
-
-
-def _strip_rows(edges: np.ndarray, ho: int) -> np.ndarray:
-    """Accumulator rows ``[lo, hi)`` owned by each strip (the guard rings go to the end strips)."""
-    g = k.GUARD
-    rows = np.column_stack([edges[:-1] + g, edges[1:] + g]).astype(np.int64)
-    rows[rows[:, 0] == g, 0] = 0
-    rows[rows[:, 1] == ho + g, 1] = ho + 2 * g
-    return rows
 
 
 def _bands(work: np.ndarray):
