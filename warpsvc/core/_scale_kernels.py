@@ -291,7 +291,7 @@ def stream_kernels(src, out, stream: bool):
     (a large result), float32 ``out``, a :data:`STREAM_KEYS` source, both C-contiguous,
     writable (the compiled signatures) and aligned, and the tier loaded for the source dtype; else
     ``None``. (The warp counts its large calls towards the background upgrade once per call,
-    :func:`count_stream_call`, not once per band.)"""
+    :func:`large_result`, not once per band.)"""
     if not stream or out.dtype != np.float32 or src.dtype not in STREAM_KEYS or src.shape != out.shape:
         return None  # (the kernels index both arrays with one count: the shapes must agree)
     flags = (src.flags.c_contiguous, out.flags.c_contiguous, src.flags.writeable, out.flags.writeable,
@@ -305,14 +305,18 @@ def stream_kernels(src, out, stream: bool):
     return sk
 
 
-def count_stream_call(src_dtype, out_dtype, stream: bool) -> None:
-    """One warp with a large result (``stream``) ran while the streaming tier was not loaded
-    for ``src_dtype``: count it towards :data:`STREAM_UPGRADE` (the third such call starts it,
-    or the first when numba is already imported). Small results never count: numba is not
-    imported for them."""
+def large_result(src_dtype, out) -> bool:
+    """Whether a warp's result ``out`` is large enough for the streaming tier
+    (:data:`STREAM_MIN_BYTES`), to pass on as the scalings' ``stream``. A large float32 result
+    of a :data:`STREAM_KEYS` source while the tier is not loaded counts, once per warp, towards
+    :data:`STREAM_UPGRADE` (the third such warp starts it, or the first when numba is already
+    imported). Small results never count: numba is not imported for them."""
+    if out.nbytes < STREAM_MIN_BYTES:
+        return False
     key = np.dtype(src_dtype)
-    if stream and np.dtype(out_dtype) == np.float32 and key in STREAM_KEYS and not STREAM_UPGRADE.ready(key):
+    if out.dtype == np.float32 and key in STREAM_KEYS and not STREAM_UPGRADE.ready(key):
         STREAM_UPGRADE.tier0_used(key)
+    return True
 
 
 def scale_by_projective_det(src, m, det_m, row0, out, stream: bool = False) -> None:

@@ -216,9 +216,7 @@ def _warp_polar(img, polar, shape, opts, intensity, poll=None) -> np.ndarray:
         dtype = _float_dtype(img.dtype)
         out = np.empty((ho, wo, c), dtype=dtype)
         cols = np.repeat(_finite_det_map(polar, (1, wo))[0].astype(dtype), c)
-    stream = out is not None and out.nbytes >= _scale.STREAM_MIN_BYTES  # streaming stores (._stream_kernels)
-    if stream:
-        _scale.count_stream_call(img.dtype, out.dtype, stream)
+    stream = out is not None and _scale.large_result(img.dtype, out)  # streaming stores (._stream_kernels)
     if (poll is None and polar.opencv_sampling and tuple(shape) == polar.polar_shape and opts.border == "constant"
             and opts.border_value == 0):
         # Nothing to poll between: OpenCV's own warpPolar builds the same maps (its angle and radius
@@ -255,9 +253,7 @@ def _conserve(sampled: np.ndarray, src_from_dst: Transform, poll=None) -> np.nda
     dtype = _float_dtype(sampled.dtype)
     sampled = np.ascontiguousarray(sampled)
     out = np.empty(sampled.shape, dtype=dtype)
-    stream = out.nbytes >= _scale.STREAM_MIN_BYTES  # a large result: streaming stores (._stream_kernels)
-    if stream:
-        _scale.count_stream_call(sampled.dtype, dtype, stream)
+    stream = _scale.large_result(sampled.dtype, out)  # streaming stores (._stream_kernels)
     if src_from_dst.is_matrix():
         m = np.ascontiguousarray(src_from_dst.matrix, dtype=np.float64)
         if np.array_equal(m[2], [0.0, 0.0, 1.0]):
