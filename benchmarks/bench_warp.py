@@ -159,11 +159,17 @@ def kernel_efficiency(repeats):
     p = antialias.plan(t, photo.shape[:2], shape, 1, with_coverage=False)
     src = antialias.padded_source(photo, False)
     cols = np.ones(sampled.shape[1] * sampled.shape[2], np.float32)
+    out2 = np.empty_like(out)
     # Bandwidth anchor: the same bytes (uint8 in, float32 out) converted over the same strips,
     # no arithmetic: the machine's own 1 -> 2 thread scaling of this traffic.
     cases = {
         "bandwidth anchor: strip copy uint8 -> float32 1920x1080x3":
             lambda: run_strips(lambda a, b: np.copyto(out[a:b], sampled[a:b]), h, sampled.size),
+        # The streaming rows' anchor: a 25 MB float32 copy (memcpy) over the same strips, a
+        # result-sized stream through memory with no arithmetic: how far 2 threads raise the
+        # memory traffic of one on this machine.
+        "bandwidth anchor, result-sized: strip memcpy float32 25 MB":
+            lambda: run_strips(lambda a, b: np.copyto(out2[a:b], out[a:b]), h, out.size),
         "scale_by_constant 1920x1080x3": lambda: _scale_kernels.scale_by_constant(sampled, np.float32(0.7), out),
         "scale_by_columns 1920x1080x3": lambda: _scale_kernels.scale_by_columns(sampled, cols, out),
         "scale_by_projective_det 1920x1080x3 (tier 1, numba)":
