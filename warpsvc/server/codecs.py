@@ -22,6 +22,7 @@ import numpy as np
 from warpsvc.core.errors import ImageTooLargeError, InvalidArgumentError, InvalidImageError
 from warpsvc.core.validate import SUPPORTED_DTYPES
 from warpsvc_api import convert, vocab, wire
+from warpsvc_api.tiff_alpha import declare_alpha
 from warpsvc_api.v1 import warp_pb2 as pb
 
 from . import image_probe
@@ -123,5 +124,6 @@ def encode_image(arr: np.ndarray, form: str, *, jpeg_quality: int = 0) -> wire.P
     ok, buf = cv2.imencode(FORMAT_EXT[form], arr, params)
     if not ok:  # pragma: no cover - dtype and channels were checked above
         raise RuntimeError(f"OpenCV could not encode the result as {form}")
-    encoded = pb.EncodedImage(format=vocab.IMAGE_FORMAT.to_wire(form), data=buf.tobytes())
+    data = declare_alpha(buf.tobytes()) if form == "tiff" else buf.tobytes()  # 4-channel: ExtraSamples
+    encoded = pb.EncodedImage(format=vocab.IMAGE_FORMAT.to_wire(form), data=data)
     return wire.Parts.of(pb.Image(encoded=encoded))

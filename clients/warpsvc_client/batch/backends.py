@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from warpsvc.core.errors import InvalidArgumentError, InvalidImageError
+from warpsvc_api.tiff_alpha import declare_alpha
 
 from .jobs import CallContext, EncodedImage, decode_image
 from .probe import DEFAULT_MAX_PIXELS
@@ -59,7 +60,7 @@ def encode(arr: np.ndarray, fmt: str, jpeg_quality: int = 95) -> bytes:
     ok, buf = cv2.imencode({"png": ".png", "jpeg": ".jpg", "tiff": ".tiff"}[fmt], arr, params)
     if not ok:
         raise InvalidImageError(f"OpenCV could not encode the result as {fmt}", field="output")
-    return buf.tobytes()
+    return declare_alpha(buf.tobytes()) if fmt == "tiff" else buf.tobytes()  # the server's bytes too
 
 
 def one_thread_per_process() -> None:
