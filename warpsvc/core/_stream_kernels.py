@@ -134,8 +134,9 @@ def rows_projective(src, c, m, det_m, row0, out):
     channels' factor inside the factor loop and reading ``ax`` from a row (no int -> float
     conversion per pixel) took 1.75 ms against 2.05 ms for a separate float64 factor row, its
     float32 copy and an expansion pass (the constant-factor kernel, pure streaming: 1.00 ms);
-    RGBA (4 channels written out like 3) 2.4 vs 5.8 ms; a running maximum in place of the ``huge`` flag took 1.7x as long; interleaving the factor
-    with the stores in chunks of 64-512 pixels did not overlap them (2.4 ms)."""
+    RGBA (4 channels written out like 3) 2.4 against 5.8 ms; a running maximum in place of the
+    ``huge`` flag took 1.7x as long; interleaving the factor with the stores in chunks of 64-512
+    pixels did not overlap them (2.4 ms)."""
     h, n = src.shape
     w = n // c
     m20, m21, m22 = m[2, 0], m[2, 1], m[2, 2]
