@@ -35,7 +35,7 @@ def _misaligned(shape, offset):
     return np.full(size + 16, 77, np.float32)[offset:offset + size].reshape(shape)
 
 
-@pytest.mark.parametrize("offset", [0, 1, 7])
+@pytest.mark.parametrize("offset", [0, 1, 2, 3, 7])
 @pytest.mark.parametrize("channels", [1, 3, 4, 5])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", range(len(CASES)))

@@ -72,6 +72,65 @@ def _stream_times(typingctx, src, fac, out, i, j):
     return sig, codegen
 
 
+def _expand_mask(c: int, phase: int, q: int) -> list[int]:
+    """Lane ``i`` of output vector ``q`` of a block starting at channel ``phase`` of pixel ``p``
+    takes factor ``r[p + (phase + 16 q + i) // c]``: indices into the 32 factors ``r[p:p+32]``."""
+    return [(phase + VEC * q + i) // c for i in range(VEC)]
+
+
+def _make_stream_expand(c: int, phase: int):
+    """An intrinsic ``(src, r, out, k, p)`` writing ``out[k:k+16 n]`` (``n = 3`` vectors for
+    ``c = 3``: 48 floats, 16 pixels; one for ``c = 4``: 4 pixels) as ``float32(src) *`` the
+    per-pixel factor ``r`` repeated over the ``c`` channels, with ``k = c p + phase``: the
+    factors are loaded once as two 16-lane vectors and spread over the channels by constant
+    shuffles, so no channel-repeated factor row is written to memory and read back. ``out`` at
+    ``k`` must be 64-byte aligned; ``r`` must hold 32 values from ``p``."""
+    n = 3 if c == 3 else 1
+
+    @intrinsic
+    def _stream_expand(typingctx, src, r, out, k, p):
+        if not all(isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C" for a in (src, r, out)):
+            return None
+        if src.dtype not in (types.uint8, types.uint16, types.float32) or r.dtype != types.float32 \
+                or out.dtype != types.float32:
+            return None
+        sig = types.void(src, r, out, k, p)
+
+        def codegen(context, builder, signature, args):
+            s, f, o, kk, pp = args
+            s_ty = signature.args[0].dtype
+            sa = context.make_array(signature.args[0])(context, builder, s)
+            fa = context.make_array(signature.args[1])(context, builder, f)
+            oa = context.make_array(signature.args[2])(context, builder, o)
+            vf = ir.VectorType(ir.FloatType(), VEC)
+            i32 = ir.IntType(32)
+            lo = builder.load(builder.bitcast(builder.gep(fa.data, [pp]), vf.as_pointer()), align=4)
+            hi_at = builder.add(pp, ir.Constant(pp.type, VEC))
+            hi = builder.load(builder.bitcast(builder.gep(fa.data, [hi_at]), vf.as_pointer()), align=4)
+            for q in range(n):
+                at = builder.add(kk, ir.Constant(kk.type, VEC * q))
+                if s_ty == types.float32:
+                    x = builder.load(builder.bitcast(builder.gep(sa.data, [at]), vf.as_pointer()), align=4)
+                else:
+                    vi = ir.VectorType(ir.IntType(8 if s_ty == types.uint8 else 16), VEC)
+                    x = builder.uitofp(builder.load(builder.bitcast(builder.gep(sa.data, [at]), vi.as_pointer()),
+                                                    align=1), vf)
+                mask = ir.Constant(ir.VectorType(i32, VEC), [ir.Constant(i32, j) for j in _expand_mask(c, phase, q)])
+                factor = builder.shuffle_vector(lo, hi, mask)
+                store = builder.store(builder.fmul(x, factor),
+                                      builder.bitcast(builder.gep(oa.data, [at]), vf.as_pointer()), align=LINE)
+                store.set_metadata("nontemporal", builder.module.add_metadata([ir.Constant(i32, 1)]))
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return _stream_expand
+
+
+_e30, _e31, _e32 = (_make_stream_expand(3, ph) for ph in range(3))
+_e40, _e41, _e42, _e43 = (_make_stream_expand(4, ph) for ph in range(4))
+
+
 @intrinsic
 def _fence(typingctx):
     """A sequentially consistent fence (x86: a locked instruction or ``mfence``, which order
@@ -120,64 +179,93 @@ def _factor_at(ax, base, det_m):
     return fx if math.isfinite(fx) else 0.0
 
 
+@compiled()
+def _row_times_expanded(src_row, r, out_row, c):
+    """``out_row[k] = float32(src_row[k]) * r[k // c]`` for ``c`` 3 or 4 (``r``: one factor
+    per pixel, 32 values readable past the row's last pixel): scalar values up to ``out_row``'s
+    first 64-byte boundary, streaming blocks (:func:`_make_stream_expand`: 16 pixels of RGB, 4
+    of RGBA), a scalar tail. The block start's channel (``phase``) is the same for every block
+    of a row (a block holds whole pixels), so each row runs one of the phase loops."""
+    n = out_row.shape[0]
+    head = min(((LINE - out_row.ctypes.data % LINE) % LINE) // 4, n)
+    for k in range(head):
+        out_row[k] = np.float32(src_row[k]) * r[k // c]
+    block = VEC * 3 if c == 3 else VEC
+    end = head + (n - head) // block * block
+    step = block // c  # pixels per block
+    p0, phase = head // c, head % c
+    if c == 3:
+        if phase == 0:
+            for j, k in enumerate(range(head, end, block)):
+                _e30(src_row, r, out_row, k, p0 + step * j)
+        elif phase == 1:
+            for j, k in enumerate(range(head, end, block)):
+                _e31(src_row, r, out_row, k, p0 + step * j)
+        else:
+            for j, k in enumerate(range(head, end, block)):
+                _e32(src_row, r, out_row, k, p0 + step * j)
+    elif phase == 0:
+        for j, k in enumerate(range(head, end, block)):
+            _e40(src_row, r, out_row, k, p0 + step * j)
+    elif phase == 1:
+        for j, k in enumerate(range(head, end, block)):
+            _e41(src_row, r, out_row, k, p0 + step * j)
+    elif phase == 2:
+        for j, k in enumerate(range(head, end, block)):
+            _e42(src_row, r, out_row, k, p0 + step * j)
+    else:
+        for j, k in enumerate(range(head, end, block)):
+            _e43(src_row, r, out_row, k, p0 + step * j)
+    for k in range(end, n):
+        out_row[k] = np.float32(src_row[k]) * r[k // c]
+
+
 @compiled(error_model="numpy")  # a division by 0 is IEEE (inf / NaN, then guarded), as in tier 0
 def rows_projective(src, c, m, det_m, row0, out):
     """The projective factor of :func:`._scale_kernels.scale_by_projective_det` (tier 0's
     float64 operations in its order: ``ax = M20 x`` once per call, then per pixel
     ``ww = |ax + (M21 y + M22)|``, ``f = det_m / ((ww ww) ww)``, 0 where not finite, rounded to
-    float32) written straight into a row buffer repeated over the ``c`` channels, then
-    :func:`_row_times` per row of the ``(h, W c)`` arrays. Where the rounded factor overflows
-    to inf, the product is formed in float64 (the factor recomputed) and rounded once (after a
+    float32) into one row of per-pixel factors ``r``, then the row's product with the source:
+    :func:`_row_times_expanded` for 3 and 4 channels (the factor spread over the channels in
+    registers), :func:`_row_times` with ``r`` itself for one channel, with ``r`` repeated over
+    the channels into a row buffer for other counts. Where the rounded factor overflows to
+    inf, the product is formed in float64 (the factor recomputed) and rounded once (after a
     fence, with plain stores).
 
-    Loop shapes, measured on 1080p RGB at one thread (this EPYC, AVX-512): writing the three
-    channels' factor inside the factor loop and reading ``ax`` from a row (no int -> float
-    conversion per pixel) took 1.75 ms against 2.05 ms for a separate float64 factor row, its
-    float32 copy and an expansion pass (the constant-factor kernel, pure streaming: 1.00 ms);
-    RGBA (4 channels written out like 3) 2.4 against 5.8 ms; a running maximum in place of the
-    ``huge`` flag took 1.7x as long; interleaving the factor with the stores in chunks of 64-512
-    pixels did not overlap them (2.4 ms)."""
+    Loop shapes, measured on 1080p RGB uint8 at one thread (this EPYC, AVX-512): the factor
+    row alone (contiguous) 0.68 ms, the streaming product alone ~1.0 ms; the previous kernel,
+    writing the factor three times per pixel into a channel-repeated row (strided stores) and
+    streaming the product with that row, 1.8-2.0 ms (see docs/warping.md, seventh session);
+    a running maximum in place of the ``huge`` flag took 1.7x as long; interleaving the factor
+    with the stores in chunks of 64-512 pixels did not overlap them."""
     h, n = src.shape
     w = n // c
     m20, m21, m22 = m[2, 0], m[2, 1], m[2, 2]
     ax = np.empty(w)
     for x in range(w):
         ax[x] = m20 * np.float64(x)
-    fac = np.empty(n, np.float32)
+    r = np.zeros(w + 2 * VEC, np.float32)  # 32 readable values past the last pixel (the blocks' loads)
+    fac = np.empty(n if c != 1 and c != 3 and c != 4 else 0, np.float32)
     for y in range(h):
         base = m21 * np.float64(y + row0) + m22
         huge = False
-        if c == 3:  # 3 and 4 channels written out: LLVM vectorises them
-            for x in range(w):
-                r = np.float32(_factor_at(ax[x], base, det_m))
-                fac[3 * x] = r
-                fac[3 * x + 1] = r
-                fac[3 * x + 2] = r
-                huge |= r == np.inf
-        elif c == 4:
-            for x in range(w):
-                r = np.float32(_factor_at(ax[x], base, det_m))
-                fac[4 * x] = r
-                fac[4 * x + 1] = r
-                fac[4 * x + 2] = r
-                fac[4 * x + 3] = r
-                huge |= r == np.inf
-        elif c == 1:
-            for x in range(w):
-                r = np.float32(_factor_at(ax[x], base, det_m))
-                fac[x] = r
-                huge |= r == np.inf
+        for x in range(w):
+            f = np.float32(_factor_at(ax[x], base, det_m))
+            r[x] = f
+            huge |= f == np.inf
+        if c == 1:
+            _row_times(src[y], r, out[y])
+        elif c == 3 or c == 4:
+            _row_times_expanded(src[y], r, out[y], c)
         else:
             for x in range(w):
-                r = np.float32(_factor_at(ax[x], base, det_m))
                 for ch in range(c):
-                    fac[x * c + ch] = r
-                huge |= r == np.inf
-        _row_times(src[y], fac, out[y])
+                    fac[x * c + ch] = r[x]
+            _row_times(src[y], fac, out[y])
         if huge:
             _fence()
             for x in range(w):
-                if fac[x * c] == np.inf:
+                if r[x] == np.inf:
                     fx = _factor_at(ax[x], base, det_m)
                     for ch in range(c):
                         out[y, x * c + ch] = np.float32(np.float64(src[y, x * c + ch]) * fx)
