@@ -7,6 +7,7 @@ the library's warp of an all-ones image."""
 from __future__ import annotations
 
 import io
+import itertools
 
 import cv2
 import numpy as np
@@ -123,6 +124,40 @@ def test_report_pictures_are_rgb():
     np.testing.assert_array_equal(report.to_u8(grey16), np.repeat((grey16 / 257.0).astype(np.uint8)[:, :, None], 3, 2))
     png = pixels.png(pic)
     np.testing.assert_array_equal(cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_UNCHANGED), bgr8)
+
+
+def test_report_float_pictures_stretch_linearly_unless_a_density_spans_decades():
+    rng = np.random.default_rng(5)
+    texture = rng.uniform(50, 200, (60, 90, 3))
+    scale = []
+    pic = report.to_u8(texture.astype(np.float32), scale)
+    lo, hi = np.percentile(texture.astype(np.float32).astype(np.float64), (1, 99))
+    expected = (np.clip((texture.astype(np.float32).astype(np.float64) - lo) / (hi - lo), 0, 1) * 255).astype(np.uint8)
+    np.testing.assert_array_equal(pic, expected[:, :, ::-1])  # the linear 1-99 % stretch, as before
+    assert scale == []
+    # a conserving log-polar result: the same texture times |det J| ~ exp(2 k rho), 6 decades
+    # along the columns; linearly the first two thirds would be black
+    trend = np.exp(np.linspace(np.log(1e-3), np.log(1e3), 90))[None, :, None]
+    density = (texture * trend).astype(np.float32)
+    scale = []
+    pic = report.to_u8(density, scale).astype(np.float64)
+    assert scale == ["log"]
+    lum = pic.mean(axis=2)
+    assert lum[:, 10:30].mean() > 40 and lum[:, -20:].mean() > 150  # inner radii visible, outer bright
+    blocks = [lum[:, a:a + 10].mean() for a in range(0, 60, 10)]
+    assert all(b > a + 5 for a, b in itertools.pairwise(blocks))  # brightness still rises with the density
+    # the hue is kept: where no channel clipped, the channel ratios are the texture's
+    bgr = density[:, 20:60].astype(np.float64)
+    shown = pic[:, 20:60, ::-1]
+    ok = (shown.max(axis=2) < 250) & (shown.min(axis=2) > 20)
+    assert ok.sum() > 100
+    ratio_in = bgr[..., 0][ok] / bgr[..., 2][ok]
+    ratio_out = shown[..., 0][ok] / shown[..., 2][ok]
+    np.testing.assert_allclose(ratio_out, ratio_in, rtol=0.1)
+    # signed values or a mostly-zero picture stay linear
+    assert report._log_stretch(density - 1.0) is None
+    sparse = np.zeros((60, 90)); sparse[0, 0] = 1e6; sparse[0, 1] = 1
+    assert report._log_stretch(sparse) is None
 
 
 @pytest.mark.parametrize("matrix", [

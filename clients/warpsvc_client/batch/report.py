@@ -16,7 +16,11 @@ is drawn on **one scale for the run**, stated next to its colour bar: the determ
 diverging scale symmetric about 0 (blue: an output pixel covers less than 1 px^2 of input, red:
 more), residuals from 0 to the 99th percentile of all "before" residuals of the run (so an
 aligned output ~1 grey level off renders nearly black, not bright on a per-row scale). The maps
-come from the same engine that did the work (the server, or the library).
+come from the same engine that did the work (the server, or the library). Float outputs are
+stretched from their 1st to their 99th percentile, or in log10 when they are a density whose
+positive values span more than 30x between median and 99th percentile (a conserving log-polar
+warp, whose inner radii a linear stretch leaves black): the row's note says so and its
+contact-sheet title ends in ``[log]``.
 
 No OpenCV here: files are decoded by :func:`.jobs.decode` (OpenCV when installed, else
 Pillow/tifffile, whose 8-bit reading of 16-bit colour files is good enough for a picture),
@@ -48,9 +52,42 @@ LABEL_H = 18
 DET_CMAP, RES_CMAP = "RdBu_r", "inferno"
 
 
-def to_u8(img: np.ndarray) -> np.ndarray:
+LOG_DISPLAY_SPAN = 30.0  # p99 / median of the positive brightness above which a float picture is shown in log
+
+
+def _log_stretch(f: np.ndarray) -> np.ndarray | None:
+    """A non-negative density ``f`` (``(H, W)`` or ``(H, W, 3)``) whose positive brightness
+    (channel mean) spans more than :data:`LOG_DISPLAY_SPAN` between its median and 99th
+    percentile, drawn in 0-1 on a log scale of brightness with the hue kept (Lupton et al.
+    2004's ``asinh`` stretch: every channel scaled by ``asinh(L / s) / (L asinh(p99 / s))``,
+    ``L`` the pixel's brightness, ``s`` its 1st percentile, then a pixel whose brightest channel
+    exceeds 1 scaled down to 1); else ``None`` (linear)."""
+    finite = np.isfinite(f)
+    if not finite.any() or f[finite].min() < 0:
+        return None
+    lum = np.where(finite, f, 0).mean(axis=2) if f.ndim == 3 else np.where(finite, f, 0)
+    positive = lum[lum > 0]
+    if positive.size < 0.1 * lum.size:
+        return None
+    p1, p50, p99 = np.percentile(positive, (1, 50, 99))
+    if not p99 > LOG_DISPLAY_SPAN * p50:
+        return None
+    top = np.arcsinh(p99 / p1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        gain = np.where(lum > 0, np.arcsinh(lum / p1) / (lum * top), 0.0)
+    out = np.where(finite, f, 0) * (gain[:, :, None] if f.ndim == 3 else gain)
+    if f.ndim == 3:  # a channel brighter than the mean would clip and shift the hue: scale the pixel
+        peak = out.max(axis=2, keepdims=True)
+        out = np.where(peak > 1, out / np.where(peak > 1, peak, 1), out)
+    return out
+
+
+def to_u8(img: np.ndarray, scale_out: list | None = None) -> np.ndarray:
     """Any image in OpenCV's layout (BGR(A); uint8/uint16/float, 1-4 channels) as an RGB uint8
-    picture for display."""
+    picture for display. Float pictures: linear from their 1st to their 99th percentile, or, for
+    a density spanning decades (a conserving log-polar warp: ``|det J|`` grows like ``r^2``
+    along the radius, so a linear stretch leaves the inner radii black), :func:`_log_stretch`
+    (``scale_out``, a list, then receives ``"log"``)."""
     a = np.asarray(img)
     if a.ndim == 3 and a.shape[2] == 4:
         a = a[:, :, :3]
@@ -62,10 +99,16 @@ def to_u8(img: np.ndarray) -> np.ndarray:
         a = (a / 257.0).astype(np.uint8)
     elif a.dtype != np.uint8:
         f = np.asarray(a, np.float64)
-        finite = f[np.isfinite(f)]
-        lo, hi = (np.percentile(finite, (1, 99)) if finite.size else (0.0, 1.0))
-        hi = hi if hi > lo else lo + 1.0
-        a = (np.clip((np.nan_to_num(f, nan=lo) - lo) / (hi - lo), 0, 1) * 255).astype(np.uint8)
+        stretched = _log_stretch(f)
+        if stretched is not None:
+            if scale_out is not None:
+                scale_out.append("log")
+            a = (np.clip(stretched, 0, 1) * 255).astype(np.uint8)
+        else:
+            finite = f[np.isfinite(f)]
+            lo, hi = (np.percentile(finite, (1, 99)) if finite.size else (0.0, 1.0))
+            hi = hi if hi > lo else lo + 1.0
+            a = (np.clip((np.nan_to_num(f, nan=lo) - lo) / (hi - lo), 0, 1) * 255).astype(np.uint8)
     return np.repeat(a[:, :, None], 3, axis=2) if a.ndim == 2 else np.ascontiguousarray(a[:, :, ::-1])
 
 
@@ -143,9 +186,9 @@ def _thumb(rgb: np.ndarray, cell: int = CELL) -> np.ndarray:
     return out
 
 
-def _panels(rec, spec, engine) -> dict:
+def _panels(rec, spec, engine, remarks: list) -> dict:
     """The raw pictures of one successful image: ``{label: array}``; maps stay numeric until
-    the run's scales are known."""
+    the run's scales are known. How a picture was drawn, if unusual, goes to ``remarks``."""
     inp = decode(spec.inputs.read(rec.input), spec.max_pixels, exact=False)
     data = spec.outputs.read(rec.output)
     out = (np.load(io.BytesIO(data), allow_pickle=False) if rec.output.endswith(".npy")
@@ -154,7 +197,11 @@ def _panels(rec, spec, engine) -> dict:
     if spec.job == "jacobian":
         panels["log2 |det J|"] = log2_det(out)
         return panels
-    panels["output"] = to_u8(out)
+    scale = []
+    panels["output"] = to_u8(out, scale)
+    if scale:
+        remarks.append("output shown on a log scale of brightness (it spans more than "
+                       f"{LOG_DISPLAY_SPAN:g}x between its median and 99th percentile)")
     if spec.job == "align":
         transform = HomographyTransform(np.asarray(rec.matrix, np.float64))
     else:
@@ -221,15 +268,19 @@ def write(spec, engine, records, counts, *, limit: int = 24, command: str = ""):
     ok = [r for r in records if r.ok][:limit]
     raw, notes = {}, {}
     for rec in ok:
+        remarks = []
         try:
-            raw[rec.input] = _panels(rec, spec, engine)
+            raw[rec.input] = _panels(rec, spec, engine, remarks)
         except Exception as err:  # noqa: BLE001 - a picture that cannot be made is noted, not fatal
-            notes[rec.input] = f"no pictures: {type(err).__name__}: {err}"
+            remarks.append(f"no pictures: {type(err).__name__}: {err}")
+        if remarks:
+            notes[rec.input] = "; ".join(remarks)
     scales = Scales(list(raw.values()))
     pictures = {name: [(label, scales.picture(label, v)) for label, v in p.items()] for name, p in raw.items()}
     extras = {name: [_rms(p[k]) for k in ("residual before", "residual after")]
               for name, p in raw.items() if "residual after" in p}
-    sheet = contact_sheet(list(pictures.items()))
+    sheet = contact_sheet([(name + (" [log]" if "log scale" in notes.get(name, "") else ""), p)
+                           for name, p in pictures.items()])
     spec.outputs.write_atomic("contact_sheet.png", _png(sheet), spec.run_id)
     page = _html(spec, records, pictures, extras, notes, scales, counts, command)
     spec.outputs.write_atomic("report.html", page.encode("utf-8"), spec.run_id)
