@@ -18,7 +18,9 @@ The cases of ``bench_warp.py`` (``antialias_case`` and the antialias rows of
 3. Per-stage times of the photograph call at each thread count: ``setup`` (validation, block
    layout, plan: ``warp._antialias_setup``), ``window`` (the padded float64 source), ``scatter``
    (window + kernel launches: ``antialias.scatter``), ``finish`` (``warp._finish_antialiased``);
-   ``whole`` is the public call.
+   ``whole`` is the public call. Each stage runs in blocks of ``STAGE_BLOCK`` calls per round and
+   thread count, the first untimed (its steady state at a fixed setting; the efficiency rows
+   come from these).
 
 Method: one warm-up call each (numba loads its cache on first use), then ``--repeats`` rounds;
 each round runs every thread count and, within it, ours then the anchor, so drifts in the
@@ -62,9 +64,16 @@ def photograph() -> np.ndarray:
     return ndi.zoom(data.camera().astype(np.float64), N / 512, order=1)[:N, :N]
 
 
-def interleaved(fns: dict, counts, repeats) -> dict:
+STAGE_BLOCK = 4  # calls per stage per round in stages() (the first untimed)
+
+
+def interleaved(fns: dict, counts, repeats, block: int = 1) -> dict:
     """``{threads: {name: median ms}}``: a warm-up of each, then ``repeats`` rounds, each running
-    every thread count and, within it, every function in order."""
+    every thread count and, within it, every function in order: ``block`` calls of it, all but
+    the first timed when ``block > 1`` (the per-stage rows: each stage in its own steady state
+    at a fixed thread count, as ``bench_warp.timed_threads``; the first call after the switch
+    from the other count, or from another stage, also wakes the idle CPU). The anchor rows use
+    ``block=1`` (its calls take seconds)."""
     times = {n: {name: [] for name in fns} for n in counts}
     for n in counts:
         threads.set_threads(n)
@@ -74,9 +83,12 @@ def interleaved(fns: dict, counts, repeats) -> dict:
         for n in counts:
             threads.set_threads(n)
             for name, fn in fns.items():
-                t0 = CLOCK[0]()
-                fn()
-                times[n][name].append(CLOCK[0]() - t0)
+                if block > 1:
+                    fn()
+                for _ in range(max(1, block - 1)):
+                    t0 = CLOCK[0]()
+                    fn()
+                    times[n][name].append(CLOCK[0]() - t0)
     return {n: {name: 1e3 * statistics.median(v) for name, v in row.items()} for n, row in times.items()}
 
 
@@ -133,7 +145,7 @@ def stages(counts, repeats) -> dict:
         "finish": lambda: warp_module._finish_antialiased(acc, 1, coverage, inv, SHAPE, opts, "conserve",
                                                           np.float64, None),
     }
-    ms = interleaved(fns, counts, repeats)
+    ms = interleaved(fns, counts, repeats, block=STAGE_BLOCK)
     eff = {}
     for name, key in [("antialias scatter (photograph 600x600 -> 230x230)", "scatter (padded source)"),
                       ("antialias whole call (photograph)", "whole")]:

@@ -12,7 +12,8 @@
    7x7 window around every source, and RMSE against a 16x-supersampled reference.
 4. Parallel efficiency of the compiled kernels alone (``T1 / (n Tn)``, target >= 0.8 from 1 to 2
    threads): the determinant scaling of the 1080p homography and the antialias scatter of the
-   photograph case, plus the whole calls' speed-up.
+   photograph case, plus the whole calls' speed-up. Timed like the pairs: per round and thread
+   count a block of ``BLOCK`` calls, the first untimed (``timed_threads``).
 
 Tiers: the projective conserve factor has a numpy tier 0 and a numba tier 1 (see
 ``warpsvc.core._scale_kernels``); the benchmark compiles tier 1 first
@@ -103,8 +104,14 @@ def timed_pair(ours, anchor, repeats, block=BLOCK):
     return out
 
 
-def timed_threads(fn, repeats):
-    """Median seconds of ``fn()`` at each thread count (rounds alternate the counts)."""
+def timed_threads(fn, repeats, block=BLOCK):
+    """Median seconds of ``fn()`` at each thread count: rounds alternate the counts, and each
+    round runs a *block* of :data:`BLOCK` calls at one count, the first untimed (as
+    :func:`timed_pair`: each count measured in its own steady state, as a caller at a fixed
+    setting sees it). With single calls alternating (``block=1``), every 2-thread call came
+    right after a 1-thread one, whose ~5 ms left the second CPU idle, and paid waking it from
+    deep idle (~0.2-0.3 ms on this VM, docs/warping.md, seventh session): the antialias
+    scatter's efficiency read 0.66 that way against 0.81 in bench_antialias.py."""
     times = {n: [] for n in THREADS}
     for n in THREADS:
         threads.set_threads(n)
@@ -112,9 +119,12 @@ def timed_threads(fn, repeats):
     for _ in range(repeats):
         for n in THREADS:
             threads.set_threads(n)
-            t0 = time.perf_counter()
-            fn()
-            times[n].append(time.perf_counter() - t0)
+            if block > 1:
+                fn()  # untimed: the switch from the other thread count
+            for _ in range(max(1, block - 1)):
+                t0 = time.perf_counter()
+                fn()
+                times[n].append(time.perf_counter() - t0)
     return {n: statistics.median(t) for n, t in times.items()}
 
 
