@@ -39,87 +39,87 @@ VEC = 16  # floats per streaming store: one 64-byte cache line
 LINE = 64
 
 
+def _typed(src, fac, out) -> bool:
+    """The intrinsics' argument types: contiguous 1-D arrays (the pointer arithmetic assumes
+    them), a uint8 / uint16 / float32 source, float32 factors and result."""
+    return (all(isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C" for a in (src, fac, out))
+            and src.dtype in (types.uint8, types.uint16, types.float32)
+            and fac.dtype == types.float32 and out.dtype == types.float32)
+
+
+def _vec(builder, array, at, element):
+    """A 16-lane vector of ``element`` loaded from ``array`` (a numba array struct) at ``at``."""
+    vt = ir.VectorType(element, VEC)
+    return builder.load(builder.bitcast(builder.gep(array.data, [at]), vt.as_pointer()),
+                        align=1 if isinstance(element, ir.IntType) else 4)
+
+
+def _source_floats(builder, src_array, src_type, at):
+    """``float32(src[at:at+16])`` as a vector (integers converted exactly: ``uitofp``)."""
+    if src_type == types.float32:
+        return _vec(builder, src_array, at, ir.FloatType())
+    bits = 8 if src_type == types.uint8 else 16
+    return builder.uitofp(_vec(builder, src_array, at, ir.IntType(bits)), ir.VectorType(ir.FloatType(), VEC))
+
+
+def _stream_store(builder, value, out_array, at):
+    """``out[at:at+16] = value`` with one non-temporal, 64-byte aligned vector store."""
+    ptr = builder.bitcast(builder.gep(out_array.data, [at]), ir.VectorType(ir.FloatType(), VEC).as_pointer())
+    store = builder.store(value, ptr, align=LINE)
+    store.set_metadata("nontemporal", builder.module.add_metadata([ir.Constant(ir.IntType(32), 1)]))
+
+
 @intrinsic
 def _stream_times(typingctx, src, fac, out, i, j):
     """``out[i:i+16] = float32(src[i:i+16]) * fac[j:j+16]`` with one non-temporal vector
     store; ``out`` at ``i`` must be 64-byte aligned (the callers' head loop sees to it)."""
-    if not all(isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C" for a in (src, fac, out)):
-        return None  # the pointer arithmetic below assumes contiguous 1-D arrays
-    if src.dtype not in (types.uint8, types.uint16, types.float32) or fac.dtype != types.float32 \
-            or out.dtype != types.float32:
+    if not _typed(src, fac, out):
         return None
     sig = types.void(src, fac, out, i, j)
 
     def codegen(context, builder, signature, args):
         s, f, o, ii, jj = args
-        s_ty = signature.args[0].dtype
-        sa = context.make_array(signature.args[0])(context, builder, s)
-        fa = context.make_array(signature.args[1])(context, builder, f)
-        oa = context.make_array(signature.args[2])(context, builder, o)
-        vf = ir.VectorType(ir.FloatType(), VEC)
-        if s_ty == types.float32:
-            x = builder.load(builder.bitcast(builder.gep(sa.data, [ii]), vf.as_pointer()), align=4)
-        else:
-            bits = 8 if s_ty == types.uint8 else 16
-            vi = ir.VectorType(ir.IntType(bits), VEC)
-            x = builder.uitofp(builder.load(builder.bitcast(builder.gep(sa.data, [ii]), vi.as_pointer()), align=1), vf)
-        factor = builder.load(builder.bitcast(builder.gep(fa.data, [jj]), vf.as_pointer()), align=4)
-        store = builder.store(builder.fmul(x, factor), builder.bitcast(builder.gep(oa.data, [ii]), vf.as_pointer()),
-                              align=LINE)
-        store.set_metadata("nontemporal", builder.module.add_metadata([ir.Constant(ir.IntType(32), 1)]))
+        sa, fa, oa = (context.make_array(t)(context, builder, v) for t, v in zip(signature.args[:3], (s, f, o)))
+        x = _source_floats(builder, sa, signature.args[0].dtype, ii)
+        _stream_store(builder, builder.fmul(x, _vec(builder, fa, jj, ir.FloatType())), oa, ii)
         return context.get_dummy_value()
 
     return sig, codegen
 
 
-def _expand_mask(c: int, phase: int, q: int) -> list[int]:
-    """Lane ``i`` of output vector ``q`` of a block starting at channel ``phase`` of pixel ``p``
-    takes factor ``r[p + (phase + 16 q + i) // c]``: indices into the 32 factors ``r[p:p+32]``."""
-    return [(phase + VEC * q + i) // c for i in range(VEC)]
+def _expand_mask(c: int, q: int) -> list[int]:
+    """Lane ``i`` of output vector ``q`` of a block starting at pixel ``p`` takes factor
+    ``r[p + (16 q + i) // c]``: indices into the 32 factors ``r[p:p+32]``."""
+    return [(VEC * q + i) // c for i in range(VEC)]
 
 
-def _make_stream_expand(c: int, phase: int):
+def _make_stream_expand(c: int):
     """An intrinsic ``(src, r, out, k, p)`` writing ``out[k:k+16 n]`` (``n = 3`` vectors for
     ``c = 3``: 48 floats, 16 pixels; one for ``c = 4``: 4 pixels) as ``float32(src) *`` the
-    per-pixel factor ``r`` repeated over the ``c`` channels, with ``k = c p + phase``: the
-    factors are loaded once as two 16-lane vectors and spread over the channels by constant
-    shuffles, so no channel-repeated factor row is written to memory and read back. ``out`` at
-    ``k`` must be 64-byte aligned; ``r`` must hold 32 values from ``p``."""
+    per-pixel factor ``r`` repeated over the ``c`` channels, with ``k = c p``: the factors are
+    loaded once as two 16-lane vectors and spread over the channels by constant shuffles, so
+    no channel-repeated factor row is written to memory and read back. ``out`` at ``k`` must
+    be 64-byte aligned; ``r`` must hold 32 values from ``p``."""
     n = 3 if c == 3 else 1
+    i32 = ir.IntType(32)
+    masks = [ir.Constant(ir.VectorType(i32, VEC), [ir.Constant(i32, j) for j in _expand_mask(c, q)])
+             for q in range(n)]
 
     @intrinsic
     def _stream_expand(typingctx, src, r, out, k, p):
-        if not all(isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C" for a in (src, r, out)):
-            return None
-        if src.dtype not in (types.uint8, types.uint16, types.float32) or r.dtype != types.float32 \
-                or out.dtype != types.float32:
+        if not _typed(src, r, out):
             return None
         sig = types.void(src, r, out, k, p)
 
         def codegen(context, builder, signature, args):
             s, f, o, kk, pp = args
-            s_ty = signature.args[0].dtype
-            sa = context.make_array(signature.args[0])(context, builder, s)
-            fa = context.make_array(signature.args[1])(context, builder, f)
-            oa = context.make_array(signature.args[2])(context, builder, o)
-            vf = ir.VectorType(ir.FloatType(), VEC)
-            i32 = ir.IntType(32)
-            lo = builder.load(builder.bitcast(builder.gep(fa.data, [pp]), vf.as_pointer()), align=4)
-            hi_at = builder.add(pp, ir.Constant(pp.type, VEC))
-            hi = builder.load(builder.bitcast(builder.gep(fa.data, [hi_at]), vf.as_pointer()), align=4)
+            sa, fa, oa = (context.make_array(t)(context, builder, v) for t, v in zip(signature.args[:3], (s, f, o)))
+            lo = _vec(builder, fa, pp, ir.FloatType())
+            hi = _vec(builder, fa, builder.add(pp, ir.Constant(pp.type, VEC)), ir.FloatType())
             for q in range(n):
                 at = builder.add(kk, ir.Constant(kk.type, VEC * q))
-                if s_ty == types.float32:
-                    x = builder.load(builder.bitcast(builder.gep(sa.data, [at]), vf.as_pointer()), align=4)
-                else:
-                    vi = ir.VectorType(ir.IntType(8 if s_ty == types.uint8 else 16), VEC)
-                    x = builder.uitofp(builder.load(builder.bitcast(builder.gep(sa.data, [at]), vi.as_pointer()),
-                                                    align=1), vf)
-                mask = ir.Constant(ir.VectorType(i32, VEC), [ir.Constant(i32, j) for j in _expand_mask(c, phase, q)])
-                factor = builder.shuffle_vector(lo, hi, mask)
-                store = builder.store(builder.fmul(x, factor),
-                                      builder.bitcast(builder.gep(oa.data, [at]), vf.as_pointer()), align=LINE)
-                store.set_metadata("nontemporal", builder.module.add_metadata([ir.Constant(i32, 1)]))
+                x = _source_floats(builder, sa, signature.args[0].dtype, at)
+                _stream_store(builder, builder.fmul(x, builder.shuffle_vector(lo, hi, masks[q])), oa, at)
             return context.get_dummy_value()
 
         return sig, codegen
@@ -127,8 +127,7 @@ def _make_stream_expand(c: int, phase: int):
     return _stream_expand
 
 
-_e30, _e31, _e32 = (_make_stream_expand(3, ph) for ph in range(3))
-_e40, _e41, _e42, _e43 = (_make_stream_expand(4, ph) for ph in range(4))
+_expand3, _expand4 = _make_stream_expand(3), _make_stream_expand(4)
 
 
 @intrinsic
@@ -182,40 +181,28 @@ def _factor_at(ax, base, det_m):
 @compiled()
 def _row_times_expanded(src_row, r, out_row, c):
     """``out_row[k] = float32(src_row[k]) * r[k // c]`` for ``c`` 3 or 4 (``r``: one factor
-    per pixel, 32 values readable past the row's last pixel): scalar values up to ``out_row``'s
-    first 64-byte boundary, streaming blocks (:func:`_make_stream_expand`: 16 pixels of RGB, 4
-    of RGBA), a scalar tail. The block start's channel (``phase``) is the same for every block
-    of a row (a block holds whole pixels), so each row runs one of the phase loops."""
+    per pixel, 32 values readable past the row's last pixel): scalar values up to the first
+    64-byte boundary of ``out_row`` that is also a pixel boundary, streaming blocks
+    (:func:`_make_stream_expand`: 16 pixels of RGB, 4 of RGBA), a scalar tail. RGB: one of the
+    first three line boundaries is a pixel boundary (``16 = 1 mod 3``), so the scalar head is
+    under 48 values; RGBA: the caller sees to it that the row starts on a pixel-aligned 16 bytes."""
     n = out_row.shape[0]
-    head = min(((LINE - out_row.ctypes.data % LINE) % LINE) // 4, n)
+    lead = ((LINE - out_row.ctypes.data % LINE) % LINE) // 4
+    for _ in range(2):
+        if lead % c != 0:
+            lead += VEC
+    head = min(lead, n)
     for k in range(head):
         out_row[k] = np.float32(src_row[k]) * r[k // c]
     block = VEC * 3 if c == 3 else VEC
     end = head + (n - head) // block * block
-    step = block // c  # pixels per block
-    p0, phase = head // c, head % c
+    step, p0 = block // c, head // c  # pixels per block, the first block's pixel
     if c == 3:
-        if phase == 0:
-            for j, k in enumerate(range(head, end, block)):
-                _e30(src_row, r, out_row, k, p0 + step * j)
-        elif phase == 1:
-            for j, k in enumerate(range(head, end, block)):
-                _e31(src_row, r, out_row, k, p0 + step * j)
-        else:
-            for j, k in enumerate(range(head, end, block)):
-                _e32(src_row, r, out_row, k, p0 + step * j)
-    elif phase == 0:
         for j, k in enumerate(range(head, end, block)):
-            _e40(src_row, r, out_row, k, p0 + step * j)
-    elif phase == 1:
-        for j, k in enumerate(range(head, end, block)):
-            _e41(src_row, r, out_row, k, p0 + step * j)
-    elif phase == 2:
-        for j, k in enumerate(range(head, end, block)):
-            _e42(src_row, r, out_row, k, p0 + step * j)
+            _expand3(src_row, r, out_row, k, p0 + step * j)
     else:
         for j, k in enumerate(range(head, end, block)):
-            _e43(src_row, r, out_row, k, p0 + step * j)
+            _expand4(src_row, r, out_row, k, p0 + step * j)
     for k in range(end, n):
         out_row[k] = np.float32(src_row[k]) * r[k // c]
 
@@ -226,11 +213,11 @@ def rows_projective(src, c, m, det_m, row0, out):
     float64 operations in its order: ``ax = M20 x`` once per call, then per pixel
     ``ww = |ax + (M21 y + M22)|``, ``f = det_m / ((ww ww) ww)``, 0 where not finite, rounded to
     float32) into one row of per-pixel factors ``r``, then the row's product with the source:
-    :func:`_row_times_expanded` for 3 and 4 channels (the factor spread over the channels in
-    registers), :func:`_row_times` with ``r`` itself for one channel, with ``r`` repeated over
-    the channels into a row buffer for other counts. Where the rounded factor overflows to
-    inf, the product is formed in float64 (the factor recomputed) and rounded once (after a
-    fence, with plain stores).
+    :func:`_row_times_expanded` for 3 channels and for 4 on 16-byte aligned rows (the factor
+    spread over the channels in registers), :func:`_row_times` with ``r`` itself for one
+    channel, with ``r`` repeated over the channels into a row buffer otherwise. Where the
+    rounded factor overflows to inf, the product is formed in float64 (the factor recomputed)
+    and rounded once (after a fence, with plain stores).
 
     Loop shapes, measured on 1080p RGB uint8 at one thread (this EPYC, AVX-512): the factor
     row alone (contiguous) 0.68 ms, the streaming product alone ~1.0 ms; the previous kernel,
@@ -245,7 +232,9 @@ def rows_projective(src, c, m, det_m, row0, out):
     for x in range(w):
         ax[x] = m20 * np.float64(x)
     r = np.zeros(w + 2 * VEC, np.float32)  # 32 readable values past the last pixel (the blocks' loads)
-    fac = np.empty(n if c != 1 and c != 3 and c != 4 else 0, np.float32)
+    # RGBA rows (16 w bytes apart) all start pixel-aligned on 16 bytes, or none does
+    expand = c == 3 or (c == 4 and out.ctypes.data % 16 == 0)
+    fac = np.empty(0 if c == 1 or expand else n, np.float32)
     for y in range(h):
         base = m21 * np.float64(y + row0) + m22
         huge = False
@@ -255,7 +244,7 @@ def rows_projective(src, c, m, det_m, row0, out):
             huge |= f == np.inf
         if c == 1:
             _row_times(src[y], r, out[y])
-        elif c == 3 or c == 4:
+        elif expand:
             _row_times_expanded(src[y], r, out[y], c)
         else:
             for x in range(w):
