@@ -69,24 +69,6 @@ def _stream_store(builder, value, out_array, at):
     store.set_metadata("nontemporal", builder.module.add_metadata([ir.Constant(ir.IntType(32), 1)]))
 
 
-@intrinsic
-def _stream_times(typingctx, src, fac, out, i, j):
-    """``out[i:i+16] = float32(src[i:i+16]) * fac[j:j+16]`` with one non-temporal vector
-    store; ``out`` at ``i`` must be 64-byte aligned (the callers' head loop sees to it)."""
-    if not _typed(src, fac, out):
-        return None
-    sig = types.void(src, fac, out, i, j)
-
-    def codegen(context, builder, signature, args):
-        s, f, o, ii, jj = args
-        sa, fa, oa = (context.make_array(t)(context, builder, v) for t, v in zip(signature.args[:3], (s, f, o)))
-        x = _source_floats(builder, sa, signature.args[0].dtype, ii)
-        _stream_store(builder, builder.fmul(x, _vec(builder, fa, jj, ir.FloatType())), oa, ii)
-        return context.get_dummy_value()
-
-    return sig, codegen
-
-
 def _expand_mask(c: int, q: int) -> list[int]:
     """Lane ``i`` of output vector ``q`` of a block starting at pixel ``p`` takes factor
     ``r[p + (16 q + i) // c]``: indices into the 32 factors ``r[p:p+32]``."""
@@ -99,7 +81,9 @@ def _make_stream_expand(c: int):
     per-pixel factor ``r`` repeated over the ``c`` channels, with ``k = c p``: the factors are
     loaded once as two 16-lane vectors and spread over the channels by constant shuffles, so
     no channel-repeated factor row is written to memory and read back. ``out`` at ``k`` must
-    be 64-byte aligned; ``r`` must hold 32 values from ``p``."""
+    be 64-byte aligned; ``r`` must hold 32 values from ``p``. ``c = 1``:
+    ``out[k:k+16] = float32(src[k:k+16]) * r[p:p+16]``, 16 factors read (the plain product
+    with a row of factors, :func:`_row_times`)."""
     n = 3 if c == 3 else 1
     i32 = ir.IntType(32)
     masks = [ir.Constant(ir.VectorType(i32, VEC), [ir.Constant(i32, j) for j in _expand_mask(c, q)])
@@ -115,11 +99,12 @@ def _make_stream_expand(c: int):
             s, f, o, kk, pp = args
             sa, fa, oa = (context.make_array(t)(context, builder, v) for t, v in zip(signature.args[:3], (s, f, o)))
             lo = _vec(builder, fa, pp, ir.FloatType())
-            hi = _vec(builder, fa, builder.add(pp, ir.Constant(pp.type, VEC)), ir.FloatType())
+            hi = None if c == 1 else _vec(builder, fa, builder.add(pp, ir.Constant(pp.type, VEC)), ir.FloatType())
             for q in range(n):
                 at = builder.add(kk, ir.Constant(kk.type, VEC * q))
                 x = _source_floats(builder, sa, signature.args[0].dtype, at)
-                _stream_store(builder, builder.fmul(x, builder.shuffle_vector(lo, hi, masks[q])), oa, at)
+                factor = lo if c == 1 else builder.shuffle_vector(lo, hi, masks[q])
+                _stream_store(builder, builder.fmul(x, factor), oa, at)
             return context.get_dummy_value()
 
         return sig, codegen
@@ -127,7 +112,7 @@ def _make_stream_expand(c: int):
     return _stream_expand
 
 
-_expand3, _expand4 = _make_stream_expand(3), _make_stream_expand(4)
+_stream_times, _expand3, _expand4 = (_make_stream_expand(c) for c in (1, 3, 4))
 
 
 @intrinsic
