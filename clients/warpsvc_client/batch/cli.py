@@ -17,7 +17,7 @@ import sys
 
 from . import manifest, paths, probe, stack_job, storage
 from .argtypes import correlation as _correlation
-from .jobs import AlignOptions, JobSpec, Task, WarpOptions, output_name
+from .jobs import AlignOptions, JobSpec, Task, WarpOptions, output_name, reference_sha256, settings_digest
 from .paths import printable
 from .record import Record
 from .transforms import TransformSpecError, from_matrix, numbers, polar_option, read_file
@@ -226,6 +226,7 @@ def make_spec(args, inputs=None, outputs=None, run_id: str = "000000000000") -> 
                                      max_corner_error=args.max_corner_error, min_zncc=args.min_zncc)
         try:
             spec["reference"] = _read_reference(args.reference, args.storage_options, args.max_pixels)
+            spec["reference_sha256"] = reference_sha256(spec["reference"])
         except Exception as err:  # noqa: BLE001
             raise UsageError(f"--reference {printable(args.reference)}: {printable(err)}") from None
     else:
@@ -328,14 +329,22 @@ def run(args, command: str) -> int:
     run_id = storage.new_run_id()
     spec, planned, m_store, m_name = _plan(args, inputs, outputs, run_id)
     previous = manifest.load(m_store, m_name) if args.resume else {}
-    todo, skipped, invalid = [], [], []
+    todo, skipped, invalid, made_otherwise = [], [], [], 0
     for p in planned:
         if isinstance(p, paths.Planned):
             invalid.append(p)
-        elif args.resume and manifest.is_complete(previous.get(p.input), outputs, p.output):
+            continue
+        settings = settings_digest(spec, p.transform if p.transform is not None else spec.transform)
+        prev = previous.get(p.input)
+        if args.resume and manifest.is_complete(prev, outputs, p.output, settings):
             skipped.append(p)
         else:
+            made_otherwise += bool(prev and prev.ok and prev.output == p.output and prev.settings != settings)
             todo.append(p)
+    if made_otherwise:
+        print(f"warpsvc-batch: --resume: {made_otherwise} earlier output(s) were made with other settings (job, "
+              "transform, options or reference; or by a version that did not record them): redoing them",
+              file=sys.stderr)
     if args.dry_run:
         for t in todo:
             print(f"{printable(t.input)} -> {printable(t.output)}")

@@ -22,6 +22,8 @@ travels to the server with its RPCs (:mod:`warpsvc_client.tracing`).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -119,6 +121,7 @@ class JobSpec:
     transform: object = None            # one warpsvc transform for every image (warp, jacobian)
     reference: EncodedImage | np.ndarray | None = None  # align: the reference file (or its pixels)
     jacobian_format: str = "tiff"       # jacobian: "tiff" (float32) or "npy"
+    reference_sha256: str | None = None  # align: of the reference's bytes (set by the CLI: settings_digest)
 
 
 @dataclass
@@ -206,6 +209,38 @@ def transform_record(transform) -> dict:
     if isinstance(transform, ComposedTransform):
         return {"chain": [transform_record(t) for t in transform.steps]}
     return {}
+
+
+SETTINGS_VERSION = 1  # bump when the meaning of an output for the same settings changes
+
+
+def reference_sha256(reference) -> str | None:
+    """SHA-256 of the align reference: its file's bytes, or its pixels with their shape and dtype."""
+    if reference is None:
+        return None
+    if isinstance(reference, EncodedImage):
+        return hashlib.sha256(reference.data).hexdigest()
+    a = np.ascontiguousarray(reference)
+    return hashlib.sha256(f"{a.shape}{a.dtype}".encode() + a.tobytes()).hexdigest()
+
+
+def settings_digest(spec: JobSpec, transform) -> str:
+    """The record's ``settings``: 16 hex digits of SHA-256 over what decides an image's output
+    besides the image itself -- the job, the warp options (``--intensity``, ``--output-shape``,
+    ``--jpeg-quality``, ...), for ``warp`` / ``jacobian`` the transform (this image's, from
+    ``--transforms``, or the run's) and the map format, for ``align`` the alignment options and
+    the reference's SHA-256. ``--resume`` re-uses an output only when its record carries the
+    digest of the current run's settings, so a changed matrix, option or job redoes the image
+    instead of keeping an output made otherwise."""
+    doc = {"v": SETTINGS_VERSION, "job": spec.job, "warp": dataclasses.asdict(spec.warp)}
+    if spec.job == "align":
+        doc["align"] = dataclasses.asdict(spec.align)
+        doc["reference"] = spec.reference_sha256 or reference_sha256(spec.reference)
+    else:
+        doc["transform"] = transform_record(transform)
+    if spec.job == "jacobian":
+        doc["format"] = spec.jacobian_format
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _finite(x):
@@ -303,9 +338,11 @@ def compute(task: Task, spec: JobSpec, engine, deadline_seconds: float | None = 
         except Exception as err:  # noqa: BLE001 - every failure becomes the image's record
             error, res.out = _error_text(err), None
         timings["total"] = time.monotonic() - t0
+        transform = task.transform if task.transform is not None else spec.transform
         rec = Record(input=task.input, output=task.output, job=spec.job, error=error,
                      target=ctx.target or getattr(engine, "name", None), attempts=ctx.attempts,
-                     retried=tuple(ctx.retried), timings=Timings(**timings), **res.fields)
+                     retried=tuple(ctx.retried), settings=settings_digest(spec, transform),
+                     timings=Timings(**timings), **res.fields)
         if span is not None:
             tracing.image_outcome(span, rec.error, attempts=rec.attempts, target=rec.target,
                                   converged=(rec.convergence or {}).get("converged"))

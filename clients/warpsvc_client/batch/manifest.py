@@ -13,7 +13,9 @@
   outputs are overwritten atomically), so nothing unrecorded is ever trusted.
 
 ``--resume`` skips an image when its **last** record says ``ok`` for the output this run would
-write *and* that output exists with the recorded size and SHA-256 (complete and recorded).
+write, was made with this run's settings (the record's ``settings`` digest: job, options,
+transform or reference, :func:`.jobs.settings_digest`) *and* that output exists with the
+recorded size and SHA-256 (complete, recorded and made the way this run would make it).
 """
 
 from __future__ import annotations
@@ -73,12 +75,15 @@ def load(store, name: str = "manifest.jsonl") -> dict[str, Record]:
         return parse(fh.read())
 
 
-def is_complete(record: Record | dict | None, outputs, expected_output: str) -> bool:
-    """The record says ``ok`` for the output this run would write, and that object is intact.
-    Output names read from the manifest are checked like any other name from a file."""
+def is_complete(record: Record | dict | None, outputs, expected_output: str, settings: str | None = None) -> bool:
+    """The record says ``ok`` for the output this run would write, with ``settings`` (the
+    current run's digest; ``None``: not checked, the stack job checks its own), and that object
+    is intact. Output names read from the manifest are checked like any other name from a file."""
     if isinstance(record, dict):
         record = Record.from_dict({"job": "", **record})
     if not record or record.status != "ok" or record.output != expected_output:
+        return False
+    if settings is not None and record.settings != settings:
         return False
     try:
         rel = safe_relative(record.output, "manifest output").as_posix()

@@ -14,9 +14,12 @@ Every record -- a finished image, a refused name, an image whose worker died -- 
     polar, chain       a polar transform's parameters, a chain's steps (instead of matrix)
     convergence        align: converged, reason, iterations, rms_error, zncc, overlap, ...
     shape, dtype       jacobian: the map's
+    settings           a digest of what made the output (job, options, the transform or the
+                       reference's SHA-256): ``--resume`` re-uses an output only for the same
+                       digest (:func:`.jobs.settings_digest`)
     timings            seconds: read, compute, write, total
 
-Optional fields (``retried``, ``polar``, ``chain``, ``shape``, ``dtype``) are left out when empty;
+Optional fields (``retried``, ``polar``, ``chain``, ``shape``, ``dtype``, ``settings``) are left out when empty;
 non-finite numbers become ``null`` (strict JSON).
 """
 
@@ -29,9 +32,9 @@ from dataclasses import dataclass
 
 ALWAYS = ("input", "output", "status", "error", "job", "target", "attempts", "bytes", "sha256", "matrix",
           "inverse", "convergence", "timings")
-OPTIONAL = ("retried", "polar", "chain", "shape", "dtype")
+OPTIONAL = ("retried", "polar", "chain", "shape", "dtype", "settings")
 ORDER = ("input", "output", "status", "error", "job", "target", "attempts", "retried", "bytes", "sha256", "matrix",
-         "inverse", "polar", "chain", "convergence", "shape", "dtype", "timings")
+         "inverse", "polar", "chain", "convergence", "shape", "dtype", "settings", "timings")
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,7 @@ class Record:
     convergence: dict | None = None
     shape: list | None = None
     dtype: str | None = None
+    settings: str | None = None
     timings: Timings = Timings()
 
     @property
