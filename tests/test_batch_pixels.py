@@ -126,6 +126,20 @@ def test_report_pictures_are_rgb():
     np.testing.assert_array_equal(cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_UNCHANGED), bgr8)
 
 
+def test_contact_sheet_titles_escape_a_non_ascii_name_once():
+    from PIL import Image, ImageDraw
+
+    def drawn(text):
+        strip = Image.new("RGB", (report.CELL, report.LABEL_H), (230, 230, 230))
+        ImageDraw.Draw(strip).text((3, 3), text, fill=(0, 0, 0))
+        return np.asarray(strip)
+
+    title = report.contact_sheet([("caf\u00e9 \u00fcn.jpg", [("input", np.zeros((8, 8, 3), np.uint8))])])
+    row = title[report.LABEL_H:2 * report.LABEL_H]  # the image's title strip, under the column labels
+    np.testing.assert_array_equal(row, drawn("caf\\xe9 \\xfcn.jpg"))  # one backslash each, as printed
+    assert not np.array_equal(row, drawn("caf\\\\xe9 \\\\xfcn.jpg"))
+
+
 def test_report_float_pictures_stretch_linearly_unless_a_density_spans_decades():
     rng = np.random.default_rng(5)
     texture = rng.uniform(50, 200, (60, 90, 3))

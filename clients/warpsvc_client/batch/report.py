@@ -236,14 +236,15 @@ class Scales:
         return value
 
 
-def _label(width: int, texts: list[tuple[int, str]], grey: int) -> np.ndarray:
-    """A ``LABEL_H``-high strip of ``grey`` with each ``(x, text)`` written in black (ASCII)."""
+def _label(width: int, texts: list[tuple[int, str]], grey: int, limit: int | None = None) -> np.ndarray:
+    """A ``LABEL_H``-high strip of ``grey`` with each ``(x, text)`` written in black, escaped to
+    ASCII once (:func:`.paths.ascii_label`), keeping its last ``limit`` characters."""
     from PIL import Image, ImageDraw
 
     strip = Image.new("RGB", (width, LABEL_H), (grey, grey, grey))
     draw = ImageDraw.Draw(strip)
     for x, text in texts:
-        draw.text((x, 3), ascii_label(text), fill=(0, 0, 0))
+        draw.text((x, 3), ascii_label(text)[-limit:] if limit else ascii_label(text), fill=(0, 0, 0))
     return np.asarray(strip)
 
 
@@ -254,7 +255,7 @@ def contact_sheet(rows: list[tuple[str, list[tuple[str, np.ndarray]]]]) -> np.nd
     labels = [(c * CELL + 3, label) for c, (label, _) in enumerate(max((p for _, p in rows), key=len))] if rows else []
     parts = [_label(width, labels, 255)]
     for name, panels in rows:
-        title = _label(width, [(3, ascii_label(name)[-60:])], 230)
+        title = _label(width, [(3, name)], 230, limit=60)
         row = np.full((CELL, width, 3), 40, np.uint8)
         for c, (_, img) in enumerate(panels):
             row[:, c * CELL:(c + 1) * CELL] = _thumb(img)
