@@ -118,3 +118,24 @@ def test_a_record_without_settings_is_redone_and_the_digest_names_what_it_covers
     keys.add(jobs.settings_digest(spec, warpsvc.AffineTransform.from_components(translation=(1, 0))))
     assert key not in keys and len(keys) == 4
     assert Record.from_dict(json.loads(rec.replace(settings=key).to_line())).settings == key
+
+
+def test_a_second_run_on_a_locked_folder_says_it_waits_then_is_refused(tmp_path):
+    """Two runs writing one folder: the second says at once that it waits for the lock (it used
+    to wait silently), and is refused with a clear message when the first holds on."""
+    import fcntl
+    import os
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    make_mixed_folder(src, 2)
+    out.mkdir()
+    fd = os.open(out / ".warpsvc-batch.lock", os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # what a running warpsvc-batch holds
+        res = run_batch("warp", src, out, "--matrix", SHIFT, "--no-report", timeout=60)
+    finally:
+        os.close(fd)
+    assert res.returncode == 2, (res.returncode, res.stdout, res.stderr)
+    assert "is locked by another run" in res.stderr and "waiting up to 10 s" in res.stderr
+    assert "another warpsvc-batch run is writing to" in res.stderr
+    assert not (out / "manifest.jsonl").exists()

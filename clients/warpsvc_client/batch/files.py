@@ -19,6 +19,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import sys
 import threading
 import time
 
@@ -99,11 +100,16 @@ class FolderLock:
         os.makedirs(self.store.root, exist_ok=True)
         self._fd = self.store.open_file(LOCK_NAME, os.O_RDWR | os.O_CREAT, "lock file")
         deadline = time.monotonic() + self.wait
+        waiting = False
         while True:
             try:
                 fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
+                if not waiting:  # say so: a silent wait looked like a hang, then like a normal run
+                    waiting = True
+                    print(f"warpsvc-batch: {self.store.root} is locked by another run (or a killed run's "
+                          f"workers); waiting up to {self.wait:g} s", file=sys.stderr, flush=True)
                 if time.monotonic() >= deadline:
                     os.close(self._fd)
                     raise OSError(f"another warpsvc-batch run is writing to {self.store.root}") from None
