@@ -21,7 +21,7 @@ from tests.oracles import point_field, shrink3_homography
 from tests.test_antialias_speed_paths import CASES as MATRIX_CASES
 from tests.test_antialias_speed_paths import reference_scatter
 from warpsvc import AffineTransform, HomographyTransform, PolarTransform, compose, warp
-from warpsvc.core import _compiled, _splat_numpy, _splat_numpy_tiers, antialias, strips
+from warpsvc.core import _compiled, _splat_numpy, _splat_numpy_tiers, antialias, strips, threads
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -163,6 +163,27 @@ def test_non_finite_values_behind_the_horizon_deposit_nothing(monkeypatch):
     np.testing.assert_array_equal(scatter(bad), finite)
     tier0(monkeypatch)
     np.testing.assert_array_equal(scatter(bad), finite)
+
+
+@pytest.mark.parametrize("matrix", [[[1, 0, 0], [0, 1, 0], [0.2, 0.2, 0.01]], [[1, 0, 0], [0, 1, 0], [1, 0, -4]]])
+def test_every_block_beyond_a_horizon_balances_the_strips_without_failing(matrix):
+    """When no block of the source has a finite image box (every one reaches a horizon), the
+    strip-work estimate was an empty ``bincount`` (int64) and adding the horizon blocks' share
+    raised ``UFuncTypeError`` (INTERNAL over gRPC; found by a hostile-client test). Now the warp
+    runs, finite, and the same at one strip as at two (the split only balances the strips)."""
+    img = np.arange(48, dtype=np.float64).reshape(6, 8)
+    t = HomographyTransform(matrix)
+    p = antialias.plan(t, img.shape, (6, 8), 1, with_coverage=False)
+    assert not p.layout["finite"][p.block_nodes > 0].any()
+    outs = []
+    for n in (1, 2):
+        threads.set_threads(n, opencv=False)
+        try:
+            outs.append(warp(img, t, intensity="conserve", antialias=True))
+        finally:
+            threads.set_threads(None, opencv=False)
+    assert np.isfinite(outs[0]).all()
+    np.testing.assert_array_equal(outs[0], outs[1])
 
 
 def test_kernels_directly_layout_and_tent_sums():

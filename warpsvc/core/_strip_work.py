@@ -27,7 +27,7 @@ def _row_work(p, ho: int, blocks: slice = slice(None)) -> np.ndarray:  # p: anti
     # +dens at each box's first row, -dens past its last (bincount: ~10x faster than add.at;
     # the estimate only balances the strips, and the strips do not change the result)
     diff = np.bincount(r0, dens, ho + 1) - np.bincount(r1, dens, ho + 1)
-    work = np.cumsum(diff)[:ho]
+    work = np.cumsum(diff, dtype=np.float64)[:ho]  # (an empty bincount is int64: every block beyond a horizon)
     work += p.block_nodes[live & ~lay["finite"]].sum() / ho
     return np.maximum(work, 0.0) + 1.0  # +1: every row costs a little (empty rows included)
 
