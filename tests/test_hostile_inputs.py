@@ -447,6 +447,63 @@ def test_messages_over_the_size_limit(h, extra, rpc):
     h.refused(rpc, request, None, {EXHAUSTED})
 
 
+def test_results_at_the_message_limit_are_refused_before_computing(h):
+    """A result whose bytes fit the message limit but not with the message's framing failed in
+    gRPC's send ("Sent message larger than max (67108888 vs. 67108864)", no field) after the
+    work; found by a hostile-client test. Now refused up front, naming ``output_shape``: a raw
+    tensor of 114 x 126 x 73 uint8 = the limit - 4 bytes; one channel fewer is answered."""
+    limit = LIMITS["max_message_bytes"]
+    assert 114 * 126 * 73 == limit - 4 and 114 * 126 <= LIMITS["max_output_pixels"]
+    shape, one = pb.ImageSize(height=114, width=126), [affine(1, 0, 0, 0, 1, 0)]
+    err = h.refused("Warp", _warp(image=tensor(np.zeros((1, 1, 73), np.uint8)), transforms=one, output_shape=shape),
+                    "output_shape", {EXHAUSTED})
+    assert "message limit" in err.details()
+    ok = h.call("Warp", _warp(image=tensor(np.zeros((1, 1, 72), np.uint8)), transforms=one, output_shape=shape))
+    assert not isinstance(ok, grpc.RpcError)
+
+
+SMALL_MESSAGE = 200_000  # bytes; with 300 x 300 output pixels (4-channel float64: 2.9 MB raw)
+
+
+@pytest.fixture(scope="module")
+def small_server():
+    with hostile_server("--max-message-bytes", str(SMALL_MESSAGE), "--max-output-pixels", str(300 * 300)) as srv:
+        yield srv
+
+
+def test_maps_and_encoded_results_over_the_message_limit_are_refused_naming_a_field(small_server):
+    """Found by a hostile-client test: a Jacobian map of the limit minus its framing failed in
+    gRPC's send (no field), and its refusal hint named a ``response_form`` that RPC lacks; an
+    encoded response had no size check at all (a 2x2 float64 input asking for a 5792x5792 TIFF
+    took 35 s and 2.5 GB, then failed in the send). Now: the map refused before computing
+    (``output_shape``, a hint about ``dtype``); an encoded result whose raw bytes exceed 4
+    limits refused before computing (``output_shape``); one whose file exceeds the limit
+    refused once encoded (``response_form``); a small one answered."""
+    srv, one = small_server, [affine(1, 0, 0, 0, 1, 0)]
+    n = (SMALL_MESSAGE - 100) // 8  # a float64 map whose bytes fit, but not with the framing
+    out = srv.call("JacobianDeterminant", pb.JacobianDeterminantRequest(
+        transforms=SHIFT, output_shape=pb.ImageSize(height=1, width=n)), 20.0)
+    assert out.code is EXHAUSTED and out.field == "output_shape", (out.code, out.details, out.field)
+    assert "dtype float32" in out.details and "response_form" not in out.details
+    half = srv.call("JacobianDeterminant", pb.JacobianDeterminantRequest(
+        transforms=SHIFT, output_shape=pb.ImageSize(height=1, width=n), dtype=pb.DTYPE_FLOAT32), 20.0)
+    assert half.code is grpc.StatusCode.OK, (half.code, half.details)
+    tiny = tensor(np.full((2, 2, 4), 7.0))  # float64 RGBA
+    out = srv.call("Warp", _warp(image=tiny, transforms=[affine(150, 0, 0, 0, 150, 0)],
+                                 output_shape=pb.ImageSize(height=300, width=300),
+                                 response_form=pb.RESPONSE_FORM_TIFF), 20.0)
+    assert out.code is EXHAUSTED and out.field == "output_shape", (out.code, out.details, out.field)
+    assert out.elapsed < 2.0, out.elapsed  # refused before computing
+    noise = np.random.default_rng(0).integers(0, 256, (120, 120, 4), np.uint8)  # incompressible
+    request = _warp(image=tensor(noise), transforms=one, intensity=pb.INTENSITY_CONSERVE,
+                    response_form=pb.RESPONSE_FORM_TIFF)  # 120 x 120 x 4 float32: 230 KB raw and in TIFF
+    out = srv.call("Warp", request, 20.0)
+    assert out.code is EXHAUSTED and out.field == "response_form", (out.code, out.details, out.field)
+    small = srv.call("Warp", _warp(image=tensor(noise[:60, :60]), transforms=one, intensity=pb.INTENSITY_CONSERVE,
+                                   response_form=pb.RESPONSE_FORM_TIFF), 20.0)
+    assert small.code is grpc.StatusCode.OK, (small.code, small.details)
+
+
 @hypo(40)
 @given(data=st.binary(min_size=1, max_size=200), rpc=st.sampled_from(["Warp", "JacobianDeterminant", "Align"]))
 def test_garbage_messages(h, data, rpc):

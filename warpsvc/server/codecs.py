@@ -77,10 +77,42 @@ def check_pixels(shape, field: str, max_pixels: int, what: str) -> None:
                                  field=field)
 
 
-def check_bytes(nbytes: int, field: str, max_bytes: int, what: str) -> None:
-    if nbytes > max_bytes:
+# What a response message holds around its pixel bytes (tags, lengths, shape, dtype, format): a
+# result of exactly the limit's size failed in gRPC's send ("67108888 vs. 67108864") after the
+# work was done, so the checks keep this much room.
+RESPONSE_FRAMING_BYTES = 4096
+# An encoded response's raw result may exceed the message limit by this factor before computing
+# (PNG / JPEG / TIFF-LZW compress); the encoded file itself is checked once made (check_encoded).
+ENCODED_RAW_FACTOR = 4
+
+
+def check_bytes(nbytes: int, field: str, max_bytes: int, what: str,
+                hint: str = "ask for an encoded response_form") -> None:
+    """Refuse (``field``, RESOURCE_EXHAUSTED) a response payload of ``nbytes`` that, with its
+    framing, would not fit in a ``max_bytes`` message."""
+    if nbytes + RESPONSE_FRAMING_BYTES > max_bytes:
         raise ImageTooLargeError(f"{what} of {nbytes} bytes exceeds the {max_bytes}-byte message limit "
-                                 "(ask for an encoded response_form)", field=field)
+                                 f"({hint})", field=field)
+
+
+def check_encoded_raw(raw_bytes: int, form: str, max_bytes: int, what: str) -> None:
+    """Before computing an encoded response: its raw result over ``ENCODED_RAW_FACTOR`` message
+    limits is refused (``output_shape``), since no encoding would bring it under the limit for
+    ordinary content, and computing and encoding it cost seconds and gigabytes (a 2x2 float64
+    input asking for a 5792x5792 TIFF took 35 s and 2.5 GB, then failed in gRPC's send)."""
+    if raw_bytes > ENCODED_RAW_FACTOR * max_bytes:
+        raise ImageTooLargeError(f"{what}: {raw_bytes} bytes before {form} encoding, over "
+                                 f"{ENCODED_RAW_FACTOR}x the {max_bytes}-byte message limit (ask for a smaller "
+                                 "output_shape)", field="output_shape")
+
+
+def check_encoded(nbytes: int, form: str, max_bytes: int) -> None:
+    """The encoded response file, once made: over the message limit it is refused naming
+    ``response_form`` instead of failing in gRPC's send with no field."""
+    if nbytes + RESPONSE_FRAMING_BYTES > max_bytes:
+        raise ImageTooLargeError(f"the {form} result is {nbytes} bytes, over the {max_bytes}-byte message limit "
+                                 "(ask for a smaller output_shape or a more compact response_form)",
+                                 field="response_form")
 
 
 def decode_image(msg: pb.Image, payload, field: str, max_pixels: int, *, required: bool = True):
@@ -115,8 +147,9 @@ def check_encodable(form: str, dtype, channels: int) -> None:
             f"{channels} channels (ask for RESPONSE_FORM_TENSOR or TIFF)", field="response_form")
 
 
-def encode_image(arr: np.ndarray, form: str, *, jpeg_quality: int = 0) -> wire.Parts:
-    """``arr`` as a serialised ``Image`` in ``form`` (from :func:`response_format`)."""
+def encode_image(arr: np.ndarray, form: str, *, jpeg_quality: int = 0, max_bytes: int | None = None) -> wire.Parts:
+    """``arr`` as a serialised ``Image`` in ``form`` (from :func:`response_format`); with
+    ``max_bytes``, an encoded file over that message limit is refused (:func:`check_encoded`)."""
     if form == "tensor":
         return convert.image_parts(arr)
     check_encodable(form, arr.dtype, 1 if arr.ndim == 2 else arr.shape[2])
@@ -124,6 +157,8 @@ def encode_image(arr: np.ndarray, form: str, *, jpeg_quality: int = 0) -> wire.P
     ok, buf = cv2.imencode(FORMAT_EXT[form], arr, params)
     if not ok:  # pragma: no cover - dtype and channels were checked above
         raise RuntimeError(f"OpenCV could not encode the result as {form}")
+    if max_bytes is not None:
+        check_encoded(buf.size, form, max_bytes)
     data = declare_alpha(buf.tobytes()) if form == "tiff" else buf.tobytes()  # 4-channel: ExtraSamples
     encoded = pb.EncodedImage(format=vocab.IMAGE_FORMAT.to_wire(form), data=data)
     return wire.Parts.of(pb.Image(encoded=encoded))

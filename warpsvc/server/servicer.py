@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import functools
 
+import numpy as np
+
 import warpsvc
 from warpsvc.core.budget import WarpLimits
 from warpsvc.core.errors import CancelledError, DeadlineExceededError, InvalidArgumentError, WarpsvcError
@@ -84,7 +86,8 @@ class WarpServicer:
             out = warpsvc.warp(image, transform, shape, **options, limits=self.limits, poll=DeadlinePoll(context))
         record_pixels(out=_pixels(out.shape))
         with self.stage("encode"):
-            return codecs.encode_image(out, form, jpeg_quality=req.jpeg_quality).nested(WARP_RESPONSE_IMAGE)
+            return codecs.encode_image(out, form, jpeg_quality=req.jpeg_quality,
+                                       max_bytes=self.settings.max_message_bytes).nested(WARP_RESPONSE_IMAGE)
 
     @rpc
     def JacobianDeterminant(self, call: wire.Received, context) -> wire.Parts:
@@ -96,10 +99,14 @@ class WarpServicer:
             shape = convert.shape(req.output_shape)
             codecs.check_pixels(shape, "output_shape", self.settings.max_output_pixels, "output")
             dtype = vocab.DTYPE.from_wire(req.dtype)
+            itemsize = np.dtype(np.float64 if dtype is vocab.DEFAULT else dtype).itemsize
+            codecs.check_bytes(_pixels(shape) * itemsize, "output_shape", self.settings.max_message_bytes,
+                               f"a {shape[0]}x{shape[1]} map", hint="ask for dtype float32 or a smaller output_shape")
         with self.stage("compute"):
             det = warpsvc.jacobian_determinant(transform, shape, limits=self.limits, poll=DeadlinePoll(context),
                                                **({} if dtype is vocab.DEFAULT else {"dtype": dtype}))
-        codecs.check_bytes(det.nbytes, "output_shape", self.settings.max_message_bytes, "the map")
+        codecs.check_bytes(det.nbytes, "output_shape", self.settings.max_message_bytes, "the map",
+                           hint="ask for dtype float32 or a smaller output_shape")
         record_pixels(out=_pixels(det.shape))
         with self.stage("encode"):
             return convert.tensor_parts(det).nested(DET_RESPONSE_TENSOR)
@@ -133,6 +140,8 @@ class WarpServicer:
                                self.settings.max_message_bytes, f"a {shape[0]}x{shape[1]}x{channels} {dtype} tensor")
         else:
             codecs.check_encodable(form, dtype, channels)
+            codecs.check_encoded_raw(_pixels(shape) * channels * dtype.itemsize, form, self.settings.max_message_bytes,
+                                     f"a {shape[0]}x{shape[1]}x{channels} {dtype} result")
 
 
 def _pixels(shape) -> int:
