@@ -6,6 +6,8 @@ the same bilinear sampling the aligner uses, so the true warp gives a zero resid
 recovered corners must match to far better than the 0.01 px tolerance we assert.
 """
 
+import math
+
 import cv2
 import numpy as np
 import pytest
@@ -207,6 +209,52 @@ def test_flat_template_reports_reason(camera):
     assert not result.converged
     assert result.reason == "flat_template"
     assert np.allclose(result.matrix, start())
+
+
+@pytest.mark.parametrize("search", ["auto", "global", "local"])
+@pytest.mark.parametrize("value,dtype", [(77, np.uint8), (0, np.uint8), (3.5, np.float32)])
+def test_flat_template_without_a_start_reports_it_whatever_the_search(camera, search, value, dtype):
+    """With no ``init`` the default search used to report ``low_correlation`` and a spurious
+    shift for a constant template (its coarse-gated solve stopped before the flatness check,
+    then the global search made something up; found by a hostile-client test)."""
+    result = align(np.full(TEMPLATE, value, dtype), camera.astype(np.float32), "affine", search=search)
+    assert not result.converged and result.reason == "flat_template", result.reason
+    np.testing.assert_array_equal(result.matrix, np.eye(3))
+
+
+@pytest.mark.parametrize("unit", [1e-30, 1e-10, 1e18, 1e30])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_float_images_in_any_intensity_unit_align_like_the_usual_range(camera, unit, dtype):
+    """Pixel values of 1e18 and up overflowed the float32 Hessian (``flat_template``; from 1e20
+    the noise-share eigensolver raised, INTERNAL over gRPC) and values of 1e-10 and below lost
+    the problem (found by a hostile-client test). They are rescaled by a power of two
+    (:mod:`warpsvc.core.align.intensity_scale`): the matrix is bit for bit that of the same
+    images handed over already scaled into range, and the intensity-valued statistics come back
+    in the caller's unit."""
+    from warpsvc.core.align.intensity_scale import scale_for
+
+    truth = true_warp("homography")
+    tmpl = cut(camera, truth).astype(np.float64) / 255.0 * unit
+    image = (camera.astype(np.float64) / 255.0 * 0.9 + 0.05) * unit  # gain and bias
+    tmpl, image = tmpl.astype(dtype), image.astype(dtype)
+    got = align(tmpl, image, "homography", start())
+    s = scale_for(tmpl)
+    assert s != 1.0 and math.log2(s) == round(math.log2(s))
+    ref = align(tmpl * dtype(s), image * dtype(s), "homography", start())  # in range: not rescaled
+    assert got.converged and ref.converged
+    np.testing.assert_array_equal(got.matrix, ref.matrix)
+    assert corner_error(got, truth) < 0.05
+    assert got.rms_error == pytest.approx(ref.rms_error / s, rel=1e-12)
+    assert got.bias[0] == pytest.approx(ref.bias[0] / s, rel=1e-12) and got.gain == ref.gain
+
+
+def test_usual_intensity_ranges_are_not_rescaled():
+    from warpsvc.core.align.intensity_scale import scale_for
+
+    for peak in (1 / 255.0, 1.0, 255.0, 65535.0, 2.0 ** 20):
+        assert scale_for(np.array([[0.0, peak]], np.float32)) == 1.0
+    assert scale_for(np.array([[np.nan, 0.0]])) == 1.0
+    assert scale_for(np.array([[3e-3, 1e25]])) == 2.0 ** (7 - 83)  # 1e25 = 1.03 * 2^83
 
 
 def test_all_nan_template(camera):

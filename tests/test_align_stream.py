@@ -224,3 +224,40 @@ def test_node_bidi_stream(server, bad):
         assert out["error"]["code"] == 3 and out["error"]["details"].startswith("frame[5].image.tensor.data:")
     else:
         assert "error" not in out
+
+
+@pytest.mark.parametrize("how", ["deadline", "cancel"])
+def test_a_stream_the_client_ends_while_idle_is_logged_with_its_real_status(how, caplog):
+    """A client that sends the setup and a frame, then neither sends nor half-closes, and ends
+    the call by its deadline or by cancelling it: the server's access log (and metrics) said OK,
+    or INTERNAL with a traceback when the request iterator raised (found by a hostile-client
+    test). Now DEADLINE_EXCEEDED / CANCELLED."""
+    import logging
+    import threading
+
+    release = threading.Event()
+
+    def frames():
+        yield FRAMES[1]
+        release.wait(10)  # idle: no frame, no half-close
+
+    caplog.set_level(logging.INFO, logger="warpsvc.access")
+    with inprocess_server(threads=2) as srv, WarpClient(f"127.0.0.1:{srv.port}", retries=1) as client:
+        if how == "deadline":
+            with pytest.raises(grpc.RpcError) as info:
+                list(client.align_stream(frames(), FRAMES[0], timeout=1.0))
+            assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        else:
+            it = client.align_stream(frames(), FRAMES[0], timeout=30)
+            assert next(it).registered  # frame 1's result: the stream is set up, now idle
+            time.sleep(0.3)
+            it.close()  # the client generator's finally cancels the call
+        release.set()
+        deadline = time.monotonic() + 5
+        lines = []
+        while time.monotonic() < deadline and not lines:
+            lines = [json.loads(r.getMessage()) for r in caplog.records
+                     if r.name == "warpsvc.access" and "AlignStream" in r.getMessage()]
+            time.sleep(0.05)
+    assert lines, "no access-log line for the stream"
+    assert lines[-1]["status"] == ("DEADLINE_EXCEEDED" if how == "deadline" else "CANCELLED"), lines[-1]

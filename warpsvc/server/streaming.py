@@ -99,7 +99,8 @@ def align_stream(settings, requests, context):
         requests = iter(requests)
         first = next(requests, None)
         if first is None:
-            raise InvalidArgumentError("the stream ended before its setup message", field="setup")
+            raise _ended_by_client(context) or InvalidArgumentError("the stream ended before its setup message",
+                                                                    field="setup")
         aligner, ref_index = _aligner(first, settings)
         if ref_index is not None:
             yield stream.frame_response(aligner.reference_result())
@@ -128,12 +129,32 @@ def align_stream(settings, requests, context):
                     raise DeadlineExceededError(f"the call's deadline stopped the alignment of {field}")
                 raise CancelledError(f"the call was cancelled during {field}")
             yield stream.frame_response(result)
+        gone = _ended_by_client(context)  # the requests ended because the client went away
+        if gone is not None:
+            raise gone
     except stream_gate.StreamCancelled as exc:  # the drain grace is over
         import grpc
 
         context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
     except Exception as exc:  # noqa: BLE001 - every failure becomes the call's status
+        import grpc
+
+        if isinstance(exc, grpc.RpcError):  # raised by the request iterator: the call ended under it
+            exc = _ended_by_client(context) or exc
         context.abort_with_status(status.to_status(exc))
+
+
+def _ended_by_client(context):
+    """The error for a stream whose client ended it while the handler waited for a message --
+    ``DeadlineExceededError`` past the deadline, else ``CancelledError`` -- or ``None`` while the
+    call is active. Without it such streams were logged (and counted) ``OK``, or ``INTERNAL``
+    when the request iterator raised (found by a hostile-client test)."""
+    if context.is_active():
+        return None
+    remaining = context.time_remaining()
+    if remaining is not None and remaining <= 0:
+        return DeadlineExceededError("the call's deadline passed while the stream waited for a message")
+    return CancelledError("the client cancelled the stream while it waited for a message")
 
 
 def handlers(settings) -> dict:

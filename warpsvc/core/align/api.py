@@ -13,6 +13,7 @@ from ..transforms import Transform
 from ..transforms.matrix import _check_matrix
 from ..transforms.models import submodel_columns
 from ..validate import check_image
+from . import intensity_scale
 from .chart import make_chart
 from .covariance import coarse_check_zncc, final_statistics, level_noise_variance, template_noise_share, zncc
 from .denoise import MIN_NOISE_RATIO, NOISE_DOMINATED
@@ -143,6 +144,9 @@ def align(
     clock = Clock(opts.time_budget, opts.should_stop)
     tmpl = prepare(template, template_mask, "template", "template_mask")
     full = check_image(image, "image")
+    scale = intensity_scale.scale_for(tmpl)  # 1 for the usual ranges (.intensity_scale)
+    if scale != 1.0:
+        tmpl, image = tmpl * np.float32(scale), intensity_scale.scaled(full, scale)
     if image_mask is not None and np.shape(image_mask) != full.shape[:2]:
         raise InvalidImageError(
             f"image_mask must have shape {full.shape[:2]} (the image's H, W), got {np.shape(image_mask)}",
@@ -151,6 +155,11 @@ def align(
         raise InvalidImageError(
             f"image has {full.shape[2]} channels but template has {tmpl.shape[2]}", field="image"
         )
+    return intensity_scale.unscaled(_search(tmpl, image, image_mask, init, opts, clock), scale)
+
+
+def _search(tmpl, image, image_mask, init, opts, clock) -> AlignResult:
+    """:func:`align` after validation: the start (``init``, or the search) and the solve."""
     if opts.channels == "mean" and tmpl.shape[2] > 1:
         # One grey channel (the channel mean, NaN where any channel is missing): C-channel
         # steepest-descent images cost C times the grey ones; the mean also averages the
@@ -162,6 +171,8 @@ def align(
         if opts.search == "global":
             raise InvalidArgumentError("search='global' finds its own start: pass init=None", field="search")
         return _solve(tmpl, image, image_mask, _initial_warp(init), opts, clock, Start.INIT)
+    if _constant(tmpl):  # no start can constrain a constant template: the local solve reports it
+        return _solve(tmpl, image, image_mask, np.eye(3), opts, clock, Start.IDENTITY)
     if opts.search == "global":
         found, complete = _global(tmpl, image, image_mask, opts, clock)
         if found is None:
@@ -190,6 +201,15 @@ def align(
         return stopped[-1]
     best = closest_failure(failures)
     return best if complete else _cut_short(best, clock)
+
+
+def _constant(tmpl: np.ndarray) -> bool:
+    """Every usable (finite) template value the same, or none: ``flat_template`` whatever the
+    start. Checked before any search: the coarse-gated solve of ``search="auto"`` stopped at
+    its gate (NaN correlation) before the finest level's flatness check, and the global search
+    then reported ``low_correlation`` with a spurious shift (found by a hostile-client test)."""
+    finite = tmpl[np.isfinite(tmpl)]
+    return finite.size == 0 or bool(finite.min() == finite.max())
 
 
 def _cut_short(result: AlignResult, clock: Clock) -> AlignResult:

@@ -348,7 +348,12 @@ def _noise_share(H, noise) -> float:
     except np.linalg.LinAlgError:
         return float("inf")
     m = np.linalg.solve(chol, np.linalg.solve(chol, noise).T)
-    return float(np.linalg.eigvalsh(0.5 * (m + m.T))[-1])
+    if not np.isfinite(m).all():  # values so large that the products overflowed (pixels ~1e20 and up)
+        return float("inf")
+    try:
+        return float(np.linalg.eigvalsh(0.5 * (m + m.T))[-1])
+    except np.linalg.LinAlgError:  # LAPACK did not converge: as undecided as a singular H
+        return float("inf")
 
 
 def _positive_definite(m) -> bool:
