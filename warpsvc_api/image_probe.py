@@ -50,6 +50,7 @@ the probe refuses those first (the server also lowers OpenCV's pixel cap to its 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import struct
 from dataclasses import dataclass
@@ -94,6 +95,8 @@ class ImageCost:
     buffer_bytes: int
     decode_work: int
     scans: int = 1
+    pages: int = 1  # TIFF: directories in the file (the decoder reads the first only)
+    orientation: int = 1  # EXIF / TIFF Orientation (1: as stored; the decoder does not apply it)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -238,6 +241,7 @@ def _next_marker(data: bytes, arr: np.ndarray, pos: int) -> int | None:
 def _probe_jpeg(data: bytes, limits: ProbeLimits, field: str) -> ImageCost:
     frame = None  # (precision, height, width, components [(h, v)])
     scans = segments = 0
+    orientation = None
     pos, n = 2, len(data)
     arr = np.frombuffer(data, np.uint8)
     while True:
@@ -260,6 +264,8 @@ def _probe_jpeg(data: bytes, limits: ProbeLimits, field: str) -> ImageCost:
         if length < 2:
             raise _invalid(field, f"JPEG segment FF{marker:02X} with length {length}")
         body = data[pos + 4:pos + 2 + length]
+        if marker == APP1 and body[:6] == b"Exif\x00\x00" and orientation is None:
+            orientation = exif_orientation(body[6:])
         if marker in SOF_MARKERS:
             if frame is not None:
                 raise _invalid(field, "JPEG with two SOF markers (libjpeg refuses it)")
@@ -277,7 +283,25 @@ def _probe_jpeg(data: bytes, limits: ProbeLimits, field: str) -> ImageCost:
     channels = 1 if len(comps) == 1 else 3  # libjpeg converts YCbCr and CMYK/YCCK to BGR
     buffer = _coefficient_bytes(h, w, comps) if (marker in PROGRESSIVE_SOF or scans > 1) else 0
     return ImageCost("jpeg", h, w, channels, np.dtype(np.uint8), buffer_bytes=buffer,
-                     decode_work=max(scans, 1) * h * w, scans=max(scans, 1))
+                     decode_work=max(scans, 1) * h * w, scans=max(scans, 1), orientation=orientation or 1)
+
+
+APP1 = 0xE1
+TAG_ORIENTATION = 274
+
+
+def exif_orientation(tiff: bytes) -> int:
+    """The Orientation (1-8) of an EXIF block (a little TIFF file: header, IFD0), 1 when absent
+    or malformed: a bad EXIF block is not the image's problem, libjpeg ignores it too."""
+    if len(tiff) < 8 or tiff[:4] not in (b"II*\x00", b"MM\x00*"):
+        return 1
+    end = "<" if tiff[:2] == b"II" else ">"
+    try:
+        value = _Ifd(tiff, end, False, struct.unpack(end + "I", tiff[4:8])[0], "exif").scalar(TAG_ORIENTATION, 1,
+                                                                                              bits=16)
+    except InvalidImageError:
+        return 1
+    return value if 1 <= value <= 8 else 1
 
 
 def _jpeg_frame(marker: int, body: bytes, field: str):
@@ -401,12 +425,18 @@ def _probe_tiff(data: bytes, limits: ProbeLimits, field: str) -> ImageCost:
             raise _invalid(field, "truncated TIFF header")
         (first,) = struct.unpack(end + "I", data[4:8])
     ifd = _Ifd(data, end, big, first, field)
-    _walk_ifds(ifd, limits, field)
-    return _tiff_cost(ifd, data, field)
+    pages = _walk_ifds(ifd, limits, field)
+    try:
+        orientation = ifd.scalar(TAG_ORIENTATION, 1, bits=16)
+    except InvalidImageError:  # a malformed tag libtiff would only warn about
+        orientation = 1
+    return dataclasses.replace(_tiff_cost(ifd, data, field), pages=pages,
+                               orientation=orientation if 1 <= orientation <= 8 else 1)
 
 
-def _walk_ifds(ifd: _Ifd, limits: ProbeLimits, field: str) -> None:
-    """Follow the IFD chain (libtiff counts every directory on open) at most ``max_tiff_ifds`` deep."""
+def _walk_ifds(ifd: _Ifd, limits: ProbeLimits, field: str) -> int:
+    """Follow the IFD chain (libtiff counts every directory on open) at most ``max_tiff_ifds``
+    deep; returns the directories found."""
     seen, nxt = 1, ifd.next
     offsets = {nxt}
     head = 8 if ifd.big else 2
@@ -414,17 +444,18 @@ def _walk_ifds(ifd: _Ifd, limits: ProbeLimits, field: str) -> None:
         if seen >= limits.max_tiff_ifds:
             raise _invalid(field, f"more than {limits.max_tiff_ifds} TIFF directories")
         if nxt + head > len(ifd.data):
-            return  # libtiff stops at a bad offset
+            return seen  # libtiff stops at a bad offset
         (count,) = struct.unpack(ifd.end + ("Q" if ifd.big else "H"), ifd.data[nxt:nxt + head])
         at = nxt + head + count * (20 if ifd.big else 12)
         size = 8 if ifd.big else 4
         if at + size > len(ifd.data):
-            return
+            return seen
         (nxt,) = struct.unpack(ifd.end + ("Q" if ifd.big else "I"), ifd.data[at:at + size])
-        if nxt in offsets:
-            return  # a loop: libtiff detects it and stops
-        offsets.add(nxt)
         seen += 1
+        if nxt in offsets:
+            return seen  # a loop: libtiff detects it and stops
+        offsets.add(nxt)
+    return seen
 
 
 def _tiff_cost(ifd: _Ifd, data: bytes, field: str) -> ImageCost:

@@ -416,6 +416,11 @@ def _summary(spec, counts, manifest_name: str, report_note: str) -> None:
         print(f"FAILED {printable(rec.input)}: {printable(rec.error)}", file=sys.stderr)
     if len(counts.failures) > 10:
         print(f"... and {len(counts.failures) - 10} more failures (see the manifest)", file=sys.stderr)
+    noted = counts.noted
+    for rec in noted[:3]:
+        print(f"NOTE {printable(rec.input)}: {printable('; '.join(rec.notes))}", file=sys.stderr)
+    if len(noted) > 3:
+        print(f"... and {len(noted) - 3} more notes (see the manifest)", file=sys.stderr)
     extra = f", {counts.unconverged} not converged" if spec.job == "align" else ""
     print(f"warpsvc-batch {spec.job}: {counts.ok} ok, {counts.failed} failed, {counts.skipped} skipped{extra} "
           f"of {counts.total} images in {counts.elapsed:.1f} s ({counts.rate():.1f} images/s); "

@@ -211,6 +211,25 @@ def transform_record(transform) -> dict:
     return {}
 
 
+ORIENTATIONS = {2: "mirrored", 3: "rotated 180 degrees", 4: "flipped", 5: "transposed", 6: "rotated 90 degrees clockwise",
+                7: "transversed", 8: "rotated 90 degrees counter-clockwise"}
+
+
+def input_notes(cost: ImageCost) -> list[str]:
+    """What an output leaves out of its input, for the record's ``notes``: the decoder (OpenCV's
+    ``IMREAD_UNCHANGED``, the server's too) reads a TIFF's first directory only and does not
+    apply an EXIF / TIFF orientation, so the work is on the first page's pixels as stored.
+    Found by a new-user test: both were silent (a 3-page TIFF gave one page, an Orientation=6
+    JPEG an output displayed 90 degrees off its input)."""
+    notes = []
+    if cost.pages > 1:
+        notes.append(f"TIFF with {cost.pages} directories (pages): only the first was read")
+    if cost.orientation != 1:
+        notes.append(f"orientation tag {cost.orientation} ({ORIENTATIONS[cost.orientation]} for display) not "
+                     "applied: the work is on the pixels as stored, and the output carries no orientation tag")
+    return notes
+
+
 SETTINGS_VERSION = 1  # bump when the meaning of an output for the same settings changes
 
 
@@ -290,6 +309,9 @@ def _work(task: Task, spec: JobSpec, engine, ctx: CallContext, res: _Result, tim
     fmt = output_format(task.output)
     transform = task.transform if task.transform is not None else spec.transform
     f = res.fields
+    notes = input_notes(image.cost)
+    if notes:
+        f["notes"] = notes
     if spec.job == "warp":
         res.out = engine.warp(image, transform, spec.warp, fmt, ctx)
         f.update(transform_record(transform))

@@ -43,6 +43,7 @@ class Counts:
     unconverged: int = 0
     elapsed: float = 0.0
     failures: list = field(default_factory=list)
+    noted: list = field(default_factory=list)  # ok records with notes (jobs.input_notes)
     sync_failed: bool = False     # the manifest's final fsync failed (records may not be durable)
 
     @property
@@ -53,6 +54,8 @@ class Counts:
         if rec.ok:
             self.ok += 1
             self.unconverged += rec.unconverged
+            if rec.notes:
+                self.noted.append(rec)
         else:
             self.failed += 1
             self.failures.append(rec)

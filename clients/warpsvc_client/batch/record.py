@@ -14,12 +14,14 @@ Every record -- a finished image, a refused name, an image whose worker died -- 
     polar, chain       a polar transform's parameters, a chain's steps (instead of matrix)
     convergence        align: converged, reason, iterations, rms_error, zncc, overlap, ...
     shape, dtype       jacobian: the map's
+    notes              what the output leaves out of the input (a multi-page TIFF's other pages,
+                       an EXIF orientation not applied)
     settings           a digest of what made the output (job, options, the transform or the
                        reference's SHA-256): ``--resume`` re-uses an output only for the same
                        digest (:func:`.jobs.settings_digest`)
     timings            seconds: read, compute, write, total
 
-Optional fields (``retried``, ``polar``, ``chain``, ``shape``, ``dtype``, ``settings``) are left out when empty;
+Optional fields (``retried``, ``polar``, ``chain``, ``shape``, ``dtype``, ``notes``, ``settings``) are left out when empty;
 non-finite numbers become ``null`` (strict JSON).
 """
 
@@ -32,9 +34,9 @@ from dataclasses import dataclass
 
 ALWAYS = ("input", "output", "status", "error", "job", "target", "attempts", "bytes", "sha256", "matrix",
           "inverse", "convergence", "timings")
-OPTIONAL = ("retried", "polar", "chain", "shape", "dtype", "settings")
+OPTIONAL = ("retried", "polar", "chain", "shape", "dtype", "notes", "settings")
 ORDER = ("input", "output", "status", "error", "job", "target", "attempts", "retried", "bytes", "sha256", "matrix",
-         "inverse", "polar", "chain", "convergence", "shape", "dtype", "settings", "timings")
+         "inverse", "polar", "chain", "convergence", "shape", "dtype", "notes", "settings", "timings")
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,7 @@ class Record:
     convergence: dict | None = None
     shape: list | None = None
     dtype: str | None = None
+    notes: list | None = None
     settings: str | None = None
     timings: Timings = Timings()
 

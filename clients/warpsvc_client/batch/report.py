@@ -269,7 +269,7 @@ def write(spec, engine, records, counts, *, limit: int = 24, command: str = ""):
     ok = [r for r in records if r.ok][:limit]
     raw, notes = {}, {}
     for rec in ok:
-        remarks = []
+        remarks = list(rec.notes or [])
         try:
             raw[rec.input] = _panels(rec, spec, engine, remarks)
         except Exception as err:  # noqa: BLE001 - a picture that cannot be made is noted, not fatal
