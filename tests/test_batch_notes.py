@@ -1,6 +1,6 @@
 """What an output leaves out of its input is said, not silent (found by a new-user test): a
-multi-page TIFF's other pages (the decoder reads the first directory only) and an EXIF / TIFF
-orientation the decoder does not apply. The header probe counts the pages and reads the tag;
+multi-page TIFF's other pages (the decoder reads the first directory only) and a JPEG's EXIF
+orientation, which the decoder does not apply (a TIFF's it does). The header probe counts the pages and reads the tag;
 ``warpsvc-batch`` records them as ``notes`` (manifest, stderr, report)."""
 
 from __future__ import annotations
@@ -47,9 +47,12 @@ def test_the_probe_counts_tiff_pages_and_reads_the_orientation():
     for o in range(1, 9):
         assert probe_image(_jpeg(o)).orientation == o
     assert probe_image(_jpeg(None)).orientation == 1
-    buf = io.BytesIO()
-    tifffile.imwrite(buf, np.zeros((4, 5), np.uint8), extratags=[(274, 3, 1, 6, True)])
-    assert probe_image(buf.getvalue()).orientation == 6
+    buf = io.BytesIO()  # a TIFF's Orientation OpenCV applies itself: nothing to note
+    tifffile.imwrite(buf, np.arange(20, dtype=np.uint8).reshape(4, 5), extratags=[(274, 3, 1, 6, True)])
+    assert probe_image(buf.getvalue()).orientation == 1
+    assert cv2.imdecode(np.frombuffer(buf.getvalue(), np.uint8), cv2.IMREAD_UNCHANGED).shape == (5, 4)
+    jpeg = _jpeg(6)  # a JPEG's EXIF orientation imdecode(IMREAD_UNCHANGED) leaves as stored
+    assert cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_UNCHANGED).shape == (300, 451, 3)
     for junk in (b"", b"II*\x00", b"II*\x00\xff\xff\xff\xff", b"MM\x00*\x00\x00\x00\x08\x00"):
         assert exif_orientation(junk) == 1  # a malformed EXIF block is ignored, as libjpeg does
 

@@ -96,7 +96,8 @@ class ImageCost:
     decode_work: int
     scans: int = 1
     pages: int = 1  # TIFF: directories in the file (the decoder reads the first only)
-    orientation: int = 1  # EXIF / TIFF Orientation (1: as stored; the decoder does not apply it)
+    orientation: int = 1  # a JPEG's EXIF Orientation, which ``imdecode(IMREAD_UNCHANGED)`` does not apply
+    # (a TIFF's own Orientation tag it applies, transposing where needed: see _tiff_cost)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -286,8 +287,7 @@ def _probe_jpeg(data: bytes, limits: ProbeLimits, field: str) -> ImageCost:
                      decode_work=max(scans, 1) * h * w, scans=max(scans, 1), orientation=orientation or 1)
 
 
-APP1 = 0xE1
-TAG_ORIENTATION = 274
+APP1 = 0xE1  # (TAG_ORIENTATION: with the TIFF tags below; EXIF IFD0 uses TIFF's tag numbers)
 
 
 def exif_orientation(tiff: bytes) -> int:
@@ -426,12 +426,7 @@ def _probe_tiff(data: bytes, limits: ProbeLimits, field: str) -> ImageCost:
         (first,) = struct.unpack(end + "I", data[4:8])
     ifd = _Ifd(data, end, big, first, field)
     pages = _walk_ifds(ifd, limits, field)
-    try:
-        orientation = ifd.scalar(TAG_ORIENTATION, 1, bits=16)
-    except InvalidImageError:  # a malformed tag libtiff would only warn about
-        orientation = 1
-    return dataclasses.replace(_tiff_cost(ifd, data, field), pages=pages,
-                               orientation=orientation if 1 <= orientation <= 8 else 1)
+    return dataclasses.replace(_tiff_cost(ifd, data, field), pages=pages)  # (OpenCV applies a TIFF's orientation)
 
 
 def _walk_ifds(ifd: _Ifd, limits: ProbeLimits, field: str) -> int:

@@ -218,7 +218,7 @@ ORIENTATIONS = {2: "mirrored", 3: "rotated 180 degrees", 4: "flipped", 5: "trans
 def input_notes(cost: ImageCost) -> list[str]:
     """What an output leaves out of its input, for the record's ``notes``: the decoder (OpenCV's
     ``IMREAD_UNCHANGED``, the server's too) reads a TIFF's first directory only and does not
-    apply an EXIF / TIFF orientation, so the work is on the first page's pixels as stored.
+    apply a JPEG's EXIF orientation (a TIFF's it does), so the work is on those pixels as stored.
     Found by a new-user test: both were silent (a 3-page TIFF gave one page, an Orientation=6
     JPEG an output displayed 90 degrees off its input)."""
     notes = []

@@ -15,7 +15,7 @@ Every record -- a finished image, a refused name, an image whose worker died -- 
     convergence        align: converged, reason, iterations, rms_error, zncc, overlap, ...
     shape, dtype       jacobian: the map's
     notes              what the output leaves out of the input (a multi-page TIFF's other pages,
-                       an EXIF orientation not applied)
+                       a JPEG's EXIF orientation not applied)
     settings           a digest of what made the output (job, options, the transform or the
                        reference's SHA-256): ``--resume`` re-uses an output only for the same
                        digest (:func:`.jobs.settings_digest`)
