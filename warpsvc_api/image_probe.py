@@ -96,6 +96,7 @@ class ImageCost:
     decode_work: int
     scans: int = 1
     pages: int = 1  # TIFF: directories in the file (the decoder reads the first only)
+    alpha: bool = False  # the 4th decoded channel is alpha (PNG with alpha / tRNS; RGB TIFF, alpha ExtraSample or none)
     orientation: int = 1  # a JPEG's EXIF Orientation, which ``imdecode(IMREAD_UNCHANGED)`` does not apply
     # (a TIFF's own Orientation tag it applies, transposing where needed: see _tiff_cost)
 
@@ -203,7 +204,8 @@ def _probe_png(data: bytes, limits: ProbeLimits, field: str) -> ImageCost:
     channels = with_trns if trns else plain
     dtype = np.dtype(np.uint16 if depth == 16 else np.uint8)
     out = h * w * channels * dtype.itemsize
-    return ImageCost("png", h, w, channels, dtype, buffer_bytes=2 * out if animated else 0, decode_work=h * w)
+    return ImageCost("png", h, w, channels, dtype, buffer_bytes=2 * out if animated else 0, decode_work=h * w,
+                     alpha=channels == 4)
 
 
 # -- JPEG -----------------------------------------------------------------------------------------
@@ -487,7 +489,17 @@ def _tiff_cost(ifd: _Ifd, data: bytes, field: str) -> ImageCost:
     work = h * w
     if compression == 7:  # JPEG-compressed strips/tiles: each SOS visits at most one tile
         work = max(work, jpeg_scan_count(data) * tw * th)
-    return ImageCost("tiff", h, w, channels, dtype, buffer_bytes=buffer, decode_work=work)
+    return ImageCost("tiff", h, w, channels, dtype, buffer_bytes=buffer, decode_work=work,
+                     alpha=channels == 4 and photometric == PHOTOMETRIC_RGB and _declared_extra(ifd) != 0)
+
+
+def _declared_extra(ifd: _Ifd) -> int | None:
+    """The first ExtraSamples value (0 unspecified, 1 associated alpha, 2 unassociated alpha),
+    ``None`` when the tag is absent or malformed (OpenCV's own RGBA TIFFs leave it out)."""
+    try:
+        return (ifd.values(TAG_EXTRA) or [None])[0]
+    except InvalidImageError:
+        return None
 
 
 def _tiff_output_type(photometric: int, spp: int, bits: int, fmt: int, field: str):

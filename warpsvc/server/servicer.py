@@ -17,7 +17,8 @@ import warpsvc
 from warpsvc.core.budget import WarpLimits
 from warpsvc.core.errors import CancelledError, DeadlineExceededError, InvalidArgumentError, WarpsvcError
 from warpsvc.core.validate import output_dtype
-from warpsvc_api import convert, status, vocab, wire
+from warpsvc_api import convert, image_probe, status, vocab, wire
+from warpsvc_api.alpha_warp import warp_keeping_alpha
 from warpsvc_api.v1 import warp_pb2 as pb
 
 from . import codecs
@@ -82,8 +83,10 @@ class WarpServicer:
                 transform.default_output_shape(image.shape[:2])
             self._check_output(shape, image, output_dtype(image.dtype, **_dtype_options(options)), form)
         record_pixels(inp=_pixels(image.shape))
+        alpha = _file_alpha(req.image, image, options)
         with self.stage("compute"):
-            out = warpsvc.warp(image, transform, shape, **options, limits=self.limits, poll=DeadlinePoll(context))
+            out = warp_keeping_alpha(image, transform, shape, alpha=alpha, **options, limits=self.limits,
+                                     poll=DeadlinePoll(context))
         record_pixels(out=_pixels(out.shape))
         with self.stage("encode"):
             return codecs.encode_image(out, form, jpeg_quality=req.jpeg_quality,
@@ -146,6 +149,15 @@ class WarpServicer:
 
 def _pixels(shape) -> int:
     return int(shape[0]) * int(shape[1])
+
+
+def _file_alpha(msg: pb.Image, image: np.ndarray, options: dict) -> bool:
+    """Whether a conserving warp must keep the 4th channel as alpha (:mod:`warpsvc_api.alpha_warp`):
+    an encoded 4-channel input whose file says so (its header, probed again: a few chunks)."""
+    if options.get("intensity") != "conserve" or image.ndim != 3 or image.shape[2] != 4 \
+            or msg.WhichOneof("kind") != "encoded":
+        return False
+    return image_probe.probe_image(msg.encoded.data).alpha
 
 
 def _dtype_options(options: dict) -> dict:

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from warpsvc.core.errors import InvalidArgumentError, InvalidImageError
+from warpsvc_api.alpha_warp import warp_keeping_alpha
 from warpsvc_api.tiff_alpha import declare_alpha
 
 from .jobs import CallContext, EncodedImage, decode_image
@@ -101,9 +102,8 @@ class LocalEngine:
         return self._reference[1]
 
     def warp(self, image: EncodedImage, transform, opts, fmt: str, ctx: CallContext) -> bytes:
-        import warpsvc
-
-        out = warpsvc.warp(self._decode(image), transform, opts.output_shape, **opts.kwargs())
+        out = warp_keeping_alpha(self._decode(image), transform, opts.output_shape, alpha=image.cost.alpha,
+                                 **opts.kwargs())
         self._last = (None, None)
         return encode(out, fmt, opts.jpeg_quality)
 
