@@ -462,6 +462,20 @@ def test_results_at_the_message_limit_are_refused_before_computing(h):
     assert not isinstance(ok, grpc.RpcError)
 
 
+def test_an_empty_file_is_called_empty(h, tmp_path):
+    """A zero-byte file was "not a PNG, JPEG or TIFF file (unrecognised signature)" (found by a
+    new-user test); now "an empty file (0 bytes)", on the server and in warpsvc-batch alike."""
+    err = h.refused("Warp", _warp(image=pb.Image(encoded=pb.EncodedImage(data=b""))), "image.encoded.data", {INVALID})
+    assert "an empty file (0 bytes)" in err.details()
+    from test_batch_helpers import read_manifest, run_batch
+
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "zero.png").write_bytes(b"")
+    res = run_batch("warp", tmp_path / "in", tmp_path / "out", "--matrix", "1,0,0,0,1,0", "--no-report")
+    [rec] = read_manifest(tmp_path / "out" / "manifest.jsonl")
+    assert res.returncode == 1 and "an empty file (0 bytes)" in rec["error"], rec["error"]
+
+
 def test_transform_lists_are_capped(h):
     """50 000 adjacent matrices (4 MB) took 3.3 s of composing, deadline unheeded, since the
     chain limit counts a run of matrices as one step (found by a hostile-client test): more than

@@ -125,13 +125,18 @@ def sniff(data: bytes | memoryview) -> str | None:
     return next((fmt for magic, fmt in SIGNATURES if head.startswith(magic)), None)
 
 
+def unrecognised(data: bytes) -> str:
+    """The refusal of bytes that are no PNG, JPEG or TIFF: an empty file said as such."""
+    return "an empty file (0 bytes)" if len(data) == 0 else "not a PNG, JPEG or TIFF file (unrecognised signature)"
+
+
 def probe_image(data: bytes | memoryview, limits: ProbeLimits = ProbeLimits(), field: str = "image.encoded") -> ImageCost:
     """The :class:`ImageCost` of decoding ``data``, or a core error naming ``field.data``."""
     data = bytes(data) if isinstance(data, memoryview) else data
     f = f"{field}.data"
     fmt = sniff(data)
     if fmt is None:
-        raise _invalid(f, "not a PNG, JPEG or TIFF file (unrecognised signature)")
+        raise _invalid(f, unrecognised(data))
     cost = PROBES[fmt](data, limits, f)
     _check_budget(cost, limits, field)
     return cost

@@ -45,7 +45,7 @@ def decode_encoded(msg: pb.EncodedImage, field: str, max_pixels: int) -> np.ndar
     data = msg.data
     fmt = sniff_format(data)
     if fmt is None:
-        raise InvalidImageError("not a PNG, JPEG or TIFF file (unrecognised signature)", field=f"{field}.data")
+        raise InvalidImageError(image_probe.unrecognised(data), field=f"{field}.data")
     said = vocab.IMAGE_FORMAT.from_wire(msg.format, f"{field}.format")
     if said not in (vocab.DEFAULT, fmt):
         raise InvalidImageError(f"says {said} but the data is {fmt}", field=f"{field}.format")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import sys
 
-from warpsvc_api.image_probe import OPENCV_MAX_PIXELS, ImageCost, ProbeLimits, probe_image, sniff
+from warpsvc_api.image_probe import OPENCV_MAX_PIXELS, ImageCost, ProbeLimits, probe_image, sniff, unrecognised
 
 OPENCV_PIXELS_ENV = "OPENCV_IO_MAX_IMAGE_PIXELS"  # read once, when the cv2 module is loaded
 
@@ -39,4 +39,5 @@ def configure_opencv_io(max_input_pixels: int, environ=None) -> dict[str, str]:
     return wanted
 
 
-__all__ = ["ImageCost", "ProbeLimits", "configure_opencv_io", "opencv_io_environment", "probe_image", "sniff"]
+__all__ = ["ImageCost", "ProbeLimits", "configure_opencv_io", "opencv_io_environment", "probe_image", "sniff",
+           "unrecognised"]
