@@ -68,7 +68,7 @@ def test_concurrent_detection_is_the_sequential_one(frame, opencv_threads, monke
     names = []
     real = features._detect
 
-    def recording(img, mask):
+    def recording(img, mask, check=None):
         names.append(threading.current_thread().name)
         return real(img, mask)
 
@@ -123,7 +123,7 @@ def test_errors_reach_the_caller_after_the_worker_ended(frame, opencv_threads, m
     image8 = np.clip(frame, 0, 255).astype(np.uint8)
     ended = []
 
-    def slow_template_failing_image(img, mask):
+    def slow_template_failing_image(img, mask, check=None):
         if threading.current_thread().name == features.WORKER_NAME:
             time.sleep(0.3)
             ended.append(True)
@@ -135,7 +135,7 @@ def test_errors_reach_the_caller_after_the_worker_ended(frame, opencv_threads, m
         features.TemplateFeatures(template).with_image(image8, None)
     assert ended == [True]  # the worker had finished when the error arrived
 
-    def failing_template(img, mask):
+    def failing_template(img, mask, check=None):
         if threading.current_thread().name == features.WORKER_NAME:
             raise MemoryError("template detection failed")
         return real(img, mask)
@@ -159,7 +159,7 @@ def test_template_detected_once_per_call(frame, opencv_threads, monkeypatch, thr
     shapes = []
     real = features._detect
 
-    def counting(img, mask):
+    def counting(img, mask, check=None):
         shapes.append(img.shape)
         return real(img, mask)
 
@@ -172,3 +172,33 @@ def test_template_detected_once_per_call(frame, opencv_threads, monkeypatch, thr
     opencv_threads(3 - threads)
     again = align(template, dark, "homography")
     np.testing.assert_array_equal(again.matrix, result.matrix)
+
+
+def test_a_large_detection_heeds_the_clock_between_tiles():
+    """A global search kept working 2.4-4.3 s past a 0.3-3 s deadline on 3000x3000 images (found
+    by a hostile-client test): the clock was checked only between the template's and the
+    image's detections. Now a tiled detection (image or template) checks it after every tile,
+    so it stops after the tile during which the deadline passed."""
+    from warpsvc.core.align import features
+
+    rng = np.random.default_rng(0)
+    side = features.TILE * 3
+    img = cv2.GaussianBlur(rng.integers(0, 256, (side, side), dtype=np.uint8), (0, 0), 1.5)
+    calls = []
+
+    class Stop(Exception):
+        pass
+
+    def check():
+        calls.append(1)
+        if len(calls) >= 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        features._detect(img, None, check)
+    assert len(calls) == 2  # stopped after the second of nine tiles
+    t = features.TemplateFeatures(img[:, :, None].astype(np.float32))
+    calls.clear()
+    with pytest.raises(Stop):
+        t.get(check)
+    assert len(calls) == 2 and t._found is None  # nothing half-made is kept

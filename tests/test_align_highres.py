@@ -63,9 +63,9 @@ def detector_inputs(monkeypatch):
     shapes = []
     real = features._detect
 
-    def recording(img, mask):
+    def recording(img, mask, check=None):
         shapes.append(img.shape[:2])
-        return real(img, mask)
+        return real(img, mask, check)
 
     monkeypatch.setattr(features, "_detect", recording)
     return shapes

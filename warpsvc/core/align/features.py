@@ -115,12 +115,13 @@ def _sift():
     return sift
 
 
-def _detect(img: np.ndarray, mask: np.ndarray | None):
+def _detect(img: np.ndarray, mask: np.ndarray | None, check=None):
     """``(keypoints, descriptors)`` of ``img`` (``cv2.SIFT.detectAndCompute``; releases the GIL),
-    in tiles when it has more than :data:`TILE_PIXELS` pixels (:func:`_detect_tiled`)."""
+    in tiles when it has more than :data:`TILE_PIXELS` pixels (:func:`_detect_tiled`, with
+    ``check()`` between tiles)."""
     if img.shape[0] * img.shape[1] <= TILE_PIXELS:
         return _sift().detectAndCompute(img, mask)
-    return _detect_tiled(img, mask)
+    return _detect_tiled(img, mask, check)
 
 
 def _tile_edges(n: int) -> list[int]:
@@ -132,7 +133,7 @@ def _tile_edges(n: int) -> list[int]:
     return edges
 
 
-def _detect_tiled(img: np.ndarray, mask: np.ndarray | None):
+def _detect_tiled(img: np.ndarray, mask: np.ndarray | None, check=None):
     """SIFT over tiles: each core of :data:`TILE` x :data:`TILE` pixels is detected with
     :data:`TILE_MARGIN` pixels of context around it and keeps the keypoints whose centre lies
     in the core, moved to image coordinates. Peak memory is that of one tile (~1.6 MP: ~0.3 GB)
@@ -151,6 +152,7 @@ def _detect_tiled(img: np.ndarray, mask: np.ndarray | None):
             a, b = max(0, y0 - TILE_MARGIN), min(h, y1 + TILE_MARGIN)
             c, d = max(0, x0 - TILE_MARGIN), min(w, x1 + TILE_MARGIN)
             kp, desc = _sift().detectAndCompute(img[a:b, c:d], None if mask is None else mask[a:b, c:d])
+            _check(check)  # a deadline passing during a large image's detection stops after a tile
             if desc is None:
                 continue
             keep = [i for i, k in enumerate(kp) if x0 <= k.pt[0] + c < x1 and y0 <= k.pt[1] + a < y1]
@@ -190,26 +192,26 @@ class TemplateFeatures:
         self.scale = float(scale)
         self._found = None
 
-    def get(self):
+    def get(self, check=None):
         if self._found is None:
             t8, tm = to_uint8(self.template)
             if self.scale != 1.0:
                 t8, tm = _resized(t8, tm, self.scale)
-            self._found = _detect(t8, tm)
+            self._found = _detect(t8, tm, check)
         return self._found
 
     def with_image(self, i8: np.ndarray, im: np.ndarray | None, check=None):
         """``((kt, dt), (ki, di))``: the template's (computed now, beside the image's, when
         not yet known) and the image's keypoints and descriptors."""
         if self._found is not None or cv2.getNumThreads() < 2 or not _SIDE_THREADS.acquire(blocking=False):
-            template = self.get()
+            template = self.get(check)
             _check(check)
-            return template, _detect(i8, im)
+            return template, _detect(i8, im, check)
         box: dict = {}
 
         def run():
             try:
-                box["found"] = self.get()
+                box["found"] = self.get(check)
             except BaseException as error:  # noqa: BLE001 -- re-raised in the calling thread
                 box["error"] = error
             finally:
@@ -222,7 +224,7 @@ class TemplateFeatures:
             _SIDE_THREADS.release()
             raise
         try:
-            image = _detect(i8, im)
+            image = _detect(i8, im, check)
         finally:
             worker.join()
         if "error" in box:
@@ -329,7 +331,7 @@ MATCH_ROWS = 1024  # template descriptors matched per brute-force call (then a c
 class _Match:
     """What the fit reads of a ``cv2.DMatch``, with the query index of the whole descriptor set."""
 
-    __slots__ = ("queryIdx", "trainIdx", "distance")
+    __slots__ = ("distance", "queryIdx", "trainIdx")
 
     def __init__(self, m, offset):
         self.queryIdx, self.trainIdx, self.distance = m.queryIdx + offset, m.trainIdx, m.distance
