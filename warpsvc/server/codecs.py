@@ -51,7 +51,7 @@ def decode_encoded(msg: pb.EncodedImage, field: str, max_pixels: int) -> np.ndar
         raise InvalidImageError(f"says {said} but the data is {fmt}", field=f"{field}.format")
     # What the decoder will produce and cost, parsed as libpng/libjpeg/libtiff parse it (tiles,
     # strips, scans, duplicate tags), refused over the limits before OpenCV allocates anything.
-    cost = image_probe.probe_image(data, _probe_limits(max_pixels), field)
+    cost = image_probe.probe_image(data, probe_limits(max_pixels), field)
     try:
         img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     except cv2.error as err:  # OpenCV's own checks (OPENCV_IO_MAX_IMAGE_PIXELS, ...): a bad file
@@ -66,7 +66,8 @@ def decode_encoded(msg: pb.EncodedImage, field: str, max_pixels: int) -> np.ndar
 
 
 @functools.lru_cache(maxsize=8)
-def _probe_limits(max_pixels: int) -> image_probe.ProbeLimits:
+def probe_limits(max_pixels: int) -> image_probe.ProbeLimits:
+    """The header probe's limits for an input of at most ``max_pixels`` (cached: one per setting)."""
     return image_probe.ProbeLimits(max_pixels=max_pixels)
 
 

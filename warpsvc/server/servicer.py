@@ -83,7 +83,7 @@ class WarpServicer:
                 transform.default_output_shape(image.shape[:2])
             self._check_output(shape, image, output_dtype(image.dtype, **_dtype_options(options)), form)
         record_pixels(inp=_pixels(image.shape))
-        alpha = _file_alpha(req.image, image, options)
+        alpha = _file_alpha(req.image, image, options, self.settings.max_input_pixels)
         with self.stage("compute"):
             out = warp_keeping_alpha(image, transform, shape, alpha=alpha, **options, limits=self.limits,
                                      poll=DeadlinePoll(context))
@@ -151,13 +151,14 @@ def _pixels(shape) -> int:
     return int(shape[0]) * int(shape[1])
 
 
-def _file_alpha(msg: pb.Image, image: np.ndarray, options: dict) -> bool:
+def _file_alpha(msg: pb.Image, image: np.ndarray, options: dict, max_pixels: int) -> bool:
     """Whether a conserving warp must keep the 4th channel as alpha (:mod:`warpsvc_api.alpha_warp`):
-    an encoded 4-channel input whose file says so (its header, probed again: a few chunks)."""
+    an encoded 4-channel input whose file says so (its header, probed again with the limits it
+    was decoded under: a few chunks)."""
     if options.get("intensity") != "conserve" or image.ndim != 3 or image.shape[2] != 4 \
             or msg.WhichOneof("kind") != "encoded":
         return False
-    return image_probe.probe_image(msg.encoded.data).alpha
+    return image_probe.probe_image(msg.encoded.data, codecs.probe_limits(max_pixels), "image.encoded").alpha
 
 
 def _dtype_options(options: dict) -> dict:
