@@ -222,8 +222,8 @@ def test_flat_template_without_a_start_reports_it_whatever_the_search(camera, se
     np.testing.assert_array_equal(result.matrix, np.eye(3))
 
 
-@pytest.mark.parametrize("unit", [1e-30, 1e-10, 1e18, 1e30])
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("unit,dtype", [(u, np.float32) for u in (1e-30, 1e-10, 1e18, 1e30)]
+                         + [(u, np.float64) for u in (1e-300, 1e-30, 1e-10, 1e18, 1e30, 1e300)])
 def test_float_images_in_any_intensity_unit_align_like_the_usual_range(camera, unit, dtype):
     """Pixel values of 1e18 and up overflowed the float32 Hessian (``flat_template``; from 1e20
     the noise-share eigensolver raised, INTERNAL over gRPC) and values of 1e-10 and below lost
@@ -255,6 +255,8 @@ def test_usual_intensity_ranges_are_not_rescaled():
         assert scale_for(np.array([[0.0, peak]], np.float32)) == 1.0
     assert scale_for(np.array([[np.nan, 0.0]])) == 1.0
     assert scale_for(np.array([[3e-3, 1e25]])) == 2.0 ** (7 - 83)  # 1e25 = 1.03 * 2^83
+    assert scale_for(np.array([[np.inf, 1e25]])) == 2.0 ** (7 - 83)  # non-finite values ignored
+    assert scale_for(np.array([[0, 65535]], np.uint16)) == 1.0  # integers never
 
 
 def test_all_nan_template(camera):

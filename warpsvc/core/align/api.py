@@ -142,11 +142,11 @@ def align(
                          time_budget=time_budget, should_stop=should_stop,
                          max_corner_error=max_corner_error, min_zncc=min_zncc).checked()
     clock = Clock(opts.time_budget, opts.should_stop)
+    scale = intensity_scale.scale_for(template)  # 1 for the usual ranges (.intensity_scale)
+    if scale != 1.0:
+        template, image = intensity_scale.scaled(template, scale), intensity_scale.scaled(image, scale)
     tmpl = prepare(template, template_mask, "template", "template_mask")
     full = check_image(image, "image")
-    scale = intensity_scale.scale_for(tmpl)  # 1 for the usual ranges (.intensity_scale)
-    if scale != 1.0:
-        tmpl, image = tmpl * np.float32(scale), intensity_scale.scaled(full, scale)
     if image_mask is not None and np.shape(image_mask) != full.shape[:2]:
         raise InvalidImageError(
             f"image_mask must have shape {full.shape[:2]} (the image's H, W), got {np.shape(image_mask)}",

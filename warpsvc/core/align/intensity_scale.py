@@ -7,7 +7,8 @@ so float32 products overflowed for pixel values from ~1e18 (the level became "fl
 noise-share eigensolver failed and the server answered INTERNAL) and lost the problem for values of
 ~1e-10 and below (found by a hostile-client test, float images in physical units). Both are now
 multiplied by ``s = 2^k`` that brings the template's largest finite ``|value|`` into [128, 256) when
-it lies outside ``[2^-8, 2^20]``; a power of two is exact in binary floating point, so the geometry
+it lies outside ``[2^-8, 2^20]`` (``|k| <= 1000``, taken from the caller's array before the float32
+conversion, so float64 images of 1e+-300 align too); a power of two is exact in binary floating point, so the geometry
 is that of the unscaled problem, and inputs in the usual ranges (8/16-bit counts, [0, 1] floats)
 are not touched at all (bit-identical results). Intensity-valued results are scaled back:
 ``rms_error`` and ``bias`` by ``1 / s``, the per-iteration costs (mean squared residuals) by
@@ -24,19 +25,29 @@ import numpy as np
 LOW, HIGH = 2.0 ** -8, 2.0 ** 20  # template peaks in this range are left as they are
 
 
-def scale_for(tmpl: np.ndarray) -> float:
-    """1, or the power of two putting ``tmpl``'s largest finite ``|value|`` into [128, 256)."""
-    finite = np.abs(tmpl[np.isfinite(tmpl)])
+def scale_for(template) -> float:
+    """1, or the power of two putting the template's largest finite ``|value|`` into [128, 256).
+    Taken from the caller's array, before its conversion to float32 (a float64 template of
+    1e300 or 1e-300 would become inf or 0 there); integer templates are never scaled. One
+    ``max(|x|)`` pass when every value is finite and in range (the usual case)."""
+    a = np.asarray(template)
+    if a.dtype.kind != "f" or a.size == 0:
+        return 1.0
+    with np.errstate(invalid="ignore"):
+        peak = float(np.max(np.abs(a)))
+    if LOW <= peak <= HIGH or peak == 0.0:
+        return 1.0
+    finite = np.abs(a[np.isfinite(a)])  # a NaN / inf somewhere, or out of range
     peak = float(finite.max()) if finite.size else 0.0
     if peak == 0.0 or LOW <= peak <= HIGH:
         return 1.0
-    return 2.0 ** (7 - math.floor(math.log2(peak)))
+    return 2.0 ** min(1000, max(-1000, 7 - math.floor(math.log2(peak))))  # s and 1 / s stay finite
 
 
 def scaled(image, s: float) -> np.ndarray:
-    """``image * s`` in its own float dtype (integer images are never scaled: see :func:`scale_for`);
-    exact, a power of two. Values beyond the dtype's range after scaling become inf, like any
-    non-finite input value (treated as missing)."""
+    """``image * s`` in its own float dtype (an integer image, with a float template, in
+    float32); exact, a power of two. Values beyond the dtype's range after scaling become inf,
+    like any non-finite input value (treated as missing)."""
     a = np.asarray(image)
     if not np.issubdtype(a.dtype, np.floating):
         a = a.astype(np.float32)
@@ -49,6 +60,8 @@ def unscaled(result, s: float):
     caller's units."""
     if s == 1.0:
         return result
-    return dataclasses.replace(
-        result, rms_error=result.rms_error / s, bias=tuple(b / s for b in result.bias),
-        cost_history=tuple(tuple(c / (s * s) for c in level) for level in result.cost_history))
+    with np.errstate(over="ignore"):  # a statistic beyond float64 in the caller's unit: inf
+        back = np.float64(1.0 / s)  # exact (a power of two); s s may underflow, so twice, not once
+        return dataclasses.replace(
+            result, rms_error=float(result.rms_error * back), bias=tuple(float(b * back) for b in result.bias),
+            cost_history=tuple(tuple(float(c * back * back) for c in level) for level in result.cost_history))
