@@ -20,7 +20,7 @@ from .denoise import MIN_NOISE_RATIO, NOISE_DOMINATED
 from .features import IMAGE_SCALE, TemplateFeatures, detection_factor, feature_start, reduced
 from .gauss_newton import Clock, Stopped, solve_level, translation_search
 from .options import AlignOptions, explicit_keywords, merge_options
-from .problem import Outcome, Problem, same_exposure_fit, template_from_image
+from .problem import Outcome, Problem, constant_template, same_exposure_fit, template_from_image
 from .pyramid import build_level, channel_mean, prepare
 from .result import (
     AMBIGUOUS,
@@ -171,7 +171,7 @@ def _search(tmpl, image, image_mask, init, opts, clock) -> AlignResult:
         if opts.search == "global":
             raise InvalidArgumentError("search='global' finds its own start: pass init=None", field="search")
         return _solve(tmpl, image, image_mask, _initial_warp(init), opts, clock, Start.INIT)
-    if _constant(tmpl):  # no start can constrain a constant template: the local solve reports it
+    if constant_template(tmpl):  # no start can constrain it: the local solve reports flat_template
         return _solve(tmpl, image, image_mask, np.eye(3), opts, clock, Start.IDENTITY)
     if opts.search == "global":
         found, complete = _global(tmpl, image, image_mask, opts, clock)
@@ -201,15 +201,6 @@ def _search(tmpl, image, image_mask, init, opts, clock) -> AlignResult:
         return stopped[-1]
     best = closest_failure(failures)
     return best if complete else _cut_short(best, clock)
-
-
-def _constant(tmpl: np.ndarray) -> bool:
-    """Every usable (finite) template value the same, or none: ``flat_template`` whatever the
-    start. Checked before any search: the coarse-gated solve of ``search="auto"`` stopped at
-    its gate (NaN correlation) before the finest level's flatness check, and the global search
-    then reported ``low_correlation`` with a spurious shift (found by a hostile-client test)."""
-    finite = tmpl[np.isfinite(tmpl)]
-    return finite.size == 0 or bool(finite.min() == finite.max())
 
 
 def _cut_short(result: AlignResult, clock: Clock) -> AlignResult:

@@ -158,6 +158,16 @@ class Outcome:
         )
 
 
+def constant_template(tmpl: np.ndarray) -> bool:
+    """Every usable (finite) template value the same, or none: ``flat_template`` whatever the
+    start. :func:`.api.align` checks it before any search: the coarse-gated solve of
+    ``search="auto"`` stopped at its gate (NaN correlation) before the finest level's flatness
+    check, and the global search then reported ``low_correlation`` with a spurious shift (found
+    by a hostile-client test)."""
+    finite = tmpl[np.isfinite(tmpl)]
+    return finite.size == 0 or bool(finite.min() == finite.max())
+
+
 def template_from_image(inverse: np.ndarray) -> np.ndarray:
     """The inverse of ``image_from_template`` ``inverse`` (3, 3), normalised so that its ``[2, 2]`` is 1
     (bottom row exactly ``(0, 0, 1)`` for an affine ``inverse``); all NaN when ``inverse`` is singular."""
