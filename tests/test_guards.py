@@ -70,11 +70,16 @@ def test_bad_output_shapes_are_rejected(shape):
     assert exc.value.field == "output_shape"
 
 
-@pytest.mark.parametrize("shape", [(1 << 21, 10), (1 << 16, 1 << 16)])
-def test_absurd_output_shapes_are_refused_before_allocating(shape):
+@pytest.mark.parametrize("shape,names,not_named", [
+    ((1 << 21, 10), "1048576 pixels per side", "1073741824"),
+    ((1 << 16, 1 << 16), "4294967296 pixels exceeds the limit of 1073741824 pixels", "per side"),
+])
+def test_absurd_output_shapes_are_refused_before_allocating(shape, names, not_named):
+    """Each refusal names the one limit it hit (a side, or the pixel count), not both."""
     with pytest.raises(ImageTooLargeError) as exc:
         warp(IMG, OK, shape)
     assert exc.value.field == "output_shape"
+    assert names in str(exc.value) and not_named not in str(exc.value)
     with pytest.raises(ImageTooLargeError):
         jacobian_determinant(OK, shape)
 

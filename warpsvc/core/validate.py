@@ -41,10 +41,11 @@ def check_shape(shape, field: str = "output_shape") -> tuple[int, int]:
         raise InvalidArgumentError(f"{field} must be two integers (H, W), got {shape!r}", field=field) from None
     if hi <= 0 or wi <= 0:
         raise InvalidArgumentError(f"{field} must be positive, got {(hi, wi)}", field=field)
-    if hi > MAX_SIDE or wi > MAX_SIDE or hi * wi > MAX_OUTPUT_PIXELS:
-        raise ImageTooLargeError(
-            f"{field} {(hi, wi)} exceeds the limit ({MAX_SIDE} per side, {MAX_OUTPUT_PIXELS} pixels)", field=field
-        )
+    if hi > MAX_SIDE or wi > MAX_SIDE:  # each message names the limit that was hit (a server's is lower)
+        raise ImageTooLargeError(f"{field} {(hi, wi)} exceeds the limit of {MAX_SIDE} pixels per side", field=field)
+    if hi * wi > MAX_OUTPUT_PIXELS:
+        raise ImageTooLargeError(f"{field} {(hi, wi)} = {hi * wi} pixels exceeds the limit of {MAX_OUTPUT_PIXELS} "
+                                 f"pixels", field=field)
     return hi, wi
 
 
