@@ -189,6 +189,7 @@ class DrainGate(grpc.ServerInterceptor):
 
         self._cond = threading.Condition()
         self._active = 0  # intercepted, not finished (over-counts calls gRPC then sheds)
+        self.arrivals = 0  # work calls intercepted since start (the idle heap trim watches it)
         self._running = 0  # handler running right now
         self._draining = False
         self._executor = executor  # the server's handler pool: its queue holds accepted calls
@@ -224,6 +225,7 @@ class DrainGate(grpc.ServerInterceptor):
                 self._shed.flag = True
                 return busy_refusal(handler, self.limit)
             self._active += 1
+            self.arrivals += 1
 
         def wrap(behavior):
             def counted(request, context):

@@ -32,6 +32,7 @@ import sys
 import threading
 import time
 
+from .heap_trim import HeapTrimmer
 from .settings import Settings
 
 log = logging.getLogger("warpsvc.server")
@@ -99,7 +100,12 @@ def run_worker(settings: Settings, index: int = 0) -> int:
             raise
         if warming is not None:
             warming.start()
-        return _serve_until_signal(srv, settings, index, stop)
+        trimmer = HeapTrimmer(lambda: srv.gate.arrivals, srv.gate.load, settings.trim_idle_seconds,
+                              name=f"worker {index}").start()
+        try:
+            return _serve_until_signal(srv, settings, index, stop)
+        finally:
+            trimmer.stop()
     finally:
         tracing.shutdown()
 

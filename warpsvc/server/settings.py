@@ -30,6 +30,9 @@ blas_threads               WARPSVC_BLAS_THREADS            1            BLAS thr
 reflection                 WARPSVC_REFLECTION              true         server reflection service
 tune_malloc                WARPSVC_TUNE_MALLOC             true         keep big buffers in the heap
                                                                         (runner.tune_allocator)
+trim_idle_seconds          WARPSVC_TRIM_IDLE_SECONDS       5            after this long without calls,
+                                                                        give >= 64 MiB of free heap
+                                                                        back (heap_trim; 0: never)
 http2_bdp_probe            WARPSVC_HTTP2_BDP_PROBE         true         grpc core's bandwidth probe,
                                                                         which grows each stream's
                                                                         receive window (off: refused
@@ -89,6 +92,7 @@ class Settings:
     blas_threads: int = 1
     reflection: bool = True
     tune_malloc: bool = True
+    trim_idle_seconds: float = 5.0
     http2_bdp_probe: bool = True
     warm_up: bool = True
     metrics_port: int = 9464
@@ -113,6 +117,8 @@ class Settings:
             raise ValueError(f"kernel_threads must be >= 1, got {self.kernel_threads}")
         if self.grace_seconds < 0:
             raise ValueError("grace_seconds must be >= 0")
+        if not self.trim_idle_seconds >= 0:
+            raise ValueError(f"trim_idle_seconds must be >= 0, got {self.trim_idle_seconds}")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key go together")
         if self.token is not None and not self.token:
@@ -189,6 +195,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="disable server reflection")
     parser.add_argument("--no-tune-malloc", dest="tune_malloc", action="store_false", default=d,
                         help="leave glibc's mmap/trim thresholds alone (see docs/service.md)")
+    parser.add_argument("--trim-idle-seconds", type=float, default=d,
+                        help="after this many seconds without calls, return >= 64 MiB of free heap to the "
+                             "system (glibc malloc_trim); 0 never (default 5)")
     parser.add_argument("--no-http2-bdp-probe", dest="http2_bdp_probe", action="store_false", default=d,
                         help="turn off grpc core's BDP probe: receive windows stay at 64 KiB, so bodies of refused "
                              "(unauthenticated) calls are not taken in; medium uploads may be slower (SECURITY.md)")
