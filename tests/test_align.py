@@ -259,6 +259,42 @@ def test_usual_intensity_ranges_are_not_rescaled():
     assert scale_for(np.array([[0, 65535]], np.uint16)) == 1.0  # integers never
 
 
+@pytest.mark.parametrize("kind", ["16-bit image, 8-bit template", "8-bit image, [0, 1] template",
+                                  "8-bit image, 16-bit template"])
+def test_template_and_image_in_other_units_align(camera, kind):
+    """The same scene stored in other units -- an 8-bit reference for a 16-bit file, a [0, 1]
+    float template for 8-bit frames -- needs a gain far outside the gain model's [0.05, 20]:
+    such pairs came out ``uncertain`` with the gain clamped at 20 (found by a batch run over a
+    folder of mixed bit depths). The template is now brought to the image's units by a power
+    of two first; the motion is that of the same-unit pair and the gain is reported in the
+    caller's units."""
+    truth = true_warp("homography")
+    tmpl8 = cut(camera, truth).astype(np.float64)
+    template, image, gain = {
+        "16-bit image, 8-bit template": (tmpl8.round().astype(np.uint8), camera.astype(np.uint16) * 257, 257.0),
+        "8-bit image, [0, 1] template": ((tmpl8 / 255.0).astype(np.float32), camera, 255.0),
+        "8-bit image, 16-bit template": ((tmpl8 * 257).round().astype(np.uint16), camera, 1 / 257.0),
+    }[kind]
+    same = align(tmpl8.astype(np.float32), camera, "homography", start())
+    got = align(template, image, "homography", start())
+    assert same.converged and got.converged, got.reason
+    assert corner_error(got, truth) < 0.05 and corner_error(same, truth) < 0.05
+    assert got.gain[0] == pytest.approx(gain, rel=0.01)  # the model's gain (or the unit alone) times the unit
+    off = align(template, image, "homography", start(), photometric=None)  # identical exposure asserted: as given
+    assert off.gain == (1.0,)
+
+
+def test_unit_factor_is_one_within_the_gain_range():
+    from warpsvc.core.align.intensity_scale import template_factor
+
+    t = np.array([[0.0, 200.0]])
+    for peak in (25.1, 200.0, 1600.0):  # within 8x either way: untouched (bit-identical results)
+        assert template_factor(t, np.array([[peak]])) == 1.0
+    assert template_factor(t, np.array([[65535.0]])) == 256.0  # 2^round(log2(327.7)) = 2^8
+    assert template_factor(t, np.array([[1.0, np.nan]])) == 2.0 ** -8  # NaN ignored; 1/200 -> 2^-8
+    assert template_factor(np.zeros((2, 2)), np.array([[255.0]])) == 1.0  # nothing to compare
+
+
 def test_all_nan_template(camera):
     result = align(np.full(TEMPLATE, np.nan, np.float32), camera, "affine", start())
     assert not result.converged

@@ -142,6 +142,7 @@ def align(
                          time_budget=time_budget, should_stop=should_stop,
                          max_corner_error=max_corner_error, min_zncc=min_zncc).checked()
     clock = Clock(opts.time_budget, opts.should_stop)
+    template, unit = intensity_scale.in_image_units(template, image, opts.photometric)  # 8 vs 16 bits
     scale = intensity_scale.scale_for(template)  # 1 for the usual ranges (.intensity_scale)
     if scale != 1.0:
         template, image = intensity_scale.scaled(template, scale), intensity_scale.scaled(image, scale)
@@ -155,7 +156,7 @@ def align(
         raise InvalidImageError(
             f"image has {full.shape[2]} channels but template has {tmpl.shape[2]}", field="image"
         )
-    return intensity_scale.unscaled(_search(tmpl, image, image_mask, init, opts, clock), scale)
+    return intensity_scale.unscaled(_search(tmpl, image, image_mask, init, opts, clock), scale, unit)
 
 
 def _search(tmpl, image, image_mask, init, opts, clock) -> AlignResult:
