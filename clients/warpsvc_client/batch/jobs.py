@@ -270,7 +270,9 @@ def convergence(result) -> dict:
     return {"converged": bool(result.converged), "reason": result.reason, "iterations": list(result.iterations),
             "rms_error": _finite(float(result.rms_error)), "zncc": _finite(float(result.zncc)),
             "overlap": _finite(float(result.overlap)), "levels": int(result.levels), "model": result.model,
-            "start": str(getattr(result, "start", "") or ""), "elapsed": _finite(float(result.elapsed))}
+            "start": str(getattr(result, "start", "") or ""), "elapsed": _finite(float(result.elapsed)),
+            # image ~ gain * reference + bias per channel (the report's residuals undo it)
+            "gain": [_finite(float(g)) for g in result.gain], "bias": [_finite(float(b)) for b in result.bias]}
 
 
 def _error_text(err: BaseException) -> str:

@@ -11,7 +11,9 @@ The page is self-contained (every picture an embedded PNG, no script, no network
 Pictures (the first ``limit`` successful images): the input, the output, the Jacobian-determinant
 map ``log2 |det J_{T^{-1}}|`` on the output grid, and for ``align`` the residual
 ``|image - reference|`` before (raw image) and after (aligned output, where it covers the
-reference; the border fill is grey and not counted). Every heatmap of one kind
+reference; the border fill is grey and not counted), in the reference's grey levels: each image
+is first taken through its alignment's photometric fit, ``(image - bias) / gain``
+(:func:`in_reference_units`), so files of other exposures or bit depths share the run's scale. Every heatmap of one kind
 is drawn on **one scale for the run**, stated next to its colour bar: the determinant on a
 diverging scale symmetric about 0 (blue: an output pixel covers less than 1 px^2 of input, red:
 more), residuals from 0 to the 99th percentile of all "before" residuals of the run (so an
@@ -137,6 +139,22 @@ def colour(values: np.ndarray, lo: float, hi: float, cmap: str) -> np.ndarray:
     return out
 
 
+def in_reference_units(img: np.ndarray, convergence: dict | None) -> np.ndarray:
+    """``(img - bias) / gain`` per channel: an aligned image in its reference's grey levels,
+    from the alignment's photometric fit ``image ~ gain * reference + bias`` (the record's
+    ``convergence``). So a run's residuals share one unit whatever each file's exposure and
+    bit depth: a 16-bit file aligned to an 8-bit reference (gain ~257) had residuals ~100x
+    those of the 8-bit files, and on the run's one scale every 8-bit row rendered black.
+    Unchanged where the fit is absent, not finite or its gain near 0."""
+    a = np.asarray(img, np.float64)
+    gain, bias = (np.asarray((convergence or {}).get(k) or [], np.float64) for k in ("gain", "bias"))
+    c = a.shape[2] if a.ndim == 3 else 1
+    if gain.size != bias.size or gain.size not in (1, c) or not (np.all(np.isfinite(gain)) and
+                                                              np.all(np.isfinite(bias)) and np.all(np.abs(gain) > 1e-6)):
+        return a
+    return (a - bias) / gain if a.ndim == 3 else (a - bias[0]) / gain[0]
+
+
 def residual(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """``|a - b|`` (channel mean) on ``b``'s grid (``a`` cropped / zero-padded to it)."""
     a = np.asarray(a, np.float64)
@@ -209,11 +227,17 @@ def _panels(rec, spec, engine, remarks: list) -> dict:
     panels["log2 |det J|"] = log2_det(engine.jacobian(transform, tuple(out.shape[:2]), CallContext()))
     if spec.job == "align":
         reference = pixels_of(spec.reference, exact=False)
-        panels["residual before"] = residual(inp, reference)
         # after: only where the aligned output has image content (the preimage lies inside the
         # image), so the border fill is not counted as misalignment; elsewhere grey (NaN)
-        after = residual(out, reference)
-        after[~covered(transform.matrix, reference.shape[:2], inp.shape)] = np.nan
+        seen = covered(transform.matrix, reference.shape[:2], inp.shape)
+        after = residual(in_reference_units(out, rec.convergence), reference)
+        raw = residual(out, reference)
+        # the fit's units are the files' as stored: a picture decoded inexactly (Pillow's 8-bit
+        # reading of a 16-bit colour file, client-only install) would come out worse: keep it raw
+        fit = rec.convergence if not np.nanmedian(after[seen]) > np.nanmedian(raw[seen]) else None
+        after = after if fit is not None else raw
+        panels["residual before"] = residual(in_reference_units(inp, fit), reference)
+        after[~seen] = np.nan
         panels["residual after"] = after
     return panels
 
@@ -342,7 +366,7 @@ def _plots(spec, records, extras, scales) -> list[tuple[str, str]]:
         out.append(("reasons", _fig_png(fig)))
     for label, lo, hi, cmap, what in (("log2 |det J|", -scales.det, scales.det, DET_CMAP,
                                        "log2 |det J| (blue: shrinks, red: stretches)"),
-                                      ("residual", 0.0, scales.residual, RES_CMAP, "|image - reference|, grey levels")):
+                                      ("residual", 0.0, scales.residual, RES_CMAP, "|image - reference|, reference grey levels")):
         if spec.job != "align" and label == "residual":
             continue
         fig, ax = plt.subplots(figsize=(3.6, 0.55))
@@ -402,7 +426,8 @@ def _html(spec, records, pictures, extras, notes, scales, counts, command) -> st
     out.append("</div>")
     scale_note = f"log2 |det J| on one scale for the run, &plusmn;{scales.det:.3g}"
     if spec.job == "align":
-        scale_note += f"; residuals on one scale for the run, 0 to {scales.residual:.3g} grey levels"
+        scale_note += (f"; residuals on one scale for the run, 0 to {scales.residual:.3g} grey levels of the reference "
+                       "(each image taken through its alignment's gain and bias)")
     out.append(f"<p>Pictures: {scale_note} (colour bars above). Contact sheet: "
                "<a href='contact_sheet.png'>contact_sheet.png</a>.</p>")
     order = sorted(records, key=lambda r: (0 if not r.ok else 1 if r.unconverged else 2, r.input))
