@@ -12,6 +12,12 @@ its alpha with ``intensity="plain"`` (same interpolation, border, antialias; cas
 result's float dtype). Found by a new-user test: a conserving warp of RGBA files wrote alpha
 values up to 2229 into float TIFFs that declare the 4th channel alpha. Plain warps are one
 call, as before (every channel is warped the same way).
+
+Alignment (:func:`alpha_as_mask`): the alpha of such a file says where its colour is defined,
+so it is not aligned on as a fourth intensity; it becomes the input's mask (``alpha > 0``,
+and-ed with a mask the caller sent) and the colour channels are aligned. An RGBA file then
+aligns to an RGB reference (it was refused: "image has 4 channels but template has 3") and
+its transparent surround no longer pulls the fit.
 """
 
 from __future__ import annotations
@@ -30,3 +36,21 @@ def warp_keeping_alpha(image: np.ndarray, transform, output_shape=None, *, alpha
     cover = warpsvc.warp(np.ascontiguousarray(image[:, :, 3]), transform, output_shape,
                          **dict(options, intensity="plain"))
     return np.dstack([colour, cover.astype(colour.dtype, copy=False)])
+
+
+def alpha_as_mask(pixels: np.ndarray, alpha: bool, mask=None):
+    """``(colour, mask)`` for :func:`warpsvc.align`: with ``alpha`` (the file says its last channel
+    is alpha; 2 or 4 channels as decoded) the colour channels (a 2-D array for grey + alpha) and
+    the mask ``alpha > 0``, and-ed with ``mask`` when that has the image's ``(H, W)`` (a mask of
+    another shape is passed on untouched, for ``align`` to refuse by its field). Otherwise the
+    inputs as given."""
+    if not alpha or pixels.ndim != 3 or pixels.shape[2] not in (2, 4):
+        return pixels, mask
+    colour = np.ascontiguousarray(pixels[:, :, :-1] if pixels.shape[2] == 4 else pixels[:, :, 0])
+    seen = pixels[:, :, -1] > 0
+    if mask is None:
+        return colour, seen
+    given = np.asarray(mask)
+    if given.shape != seen.shape:
+        return colour, mask
+    return colour, seen & (given != 0)

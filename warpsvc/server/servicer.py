@@ -18,7 +18,7 @@ from warpsvc.core.budget import WarpLimits
 from warpsvc.core.errors import CancelledError, DeadlineExceededError, InvalidArgumentError, WarpsvcError
 from warpsvc.core.validate import output_dtype
 from warpsvc_api import convert, image_probe, status, vocab, wire
-from warpsvc_api.alpha_warp import warp_keeping_alpha
+from warpsvc_api.alpha_warp import alpha_as_mask, warp_keeping_alpha
 from warpsvc_api.v1 import warp_pb2 as pb
 
 from . import codecs
@@ -120,6 +120,11 @@ class WarpServicer:
             template, image = self._image(call, "template"), self._image(call, "image")
             masks = {name: self._image(call, name, required=False) for name in ("template_mask", "image_mask")}
             options = convert.align_options(call.message)
+            limit = self.settings.max_input_pixels  # an encoded file's alpha is a mask (alpha_as_mask)
+            template, masks["template_mask"] = alpha_as_mask(template, _has_alpha(call.message.template, template, limit),
+                                                             masks["template_mask"])
+            image, masks["image_mask"] = alpha_as_mask(image, _has_alpha(call.message.image, image, limit),
+                                                       masks["image_mask"])
         stop = _DeadlineStop(context)
         record_pixels(inp=_pixels(template.shape) + _pixels(image.shape))
         with self.stage("compute"):
@@ -152,11 +157,15 @@ def _pixels(shape) -> int:
 
 
 def _file_alpha(msg: pb.Image, image: np.ndarray, options: dict, max_pixels: int) -> bool:
-    """Whether a conserving warp must keep the 4th channel as alpha (:mod:`warpsvc_api.alpha_warp`):
-    an encoded 4-channel input whose file says so (its header, probed again with the limits it
-    was decoded under: a few chunks)."""
-    if options.get("intensity") != "conserve" or image.ndim != 3 or image.shape[2] != 4 \
-            or msg.WhichOneof("kind") != "encoded":
+    """Whether a conserving warp must keep the 4th channel as alpha (:mod:`warpsvc_api.alpha_warp`)."""
+    return options.get("intensity") == "conserve" and image.ndim == 3 and image.shape[2] == 4 \
+        and _has_alpha(msg, image, max_pixels)
+
+
+def _has_alpha(msg: pb.Image, image: np.ndarray, max_pixels: int) -> bool:
+    """Whether a decoded 2- or 4-channel input is an encoded file whose header says its last
+    channel is alpha (probed again with the limits it was decoded under: a few chunks)."""
+    if image.ndim != 3 or image.shape[2] not in (2, 4) or msg.WhichOneof("kind") != "encoded":
         return False
     return image_probe.probe_image(msg.encoded.data, codecs.probe_limits(max_pixels), "image.encoded").alpha
 

@@ -33,11 +33,17 @@ from dataclasses import dataclass
 import numpy as np
 
 from warpsvc.core.errors import InvalidArgumentError, InvalidImageError
-from warpsvc_api.alpha_warp import warp_keeping_alpha
+from warpsvc_api.alpha_warp import alpha_as_mask, warp_keeping_alpha
 from warpsvc_api.tiff_alpha import declare_alpha
 
 from .jobs import CallContext, EncodedImage, decode_image
 from .probe import DEFAULT_MAX_PIXELS
+
+
+def _alpha(reference) -> bool:
+    """Whether a reference given as a file says its last channel is alpha (pixels: never)."""
+    return isinstance(reference, EncodedImage) and bool(reference.cost.alpha)
+
 
 LOCAL = "local"
 
@@ -113,7 +119,10 @@ class LocalEngine:
         kw = opts.kwargs()
         if ctx.deadline is not None:  # the image's deadline stops the iterations (reason "cancelled")
             kw["should_stop"] = lambda: ctx.remaining() <= 0
-        return warpsvc.align(self._pixels(reference), self._decode(image), **kw)
+        # a file's alpha is where its colour is defined: a mask, not a channel to align on
+        template, kw["template_mask"] = alpha_as_mask(self._pixels(reference), _alpha(reference), kw.get("template_mask"))
+        pixels, kw["image_mask"] = alpha_as_mask(self._decode(image), image.cost.alpha, kw.get("image_mask"))
+        return warpsvc.align(template, pixels, **kw)
 
     def jacobian(self, transform, shape, ctx: CallContext) -> np.ndarray:
         import warpsvc
