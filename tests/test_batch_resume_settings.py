@@ -9,6 +9,7 @@ import json
 
 import cv2
 import numpy as np
+import pytest
 from test_batch_helpers import make_mixed_folder, read_manifest, run_batch
 from warpsvc_client.batch import jobs, manifest
 from warpsvc_client.batch.record import Record
@@ -139,3 +140,22 @@ def test_a_second_run_on_a_locked_folder_says_it_waits_then_is_refused(tmp_path)
     assert "is locked by another run" in res.stderr and "waiting up to 10 s" in res.stderr
     assert "another warpsvc-batch run is writing to" in res.stderr
     assert not (out / "manifest.jsonl").exists()
+
+
+def test_a_resumed_runs_report_covers_the_kept_images_too(tmp_path):
+    """The report of a ``--resume`` run pictured only what it redid; it now lists the skipped
+    images too (their verified outputs are in the folder), each noted as kept."""
+    pytest.importorskip("matplotlib", reason="the report's summary plots need matplotlib")
+    from warpsvc_client.batch.report import KEPT_NOTE
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    names = make_mixed_folder(src, 4)
+    assert run_batch("warp", src, out, "--matrix", SHIFT).returncode == 0
+    (out / names[1]).unlink()  # one output lost: the resume redoes it, keeps the other three
+    res = run_batch("warp", src, out, "--matrix", SHIFT, "--resume")
+    assert res.returncode == 0 and "1 ok, 0 failed, 3 skipped" in res.stdout, res.stdout
+    html = (out / "report.html").read_text()
+    assert html.count("<details>") == 4  # one row per image of the folder
+    assert html.count(KEPT_NOTE) == 3
+    for name in names:
+        assert name in html

@@ -329,7 +329,7 @@ def run(args, command: str) -> int:
     run_id = storage.new_run_id()
     spec, planned, m_store, m_name = _plan(args, inputs, outputs, run_id)
     previous = manifest.load(m_store, m_name) if args.resume else {}
-    todo, skipped, invalid, made_otherwise = [], [], [], 0
+    todo, skipped, kept, invalid, made_otherwise = [], [], [], [], 0
     for p in planned:
         if isinstance(p, paths.Planned):
             invalid.append(p)
@@ -338,6 +338,7 @@ def run(args, command: str) -> int:
         prev = previous.get(p.input)
         if args.resume and manifest.is_complete(prev, outputs, p.output, settings):
             skipped.append(p)
+            kept.append(prev)
         else:
             made_otherwise += bool(prev and prev.ok and prev.output == p.output and prev.settings != settings)
             todo.append(p)
@@ -392,20 +393,20 @@ def run(args, command: str) -> int:
                 counts.sync_failed = True
         report_note = ""
         if not args.no_report:
-            report_note = _report(spec, engine, records, counts, args, command)
+            report_note = _report(spec, engine, records, counts, args, command, kept)
     if engine is not None:
         engine.close()
     _summary(spec, counts, m_store.canonical(m_name), report_note)
     return 1 if counts.failed or counts.sync_failed else 0
 
 
-def _report(spec, engine, records, counts, args, command) -> str:
+def _report(spec, engine, records, counts, args, command, kept=()) -> str:
     from . import report
     from .backends import LocalEngine
 
     try:
-        html_path = report.write(spec, engine or LocalEngine(spec.max_pixels), sorted(records, key=lambda r: r.input),
-                                 counts, limit=args.report_limit, command=command)
+        html_path = report.write(spec, engine or LocalEngine(spec.max_pixels), records, counts,
+                                 limit=args.report_limit, command=command, kept=kept)
         return f"; report {printable(html_path)}"
     except Exception as err:  # noqa: BLE001 - the images are done; a failed picture must not hide that
         return f"; report failed: {type(err).__name__}: {printable(err)}"

@@ -287,13 +287,20 @@ def contact_sheet(rows: list[tuple[str, list[tuple[str, np.ndarray]]]]) -> np.nd
     return np.concatenate(parts, axis=0)
 
 
-def write(spec, engine, records, counts, *, limit: int = 24, command: str = ""):
+KEPT_NOTE = "kept from an earlier run (--resume): its output was verified (size, SHA-256, settings), not redone"
+
+
+def write(spec, engine, records, counts, *, limit: int = 24, command: str = "", kept=()):
     """Write ``report.html`` and ``contact_sheet.png`` into OUTPUT (atomically); returns the
-    report's name."""
+    report's name. ``kept``: the earlier records of the images a ``--resume`` run skipped (their
+    verified outputs are in OUTPUT too): shown among this run's, each noted :data:`KEPT_NOTE`, so
+    the report covers the whole folder (it pictured only what the resumed run redid)."""
+    kept_names = {r.input for r in kept}
+    records = sorted([*records, *kept], key=lambda r: r.input)
     ok = [r for r in records if r.ok][:limit]
-    raw, notes = {}, {}
+    raw, notes = {}, {name: KEPT_NOTE for name in kept_names}
     for rec in ok:
-        remarks = list(rec.notes or [])
+        remarks = ([KEPT_NOTE] if rec.input in kept_names else []) + list(rec.notes or [])
         try:
             raw[rec.input] = _panels(rec, spec, engine, remarks)
         except Exception as err:  # noqa: BLE001 - a picture that cannot be made is noted, not fatal
