@@ -72,7 +72,7 @@ def test_the_server_aligns_an_rgba_file_to_an_rgb_reference():
 def test_the_batch_aligns_rgba_files_to_an_rgb_reference(tmp_path):
     src = tmp_path / "in"
     tmpl, truth = make_align_folder(src, 2, seed=3)
-    colour = lambda g: cv2.merge([g, (g * 0.8).astype(np.uint8), 255 - g])  # noqa: E731
+    colour = lambda g: cv2.merge([g, (g * 0.8).astype(np.uint8), 255 - g])
     cv2.imwrite(str(tmp_path / "ref.png"), colour(tmpl))
     for rel in truth:
         g = cv2.imread(str(src / rel), cv2.IMREAD_GRAYSCALE)

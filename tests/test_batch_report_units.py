@@ -11,7 +11,6 @@ import re
 import cv2
 import numpy as np
 import pytest
-
 from test_batch_helpers import make_align_folder, read_manifest, run_batch
 
 pytest.importorskip("matplotlib", reason="the report's summary plots need matplotlib (extra 'warpsvc[batch]')")

@@ -208,6 +208,16 @@ class _DeadlineStop:
             self.fired = True
         return self.fired
 
+    def remaining(self) -> float | None:
+        """Seconds until the stop would fire (``None``: no deadline); the alignment's clock asks
+        before a stage it cannot interrupt (``align.clock.Clock.fits``)."""
+        left = self._context.time_remaining()
+        return None if left is None else left - DEADLINE_MARGIN_S
+
+    def expire(self) -> None:
+        """The alignment gave up: the next stage would not end before the deadline."""
+        self.fired = True
+
 
 class DeadlinePoll:
     """The ``poll`` of ``warp`` / ``jacobian_determinant`` (called between tiles and strips):

@@ -15,10 +15,11 @@ from ..transforms.models import submodel_columns
 from ..validate import check_image
 from . import intensity_scale
 from .chart import make_chart
+from .clock import Clock, Stopped
 from .covariance import coarse_check_zncc, final_statistics, level_noise_variance, template_noise_share, zncc
 from .denoise import MIN_NOISE_RATIO, NOISE_DOMINATED
 from .features import IMAGE_SCALE, TemplateFeatures, detection_factor, feature_start, reduced
-from .gauss_newton import Clock, Stopped, solve_level, translation_search
+from .gauss_newton import solve_level, translation_search
 from .options import AlignOptions, explicit_keywords, merge_options
 from .problem import Outcome, Problem, constant_template, same_exposure_fit, template_from_image
 from .pyramid import build_level, channel_mean, prepare
@@ -39,8 +40,7 @@ from .result import (
 from .tone import fit_tone_curve
 from .verify import MAX_BLOCK_MARGIN, MIN_MARGIN, closest_failure, margins, outlier_mask
 
-# Relative size of the smallest Hessian eigenvalue below which the template cannot constrain
-# the motion (flat, or texture in one direction only).
+# Smallest relative Hessian eigenvalue that constrains the motion (below: flat, or 1-D texture).
 MIN_RELATIVE_EIGENVALUE = 1e-9
 # Alternative schedules tried, in order, when an attempt ends unconverged for a reason a
 # different start might fix (measured on the benchmark: with and without a translation warm
@@ -303,7 +303,7 @@ def _feature_start(features, image, image_mask, opts, scale, clock, stretch=Fals
             img = reduced(img, factor)
         if inputs is not None:
             inputs[stretch] = img
-    found = feature_start(features, img, opts.model, scale, check=clock.check, image_factor=factor)
+    found = feature_start(features, img, opts.model, scale, check=clock, image_factor=factor)
     return None if found is None else found[0]
 
 

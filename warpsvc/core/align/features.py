@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+import time
 
 import cv2
 import numpy as np
@@ -115,12 +116,47 @@ def _sift():
     return sift
 
 
+# Fastest SIFT time per detector pixel seen in this process, over detections (whole, or tiles)
+# of at least RATE_MIN_PIXELS: the lower bound that :func:`_sift_detect` holds a deadline
+# against. Measured here (2 OpenCV threads): 0.46 us/px at 240^2, 0.34 at 480^2, 0.23-0.26 at
+# 1024^2-2000^2. Only large detections teach it: a rate learnt on a 386^2 template (0.57 us/px)
+# made a 1448^2 image detection (0.26 us/px) look twice as slow as it was, and an Align that
+# would have ended in time gave up. FIT_MARGIN halves the bound again (a featureless image skips
+# most of the descriptor work; another call may have been running beside the fastest one).
+# It predicts only after RATE_MIN_SEEN such detections (one measured while the machine was busy
+# overstated the rate: a 0.5 s Align that would have converged in 0.41 s gave up).
+_FASTEST = {"rate": None, "seen": 0}
+RATE_MIN_PIXELS = 1 << 20
+RATE_MIN_SEEN = 3
+FIT_MARGIN = 0.5
+
+
+def _sift_detect(img: np.ndarray, mask: np.ndarray | None, check=None):
+    """One uninterruptible ``detectAndCompute``. With a ``check`` that has ``fits`` / ``give_up``
+    (a :class:`.clock.Clock`), a detection whose lower-bound cost (:data:`FIT_MARGIN` x the
+    fastest rate seen x its pixels) does not fit the time left is not started: the call stops at
+    once instead of overrunning its deadline by the detection (a gRPC Align with a 0.3 s
+    deadline on a 3000x3000 pair held its worker 2.5-3.1 s). Fewer than :data:`RATE_MIN_SEEN`
+    large detections seen yet: no prediction."""
+    pixels = img.shape[0] * img.shape[1]
+    fits, rate = getattr(check, "fits", None), _FASTEST["rate"]
+    if _FASTEST["seen"] >= RATE_MIN_SEEN and callable(fits) and not fits(FIT_MARGIN * rate * pixels):
+        check.give_up()
+    t0 = time.perf_counter()
+    found = _sift().detectAndCompute(img, mask)
+    if pixels >= RATE_MIN_PIXELS:
+        seen = (time.perf_counter() - t0) / pixels
+        _FASTEST["rate"] = seen if rate is None else min(rate, seen)
+        _FASTEST["seen"] += 1
+    return found
+
+
 def _detect(img: np.ndarray, mask: np.ndarray | None, check=None):
     """``(keypoints, descriptors)`` of ``img`` (``cv2.SIFT.detectAndCompute``; releases the GIL),
     in tiles when it has more than :data:`TILE_PIXELS` pixels (:func:`_detect_tiled`, with
-    ``check()`` between tiles)."""
+    ``check()`` between tiles); each detection first asks whether it fits (:func:`_sift_detect`)."""
     if img.shape[0] * img.shape[1] <= TILE_PIXELS:
-        return _sift().detectAndCompute(img, mask)
+        return _sift_detect(img, mask, check)
     return _detect_tiled(img, mask, check)
 
 
@@ -151,7 +187,7 @@ def _detect_tiled(img: np.ndarray, mask: np.ndarray | None, check=None):
         for x0, x1 in itertools.pairwise(cols):
             a, b = max(0, y0 - TILE_MARGIN), min(h, y1 + TILE_MARGIN)
             c, d = max(0, x0 - TILE_MARGIN), min(w, x1 + TILE_MARGIN)
-            kp, desc = _sift().detectAndCompute(img[a:b, c:d], None if mask is None else mask[a:b, c:d])
+            kp, desc = _sift_detect(img[a:b, c:d], None if mask is None else mask[a:b, c:d], check)
             _check(check)  # a deadline passing during a large image's detection stops after a tile
             if desc is None:
                 continue

@@ -62,67 +62,22 @@ noise in the template's gradients).
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
 
 from .chart import chart_scale
+from .clock import Clock
 from .losses import LOSSES, mad_sigma
 from .pyramid import Level, level_scale, point_maps, sample_points, warp_to_template  # samplers: also api/verify
-from .result import (
-    CANCELLED,
-    CONVERGED,
-    DEGENERATE_WARP,
-    INSUFFICIENT_OVERLAP,
-    MAX_ITERATIONS,
-    NO_PROGRESS,
-    TIME_BUDGET,
-)
+from .result import CONVERGED, DEGENERATE_WARP, INSUFFICIENT_OVERLAP, MAX_ITERATIONS, NO_PROGRESS
 
 MAX_DAMPING = 1e8
 # Fewer usable residuals than this many per unknown and a level is skipped / the call fails.
 MIN_RESIDUALS_PER_UNKNOWN = 4
 # Gain clamp when normalising the image by the photometric fit.
 GAIN_RANGE = (0.05, 20.0)
-
-
-class Stopped(Exception):
-    """Raised by :meth:`Clock.check` (set-up stages: pyramids, Jacobians, feature search) when the
-    clock says stop; ``reason`` is ``TIME_BUDGET`` or ``CANCELLED``."""
-
-    def __init__(self, reason):
-        super().__init__(reason)
-        self.reason = reason
-
-
-class Clock:
-    """Shared stopping rule: a time budget and an optional cancellation callable. Iterations ask
-    :meth:`stop_reason`; set-up stages call :meth:`check`, which raises :class:`Stopped`. Once
-    it has said stop it keeps saying so without asking ``should_stop`` again."""
-
-    def __init__(self, budget, should_stop):
-        self.start = time.perf_counter()
-        self.deadline = None if budget is None else self.start + budget
-        self.should_stop = should_stop
-        self._stopped = None
-
-    def stop_reason(self):
-        if self._stopped is None:
-            if self.deadline is not None and time.perf_counter() > self.deadline:
-                self._stopped = TIME_BUDGET
-            elif self.should_stop is not None and self.should_stop():
-                self._stopped = CANCELLED
-        return self._stopped
-
-    def check(self) -> None:
-        reason = self.stop_reason()
-        if reason is not None:
-            raise Stopped(reason)
-
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.start
 
 
 @dataclass
