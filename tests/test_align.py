@@ -270,10 +270,11 @@ def test_template_and_image_in_other_units_align(camera, kind):
     caller's units."""
     truth = true_warp("homography")
     tmpl8 = cut(camera, truth).astype(np.float64)
+    cam8 = camera.astype(np.uint8)  # (the fixture is the 8-bit photograph as float32)
     template, image, gain = {
-        "16-bit image, 8-bit template": (tmpl8.round().astype(np.uint8), camera.astype(np.uint16) * 257, 257.0),
-        "8-bit image, [0, 1] template": ((tmpl8 / 255.0).astype(np.float32), camera, 255.0),
-        "8-bit image, 16-bit template": ((tmpl8 * 257).round().astype(np.uint16), camera, 1 / 257.0),
+        "16-bit image, 8-bit template": (tmpl8.round().astype(np.uint8), cam8.astype(np.uint16) * 257, 257.0),
+        "8-bit image, [0, 1] template": ((tmpl8 / 255.0).astype(np.float32), cam8, 255.0),
+        "8-bit image, 16-bit template": ((tmpl8 * 257).round().astype(np.uint16), cam8, 1 / 257.0),
     }[kind]
     same = align(tmpl8.astype(np.float32), camera, "homography", start())
     got = align(template, image, "homography", start())
@@ -284,15 +285,34 @@ def test_template_and_image_in_other_units_align(camera, kind):
     assert off.gain == (1.0,)
 
 
-def test_unit_factor_is_one_within_the_gain_range():
-    from warpsvc.core.align.intensity_scale import template_factor
+def test_unit_factor_needs_a_difference_of_containers():
+    """Only a difference of containers (uint8, uint16, [0, 1] floats) says the units differ;
+    the factor is the power of two nearest the ratio of robust peaks, clipped to the ratio of
+    the full scales. Same-kind pairs are never rescaled: a dark patch of a bright image, or a
+    hot pixel (cosmic ray), must not look like another unit (found by a helper's test: a hot
+    pixel rescaled a same-unit float pair and moved the result 0.1-1.2 px)."""
+    from warpsvc.core.align.intensity_scale import robust_peak, template_factor as tf
 
-    t = np.array([[0.0, 200.0]])
-    for peak in (25.1, 200.0, 1600.0):  # within 8x either way: untouched (bit-identical results)
-        assert template_factor(t, np.array([[peak]])) == 1.0
-    assert template_factor(t, np.array([[65535.0]])) == 256.0  # 2^round(log2(327.7)) = 2^8
-    assert template_factor(t, np.array([[1.0, np.nan]])) == 2.0 ** -8  # NaN ignored; 1/200 -> 2^-8
-    assert template_factor(np.zeros((2, 2)), np.array([[255.0]])) == 1.0  # nothing to compare
+    rng = np.random.default_rng(5)
+    t8 = rng.integers(0, 201, (60, 60)).astype(np.uint8)
+    scene = rng.integers(0, 201, (300, 300))
+    assert tf(t8, (scene * 257).astype(np.uint16)) == 256.0  # 8- vs 16-bit full range
+    assert tf(t8, (scene * 16).astype(np.uint16)) == 16.0  # a 12-bit camera in a 16-bit file
+    assert tf(t8, (scene * 4).astype(np.uint16)) == 1.0  # 10-bit: gain 4, left to the gain model
+    assert tf((t8 // 10).astype(np.uint8), np.full((9, 9), 65535, np.uint16)) == 256.0  # dark: clipped to 257
+    assert tf((t8 / 255.0).astype(np.float32), scene.astype(np.uint8)) == 256.0  # [0, 1] template
+    assert tf((scene * 257).astype(np.uint16), t8) == 2.0 ** -8  # and the other way
+    assert tf(t8.astype(np.float32), (scene // 10).astype(np.uint8)) == 1.0  # float counts: unit unknown
+    assert tf(t8.astype(np.float32) / 255, scene.astype(np.float32)) == 1.0  # float / float: never
+    assert tf(t8.astype(np.float32), scene.astype(np.float32) * 1000) == 1.0
+    hot = scene.astype(np.uint16)
+    hot[3, 3] = 65535  # 8-bit data in a 16-bit file, one hot pixel: not a unit
+    assert tf(t8, hot) == 1.0
+    nan = (scene / 255.0).astype(np.float32)
+    nan[0, :5] = np.nan
+    assert tf(t8, nan) == 2.0 ** -8
+    assert robust_peak(np.array([0.0, 200.0])) == 200.0 and robust_peak(np.array([np.nan])) == 0.0
+    assert tf(np.zeros((4, 4), np.uint8), np.full((4, 4), 9.0, np.float32)) == 1.0  # nothing to compare
 
 
 def test_all_nan_template(camera):

@@ -23,11 +23,6 @@ import math
 import numpy as np
 
 LOW, HIGH = 2.0 ** -8, 2.0 ** 20  # template peaks in this range are left as they are
-# Template and image peaks further apart than this (either way) are brought together first
-# (:func:`template_factor`): well inside the gain model's range (``gauss_newton.GAIN_RANGE``).
-UNIT_RATIO = 8.0
-
-
 def scale_for(template) -> float:
     """1, or the power of two putting the template's largest finite ``|value|`` into [128, 256).
     Taken from the caller's array, before its conversion to float32 (a float64 template of
@@ -47,33 +42,67 @@ def scale_for(template) -> float:
     return 2.0 ** min(1000, max(-1000, 7 - math.floor(math.log2(peak))))  # s and 1 / s stay finite
 
 
-def _peak(a: np.ndarray) -> float:
-    """Largest finite ``|value|`` of ``a`` (0 when none); two reductions, no temporary, when
-    every value is finite."""
-    if a.size == 0:
+# Containers whose values have a nominal unit (their full scale): 8- and 16-bit counts, and
+# floats whose values lie within [0, 1] (normalised images). Other floats (counts stored as
+# float, physical units) and other integer types have none.
+FULL_SCALE = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
+# Peak ratios within this factor (either way) are left to the gain model (GAIN_RANGE [0.05, 20]).
+UNIT_RATIO = 8.0
+# The robust peak: this quantile of the finite |values|, over at most PEAK_SAMPLE of them.
+PEAK_QUANTILE = 0.999
+PEAK_SAMPLE = 1 << 16
+
+
+def robust_peak(a: np.ndarray) -> float:
+    """The :data:`PEAK_QUANTILE` quantile of ``a``'s finite ``|values|`` (0 when none), over an
+    even stride of at most :data:`PEAK_SAMPLE` of them: a few hot pixels (a cosmic ray, a
+    saturated star) do not make it."""
+    flat = np.asarray(a).reshape(-1)
+    step = max(1, flat.size // PEAK_SAMPLE)
+    v = np.abs(flat[::step].astype(np.float64))
+    v = v[np.isfinite(v)]
+    if v.size == 0:
         return 0.0
-    with np.errstate(invalid="ignore"):
-        peak = max(float(a.max()), -float(a.min()))
-    if math.isfinite(peak):
-        return peak
-    finite = np.abs(a[np.isfinite(a)])
-    return float(finite.max()) if finite.size else 0.0
+    k = min(v.size - 1, math.ceil(PEAK_QUANTILE * (v.size - 1)))  # (of 2 values: the larger)
+    return float(np.partition(v, k)[k])
+
+
+def _full_scale(a: np.ndarray, peak: float) -> float | None:
+    """The container's nominal unit (:data:`FULL_SCALE`; 1 for a float array whose robust peak
+    is at most 1), or ``None``."""
+    if a.dtype in FULL_SCALE:
+        return FULL_SCALE[a.dtype]
+    return 1.0 if a.dtype.kind == "f" and 0.0 < peak <= 1.0 else None
 
 
 def template_factor(template, image) -> float:
-    """1, or the power of two ``t`` that brings the template's largest finite ``|value|`` within
-    a factor ``sqrt(2)`` of the image's, when the two differ by more than :data:`UNIT_RATIO`:
-    the same scene in other units -- an 8-bit reference for a 16-bit file (gain ~257), a
-    [0, 1] float template for 8-bit frames. The gain/bias model's gain is bounded
-    (``GAIN_RANGE``, [0.05, 20]: a free gain lets a flat fit absorb anything), so such a pair
-    came out ``uncertain`` with the gain clamped at 20 (found by a batch run over a folder of
-    mixed bit depths). Used only when a gain is modelled (``photometric`` not ``None``); the
-    template is scaled, exactly, so the image, the residuals and the bias keep their units and
-    only the gain is reported times ``t`` (:func:`unscaled`)."""
-    pt, pi = _peak(np.asarray(template)), _peak(np.asarray(image))
-    if not (pt > 0 and pi > 0) or 1.0 / UNIT_RATIO <= pi / pt <= UNIT_RATIO:
+    """1, or the power of two ``t`` by which to multiply the template so that template and image
+    are in the same units: the same scene in another container -- an 8-bit reference for a
+    16-bit file (gain ~257), a [0, 1] float template for 8-bit frames (255). The gain/bias
+    model's gain is bounded (``GAIN_RANGE``, [0.05, 20]: a free gain lets a flat fit absorb
+    anything), so such a pair came out ``uncertain`` with the gain clamped at 20 (found by a
+    batch run over a folder of mixed bit depths).
+
+    Only a difference of *containers* says the units differ (:func:`_full_scale`: uint8,
+    uint16, [0, 1] floats); pairs of one kind, or with a container of unknown unit, are never
+    rescaled (a dark patch cut from a bright image has its own peak far below the image's, and
+    needs a gain of 1). Then ``t`` is the power of two nearest the ratio of the robust peaks
+    (:func:`robust_peak`) when that ratio is beyond :data:`UNIT_RATIO`, clipped to the ratio of
+    the full scales (a 12-bit camera in a 16-bit file against an 8-bit template: 16, not 256; a
+    dark 8-bit template of a 16-bit scene: 256, not more)."""
+    t, i = np.asarray(template), np.asarray(image)
+    if t.dtype == i.dtype:
         return 1.0
-    return 2.0 ** min(1000, max(-1000, round(math.log2(pi / pt))))
+    pt, pi = robust_peak(t), robust_peak(i)
+    ut, ui = _full_scale(t, pt), _full_scale(i, pi)
+    if ut is None or ui is None or ut == ui or not (pt > 0 and pi > 0):
+        return 1.0
+    ratio = pi / pt
+    if 1.0 / UNIT_RATIO <= ratio <= UNIT_RATIO:
+        return 1.0
+    units = ui / ut
+    ratio = min(max(ratio, min(1.0, units)), max(1.0, units))
+    return 2.0 ** round(math.log2(ratio))
 
 
 def in_image_units(template, image, photometric):
