@@ -291,7 +291,8 @@ def test_unit_factor_needs_a_difference_of_containers():
     the full scales. Same-kind pairs are never rescaled: a dark patch of a bright image, or a
     hot pixel (cosmic ray), must not look like another unit (found by a helper's test: a hot
     pixel rescaled a same-unit float pair and moved the result 0.1-1.2 px)."""
-    from warpsvc.core.align.intensity_scale import robust_peak, template_factor as tf
+    from warpsvc.core.align.intensity_scale import robust_peak
+    from warpsvc.core.align.intensity_scale import template_factor as tf
 
     rng = np.random.default_rng(5)
     t8 = rng.integers(0, 201, (60, 60)).astype(np.uint8)
