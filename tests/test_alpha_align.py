@@ -7,6 +7,8 @@ warp (corner error), the library's own alignment of the colour with the mask pas
 
 from __future__ import annotations
 
+import re
+
 import cv2
 import numpy as np
 import pytest
@@ -84,3 +86,48 @@ def test_the_batch_aligns_rgba_files_to_an_rgb_reference(tmp_path):
     assert res.returncode == 0, res.stdout + res.stderr
     records = read_manifest(tmp_path / "out" / "manifest.jsonl")
     assert len(records) == 2 and all(r["status"] == "ok" and r["convergence"]["converged"] for r in records)
+
+
+def _la_png(grey: np.ndarray, alpha: np.ndarray) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.dstack([grey, alpha]), "LA").save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_a_grey_alpha_png_aligns_to_a_grey_file_as_grey():
+    """OpenCV decodes a grey + alpha PNG as four channels (the grey repeated): it was refused
+    against a grey reference ("image has 3 channels but template has 1", found by a helper's
+    test). It now aligns as grey, its alpha the mask, like the grey pixels masked by hand."""
+    grey = np.ascontiguousarray(_scene()[:, :, 1])
+    alpha = np.where(np.arange(160)[:, None] < 12, 0, 255).astype(np.uint8) * np.ones((1, 160), np.uint8)
+    ref = np.ascontiguousarray(TEMPLATE[:, :, 1])
+    expected = warpsvc.align(ref, grey, "affine", image_mask=alpha > 0)
+    with inprocess_server() as srv, WarpClient(f"127.0.0.1:{srv.port}", retries=1) as client:
+        got = client.align(_png(ref), _la_png(grey, alpha), "affine")
+        assert got.converged, got.reason
+        np.testing.assert_array_equal(got.matrix, expected.matrix)
+        back = client.align(_la_png(ref, np.full(ref.shape, 255, np.uint8)), _png(grey), "affine")
+        assert back.converged and np.abs(back.matrix - warpsvc.align(ref, grey, "affine").matrix).max() < 1e-9
+
+
+def test_the_report_pictures_files_with_alpha(tmp_path):
+    """The report's residuals of RGBA and grey + alpha files are drawn from their colour
+    channels, transparent pixels grey (each such row said "no pictures: could not broadcast
+    (300,300,4) into (300,300,3)", found by a helper's test)."""
+    pytest.importorskip("matplotlib", reason="the report's summary plots need matplotlib")
+    src = tmp_path / "in"
+    src.mkdir()
+    rgba = _scene()
+    cv2.imwrite(str(tmp_path / "ref.png"), TEMPLATE)
+    cv2.imwrite(str(src / "rgba.png"), rgba)
+    (src / "grey_alpha.png").write_bytes(_la_png(np.ascontiguousarray(rgba[:, :, 1]), rgba[:, :, 3]))
+    res = run_batch("align", src, tmp_path / "out", "--reference", tmp_path / "ref.png", "--model", "affine",
+                    "--jobs", "1")
+    assert res.returncode == 0, res.stdout + res.stderr
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert "no pictures" not in html, re.findall("no pictures[^<]*", html)
+    assert len(re.findall(r"residual RMS [0-9.]+ -", html)) == 2

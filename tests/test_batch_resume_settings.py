@@ -157,5 +157,8 @@ def test_a_resumed_runs_report_covers_the_kept_images_too(tmp_path):
     html = (out / "report.html").read_text()
     assert html.count("<details>") == 4  # one row per image of the folder
     assert html.count(KEPT_NOTE) == 3
+    # the title counts this run, and says so; the kept images are counted apart
+    assert "1 ok, 0 failed, 3 skipped (this run)</h1>" in html
+    assert "The table also shows the 3 image(s) this run kept from earlier runs" in html
     for name in names:
         assert name in html

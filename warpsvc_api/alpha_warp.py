@@ -17,7 +17,8 @@ Alignment (:func:`alpha_as_mask`): the alpha of such a file says where its colou
 so it is not aligned on as a fourth intensity; it becomes the input's mask (``alpha > 0``,
 and-ed with a mask the caller sent) and the colour channels are aligned. An RGBA file then
 aligns to an RGB reference (it was refused: "image has 4 channels but template has 3") and
-its transparent surround no longer pulls the fit.
+its transparent surround no longer pulls the fit. A grey + alpha PNG (decoded as four channels,
+the grey repeated) aligns to a grey file as grey (:func:`grey_like`).
 """
 
 from __future__ import annotations
@@ -54,3 +55,25 @@ def alpha_as_mask(pixels: np.ndarray, alpha: bool, mask=None):
     if given.shape != seen.shape:
         return colour, mask
     return colour, seen & (given != 0)
+
+
+def grey_like(pixels: np.ndarray, other: np.ndarray) -> np.ndarray:
+    """``pixels`` as one grey channel when it is colour whose channels are all equal and ``other``
+    is grey (2-D or one channel): a grey file decoded as BGR(A) -- OpenCV decodes a grey + alpha
+    PNG as four channels, the grey repeated three times -- against a grey template or image.
+    Otherwise ``pixels`` as given (a real colour image against a grey one stays refused)."""
+    if not (pixels.ndim == 3 and pixels.shape[2] == 3 and (other.ndim == 2 or other.shape[2] == 1)):
+        return pixels
+    first = pixels[:, :, 0]
+    if np.array_equal(first, pixels[:, :, 1]) and np.array_equal(first, pixels[:, :, 2]):
+        return np.ascontiguousarray(first)
+    return pixels
+
+
+def align_inputs(template, template_alpha: bool, template_mask, image, image_alpha: bool, image_mask):
+    """``(template, template_mask, image, image_mask)`` for :func:`warpsvc.align` from decoded
+    files: each file's alpha as its mask (:func:`alpha_as_mask`), then a grey file decoded as
+    colour made grey again when the other input is grey (:func:`grey_like`)."""
+    template, template_mask = alpha_as_mask(template, template_alpha, template_mask)
+    image, image_mask = alpha_as_mask(image, image_alpha, image_mask)
+    return grey_like(template, image), template_mask, grey_like(image, template), image_mask

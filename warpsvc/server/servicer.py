@@ -18,7 +18,7 @@ from warpsvc.core.budget import WarpLimits
 from warpsvc.core.errors import CancelledError, DeadlineExceededError, InvalidArgumentError, WarpsvcError
 from warpsvc.core.validate import output_dtype
 from warpsvc_api import convert, image_probe, status, vocab, wire
-from warpsvc_api.alpha_warp import alpha_as_mask, warp_keeping_alpha
+from warpsvc_api.alpha_warp import align_inputs, warp_keeping_alpha
 from warpsvc_api.v1 import warp_pb2 as pb
 
 from . import codecs
@@ -120,11 +120,10 @@ class WarpServicer:
             template, image = self._image(call, "template"), self._image(call, "image")
             masks = {name: self._image(call, name, required=False) for name in ("template_mask", "image_mask")}
             options = convert.align_options(call.message)
-            limit = self.settings.max_input_pixels  # an encoded file's alpha is a mask (alpha_as_mask)
-            template, masks["template_mask"] = alpha_as_mask(template, _has_alpha(call.message.template, template, limit),
-                                                             masks["template_mask"])
-            image, masks["image_mask"] = alpha_as_mask(image, _has_alpha(call.message.image, image, limit),
-                                                       masks["image_mask"])
+            limit = self.settings.max_input_pixels  # an encoded file's alpha is a mask (align_inputs)
+            template, masks["template_mask"], image, masks["image_mask"] = align_inputs(
+                template, _has_alpha(call.message.template, template, limit), masks["template_mask"],
+                image, _has_alpha(call.message.image, image, limit), masks["image_mask"])
         stop = _DeadlineStop(context)
         record_pixels(inp=_pixels(template.shape) + _pixels(image.shape))
         with self.stage("compute"):

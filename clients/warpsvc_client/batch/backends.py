@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from warpsvc.core.errors import InvalidArgumentError, InvalidImageError
-from warpsvc_api.alpha_warp import alpha_as_mask, warp_keeping_alpha
+from warpsvc_api.alpha_warp import align_inputs, warp_keeping_alpha
 from warpsvc_api.tiff_alpha import declare_alpha
 
 from .jobs import CallContext, EncodedImage, decode_image
@@ -120,8 +120,9 @@ class LocalEngine:
         if ctx.deadline is not None:  # the image's deadline stops the iterations (reason "cancelled")
             kw["should_stop"] = lambda: ctx.remaining() <= 0
         # a file's alpha is where its colour is defined: a mask, not a channel to align on
-        template, kw["template_mask"] = alpha_as_mask(self._pixels(reference), _alpha(reference), kw.get("template_mask"))
-        pixels, kw["image_mask"] = alpha_as_mask(self._decode(image), image.cost.alpha, kw.get("image_mask"))
+        template, kw["template_mask"], pixels, kw["image_mask"] = align_inputs(
+            self._pixels(reference), _alpha(reference), kw.get("template_mask"),
+            self._decode(image), image.cost.alpha, kw.get("image_mask"))
         return warpsvc.align(template, pixels, **kw)
 
     def jacobian(self, transform, shape, ctx: CallContext) -> np.ndarray:

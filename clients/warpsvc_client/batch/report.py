@@ -42,8 +42,9 @@ from collections import Counter
 import numpy as np
 
 from warpsvc.core.transforms import HomographyTransform
+from warpsvc_api.alpha_warp import align_inputs, alpha_as_mask, grey_like
 
-from .jobs import CallContext, decode, pixels_of
+from .jobs import CallContext, EncodedImage, decode, decode_image, pixels_of, read_image
 from .paths import ascii_label, printable
 from .pixels import png as _png
 from .transforms import from_record
@@ -207,7 +208,8 @@ def _thumb(rgb: np.ndarray, cell: int = CELL) -> np.ndarray:
 def _panels(rec, spec, engine, remarks: list) -> dict:
     """The raw pictures of one successful image: ``{label: array}``; maps stay numeric until
     the run's scales are known. How a picture was drawn, if unusual, goes to ``remarks``."""
-    inp = decode(spec.inputs.read(rec.input), spec.max_pixels, exact=False)
+    source = read_image(spec.inputs.read(rec.input), spec.max_pixels)
+    inp = decode_image(source, exact=False)
     data = spec.outputs.read(rec.output)
     out = (np.load(io.BytesIO(data), allow_pickle=False) if rec.output.endswith(".npy")
            else decode(data, spec.max_pixels, exact=False))
@@ -226,20 +228,39 @@ def _panels(rec, spec, engine, remarks: list) -> dict:
         transform = from_record(rec.to_dict())  # the record says which transform was used
     panels["log2 |det J|"] = log2_det(engine.jacobian(transform, tuple(out.shape[:2]), CallContext()))
     if spec.job == "align":
-        reference = pixels_of(spec.reference, exact=False)
-        # after: only where the aligned output has image content (the preimage lies inside the
-        # image), so the border fill is not counted as misalignment; elsewhere grey (NaN)
-        seen = covered(transform.matrix, reference.shape[:2], inp.shape)
-        after = residual(in_reference_units(out, rec.convergence), reference)
-        raw = residual(out, reference)
-        # the fit's units are the files' as stored: a picture decoded inexactly (Pillow's 8-bit
-        # reading of a 16-bit colour file, client-only install) would come out worse: keep it raw
-        fit = rec.convergence if not np.nanmedian(after[seen]) > np.nanmedian(raw[seen]) else None
-        after = after if fit is not None else raw
-        panels["residual before"] = residual(in_reference_units(inp, fit), reference)
-        after[~seen] = np.nan
-        panels["residual after"] = after
+        panels["residual before"], panels["residual after"] = _residuals(rec, spec, inp, source.cost.alpha, out,
+                                                                         transform)
     return panels
+
+
+def _residuals(rec, spec, inp, alpha: bool, out, transform):
+    """``(before, after)`` residual maps of an aligned image, in the reference's grey levels
+    (:func:`in_reference_units`), on the colour channels as the alignment saw them: a file's
+    alpha is its mask, not a channel, and a grey file decoded as colour is grey
+    (``warpsvc_api.alpha_warp.align_inputs``); pixels the alpha leaves out are NaN."""
+    reference = pixels_of(spec.reference, exact=False)
+    ref_alpha = isinstance(spec.reference, EncodedImage) and bool(spec.reference.cost.alpha)
+    reference, ref_seen, inp, inp_seen = align_inputs(reference, ref_alpha, None, inp, alpha, None)
+    out, out_seen = alpha_as_mask(out, alpha)
+    out = grey_like(out, reference)
+    # after: only where the aligned output has image content (the preimage lies inside the
+    # image), so the border fill is not counted as misalignment; elsewhere grey (NaN)
+    seen = covered(transform.matrix, reference.shape[:2], inp.shape)
+    for mask in (ref_seen, out_seen):
+        if mask is not None and mask.shape == seen.shape:
+            seen &= mask
+    after = residual(in_reference_units(out, rec.convergence), reference)
+    raw = residual(out, reference)
+    # the fit's units are the files' as stored: a picture decoded inexactly (Pillow's 8-bit
+    # reading of a 16-bit colour file, client-only install) would come out worse: keep it raw
+    fit = rec.convergence if seen.any() and not np.nanmedian(after[seen]) > np.nanmedian(raw[seen]) else None
+    after = after if fit is not None else raw
+    after[~seen] = np.nan
+    before = residual(in_reference_units(inp, fit), reference)
+    if inp_seen is not None:  # the raw image's transparent pixels (on the reference's grid, as residual crops)
+        hh, ww = min(before.shape[0], inp_seen.shape[0]), min(before.shape[1], inp_seen.shape[1])
+        before[:hh, :ww][~inp_seen[:hh, :ww]] = np.nan
+    return before, after
 
 
 class Scales:
@@ -314,7 +335,7 @@ def write(spec, engine, records, counts, *, limit: int = 24, command: str = "", 
     sheet = contact_sheet([(name + (" [log]" if "log scale" in notes.get(name, "") else ""), p)
                            for name, p in pictures.items()])
     spec.outputs.write_atomic("contact_sheet.png", _png(sheet), spec.run_id)
-    page = _html(spec, records, pictures, extras, notes, scales, counts, command)
+    page = _html(spec, records, pictures, extras, notes, scales, counts, command, kept)
     spec.outputs.write_atomic("report.html", page.encode("utf-8"), spec.run_id)
     return spec.outputs.canonical("report.html")
 
@@ -413,14 +434,23 @@ CSS = ("body{font-family:sans-serif;margin:1.2em;color:#222} h1{font-size:20px} 
        " details pre{font-size:11px;max-width:70em;white-space:pre-wrap} code{font-size:12px}")
 
 
-def _html(spec, records, pictures, extras, notes, scales, counts, command) -> str:
+def _html(spec, records, pictures, extras, notes, scales, counts, command, kept=()) -> str:
     esc = html.escape
     when = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     per_image = [r.timings.total for r in records if r.timings.total is not None]
+    # the title counts this run; kept images (a --resume run's skipped ones) are counted apart,
+    # since the table shows them too (a title "0 not converged" above a kept unconverged row)
+    kept_note = ""
+    if kept:
+        kept_unconverged = sum(r.unconverged for r in kept)
+        kept_note = (f"<p>The table also shows the {len(kept)} image(s) this run kept from earlier runs "
+                     f"(--resume: verified, not redone)"
+                     + (f", {kept_unconverged} of them not converged" if spec.job == "align" else "") + ".</p>")
     out = [f"<!doctype html><html><head><meta charset='utf-8'><title>warpsvc-batch report</title>"
            f"<style>{CSS}</style></head><body>",
            f"<h1>warpsvc-batch {esc(spec.job)}: {counts.ok} ok, {counts.failed} failed, {counts.skipped} skipped"
-           + (f", {counts.unconverged} not converged" if spec.job == "align" else "") + "</h1>",
+           + (f", {counts.unconverged} not converged" if spec.job == "align" else "") + " (this run)" * bool(kept)
+           + "</h1>" + kept_note,
            f"<p>{counts.total} images in {counts.elapsed:.1f} s ({counts.rate():.1f} images/s"
            + (f"; median {np.median(per_image):.3f} s per image" if per_image else "") + f"). {when}<br>"
            f"<code>{esc(printable(command))}</code><br>{esc(printable(spec.inputs.url))} &rarr; "
