@@ -260,7 +260,7 @@ def test_usual_intensity_ranges_are_not_rescaled():
 
 
 @pytest.mark.parametrize("kind", ["16-bit image, 8-bit template", "8-bit image, [0, 1] template",
-                                  "8-bit image, 16-bit template"])
+                                  "8-bit image, 16-bit template", "zero-centred floats, 8- and 16-bit units"])
 def test_template_and_image_in_other_units_align(camera, kind):
     """The same scene stored in other units -- an 8-bit reference for a 16-bit file, a [0, 1]
     float template for 8-bit frames -- needs a gain far outside the gain model's [0.05, 20]:
@@ -275,6 +275,10 @@ def test_template_and_image_in_other_units_align(camera, kind):
         "16-bit image, 8-bit template": (tmpl8.round().astype(np.uint8), cam8.astype(np.uint16) * 257, 257.0),
         "8-bit image, [0, 1] template": ((tmpl8 / 255.0).astype(np.float32), cam8, 255.0),
         "8-bit image, 16-bit template": ((tmpl8 * 257).round().astype(np.uint16), cam8, 1 / 257.0),
+        # both float32 (no container says the units differ): the first fit's gain is clamped at
+        # 20, and the retry in the peaks' units (intensity_scale.solve_in_units) converges
+        "zero-centred floats, 8- and 16-bit units": ((tmpl8 - 128).astype(np.float32),
+                                                     (camera - 128) * np.float32(257), 257.0),
     }[kind]
     same = align(tmpl8.astype(np.float32), camera, "homography", start())
     got = align(template, image, "homography", start())
@@ -283,6 +287,24 @@ def test_template_and_image_in_other_units_align(camera, kind):
     assert got.gain[0] == pytest.approx(gain, rel=0.01)  # the model's gain (or the unit alone) times the unit
     off = align(template, image, "homography", start(), photometric=None)  # identical exposure asserted: as given
     assert off.gain == (1.0,)
+
+
+def test_only_a_clamped_gain_is_solved_again(camera, monkeypatch):
+    """The retry in the peaks' units runs only when the first fit's gain sits at a bound of the
+    gain model: a fit inside the range is solved once (the same bits as before)."""
+    from warpsvc.core.align import api
+
+    calls = []
+    real = api._search
+    monkeypatch.setattr(api, "_search", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    truth = true_warp("homography")
+    tmpl = cut(camera, truth)
+    inside = align(tmpl, camera * np.float32(0.9) + 5, "homography", start(), photometric="gain_bias")
+    assert inside.converged and len(calls) == 1 and 0.8 < inside.gain[0] < 1.0
+    calls.clear()
+    far = align(tmpl - 128, (camera - 128) * np.float32(257), "homography", start(), photometric="gain_bias")
+    assert far.converged and len(calls) == 2 and corner_error(far, truth) < 0.05
+    assert far.gain[0] > 20  # no longer the clamp
 
 
 def test_unit_factor_needs_a_difference_of_containers():

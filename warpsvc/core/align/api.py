@@ -42,10 +42,9 @@ from .verify import MAX_BLOCK_MARGIN, MIN_MARGIN, closest_failure, margins, outl
 
 # Smallest relative Hessian eigenvalue that constrains the motion (below: flat, or 1-D texture).
 MIN_RELATIVE_EIGENVALUE = 1e-9
-# Alternative schedules tried, in order, when an attempt ends unconverged for a reason a
-# different start might fix (measured on the benchmark: with and without a translation warm
-# start, and with the fourth level or without, each schedule wins a few of the sigma = 15 trials
-# the other loses; trying the cheaper one first keeps the common case fast).
+# Alternative schedules tried, in order, when an attempt ends unconverged for a reason a different
+# start might fix (measured on the benchmark: with and without a translation warm start, and with
+# the fourth level or without, each wins a few sigma = 15 trials the other loses; cheaper first).
 RETRIES = (
     {"warm_start": lambda problem, opts: None if opts.warm_start else "translation"},
     {"levels": lambda problem, opts: max(1, problem.n_levels(opts) - 1) if opts.levels == "auto" else opts.levels},
@@ -156,7 +155,8 @@ def align(
         raise InvalidImageError(
             f"image has {full.shape[2]} channels but template has {tmpl.shape[2]}", field="image"
         )
-    return intensity_scale.unscaled(_search(tmpl, image, image_mask, init, opts, clock), scale, unit)
+    return intensity_scale.solve_in_units(lambda t: _search(t, image, image_mask, init, opts, clock), tmpl, image,
+                                          scale, unit, opts.photometric)
 
 
 def _search(tmpl, image, image_mask, init, opts, clock) -> AlignResult:

@@ -105,6 +105,42 @@ def template_factor(template, image) -> float:
     return 2.0 ** round(math.log2(ratio))
 
 
+def _gain_clamped(gain) -> bool:
+    """Whether a fitted gain (any channel) sits at a bound of ``gauss_newton.GAIN_RANGE``."""
+    from .gauss_newton import GAIN_RANGE
+
+    lo, hi = GAIN_RANGE
+    return any(not (lo * (1 + 1e-9) < float(g) < hi * (1 - 1e-9)) for g in gain)
+
+
+def peak_factor(template, image) -> float:
+    """1, or the power of two nearest the ratio of the robust peaks (:func:`robust_peak`) of
+    image and template when it is beyond :data:`UNIT_RATIO` (no container rule: the retry of
+    :func:`solve_in_units`)."""
+    pt, pi = robust_peak(np.asarray(template)), robust_peak(np.asarray(image))
+    if not (pt > 0 and pi > 0) or 1.0 / UNIT_RATIO <= pi / pt <= UNIT_RATIO:
+        return 1.0
+    return 2.0 ** min(1000, max(-1000, round(math.log2(pi / pt))))
+
+
+def solve_in_units(solve, template, image, scale: float, unit: float, photometric):
+    """``solve(template)`` (an :class:`~.result.AlignResult`, back in the caller's units), and once
+    more with the template times :func:`peak_factor` when the first fit's gain came out clamped
+    at a bound of the gain model while no unit factor was applied (floats of unknown unit: an
+    8-bit-unit template against the same scene in 16-bit units, both float, gave ``converged``
+    with the gain stuck at 20 and a wrong bias; found by a helper's test). The retry's result is
+    kept when it converged or the first did not; a fit inside the gain range is never retried
+    (no cost, the same bits)."""
+    result = unscaled(solve(template), scale, unit)
+    if photometric is None or unit != 1.0 or not _gain_clamped(result.gain):
+        return result
+    t = peak_factor(template, image)
+    if t == 1.0:
+        return result
+    again = unscaled(solve(scaled(template, t)), scale, t)
+    return again if again.converged or not result.converged else result
+
+
 def in_image_units(template, image, photometric):
     """``(template, t)``: the template times :func:`template_factor` when a gain is modelled
     (``photometric`` not ``None``; identical exposure asked for: as given, ``t = 1``)."""
