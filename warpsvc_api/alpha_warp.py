@@ -72,8 +72,14 @@ def grey_like(pixels: np.ndarray, other: np.ndarray) -> np.ndarray:
 
 def align_inputs(template, template_alpha: bool, template_mask, image, image_alpha: bool, image_mask):
     """``(template, template_mask, image, image_mask)`` for :func:`warpsvc.align` from decoded
-    files: each file's alpha as its mask (:func:`alpha_as_mask`), then a grey file decoded as
-    colour made grey again when the other input is grey (:func:`grey_like`)."""
+    files: each file's alpha as its mask (:func:`alpha_as_mask`), then a grey + alpha file
+    (decoded as colour) made grey again when the other input is grey (:func:`grey_like`).
+    Inputs without alpha are passed as given (a 3-channel tensor against a grey one stays
+    refused, as in the library)."""
     template, template_mask = alpha_as_mask(template, template_alpha, template_mask)
     image, image_mask = alpha_as_mask(image, image_alpha, image_mask)
-    return grey_like(template, image), template_mask, grey_like(image, template), image_mask
+    if template_alpha:
+        template = grey_like(template, image)
+    if image_alpha:
+        image = grey_like(image, template)
+    return template, template_mask, image, image_mask
