@@ -13,6 +13,12 @@ is that of the unscaled problem, and inputs in the usual ranges (8/16-bit counts
 are not touched at all (bit-identical results). Intensity-valued results are scaled back:
 ``rms_error`` and ``bias`` by ``1 / s``, the per-iteration costs (mean squared residuals) by
 ``1 / s^2``; ``gain``, correlations, overlap and the geometric covariances are scale-free.
+
+Template and image in *different* units (the same scene as an 8-bit reference and a 16-bit file:
+a gain of 257, beyond the gain model's clamp at 20): the template alone is multiplied by a
+power of two ``t`` (:func:`template_factor`, when the containers say the units differ; else
+:func:`solve_in_units` retries a fit whose gain came out at the clamp), and the gain is reported
+times ``t``; bias, residuals and costs stay in the image's units.
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ import math
 import numpy as np
 
 LOW, HIGH = 2.0 ** -8, 2.0 ** 20  # template peaks in this range are left as they are
+
+
 def scale_for(template) -> float:
     """1, or the power of two putting the template's largest finite ``|value|`` into [128, 256).
     Taken from the caller's array, before its conversion to float32 (a float64 template of
