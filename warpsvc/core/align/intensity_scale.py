@@ -103,14 +103,9 @@ def template_factor(template, image) -> float:
         return 1.0
     pt, pi = robust_peak(t), robust_peak(i)
     ut, ui = _full_scale(t, pt), _full_scale(i, pi)
-    if ut is None or ui is None or ut == ui or not (pt > 0 and pi > 0):
+    if ut is None or ui is None or ut == ui:
         return 1.0
-    ratio = pi / pt
-    if 1.0 / UNIT_RATIO <= ratio <= UNIT_RATIO:
-        return 1.0
-    units = ui / ut
-    ratio = min(max(ratio, min(1.0, units)), max(1.0, units))
-    return 2.0 ** round(math.log2(ratio))
+    return _nearest_power(pt, pi, ui / ut)
 
 
 def _gain_clamped(gain) -> bool:
@@ -125,10 +120,17 @@ def peak_factor(template, image) -> float:
     """1, or the power of two nearest the ratio of the robust peaks (:func:`robust_peak`) of
     image and template when it is beyond :data:`UNIT_RATIO` (no container rule: the retry of
     :func:`solve_in_units`)."""
-    pt, pi = robust_peak(np.asarray(template)), robust_peak(np.asarray(image))
+    return _nearest_power(robust_peak(np.asarray(template)), robust_peak(np.asarray(image)))
+
+
+def _nearest_power(pt: float, pi: float, units: float | None = None) -> float:
+    """1, or the power of two nearest the peak ratio ``pi / pt`` when it is beyond
+    :data:`UNIT_RATIO` either way, the ratio first clipped between 1 and ``units`` (the full
+    scales' ratio) when given."""
     if not (pt > 0 and pi > 0) or 1.0 / UNIT_RATIO <= pi / pt <= UNIT_RATIO:
         return 1.0
-    return 2.0 ** min(1000, max(-1000, round(math.log2(pi / pt))))
+    ratio = pi / pt if units is None else min(max(pi / pt, min(1.0, units)), max(1.0, units))
+    return 2.0 ** min(1000, max(-1000, round(math.log2(ratio))))
 
 
 def solve_in_units(solve, template, image, scale: float, unit: float, photometric):
