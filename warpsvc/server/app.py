@@ -21,7 +21,7 @@ from grpc_reflection.v1alpha import reflection
 
 from warpsvc_api.v1 import warp_pb2
 
-from . import admission
+from . import admission, transport_flush
 from .interceptors import AccessLogInterceptor, BearerTokenInterceptor, DrainGate
 from .observe import Observer
 from .servicer import WarpServicer, add_to_server
@@ -73,8 +73,9 @@ class WarpServer:
         (retry elsewhere); unary calls already accepted finish within ``grace`` seconds (default
         ``settings.grace_seconds``); open streams go on (frames in flight are registered and
         answered) until they end or the grace is :func:`stream_cancel_margin` from its end, when
-        each is ended UNAVAILABLE saying how many frames it registered; then gRPC stops. Returns an
-        event set when stopped."""
+        each is ended UNAVAILABLE saying how many frames it registered; then, once the kernel has
+        delivered every response byte to its client (:mod:`.transport_flush`, within the grace),
+        gRPC stops. Returns an event set when stopped."""
         grace = self.settings.grace_seconds if grace is None else grace
         t0 = time.monotonic()
         self.health.enter_graceful_shutdown()
@@ -88,6 +89,8 @@ class WarpServer:
             count = streams.cancel(grace)
             log.warning("drain: grace over with %d streams open: cancelled them (UNAVAILABLE)", count)
             streams.wait(max(0.0, grace - (time.monotonic() - t0)))
+        if not transport_flush.wait_sent(grace - (time.monotonic() - t0), local_port=self.port):
+            log.warning("drain: grace over with responses still unsent to a client that stopped reading")
         return self.server.stop(max(0.0, grace - (time.monotonic() - t0)))
 
 

@@ -191,6 +191,7 @@ class DrainGate(grpc.ServerInterceptor):
         self._active = 0  # intercepted, not finished (over-counts calls gRPC then sheds)
         self.arrivals = 0  # work calls intercepted since start (the idle heap trim watches it)
         self._running = 0  # handler running right now
+        self._open = 0  # handler started, RPC not terminated (response not yet handed to the transport)
         self._draining = False
         self._executor = executor  # the server's handler pool: its queue holds accepted calls
         # Admission (see .admission): refuse work while `limit` calls are in the server.
@@ -231,6 +232,9 @@ class DrainGate(grpc.ServerInterceptor):
             def counted(request, context):
                 with self._cond:
                     self._running += 1
+                    self._open += 1
+                if not context.add_callback(self._terminated):  # already terminated (cancelled)
+                    self._terminated()
                 try:
                     return behavior(request, context)
                 finally:
@@ -243,8 +247,17 @@ class DrainGate(grpc.ServerInterceptor):
 
         return _wrap_unary(handler, wrap)
 
+    def _terminated(self) -> None:
+        with self._cond:
+            self._open -= 1
+            self._cond.notify_all()
+
     def drain(self, timeout: float) -> bool:
         """Refuse new calls; wait up to ``timeout`` s for accepted ones. True if none is left.
+
+        "Left" includes a call whose handler returned but whose RPC has not terminated: gRPC runs
+        the termination callbacks once the status is sent and the close received, i.e. once the
+        response is handed to the transport (stopping before that cancels it).
 
         A call gRPC sheds for its concurrency limit has passed the interceptors but never runs, so
         ``active`` over-counts after an overload. Accepted calls are either running or waiting in
@@ -256,7 +269,7 @@ class DrainGate(grpc.ServerInterceptor):
         time.sleep(min(DRAIN_SETTLE_S, timeout))
         with self._cond:
             while True:
-                if self._active <= 0 or (self._running == 0 and self._queued() == 0):
+                if (self._active <= 0 or (self._running == 0 and self._queued() == 0)) and self._open <= 0:
                     return True
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
