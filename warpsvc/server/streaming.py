@@ -16,6 +16,11 @@ than ``settings.max_stream_frames`` frames (``--max-stream-frames``): RESOURCE_E
 (``should_stop``): an interrupted frame ends the call with DEADLINE_EXCEEDED (or CANCELLED)
 instead of sending an unregistered result.
 
+A reference or frame sent as a file whose header says it has alpha is registered on its colour
+channels with its transparent pixels missing (:func:`warpsvc_api.alpha_warp.alpha_as_nan`), so
+an RGBA frame matches an RGB reference; tensors keep the library's meaning (every channel an
+intensity).
+
 Access log, admission and drain: :mod:`.stream_gate` (one log line per stream, the stream counted
 open for graceful shutdown). A stream still open when the drain grace ends is cancelled there:
 the handler's next read (or its alignment in progress) ends the call UNAVAILABLE with a message
@@ -32,10 +37,11 @@ from warpsvc.core.errors import (
     WarpsvcError,
 )
 from warpsvc_api import status, stream, wire
+from warpsvc_api.alpha_warp import alpha_as_nan
 from warpsvc_api.v1 import warp_pb2 as pb
 
 from . import codecs, stream_gate
-from .servicer import _DeadlineStop
+from .servicer import _DeadlineStop, _has_alpha
 
 FRAME_PAYLOAD = (stream.REQUEST_FRAME, stream.FRAME_IMAGE, wire.IMAGE_TENSOR)
 SETUP_PAYLOAD = (stream.REQUEST_SETUP, stream.SETUP_REFERENCE, wire.IMAGE_TENSOR)
@@ -48,7 +54,8 @@ def _message(call: wire.Received, position: str):
 
 
 def _aligner(call: wire.Received, settings):
-    """The call's ``SequenceAligner`` from its setup message."""
+    """``(aligner, reference_index, reference)``: the call's ``SequenceAligner`` from its setup
+    message, the reference's index (or ``None``) and the reference as registered."""
     from warpsvc.core.sequence import SequenceAligner, SequenceOptions
     from warpsvc.core.sequence.options import default_align_options
 
@@ -59,6 +66,7 @@ def _aligner(call: wire.Received, settings):
     reference = codecs.decode_image(setup.reference, call.payload(*SETUP_PAYLOAD), "setup.reference",
                                     settings.max_input_pixels)
     stream_gate.record_pixels(_pixels(reference.shape))
+    reference = alpha_as_nan(reference, _has_alpha(setup.reference, reference, settings.max_input_pixels))
     sequence, pairwise = stream.setup_options(setup)
     model = sequence.pop("model", "homography")
     try:
@@ -70,7 +78,7 @@ def _aligner(call: wire.Received, settings):
         name = err.field or ""
         prefix = "setup" if name in ("model", "reference", "reference_index") else "setup.options"
         raise err.relabelled(f"{prefix}.{name}" if name else "setup") from err
-    return aligner, ref_index
+    return aligner, ref_index, reference
 
 
 class _StreamStop(_DeadlineStop):
@@ -101,7 +109,7 @@ def align_stream(settings, requests, context):
         if first is None:
             raise _ended_by_client(context) or InvalidArgumentError("the stream ended before its setup message",
                                                                     field="setup")
-        aligner, ref_index = _aligner(first, settings)
+        aligner, ref_index, reference = _aligner(first, settings)
         if ref_index is not None:
             yield stream.frame_response(aligner.reference_result())
         next_index = 0 if ref_index is None else ref_index + 1
@@ -118,6 +126,8 @@ def align_stream(settings, requests, context):
             image = codecs.decode_image(req.frame.image, call.payload(*FRAME_PAYLOAD), f"{field}.image",
                                         settings.max_input_pixels)
             stream_gate.record_pixels(_pixels(image.shape))
+            image = alpha_as_nan(image, _has_alpha(req.frame.image, image, settings.max_input_pixels),
+                                 like=reference)
             try:
                 result = aligner.push(image, index=index, should_stop=stop)
             except WarpsvcError as err:

@@ -57,9 +57,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from warpsvc_api.alpha_warp import alpha_as_nan
+
 from . import files, manifest, paths, pixels, storage
 from .argtypes import correlation
-from .jobs import EncodedImage, WarpOptions, _error_text, decode, read_image
+from .jobs import EncodedImage, WarpOptions, _error_text, decode, decode_image, read_image
 from .paths import printable
 from .record import Record
 
@@ -157,6 +159,7 @@ class Reference:
     index: int | None           # the frame's index, None for an external image
     image: np.ndarray | None = None
     sha256: str = ""
+    alpha: bool = False         # the file says its last channel is alpha (registered as a mask)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -187,6 +190,17 @@ def read_frame(inputs, rel: str, max_pixels: int) -> tuple[bytes, np.ndarray]:
     return data, decode(data, max_pixels)
 
 
+def registration_pixels(data: bytes, img: np.ndarray, max_pixels: int, like: np.ndarray | None = None) -> np.ndarray:
+    """What the sequence registration sees of a frame decoded from ``data``: a file whose header
+    says it has alpha gives its colour channels with the transparent pixels NaN (missing), as
+    the server's AlignStream does (:func:`warpsvc_api.alpha_warp.alpha_as_nan`; ``like``: the
+    reference, for a grey + alpha frame against a grey one); any other frame as decoded. The
+    stack itself resamples the file's own pixels."""
+    if img.ndim != 3 or img.shape[2] not in (2, 4):
+        return img
+    return alpha_as_nan(img, read_image(data, max_pixels).cost.alpha, like)
+
+
 def find_reference(args, frames: list[Frame], inputs) -> Reference | None:
     """The ``--reference`` as a frame (matched by relative name, then by canonical path) or an
     external image; ``None`` when not given (then the first readable frame is the reference)."""
@@ -213,10 +227,11 @@ def find_reference(args, frames: list[Frame], inputs) -> Reference | None:
                 continue
     try:
         data = storage.open_store(head or ".", args.storage_options).read(name)
-        img = decode(data, args.max_pixels)
+        encoded = read_image(data, args.max_pixels)
+        img = decode_image(encoded)
     except Exception as err:  # noqa: BLE001
         raise StackUsageError(f"--reference {printable(text)}: {printable(_error_text(err))}") from None
-    return Reference(text, None, img, hashlib.sha256(data).hexdigest())
+    return Reference(text, None, img, hashlib.sha256(data).hexdigest(), bool(encoded.cost.alpha))
 
 
 def settings_key(model: str, pairwise: dict, sequence: dict, reference: Reference, pad: int = 0) -> str:

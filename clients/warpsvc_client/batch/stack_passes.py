@@ -15,12 +15,23 @@ import time
 
 import numpy as np
 
+from warpsvc_api.alpha_warp import alpha_as_nan
+
 from . import files, pixels, stack_trajectory
 from .jobs import CallContext, decode, read_image
 from .paths import printable
 from .record import Record, Timings
 from .stack_combine import DEFAULT_MAX_STORED, ResampledStacker, coverage_weight, stored_bytes
-from .stack_job import JOB, PRODUCTS, StackUsageError, _error_text, channels_of, read_frame, warp_options
+from .stack_job import (
+    JOB,
+    PRODUCTS,
+    StackUsageError,
+    _error_text,
+    channels_of,
+    read_frame,
+    registration_pixels,
+    warp_options,
+)
 
 CORNER_MATCH_PX = 1e-6  # a replayed registration "matches" the manifest within this corner distance
 
@@ -78,6 +89,7 @@ def _resample(r, f, data: bytes, matrix, fields: dict, registration_seconds: flo
 def _results(r, source, seq_ref: int, n_push: int):
     """The registration results (library or stream) of the frames ``source`` yields."""
     args, ref = r.args, r.reference
+    external = None if ref.image is None else alpha_as_nan(ref.image, ref.alpha)  # a file's alpha: a mask
     if r.engine is None:
         from warpsvc.core.sequence import SequenceOptions, align_sequence
         from warpsvc.core.sequence.options import default_align_options
@@ -85,12 +97,12 @@ def _results(r, source, seq_ref: int, n_push: int):
         pairwise = dict(r.pairwise)
         align = default_align_options().replace(**pairwise) if pairwise else None
         options = SequenceOptions(align=align, **r.sequence)
-        return align_sequence(source, args.model, reference=ref.image if ref.index is None else seq_ref,
+        return align_sequence(source, args.model, reference=external if ref.index is None else seq_ref,
                               options=options)
     client = r.engine.targets[0].client
     # A frame reference other than the stream's first frame goes as an image (the stream cannot
     # hold the frames before it): every frame, the reference included, is then aligned to it.
-    reference = 0 if (ref.index is not None and seq_ref == 0) else ref.image
+    reference = 0 if (ref.index is not None and seq_ref == 0) else external if ref.index is None else ref.image
     return client.align_stream(source, reference, args.model, timeout=args.deadline * max(1, n_push),
                                **r.pairwise, **r.sequence)
 
@@ -156,7 +168,7 @@ def register_and_resample(r, before) -> None:
             seq.append(f)
             if f.index in needed_set:
                 held[f.index] = (data, img.shape[:2])
-            yield img
+            yield registration_pixels(data, img, args.max_pixels, like=ref.image)
 
     workers = max(1, args.jobs or 2)
     executor = cf.ThreadPoolExecutor(workers, thread_name_prefix="warpsvc-stack")
