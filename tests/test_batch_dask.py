@@ -82,7 +82,8 @@ def test_dask_engine_align_jacobian_and_usage(tmp_path):
     assert all(corner_error(np.array(r["matrix"]), truth[r["input"]]) < CORNER_TOL_PX for r in records)
     assert all(r["attempts"] == 1 for r in records)
     assert (tmp_path / "out" / "report.html").stat().st_size > 0
-    jac = subprocess.run(batch_cmd("jacobian", src, tmp_path / "jac", "--matrix", H, "--format", "npy", "--engine",
+    # folders written as the docs write them, "in/ out/": the trailing "/" made every image fail
+    jac = subprocess.run(batch_cmd("jacobian", f"{src}/", f"{tmp_path / 'jac'}/", "--matrix", H, "--format", "npy", "--engine",
                                    "dask", "--jobs", "2", "--no-progress", "--no-report"),
                          cwd=REPO, capture_output=True, text=True, timeout=180)
     assert jac.returncode == 0, jac.stdout + jac.stderr

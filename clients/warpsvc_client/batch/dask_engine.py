@@ -42,6 +42,13 @@ class DaskOptions:
     deadline: float | None = 600.0  # seconds per image (stops an alignment's iterations)
 
 
+def _under(root: str, rel: str) -> str:
+    """``rel`` under the folder URL ``root``, one ``/`` between them whether ``root`` ends in one
+    or not (``scans/`` as every doc example writes it: ``scans//a.png`` came back from
+    :func:`_relative` as the absolute ``/a.png`` and every image failed)."""
+    return root.rstrip("/") + "/" + rel
+
+
 def _relative(url: str, store, what: str) -> str:
     root = store.url.rstrip("/") + "/"
     if not url.startswith(root):
@@ -96,7 +103,7 @@ def run(tasks: list[Task], spec: JobSpec, opts: DaskOptions, record, counts, dir
         pending = as_completed()
 
         def submit(task):
-            fut = client.submit(process_image, f"{spec.inputs.url}/{task.input}", f"{spec.outputs.url}/{task.output}",
+            fut = client.submit(process_image, _under(spec.inputs.url, task.input), _under(spec.outputs.url, task.output),
                                 spec_future, task.transform, opts.deadline, pure=False)
             owner[fut.key] = task
             pending.add(fut)
