@@ -154,3 +154,51 @@ def test_workers_cap_opencv_and_blas_threads():
             "from warpsvc.server import Settings; run_worker(Settings(port=0, cv_threads=1))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert "THREADS 1 [1]" in out.stdout, out.stdout + out.stderr
+
+
+def _serve_briefly(*args, env=None, timeout=60):
+    """``warpsvc serve ...`` expected to exit by itself (a refused setting or port)."""
+    import os
+
+    full = {**os.environ, "WARPSVC_METRICS_PORT": "0", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "warpsvc.cli", "serve", *args], cwd=REPO, env=full,
+                          capture_output=True, text=True, timeout=timeout, check=False)
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_port_another_server_listens_on_is_refused(server, workers):
+    """The workers share their port through SO_REUSEPORT; a second server must not (it started and
+    took part of the connections). The first one keeps serving all of them."""
+    out = _serve_briefly("--port", str(server.port), "--workers", workers)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert f"cannot bind 127.0.0.1:{server.port}" in out.stderr and "another server listens" in out.stderr
+    assert "serving on" not in out.stdout
+    assert healthcheck(server.target) == 0
+
+
+def test_token_file_variable_and_refused_environment(tmp_path):
+    token = tmp_path / "token"
+    token.write_text("s3cret\n")
+    with ServerProcess("--port", "0", env={"WARPSVC_TOKEN_FILE": str(token)}) as srv:
+        wait_serving(srv.target)
+        assert any("auth=token" in line for line in srv.stdout)
+        with grpc.insecure_channel(srv.target) as channel:
+            from warpsvc.v1 import warp_pb2 as pb
+            from warpsvc.v1 import warp_pb2_grpc
+
+            stub = warp_pb2_grpc.WarpServiceStub(channel)
+            req = pb.JacobianDeterminantRequest(transforms=[pb.Transform(affine=pb.AffineTransform(matrix=[1, 0, 0, 0, 1, 0]))],
+                                                output_shape=pb.ImageSize(height=2, width=2))
+            with pytest.raises(grpc.RpcError) as err:
+                stub.JacobianDeterminant(req, timeout=10)
+            assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            assert stub.JacobianDeterminant(req, timeout=10, metadata=[("authorization", "Bearer s3cret")])
+    cases = [({"WARPSVC_NO_REFLECTION": "1"}, "WARPSVC_REFLECTION=false"),
+             ({"WARPSVC_TOKEN_FILE": str(token), "WARPSVC_TOKEN": "x"}, "not both"),
+             ({"WARPSVC_TOKEN_FILE": str(tmp_path / "absent")}, "WARPSVC_TOKEN_FILE: cannot read"),
+             ({"WARPSVC_LOG_LEVEL": "bogus"}, "log_level must be one of")]
+    for env, needle in cases:
+        out = _serve_briefly("--port", "0", env=env)
+        assert out.returncode == 2 and needle in out.stderr and "Traceback" not in out.stderr, (env, out.stderr)
+    out = _serve_briefly("--port", "0", "--log-level", "bogus")
+    assert out.returncode == 2 and "log_level must be one of" in out.stderr and "Traceback" not in out.stderr

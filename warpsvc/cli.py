@@ -17,8 +17,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", type=pathlib.Path, default=pathlib.Path("out/demo"), help="output folder")
     serve = sub.add_parser(
         "serve", help="run the gRPC server (warpsvc.v1.WarpService + health + reflection)",
-        description="Run the gRPC server. Every flag also reads WARPSVC_<NAME> from the environment "
-                    "(e.g. WARPSVC_PORT); flags win. See docs/service.md.",
+        description="Run the gRPC server. Every setting can also come from the environment as "
+                    "WARPSVC_<SETTING> (e.g. WARPSVC_PORT, WARPSVC_TOKEN_FILE); a --no-X flag's variable is "
+                    "WARPSVC_X=false (e.g. WARPSVC_REFLECTION=false). Flags win. See docs/service.md.",
     )
     add_arguments(serve)
     return parser

@@ -188,10 +188,37 @@ def _reserve_port(host: str) -> socket.socket:
     return sock
 
 
+def check_port_free(host: str, port: int) -> None:
+    """``OSError`` when something already listens on ``host:port``.
+
+    The workers bind with ``SO_REUSEPORT`` (gRPC's ``grpc.so_reuseport``) to share their port, and
+    so would a second ``warpsvc serve`` of the same user on the same port: it started without an
+    error and took part of the connections (a new-user audit: a server with a token on the port
+    of one without answered 6 of 12 calls UNAUTHENTICATED). A socket bound *without*
+    ``SO_REUSEPORT`` (with ``SO_REUSEADDR``, so a previous server's TIME_WAIT connections do not
+    count) fails exactly when another socket listens there. Checked once, before any worker binds."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        infos = socket.getaddrinfo(host.strip("[]"), port, family, socket.SOCK_STREAM)
+    except socket.gaierror:
+        return  # gRPC's own bind reports the address
+    for fam, kind, proto, _, addr in infos[:1]:
+        with socket.socket(fam, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(addr)
+            except OSError as err:
+                raise OSError(f"cannot bind {host}:{port}: {err.strerror or err} (another server listens there; "
+                              "stop it, or pick another --port / WARPSVC_PORT)") from None
+
+
 def serve(settings: Settings) -> int:
     """Serve until a signal; ``settings.workers`` processes (forked here) share the port; the
     metrics endpoint (unless ``metrics_port`` is 0) reports them as one server."""
     from . import metrics
+
+    if settings.port:
+        check_port_free(settings.host, settings.port)
 
     mp = metrics.MultiprocessDir.prepare() if settings.metrics_port else None  # before any fork
     endpoint = None

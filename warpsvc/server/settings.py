@@ -19,7 +19,8 @@ max_input_pixels           WARPSVC_MAX_INPUT_PIXELS        33554432     per deco
 max_output_pixels          WARPSVC_MAX_OUTPUT_PIXELS       33554432     per output grid (H*W)
 grace_seconds              WARPSVC_GRACE_SECONDS           30           drain time on SIGTERM/SIGINT
 tls_cert / tls_key         WARPSVC_TLS_CERT / _TLS_KEY     (off)        PEM files; both or neither
-token                      WARPSVC_TOKEN (or --token-file) (off)        required bearer token
+token                      WARPSVC_TOKEN, or               (off)        required bearer token
+                           WARPSVC_TOKEN_FILE / --token-file            (a file holding it)
 cv_threads                 WARPSVC_CV_THREADS              usable CPUs  cv2.setNumThreads per worker
 kernel_threads             WARPSVC_KERNEL_THREADS          cv_threads   threads of one compiled-kernel
                                                                         call (warpsvc.core.threads;
@@ -57,6 +58,10 @@ container's ``--cpus``), so the defaults follow what the process may really use:
 process per usable CPU (GIL-bound work such as alignment scales with processes), and OpenCV in
 each worker allowed every usable CPU (one Warp uses the cores one call can use). The policy and its
 measurements are in docs/service.md, "Defaults sized to the machine".
+
+A ``--no-X`` flag's variable is ``WARPSVC_X=false``; ``WARPSVC_NO_X`` is refused with that hint
+(it used to be ignored silently, leaving X on), as is setting both ``WARPSVC_TOKEN`` and
+``WARPSVC_TOKEN_FILE``.
 """
 
 from __future__ import annotations
@@ -123,6 +128,9 @@ class Settings:
             raise ValueError("tls_cert and tls_key go together")
         if self.token is not None and not self.token:
             raise ValueError("token must not be empty")
+        if self.log_level.upper() not in LOG_LEVELS:
+            raise ValueError(f"log_level must be one of {', '.join(n.lower() for n in LOG_LEVELS)}, "
+                             f"got {self.log_level!r}")
 
     @property
     def kernel_thread_count(self) -> int:
@@ -151,8 +159,26 @@ def _parse_bool(text: str) -> bool:
     raise ValueError(f"not a boolean: {text!r}")
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
 def _env_values(environ) -> dict:
+    """The settings the environment sets, parsed (``ValueError`` naming the variable)."""
     values = {}
+    bools = {f.name for f in dataclasses.fields(Settings) if str(f.type).split(" |")[0] == "bool"}
+    for name in environ:
+        if name.startswith(ENV_PREFIX + "NO_") and name[len(ENV_PREFIX) + 3:].lower() in bools:
+            flag = name[len(ENV_PREFIX) + 3:]
+            raise ValueError(f"{name} is not a setting: the variable of --no-{flag.lower().replace('_', '-')} "
+                             f"is {ENV_PREFIX}{flag}=false")
+    token_file = environ.get(ENV_PREFIX + "TOKEN_FILE")
+    if token_file:
+        if environ.get(ENV_PREFIX + "TOKEN"):
+            raise ValueError(f"set {ENV_PREFIX}TOKEN or {ENV_PREFIX}TOKEN_FILE, not both")
+        try:
+            values["token"] = pathlib.Path(token_file).read_text().strip()
+        except OSError as err:
+            raise ValueError(f"{ENV_PREFIX}TOKEN_FILE: cannot read {token_file!r} ({err.strerror or err})") from None
     for f in dataclasses.fields(Settings):
         raw = environ.get(ENV_PREFIX + f.name.upper())
         if raw is None or raw == "":
