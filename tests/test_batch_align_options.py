@@ -128,3 +128,46 @@ def test_align_min_zncc_option(rotated_pair, server, where):
         res = run_batch("align", root / "in", root / f"out_zncc_bad_{where}", "--reference",
                         root / "template.png", "--min-zncc", bad, *target)
         assert res.returncode == 2 and "--min-zncc" in res.stderr, (bad, res.returncode, res.stderr)
+
+
+# -- values checked before any image (a new-user audit found them failing image by image, and
+#    local and server engines disagreeing) -------------------------------------------------------
+@pytest.mark.parametrize("where", ["local", "server"])
+def test_levels_jpeg_quality_and_border_value_are_refused_up_front(rotated_pair, server, where):
+    from warpsvc.core.align.options import MAX_LEVELS
+    from warpsvc_client.batch import argtypes
+
+    assert argtypes.MAX_LEVELS == MAX_LEVELS  # the CLI's copy of the library's bound
+    root, _ = rotated_pair
+    target = ["--target", server.target] if where == "server" else []
+    bad_runs = [("align", "--levels", v) for v in ("0", "13", "foo")] + \
+               [("align", "--jpeg-quality", v) for v in ("0", "200", "high")] + \
+               [("align", "--border-value", v) for v in ("nan", "inf", "grey")] + \
+               [("stack", "--levels", v) for v in ("0", "foo")]
+    for job, flag, value in bad_runs:
+        extra = ["--reference", root / "template.png"] if job == "align" else []
+        res = run_batch(job, root / "in", root / f"out_bad_{where}", *extra, flag, value, *target)
+        assert res.returncode == 2 and flag in res.stderr, (job, flag, value, res.returncode, res.stderr)
+        assert not (root / f"out_bad_{where}" / "manifest.jsonl").exists()
+    out = root / f"out_levels_{where}"
+    res = run_batch("align", root / "in", out, "--reference", root / "template.png", "--search", "global",
+                    "--levels", "3", "--jpeg-quality", "80", "--no-report", *target)
+    assert res.returncode == 0, res.stderr
+    rec = read_manifest(out / "manifest.jsonl")[0]
+    assert rec["convergence"]["converged"] and len(rec["convergence"]["iterations"]) == 3, rec["convergence"]
+
+
+def test_a_matrix_starting_with_a_negative_number(rotated_pair):
+    """``--matrix -1,0,319,0,1,0`` (a mirror) is the value of --matrix, not an unknown option."""
+    from warpsvc_client.batch import cli
+
+    root, _ = rotated_pair
+    assert cli.attach_negative_lists(["warp", "a", "b", "--matrix", "-1,0,319,0,1,0", "--border-value", "-3"]) == \
+        ["warp", "a", "b", "--matrix=-1,0,319,0,1,0", "--border-value", "-3"]
+    assert cli.attach_negative_lists(["--matrix", "--polar"]) == ["--matrix", "--polar"]  # not a number list
+    out = root / "out_mirror"
+    res = run_batch("warp", root / "in", out, "--matrix", "-1,0,319,0,1,0", "--no-report")
+    assert res.returncode == 0, res.stderr
+    got = cv2.imread(str(out / "turned.png"), cv2.IMREAD_UNCHANGED)
+    src = cv2.imread(str(root / "in" / "turned.png"), cv2.IMREAD_UNCHANGED)
+    np.testing.assert_array_equal(got, src[:, ::-1])

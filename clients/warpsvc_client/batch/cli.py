@@ -12,10 +12,11 @@ import argparse
 import json
 import os
 import pathlib
+import re
 import shlex
 import sys
 
-from . import manifest, paths, probe, stack_job, storage
+from . import argtypes, manifest, paths, probe, stack_job, storage
 from .argtypes import correlation as _correlation
 from .jobs import AlignOptions, JobSpec, Task, WarpOptions, output_name, reference_sha256, settings_digest
 from .paths import printable
@@ -118,11 +119,12 @@ def build_parser() -> argparse.ArgumentParser:
     w = warp_opts.add_argument_group("warp options (passed to the library / RPC)")
     w.add_argument("--interpolation", default="linear", choices=("nearest", "linear", "cubic", "lanczos"))
     w.add_argument("--border", default="constant", choices=("constant", "replicate", "reflect", "symmetric", "wrap"))
-    w.add_argument("--border-value", type=float, default=0.0)
+    w.add_argument("--border-value", type=argtypes.finite, default=0.0)
     w.add_argument("--intensity", default="plain", choices=("plain", "conserve"))
     w.add_argument("--antialias", action="store_true", help="integrate each output pixel's preimage")
     w.add_argument("--output-shape", type=_shape, metavar="H,W", help="output size (default: the transform's)")
-    w.add_argument("--jpeg-quality", type=int, default=95)
+    w.add_argument("--jpeg-quality", type=argtypes.jpeg_quality, default=95,
+                   help="JPEG outputs' quality, 1-100 (default 95)")
 
     transform_opts = argparse.ArgumentParser(add_help=False)
     t = transform_opts.add_argument_group("the transform (input -> output coordinates)")
@@ -153,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--denoise", default="auto", choices=("auto", "none"),
                    help="'auto' (default, the library's): a noise-dominated template is solved on a denoised copy "
                         "first; 'none': never")
-    g.add_argument("--levels", default="auto", help="pyramid levels or 'auto'")
+    g.add_argument("--levels", type=argtypes.levels, default="auto", help="pyramid levels (1-12) or 'auto'")
     g.add_argument("--max-iterations", type=int)
     g.add_argument("--tolerance", type=float)
     g.add_argument("--time-budget", type=float, help="seconds per alignment")
@@ -217,7 +219,7 @@ def make_spec(args, inputs=None, outputs=None, run_id: str = "000000000000") -> 
         warp = WarpOptions(output_shape=args.output_shape)
     spec = dict(job=args.job, inputs=inputs, outputs=outputs, warp=warp, run_id=run_id, max_pixels=args.max_pixels)
     if args.job == "align":
-        levels = args.levels if args.levels == "auto" else int(args.levels)
+        levels = args.levels
         spec["align"] = AlignOptions(model=args.model, search=args.search, robust=args.robust,
                                      photometric=None if args.photometric == "none" else args.photometric,
                                      denoise=None if args.denoise == "none" else args.denoise, levels=levels,
@@ -288,9 +290,29 @@ def _engine(args):
     return GrpcEngine(targets, inflight=inflight, connections=connections, policy=policy, client_kwargs=client_kwargs)
 
 
+# Options whose value is a list of numbers: "--matrix -1,0,511,0,1,0" (a flip) is read by argparse
+# as a new option, "-1,0,...", and refused "expected one argument" (only a lone "-5" passes as a
+# negative number); :func:`attach_negative_lists` writes such a pair as "--matrix=-1,0,...".
+NUMBER_LIST_OPTIONS = ("--matrix", "--polar", "--output-shape", "--cartesian-shape")
+_NUMBER_LIST = re.compile(r"-(?:\d|\.\d)[\d.eE+\-,;\s]*")
+
+
+def attach_negative_lists(argv: list[str]) -> list[str]:
+    """``argv`` with every number-list option followed by a negative list joined to it by ``=``."""
+    out, i = [], 0
+    while i < len(argv):
+        if argv[i] in NUMBER_LIST_OPTIONS and i + 1 < len(argv) and _NUMBER_LIST.fullmatch(argv[i + 1]):
+            out.append(f"{argv[i]}={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(argv[i])
+        i += 1
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(attach_negative_lists(argv))
     try:
         return run(args, "warpsvc-batch " + shlex.join(argv))
     except (UsageError, stack_job.StackUsageError, paths.PathError, paths.MissingDependencyError, TransformSpecError,

@@ -60,7 +60,7 @@ import numpy as np
 from warpsvc_api.alpha_warp import alpha_as_nan
 
 from . import files, manifest, paths, pixels, storage
-from .argtypes import correlation
+from .argtypes import correlation, levels
 from .jobs import EncodedImage, WarpOptions, _error_text, decode, decode_image, read_image
 from .paths import printable
 from .record import Record
@@ -90,7 +90,7 @@ def add_parser(sub, common) -> argparse.ArgumentParser:
     g.add_argument("--photometric", choices=("gain_bias", "none"),
                    help="appearance model of each pairwise alignment (default gain_bias, the sequence default: "
                         "exposure flicker; 'none' compares intensities as they are)")
-    g.add_argument("--levels", default="auto", help="pyramid levels or 'auto'")
+    g.add_argument("--levels", type=levels, default="auto", help="pyramid levels (1-12) or 'auto'")
     g.add_argument("--max-iterations", type=int)
     g.add_argument("--tolerance", type=float)
     g.add_argument("--min-zncc", type=correlation, metavar="Z",
@@ -125,11 +125,6 @@ def refuse(args) -> None:
         raise StackUsageError(f"--sigma-clip must be a positive number of standard deviations, got {args.sigma_clip}")
     if not 0 <= args.pad <= 1 << 15:
         raise StackUsageError(f"--pad must be between 0 and 32768 pixels, got {args.pad}")
-    if args.levels != "auto":
-        try:
-            args.levels = int(args.levels)
-        except ValueError:
-            raise StackUsageError(f"--levels must be an integer or 'auto', got {args.levels!r}") from None
 
 
 def registration_options(args) -> tuple[dict, dict]:
