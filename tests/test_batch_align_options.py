@@ -171,3 +171,14 @@ def test_a_matrix_starting_with_a_negative_number(rotated_pair):
     got = cv2.imread(str(out / "turned.png"), cv2.IMREAD_UNCHANGED)
     src = cv2.imread(str(root / "in" / "turned.png"), cv2.IMREAD_UNCHANGED)
     np.testing.assert_array_equal(got, src[:, ::-1])
+
+
+def test_missing_transforms_file_and_unset_token_variable_name_their_flag(rotated_pair, server, monkeypatch):
+    root, _ = rotated_pair
+    res = run_batch("warp", root / "in", root / "out_tf", "--transforms", root / "absent.csv")
+    assert res.returncode == 2 and "--transforms" in res.stderr and "No such file" in res.stderr, res.stderr
+    monkeypatch.delenv("WARPSVC_TEST_UNSET_TOKEN", raising=False)
+    res = run_batch("warp", root / "in", root / "out_tok", "--matrix", "1,0,0,0,1,0", "--target", server.target,
+                    "--token-env", "WARPSVC_TEST_UNSET_TOKEN")
+    assert res.returncode == 2 and "--token-env WARPSVC_TEST_UNSET_TOKEN" in res.stderr, res.stderr
+    assert not (root / "out_tok" / "manifest.jsonl").exists()

@@ -91,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--exclude", action="append", default=[], metavar="GLOB", help="skip matching paths; repeatable")
     g.add_argument("--allow-nested-output", action="store_true", help="accept OUTPUT_DIR inside INPUT_DIR")
     g.add_argument("--jobs", type=int, default=0,
-                   help="local: worker processes (default: one per core); --engine dask: LocalCluster workers")
+                   help="local: worker processes (default: one per core); --engine dask: LocalCluster workers; "
+                        "stack: resampling threads (default 2)")
     g.add_argument("--server-workers", type=int, default=2,
                    help="worker processes behind each server address (sets the defaults below; default 2)")
     g.add_argument("--inflight", type=int, default=0,
@@ -244,7 +245,11 @@ def make_tasks(args, spec: JobSpec) -> list[paths.Planned | Task]:
     per_image = {}
     if getattr(args, "transforms", None):
         pairs = []
-        for row in read_file(args.transforms):
+        try:
+            rows = read_file(args.transforms)
+        except OSError as err:
+            raise UsageError(f"--transforms {printable(str(args.transforms))}: {err.strerror or err}") from None
+        for row in rows:
             if not paths.selected(row["path"], args.include, args.exclude):
                 continue
             pairs.append((row["path"], row["output"] or output_name(spec.job, row["path"], spec.warp, fmt)))
@@ -284,6 +289,8 @@ def _engine(args):
     inflight = args.inflight or 2 * per_worker * addresses
     connections = args.connections or 2 * per_worker
     token = os.environ.get(args.token_env) or None
+    if token is None and args.token_env != "WARPSVC_TOKEN":  # named on purpose, yet unset: every call would fail
+        raise UsageError(f"--token-env {args.token_env}: that environment variable is not set (or empty)")
     client_kwargs = dict(tls=args.tls, token=token, server_name=args.server_name,
                          root_certificates=args.root_cert.read_bytes() if args.root_cert else None)
     policy = RetryPolicy(retries=max(0, args.retries), rpc_timeout=args.rpc_timeout)

@@ -46,9 +46,15 @@ def decode(data: bytes, cost: ImageCost, *, exact: bool = True) -> np.ndarray:
     layout (module docstring)."""
     cv2 = opencv()
     if cv2 is not None:
-        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+        try:
+            img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+        except cv2.error as err:  # OpenCV's own checks: a bad file
+            raise InvalidImageError(f"input: the {cost.format} file could not be decoded ({err.err or 'OpenCV error'}; "
+                                    "truncated or corrupt?)", field="image") from None
         if img is None or img.shape[:2] != cost.shape[:2]:
-            raise InvalidImageError("input: not a decodable PNG, JPEG or TIFF file", field="image")
+            # the header passed the probe, so it is a PNG/JPEG/TIFF: its data is what fails
+            raise InvalidImageError(f"input: the {cost.format} file could not be decoded (truncated or corrupt?)",
+                                    field="image")
         return img
     return decode_without_opencv(data, cost, exact=exact)
 
