@@ -182,3 +182,13 @@ def test_missing_transforms_file_and_unset_token_variable_name_their_flag(rotate
                     "--token-env", "WARPSVC_TEST_UNSET_TOKEN")
     assert res.returncode == 2 and "--token-env WARPSVC_TEST_UNSET_TOKEN" in res.stderr, res.stderr
     assert not (root / "out_tok" / "manifest.jsonl").exists()
+
+
+@pytest.mark.parametrize("extra, needle", [(["--matrix", "1,0,0,0,1,0", "--log"], "--log"),
+                                           (["--matrix", "1,0,0,0,1,0", "--polar-inverse"], "--polar-inverse"),
+                                           (["--polar", "80,80,70,90,60", "--cartesian-shape", "160,160"],
+                                            "--cartesian-shape")])
+def test_polar_modifiers_without_their_polar_are_refused(rotated_pair, extra, needle):
+    root, _ = rotated_pair
+    res = run_batch("warp", root / "in", root / "out_modifiers", *extra)
+    assert res.returncode == 2 and needle in res.stderr, res.stderr

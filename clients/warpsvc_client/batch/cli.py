@@ -183,6 +183,11 @@ def _transform(args):
     given = [n for n in ("matrix", "polar", "transforms") if getattr(args, n, None)]
     if len(given) != 1:
         raise UsageError(f"{args.job} needs exactly one of --matrix, --polar, --transforms")
+    # modifiers of --polar: given without it they used to be ignored silently
+    if not args.polar and (args.log or args.polar_inverse):
+        raise UsageError(f"{'--log' if args.log else '--polar-inverse'} modifies --polar, which is not given")
+    if args.cartesian_shape is not None and not (args.polar and args.polar_inverse):
+        raise UsageError("--cartesian-shape is the output size of --polar with --polar-inverse")
     if args.matrix:
         return from_matrix(numbers(args.matrix, "--matrix"), "--matrix")
     if args.polar:
