@@ -161,8 +161,14 @@ def _serve_briefly(*args, env=None, timeout=60):
     import os
 
     full = {**os.environ, "WARPSVC_METRICS_PORT": "0", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "warpsvc.cli", "serve", *args], cwd=REPO, env=full,
-                          capture_output=True, text=True, timeout=timeout, check=False)
+    proc = subprocess.Popen([sys.executable, "-m", "warpsvc.cli", "serve", *args], cwd=REPO, env=full,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:  # it served: stop it and its forked workers, then fail
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])
