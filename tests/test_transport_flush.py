@@ -78,3 +78,13 @@ def test_wait_sent_returns_once_the_peer_has_read_everything(stalled_pair):
 
 def test_unknowable_proc_is_not_a_wait(tmp_path):
     assert transport_flush.unsent_bytes(proc=str(tmp_path / "absent")) is None
+
+
+def test_no_time_left_reads_once():
+    listener = socket.create_server(("127.0.0.1", 0))
+    try:
+        t0 = time.monotonic()
+        assert transport_flush.wait_sent(0.0, local_port=listener.getsockname()[1]) is True  # nothing outstanding
+        assert time.monotonic() - t0 < 0.5
+    finally:
+        listener.close()

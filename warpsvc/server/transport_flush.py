@@ -68,7 +68,8 @@ def unsent_bytes(local_port: int | None = None, proc: str = "/proc/self") -> int
 def wait_sent(timeout: float, local_port: int | None = None) -> bool:
     """Poll every 10 ms until :func:`unsent_bytes` reads 0 on :data:`SETTLE_POLLS` polls in a row,
     at most ``timeout`` s. True when flushed (or unknowable); False if bytes were still outstanding
-    at the timeout (a peer that stopped reading: the grace bounds how long it can hold a drain)."""
+    at the timeout (a peer that stopped reading: the grace bounds how long it can hold a drain).
+    With no time left it reads once: 0 then is True."""
     deadline = time.monotonic() + max(0.0, timeout)
     zeros = 0
     while True:
@@ -79,5 +80,5 @@ def wait_sent(timeout: float, local_port: int | None = None) -> bool:
         if zeros >= SETTLE_POLLS:
             return True
         if time.monotonic() >= deadline:
-            return False
+            return left == 0  # a grace of 0 still polls once
         time.sleep(POLL_S)
