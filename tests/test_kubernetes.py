@@ -6,9 +6,12 @@ image agrees with the sources of truth: the Dockerfile (EXPOSE, ENV, the user), 
 
 from __future__ import annotations
 
+import os
 import pathlib
 import re
 import shlex
+import shutil
+import subprocess
 
 import kubernetes_validate
 import pytest
@@ -198,7 +201,7 @@ def test_pods_run_non_root_read_only_and_bounded(pod):
         cache = docker["env"]["NUMBA_CACHE_DIR"]
         assert mounts[cache] in emptydirs
         (init,) = spec["initContainers"]
-        assert init["command"][:3] == ["cp", "-a", cache + "/."]
+        assert init["command"][:3] == ["cp", "-R", cache + "/."]
         assert init["volumeMounts"][0]["name"] == mounts[cache]
         assert init["volumeMounts"][0]["mountPath"].rstrip("/") == init["command"][3].rstrip("/")
 
@@ -284,3 +287,36 @@ def test_job_arguments_parse_with_the_batch_cli():
     assert str(parsed.manifest) == "/data/out/manifest-2.jsonl"
     if knows_shard:
         assert "2" in str(parsed.shard) and "4" in str(parsed.shard)
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0 or shutil.which("setpriv") is None,
+                    reason="runs the init container's command as the pod's user: needs root and setpriv")
+def test_numba_cache_init_command_runs_as_the_pod_user():
+    """The init container's command, run as the pod's runAsUser / runAsGroup into a folder as
+    an emptyDir with fsGroup is (root-owned, group fsGroup, mode 2777): it must exit 0 and copy
+    the cache (``cp -a`` exited 1 there: it cannot set the times of a folder it does not own)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(dir="/tmp") as tmp:  # pytest's tmp_path is root's, mode 0700
+        _run_init_command(pathlib.Path(tmp))
+
+
+def _run_init_command(tmp_path: pathlib.Path) -> None:
+    spec = POD["spec"]
+    ctx = spec["securityContext"]
+    (init,) = spec["initContainers"]
+    src, dst = tmp_path / "cache", tmp_path / "emptydir"
+    (src / "warpsvc").mkdir(parents=True)
+    (src / "warpsvc" / "kernel.nbi").write_bytes(b"index")
+    for d in (tmp_path, src, src / "warpsvc"):
+        d.chmod(0o755)
+    (src / "warpsvc" / "kernel.nbi").chmod(0o644)
+    dst.mkdir()
+    os.chown(dst, 0, ctx["fsGroup"])
+    dst.chmod(0o2777)
+    command = [str(src) + "/." if a.endswith("/.") else (str(dst) + "/" if a == init["volumeMounts"][0]["mountPath"].rstrip("/") + "/" else a)
+               for a in init["command"]]
+    out = subprocess.run(["setpriv", f"--reuid={ctx['runAsUser']}", f"--regid={ctx['runAsGroup']}", "--clear-groups",
+                          *command], capture_output=True, text=True, timeout=30, check=False)
+    assert out.returncode == 0, (command, out.stderr)
+    assert (dst / "warpsvc" / "kernel.nbi").read_bytes() == b"index"
