@@ -53,6 +53,11 @@ RUN pip install -r /tmp/requirements.txt
 
 # ---- wheel: the project (warpsvc + warpsvc_api + warpsvc_client) as a wheel ------------------------------------
 FROM deps AS wheel
+# Build args end with their stage: pip's build isolation fetches setuptools here too, so the
+# index and CA settings are declared again (a private-index build failed at this step).
+ARG PIP_INDEX_URL
+ARG PIP_EXTRA_INDEX_URL
+ARG PIP_CERT=/etc/ssl/certs/ca-certificates.crt
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY warpsvc ./warpsvc

@@ -208,3 +208,24 @@ def test_token_file_variable_and_refused_environment(tmp_path):
         assert out.returncode == 2 and needle in out.stderr and "Traceback" not in out.stderr, (env, out.stderr)
     out = _serve_briefly("--port", "0", "--log-level", "bogus")
     assert out.returncode == 2 and "log_level must be one of" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_connections_are_recycled_after_max_connection_age():
+    """With an age of 1 s a client calling for 3.5 s is asked to reconnect (GOAWAY) and does, on
+    new connections (new client ports in the access log); every call succeeds, none is lost."""
+    import json
+
+    with ServerProcess("--port", "0", "--max-connection-age-seconds", "1") as srv:
+        wait_serving(srv.target)
+        with WarpClient(srv.target, timeout=10) as client:
+            t0, calls = time.monotonic(), 0
+            while time.monotonic() - t0 < 3.5:
+                det = client.jacobian_determinant(AffineTransform([[2.0, 0, 0], [0, 2.0, 0]]), (8, 8))
+                assert np.allclose(det, 0.25)
+                calls += 1
+                time.sleep(0.05)
+        time.sleep(0.3)
+        peers = [json.loads(line[line.index("{"):])["peer"] for line in srv.stderr
+                 if "warpsvc.access" in line and "JacobianDeterminant" in line]
+        assert len(peers) == calls
+        assert len(set(peers)) >= 2, set(peers)

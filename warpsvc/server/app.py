@@ -48,6 +48,11 @@ def channel_options(settings: Settings) -> list[tuple[str, int]]:
     ]
     if not settings.http2_bdp_probe:
         options.append(("grpc.http2.bdp_probe", 0))
+    if settings.max_connection_age_seconds > 0:
+        # gRPC re-resolves a dns:/// target only when a connection drops: without an age, a
+        # long-lived client never sends a call to a replica added after it connected. Core adds
+        # +-10 % jitter; the grace (calls in flight on the old connection) is unlimited.
+        options.append(("grpc.max_connection_age_ms", int(settings.max_connection_age_seconds * 1000)))
     return options
 
 

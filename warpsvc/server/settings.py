@@ -46,6 +46,11 @@ pixel                      PER_PIXEL                                    pixel (w
 max_stream_frames          WARPSVC_MAX_STREAM_FRAMES       100000       frames per AlignStream call;
                                                                         frame N+1 is answered
                                                                         RESOURCE_EXHAUSTED on ``frame``
+max_connection_age_        WARPSVC_MAX_CONNECTION_AGE_     300          a connection older than this is
+seconds                    SECONDS                                      asked to reconnect (GOAWAY; its
+                                                                        calls finish): clients then
+                                                                        re-resolve DNS and find new
+                                                                        replicas (0: never)
 warm_up                    WARPSVC_WARM_UP                 true         load the compiled kernels after
                                                                         SERVING (runner._warm_up)
 metrics_port               WARPSVC_METRICS_PORT            9464         Prometheus ``GET /metrics`` port
@@ -104,6 +109,7 @@ class Settings:
     max_transform_steps: int = 16
     max_antialias_nodes_per_pixel: float = 256.0
     max_stream_frames: int = 100_000
+    max_connection_age_seconds: float = 300.0
     log_level: str = "info"
 
     def __post_init__(self):
@@ -122,6 +128,8 @@ class Settings:
             raise ValueError(f"kernel_threads must be >= 1, got {self.kernel_threads}")
         if self.grace_seconds < 0:
             raise ValueError("grace_seconds must be >= 0")
+        if not 0 <= self.max_connection_age_seconds <= 1e6:
+            raise ValueError(f"max_connection_age_seconds must be in 0..1e6, got {self.max_connection_age_seconds}")
         if not self.trim_idle_seconds >= 0:
             raise ValueError(f"trim_idle_seconds must be >= 0, got {self.trim_idle_seconds}")
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -235,6 +243,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="antialias footprint nodes per pixel before RESOURCE_EXHAUSTED (default 256)")
     parser.add_argument("--max-stream-frames", type=int, default=d,
                         help="frames per AlignStream call before RESOURCE_EXHAUSTED (default 100000)")
+    parser.add_argument("--max-connection-age-seconds", type=float, default=d,
+                        help="ask clients to reconnect after this long (GOAWAY; calls in flight finish), so "
+                             "they re-resolve DNS and reach replicas added since; 0 never (default 300)")
     parser.add_argument("--metrics-port", type=int, default=d,
                         help="port of the Prometheus GET /metrics endpoint; 0 disables (default 9464)")
     parser.add_argument("--log-level", default=d, help="logging level (default info)")
