@@ -79,3 +79,19 @@ def test_level_one_correlation_rejects_placements_a_few_pixels_off(pair, shift):
     assert check(truth) >= api.SECOND_LOOK_ZNCC
     off = np.array([[1.0, 0, shift], [0, 1.0, -shift / 2], [0, 0, 1.0]]) @ truth
     assert check(off) < api.SECOND_LOOK_ZNCC
+
+
+def test_no_second_look_far_below_min_zncc(monkeypatch):
+    """An RGBA pair aligned on all four channels (tests/test_sequence_alpha.py: a third of each
+    frame is random colour under alpha 0): the finest level reads ~0.52, level 1 ~0.98 at a
+    placement 2-5 px off. Without the reach bound the second look called it converged."""
+    from test_sequence_alpha import RGBA, _corner_error
+
+    second_look = importlib.import_module("warpsvc.core.align.second_look")
+    for k in (1, 2, 5, 7):
+        r = align(RGBA[0], RGBA[k], "homography")
+        assert not r.converged or _corner_error(r.matrix, k) < 1.0, (k, r.reason, _corner_error(r.matrix, k))
+    monkeypatch.setattr(second_look, "SECOND_LOOK_REACH", 10.0)
+    wrong = [k for k in (1, 2, 5, 7) if (r := align(RGBA[0], RGBA[k], "homography")).converged
+             and _corner_error(r.matrix, k) > 1.0]
+    assert wrong, "the case no longer needs the bound: pick another"

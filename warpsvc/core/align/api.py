@@ -16,7 +16,7 @@ from ..validate import check_image
 from . import intensity_scale
 from .chart import make_chart
 from .clock import Clock, Stopped
-from .covariance import coarse_check_zncc, final_statistics, level_noise_variance, template_noise_share, zncc
+from .covariance import final_statistics, level_noise_variance, template_noise_share, zncc
 from .denoise import MIN_NOISE_RATIO, NOISE_DOMINATED
 from .features import IMAGE_SCALE, TemplateFeatures, detection_factor, feature_start, reduced
 from .gauss_newton import solve_level, translation_search
@@ -37,6 +37,7 @@ from .result import (
     AlignResult,
     Start,
 )
+from .second_look import SECOND_LOOK_ZNCC, take_second_look  # noqa: F401 - the constant for tests
 from .tone import fit_tone_curve
 from .verify import MAX_BLOCK_MARGIN, MIN_MARGIN, closest_failure, margins, outlier_mask
 
@@ -469,18 +470,8 @@ def _attempt(problem: Problem, opts: AlignOptions, clock: Clock, coarse_gate: fl
     outcome = Outcome(W, reason, iterations, histories, stats, len(t_pyr))
     outcome.newton_step = newton_step
     outcome.check(opts)
-    if SECOND_LOOK and outcome.reason == LOW_CORRELATION and reason == CONVERGED and len(t_pyr) > 1:
-        # A converged solve that the finest level's correlation rejects: look again at level 1,
-        # where a difference in sharpness between template and image (the image resampled once
-        # more than the template, a softer camera) no longer lowers the correlation
-        # (docs/alignment.md, "a template sharper than the image").
-        lv1 = build_level(1, t_pyr[1], i_pyr[1], opts.model, chart, photometric_on, opts.max_pixels, clock.check)
-        z1 = coarse_check_zncc(lv1, W, opts, affine, photometric_on, problem.sigma_floor, i_pyr[1])
-        if z1 >= max(opts.min_zncc, SECOND_LOOK_ZNCC):
-            outcome.converged, outcome.reason = True, CONVERGED
-            outcome.stats = dataclasses.replace(outcome.stats, zncc_check=z1)
-            outcome.zncc_check = z1
-            outcome.check(opts)
+    if SECOND_LOOK and reason == CONVERGED and len(t_pyr) > 1:
+        take_second_look(outcome, W, t_pyr, i_pyr, opts, chart, affine, photometric_on, problem.sigma_floor, clock)
     if outcome.converged:
         # The one check that can tell a wrong stationary point from the optimum (see .verify)
         outcome.margin, outcome.block_margin = margins(t_pyr, i_pyr, W, affine, outliers=outlier_mask(finest, last))
@@ -491,13 +482,6 @@ def _attempt(problem: Problem, opts: AlignOptions, clock: Clock, coarse_gate: fl
 
 # The second look at level 1 of a converged solve rejected for its correlation (see _attempt).
 SECOND_LOOK = True
-# What the second look asks of level 1. There the interpolation's smoothing is small against
-# the pixel, so a right result correlates almost perfectly: right results rejected at level 0
-# (0.959-0.970 there) gave 0.981-0.999 at level 1 (12 MP views under an exposure change and
-# JPEG 0.981 / 0.984; noise-free collage and Baker-Matthews occlusion 0.995 / 0.999); a wrong
-# one 14 px off (Baker-Matthews scikit-image affine, sigma 15, trial 156) 0.972, which the plain
-# 0.97 would have passed. The margin is thin: docs/alignment.md.
-SECOND_LOOK_ZNCC = 0.98
 
 
 def _noise_dominated(problem, finest, opts) -> bool:
