@@ -189,3 +189,23 @@ def test_bad_arguments_name_their_field():
     with pytest.raises(InvalidImageError) as e:
         s.add(np.ones((10, 10, 2)), np.eye(3))
     assert e.value.field == "frame"
+
+
+@pytest.mark.parametrize("combine", ["mean", "sum", "median"])
+def test_nan_frame_pixels_are_missing_in_every_combine(combine):
+    """A NaN patch in one of four frames is left out (no flux, no coverage) by every combine:
+    mean and median give the other frames' value there, sum their flux, coverage 3 not 4.
+    mean / sum used to spread it as NaN over 144 output pixels (a new user's audit)."""
+    rng = np.random.default_rng(3)
+    base = rng.uniform(10, 20, OUT)
+    frames = [base.copy() for _ in range(4)]
+    frames[2][30:40, 40:50] = np.nan
+    eye = [np.eye(3)] * 4
+    res = stack(frames, eye, OUT, combine=combine, antialias=False)
+    assert np.isfinite(res.image).all()
+    inner = (slice(32, 38), slice(42, 48))  # whole pixels of the patch, away from its edge
+    np.testing.assert_allclose(res.coverage[inner], 3.0)
+    want = 3 * base[inner] if combine == "sum" else base[inner]
+    np.testing.assert_allclose(res.image[inner], want, rtol=1e-6 if combine == "median" else 1e-12)  # median: float32 store
+    outside = (slice(0, 20), slice(0, 20))
+    np.testing.assert_allclose(res.coverage[outside], 4.0)

@@ -142,6 +142,9 @@ class Stacker:
         src = np.empty(img.shape[:2] + (c + 1,), np.float64)
         src[:, :, :c] = img
         src[:, :, c] = 1.0
+        missing = ~np.isfinite(src[:, :, :c]).all(axis=2)  # NaN / inf: a missing pixel, as in align
+        if missing.any():  # it adds neither flux nor coverage (mean and sum spread NaN over the output)
+            src[missing] = 0.0
         out = warp(src, t, self.output_shape, intensity="conserve", antialias=self.antialias)  # (H, W, C+1)
         flux, area = out[:, :, :c], out[:, :, c]
         det = jacobian_determinant(t, self.output_shape)
