@@ -338,6 +338,13 @@ def _antialias_setup(img, transform, src_from_dst, shape, opts, intensity, perio
     if opts.border != "constant" or period is not None:
         # Extend the source by the border rule over the region the output can see.
         x0, x1, y0, y1 = _preimage_box(src_from_dst, shape, img.shape[:2])
+        if period is not None and period == img.shape[0]:
+            # Exactly one period of rows, each scattered once: the tents of the first and last
+            # rows reach beyond it by half a pixel each, and those halves land on the same output
+            # pixels (theta and theta + 2 pi map alike), so together they are the wrapped
+            # interpolant across the seam. Wrapped copies beyond the period were scattered as
+            # well and counted their flux twice (an inverse polar warp of a ones image: +3 rows).
+            y0, y1 = 0, img.shape[0]
         row_rule = "wrap" if period is not None else opts.border
         rows = border_indices(np.arange(y0, y1), img.shape[0], row_rule)
         cols = border_indices(np.arange(x0, x1), img.shape[1], opts.border)
