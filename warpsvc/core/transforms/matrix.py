@@ -50,8 +50,20 @@ def _condition_bound(b: np.ndarray) -> float:
     return bound if math.isfinite(bound) else math.inf
 
 
+def _check_finite_points(src: np.ndarray, dst: np.ndarray) -> None:
+    """``InvalidArgumentError`` naming ``src`` / ``dst`` for a non-finite coordinate (the fits'
+    SVD / least squares raised a bare ``LinAlgError``, LAPACK writing to stderr)."""
+    for name, pts in (("src", src), ("dst", dst)):
+        if not np.isfinite(pts).all():
+            raise InvalidArgumentError(f"{name} has non-finite coordinates", field=name)
+
+
 def _check_matrix(matrix, field: str) -> np.ndarray:
-    m = np.asarray(matrix, dtype=np.float64)
+    try:
+        m = np.asarray(matrix, dtype=np.float64)
+    except (TypeError, ValueError):  # text, ragged rows, None: a bare numpy error named no field
+        raise InvalidTransformError(f"{field} must be a 2x3 or 3x3 array of numbers, got {type(matrix).__name__}",
+                                    field=field) from None
     if m.shape == (2, 3):
         m = np.vstack([m, [0.0, 0.0, 1.0]])
     if m.shape != (3, 3):
@@ -189,6 +201,7 @@ class AffineTransform(_MatrixTransform):
     def from_points(cls, src, dst, model: str | None = None):
         """Least-squares affine ``dst_from_src`` through >= 3 point pairs (exact for 3)."""
         s, d = as_points(src, "src"), as_points(dst, "dst")
+        _check_finite_points(s, d)
         if s.shape != d.shape or s.shape[0] < 3:
             raise InvalidArgumentError("src and dst need the same >= 3 points", field="src")
         design = np.column_stack([s, np.ones(len(s))])
@@ -197,8 +210,15 @@ class AffineTransform(_MatrixTransform):
 
     @classmethod
     def from_components(cls, *, scale=(1.0, 1.0), rotation=0.0, shear=0.0, translation=(0.0, 0.0)):
-        """``T R Sh S``: scale, then shear (x += shear*y), rotate (radians, CCW in x-right/y-down
-        pixels appears clockwise), translate."""
+        """``T R Sh S``: scale (one number: the same on both axes), then shear (x += shear*y),
+        rotate (radians, CCW in x-right/y-down pixels appears clockwise), translate."""
+        try:
+            scale = np.broadcast_to(np.asarray(scale, dtype=np.float64), (2,))
+            rotation, shear = float(rotation), float(shear)
+            translation = np.broadcast_to(np.asarray(translation, dtype=np.float64), (2,))
+        except (TypeError, ValueError):
+            raise InvalidArgumentError("scale and translation take one or two numbers, rotation and shear one",
+                                       field="scale") from None
         c, s = np.cos(rotation), np.sin(rotation)
         rot = np.array([[c, -s], [s, c]])
         shr = np.array([[1.0, shear], [0.0, 1.0]])
@@ -226,6 +246,7 @@ class HomographyTransform(_MatrixTransform):
         s, d = as_points(src, "src"), as_points(dst, "dst")
         if s.shape != d.shape or s.shape[0] < 4:
             raise InvalidArgumentError("src and dst need the same >= 4 points", field="src")
+        _check_finite_points(s, d)
 
         def normaliser(p):
             c = p.mean(axis=0)

@@ -96,10 +96,16 @@ class PolarTransform(FrozenTransform):
 
     def __init__(self, center, max_radius, polar_shape, *, log=False, inverse=False, cartesian_shape=None,
                  opencv_sampling=True):
-        c = np.asarray(center, dtype=np.float64).ravel()
+        try:
+            c = np.asarray(center, dtype=np.float64).ravel()
+        except (TypeError, ValueError):
+            raise InvalidTransformError(f"center must be two finite numbers, got {center!r}", field="center") from None
         if c.shape != (2,) or not np.all(np.isfinite(c)):
             raise InvalidTransformError(f"center must be two finite numbers, got {center!r}", field="center")
-        r = float(max_radius)
+        try:
+            r = float(max_radius)
+        except (TypeError, ValueError):
+            raise InvalidTransformError(f"max_radius must be a number, got {max_radius!r}", field="max_radius") from None
         if not math.isfinite(r) or r <= 0 or r > MAX_COORDINATE:
             raise InvalidTransformError(f"max_radius must be in (0, {MAX_COORDINATE:g}], got {max_radius!r}",
                                         field="max_radius")
