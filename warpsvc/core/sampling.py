@@ -146,7 +146,8 @@ def resample(image: np.ndarray, src_from_dst: Transform, out_shape, opts: Sample
         return _warp_bilinear64(image, src_from_dst, out_shape, opts, row_period, poll)
     if image.dtype == np.float64 and opts.interpolation != "nearest":
         hi = image.astype(np.float32)
-        lo = (image - hi).astype(np.float32)
+        with np.errstate(invalid="ignore"):  # inf - inf: an infinite pixel has no low part
+            lo = np.where(np.isinf(image), 0.0, image - hi).astype(np.float32)
         bv_hi = float(np.float32(opts.border_value))
         hi_opts = SampleOptions(opts.interpolation, opts.border, bv_hi)
         res = _resample(hi, src_from_dst, out_shape, hi_opts, row_period, poll)
