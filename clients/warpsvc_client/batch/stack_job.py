@@ -344,6 +344,7 @@ class Run:
                 self.reference = ref = Reference(f.input, f.index)
             if f.index == ref.index:
                 ref.image, ref.sha256 = img, hashlib.sha256(data).hexdigest()
+                ref.alpha = bool(read_image(data, self.args.max_pixels).cost.alpha)
                 before.append((f, data, img))
                 break
             before.append((f, data, img))

@@ -89,7 +89,7 @@ def _resample(r, f, data: bytes, matrix, fields: dict, registration_seconds: flo
 def _results(r, source, seq_ref: int, n_push: int):
     """The registration results (library or stream) of the frames ``source`` yields."""
     args, ref = r.args, r.reference
-    external = None if ref.image is None else alpha_as_nan(ref.image, ref.alpha)  # a file's alpha: a mask
+    registered_ref = None if ref.image is None else alpha_as_nan(ref.image, ref.alpha)  # a file's alpha: a mask
     if r.engine is None:
         from warpsvc.core.sequence import SequenceOptions, align_sequence
         from warpsvc.core.sequence.options import default_align_options
@@ -97,12 +97,12 @@ def _results(r, source, seq_ref: int, n_push: int):
         pairwise = dict(r.pairwise)
         align = default_align_options().replace(**pairwise) if pairwise else None
         options = SequenceOptions(align=align, **r.sequence)
-        return align_sequence(source, args.model, reference=external if ref.index is None else seq_ref,
+        return align_sequence(source, args.model, reference=registered_ref if ref.index is None else seq_ref,
                               options=options)
     client = r.engine.targets[0].client
     # A frame reference other than the stream's first frame goes as an image (the stream cannot
     # hold the frames before it): every frame, the reference included, is then aligned to it.
-    reference = 0 if (ref.index is not None and seq_ref == 0) else external if ref.index is None else ref.image
+    reference = 0 if (ref.index is not None and seq_ref == 0) else registered_ref
     return client.align_stream(source, reference, args.model, timeout=args.deadline * max(1, n_push),
                                **r.pairwise, **r.sequence)
 
